@@ -1,0 +1,332 @@
+//! The StoragePool spec: one schema whether a pool comes from the cluster
+//! resource or from a pools file. The file holds StoragePool manifests, the
+//! same YAML `kubectl apply` takes:
+//!
+//! ```yaml
+//! apiVersion: pool-csi.io/v1alpha1
+//! kind: StoragePool
+//! metadata: { name: scratch }
+//! spec: { type: dir, target: { path: /var/lib/pool-csi/scratch } }
+//! ```
+
+use crate::PoolType;
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, path::Path};
+
+pub const API_GROUP: &str = "pool-csi.io";
+pub const API_VERSION: &str = "pool-csi.io/v1alpha1";
+pub const KIND: &str = "StoragePool";
+
+/// What a pool is made of and where it lives, as in libvirt's pool XML.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoragePoolSpec {
+    #[serde(rename = "type")]
+    pub pool_type: PoolType,
+    #[serde(default)]
+    pub source: PoolSource,
+    #[serde(default)]
+    pub target: PoolTarget,
+    /// Build the pool at start when it is not built yet (mkdir; mkfs only on a
+    /// blank device). Off by default, as `virsh pool-build` is explicit.
+    #[serde(default)]
+    pub auto_build: bool,
+    /// Node labels a node must carry to hold this pool (empty: every node).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// libvirt's `<source>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolSource {
+    /// fs: the block device; disk: the whole disk; iscsi: the target IQN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// logical: the physical volumes `build` turns into the VG.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    /// netfs / iscsi: host[:port].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// netfs: the exported directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// logical: the VG name (default: the pool name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// fs: filesystem (auto, ext4, xfs …); disk: table type (gpt, dos …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// scsi: the HBA (hostN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+}
+
+/// libvirt's `<target>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolTarget {
+    /// Where volumes live (file pools) or are found (/dev/VG …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A named pool: a StoragePool manifest's metadata.name and spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolDefinition {
+    pub name: String,
+    pub spec: StoragePoolSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: StoragePoolSpec,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    name: String,
+}
+
+/// A pool definition that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The pools file cannot be read.
+    #[error("failed to read pools file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A document is not valid YAML or not a StoragePool.
+    #[error("failed to parse StoragePool document {index} of {path}")]
+    Parse {
+        path: String,
+        index: usize,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// Wrong apiVersion/kind.
+    #[error("document {index} of {path} is {kind} {api_version}, expected {KIND} {API_VERSION}")]
+    WrongKind {
+        path: String,
+        index: usize,
+        kind: String,
+        api_version: String,
+    },
+    /// A field is missing or invalid for the pool type.
+    #[error("pool {pool:?}: {why}")]
+    Invalid { pool: String, why: String },
+}
+
+/// A pool name: a DNS label (it appears in volume ids, StorageClasses, paths).
+pub fn check_pool_name(name: &str) -> Result<(), &'static str> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    ok.then_some(())
+        .ok_or("must be a DNS label: 1-63 of a-z, 0-9 and '-'")
+}
+
+impl PoolDefinition {
+    /// Checks the fields the pool type needs.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |why: String| SpecError::Invalid {
+            pool: self.name.clone(),
+            why,
+        };
+        check_pool_name(&self.name).map_err(|w| invalid(format!("name {:?} {w}", self.name)))?;
+        let s = &self.spec;
+        let abs = |field: &str, v: &Option<String>| match v {
+            Some(p) if Path::new(p).is_absolute() && !p.split('/').any(|c| c == "..") => Ok(()),
+            Some(p) => Err(invalid(format!(
+                "{field} {p:?} must be an absolute path without '..'"
+            ))),
+            None => Err(invalid(format!(
+                "{field} is required for {} pools",
+                s.pool_type
+            ))),
+        };
+        match s.pool_type {
+            PoolType::Dir => abs("target.path", &s.target.path)?,
+            PoolType::Fs => {
+                abs("target.path", &s.target.path)?;
+                abs("source.device", &s.source.device)?;
+            }
+            PoolType::Netfs => {
+                abs("target.path", &s.target.path)?;
+                if s.source.host.is_none() {
+                    return Err(invalid("source.host is required for netfs pools".into()));
+                }
+                abs("source.dir", &s.source.dir)?;
+            }
+            PoolType::Disk => abs("source.device", &s.source.device)?,
+            PoolType::Logical | PoolType::Iscsi | PoolType::Scsi | PoolType::Mpath => {}
+        }
+        for d in &s.source.devices {
+            abs("source.devices[]", &Some(d.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Reads every StoragePool document of a pools file and validates it.
+    /// Duplicate names are refused.
+    pub fn load_file(path: &Path) -> Result<Vec<PoolDefinition>, SpecError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        Self::parse_documents(&text, &p)
+    }
+
+    /// Parses multi-document YAML (`---` separated StoragePool manifests).
+    pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<PoolDefinition>, SpecError> {
+        let mut out: Vec<PoolDefinition> = Vec::new();
+        for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let value =
+                serde_yaml_ng::Value::deserialize(doc).map_err(|source| SpecError::Parse {
+                    path: origin.into(),
+                    index,
+                    source,
+                })?;
+            if value.is_null() {
+                continue;
+            }
+            let m: Manifest =
+                serde_yaml_ng::from_value(value).map_err(|source| SpecError::Parse {
+                    path: origin.into(),
+                    index,
+                    source,
+                })?;
+            if m.kind != KIND || m.api_version != API_VERSION {
+                return Err(SpecError::WrongKind {
+                    path: origin.into(),
+                    index,
+                    kind: m.kind,
+                    api_version: m.api_version,
+                });
+            }
+            let def = PoolDefinition {
+                name: m.metadata.name,
+                spec: m.spec,
+            };
+            def.validate()?;
+            if out.iter().any(|d| d.name == def.name) {
+                return Err(SpecError::Invalid {
+                    pool: def.name,
+                    why: "defined twice".into(),
+                });
+            }
+            out.push(def);
+        }
+        Ok(out)
+    }
+
+    /// The manifest text for this pool (what `parse_documents` reads).
+    pub fn to_manifest(&self) -> String {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Out<'a> {
+            api_version: &'a str,
+            kind: &'a str,
+            metadata: BTreeMap<&'a str, &'a str>,
+            spec: &'a StoragePoolSpec,
+        }
+        let out = Out {
+            api_version: API_VERSION,
+            kind: KIND,
+            metadata: BTreeMap::from([("name", self.name.as_str())]),
+            spec: &self.spec,
+        };
+        serde_yaml_ng::to_string(&out).expect("a pool spec always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+apiVersion: pool-csi.io/v1alpha1
+kind: StoragePool
+metadata: { name: scratch }
+spec:
+  type: dir
+  target: { path: /var/lib/pool-csi/scratch }
+---
+apiVersion: pool-csi.io/v1alpha1
+kind: StoragePool
+metadata: { name: data }
+spec:
+  type: fs
+  source: { device: /dev/vdb, format: xfs }
+  target: { path: /srv/data }
+  autoBuild: true
+"#;
+
+    #[test]
+    fn reads_every_document() {
+        let pools = PoolDefinition::parse_documents(FILE, "t").unwrap();
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0].name, "scratch");
+        assert_eq!(pools[1].spec.pool_type, PoolType::Fs);
+        assert_eq!(pools[1].spec.source.format.as_deref(), Some("xfs"));
+        assert!(pools[1].spec.auto_build);
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let pools = PoolDefinition::parse_documents(FILE, "t").unwrap();
+        for p in pools {
+            let again = PoolDefinition::parse_documents(&p.to_manifest(), "t").unwrap();
+            assert_eq!(again, vec![p]);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_missing_paths_are_errors() {
+        let bad = FILE.replace("autoBuild", "autoBiuld");
+        let e = PoolDefinition::parse_documents(&bad, "t").unwrap_err();
+        assert!(
+            crate::full_message(&e).contains("autoBiuld"),
+            "{}",
+            crate::full_message(&e)
+        );
+        let rel = FILE.replace("/var/lib/pool-csi/scratch", "scratch");
+        assert!(PoolDefinition::parse_documents(&rel, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("absolute"));
+        let dotdot = FILE.replace("/var/lib/pool-csi/scratch", "/var/../etc");
+        assert!(PoolDefinition::parse_documents(&dotdot, "t").is_err());
+        let nodev = FILE.replace("source: { device: /dev/vdb, format: xfs }", "");
+        assert!(PoolDefinition::parse_documents(&nodev, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("source.device"));
+    }
+
+    #[test]
+    fn duplicate_and_wrong_kind_are_refused() {
+        let twice = format!("{FILE}\n---\n{}", FILE.split("---").next().unwrap());
+        assert!(PoolDefinition::parse_documents(&twice, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        let wrong = FILE.replace("kind: StoragePool", "kind: StorageClass");
+        assert!(matches!(
+            PoolDefinition::parse_documents(&wrong, "t"),
+            Err(SpecError::WrongKind { .. })
+        ));
+    }
+}
