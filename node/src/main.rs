@@ -1,1 +1,177 @@
-fn main() {}
+//! pool-csi-node: parse arguments, start the pools, serve CSI (unix socket,
+//! for kubelet) and the agent API (TCP, for the controller).
+
+use clap::Parser;
+use pool_csi_node::{
+    agent::server::AgentService, csi::node::NodeService, exec::real::RealRunner,
+    pools::PoolRegistry, Config, NodeCtx,
+};
+use pool_csi_proto::{
+    agent::agent_server::AgentServer,
+    csi::{identity_server::IdentityServer, node_server::NodeServer},
+    identity::{check_driver_name, IdentityService},
+    serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint},
+    PoolDefinition,
+};
+use std::{
+    ffi::OsString,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+use tonic::transport::Server;
+
+/// The pool-csi node plugin and node agent.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// CSI endpoint for kubelet (unix:///path/csi.sock).
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    csi_endpoint: String,
+    /// Address the agent API listens on for the controller.
+    #[arg(long, env = "AGENT_LISTEN", default_value = "0.0.0.0:7690")]
+    agent_listen: SocketAddr,
+    /// This node's name (the Kubernetes node name in a cluster).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// YAML file of StoragePool manifests for this node.
+    #[arg(long, env = "POOLS_FILE")]
+    pools_file: Option<PathBuf>,
+    /// CSI driver name.
+    #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_proto::DEFAULT_DRIVER_NAME)]
+    driver_name: String,
+    /// Directory for runtime state (image exports, pid files).
+    #[arg(long, env = "STATE_DIR", default_value = "/var/lib/pool-csi")]
+    state_dir: PathBuf,
+    /// Root of sysfs.
+    #[arg(long, env = "SYSFS_ROOT", default_value = "/sys")]
+    sysfs_root: PathBuf,
+    /// The mount table to read.
+    #[arg(long, env = "MOUNTINFO", default_value = "/proc/self/mountinfo")]
+    mountinfo: PathBuf,
+    /// Comma-separated prefix for every storage command, e.g. nsenter,--mount=/proc/1/ns/mnt,--
+    #[arg(long, env = "COMMAND_PREFIX", value_delimiter = ',')]
+    command_prefix: Vec<OsString>,
+    /// Attach raw files without direct I/O (for backing filesystems without O_DIRECT).
+    #[arg(long, env = "NO_LOOP_DIRECT_IO")]
+    no_loop_direct_io: bool,
+    /// Volumes this node may hold, reported to the scheduler (0: no limit).
+    #[arg(long, env = "MAX_VOLUMES_PER_NODE", default_value_t = 0)]
+    max_volumes_per_node: i64,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "LOG_FILTER", default_value = "info")]
+    log_filter: String,
+    /// Log one JSON object per line.
+    #[arg(long, env = "LOG_JSON")]
+    log_json: bool,
+}
+
+impl Args {
+    fn into_config(self) -> (Config, Option<PathBuf>, String, SocketAddr) {
+        let Args {
+            csi_endpoint,
+            agent_listen,
+            node_name,
+            pools_file,
+            driver_name,
+            state_dir,
+            sysfs_root,
+            mountinfo,
+            command_prefix,
+            no_loop_direct_io,
+            max_volumes_per_node,
+            log_filter: _,
+            log_json: _,
+        } = self;
+        let cfg = Config {
+            driver_name,
+            node_name,
+            state_dir,
+            sysfs_root,
+            mountinfo,
+            command_prefix,
+            loop_direct_io: !no_loop_direct_io,
+            max_volumes_per_node,
+        };
+        (cfg, pools_file, csi_endpoint, agent_listen)
+    }
+}
+
+/// Pools not running are retried this often (a device may appear later).
+const RESTART_INTERVAL: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    init_tracing(&args.log_filter, args.log_json);
+    let (cfg, pools_file, csi_endpoint, agent_listen) = args.into_config();
+    check_driver_name(&cfg.driver_name)?;
+    pool_csi_proto::volume_id::check_node_name(&cfg.node_name)
+        .map_err(|w| format!("--node-name {:?} {w}", cfg.node_name))?;
+    let Endpoint::Unix(csi_path) = csi_endpoint.parse()? else {
+        return Err("--csi-endpoint must be a unix:// socket".into());
+    };
+    let defs = match &pools_file {
+        Some(p) => PoolDefinition::load_file(p).map_err(|e| pool_csi_proto::full_message(&e))?,
+        None => {
+            tracing::warn!("no --pools-file: this node serves no pools");
+            Vec::new()
+        }
+    };
+    let runner = Arc::new(RealRunner::new(cfg.command_prefix.clone()));
+    let pools = PoolRegistry::new(&defs, &cfg, runner.clone());
+    let ready = Arc::new(AtomicBool::new(false));
+    let ctx = Arc::new(NodeCtx {
+        cfg,
+        runner,
+        pools,
+        locks: Default::default(),
+        ready: ready.clone(),
+    });
+    tracing::info!(node = %ctx.cfg.node_name, pools = defs.len(), csi = %csi_path.display(), agent = %agent_listen, "starting pool-csi-node");
+
+    let starter = ctx.clone();
+    tokio::spawn(async move {
+        starter.pools.start_all().await;
+        starter.ready.store(true, Ordering::Release);
+        tracing::info!("pools started; ready");
+        loop {
+            tokio::time::sleep(RESTART_INTERVAL).await;
+            for p in starter.pools.all() {
+                if p.status(false).await.state != pool_csi_node::pools::PoolState::Running
+                    && p.start().await.is_ok()
+                {
+                    tracing::info!(pool.name = p.name(), "pool started");
+                }
+            }
+        }
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(());
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+
+    let identity = IdentityService::new(&ctx.cfg.driver_name, false, ready);
+    let csi = Server::builder()
+        .add_service(IdentityServer::new(identity.clone()))
+        .add_service(NodeServer::new(NodeService::new(ctx.clone())))
+        .serve_with_incoming_shutdown(bind_private_uds(&csi_path)?, stopped(stop_rx.clone()));
+    let agent = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(IdentityServer::new(identity))
+        .add_service(AgentServer::new(AgentService::new(ctx.clone())))
+        .serve_with_shutdown(agent_listen, stopped(stop_rx));
+    tokio::try_join!(csi, agent)?;
+    let _ = std::fs::remove_file(&csi_path);
+    tracing::info!("stopped");
+    Ok(())
+}

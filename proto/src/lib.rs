@@ -6,14 +6,36 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod caps;
 pub mod codes;
 pub mod csi;
+pub mod identity;
 pub mod oplock;
 pub mod params;
 pub mod pool_spec;
 pub mod pool_type;
 pub mod serve;
 pub mod volume_id;
+
+/// Turns a handler's result into a gRPC response: an error is logged once,
+/// here at the RPC boundary, and its code recorded on the RPC's span.
+pub fn respond<T, E: GrpcCode + std::error::Error>(
+    r: Result<T, E>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let span = tracing::Span::current();
+    match r {
+        Ok(v) => {
+            span.record("rpc.code", "OK");
+            Ok(tonic::Response::new(v))
+        }
+        Err(e) => {
+            let status = status_from(e);
+            span.record("rpc.code", tracing::field::debug(status.code()));
+            tracing::warn!(code = ?status.code(), "{}", status.message());
+            Err(status)
+        }
+    }
+}
 
 /// The CSI driver name reported by GetPluginInfo unless configured otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "pool-csi.io";

@@ -1,0 +1,135 @@
+//! Turning a volume into a block device on this node, and back. Raw files get
+//! a loop device (direct I/O); image formats get qemu-nbd where the nbd module
+//! exists, otherwise a qemu-storage-daemon FUSE export with a loop device on
+//! it. All of it is found again from sysfs and pid files after a restart.
+
+use crate::{
+    error::{io, Result},
+    exec::CommandRunner,
+    pools::AttachSource,
+    tools::{
+        losetup,
+        qsd::{self, Export},
+    },
+};
+use pool_csi_proto::VolumeFormat;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// What attach needs to know about the node.
+pub struct Attacher<'a> {
+    pub runner: &'a dyn CommandRunner,
+    pub sysfs: &'a Path,
+    pub direct_io: bool,
+    /// `<state>/exports/<pool>/<name>` for this volume.
+    pub export: Export,
+}
+
+impl Attacher<'_> {
+    /// The block device for `src`, attaching it if needed. Idempotent.
+    pub async fn attach(&self, src: &AttachSource) -> Result<PathBuf> {
+        match src {
+            AttachSource::Block { device } => Ok(device.clone()),
+            AttachSource::File {
+                path,
+                format: VolumeFormat::Raw,
+            } => self.loop_on(path, self.direct_io).await,
+            AttachSource::File { path, format } => {
+                if self.export.running_pid().is_none() {
+                    self.start_export(path, *format).await?;
+                }
+                self.loop_on(&self.export.file, false).await
+            }
+        }
+    }
+
+    /// The device already attached for `src`, if any (no changes made).
+    pub fn attached(&self, src: &AttachSource) -> Option<PathBuf> {
+        match src {
+            AttachSource::Block { device } => Some(device.clone()),
+            AttachSource::File {
+                path,
+                format: VolumeFormat::Raw,
+            } => losetup::find_by_backing_file(self.sysfs, path)
+                .into_iter()
+                .next(),
+            AttachSource::File { .. } => {
+                losetup::find_by_backing_file(self.sysfs, &self.export.file)
+                    .into_iter()
+                    .next()
+            }
+        }
+    }
+
+    /// Detaches everything attach made for `src`. Idempotent.
+    pub async fn detach(&self, src: &AttachSource) -> Result<()> {
+        let AttachSource::File { path, .. } = src else {
+            return Ok(());
+        };
+        for file in [path.as_path(), self.export.file.as_path()] {
+            for dev in losetup::find_by_backing_file(self.sysfs, file) {
+                losetup::detach(self.runner, &dev).await?;
+            }
+        }
+        if self.export.running_pid().is_some() || self.export.pid_file.exists() {
+            qsd::stop(&self.export, Duration::from_secs(10))
+                .await
+                .map_err(io("stop export", &self.export.file))?;
+        }
+        let _ = std::fs::remove_file(&self.export.file);
+        Ok(())
+    }
+
+    async fn loop_on(&self, file: &Path, direct_io: bool) -> Result<PathBuf> {
+        if let Some(dev) = losetup::find_by_backing_file(self.sysfs, file)
+            .into_iter()
+            .next()
+        {
+            return Ok(dev);
+        }
+        Ok(losetup::attach(self.runner, file, direct_io).await?)
+    }
+
+    async fn start_export(&self, image: &Path, format: VolumeFormat) -> Result<()> {
+        let e = &self.export;
+        if let Some(dir) = e.file.parent() {
+            std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        }
+        // A stale daemon's leftovers (killed node, reboot) must not block a new start.
+        qsd::stop(e, Duration::from_secs(5))
+            .await
+            .map_err(io("clean up export", &e.file))?;
+        // A FUSE mount point left by a killed daemon shows as "not connected".
+        let _ = crate::mount::mounter::unmount(&e.file);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&e.file)
+            .map_err(io("create", &e.file))?;
+        qsd::start(self.runner, image, format, e).await?;
+        Ok(())
+    }
+
+    /// Waits until the export shows at least `size` bytes (FUSE caches
+    /// attributes for about a second after a resize).
+    pub async fn wait_export_size(&self, size: u64) {
+        for _ in 0..40 {
+            if std::fs::metadata(&self.export.file)
+                .map(|m| m.len() >= size)
+                .unwrap_or(true)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Size of a block device (or any file) in bytes.
+pub fn device_size(dev: &Path) -> std::io::Result<u64> {
+    let f = std::fs::File::open(dev)?;
+    Ok(rustix::fs::seek(&f, rustix::fs::SeekFrom::End(0))?)
+}

@@ -1,0 +1,39 @@
+//! The node's typed configuration, built from the command line in `main`.
+
+use std::{ffi::OsString, path::PathBuf};
+
+/// Everything the node needs to know, passed down explicitly.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub driver_name: String,
+    pub node_name: String,
+    /// Where exports, pid files and other runtime state live.
+    pub state_dir: PathBuf,
+    /// Root of sysfs (tests point it at fixture trees).
+    pub sysfs_root: PathBuf,
+    /// The mount table to read.
+    pub mountinfo: PathBuf,
+    /// Prefix for every external command (e.g. nsenter into the host).
+    pub command_prefix: Vec<OsString>,
+    /// Attach raw files with direct I/O.
+    pub loop_direct_io: bool,
+    /// Report at most this many volumes per node to the scheduler (0: no limit).
+    pub max_volumes_per_node: i64,
+}
+
+impl Config {
+    /// A configuration for tests and the demo: state under `state_dir`, the
+    /// real sysfs and mount table.
+    pub fn local(node_name: &str, state_dir: PathBuf) -> Self {
+        Self {
+            driver_name: pool_csi_proto::DEFAULT_DRIVER_NAME.into(),
+            node_name: node_name.into(),
+            state_dir,
+            sysfs_root: "/sys".into(),
+            mountinfo: "/proc/self/mountinfo".into(),
+            command_prefix: Vec::new(),
+            loop_direct_io: true,
+            max_volumes_per_node: 0,
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The CSI services kubelet talks to.
+
+pub mod node;

@@ -1,0 +1,280 @@
+//! CSI Node service: thin handlers that check arguments, take the volume's
+//! lock, call one op, and map the error.
+
+use crate::{
+    error::Error,
+    ops::{self, Access},
+    NodeCtx,
+};
+use pool_csi_proto::{
+    caps,
+    csi::{self, node_server::Node, node_service_capability, volume_capability::AccessType},
+    respond, VolumeId,
+};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+#[derive(Clone)]
+pub struct NodeService {
+    ctx: Arc<NodeCtx>,
+}
+
+impl NodeService {
+    pub fn new(ctx: Arc<NodeCtx>) -> Self {
+        Self { ctx }
+    }
+}
+
+fn volume_id(id: &str) -> Result<VolumeId, Error> {
+    if id.is_empty() {
+        return Err(Error::Invalid("volume_id is required".into()));
+    }
+    VolumeId::parse(id).map_err(|e| Error::VolumeNotFound {
+        pool: String::new(),
+        name: e.to_string(),
+    })
+}
+
+/// The access a capability asks for; the filesystem defaults to the
+/// StorageClass's fstype (in the volume context) or ext4.
+fn access_of(
+    cap: Option<&csi::VolumeCapability>,
+    ctx: &std::collections::HashMap<String, String>,
+) -> Result<(Access, bool), Error> {
+    let cap = cap.ok_or_else(|| Error::Invalid("volume_capability is required".into()))?;
+    caps::check(cap).map_err(Error::Invalid)?;
+    let access = match &cap.access_type {
+        Some(AccessType::Mount(m)) => {
+            let fs = [
+                m.fs_type.as_str(),
+                ctx.get("fsType").map(String::as_str).unwrap_or(""),
+                "ext4",
+            ]
+            .into_iter()
+            .find(|f| !f.is_empty())
+            .unwrap_or("ext4");
+            Access::Mount {
+                fs_type: fs.to_string(),
+                flags: m.mount_flags.clone(),
+            }
+        }
+        _ => Access::Block,
+    };
+    Ok((access, caps::is_read_only_mode(cap)))
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    #[instrument(name = "NodeStageVolume", skip_all, fields(volume.id = %req.get_ref().volume_id, rpc.code))]
+    async fn node_stage_volume(
+        &self,
+        req: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        let r = req.into_inner();
+        respond::<_, Error>(
+            async {
+                let id = volume_id(&r.volume_id)?;
+                if r.staging_target_path.is_empty() {
+                    return Err(Error::Invalid("staging_target_path is required".into()));
+                }
+                let (access, ro) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
+                let _g = self
+                    .ctx
+                    .locks
+                    .try_acquire(NodeCtx::volume_key(&id.pool, &id.name))?;
+                ops::stage::stage(&self.ctx, &id, &r.staging_target_path, &access, ro).await?;
+                Ok(csi::NodeStageVolumeResponse {})
+            }
+            .await,
+        )
+    }
+
+    #[instrument(name = "NodeUnstageVolume", skip_all, fields(volume.id = %req.get_ref().volume_id, rpc.code))]
+    async fn node_unstage_volume(
+        &self,
+        req: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        let r = req.into_inner();
+        respond::<_, Error>(
+            async {
+                let id = volume_id(&r.volume_id)?;
+                if r.staging_target_path.is_empty() {
+                    return Err(Error::Invalid("staging_target_path is required".into()));
+                }
+                let _g = self
+                    .ctx
+                    .locks
+                    .try_acquire(NodeCtx::volume_key(&id.pool, &id.name))?;
+                ops::stage::unstage(&self.ctx, &id, &r.staging_target_path).await?;
+                Ok(csi::NodeUnstageVolumeResponse {})
+            }
+            .await,
+        )
+    }
+
+    #[instrument(name = "NodePublishVolume", skip_all, fields(volume.id = %req.get_ref().volume_id, rpc.code))]
+    async fn node_publish_volume(
+        &self,
+        req: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        let r = req.into_inner();
+        respond::<_, Error>(
+            async {
+                let id = volume_id(&r.volume_id)?;
+                if r.target_path.is_empty() {
+                    return Err(Error::Invalid("target_path is required".into()));
+                }
+                if r.staging_target_path.is_empty() {
+                    return Err(Error::Invalid(
+                        "staging_target_path is required: pool-csi stages every volume".into(),
+                    ));
+                }
+                let (access, ro_mode) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
+                let _g = self
+                    .ctx
+                    .locks
+                    .try_acquire(NodeCtx::volume_key(&id.pool, &id.name))?;
+                ops::publish::publish(
+                    &self.ctx,
+                    &id,
+                    &r.staging_target_path,
+                    &r.target_path,
+                    &access,
+                    r.readonly || ro_mode,
+                )
+                .await?;
+                Ok(csi::NodePublishVolumeResponse {})
+            }
+            .await,
+        )
+    }
+
+    #[instrument(name = "NodeUnpublishVolume", skip_all, fields(volume.id = %req.get_ref().volume_id, rpc.code))]
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let r = req.into_inner();
+        respond::<_, Error>(
+            async {
+                let id = volume_id(&r.volume_id)?;
+                if r.target_path.is_empty() {
+                    return Err(Error::Invalid("target_path is required".into()));
+                }
+                let _g = self
+                    .ctx
+                    .locks
+                    .try_acquire(NodeCtx::volume_key(&id.pool, &id.name))?;
+                ops::publish::unpublish(&self.ctx, &r.target_path).await?;
+                Ok(csi::NodeUnpublishVolumeResponse {})
+            }
+            .await,
+        )
+    }
+
+    #[instrument(name = "NodeGetVolumeStats", skip_all, fields(volume.id = %req.get_ref().volume_id, rpc.code))]
+    async fn node_get_volume_stats(
+        &self,
+        req: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        use csi::volume_usage::Unit;
+        let r = req.into_inner();
+        respond::<_, Error>(
+            async {
+                let id = volume_id(&r.volume_id)?;
+                if r.volume_path.is_empty() {
+                    return Err(Error::Invalid("volume_path is required".into()));
+                }
+                let s = ops::stats::stats(&self.ctx, &id, &r.volume_path).await?;
+                let usage = |unit: Unit, total: u64, available: u64, used: u64| csi::VolumeUsage {
+                    total: total as i64,
+                    available: available as i64,
+                    used: used as i64,
+                    unit: unit as i32,
+                };
+                let mut out = vec![usage(
+                    Unit::Bytes,
+                    s.bytes_total,
+                    s.bytes_available,
+                    s.bytes_used,
+                )];
+                if let Some((total, free, used)) = s.inodes {
+                    out.push(usage(Unit::Inodes, total, free, used));
+                }
+                Ok(csi::NodeGetVolumeStatsResponse {
+                    usage: out,
+                    volume_condition: Some(csi::VolumeCondition {
+                        abnormal: s.abnormal.is_some(),
+                        message: s.abnormal.unwrap_or_else(|| "volume is healthy".into()),
+                    }),
+                })
+            }
+            .await,
+        )
+    }
+
+    #[instrument(name = "NodeExpandVolume", skip_all, fields(volume.id = %req.get_ref().volume_id, rpc.code))]
+    async fn node_expand_volume(
+        &self,
+        req: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        let r = req.into_inner();
+        respond::<_, Error>(
+            async {
+                let id = volume_id(&r.volume_id)?;
+                if r.volume_path.is_empty() {
+                    return Err(Error::Invalid("volume_path is required".into()));
+                }
+                let range = r.capacity_range.unwrap_or_default();
+                if range.required_bytes < 0 || range.limit_bytes < 0 {
+                    return Err(Error::Invalid("capacity_range must not be negative".into()));
+                }
+                let _g = self
+                    .ctx
+                    .locks
+                    .try_acquire(NodeCtx::volume_key(&id.pool, &id.name))?;
+                let size =
+                    ops::stats::expand(&self.ctx, &id, &r.volume_path, range.required_bytes as u64)
+                        .await?;
+                Ok(csi::NodeExpandVolumeResponse {
+                    capacity_bytes: size as i64,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        use node_service_capability::{rpc::Type, Rpc, Type as T};
+        let cap = |t: Type| csi::NodeServiceCapability {
+            r#type: Some(T::Rpc(Rpc { r#type: t as i32 })),
+        };
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                cap(Type::StageUnstageVolume),
+                cap(Type::GetVolumeStats),
+                cap(Type::ExpandVolume),
+                cap(Type::VolumeCondition),
+                cap(Type::SingleNodeMultiWriter),
+            ],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        let node = self.ctx.cfg.node_name.clone();
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: node.clone(),
+            max_volumes_per_node: self.ctx.cfg.max_volumes_per_node,
+            accessible_topology: Some(csi::Topology {
+                segments: [(pool_csi_proto::TOPOLOGY_NODE_KEY.to_string(), node)].into(),
+            }),
+        }))
+    }
+}

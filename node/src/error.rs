@@ -1,0 +1,114 @@
+//! The node's error type. Every variant says what failed with the context to
+//! act on it; the gRPC code is chosen in one exhaustive match.
+
+use crate::exec::ExecError;
+use pool_csi_proto::GrpcCode;
+use std::path::PathBuf;
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request names a pool this node does not have.
+    #[error("pool {pool:?} is not defined on node {node}")]
+    PoolNotFound { pool: String, node: String },
+    /// The pool exists but is not running (not built, device missing …).
+    #[error("pool {pool:?} is not running: {why}")]
+    PoolNotRunning { pool: String, why: String },
+    /// The volume does not exist in its pool.
+    #[error("volume {name:?} not found in pool {pool:?}")]
+    VolumeNotFound { pool: String, name: String },
+    /// The snapshot does not exist in its pool.
+    #[error("snapshot {name:?} not found in pool {pool:?}")]
+    SnapshotNotFound { pool: String, name: String },
+    /// A volume or snapshot of this name exists with other properties.
+    #[error("{what} {name:?} already exists in pool {pool:?} with {why}")]
+    NameTaken {
+        what: &'static str,
+        pool: String,
+        name: String,
+        why: String,
+    },
+    /// The pool has no room.
+    #[error("pool {pool:?} has {available} bytes available, {needed} needed")]
+    NoSpace {
+        pool: String,
+        needed: u64,
+        available: u64,
+    },
+    /// A size outside what the request allows or the storage can do.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The request is malformed or asks for something unsupported.
+    #[error("{0}")]
+    Invalid(String),
+    /// The volume is in use where the operation needs it idle.
+    #[error("{what} is in use: {by}")]
+    InUse { what: String, by: String },
+    /// The operation conflicts with the volume's current state.
+    #[error("{0}")]
+    Precondition(String),
+    /// A device already holds data; nothing was formatted.
+    #[error("refusing to format {device}: it already holds {found}")]
+    NotBlank { device: PathBuf, found: String },
+    /// A filesystem call failed.
+    #[error("failed to {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An external command failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// qemu-storage-daemon refused a QMP command.
+    #[error(transparent)]
+    Qmp(#[from] crate::tools::qsd::QmpError),
+    /// Another operation on the same volume is running.
+    #[error(transparent)]
+    Busy(#[from] pool_csi_proto::oplock::Busy),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl GrpcCode for Error {
+    fn grpc_code(&self) -> Code {
+        match self {
+            Self::PoolNotFound { .. } => Code::NotFound,
+            Self::PoolNotRunning { .. } => Code::FailedPrecondition,
+            Self::VolumeNotFound { .. } | Self::SnapshotNotFound { .. } => Code::NotFound,
+            Self::NameTaken { .. } => Code::AlreadyExists,
+            Self::NoSpace { .. } => Code::ResourceExhausted, // the provisioner tries another node
+            Self::OutOfRange(_) => Code::OutOfRange,
+            Self::Invalid(_) => Code::InvalidArgument,
+            Self::InUse { .. } | Self::Precondition(_) | Self::NotBlank { .. } => {
+                Code::FailedPrecondition
+            }
+            Self::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                Code::ResourceExhausted
+            }
+            Self::Io { .. } => Code::Internal,
+            Self::Exec(e) => e.grpc_code(),
+            Self::Qmp(_) => Code::Internal,
+            Self::Busy(_) => Code::Aborted,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        pool_csi_proto::status_from(e)
+    }
+}
+
+/// `map_err` helper: `.map_err(io("create", &path))`.
+pub fn io<'a>(
+    op: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}

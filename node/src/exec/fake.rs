@@ -1,0 +1,83 @@
+//! A scripted runner for tests: expects argv in order, answers with recorded
+//! output, panics on a surprise, and checks on drop that every expected call
+//! happened.
+
+use super::{Cmd, CommandRunner, ExecError, Output};
+use std::{collections::VecDeque, sync::Mutex};
+
+/// A recorded reply.
+#[derive(Debug, Clone, Default)]
+pub struct Reply(pub Output);
+
+impl Reply {
+    pub fn ok() -> Self {
+        Self::default()
+    }
+
+    pub fn exit(status: i32) -> Self {
+        Self(Output {
+            status,
+            ..Default::default()
+        })
+    }
+
+    pub fn stdout(mut self, s: impl Into<Vec<u8>>) -> Self {
+        self.0.stdout = s.into();
+        self
+    }
+
+    pub fn stderr(mut self, s: impl Into<Vec<u8>>) -> Self {
+        self.0.stderr = s.into();
+        self
+    }
+}
+
+/// Scripted [`CommandRunner`].
+#[derive(Default)]
+pub struct FakeRunner {
+    script: Mutex<VecDeque<(Vec<String>, Reply)>>,
+}
+
+impl FakeRunner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Expects the next call to be exactly `argv`.
+    pub fn expect<I, S>(self, argv: I, reply: Reply) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let argv = argv.into_iter().map(Into::into).collect();
+        self.script.lock().unwrap().push_back((argv, reply));
+        self
+    }
+}
+
+#[tonic::async_trait]
+impl CommandRunner for FakeRunner {
+    async fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
+        let got = cmd.argv();
+        let next = self.script.lock().unwrap().pop_front();
+        match next {
+            Some((want, reply)) if want == got => Ok(reply.0),
+            Some((want, _)) => panic!("FakeRunner: expected {want:?}, got {got:?}"),
+            None => panic!("FakeRunner: unexpected call {got:?}"),
+        }
+    }
+}
+
+impl Drop for FakeRunner {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let left = self.script.lock().unwrap();
+        assert!(
+            left.is_empty(),
+            "FakeRunner: expected calls never made: {:?}",
+            left.iter().map(|(a, _)| a).collect::<Vec<_>>()
+        );
+    }
+}

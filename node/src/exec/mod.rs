@@ -1,0 +1,142 @@
+//! External commands: argument vectors only, never a shell, behind one
+//! [`CommandRunner`] that tests can replace.
+
+pub mod fake;
+pub mod real;
+
+use pool_csi_proto::GrpcCode;
+use std::{ffi::OsString, fmt, time::Duration};
+
+/// A command line: program plus arguments, each a separate string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub timeout: Duration,
+}
+
+/// The default time a storage command may take before it is killed.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Cmd {
+    pub fn new(program: impl Into<OsString>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// The argv as lossy strings (for logs, errors and fake matching).
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.argv().join(" "))
+    }
+}
+
+/// What a finished command left behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Exit code; -1 when killed by a signal.
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
+    }
+}
+
+/// A command that could not run, timed out, or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The program is missing or not executable.
+    #[error("failed to start {program}: is it installed on the node?")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Killed after its timeout.
+    #[error("{cmd} did not finish within {timeout:?} and was killed")]
+    Timeout { cmd: String, timeout: Duration },
+    /// Exited non-zero; stderr says why.
+    #[error("{cmd} failed with exit code {status}: {stderr}")]
+    Failed {
+        cmd: String,
+        status: i32,
+        stderr: String,
+    },
+}
+
+impl GrpcCode for ExecError {
+    fn grpc_code(&self) -> tonic::Code {
+        match self {
+            Self::Timeout { .. } => tonic::Code::DeadlineExceeded,
+            Self::Spawn { .. } | Self::Failed { .. } => tonic::Code::Internal,
+        }
+    }
+}
+
+impl ExecError {
+    /// The exit code of a failed command, if it ran.
+    pub fn status(&self) -> Option<i32> {
+        match self {
+            Self::Failed { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Runs external commands.
+#[tonic::async_trait]
+pub trait CommandRunner: Send + Sync {
+    /// Runs `cmd` to completion; any exit status is an `Ok(Output)`.
+    async fn run(&self, cmd: &Cmd) -> Result<Output, ExecError>;
+
+    /// Runs `cmd` and treats a non-zero exit as [`ExecError::Failed`].
+    async fn run_ok(&self, cmd: &Cmd) -> Result<Output, ExecError> {
+        let out = self.run(cmd).await?;
+        if out.status != 0 {
+            return Err(ExecError::Failed {
+                cmd: cmd.to_string(),
+                status: out.status,
+                stderr: out.stderr_str(),
+            });
+        }
+        Ok(out)
+    }
+}

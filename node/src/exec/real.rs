@@ -1,0 +1,111 @@
+//! The runner that starts real processes. The only place a process is spawned.
+
+use super::{Cmd, CommandRunner, ExecError, Output};
+use std::ffi::OsString;
+
+/// Spawns commands with `tokio::process`, `LC_ALL=C`, a timeout, and
+/// `kill_on_drop` so a cancelled RPC also kills its child. An optional prefix
+/// (for example `nsenter --mount=/proc/1/ns/mnt --`) runs every command in the
+/// host's namespaces when the node plugin runs in a container.
+#[derive(Debug, Clone, Default)]
+pub struct RealRunner {
+    prefix: Vec<OsString>,
+}
+
+impl RealRunner {
+    pub fn new(prefix: Vec<OsString>) -> Self {
+        Self { prefix }
+    }
+}
+
+#[tonic::async_trait]
+impl CommandRunner for RealRunner {
+    async fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
+        let (program, args): (&OsString, Vec<&OsString>) = match self.prefix.split_first() {
+            Some((p, rest)) => (
+                p,
+                rest.iter().chain([&cmd.program]).chain(&cmd.args).collect(),
+            ),
+            None => (&cmd.program, cmd.args.iter().collect()),
+        };
+        tracing::debug!(argv = ?cmd.argv(), "exec");
+        #[allow(clippy::disallowed_methods)] // this is the one place commands are spawned
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .env("LC_ALL", "C")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let child = command.output();
+        let out = match tokio::time::timeout(cmd.timeout, child).await {
+            Err(_) => {
+                return Err(ExecError::Timeout {
+                    cmd: cmd.to_string(),
+                    timeout: cmd.timeout,
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(ExecError::Spawn {
+                    program: cmd.program.to_string_lossy().into(),
+                    source,
+                })
+            }
+            Ok(Ok(out)) => out,
+        };
+        Ok(Output {
+            status: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn runs_argv_without_a_shell() {
+        let r = RealRunner::default();
+        let out = r
+            .run_ok(&Cmd::new("echo").arg("a b; rm -rf /"))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_str(), "a b; rm -rf /\n");
+    }
+
+    #[tokio::test]
+    async fn failure_carries_stderr_and_status() {
+        let r = RealRunner::default();
+        let e = r
+            .run_ok(&Cmd::new("ls").arg("/does/not/exist"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(2));
+        assert!(e.to_string().contains("No such file"), "{e}");
+        let e = r.run(&Cmd::new("/no/such/tool")).await.unwrap_err();
+        assert!(matches!(e, ExecError::Spawn { .. }));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_child() {
+        let r = RealRunner::default();
+        let e = r
+            .run(
+                &Cmd::new("sleep")
+                    .arg("5")
+                    .timeout(Duration::from_millis(50)),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ExecError::Timeout { .. }));
+    }
+
+    #[tokio::test]
+    async fn prefix_runs_before_the_program() {
+        let r = RealRunner::new(vec!["env".into(), "FOO=bar".into()]);
+        let out = r.run_ok(&Cmd::new("printenv").arg("FOO")).await.unwrap();
+        assert_eq!(out.stdout_str(), "bar\n");
+    }
+}

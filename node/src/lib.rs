@@ -1,0 +1,46 @@
+//! pool-csi node plugin and node agent: serves CSI Identity + Node to kubelet
+//! and the agent API to the controller, and is the only process that runs
+//! storage commands.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod attach;
+pub mod config;
+pub mod copy;
+pub mod csi;
+pub mod error;
+pub mod exec;
+pub mod formats;
+pub mod mount;
+pub mod ops;
+pub mod pools;
+pub mod tools;
+
+pub use config::Config;
+
+use exec::CommandRunner;
+use pool_csi_proto::OpLocks;
+use pools::PoolRegistry;
+use std::sync::{atomic::AtomicBool, Arc};
+
+/// Everything a request handler needs.
+pub struct NodeCtx {
+    pub cfg: Config,
+    pub runner: Arc<dyn CommandRunner>,
+    pub pools: PoolRegistry,
+    /// One operation per volume; shared by the CSI and the agent services.
+    pub locks: OpLocks,
+    /// Set once every pool has been started (or has failed with a reason).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl NodeCtx {
+    /// The lock key of a volume, whichever service asks.
+    pub fn volume_key(pool: &str, name: &str) -> String {
+        format!("vol:{pool}/{name}")
+    }
+
+    pub fn snapshot_key(pool: &str, name: &str) -> String {
+        format!("snap:{pool}/{name}")
+    }
+}

@@ -1,0 +1,4 @@
+//! Mounts: the mount table parser and the mount system calls.
+
+pub mod mounter;
+pub mod mountinfo;

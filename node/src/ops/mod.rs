@@ -1,0 +1,74 @@
+//! Node use-cases, composed from pools, attach and mount. All idempotent;
+//! all state is rediscovered from the mount table, sysfs and the pool.
+
+pub mod publish;
+pub mod stage;
+pub mod stats;
+
+use crate::{
+    attach::Attacher,
+    error::{Error, Result},
+    pools::{AttachSource, Pool},
+    tools::qsd::Export,
+    NodeCtx,
+};
+use pool_csi_proto::VolumeId;
+use std::{
+    path::{Component, Path, PathBuf},
+    sync::Arc,
+};
+
+/// How the workload will use the volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Block,
+    Mount { fs_type: String, flags: Vec<String> },
+}
+
+/// The file a block volume's device node is bound to inside the staging dir.
+pub const STAGED_DEVICE: &str = "device";
+
+/// A path from the CO: absolute, and no `..` (kubelet never sends one).
+pub fn checked_path(field: &str, p: &str) -> Result<PathBuf> {
+    let path = Path::new(p);
+    if p.is_empty() {
+        return Err(Error::Invalid(format!("{field} is required")));
+    }
+    if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(Error::Invalid(format!(
+            "{field} {p:?} must be an absolute path without '..'"
+        )));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// The pool that holds `id` on this node.
+pub fn pool_of<'a>(ctx: &'a NodeCtx, id: &VolumeId) -> Result<&'a Arc<dyn Pool>> {
+    if let Some(node) = &id.node {
+        if *node != ctx.cfg.node_name {
+            return Err(Error::VolumeNotFound {
+                pool: id.pool.clone(),
+                name: format!(
+                    "{} (it lives on node {node}, this is {})",
+                    id.name, ctx.cfg.node_name
+                ),
+            });
+        }
+    }
+    ctx.pools.get(&id.pool, &ctx.cfg.node_name)
+}
+
+/// An attacher for one volume.
+pub fn attacher<'a>(ctx: &'a NodeCtx, id: &VolumeId) -> Attacher<'a> {
+    Attacher {
+        runner: ctx.runner.as_ref(),
+        sysfs: &ctx.cfg.sysfs_root,
+        direct_io: ctx.cfg.loop_direct_io,
+        export: Export::at(crate::pools::file::exports_dir(&ctx.cfg, &id.pool).join(&id.name)),
+    }
+}
+
+/// The volume's attach source; NotFound when the volume is gone.
+pub async fn source_of(ctx: &NodeCtx, id: &VolumeId) -> Result<AttachSource> {
+    pool_of(ctx, id)?.attach_source(&id.name).await
+}

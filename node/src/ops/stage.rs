@@ -1,0 +1,156 @@
+//! NodeStageVolume / NodeUnstageVolume: attach the volume and mount it (or
+//! bind its device node) at the staging path.
+
+use super::{attacher, checked_path, source_of, Access, STAGED_DEVICE};
+use crate::{
+    error::{io, Error, Result},
+    mount::{mounter, mountinfo},
+    tools::{blkid::Probe, losetup, mkfs},
+    NodeCtx,
+};
+use pool_csi_proto::VolumeId;
+use std::path::{Path, PathBuf};
+
+/// Stages `id` at `staging`. Idempotent: a second call with the same
+/// arguments finds the mount and returns Ok.
+pub async fn stage(
+    ctx: &NodeCtx,
+    id: &VolumeId,
+    staging: &str,
+    access: &Access,
+    read_only: bool,
+) -> Result<()> {
+    let staging = checked_path("staging_target_path", staging)?;
+    let src = source_of(ctx, id).await?;
+    let att = attacher(ctx, id);
+    let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
+    let target = match access {
+        Access::Block => staging.join(STAGED_DEVICE),
+        Access::Mount { .. } => staging.clone(),
+    };
+    if let Some(m) = mountinfo::find_at(&table, &target) {
+        let ours = att.attached(&src).is_some_and(|d| mount_device(m) == d);
+        return if ours {
+            Ok(())
+        } else {
+            Err(Error::NameTaken {
+                what: "staging path",
+                pool: id.pool.clone(),
+                name: staging.display().to_string(),
+                why: format!("{} mounted there, not volume {}", m.source, id.name),
+            })
+        };
+    }
+    let was_attached = att.attached(&src).is_some();
+    let dev = att.attach(&src).await?;
+    let result = match access {
+        Access::Block => bind_device(&dev, &target),
+        Access::Mount { fs_type, flags } => {
+            mount_filesystem(ctx, &dev, &staging, fs_type, flags, read_only).await
+        }
+    };
+    if result.is_err() && !was_attached {
+        let _ = att.detach(&src).await; // undo what this call made
+    }
+    result
+}
+
+fn bind_device(dev: &Path, target: &Path) -> Result<()> {
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(target)
+        .map_err(io("create", target))?;
+    mounter::bind(dev, target, false).map_err(io("bind device onto", target))
+}
+
+async fn mount_filesystem(
+    ctx: &NodeCtx,
+    dev: &Path,
+    staging: &Path,
+    fs_type: &str,
+    flags: &[String],
+    read_only: bool,
+) -> Result<()> {
+    match Probe::device(ctx.runner.as_ref(), dev).await? {
+        Probe::Blank => mkfs::make(ctx.runner.as_ref(), fs_type, dev).await?,
+        Probe::Filesystem(have) if have == fs_type => {}
+        Probe::Filesystem(have) => {
+            return Err(Error::Precondition(format!(
+                "the volume holds a {have} filesystem but {fs_type} was requested; nothing was formatted"
+            )))
+        }
+        Probe::Other { kind } => return Err(Error::NotBlank { device: dev.into(), found: kind }),
+    }
+    let mut flags = flags.to_vec();
+    if fs_type == "xfs" {
+        flags.push("nouuid".into()); // clones share a UUID; xfs refuses the second mount without this
+    }
+    let opts =
+        mounter::parse_flags(&flags, read_only).map_err(|e| Error::Invalid(e.to_string()))?;
+    std::fs::create_dir_all(staging).map_err(io("create", staging))?;
+    mounter::mount_fs(dev, staging, fs_type, &opts).map_err(io("mount volume at", staging))
+}
+
+/// The device behind a mount entry: its source for filesystems, or for a
+/// bind of a device node, /dev plus the node's path in devtmpfs.
+pub fn mount_device(m: &mountinfo::MountEntry) -> PathBuf {
+    if m.source.starts_with('/') {
+        PathBuf::from(&m.source)
+    } else {
+        Path::new("/dev").join(m.root.strip_prefix("/").unwrap_or(&m.root))
+    }
+}
+
+/// Unstages `id` from `staging`: unmounts, then detaches what stage attached.
+/// Already unstaged is Ok; still published elsewhere is FAILED_PRECONDITION.
+pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &str) -> Result<()> {
+    let staging = checked_path("staging_target_path", staging)?;
+    let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
+    let mut devices = Vec::new();
+    for mp in [staging.join(STAGED_DEVICE), staging.clone()] {
+        let Some(m) = mountinfo::find_at(&table, &mp) else {
+            continue;
+        };
+        if let Some(other) = table
+            .iter()
+            .find(|o| o.dev == m.dev && o.root == m.root && o.mount_point != mp)
+        {
+            return Err(Error::InUse {
+                what: format!("volume {}", id.name),
+                by: format!(
+                    "still published at {}; unpublish it first",
+                    other.mount_point.display()
+                ),
+            });
+        }
+        devices.push(mount_device(m));
+        mounter::unmount(&mp).map_err(io("unmount", &mp))?;
+    }
+    match std::fs::remove_file(staging.join(STAGED_DEVICE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("remove", &staging)(e))
+        }
+        _ => {}
+    }
+    let att = attacher(ctx, id);
+    match source_of(ctx, id).await {
+        Ok(src) => att.detach(&src).await,
+        // The volume file is gone: free whatever device the mount showed.
+        Err(Error::VolumeNotFound { .. }) => {
+            for d in devices
+                .iter()
+                .filter(|d| d.to_string_lossy().starts_with("/dev/loop"))
+            {
+                losetup::detach(ctx.runner.as_ref(), d).await?;
+            }
+            let _ = crate::tools::qsd::stop(&att.export, std::time::Duration::from_secs(10)).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}

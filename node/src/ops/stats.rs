@@ -1,0 +1,103 @@
+//! NodeGetVolumeStats and NodeExpandVolume.
+
+use super::{attacher, checked_path, source_of};
+use crate::{
+    attach::device_size,
+    error::{io, Error, Result},
+    mount::mountinfo,
+    tools::{growfs, losetup},
+    NodeCtx,
+};
+use pool_csi_proto::VolumeId;
+
+/// Usage of a published or staged volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub bytes_total: u64,
+    pub bytes_available: u64,
+    pub bytes_used: u64,
+    /// None for block volumes.
+    pub inodes: Option<(u64, u64, u64)>,
+    /// Some(why) when the volume is unhealthy.
+    pub abnormal: Option<String>,
+}
+
+pub async fn stats(ctx: &NodeCtx, id: &VolumeId, volume_path: &str) -> Result<Stats> {
+    let path = checked_path("volume_path", volume_path)?;
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::VolumeNotFound {
+                pool: id.pool.clone(),
+                name: format!("{} at {}", id.name, path.display()),
+            })
+        }
+        Err(e) => return Err(io("stat", &path)(e)),
+    };
+    let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
+    let mut abnormal = match source_of(ctx, id).await {
+        Err(Error::VolumeNotFound { .. }) => Some(format!(
+            "the backing volume {} is gone from pool {}",
+            id.name, id.pool
+        )),
+        Err(Error::PoolNotRunning { why, .. }) => {
+            Some(format!("pool {} is not running: {why}", id.pool))
+        }
+        _ => None,
+    };
+    if abnormal.is_none() && mountinfo::find_at(&table, &path).is_none() {
+        abnormal = Some(format!("{} is not mounted", path.display()));
+    }
+    if meta.is_dir() {
+        let s = rustix::fs::statvfs(&path).map_err(|e| io("statfs", &path)(e.into()))?;
+        Ok(Stats {
+            bytes_total: s.f_blocks * s.f_frsize,
+            bytes_available: s.f_bavail * s.f_frsize,
+            bytes_used: (s.f_blocks - s.f_bfree) * s.f_frsize,
+            inodes: Some((s.f_files, s.f_ffree, s.f_files - s.f_ffree)),
+            abnormal,
+        })
+    } else {
+        let size = device_size(&path).map_err(io("size", &path))?;
+        Ok(Stats {
+            bytes_total: size,
+            bytes_available: 0,
+            bytes_used: 0,
+            inodes: None,
+            abnormal,
+        })
+    }
+}
+
+/// Makes the node see a grown volume: refreshes the loop device and grows
+/// the filesystem online. Returns the device size.
+pub async fn expand(ctx: &NodeCtx, id: &VolumeId, volume_path: &str, required: u64) -> Result<u64> {
+    let path = checked_path("volume_path", volume_path)?;
+    if !path.exists() {
+        return Err(Error::VolumeNotFound {
+            pool: id.pool.clone(),
+            name: format!("{} at {}", id.name, path.display()),
+        });
+    }
+    let src = source_of(ctx, id).await?;
+    let att = attacher(ctx, id);
+    let dev = att.attached(&src).ok_or_else(|| {
+        Error::Precondition(format!(
+            "volume {} is not staged on node {}",
+            id.name, ctx.cfg.node_name
+        ))
+    })?;
+    if att.export.running_pid().is_some() {
+        att.wait_export_size(required).await;
+    }
+    if losetup::backing_file(&ctx.cfg.sysfs_root, &dev).is_some() {
+        losetup::refresh_capacity(ctx.runner.as_ref(), &dev).await?;
+    }
+    if path.is_dir() {
+        let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
+        let m = mountinfo::find_at(&table, &path)
+            .ok_or_else(|| Error::Precondition(format!("{} is not mounted", path.display())))?;
+        growfs::grow(ctx.runner.as_ref(), &m.fs_type, &dev, &path).await?;
+    }
+    device_size(&dev).map_err(io("size", &dev))
+}

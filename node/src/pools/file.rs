@@ -1,0 +1,625 @@
+//! dir and fs pools: volumes are image files in `target.path`. An fs pool
+//! first mounts its `source.device` there; after that both behave alike.
+//!
+//! Crash safety: a volume is made under `.pool-csi/tmp` and renamed into
+//! place (RENAME_NOREPLACE) only when complete, so a volume file is always
+//! whole; leftovers in tmp are removed at start and on retry.
+
+use super::{
+    fit_size, layout::Layout, AttachSource, CreateRequest, Expanded, Pool, PoolState, PoolStatus,
+    Source, Volume,
+};
+use crate::{
+    copy,
+    error::{io, Error, Result},
+    exec::CommandRunner,
+    formats,
+    mount::{mounter, mountinfo},
+    tools::{blkid::Probe, losetup, mkfs, qsd::Export},
+    Config,
+};
+use pool_csi_proto::{Allocation, PoolDefinition, PoolType, VolumeFormat};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+pub(super) const MIB: u64 = 1 << 20;
+/// Size of a volume whose request gives no capacity.
+pub(super) const DEFAULT_SIZE: u64 = 1 << 30;
+/// Formats a file pool creates volumes in, in lookup order.
+const FORMATS: [VolumeFormat; 5] = [
+    VolumeFormat::Raw,
+    VolumeFormat::Qcow2,
+    VolumeFormat::Vmdk,
+    VolumeFormat::Vpc,
+    VolumeFormat::Vdi,
+];
+
+/// The device an fs pool mounts.
+#[derive(Debug, Clone)]
+struct FsDevice {
+    device: PathBuf,
+    /// None: auto (whatever blkid finds).
+    format: Option<String>,
+}
+
+pub struct FilePool {
+    pub(super) name: String,
+    pool_type: PoolType,
+    pub(super) layout: Layout,
+    device: Option<FsDevice>,
+    auto_build: bool,
+    pub(super) runner: Arc<dyn CommandRunner>,
+    sysfs: PathBuf,
+    mountinfo: PathBuf,
+    /// Where this pool's qemu-storage-daemon exports live.
+    exports: PathBuf,
+    state: Mutex<(PoolState, String)>,
+}
+
+impl FilePool {
+    pub fn new(def: &PoolDefinition, cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
+        let s = &def.spec;
+        let device = (s.pool_type == PoolType::Fs).then(|| FsDevice {
+            device: s.source.device.clone().unwrap_or_default().into(),
+            format: s.source.format.clone().filter(|f| f != "auto"),
+        });
+        Self {
+            name: def.name.clone(),
+            pool_type: s.pool_type,
+            layout: Layout::new(s.target.path.clone().unwrap_or_default().into()),
+            device,
+            auto_build: s.auto_build,
+            runner,
+            sysfs: cfg.sysfs_root.clone(),
+            mountinfo: cfg.mountinfo.clone(),
+            exports: exports_dir(cfg, &def.name),
+            state: Mutex::new((PoolState::Inactive, "not started".into())),
+        }
+    }
+
+    fn set_state(&self, state: PoolState, why: impl Into<String>) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (state, why.into());
+    }
+
+    pub(super) fn ensure_running(&self) -> Result<()> {
+        let (state, why) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match state {
+            PoolState::Running => Ok(()),
+            _ => Err(Error::PoolNotRunning {
+                pool: self.name.clone(),
+                why,
+            }),
+        }
+    }
+
+    /// The volume file for `name`, if there is one. Anything at a volume's
+    /// path that is not a regular file (a symlink, a directory) is refused.
+    pub(super) fn find(&self, name: &str) -> Result<Option<(PathBuf, VolumeFormat)>> {
+        for f in FORMATS {
+            let path = self.layout.volume(name, f)?;
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() => return Ok(Some((path, f))),
+                Ok(_) => {
+                    return Err(Error::Precondition(format!(
+                        "{} is not a regular file; pool-csi will not touch it",
+                        path.display()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("stat", &path)(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn describe(&self, name: &str, path: &Path, format: VolumeFormat) -> Volume {
+        let meta = std::fs::metadata(path);
+        let allocation = meta.as_ref().map(copy::allocated_bytes).unwrap_or(0);
+        match formats::virtual_size(self.runner.as_ref(), format, path).await {
+            Ok(capacity) => Volume {
+                name: name.into(),
+                format,
+                capacity,
+                allocation,
+                abnormal: None,
+            },
+            Err(e) => Volume {
+                name: name.into(),
+                format,
+                capacity: meta.map(|m| m.len()).unwrap_or(0),
+                allocation,
+                abnormal: Some(pool_csi_proto::full_message(&e)),
+            },
+        }
+    }
+
+    pub(super) fn available(&self) -> Result<u64> {
+        let s = rustix::fs::statvfs(&self.layout.root)
+            .map_err(|e| io("statfs", &self.layout.root)(e.into()))?;
+        Ok(s.f_bavail * s.f_frsize)
+    }
+
+    pub(super) fn export_of(&self, name: &str) -> Export {
+        Export::at(self.exports.join(name))
+    }
+
+    /// Who holds the file open through the kernel or qemu, if anyone.
+    fn users_of(&self, name: &str, path: &Path) -> Option<String> {
+        let loops = losetup::find_by_backing_file(&self.sysfs, path);
+        if let Some(l) = loops.first() {
+            return Some(format!("loop device {}", l.display()));
+        }
+        self.export_of(name)
+            .running_pid()
+            .map(|pid| format!("qemu-storage-daemon pid {pid}"))
+    }
+
+    async fn mount_device(&self, dev: &FsDevice) -> Result<()> {
+        let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
+        if mountinfo::find_at(&table, &self.layout.root).is_some() {
+            return Ok(());
+        }
+        let fs = match Probe::device(self.runner.as_ref(), &dev.device).await? {
+            Probe::Filesystem(t) => t,
+            Probe::Blank => {
+                return Err(Error::Precondition(format!(
+                    "{} holds no filesystem: build the pool first (poolctl pool-build {}) or set autoBuild",
+                    dev.device.display(),
+                    self.name
+                )))
+            }
+            Probe::Other { kind } => {
+                return Err(Error::Precondition(format!("{} holds {kind}, not a filesystem", dev.device.display())))
+            }
+        };
+        if let Some(want) = &dev.format {
+            if *want != fs {
+                return Err(Error::Precondition(format!(
+                    "{} holds {fs}, but the pool's source.format is {want}",
+                    dev.device.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(&self.layout.root).map_err(io("create", &self.layout.root))?;
+        let opts = mounter::parse_flags(&[], false).expect("no flags");
+        mounter::mount_fs(&dev.device, &self.layout.root, &fs, &opts)
+            .map_err(io("mount pool device on", &self.layout.root))
+    }
+
+    fn prepare_dirs(&self) -> Result<()> {
+        for d in [
+            self.layout.tmp_dir(),
+            self.layout.snapshot_dir(),
+            self.exports.clone(),
+        ] {
+            std::fs::create_dir_all(&d).map_err(io("create", &d))?;
+        }
+        // Whatever is in tmp was never renamed into place: a crash mid-create.
+        let tmp = self.layout.tmp_dir();
+        for e in std::fs::read_dir(&tmp).map_err(io("read", &tmp))?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        Ok(())
+    }
+
+    async fn create_inner(
+        &self,
+        req: &CreateRequest,
+        tmp: &Path,
+        format: VolumeFormat,
+        src: Option<(PathBuf, u64)>,
+    ) -> Result<u64> {
+        let full = req.allocation == Some(Allocation::Full);
+        let required = req.required.max(src.as_ref().map_or(0, |s| s.1));
+        if let Some((_, src_size)) = &src {
+            if req.limit != 0 && *src_size > req.limit {
+                return Err(Error::OutOfRange(format!(
+                    "the source is {src_size} bytes, more than limit_bytes {}",
+                    req.limit
+                )));
+            }
+        }
+        let size = match &src {
+            Some((_, s)) if req.required <= *s => *s,
+            _ => fit_size(required, req.limit, MIB, DEFAULT_SIZE)?,
+        };
+        // Sparse or not, a volume never starts out larger than the free space.
+        let available = self.available()?;
+        if size > available {
+            return Err(Error::NoSpace {
+                pool: self.name.clone(),
+                needed: size,
+                available,
+            });
+        }
+        match src {
+            None => formats::create(self.runner.as_ref(), format, tmp, size, full).await?,
+            Some((src_path, src_size)) => {
+                let (from, to) = (src_path.clone(), tmp.to_path_buf());
+                tokio::task::spawn_blocking(move || copy::copy_file(&from, &to))
+                    .await
+                    .map_err(|e| io("copy", &src_path)(std::io::Error::other(e)))?
+                    .map_err(io("copy", &src_path))?;
+                if size > src_size {
+                    formats::grow(self.runner.as_ref(), format, tmp, size, full).await?;
+                }
+            }
+        }
+        File::open(tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io("sync", tmp))?;
+        Ok(size)
+    }
+}
+
+pub fn exports_dir(cfg: &Config, pool: &str) -> PathBuf {
+    cfg.state_dir.join("exports").join(pool)
+}
+
+/// Renames without ever replacing an existing file.
+pub(super) fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL) if !to.exists() => {
+            std::fs::rename(from, to).map_err(io("rename", from))
+        }
+        Err(rustix::io::Errno::EXIST) => Err(Error::Precondition(format!(
+            "{} appeared while it was being made",
+            to.display()
+        ))),
+        Err(e) => Err(io("rename", from)(e.into())),
+    }
+}
+
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync", dir))
+}
+
+pub(super) fn remove_if_exists(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io("remove", path)(e)),
+    }
+}
+
+/// Overwrites every data extent of a file with zeros (holes already read as zeros).
+fn wipe(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::SeekFrom;
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < len {
+        let data = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rustix::fs::seek(&f, SeekFrom::Hole(data))?.min(len);
+        let mut at = data;
+        while at < hole {
+            let n = (hole - at).min(zeros.len() as u64) as usize;
+            f.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        pos = hole;
+    }
+    f.sync_all()
+}
+
+#[tonic::async_trait]
+impl Pool for FilePool {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn pool_type(&self) -> PoolType {
+        self.pool_type
+    }
+
+    async fn start(&self) -> Result<()> {
+        let result = async {
+            if let Some(dev) = &self.device {
+                if self.auto_build {
+                    self.build(false).await?;
+                }
+                self.mount_device(dev).await?;
+            } else if !self.layout.root.is_dir() {
+                if !self.auto_build {
+                    return Err(Error::Precondition(format!(
+                        "target directory {} does not exist: build the pool (poolctl pool-build {}) or set autoBuild",
+                        self.layout.root.display(),
+                        self.name
+                    )));
+                }
+                self.build(false).await?;
+            }
+            self.prepare_dirs()
+        }
+        .await;
+        match &result {
+            Ok(()) => self.set_state(PoolState::Running, ""),
+            Err(e) => self.set_state(PoolState::Inactive, pool_csi_proto::full_message(e)),
+        }
+        result
+    }
+
+    async fn build(&self, overwrite: bool) -> Result<()> {
+        let Some(dev) = &self.device else {
+            return std::fs::create_dir_all(&self.layout.root)
+                .map_err(io("create", &self.layout.root));
+        };
+        let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
+        if table.iter().any(|m| Path::new(&m.source) == dev.device) {
+            return if overwrite {
+                Err(Error::InUse {
+                    what: dev.device.display().to_string(),
+                    by: "a mount; stop the pool first".into(),
+                })
+            } else {
+                Ok(()) // mounted, so built
+            };
+        }
+        let fs = dev.format.clone().unwrap_or_else(|| "ext4".into());
+        match Probe::device(self.runner.as_ref(), &dev.device).await? {
+            Probe::Blank => {}
+            Probe::Filesystem(_) if !overwrite => return Ok(()),
+            Probe::Other { kind } if !overwrite => {
+                return Err(Error::NotBlank {
+                    device: dev.device.clone(),
+                    found: kind,
+                })
+            }
+            _ => {
+                tracing::warn!(pool.name = %self.name, device = %dev.device.display(), "overwrite requested: formatting")
+            }
+        }
+        mkfs::make(self.runner.as_ref(), &fs, &dev.device).await?;
+        Ok(())
+    }
+
+    async fn status(&self, count_volumes: bool) -> PoolStatus {
+        let (state, message) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut st = PoolStatus {
+            state,
+            capacity: 0,
+            allocation: 0,
+            available: 0,
+            volume_count: None,
+            message,
+        };
+        if state != PoolState::Running {
+            return st;
+        }
+        match rustix::fs::statvfs(&self.layout.root) {
+            Ok(s) => {
+                st.capacity = s.f_blocks * s.f_frsize;
+                st.available = s.f_bavail * s.f_frsize;
+                st.allocation = (s.f_blocks - s.f_bfree) * s.f_frsize;
+            }
+            Err(e) => {
+                st.state = PoolState::Degraded;
+                st.message = format!("target {} is unreadable: {e}", self.layout.root.display());
+                return st;
+            }
+        }
+        if count_volumes {
+            st.volume_count = self.list_volumes().await.ok().map(|v| v.len() as u32);
+        }
+        st
+    }
+
+    async fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
+        self.ensure_running()?;
+        if let Some(a) = req
+            .allocation
+            .filter(|a| !matches!(a, Allocation::Sparse | Allocation::Full))
+        {
+            return Err(Error::Invalid(format!(
+                "allocation {a} is not possible in {} pools",
+                self.pool_type
+            )));
+        }
+        let (source, format) = match &req.source {
+            Source::Empty => (None, req.format.unwrap_or(VolumeFormat::Raw)),
+            Source::Volume(v) => {
+                let (p, f) = self.find(v)?.ok_or_else(|| Error::VolumeNotFound {
+                    pool: self.name.clone(),
+                    name: v.clone(),
+                })?;
+                (Some(p), f)
+            }
+            Source::Snapshot(s) => {
+                let snap = self
+                    .read_snapshot(s)?
+                    .ok_or_else(|| Error::SnapshotNotFound {
+                        pool: self.name.clone(),
+                        name: s.clone(),
+                    })?;
+                (Some(self.layout.snapshot(s, snap.format)?), snap.format)
+            }
+        };
+        if let Some(want) = req.format.filter(|w| *w != format) {
+            return Err(Error::Invalid(format!(
+                "the source is {format}, so the new volume cannot be {want}"
+            )));
+        }
+        if let Some((path, have)) = self.find(&req.name)? {
+            let v = self.describe(&req.name, &path, have).await;
+            let fits = v.capacity >= req.required && (req.limit == 0 || v.capacity <= req.limit);
+            if have != format || !fits {
+                return Err(Error::NameTaken {
+                    what: "volume",
+                    pool: self.name.clone(),
+                    name: req.name.clone(),
+                    why: format!(
+                        "format {have} and {} bytes, incompatible with this request",
+                        v.capacity
+                    ),
+                });
+            }
+            return Ok(v);
+        }
+        let src = match source {
+            Some(p) => {
+                let size = formats::virtual_size(self.runner.as_ref(), format, &p).await?;
+                Some((p, size))
+            }
+            None => None,
+        };
+        let tmp = self.layout.tmp('v', &req.name, format)?;
+        remove_if_exists(&tmp)?;
+        let dst = self.layout.volume(&req.name, format)?;
+        let made = async {
+            let size = self.create_inner(req, &tmp, format, src).await?;
+            rename_noreplace(&tmp, &dst)?;
+            sync_dir(&self.layout.root)?;
+            Ok(size)
+        }
+        .await;
+        let capacity = match made {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = remove_if_exists(&tmp);
+                return Err(e);
+            }
+        };
+        let allocation = std::fs::metadata(&dst)
+            .map(|m| copy::allocated_bytes(&m))
+            .unwrap_or(0);
+        Ok(Volume {
+            name: req.name.clone(),
+            format,
+            capacity,
+            allocation,
+            abnormal: None,
+        })
+    }
+
+    async fn delete_volume(&self, name: &str, wipe_first: bool) -> Result<()> {
+        self.ensure_running()?;
+        let Some((path, format)) = self.find(name)? else {
+            remove_if_exists(&self.layout.tmp('v', name, VolumeFormat::Raw)?)?;
+            return Ok(());
+        };
+        if let Some(by) = self.users_of(name, &path) {
+            return Err(Error::InUse {
+                what: format!("volume {name} ({format})"),
+                by,
+            });
+        }
+        if wipe_first {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || wipe(&p))
+                .await
+                .map_err(|e| io("wipe", &path)(std::io::Error::other(e)))?
+                .map_err(io("wipe", &path))?;
+        }
+        remove_if_exists(&path)?;
+        sync_dir(&self.layout.root)
+    }
+
+    async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded> {
+        self.ensure_running()?;
+        let (path, format) = self.find(name)?.ok_or_else(|| Error::VolumeNotFound {
+            pool: self.name.clone(),
+            name: name.into(),
+        })?;
+        let current = formats::virtual_size(self.runner.as_ref(), format, &path).await?;
+        if current >= required {
+            if limit != 0 && current > limit {
+                return Err(Error::OutOfRange(format!(
+                    "volume is {current} bytes, above limit_bytes {limit}"
+                )));
+            }
+            return Ok(Expanded {
+                capacity: current,
+                node_expansion_required: true,
+            });
+        }
+        let size = fit_size(required, limit, MIB, DEFAULT_SIZE)?;
+        let meta = std::fs::metadata(&path).map_err(io("stat", &path))?;
+        let full = format == VolumeFormat::Raw
+            && copy::allocated_bytes(&meta) >= meta.len()
+            && meta.len() > 0;
+        let (growth, available) = (size - current, self.available()?);
+        if growth > available {
+            return Err(Error::NoSpace {
+                pool: self.name.clone(),
+                needed: growth,
+                available,
+            });
+        }
+        let export = self.export_of(name);
+        if format != VolumeFormat::Raw && export.running_pid().is_some() {
+            crate::tools::qsd::resize(&export, size).await?; // attached: grow through the running daemon
+        } else {
+            formats::grow(self.runner.as_ref(), format, &path, size, full).await?;
+        }
+        Ok(Expanded {
+            capacity: size,
+            node_expansion_required: true,
+        })
+    }
+
+    async fn get_volume(&self, name: &str) -> Result<Volume> {
+        self.ensure_running()?;
+        let (path, format) = self.find(name)?.ok_or_else(|| Error::VolumeNotFound {
+            pool: self.name.clone(),
+            name: name.into(),
+        })?;
+        Ok(self.describe(name, &path, format).await)
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<Volume>> {
+        self.ensure_running()?;
+        let root = &self.layout.root;
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(root).map_err(io("read", root))?.flatten() {
+            let Some((name, format)) = super::layout::parse_file_name(Path::new(&e.file_name()))
+            else {
+                continue;
+            };
+            if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                out.push(self.describe(&name, &e.path(), format).await);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn create_snapshot(&self, source: &str, name: &str) -> Result<super::Snapshot> {
+        self.ensure_running()?;
+        self.snapshot_volume(source, name).await
+    }
+
+    async fn delete_snapshot(&self, name: &str) -> Result<()> {
+        self.ensure_running()?;
+        self.remove_snapshot(name)
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<super::Snapshot>> {
+        self.ensure_running()?;
+        self.read_snapshots()
+    }
+
+    async fn attach_source(&self, name: &str) -> Result<AttachSource> {
+        self.ensure_running()?;
+        let (path, format) = self.find(name)?.ok_or_else(|| Error::VolumeNotFound {
+            pool: self.name.clone(),
+            name: name.into(),
+        })?;
+        Ok(AttachSource::File { path, format })
+    }
+}

@@ -1,0 +1,111 @@
+//! Where things live inside a file pool. The only code that turns names into
+//! paths, and it takes only checked storage names, so nothing it returns can
+//! leave the pool:
+//!
+//! ```text
+//! <target>/<name>.<format>                  a volume (raw, qcow2, vmdk …)
+//! <target>/.pool-csi/tmp/{v,s}.<name>.<format>  a volume or snapshot being made
+//! <target>/.pool-csi/snapshots/<name>.<format> + <name>.json
+//! ```
+//! The leading dot keeps driver state out of the volume namespace: storage
+//! names never start with '.'.
+
+use crate::error::{Error, Result};
+use pool_csi_proto::{volume_id::check_storage_name, VolumeFormat};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    pub fn meta_dir(&self) -> PathBuf {
+        self.root.join(".pool-csi")
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.meta_dir().join("tmp")
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.meta_dir().join("snapshots")
+    }
+
+    pub fn volume(&self, name: &str, format: VolumeFormat) -> Result<PathBuf> {
+        Ok(self.root.join(file_name(name, format)?))
+    }
+
+    /// A temp path for a volume (`kind` 'v') or snapshot ('s') being made;
+    /// the kind keeps a volume and a snapshot of the same name apart.
+    pub fn tmp(&self, kind: char, name: &str, format: VolumeFormat) -> Result<PathBuf> {
+        Ok(self
+            .tmp_dir()
+            .join(format!("{kind}.{}", file_name(name, format)?)))
+    }
+
+    pub fn snapshot(&self, name: &str, format: VolumeFormat) -> Result<PathBuf> {
+        Ok(self.snapshot_dir().join(file_name(name, format)?))
+    }
+
+    pub fn snapshot_meta(&self, name: &str) -> Result<PathBuf> {
+        check(name)?;
+        Ok(self.snapshot_dir().join(format!("{name}.json")))
+    }
+}
+
+fn check(name: &str) -> Result<()> {
+    check_storage_name(name)
+        .map_err(|why| Error::Invalid(format!("invalid volume name {name:?}: {why}")))
+}
+
+fn file_name(name: &str, format: VolumeFormat) -> Result<String> {
+    check(name)?;
+    Ok(format!("{name}.{}", format.as_str()))
+}
+
+/// Splits `<name>.<format>` back; None for anything that is not a volume file.
+pub fn parse_file_name(file: &Path) -> Option<(String, VolumeFormat)> {
+    let s = file.to_str()?;
+    let (name, ext) = s.rsplit_once('.')?;
+    let format: VolumeFormat = ext.parse().ok()?;
+    check_storage_name(name).ok()?;
+    Some((name.to_string(), format))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_paths_inside_the_pool() {
+        let l = Layout::new("/pool".into());
+        assert_eq!(
+            l.volume("pvc-1", VolumeFormat::Qcow2).unwrap(),
+            Path::new("/pool/pvc-1.qcow2")
+        );
+        assert_eq!(
+            l.snapshot_meta("s").unwrap(),
+            Path::new("/pool/.pool-csi/snapshots/s.json")
+        );
+        for bad in ["../x", "a/b", "", ".hidden", "A"] {
+            assert!(l.volume(bad, VolumeFormat::Raw).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_volume_files_parse() {
+        assert_eq!(
+            parse_file_name(Path::new("pvc-1.raw")),
+            Some(("pvc-1".into(), VolumeFormat::Raw))
+        );
+        assert_eq!(parse_file_name(Path::new("a.b.qcow2")), None);
+        assert_eq!(parse_file_name(Path::new("notes.txt")), None);
+        assert_eq!(parse_file_name(Path::new(".pool-csi")), None);
+        assert_eq!(parse_file_name(Path::new("disk.iso")), None);
+    }
+}

@@ -1,0 +1,257 @@
+//! Pools present on this node. [`Pool`] is what every pool type implements;
+//! [`PoolRegistry`] builds them from definitions — the only `match` on
+//! [`PoolType`] in the node.
+
+pub mod file;
+mod file_snapshot;
+pub mod layout;
+
+use crate::{
+    error::{Error, Result},
+    exec::CommandRunner,
+    Config,
+};
+use pool_csi_proto::{Allocation, PoolDefinition, PoolType, VolumeFormat};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+
+/// A pool's state, as libvirt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolState {
+    Inactive,
+    Running,
+    Degraded,
+}
+
+/// Capacity and state of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub state: PoolState,
+    pub capacity: u64,
+    pub allocation: u64,
+    pub available: u64,
+    pub volume_count: Option<u32>,
+    /// Why the pool is not running.
+    pub message: String,
+}
+
+/// A volume as its pool reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub name: String,
+    pub format: VolumeFormat,
+    pub capacity: u64,
+    pub allocation: u64,
+    /// Some(why) when the volume is unhealthy (unreadable header …).
+    pub abnormal: Option<String>,
+}
+
+/// A snapshot as its pool reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub name: String,
+    pub source_volume: String,
+    pub format: VolumeFormat,
+    pub size: u64,
+    pub created_unix_nanos: i64,
+}
+
+/// Where a new volume's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Empty,
+    Volume(String),
+    Snapshot(String),
+}
+
+/// A validated create request, in pool terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub name: String,
+    pub required: u64,
+    /// 0: no limit.
+    pub limit: u64,
+    /// None: the pool's default, or the source's format when cloning.
+    pub format: Option<VolumeFormat>,
+    pub allocation: Option<Allocation>,
+    pub source: Source,
+}
+
+/// The result of growing a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expanded {
+    pub capacity: u64,
+    pub node_expansion_required: bool,
+}
+
+/// What the node attaches to get a block device for a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachSource {
+    /// An image file: raw through a loop device, other formats through qemu.
+    File { path: PathBuf, format: VolumeFormat },
+    /// Already a block device (LV, partition, LUN).
+    Block { device: PathBuf },
+}
+
+/// One storage pool on this node. Every method is idempotent.
+#[tonic::async_trait]
+pub trait Pool: Send + Sync {
+    fn name(&self) -> &str;
+    fn pool_type(&self) -> PoolType;
+    /// Brings the pool up (mount its device …); builds first when the spec
+    /// says `autoBuild` and the pool is not built yet.
+    async fn start(&self) -> Result<()>;
+    /// libvirt's pool-build. Never overwrites data unless `overwrite`.
+    async fn build(&self, overwrite: bool) -> Result<()>;
+    async fn status(&self, count_volumes: bool) -> PoolStatus;
+    async fn create_volume(&self, req: &CreateRequest) -> Result<Volume>;
+    /// Deleting a missing volume is Ok.
+    async fn delete_volume(&self, name: &str, wipe: bool) -> Result<()>;
+    async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded>;
+    async fn get_volume(&self, name: &str) -> Result<Volume>;
+    async fn list_volumes(&self) -> Result<Vec<Volume>>;
+    async fn create_snapshot(&self, source: &str, name: &str) -> Result<Snapshot>;
+    /// Deleting a missing snapshot is Ok.
+    async fn delete_snapshot(&self, name: &str) -> Result<()>;
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>>;
+    /// What to attach for `name`; NotFound when the volume is gone.
+    async fn attach_source(&self, name: &str) -> Result<AttachSource>;
+}
+
+/// The pools of this node, by name.
+#[derive(Clone, Default)]
+pub struct PoolRegistry {
+    pools: BTreeMap<String, Arc<dyn Pool>>,
+    /// Pools defined with a type this node cannot serve (yet), with why.
+    unsupported: BTreeMap<String, (PoolType, String)>,
+}
+
+impl PoolRegistry {
+    /// Builds the pools from their definitions (nothing is started yet).
+    pub fn new(defs: &[PoolDefinition], cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
+        let mut reg = Self::default();
+        for def in defs {
+            match def.spec.pool_type {
+                PoolType::Dir | PoolType::Fs => {
+                    let p = file::FilePool::new(def, cfg, runner.clone());
+                    reg.pools.insert(def.name.clone(), Arc::new(p));
+                }
+                t @ (PoolType::Netfs
+                | PoolType::Logical
+                | PoolType::Disk
+                | PoolType::Iscsi
+                | PoolType::Scsi
+                | PoolType::Mpath) => {
+                    let why = format!("{t} pools are not supported by this node version");
+                    reg.unsupported.insert(def.name.clone(), (t, why));
+                }
+            }
+        }
+        reg
+    }
+
+    /// Starts every pool; failures are logged and left in the pool's status.
+    pub async fn start_all(&self) {
+        for p in self.pools.values() {
+            if let Err(e) = p.start().await {
+                tracing::warn!(pool.name = p.name(), error = %pool_csi_proto::full_message(&e), "pool did not start");
+            }
+        }
+        for (name, (_, why)) in &self.unsupported {
+            tracing::warn!(pool.name = %name, "{why}");
+        }
+    }
+
+    pub fn get(&self, name: &str, node: &str) -> Result<&Arc<dyn Pool>> {
+        if let Some((_, why)) = self.unsupported.get(name) {
+            return Err(Error::PoolNotRunning {
+                pool: name.into(),
+                why: why.clone(),
+            });
+        }
+        self.pools.get(name).ok_or_else(|| Error::PoolNotFound {
+            pool: name.into(),
+            node: node.into(),
+        })
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Pool>> {
+        self.pools.values()
+    }
+
+    /// Pools that are defined but cannot run here, with the reason.
+    pub fn unsupported(&self) -> impl Iterator<Item = (&String, &(PoolType, String))> {
+        self.unsupported.iter()
+    }
+}
+
+/// Rounds `n` up to a multiple of `align` (a power of two).
+pub fn align_up(n: u64, align: u64) -> Option<u64> {
+    n.checked_add(align - 1).map(|v| v & !(align - 1))
+}
+
+/// The size a new volume gets for a CSI capacity range: `required` rounded
+/// up to `align` (1 GiB when nothing is asked), never above `limit`.
+pub fn fit_size(required: u64, limit: u64, align: u64, default: u64) -> Result<u64> {
+    if limit != 0 && required > limit {
+        return Err(Error::OutOfRange(format!(
+            "required_bytes {required} exceeds limit_bytes {limit}"
+        )));
+    }
+    let want = if required == 0 {
+        if limit != 0 {
+            default.min(limit)
+        } else {
+            default
+        }
+    } else {
+        required
+    };
+    let size = align_up(want, align)
+        .ok_or_else(|| Error::OutOfRange(format!("{want} bytes is too large")))?;
+    if limit == 0 || size <= limit {
+        return Ok(size);
+    }
+    // Rounding up broke the limit: take the largest aligned size under it.
+    let down = limit & !(align - 1);
+    if down >= required.max(1) {
+        return Ok(down);
+    }
+    let down512 = limit & !511;
+    if down512 >= required.max(1) {
+        return Ok(down512);
+    }
+    Err(Error::OutOfRange(format!(
+        "no size between {required} and {limit} bytes is a multiple of 512"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn sizes_fit_the_capacity_range() {
+        assert_eq!(fit_size(0, 0, MIB, 1 << 30).unwrap(), 1 << 30);
+        assert_eq!(fit_size(1, 0, MIB, 1 << 30).unwrap(), MIB);
+        assert_eq!(fit_size(MIB + 1, 0, MIB, 1 << 30).unwrap(), 2 * MIB);
+        assert_eq!(
+            fit_size(MIB + 1, 3 * MIB / 2, MIB, 1 << 30).unwrap(),
+            (3 * MIB / 2) & !511
+        );
+        assert_eq!(fit_size(0, 10 * MIB, MIB, 1 << 30).unwrap(), 10 * MIB);
+        assert_eq!(fit_size(5 * MIB, 5 * MIB, MIB, 1 << 30).unwrap(), 5 * MIB);
+        assert!(matches!(
+            fit_size(2 * MIB, MIB, MIB, 1 << 30),
+            Err(Error::OutOfRange(_))
+        ));
+        assert!(matches!(
+            fit_size(100, 200, MIB, 1 << 30),
+            Err(Error::OutOfRange(_))
+        ));
+        assert!(matches!(
+            fit_size(u64::MAX - 5, 0, MIB, 1 << 30),
+            Err(Error::OutOfRange(_))
+        ));
+    }
+}

@@ -1,0 +1,9 @@
+//! One file per external tool: the only code that knows a tool's flags and
+//! output, and what its exit codes mean.
+
+pub mod blkid;
+pub mod growfs;
+pub mod losetup;
+pub mod mkfs;
+pub mod qemu_img;
+pub mod qsd;

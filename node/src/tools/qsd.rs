@@ -1,0 +1,204 @@
+//! `qemu-storage-daemon`: exports an image (qcow2, vmdk, ploop …) as a plain
+//! file over FUSE, so a loop device can sit on it where neither qemu-nbd's
+//! nbd module nor a ploop module exists. Each export has a pid file and a QMP
+//! socket next to the export file; those three paths are all the state, so a
+//! restarted node plugin finds its daemons again.
+
+use crate::exec::{Cmd, CommandRunner, ExecError};
+use pool_csi_proto::VolumeFormat;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The files that belong to one export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    /// The FUSE mount point: a regular file that shows the image's contents.
+    pub file: PathBuf,
+    pub pid_file: PathBuf,
+    pub qmp_socket: PathBuf,
+}
+
+impl Export {
+    /// The export for `file`: `file.pid` and `file.qmp` beside it.
+    pub fn at(file: PathBuf) -> Self {
+        let with = |ext: &str| {
+            let mut s = file.clone().into_os_string();
+            s.push(ext);
+            PathBuf::from(s)
+        };
+        Self {
+            pid_file: with(".pid"),
+            qmp_socket: with(".qmp"),
+            file,
+        }
+    }
+
+    /// The daemon's pid, when its pid file names a live qemu-storage-daemon.
+    pub fn running_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let ours = cmdline.windows(19).any(|w| w == b"qemu-storage-daemon")
+            && cmdline
+                .windows(self.pid_file.as_os_str().len())
+                .any(|w| w == self.pid_file.as_os_str().as_encoded_bytes());
+        ours.then_some(pid)
+    }
+}
+
+/// Starts a daemon exporting `image` at `export.file`; returns once the export
+/// is mounted (`--daemonize` waits for that).
+pub async fn start(
+    runner: &dyn CommandRunner,
+    image: &Path,
+    format: VolumeFormat,
+    export: &Export,
+) -> Result<(), ExecError> {
+    let mut file_opt = std::ffi::OsString::from("driver=file,node-name=file,filename=");
+    file_opt.push(escape_opt(image));
+    let mut export_opt =
+        std::ffi::OsString::from("type=fuse,id=exp,node-name=fmt,writable=on,mountpoint=");
+    export_opt.push(escape_opt(&export.file));
+    let mut qmp_opt = std::ffi::OsString::from("socket,id=qmp,server=on,wait=off,path=");
+    qmp_opt.push(escape_opt(&export.qmp_socket));
+    let cmd = Cmd::new("qemu-storage-daemon")
+        .args(["--daemonize", "--pidfile"])
+        .arg(&export.pid_file)
+        .arg("--blockdev")
+        .arg(file_opt)
+        .arg("--blockdev")
+        .arg(format!(
+            "driver={},node-name=fmt,file=file",
+            super::qemu_img::driver(format)
+        ))
+        .arg("--export")
+        .arg(export_opt)
+        .arg("--chardev")
+        .arg(qmp_opt)
+        .args(["--monitor", "chardev=qmp"])
+        .timeout(Duration::from_secs(30));
+    runner.run_ok(&cmd).await?;
+    Ok(())
+}
+
+/// qemu option values escape ',' by doubling it. Our paths are ASCII
+/// (state dir plus validated names), so the lossy conversion never alters them.
+fn escape_opt(p: &Path) -> std::ffi::OsString {
+    p.to_string_lossy().replace(',', ",,").into()
+}
+
+/// A QMP conversation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("failed to talk to qemu-storage-daemon at {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qemu-storage-daemon refused {command}: {reply}")]
+    Refused {
+        command: &'static str,
+        reply: String,
+    },
+}
+
+/// Grows the exported image online (QMP `block_resize`).
+pub async fn resize(export: &Export, size: u64) -> Result<(), QmpError> {
+    let io = |source| QmpError::Io {
+        path: export.qmp_socket.clone(),
+        source,
+    };
+    let stream = tokio::net::UnixStream::connect(&export.qmp_socket)
+        .await
+        .map_err(io)?;
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    lines.next_line().await.map_err(io)?; // greeting
+    let cmds: [(&'static str, String); 2] = [
+        (
+            "qmp_capabilities",
+            r#"{"execute":"qmp_capabilities"}"#.into(),
+        ),
+        (
+            "block_resize",
+            format!(
+                r#"{{"execute":"block_resize","arguments":{{"node-name":"fmt","size":{size}}}}}"#
+            ),
+        ),
+    ];
+    for (name, c) in cmds {
+        w.write_all(c.as_bytes()).await.map_err(io)?;
+        w.write_all(b"\n").await.map_err(io)?;
+        loop {
+            let Some(reply) = lines.next_line().await.map_err(io)? else {
+                return Err(QmpError::Refused {
+                    command: name,
+                    reply: "connection closed".into(),
+                });
+            };
+            if reply.contains("\"event\"") {
+                continue;
+            }
+            if !reply.contains("\"return\"") {
+                return Err(QmpError::Refused {
+                    command: name,
+                    reply,
+                });
+            }
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Stops the daemon (SIGTERM, then SIGKILL after `grace`) and removes its files.
+pub async fn stop(export: &Export, grace: Duration) -> std::io::Result<()> {
+    if let Some(pid) = export.running_pid() {
+        let pid_t =
+            rustix::process::Pid::from_raw(pid).ok_or_else(|| std::io::Error::other("bad pid"))?;
+        let _ = rustix::process::kill_process(pid_t, rustix::process::Signal::TERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && export.running_pid().is_some()
+        {
+            if tokio::time::Instant::now() > deadline {
+                let _ = rustix::process::kill_process(pid_t, rustix::process::Signal::KILL);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for f in [&export.pid_file, &export.qmp_socket] {
+        match std::fs::remove_file(f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_files_sit_beside_the_export() {
+        let e = Export::at("/var/lib/pool-csi/exports/p/v".into());
+        assert_eq!(e.pid_file, Path::new("/var/lib/pool-csi/exports/p/v.pid"));
+        assert_eq!(e.qmp_socket, Path::new("/var/lib/pool-csi/exports/p/v.qmp"));
+        assert_eq!(e.running_pid(), None);
+    }
+
+    #[test]
+    fn commas_in_paths_are_doubled() {
+        assert_eq!(escape_opt(Path::new("/a,b/c")), "/a,,b/c");
+    }
+}
