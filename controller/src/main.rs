@@ -1,1 +1,105 @@
-fn main() {}
+//! pool-csi-controller: parse arguments, connect to the node agents, serve
+//! CSI Identity + Controller on a unix socket for the sidecars.
+
+use clap::Parser;
+use pool_csi_controller::{agents::Agents, csi::controller::ControllerService, Ctx};
+use pool_csi_proto::{
+    csi::{controller_server::ControllerServer, identity_server::IdentityServer},
+    identity::{check_driver_name, IdentityService},
+    serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint},
+};
+use std::{
+    collections::BTreeMap,
+    sync::{atomic::AtomicBool, Arc},
+};
+use tonic::transport::Server;
+
+/// The pool-csi controller plugin.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// CSI endpoint for the sidecars (unix:///path/csi.sock).
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    csi_endpoint: String,
+    /// A node agent, NODE=HOST:PORT; repeat for every node.
+    #[arg(long = "agent", env = "AGENTS", value_delimiter = ',', required = true)]
+    agents: Vec<String>,
+    /// CSI driver name.
+    #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_proto::DEFAULT_DRIVER_NAME)]
+    driver_name: String,
+    /// Pool used when a StorageClass names none.
+    #[arg(long, env = "DEFAULT_POOL")]
+    default_pool: Option<String>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "LOG_FILTER", default_value = "info")]
+    log_filter: String,
+    /// Log one JSON object per line.
+    #[arg(long, env = "LOG_JSON")]
+    log_json: bool,
+}
+
+fn agent_map(list: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for a in list {
+        let (node, addr) = a
+            .split_once('=')
+            .ok_or_else(|| format!("--agent {a:?}: expected NODE=HOST:PORT"))?;
+        pool_csi_proto::volume_id::check_node_name(node)
+            .map_err(|w| format!("--agent {a:?}: node {w}"))?;
+        if map.insert(node.to_string(), addr.to_string()).is_some() {
+            return Err(format!("--agent: node {node} given twice"));
+        }
+    }
+    Ok(map)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let Args {
+        csi_endpoint,
+        agents,
+        driver_name,
+        default_pool,
+        log_filter,
+        log_json,
+    } = Args::parse();
+    init_tracing(&log_filter, log_json);
+    check_driver_name(&driver_name)?;
+    if let Some(p) = &default_pool {
+        pool_csi_proto::pool_spec::check_pool_name(p)
+            .map_err(|w| format!("--default-pool {p:?} {w}"))?;
+    }
+    let Endpoint::Unix(path) = csi_endpoint.parse()? else {
+        return Err("--csi-endpoint must be a unix:// socket".into());
+    };
+    let map = agent_map(&agents)?;
+    let ctx = Arc::new(Ctx {
+        driver_name: driver_name.clone(),
+        default_pool,
+        agents: Agents::new(&map).map_err(|e| e.to_string())?,
+        locks: Default::default(),
+    });
+    tracing::info!(agents = map.len(), csi = %path.display(), "starting pool-csi-controller");
+    let identity = IdentityService::new(&driver_name, true, Arc::new(AtomicBool::new(true)));
+    Server::builder()
+        .add_service(IdentityServer::new(identity))
+        .add_service(ControllerServer::new(ControllerService::new(ctx)))
+        .serve_with_incoming_shutdown(bind_private_uds(&path)?, shutdown_signal())
+        .await?;
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_map_parses_and_refuses_junk() {
+        let m = agent_map(&["n1=127.0.0.1:7690".into(), "n2=10.0.0.2:7690".into()]).unwrap();
+        assert_eq!(m["n2"], "10.0.0.2:7690");
+        assert!(agent_map(&["n1".into()]).is_err());
+        assert!(agent_map(&["N1=x:1".into()]).is_err());
+        assert!(agent_map(&["a=x:1".into(), "a=y:2".into()]).is_err());
+    }
+}

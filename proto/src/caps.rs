@@ -21,10 +21,12 @@ pub fn check(cap: &VolumeCapability) -> Result<(), String> {
         Ok(Mode::Unknown) | Err(_) => {
             return Err("volume capability has an unknown access mode".into())
         }
-        Ok(m) => return Err(format!(
+        Ok(m) => {
+            return Err(format!(
             "access mode {} is not supported: pool-csi volumes are attached on one node at a time",
             m.as_str_name()
-        )),
+        ))
+        }
     }
     match &cap.access_type {
         None => Err("volume capability needs an access type: block or mount".into()),

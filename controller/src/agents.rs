@@ -1,0 +1,168 @@
+//! Node agents: a gRPC channel per node and a short-lived cache of each
+//! node's pool inventory (so CreateVolume needs no extra round trip).
+
+use crate::error::{Error, Result};
+use pool_csi_proto::agent::{agent_client::AgentClient, GetInventoryRequest, PoolInfo, PoolState};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// How long an inventory answer is trusted.
+pub const INVENTORY_TTL: Duration = Duration::from_secs(5);
+/// Deadline for one agent call; storage work (copies, mkfs) can be slow.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One node's pools, as last reported.
+#[derive(Debug, Clone)]
+pub struct NodeInventory {
+    pub node: String,
+    pub pools: Vec<PoolInfo>,
+}
+
+impl NodeInventory {
+    pub fn pool(&self, name: &str) -> Option<&PoolInfo> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn running_pool(&self, name: &str) -> Option<&PoolInfo> {
+        self.pool(name)
+            .filter(|p| p.state == PoolState::Running as i32)
+    }
+}
+
+pub struct Agents {
+    clients: BTreeMap<String, AgentClient<Channel>>,
+    cache: Mutex<BTreeMap<String, (Instant, Arc<NodeInventory>)>>,
+}
+
+impl Agents {
+    /// Agents from a static `node → address` map (host:port).
+    pub fn new(map: &BTreeMap<String, String>) -> Result<Self> {
+        let mut clients = BTreeMap::new();
+        for (node, addr) in map {
+            let ep = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| {
+                    Error::Invalid(format!("agent address {addr:?} for node {node}: {e}"))
+                })?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(CALL_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30));
+            clients.insert(node.clone(), AgentClient::new(ep.connect_lazy()));
+        }
+        Ok(Self {
+            clients,
+            cache: Mutex::default(),
+        })
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &String> {
+        self.clients.keys()
+    }
+
+    /// A client for `node`; cheap (channels are shared).
+    pub fn client(&self, node: &str) -> Result<AgentClient<Channel>> {
+        self.clients
+            .get(node)
+            .cloned()
+            .ok_or_else(|| Error::UnknownNode { node: node.into() })
+    }
+
+    /// The inventory of `node`, from cache when fresh.
+    pub async fn inventory(&self, node: &str, max_age: Duration) -> Result<Arc<NodeInventory>> {
+        if let Some((at, inv)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+        {
+            if at.elapsed() < max_age {
+                return Ok(inv.clone());
+            }
+        }
+        let resp = self
+            .client(node)?
+            .get_inventory(GetInventoryRequest {
+                count_volumes: false,
+            })
+            .await
+            .map_err(|status| Error::Agent {
+                node: node.into(),
+                status,
+            })?
+            .into_inner();
+        let inv = Arc::new(NodeInventory {
+            node: node.into(),
+            pools: resp.pools,
+        });
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.into(), (Instant::now(), inv.clone()));
+        Ok(inv)
+    }
+
+    /// Forgets a node's inventory (after a create or delete changed it).
+    pub fn invalidate(&self, node: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+    }
+
+    /// Every reachable node's inventory; unreachable nodes are logged and
+    /// reported in the second value.
+    pub async fn all_inventories(
+        &self,
+        max_age: Duration,
+    ) -> (Vec<Arc<NodeInventory>>, Vec<String>) {
+        let futs = self
+            .clients
+            .keys()
+            .map(|n| async move { (n.clone(), self.inventory(n, max_age).await) });
+        let mut ok = Vec::new();
+        let mut failed = Vec::new();
+        for (node, r) in futures_join_all(futs).await {
+            match r {
+                Ok(inv) => ok.push(inv),
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "agent unreachable");
+                    failed.push(node);
+                }
+            }
+        }
+        (ok, failed)
+    }
+}
+
+/// Runs futures concurrently (on this task) and collects their outputs in order.
+pub async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}

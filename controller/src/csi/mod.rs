@@ -1,0 +1,4 @@
+//! The CSI services the sidecars talk to.
+
+pub mod controller;
+mod convert;

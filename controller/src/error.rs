@@ -1,0 +1,69 @@
+//! The controller's error type and its gRPC codes.
+
+use pool_csi_proto::{params::ParamError, GrpcCode};
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A required field is missing or a value is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// A StorageClass parameter cannot be used.
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    /// The volume or snapshot does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// No agent is known for the node a volume lives on.
+    #[error("no node agent is known for node {node:?}; is pool-csi-node running there?")]
+    UnknownNode { node: String },
+    /// No node reports the pool.
+    #[error("pool {pool:?} is not defined on any node{}", if *.reachable { "" } else { " that answered (some agents are unreachable)" })]
+    NoPool { pool: String, reachable: bool },
+    /// No candidate node had room.
+    #[error("no node can hold {needed} bytes in pool {pool:?}: {why}")]
+    NoCapacity {
+        pool: String,
+        needed: u64,
+        why: String,
+    },
+    /// The size does not fit the request's range.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A name is taken by something incompatible.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A pagination token we did not hand out.
+    #[error("invalid starting_token {0:?}: start the listing again")]
+    BadToken(String),
+    /// Another operation on the same volume is running.
+    #[error(transparent)]
+    Busy(#[from] pool_csi_proto::oplock::Busy),
+    /// The agent answered with an error: its code passes through.
+    #[error("node {node}: {}", status.message())]
+    Agent { node: String, status: tonic::Status },
+}
+
+impl GrpcCode for Error {
+    fn grpc_code(&self) -> Code {
+        match self {
+            Self::Invalid(_) | Self::Param(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::UnknownNode { .. } => Code::Unavailable,
+            Self::NoPool {
+                reachable: true, ..
+            } => Code::InvalidArgument,
+            Self::NoPool {
+                reachable: false, ..
+            } => Code::Unavailable,
+            Self::NoCapacity { .. } => Code::ResourceExhausted,
+            Self::OutOfRange(_) => Code::OutOfRange,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::BadToken(_) => Code::Aborted, // CSI: an invalid starting_token is ABORTED
+            Self::Busy(_) => Code::Aborted,
+            Self::Agent { status, .. } => status.code(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,38 @@
+//! GetCapacity: free space of a pool, per topology segment (one node), so the
+//! external-provisioner's capacity tracking can steer the scheduler.
+
+use crate::{agents::INVENTORY_TTL, error::Result, Ctx};
+use pool_csi_proto::{agent::PoolState, TOPOLOGY_NODE_KEY};
+use std::collections::HashMap;
+
+/// (available bytes, largest single volume) for `pool` (None: every pool)
+/// on the nodes the topology segment names (None: every node).
+pub async fn capacity(
+    ctx: &Ctx,
+    pool: Option<&str>,
+    segment: Option<&HashMap<String, String>>,
+) -> Result<(u64, u64)> {
+    let node = segment.and_then(|s| s.get(TOPOLOGY_NODE_KEY));
+    if segment.is_some_and(|s| !s.is_empty()) && node.is_none() {
+        return Ok((0, 0)); // a segment we do not report: nothing of ours is there
+    }
+    let (inventories, _) = ctx.agents.all_inventories(INVENTORY_TTL).await;
+    let (mut total, mut largest) = (0u64, 0u64);
+    for inv in inventories
+        .iter()
+        .filter(|i| node.is_none_or(|n| *n == i.node))
+    {
+        for p in inv.pools.iter().filter(|p| {
+            pool.is_none_or(|want| p.name == want) && p.state == PoolState::Running as i32
+        }) {
+            total += p.available_bytes;
+            let max = if p.max_volume_bytes > 0 {
+                p.max_volume_bytes
+            } else {
+                p.available_bytes
+            };
+            largest = largest.max(max);
+        }
+    }
+    Ok((total, largest))
+}

@@ -1,0 +1,160 @@
+//! CreateVolume: pick the node, ask its agent, report the volume.
+
+use super::agent_err;
+use crate::{
+    agents::INVENTORY_TTL,
+    error::{Error, Result},
+    placement, Ctx,
+};
+use pool_csi_proto::{
+    agent::{self as pb, create_volume_request::Source as PbSource},
+    csi::TopologyRequirement,
+    PoolType, SnapshotId, VolumeId, VolumeParams,
+};
+
+/// The content a new volume starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Empty,
+    Volume(VolumeId),
+    Snapshot(SnapshotId),
+}
+
+/// A validated CreateVolume.
+#[derive(Debug, Clone)]
+pub struct CreateVolume {
+    /// The storage name (from the CSI name).
+    pub name: String,
+    pub required: u64,
+    pub limit: u64,
+    pub params: VolumeParams,
+    pub content: Content,
+    pub topology: Option<TopologyRequirement>,
+}
+
+/// The volume that now exists.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub id: VolumeId,
+    pub capacity: u64,
+}
+
+pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
+    let pool = &req.params.pool;
+    let (inventories, unreachable) = ctx.agents.all_inventories(INVENTORY_TTL).await;
+    let pool_type: PoolType = inventories
+        .iter()
+        .find_map(|inv| inv.pool(pool))
+        .and_then(|p| p.r#type.parse().ok())
+        .ok_or_else(|| Error::NoPool {
+            pool: pool.clone(),
+            reachable: unreachable.is_empty(),
+        })?;
+    req.params.check_for(pool_type)?;
+
+    // A copy stays on the node (and pool) of its source.
+    let (nodes, source) = match &req.content {
+        Content::Empty => {
+            let with_pool: Vec<String> = inventories
+                .iter()
+                .filter(|i| i.running_pool(pool).is_some())
+                .map(|i| i.node.clone())
+                .collect();
+            if with_pool.is_empty() {
+                return Err(Error::NoCapacity {
+                    pool: pool.clone(),
+                    needed: req.required,
+                    why: "the pool is not running on any node".into(),
+                });
+            }
+            (
+                placement::candidates(&req.name, &with_pool, req.topology.as_ref()),
+                None,
+            )
+        }
+        Content::Volume(v) => (
+            vec![source_node(&v.pool, &v.node, pool, req)?],
+            Some(PbSource::SourceVolume(v.name.clone())),
+        ),
+        Content::Snapshot(s) => (
+            vec![source_node(&s.pool, &s.node, pool, req)?],
+            Some(PbSource::SourceSnapshot(s.name.clone())),
+        ),
+    };
+    if nodes.is_empty() {
+        return Err(Error::NoCapacity {
+            pool: pool.clone(),
+            needed: req.required,
+            why: "no node with the pool satisfies the topology requirement".into(),
+        });
+    }
+    let options = pb::VolumeOptions {
+        format: req.params.format.map(|f| f.to_string()).unwrap_or_default(),
+        allocation: req
+            .params
+            .allocation
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        wipe_on_delete: req.params.wipe_on_delete,
+        partition_type: req.params.partition_type.clone().unwrap_or_default(),
+    };
+    let mut refusals = Vec::new();
+    for node in &nodes {
+        let call = pb::CreateVolumeRequest {
+            pool: pool.clone(),
+            name: req.name.clone(),
+            required_bytes: req.required,
+            limit_bytes: req.limit,
+            options: Some(options.clone()),
+            source: source.clone(),
+        };
+        match ctx.agents.client(node)?.create_volume(call).await {
+            Ok(resp) => {
+                ctx.agents.invalidate(node);
+                let v = resp.into_inner().volume.unwrap_or_default();
+                return Ok(Created {
+                    id: VolumeId::new(pool, Some(node), &req.name),
+                    capacity: v.capacity_bytes,
+                });
+            }
+            // Out of room (or unreachable) here: the next node may do.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                ) && source.is_none() =>
+            {
+                refusals.push(format!("{node}: {}", s.message()));
+            }
+            Err(s) => return Err(agent_err(node)(s)),
+        }
+    }
+    Err(Error::NoCapacity {
+        pool: pool.clone(),
+        needed: req.required,
+        why: refusals.join("; "),
+    })
+}
+
+/// The node holding a clone source, checked against the request.
+fn source_node(
+    src_pool: &str,
+    src_node: &Option<String>,
+    pool: &str,
+    req: &CreateVolume,
+) -> Result<String> {
+    if src_pool != pool {
+        return Err(Error::Invalid(format!(
+            "the content source is in pool {src_pool:?}; volumes are copied within one pool, and this StorageClass names {pool:?}"
+        )));
+    }
+    let node = super::node_of(src_node, "content source")?;
+    if !placement::is_allowed(node, req.topology.as_ref()) {
+        return Err(Error::NoCapacity {
+            pool: pool.into(),
+            needed: req.required,
+            why: format!("the content source is on node {node}, outside the requested topology"),
+        });
+    }
+    Ok(node.to_string())
+}

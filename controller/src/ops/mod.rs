@@ -1,0 +1,78 @@
+//! Controller use-cases. Each takes validated arguments and returns our own
+//! types or errors; the CSI glue lives in `csi/`.
+
+pub mod capacity;
+pub mod create;
+pub mod snapshots;
+pub mod volumes;
+
+use crate::error::{Error, Result};
+
+/// Wraps an agent's error with the node it came from; its code passes through.
+pub fn agent_err(node: &str) -> impl FnOnce(tonic::Status) -> Error + '_ {
+    move |status| Error::Agent {
+        node: node.to_string(),
+        status,
+    }
+}
+
+/// The node of a node-local volume id (every pool type served so far is local).
+pub fn node_of<'a>(node: &'a Option<String>, what: &str) -> Result<&'a str> {
+    node.as_deref()
+        .ok_or_else(|| Error::NotFound(format!("{what} names no node")))
+}
+
+/// One page of `items` (sorted by key) after `token`, at most `max` (0: all).
+/// The token is the key of the last item handed out, so a listing stays
+/// correct while items are added or removed between pages.
+pub fn paginate<T>(items: Vec<(String, T)>, max: i32, token: &str) -> Result<(Vec<T>, String)> {
+    if max < 0 {
+        return Err(Error::Invalid("max_entries must not be negative".into()));
+    }
+    let start = if token.is_empty() {
+        0
+    } else {
+        items.partition_point(|(k, _)| k.as_str() <= token)
+    };
+    let max = if max == 0 { usize::MAX } else { max as usize };
+    let total = items.len();
+    let page: Vec<(String, T)> = items.into_iter().skip(start).take(max).collect();
+    let next = if start + page.len() < total {
+        page.last().map(|(k, _)| k.clone()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((page.into_iter().map(|(_, v)| v).collect(), next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(keys: &[&str]) -> Vec<(String, String)> {
+        keys.iter()
+            .map(|k| (k.to_string(), k.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pages_walk_the_whole_list() {
+        let all = items(&["a", "b", "c", "d", "e"]);
+        let (p1, t1) = paginate(all.clone(), 2, "").unwrap();
+        assert_eq!((p1, t1.as_str()), (vec!["a".to_string(), "b".into()], "b"));
+        let (p2, t2) = paginate(all.clone(), 2, &t1).unwrap();
+        assert_eq!(p2, vec!["c".to_string(), "d".into()]);
+        let (p3, t3) = paginate(all.clone(), 2, &t2).unwrap();
+        assert_eq!((p3, t3.as_str()), (vec!["e".to_string()], ""));
+        let (all_at_once, t) = paginate(all, 0, "").unwrap();
+        assert_eq!((all_at_once.len(), t.as_str()), (5, ""));
+    }
+
+    #[test]
+    fn removed_items_do_not_break_the_walk() {
+        let (_, t) = paginate(items(&["a", "b", "c"]), 1, "").unwrap();
+        let (p, _) = paginate(items(&["b2", "c"]), 1, &t).unwrap();
+        assert_eq!(p, vec!["b2".to_string()]);
+        assert!(paginate(items(&["a"]), -1, "").is_err());
+    }
+}

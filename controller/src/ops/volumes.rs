@@ -1,0 +1,94 @@
+//! DeleteVolume, ControllerExpandVolume, ControllerGetVolume, ListVolumes.
+
+use super::{agent_err, node_of};
+use crate::{
+    agents::futures_join_all,
+    error::{Error, Result},
+    Ctx,
+};
+use pool_csi_proto::{agent as pb, VolumeId};
+
+/// Deletes a volume. A volume, pool or node that no longer has it is Ok.
+pub async fn delete(ctx: &Ctx, id: &VolumeId) -> Result<()> {
+    let node = node_of(&id.node, "volume id")?;
+    let req = pb::DeleteVolumeRequest {
+        pool: id.pool.clone(),
+        name: id.name.clone(),
+        wipe: false,
+    };
+    match ctx.agents.client(node)?.delete_volume(req).await {
+        Ok(_) => {
+            ctx.agents.invalidate(node);
+            Ok(())
+        }
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()), // the pool is gone from the node
+        Err(s) => Err(agent_err(node)(s)),
+    }
+}
+
+/// Grows a volume; returns (capacity, node expansion required).
+pub async fn expand(ctx: &Ctx, id: &VolumeId, required: u64, limit: u64) -> Result<(u64, bool)> {
+    let node = node_of(&id.node, "volume id")?;
+    let req = pb::ExpandVolumeRequest {
+        pool: id.pool.clone(),
+        name: id.name.clone(),
+        required_bytes: required,
+        limit_bytes: limit,
+    };
+    let r = ctx
+        .agents
+        .client(node)?
+        .expand_volume(req)
+        .await
+        .map_err(agent_err(node))?
+        .into_inner();
+    ctx.agents.invalidate(node);
+    Ok((r.capacity_bytes, r.node_expansion_required))
+}
+
+/// The volume as its agent reports it; NotFound when it is gone.
+pub async fn get(ctx: &Ctx, id: &VolumeId) -> Result<pb::VolumeInfo> {
+    let node = node_of(&id.node, "volume id")?;
+    let req = pb::VolumeRef {
+        pool: id.pool.clone(),
+        name: id.name.clone(),
+    };
+    match ctx.agents.client(node)?.get_volume(req).await {
+        Ok(r) => r
+            .into_inner()
+            .volume
+            .ok_or_else(|| Error::NotFound(format!("volume {id} not found"))),
+        Err(s) if s.code() == tonic::Code::NotFound => Err(Error::NotFound(format!(
+            "volume {id} not found: {}",
+            s.message()
+        ))),
+        Err(s) => Err(agent_err(node)(s)),
+    }
+}
+
+/// Every volume on every reachable node, keyed and sorted by volume id.
+/// An unreachable node fails the listing (UNAVAILABLE): a silently short
+/// list would make the CO think volumes vanished.
+pub async fn list(ctx: &Ctx) -> Result<Vec<(String, (VolumeId, pb::VolumeInfo))>> {
+    let calls = ctx.agents.nodes().map(|node| async move {
+        let r = ctx
+            .agents
+            .client(node)?
+            .list_volumes(pb::ListVolumesRequest {
+                pool: String::new(),
+            })
+            .await;
+        r.map(|r| (node.clone(), r.into_inner().volumes))
+            .map_err(agent_err(node))
+    });
+    let mut out = Vec::new();
+    for r in futures_join_all(calls).await {
+        let (node, volumes) = r?;
+        for v in volumes {
+            let id = VolumeId::new(&v.pool, Some(&node), &v.name);
+            out.push((id.to_string(), (id, v)));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
