@@ -6,7 +6,7 @@ use pool_csi_controller::{agents::Agents, csi::controller::ControllerService, Ct
 use pool_csi_proto::{
     csi::{controller_server::ControllerServer, identity_server::IdentityServer},
     identity::{check_driver_name, IdentityService},
-    serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint},
+    serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint, DRAIN_GRACE},
 };
 use std::{
     collections::BTreeMap,
@@ -81,11 +81,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     tracing::info!(agents = map.len(), csi = %path.display(), "starting pool-csi-controller");
     let identity = IdentityService::new(&driver_name, true, Arc::new(AtomicBool::new(true)));
-    Server::builder()
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(());
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let serve = Server::builder()
         .add_service(IdentityServer::new(identity))
         .add_service(ControllerServer::new(ControllerService::new(ctx)))
-        .serve_with_incoming_shutdown(bind_private_uds(&path)?, shutdown_signal())
-        .await?;
+        .serve_with_incoming_shutdown(bind_private_uds(&path)?, stopped(stop_rx.clone()));
+    // Drain open requests after a signal, but never wait on them for long.
+    tokio::select! {
+        r = serve => r?,
+        _ = async { stopped(stop_rx).await; tokio::time::sleep(DRAIN_GRACE).await } => {
+            tracing::warn!("requests still open {DRAIN_GRACE:?} after shutdown; exiting")
+        }
+    }
     let _ = std::fs::remove_file(&path);
     Ok(())
 }

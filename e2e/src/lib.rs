@@ -1,1 +1,273 @@
+//! Harness for end-to-end tests, the demo and the benchmark: starts the real
+//! `pool-csi-node` and `pool-csi-controller` binaries on a scratch directory,
+//! talks CSI to them over their unix sockets, and on drop stops them and
+//! removes every mount, loop device and daemon they left behind.
+#![forbid(unsafe_code)]
 
+pub mod cleanup;
+pub mod clients;
+pub mod req;
+
+use clients::Clients;
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Why a test cannot run here; tests print it and return (never pass silently).
+pub fn missing_requirements(needs_qemu: bool) -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("needs root (loop devices, mkfs, mounts)".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("needs loop devices (/dev/loop-control)".into());
+    }
+    for tool in ["losetup", "mkfs.ext4", "blkid", "resize2fs"] {
+        if which(tool).is_none() {
+            return Some(format!("needs {tool} (run dev/setup)"));
+        }
+    }
+    if needs_qemu {
+        for tool in ["qemu-img", "qemu-storage-daemon"] {
+            if which(tool).is_none() {
+                return Some(format!("needs {tool} (qemu-utils)"));
+            }
+        }
+        if !Path::new("/dev/fuse").exists() {
+            return Some("needs FUSE (/dev/fuse) for qemu-storage-daemon exports".into());
+        }
+    }
+    None
+}
+
+/// Skips the calling test with a message naming what is missing.
+#[macro_export]
+macro_rules! require {
+    ($qemu:expr) => {
+        if let Some(why) = $crate::missing_requirements($qemu) {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+/// Whether this process may grow a mounted ext4 filesystem (the resize ioctl
+/// needs CAP_SYS_RESOURCE, which some sandboxes drop; xfs_growfs does not).
+pub fn can_resize_ext4_online() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Where cargo put the binaries (next to the running test or demo binary).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub node_name: String,
+    /// Put the pool on a tmpfs of this many bytes (None: the scratch dir's disk).
+    pub tmpfs_bytes: Option<u64>,
+    /// Extra StoragePool manifests appended to the pools file.
+    pub extra_pools: String,
+    pub log_filter: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            node_name: "node-1".into(),
+            tmpfs_bytes: Some(4 << 30),
+            extra_pools: String::new(),
+            log_filter: "warn".into(),
+        }
+    }
+}
+
+/// A running node + controller pair with a dir pool named `scratch`.
+pub struct Driver {
+    pub dir: tempfile::TempDir,
+    pub opts: Options,
+    pub pool_dir: PathBuf,
+    pub node_sock: PathBuf,
+    pub ctrl_sock: PathBuf,
+    pub agent_addr: String,
+    node: Option<Child>,
+    controller: Option<Child>,
+}
+
+impl Driver {
+    pub async fn start(opts: Options) -> Driver {
+        let dir = tempfile::Builder::new()
+            .prefix("pool-csi-e2e-")
+            .tempdir()
+            .expect("scratch dir");
+        let pool_dir = dir.path().join("pool");
+        std::fs::create_dir_all(&pool_dir).unwrap();
+        if let Some(bytes) = opts.tmpfs_bytes {
+            let data = std::ffi::CString::new(format!("size={bytes},mode=0711")).unwrap();
+            rustix::mount::mount(
+                "tmpfs",
+                &pool_dir,
+                "tmpfs",
+                rustix::mount::MountFlags::empty(),
+                Some(data.as_c_str()),
+            )
+            .expect("mount tmpfs for the pool");
+        }
+        let pools = format!(
+            "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: scratch }}\nspec:\n  type: dir\n  target: {{ path: {} }}\n{}",
+            pool_dir.display(),
+            opts.extra_pools
+        );
+        std::fs::write(dir.path().join("pools.yaml"), pools).unwrap();
+        let agent_addr = free_port();
+        let mut d = Driver {
+            node_sock: dir.path().join("node.sock"),
+            ctrl_sock: dir.path().join("controller.sock"),
+            pool_dir,
+            agent_addr,
+            opts,
+            node: None,
+            controller: None,
+            dir,
+        };
+        d.start_node();
+        d.start_controller();
+        d.wait_ready().await;
+        d
+    }
+
+    fn spawn(&self, bin: &str, args: &[String]) -> Child {
+        let path = bin_dir().join(bin);
+        assert!(
+            path.exists(),
+            "{} is missing: build it first (cargo build --workspace --bins)",
+            path.display()
+        );
+        #[allow(clippy::disallowed_methods)] // the harness starts the binaries under test
+        std::process::Command::new(path)
+            .args(args)
+            .env("LOG_FILTER", &self.opts.log_filter)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin}: {e}"))
+    }
+
+    /// Starts (or restarts) the node plugin.
+    pub fn start_node(&mut self) {
+        let args = vec![
+            format!("--csi-endpoint=unix://{}", self.node_sock.display()),
+            format!("--agent-listen={}", self.agent_addr),
+            format!("--node-name={}", self.opts.node_name),
+            format!(
+                "--pools-file={}",
+                self.dir.path().join("pools.yaml").display()
+            ),
+            format!("--state-dir={}", self.dir.path().join("state").display()),
+        ];
+        self.node = Some(self.spawn("pool-csi-node", &args));
+    }
+
+    fn start_controller(&mut self) {
+        let args = vec![
+            format!("--csi-endpoint=unix://{}", self.ctrl_sock.display()),
+            format!("--agent={}={}", self.opts.node_name, self.agent_addr),
+        ];
+        self.controller = Some(self.spawn("pool-csi-controller", &args));
+    }
+
+    /// Kills the node plugin hard (SIGKILL), as a crash would.
+    pub fn kill_node(&mut self) {
+        if let Some(mut c) = self.node.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until both sockets answer and the node reports ready.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = Clients::connect(&self.node_sock, &self.ctrl_sock).await {
+                let ready = c
+                    .node_identity
+                    .probe(pool_csi_proto::csi::ProbeRequest {})
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().ready);
+                let ctrl = c
+                    .ctrl_identity
+                    .probe(pool_csi_proto::csi::ProbeRequest {})
+                    .await
+                    .is_ok();
+                if ready == Some(true) && ctrl {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "driver did not become ready within 20s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn clients(&self) -> Clients {
+        Clients::connect(&self.node_sock, &self.ctrl_sock)
+            .await
+            .expect("connect to the driver")
+    }
+
+    /// A path under the scratch dir (for staging and target paths).
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Pid of a running binary (for memory measurements).
+    pub fn pids(&self) -> (u32, u32) {
+        (
+            self.node.as_ref().map_or(0, |c| c.id()),
+            self.controller.as_ref().map_or(0, |c| c.id()),
+        )
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        for c in [self.node.take(), self.controller.take()]
+            .into_iter()
+            .flatten()
+        {
+            cleanup::stop(c);
+        }
+        cleanup::release_everything_under(self.dir.path());
+    }
+}
+
+fn free_port() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().unwrap().to_string()
+}

@@ -10,7 +10,7 @@ use pool_csi_proto::{
     agent::agent_server::AgentServer,
     csi::{identity_server::IdentityServer, node_server::NodeServer},
     identity::{check_driver_name, IdentityService},
-    serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint},
+    serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint, DRAIN_GRACE},
     PoolDefinition,
 };
 use std::{
@@ -169,8 +169,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(IdentityServer::new(identity))
         .add_service(AgentServer::new(AgentService::new(ctx.clone())))
-        .serve_with_shutdown(agent_listen, stopped(stop_rx));
-    tokio::try_join!(csi, agent)?;
+        .serve_with_shutdown(agent_listen, stopped(stop_rx.clone()));
+    // Drain open requests after a signal, but never wait on them for long.
+    let drain_limit = async {
+        stopped(stop_rx).await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(csi, agent) } => { r?; }
+        _ = drain_limit => tracing::warn!("requests still open {DRAIN_GRACE:?} after shutdown; exiting"),
+    }
     let _ = std::fs::remove_file(&csi_path);
     tracing::info!("stopped");
     Ok(())

@@ -89,6 +89,9 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// How long a server drains open requests after a shutdown signal.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the tracing subscriber: `filter` is an EnvFilter directive
 /// (`info`, `pool_csi_node=debug` …); `json` switches to one JSON object per line.
 pub fn init_tracing(filter: &str, json: bool) {

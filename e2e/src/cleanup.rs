@@ -1,0 +1,101 @@
+//! Leaves the machine as it was: stops processes, unmounts everything under
+//! the scratch dir (deepest first), detaches loop devices on its files, and
+//! stops any qemu-storage-daemon it started.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Child,
+    time::{Duration, Instant},
+};
+
+/// SIGTERM, then SIGKILL after 5 s.
+pub fn stop(mut child: Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v
+}
+
+/// Releases every mount, loop device and export daemon under `dir`.
+pub fn release_everything_under(dir: &Path) {
+    // Daemons first: their FUSE exports hold loop devices.
+    for pidfile in walk(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pid"))
+    {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+            }
+        }
+    }
+    for _ in 0..3 {
+        for mp in mount_points_under(dir) {
+            let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
+        }
+        detach_loops_under(dir);
+    }
+}
+
+fn detach_loops_under(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if Path::new(b.trim().trim_end_matches(" (deleted)")).starts_with(dir) {
+            #[allow(clippy::disallowed_methods)] // test cleanup, not driver code
+            let _ = std::process::Command::new("losetup")
+                .arg("-d")
+                .arg(format!("/dev/{name}"))
+                .status();
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    out
+}
