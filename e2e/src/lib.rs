@@ -90,7 +90,8 @@ pub struct Options {
     pub node_name: String,
     /// Put the pool on a tmpfs of this many bytes (None: the scratch dir's disk).
     pub tmpfs_bytes: Option<u64>,
-    /// Extra StoragePool manifests appended to the pools file.
+    /// Extra StoragePool manifests appended to the pools file; `{dir}` is
+    /// replaced by the scratch directory.
     pub extra_pools: String,
     pub log_filter: String,
 }
@@ -140,7 +141,7 @@ impl Driver {
         let pools = format!(
             "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: scratch }}\nspec:\n  type: dir\n  target: {{ path: {} }}\n{}",
             pool_dir.display(),
-            opts.extra_pools
+            opts.extra_pools.replace("{dir}", &dir.path().display().to_string())
         );
         std::fs::write(dir.path().join("pools.yaml"), pools).unwrap();
         let agent_addr = free_port();

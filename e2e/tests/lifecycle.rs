@@ -364,3 +364,62 @@ async fn read_only_publish_refuses_writes() {
         .await
         .expect("unstage");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_clone_of_a_mounted_volume_see_unsynced_writes() {
+    require!(false);
+    let d = Driver::start(Options::default()).await;
+    let mut c = d.clients().await;
+    let cap = req::mount_cap("ext4");
+    let id = create(&mut c, req::create("live", 64 * req::MIB, &[]))
+        .await
+        .volume_id;
+    let staging = d.path("staging");
+    c.node
+        .node_stage_volume(req::stage(&id, &staging, cap.clone()))
+        .await
+        .expect("stage");
+    // No fsync: the data sits in the page cache until the filesystem is frozen.
+    std::fs::write(staging.join("dirty.txt"), b"not yet on disk").unwrap();
+    let snap = c
+        .controller
+        .create_snapshot(req::snapshot("live-snap", &id))
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    std::fs::write(staging.join("dirty2.txt"), b"also not on disk").unwrap();
+    let clone = create(&mut c, req::clone_of("live-clone", 64 * req::MIB, &id)).await;
+    // The volume stays writable: the freeze ended with the copy.
+    std::fs::write(staging.join("after.txt"), b"thawed").unwrap();
+    let restored = create(
+        &mut c,
+        req::restore_of("live-restored", 64 * req::MIB, &snap.snapshot_id),
+    )
+    .await;
+    for (v, file, want) in [
+        (&restored, "dirty.txt", &b"not yet on disk"[..]),
+        (&clone, "dirty2.txt", &b"also not on disk"[..]),
+    ] {
+        let st = d.path(&format!("st-{}", v.volume_id.rsplit(':').next().unwrap()));
+        c.node
+            .node_stage_volume(req::stage(&v.volume_id, &st, cap.clone()))
+            .await
+            .expect("stage copy");
+        assert_eq!(
+            std::fs::read(st.join(file)).unwrap(),
+            want,
+            "{}",
+            v.volume_id
+        );
+        c.node
+            .node_unstage_volume(req::unstage(&v.volume_id, &st))
+            .await
+            .expect("unstage copy");
+    }
+    c.node
+        .node_unstage_volume(req::unstage(&id, &staging))
+        .await
+        .expect("unstage");
+}

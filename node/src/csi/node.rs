@@ -158,14 +158,19 @@ impl Node for NodeService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                let id = volume_id(&r.volume_id)?;
+                if r.volume_id.is_empty() {
+                    return Err(Error::Invalid("volume_id is required".into()));
+                }
                 if r.target_path.is_empty() {
                     return Err(Error::Invalid("target_path is required".into()));
                 }
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::volume_key(&id.pool, &id.name))?;
+                // Unpublishing works on the target path alone, so kubelet can
+                // always clean up, even for an id this driver never made.
+                let key = match VolumeId::parse(&r.volume_id) {
+                    Ok(id) => NodeCtx::volume_key(&id.pool, &id.name),
+                    Err(_) => r.volume_id.clone(),
+                };
+                let _g = self.ctx.locks.try_acquire(key)?;
                 ops::publish::unpublish(&self.ctx, &r.target_path).await?;
                 Ok(csi::NodeUnpublishVolumeResponse {})
             }

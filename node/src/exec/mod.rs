@@ -75,8 +75,16 @@ impl Output {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
+    /// stderr, trimmed to its first lines: the cause is at the top, and a
+    /// tool's usage text after it only buries it.
     pub fn stderr_str(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).trim().to_string()
+        let text = String::from_utf8_lossy(&self.stderr);
+        let mut lines = text.trim().lines();
+        let mut out: Vec<&str> = lines.by_ref().take(4).collect();
+        if lines.next().is_some() {
+            out.push("…");
+        }
+        out.join("\n")
     }
 }
 

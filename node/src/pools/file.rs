@@ -15,7 +15,7 @@ use crate::{
     exec::CommandRunner,
     formats,
     mount::{mounter, mountinfo},
-    tools::{blkid::Probe, losetup, mkfs, qsd::Export},
+    tools::{blkid::Probe, fsfreeze, losetup, mkfs, qsd::Export},
     Config,
 };
 use pool_csi_proto::{Allocation, PoolDefinition, PoolType, VolumeFormat};
@@ -157,6 +157,43 @@ impl FilePool {
             .map(|pid| format!("qemu-storage-daemon pid {pid}"))
     }
 
+    /// Copies a volume file while it is consistent: when the volume is
+    /// attached on this node, its block device is flushed and a filesystem
+    /// mounted from it is frozen for the duration of the copy, then thawed
+    /// whatever the copy's outcome.
+    pub(super) async fn copy_quiesced(&self, name: &str, src: &Path, dst: &Path) -> Result<()> {
+        let export = self.export_of(name);
+        let devices: Vec<PathBuf> = [src, export.file.as_path()]
+            .iter()
+            .flat_map(|f| losetup::find_by_backing_file(&self.sysfs, f))
+            .collect();
+        let mut frozen = Vec::new();
+        if !devices.is_empty() {
+            let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
+            for dev in &devices {
+                File::open(dev)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("flush", dev))?;
+                // One mount per filesystem is enough: binds share the superblock.
+                if let Some(m) = table.iter().find(|m| Path::new(&m.source) == dev) {
+                    fsfreeze::freeze(self.runner.as_ref(), &m.mount_point).await?;
+                    frozen.push(m.mount_point.clone());
+                }
+            }
+        }
+        let (from, to) = (src.to_path_buf(), dst.to_path_buf());
+        let copied = tokio::task::spawn_blocking(move || copy::copy_file(&from, &to))
+            .await
+            .map_err(|e| io("copy", src)(std::io::Error::other(e)))
+            .and_then(|r| r.map_err(io("copy", src)).map(|_| ()));
+        for mp in &frozen {
+            if let Err(e) = fsfreeze::thaw(self.runner.as_ref(), mp).await {
+                tracing::error!(mount = %mp.display(), error = %e, "failed to thaw a frozen filesystem; run fsfreeze --unfreeze");
+            }
+        }
+        copied
+    }
+
     async fn mount_device(&self, dev: &FsDevice) -> Result<()> {
         let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
         if mountinfo::find_at(&table, &self.layout.root).is_some() {
@@ -238,11 +275,16 @@ impl FilePool {
         match src {
             None => formats::create(self.runner.as_ref(), format, tmp, size, full).await?,
             Some((src_path, src_size)) => {
-                let (from, to) = (src_path.clone(), tmp.to_path_buf());
-                tokio::task::spawn_blocking(move || copy::copy_file(&from, &to))
-                    .await
-                    .map_err(|e| io("copy", &src_path)(std::io::Error::other(e)))?
-                    .map_err(io("copy", &src_path))?;
+                match &req.source {
+                    Source::Volume(v) => self.copy_quiesced(v, &src_path, tmp).await?,
+                    _ => {
+                        let (from, to) = (src_path.clone(), tmp.to_path_buf());
+                        tokio::task::spawn_blocking(move || copy::copy_file(&from, &to))
+                            .await
+                            .map_err(|e| io("copy", &src_path)(std::io::Error::other(e)))?
+                            .map_err(io("copy", &src_path))?;
+                    }
+                }
                 if size > src_size {
                     formats::grow(self.runner.as_ref(), format, tmp, size, full).await?;
                 }

@@ -14,7 +14,6 @@ use super::{
     Snapshot,
 };
 use crate::{
-    copy,
     error::{io, Error, Result},
     formats,
 };
@@ -87,11 +86,7 @@ impl FilePool {
                 .unwrap_or(0),
         };
         let made = async {
-            let (from, to) = (src.clone(), tmp.clone());
-            tokio::task::spawn_blocking(move || copy::copy_file(&from, &to))
-                .await
-                .map_err(|e| io("copy", &src)(std::io::Error::other(e)))?
-                .map_err(io("copy", &src))?;
+            self.copy_quiesced(source, &src, &tmp).await?;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))
                 .map_err(io("protect", &tmp))?;
             std::fs::File::open(&tmp)

@@ -2,6 +2,7 @@
 //! output, and what its exit codes mean.
 
 pub mod blkid;
+pub mod fsfreeze;
 pub mod growfs;
 pub mod losetup;
 pub mod mkfs;

@@ -1,0 +1,704 @@
+//! The CSI spec's required behaviours, checked against the real binaries:
+//! error codes for missing and bad fields, idempotent create and delete,
+//! capacity ranges, access modes, pagination, capabilities and identity.
+
+use pool_csi_e2e::{clients::Clients, req, require, Driver, Options};
+use pool_csi_proto::csi::{self, volume_capability::access_mode::Mode};
+use tonic::Code;
+
+async fn driver() -> (Driver, Clients) {
+    let d = Driver::start(Options::default()).await;
+    let c = d.clients().await;
+    (d, c)
+}
+
+fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_reports_name_capabilities_and_readiness() {
+    require!(false);
+    let (_d, mut c) = driver().await;
+    let info = c
+        .ctrl_identity
+        .get_plugin_info(csi::GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, "pool-csi.io");
+    assert!(!info.vendor_version.is_empty());
+    let caps = c
+        .ctrl_identity
+        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(caps.capabilities.len(), 4, "{caps:?}");
+    let probe = c
+        .node_identity
+        .probe(csi::ProbeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(probe.ready, Some(true));
+    let info = c
+        .node
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, "node-1");
+    assert_eq!(
+        info.accessible_topology.unwrap().segments["pool-csi.io/node"],
+        "node-1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_fields_are_invalid_argument() {
+    require!(false);
+    let (d, mut c) = driver().await;
+    let mut no_name = req::create("", req::MIB, &[]);
+    no_name.name.clear();
+    assert_eq!(
+        code(c.controller.create_volume(no_name).await),
+        Code::InvalidArgument
+    );
+    let mut no_caps = req::create("v", req::MIB, &[]);
+    no_caps.volume_capabilities.clear();
+    assert_eq!(
+        code(c.controller.create_volume(no_caps).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.controller
+                .delete_volume(csi::DeleteVolumeRequest::default())
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.controller
+                .controller_expand_volume(req::expand("", req::MIB))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.controller.create_snapshot(req::snapshot("", "x")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.controller.create_snapshot(req::snapshot("s", "")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.controller
+                .delete_snapshot(csi::DeleteSnapshotRequest::default())
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let p = d.path("x");
+    assert_eq!(
+        code(
+            c.node
+                .node_stage_volume(req::stage("", &p, req::mount_cap("ext4")))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let mut no_cap = req::stage("v1:scratch:node-1:v", &p, req::mount_cap("ext4"));
+    no_cap.volume_capability = None;
+    assert_eq!(
+        code(c.node.node_stage_volume(no_cap).await),
+        Code::InvalidArgument
+    );
+    let mut no_path = req::stage("v1:scratch:node-1:v", &p, req::mount_cap("ext4"));
+    no_path.staging_target_path.clear();
+    assert_eq!(
+        code(c.node.node_stage_volume(no_path).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.node.node_unpublish_volume(req::unpublish("", &p)).await),
+        Code::InvalidArgument
+    );
+    let mut no_target = req::unpublish("v1:scratch:node-1:v", &p);
+    no_target.target_path.clear();
+    assert_eq!(
+        code(c.node.node_unpublish_volume(no_target).await),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_volumes_are_not_found_and_deletes_are_ok() {
+    require!(false);
+    let (d, mut c) = driver().await;
+    for id in ["v1:scratch:node-1:nope", "garbage-id"] {
+        let get = c
+            .controller
+            .controller_get_volume(csi::ControllerGetVolumeRequest {
+                volume_id: id.into(),
+            })
+            .await;
+        assert_eq!(code(get), Code::NotFound, "{id}");
+        assert_eq!(
+            code(
+                c.controller
+                    .controller_expand_volume(req::expand(id, req::MIB))
+                    .await
+            ),
+            Code::NotFound,
+            "{id}"
+        );
+        let v = csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: id.into(),
+            volume_capabilities: vec![req::mount_cap("")],
+            ..Default::default()
+        };
+        assert_eq!(
+            code(c.controller.validate_volume_capabilities(v).await),
+            Code::NotFound,
+            "{id}"
+        );
+        assert_eq!(
+            code(c.controller.create_snapshot(req::snapshot("s", id)).await),
+            Code::NotFound,
+            "{id}"
+        );
+        assert_eq!(
+            code(
+                c.node
+                    .node_stage_volume(req::stage(id, &d.path("s"), req::mount_cap("ext4")))
+                    .await
+            ),
+            Code::NotFound,
+            "{id}"
+        );
+        assert_eq!(
+            code(
+                c.controller
+                    .delete_volume(csi::DeleteVolumeRequest {
+                        volume_id: id.into(),
+                        ..Default::default()
+                    })
+                    .await
+            ),
+            Code::Ok
+        );
+        assert_eq!(
+            code(
+                c.node
+                    .node_unpublish_volume(req::unpublish(id, &d.path("t")))
+                    .await
+            ),
+            Code::Ok
+        );
+    }
+    // A well-formed id that names nothing: already unstaged. A malformed one
+    // cannot name anything to detach: NOT_FOUND.
+    assert_eq!(
+        code(
+            c.node
+                .node_unstage_volume(req::unstage("v1:scratch:node-1:nope", &d.path("s")))
+                .await
+        ),
+        Code::Ok
+    );
+    assert_eq!(
+        code(
+            c.node
+                .node_unstage_volume(req::unstage("garbage-id", &d.path("s")))
+                .await
+        ),
+        Code::NotFound
+    );
+    let snap = csi::DeleteSnapshotRequest {
+        snapshot_id: "s1:scratch:node-1:nope".into(),
+        ..Default::default()
+    };
+    assert_eq!(code(c.controller.delete_snapshot(snap).await), Code::Ok);
+    assert_eq!(
+        code(
+            c.controller
+                .create_volume(req::restore_of("r", req::MIB, "s1:scratch:node-1:nope"))
+                .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.controller
+                .create_volume(req::clone_of("r", req::MIB, "v1:scratch:node-1:nope"))
+                .await
+        ),
+        Code::NotFound
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_is_idempotent_and_incompatible_recreate_is_already_exists() {
+    require!(false);
+    let (d, mut c) = driver().await;
+    let a = c
+        .controller
+        .create_volume(req::create("same", 10 * req::MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let b = c
+        .controller
+        .create_volume(req::create("same", 10 * req::MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        code(
+            c.controller
+                .create_volume(req::create("same", 20 * req::MIB, &[]))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(
+            c.controller
+                .create_volume(req::create(
+                    "same",
+                    10 * req::MIB,
+                    &[("volumeFormat", "qcow2")]
+                ))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    // Names that are not storage names map deterministically and stay inside the pool.
+    let odd = c
+        .controller
+        .create_volume(req::create("../../etc/Passwd Volume", req::MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let again = c
+        .controller
+        .create_volume(req::create("../../etc/Passwd Volume", req::MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(odd.volume_id, again.volume_id);
+    let files: Vec<String> = std::fs::read_dir(&d.pool_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.starts_with("etc-passwd-volume-")),
+        "{files:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_ranges_are_honoured() {
+    require!(false);
+    let (_d, mut c) = driver().await;
+    let mut r = req::create("exact", 5 * req::MIB, &[]);
+    r.capacity_range = Some(csi::CapacityRange {
+        required_bytes: 5 * req::MIB,
+        limit_bytes: 5 * req::MIB,
+    });
+    assert_eq!(
+        c.controller
+            .create_volume(r)
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .capacity_bytes,
+        5 * req::MIB
+    );
+    let mut r = req::create("rounded", req::MIB + 1, &[]);
+    r.capacity_range = Some(csi::CapacityRange {
+        required_bytes: req::MIB + 1,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        c.controller
+            .create_volume(r)
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .capacity_bytes,
+        2 * req::MIB
+    );
+    let mut inverted = req::create("inverted", 0, &[]);
+    inverted.capacity_range = Some(csi::CapacityRange {
+        required_bytes: 2 * req::MIB,
+        limit_bytes: req::MIB,
+    });
+    assert_eq!(
+        code(c.controller.create_volume(inverted).await),
+        Code::OutOfRange
+    );
+    let mut negative = req::create("neg", 0, &[]);
+    negative.capacity_range = Some(csi::CapacityRange {
+        required_bytes: -1,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        code(c.controller.create_volume(negative).await),
+        Code::InvalidArgument
+    );
+    let mut none = req::create("default", 0, &[]);
+    none.capacity_range = None;
+    assert_eq!(
+        c.controller
+            .create_volume(none)
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .capacity_bytes,
+        1 << 30
+    );
+    // Larger than the pool's tmpfs (4 GiB): RESOURCE_EXHAUSTED, and nothing left behind.
+    assert_eq!(
+        code(
+            c.controller
+                .create_volume(req::create("huge", 64 * req::GIB, &[]))
+                .await
+        ),
+        Code::ResourceExhausted
+    );
+    let get = c
+        .controller
+        .controller_get_volume(csi::ControllerGetVolumeRequest {
+            volume_id: "v1:scratch:node-1:huge".into(),
+        })
+        .await;
+    assert_eq!(code(get), Code::NotFound);
+    // Expansion beyond the limit is OUT_OF_RANGE; shrinking is a no-op.
+    let id = "v1:scratch:node-1:exact";
+    let mut e = req::expand(id, 8 * req::MIB);
+    e.capacity_range.as_mut().unwrap().limit_bytes = 6 * req::MIB;
+    assert_eq!(
+        code(c.controller.controller_expand_volume(e).await),
+        Code::OutOfRange
+    );
+    let shrink = c
+        .controller
+        .controller_expand_volume(req::expand(id, req::MIB))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shrink.capacity_bytes, 5 * req::MIB);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_and_capabilities_are_refused_by_name() {
+    require!(false);
+    let (_d, mut c) = driver().await;
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("volumFormat", "raw")], "volumFormat"),
+        (&[("volumeFormat", "qcow3")], "qcow3"),
+        (&[("allocation", "thin")], "allocation=thin"),
+        (&[("pool", "nowhere")], "nowhere"),
+    ];
+    for (params, named) in cases {
+        let e = c
+            .controller
+            .create_volume(req::create("p", req::MIB, params))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{params:?}: {e:?}");
+        assert!(e.message().contains(named), "{params:?}: {}", e.message());
+    }
+    for mode in [
+        Mode::MultiNodeMultiWriter,
+        Mode::MultiNodeReaderOnly,
+        Mode::Unknown,
+    ] {
+        let mut r = req::create("m", req::MIB, &[]);
+        r.volume_capabilities = vec![req::cap_with_mode(mode)];
+        assert_eq!(
+            code(c.controller.create_volume(r).await),
+            Code::InvalidArgument,
+            "{mode:?}"
+        );
+    }
+    let id = c
+        .controller
+        .create_volume(req::create("ok", req::MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let v = |caps| csi::ValidateVolumeCapabilitiesRequest {
+        volume_id: id.clone(),
+        volume_capabilities: caps,
+        ..Default::default()
+    };
+    let good = c
+        .controller
+        .validate_volume_capabilities(v(vec![req::mount_cap("xfs"), req::block_cap()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(good.confirmed.is_some());
+    let bad = c
+        .controller
+        .validate_volume_capabilities(v(vec![req::cap_with_mode(Mode::MultiNodeMultiWriter)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        bad.confirmed.is_none() && bad.message.contains("MULTI_NODE_MULTI_WRITER"),
+        "{bad:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_paginate_without_gaps_or_repeats() {
+    require!(false);
+    let (_d, mut c) = driver().await;
+    let mut want: Vec<String> = Vec::new();
+    for i in 0..7 {
+        let v = c
+            .controller
+            .create_volume(req::create(&format!("vol-{i}"), req::MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        want.push(v.volume_id);
+    }
+    want.sort();
+    let (mut seen, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = c
+            .controller
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 3,
+                starting_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.entries.len() <= 3);
+        seen.extend(
+            page.entries
+                .into_iter()
+                .map(|e| e.volume.unwrap().volume_id),
+        );
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    assert_eq!(seen, want);
+    let bad = c
+        .controller
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: 0,
+            starting_token: "not-a-token".into(),
+        })
+        .await;
+    assert_eq!(code(bad), Code::Aborted);
+    let neg = c
+        .controller
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: -1,
+            starting_token: String::new(),
+        })
+        .await;
+    assert_eq!(code(neg), Code::InvalidArgument);
+
+    for (i, v) in want.iter().take(3).enumerate() {
+        c.controller
+            .create_snapshot(req::snapshot(&format!("snap-{i}"), v))
+            .await
+            .unwrap();
+    }
+    let all = c
+        .controller
+        .list_snapshots(csi::ListSnapshotsRequest {
+            max_entries: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.entries.len(), 2);
+    let rest = c
+        .controller
+        .list_snapshots(csi::ListSnapshotsRequest {
+            starting_token: all.next_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.entries.len(), 1);
+    let of_one = c
+        .controller
+        .list_snapshots(csi::ListSnapshotsRequest {
+            source_volume_id: want[1].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(of_one.entries.len(), 1);
+    assert_eq!(
+        of_one.entries[0]
+            .snapshot
+            .as_ref()
+            .unwrap()
+            .source_volume_id,
+        want[1]
+    );
+    let by_id = c
+        .controller
+        .list_snapshots(csi::ListSnapshotsRequest {
+            snapshot_id: "s1:scratch:node-1:snap-2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_id.entries.len(), 1);
+    // The same snapshot name for another volume is taken.
+    assert_eq!(
+        code(
+            c.controller
+                .create_snapshot(req::snapshot("snap-0", &want[4]))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_is_reported_per_node_segment() {
+    require!(false);
+    let (_d, mut c) = driver().await;
+    let ask = |seg: Option<(&str, &str)>| csi::GetCapacityRequest {
+        parameters: [("pool".to_string(), "scratch".to_string())].into(),
+        accessible_topology: seg.map(|(k, v)| csi::Topology {
+            segments: [(k.to_string(), v.to_string())].into(),
+        }),
+        ..Default::default()
+    };
+    let here = c
+        .controller
+        .get_capacity(ask(Some(("pool-csi.io/node", "node-1"))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        here.available_capacity > 3 << 30 && here.available_capacity <= 4 << 30,
+        "{here:?}"
+    );
+    assert_eq!(here.maximum_volume_size, Some(here.available_capacity));
+    let elsewhere = c
+        .controller
+        .get_capacity(ask(Some(("pool-csi.io/node", "node-9"))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(elsewhere.available_capacity, 0);
+    let foreign = c
+        .controller
+        .get_capacity(ask(Some(("topology.kubernetes.io/zone", "z"))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(foreign.available_capacity, 0);
+    let everywhere = c
+        .controller
+        .get_capacity(ask(None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(everywhere.available_capacity, here.available_capacity);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_requirements_pick_the_node_or_refuse() {
+    require!(false);
+    let (_d, mut c) = driver().await;
+    let topo = |n: &str| csi::Topology {
+        segments: [("pool-csi.io/node".to_string(), n.to_string())].into(),
+    };
+    let mut r = req::create("t1", req::MIB, &[]);
+    r.accessibility_requirements = Some(csi::TopologyRequirement {
+        requisite: vec![topo("node-1")],
+        preferred: vec![topo("node-1")],
+    });
+    let v = c
+        .controller
+        .create_volume(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(v.accessible_topology, vec![topo("node-1")]);
+    let mut r = req::create("t2", req::MIB, &[]);
+    r.accessibility_requirements = Some(csi::TopologyRequirement {
+        requisite: vec![topo("node-2")],
+        preferred: vec![],
+    });
+    assert_eq!(
+        code(c.controller.create_volume(r).await),
+        Code::ResourceExhausted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_on_one_volume_are_aborted_not_queued() {
+    require!(false);
+    let (_d, c) = driver().await;
+    // Full allocation of 2 GiB takes long enough for the second call to meet the first.
+    let mk = || {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            code(
+                c.controller
+                    .create_volume(req::create("slow", 2 * req::GIB, &[("allocation", "full")]))
+                    .await,
+            )
+        })
+    };
+    let (a, b) = (mk(), mk());
+    let mut codes = vec![a.await.unwrap(), b.await.unwrap()];
+    codes.sort_by_key(|c| *c as i32);
+    assert!(
+        codes == vec![Code::Ok, Code::Ok] || codes == vec![Code::Ok, Code::Aborted],
+        "{codes:?}"
+    );
+}

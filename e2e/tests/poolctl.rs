@@ -1,0 +1,93 @@
+//! The operator CLI against a running node agent.
+
+use pool_csi_e2e::{bin_dir, require, Driver, Options};
+
+fn poolctl(d: &Driver, args: &[&str]) -> (bool, String) {
+    #[allow(clippy::disallowed_methods)] // the test runs the CLI under test
+    let out = std::process::Command::new(bin_dir().join("poolctl"))
+        .arg(format!("--agent=node-1={}", d.agent_addr))
+        .args(args)
+        .output()
+        .expect("run poolctl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poolctl_lists_creates_resizes_and_deletes() {
+    require!(false);
+    let extra = "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: later }\nspec: { type: dir, target: { path: \"{dir}/later\" } }\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: vg0 }\nspec: { type: logical }\n";
+    let d = Driver::start(Options {
+        extra_pools: extra.into(),
+        ..Default::default()
+    })
+    .await;
+    let (ok, out) = poolctl(&d, &["pool-list"]);
+    assert!(ok, "{out}");
+    let scratch = out
+        .lines()
+        .find(|l| l.contains("scratch"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        scratch.contains("dir") && scratch.contains("running") && scratch.contains("GiB"),
+        "{scratch}"
+    );
+    let later = out.lines().find(|l| l.contains("later")).unwrap();
+    assert!(
+        later.contains("inactive") && later.contains("does not exist"),
+        "{later}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("vg0") && l.contains("not supported")),
+        "{out}"
+    );
+
+    let (ok, out) = poolctl(
+        &d,
+        &[
+            "vol-create",
+            "scratch",
+            "disk-1",
+            "64M",
+            "--format",
+            "qcow2",
+        ],
+    );
+    assert!(
+        ok && out.contains("qcow2") && out.contains("64.00 MiB"),
+        "{out}"
+    );
+    let (ok, out) = poolctl(&d, &["vol-resize", "scratch", "disk-1", "128M"]);
+    assert!(ok && out.contains("128.00 MiB"), "{out}");
+    let (ok, out) = poolctl(&d, &["vol-list", "scratch"]);
+    assert!(
+        ok && out.lines().any(|l| l.contains("disk-1")
+            && l.contains("qcow2")
+            && l.contains("128.00 MiB")
+            && l.ends_with("ok")),
+        "{out}"
+    );
+    let (ok, out) = poolctl(&d, &["vol-create", "scratch", "Bad/Name", "1M"]);
+    assert!(!ok && out.contains("InvalidArgument"), "{out}");
+    let (ok, out) = poolctl(&d, &["vol-create", "later", "x", "1M"]);
+    assert!(
+        !ok && out.contains("FailedPrecondition") && out.contains("not running"),
+        "{out}"
+    );
+    let (ok, out) = poolctl(&d, &["vol-delete", "scratch", "disk-1"]);
+    assert!(ok, "{out}");
+    assert!(!d.pool_dir.join("disk-1.qcow2").exists());
+    // pool-build makes the missing target and starts the pool.
+    let (ok, out) = poolctl(&d, &["pool-build", "later"]);
+    assert!(ok && out.contains("running"), "{out}");
+    let (ok, out) = poolctl(&d, &["vol-create", "later", "x", "1M"]);
+    assert!(ok, "{out}");
+    assert!(d.dir.path().join("later/x.raw").is_file());
+}
