@@ -6,6 +6,7 @@ use pool_csi_controller::{agents::Agents, csi::controller::ControllerService, Ct
 use pool_csi_proto::{
     csi::{controller_server::ControllerServer, identity_server::IdentityServer},
     identity::{check_driver_name, IdentityService},
+    metrics::{self, MetricsLayer, Registry},
     serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint, DRAIN_GRACE},
 };
 use std::{
@@ -30,6 +31,9 @@ struct Args {
     /// Pool used when a StorageClass names none.
     #[arg(long, env = "DEFAULT_POOL")]
     default_pool: Option<String>,
+    /// Address for Prometheus metrics (GET /metrics); off when unset.
+    #[arg(long, env = "METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "LOG_FILTER", default_value = "info")]
     log_filter: String,
@@ -60,6 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         agents,
         driver_name,
         default_pool,
+        metrics_listen,
         log_filter,
         log_json,
     } = Args::parse();
@@ -89,7 +94,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
+    let registry = Registry::new("controller");
+    if let Some(addr) = metrics_listen {
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, reg, None).await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
     let serve = Server::builder()
+        .layer(MetricsLayer(registry))
         .add_service(IdentityServer::new(identity))
         .add_service(ControllerServer::new(ControllerService::new(ctx)))
         .serve_with_incoming_shutdown(bind_private_uds(&path)?, stopped(stop_rx.clone()));

@@ -115,6 +115,8 @@ pub struct Driver {
     pub node_sock: PathBuf,
     pub ctrl_sock: PathBuf,
     pub agent_addr: String,
+    /// The node plugin's Prometheus endpoint.
+    pub node_metrics: String,
     node: Option<Child>,
     controller: Option<Child>,
 }
@@ -150,6 +152,7 @@ impl Driver {
             ctrl_sock: dir.path().join("controller.sock"),
             pool_dir,
             agent_addr,
+            node_metrics: free_port(),
             opts,
             node: None,
             controller: None,
@@ -188,6 +191,7 @@ impl Driver {
                 self.dir.path().join("pools.yaml").display()
             ),
             format!("--state-dir={}", self.dir.path().join("state").display()),
+            format!("--metrics-listen={}", self.node_metrics),
         ];
         self.node = Some(self.spawn("pool-csi-node", &args));
     }

@@ -10,6 +10,7 @@ use pool_csi_proto::{
     agent::agent_server::AgentServer,
     csi::{identity_server::IdentityServer, node_server::NodeServer},
     identity::{check_driver_name, IdentityService},
+    metrics::{self, MetricsLayer, Registry},
     serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint, DRAIN_GRACE},
     PoolDefinition,
 };
@@ -62,6 +63,9 @@ struct Args {
     /// Volumes this node may hold, reported to the scheduler (0: no limit).
     #[arg(long, env = "MAX_VOLUMES_PER_NODE", default_value_t = 0)]
     max_volumes_per_node: i64,
+    /// Address for Prometheus metrics (GET /metrics); off when unset.
+    #[arg(long, env = "METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "LOG_FILTER", default_value = "info")]
     log_filter: String,
@@ -84,6 +88,7 @@ impl Args {
             command_prefix,
             no_loop_direct_io,
             max_volumes_per_node,
+            metrics_listen: _,
             log_filter: _,
             log_json: _,
         } = self;
@@ -108,6 +113,7 @@ const RESTART_INTERVAL: Duration = Duration::from_secs(30);
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     init_tracing(&args.log_filter, args.log_json);
+    let metrics_listen = args.metrics_listen;
     let (cfg, pools_file, csi_endpoint, agent_listen) = args.into_config();
     check_driver_name(&cfg.driver_name)?;
     pool_csi_proto::volume_id::check_node_name(&cfg.node_name)
@@ -160,13 +166,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = rx.changed().await;
     };
 
+    let registry = Registry::new("node");
+    if let Some(addr) = metrics_listen {
+        let gauges = ctx.clone();
+        let extra: metrics::Extra = Arc::new(move || {
+            let ctx = gauges.clone();
+            Box::pin(async move { pool_csi_node::pools::render_metrics(&ctx.pools).await })
+        });
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, reg, Some(extra)).await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
     let identity = IdentityService::new(&ctx.cfg.driver_name, false, ready);
     let csi = Server::builder()
+        .layer(MetricsLayer(registry.clone()))
         .add_service(IdentityServer::new(identity.clone()))
         .add_service(NodeServer::new(NodeService::new(ctx.clone())))
         .serve_with_incoming_shutdown(bind_private_uds(&csi_path)?, stopped(stop_rx.clone()));
     let agent = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(MetricsLayer(registry))
         .add_service(IdentityServer::new(identity))
         .add_service(AgentServer::new(AgentService::new(ctx.clone())))
         .serve_with_shutdown(agent_listen, stopped(stop_rx.clone()));

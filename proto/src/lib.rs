@@ -10,6 +10,7 @@ pub mod caps;
 pub mod codes;
 pub mod csi;
 pub mod identity;
+pub mod metrics;
 pub mod oplock;
 pub mod params;
 pub mod pool_spec;

@@ -187,6 +187,7 @@ impl Agent for AgentService {
                     format: parse("options.format", &opts.format)?,
                     allocation: parse("options.allocation", &opts.allocation)?,
                     source,
+                    wipe_on_delete: opts.wipe_on_delete,
                 };
                 let v = pool.create_volume(&create).await?;
                 Ok(pb::VolumeResponse {

@@ -26,6 +26,8 @@ use std::{
 };
 
 pub(super) const MIB: u64 = 1 << 20;
+/// Set on a volume file whose StorageClass asked for wipeOnDelete.
+const WIPE_XATTR: &str = "user.pool-csi.wipe-on-delete";
 /// Size of a volume whose request gives no capacity.
 pub(super) const DEFAULT_SIZE: u64 = 1 << 30;
 /// Formats a file pool creates volumes in, in lookup order.
@@ -290,9 +292,16 @@ impl FilePool {
                 }
             }
         }
-        File::open(tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io("sync", tmp))?;
+        let f = File::open(tmp).map_err(io("open", tmp))?;
+        if req.wipe_on_delete {
+            rustix::fs::fsetxattr(&f, WIPE_XATTR, b"1", rustix::fs::XattrFlags::empty()).map_err(|e| {
+                Error::Precondition(format!(
+                    "wipeOnDelete needs user extended attributes on the pool's filesystem ({}): {e}",
+                    self.layout.root.display()
+                ))
+            })?;
+        }
+        f.sync_all().map_err(io("sync", tmp))?;
         Ok(size)
     }
 }
@@ -561,7 +570,10 @@ impl Pool for FilePool {
                 by,
             });
         }
-        if wipe_first {
+        let recorded = File::open(&path)
+            .ok()
+            .is_some_and(|f| rustix::fs::fgetxattr(&f, WIPE_XATTR, &mut [0u8; 4]).is_ok());
+        if wipe_first || recorded {
             let p = path.clone();
             tokio::task::spawn_blocking(move || wipe(&p))
                 .await

@@ -74,6 +74,9 @@ pub struct CreateRequest {
     pub format: Option<VolumeFormat>,
     pub allocation: Option<Allocation>,
     pub source: Source,
+    /// Zero the data when the volume is deleted. DeleteVolume carries no
+    /// StorageClass parameters, so the pool records this with the volume.
+    pub wipe_on_delete: bool,
 }
 
 /// The result of growing a volume.
@@ -182,6 +185,38 @@ impl PoolRegistry {
     pub fn unsupported(&self) -> impl Iterator<Item = (&String, &(PoolType, String))> {
         self.unsupported.iter()
     }
+}
+
+/// Pool gauges in Prometheus text format, read fresh at each scrape.
+pub async fn render_metrics(reg: &PoolRegistry) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# HELP pool_csi_pool_bytes Pool space by kind (capacity, allocation, available).\n# TYPE pool_csi_pool_bytes gauge\n",
+    );
+    let mut up = String::from("# HELP pool_csi_pool_running 1 when the pool is running.\n# TYPE pool_csi_pool_running gauge\n");
+    for p in reg.all() {
+        let s = p.status(false).await;
+        let l = format!("pool=\"{}\",type=\"{}\"", p.name(), p.pool_type());
+        for (kind, v) in [
+            ("capacity", s.capacity),
+            ("allocation", s.allocation),
+            ("available", s.available),
+        ] {
+            let _ = writeln!(out, "pool_csi_pool_bytes{{{l},kind=\"{kind}\"}} {v}");
+        }
+        let _ = writeln!(
+            up,
+            "pool_csi_pool_running{{{l}}} {}",
+            u8::from(s.state == PoolState::Running)
+        );
+    }
+    for (name, (t, _)) in reg.unsupported() {
+        let _ = writeln!(
+            up,
+            "pool_csi_pool_running{{pool=\"{name}\",type=\"{t}\"}} 0"
+        );
+    }
+    out + &up
 }
 
 /// Rounds `n` up to a multiple of `align` (a power of two).

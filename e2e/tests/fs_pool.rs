@@ -1,0 +1,153 @@
+//! fs pools on a real block device (a loop device over a scratch file):
+//! a blank device stays inactive until built; build makes a filesystem only
+//! on a blank device; a device holding data is never formatted.
+
+use pool_csi_e2e::{bin_dir, req, require, Driver, Options};
+use pool_csi_proto::csi;
+use std::path::{Path, PathBuf};
+
+fn sh(program: &str, args: &[&str]) -> String {
+    #[allow(clippy::disallowed_methods)] // test fixture set-up
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A loop device over a new sparse file; detached by the harness's cleanup
+/// (its backing file is under the scratch dir).
+fn loop_device(file: &Path, bytes: u64) -> PathBuf {
+    std::fs::File::create(file).unwrap().set_len(bytes).unwrap();
+    PathBuf::from(sh("losetup", &["--find", "--show", file.to_str().unwrap()]))
+}
+
+fn poolctl(d: &Driver, args: &[&str]) -> (bool, String) {
+    #[allow(clippy::disallowed_methods)]
+    let out = std::process::Command::new(bin_dir().join("poolctl"))
+        .arg(format!("--agent=node-1={}", d.agent_addr))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn fs_pool(name: &str, dev: &Path, format: &str) -> String {
+    format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: fs\n  source: {{ device: {}, format: {format} }}\n  target: {{ path: \"{{dir}}/{name}\" }}\n", dev.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_pool_builds_only_blank_devices_and_serves_volumes() {
+    require!(false);
+    let scratch = tempfile::Builder::new()
+        .prefix("pool-csi-fsdev-")
+        .tempdir()
+        .unwrap();
+    let blank = loop_device(&scratch.path().join("blank.img"), 256 << 20);
+    let holds_data = loop_device(&scratch.path().join("data.img"), 256 << 20);
+    sh(
+        "mkfs.ext4",
+        &["-q", "-L", "precious", holds_data.to_str().unwrap()],
+    );
+    let pools = format!(
+        "{}{}",
+        fs_pool("fresh", &blank, "ext4"),
+        fs_pool("taken", &holds_data, "xfs")
+    );
+    let d = Driver::start(Options {
+        extra_pools: pools,
+        ..Default::default()
+    })
+    .await;
+
+    let (_, out) = poolctl(&d, &["pool-list"]);
+    let fresh = out.lines().find(|l| l.contains("fresh")).unwrap();
+    assert!(
+        fresh.contains("inactive") && fresh.contains("holds no filesystem"),
+        "{fresh}"
+    );
+    let taken = out.lines().find(|l| l.contains("taken")).unwrap();
+    assert!(
+        taken.contains("inactive") && taken.contains("holds ext4") && taken.contains("xfs"),
+        "{taken}"
+    );
+
+    // Building over a device that holds a filesystem of another type is refused without --overwrite.
+    let (ok, out) = poolctl(&d, &["pool-build", "taken"]);
+    assert!(!ok, "{out}");
+    assert_eq!(
+        sh(
+            "blkid",
+            &["-o", "value", "-s", "LABEL", holds_data.to_str().unwrap()]
+        ),
+        "precious",
+        "the data survived"
+    );
+
+    let (ok, out) = poolctl(&d, &["pool-build", "fresh"]);
+    assert!(ok && out.contains("running"), "{out}");
+    assert_eq!(
+        sh(
+            "blkid",
+            &["-o", "value", "-s", "TYPE", blank.to_str().unwrap()]
+        ),
+        "ext4"
+    );
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounted
+            .lines()
+            .any(|l| l.contains(&format!("{}/fresh", d.dir.path().display()))),
+        "pool device not mounted"
+    );
+
+    let mut c = d.clients().await;
+    let mut r = req::create("in-fs-pool", 16 * req::MIB, &[]);
+    r.parameters.insert("pool".into(), "fresh".into());
+    let v = c
+        .controller
+        .create_volume(r)
+        .await
+        .expect("create in fs pool")
+        .into_inner()
+        .volume
+        .unwrap();
+    assert!(d.dir.path().join("fresh/in-fs-pool.raw").is_file());
+    let cap = c
+        .controller
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: [("pool".to_string(), "fresh".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        cap.available_capacity > 100 << 20 && cap.available_capacity < 256 << 20,
+        "{cap:?}"
+    );
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: v.volume_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    drop(d);
+    // The harness unmounted the pool; free the devices made here.
+    for dev in [&blank, &holds_data] {
+        sh("losetup", &["-d", dev.to_str().unwrap()]);
+    }
+}

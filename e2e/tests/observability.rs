@@ -1,0 +1,90 @@
+//! Metrics an operator scrapes, and wipe-on-delete doing what it says.
+
+use pool_csi_e2e::{req, require, Driver, Options};
+use pool_csi_proto::csi;
+use std::io::{Read, Write};
+
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_metrics_count_rpcs_by_code_and_report_pool_space() {
+    require!(false);
+    let d = Driver::start(Options::default()).await;
+    let mut c = d.clients().await;
+    c.node
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .unwrap();
+    let _ = c
+        .node
+        .node_stage_volume(req::stage(
+            "v1:scratch:node-1:missing",
+            &d.path("s"),
+            req::mount_cap("ext4"),
+        ))
+        .await;
+    let m = scrape(&d.node_metrics);
+    assert!(
+        m.contains(
+            r#"pool_csi_rpc_total{component="node",method="/csi.v1.Node/NodeGetInfo",code="Ok"} 1"#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"method="/csi.v1.Node/NodeStageVolume",code="NotFound"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"pool_csi_pool_running{pool="scratch",type="dir"} 1"#),
+        "{m}"
+    );
+    let avail = m
+        .lines()
+        .find(|l| {
+            l.starts_with(r#"pool_csi_pool_bytes{pool="scratch",type="dir",kind="available"}"#)
+        })
+        .unwrap();
+    let bytes: u64 = avail.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(bytes > 3 << 30, "{avail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wipe_on_delete_zeroes_the_data_before_it_is_freed() {
+    require!(false);
+    let d = Driver::start(Options::default()).await;
+    let mut c = d.clients().await;
+    for (name, wipe) in [("wiped", "true"), ("kept", "false")] {
+        let id = c
+            .controller
+            .create_volume(req::create(name, 4 * req::MIB, &[("wipeOnDelete", wipe)]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        let file = d.pool_dir.join(format!("{name}.raw"));
+        std::fs::write(&file, vec![0xabu8; 4 << 20]).unwrap();
+        // A second name for the same inode shows what happens to the bytes.
+        let witness = d.pool_dir.join(format!(".pool-csi/witness-{name}"));
+        std::fs::hard_link(&file, &witness).unwrap();
+        c.controller
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: id,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(!file.exists());
+        let bytes = std::fs::read(&witness).unwrap();
+        let all_zero = bytes.iter().all(|b| *b == 0);
+        assert_eq!(all_zero, wipe == "true", "{name}: wiped={all_zero}");
+    }
+}
