@@ -106,14 +106,6 @@ impl Agents {
         Ok(inv)
     }
 
-    /// Forgets a node's inventory (after a create or delete changed it).
-    pub fn invalidate(&self, node: &str) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(node);
-    }
-
     /// Every reachable node's inventory; unreachable nodes are logged and
     /// reported in the second value.
     pub async fn all_inventories(

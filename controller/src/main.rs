@@ -57,7 +57,8 @@ fn agent_map(list: &[String]) -> Result<BTreeMap<String, String>, String> {
     Ok(map)
 }
 
-#[tokio::main]
+// One thread: the controller only waits on agents; see the node's main.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Args {
         csi_endpoint,

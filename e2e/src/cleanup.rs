@@ -52,11 +52,14 @@ pub fn release_everything_under(dir: &Path) {
             }
         }
     }
+    // Loops first: once the pool's tmpfs is (lazily) unmounted, their backing
+    // paths no longer start with `dir` and could not be recognised. A loop
+    // device still mounted is marked autoclear and goes with its last mount.
     for _ in 0..3 {
+        detach_loops_under(dir);
         for mp in mount_points_under(dir) {
             let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
         }
-        detach_loops_under(dir);
     }
 }
 

@@ -109,7 +109,12 @@ impl Args {
 /// Pools not running are retried this often (a device may appear later).
 const RESTART_INTERVAL: Duration = Duration::from_secs(30);
 
-#[tokio::main]
+// One thread: a request crosses no thread boundary, which measured ~30%
+// faster per call than two workers. The rule that comes with it: nothing on
+// this thread may block for long. Storage commands are child processes
+// awaited asynchronously; copies, wipes and anything that can hang on a
+// network filesystem go through spawn_blocking.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     init_tracing(&args.log_filter, args.log_json);
@@ -188,6 +193,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .serve_with_incoming_shutdown(bind_private_uds(&csi_path)?, stopped(stop_rx.clone()));
     let agent = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
         .layer(MetricsLayer(registry))
         .add_service(IdentityServer::new(identity))
         .add_service(AgentServer::new(AgentService::new(ctx.clone())))

@@ -110,7 +110,6 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
         };
         match ctx.agents.client(node)?.create_volume(call).await {
             Ok(resp) => {
-                ctx.agents.invalidate(node);
                 let v = resp.into_inner().volume.unwrap_or_default();
                 return Ok(Created {
                     id: VolumeId::new(pool, Some(node), &req.name),

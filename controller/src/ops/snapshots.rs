@@ -65,7 +65,6 @@ pub async fn create(
         }
         Err(s) => return Err(agent_err(node)(s)),
     };
-    ctx.agents.invalidate(node);
     Ok((SnapshotId::new(&source.pool, Some(node), name), s))
 }
 

@@ -17,10 +17,7 @@ pub async fn delete(ctx: &Ctx, id: &VolumeId) -> Result<()> {
         wipe: false,
     };
     match ctx.agents.client(node)?.delete_volume(req).await {
-        Ok(_) => {
-            ctx.agents.invalidate(node);
-            Ok(())
-        }
+        Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(()), // the pool is gone from the node
         Err(s) => Err(agent_err(node)(s)),
     }
@@ -42,7 +39,6 @@ pub async fn expand(ctx: &Ctx, id: &VolumeId, required: u64, limit: u64) -> Resu
         .await
         .map_err(agent_err(node))?
         .into_inner();
-    ctx.agents.invalidate(node);
     Ok((r.capacity_bytes, r.node_expansion_required))
 }
 

@@ -89,6 +89,47 @@ async fn create_delete(c: &Clients, concurrency: usize, pool: &str) -> serde_jso
            "pairs_per_s": (n as f64 / secs).round(), "p50_us": lat.pct(0.5), "p99_us": lat.pct(0.99)})
 }
 
+/// The same pairs straight to the node agent (one hop instead of two), to
+/// show how the time splits between the controller hop and the storage work.
+async fn agent_create_delete(d: &Driver) -> serde_json::Value {
+    use pool_csi_proto::agent::{
+        agent_client::AgentClient, CreateVolumeRequest, DeleteVolumeRequest,
+    };
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", d.agent_addr))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    let mut a = AgentClient::new(ch);
+    let mut lat = Lat(Vec::new());
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < RUN_FOR {
+        i += 1;
+        let name = format!("direct-{i}");
+        let t = Instant::now();
+        let req = CreateVolumeRequest {
+            pool: "scratch".into(),
+            name: name.clone(),
+            required_bytes: 1 << 30,
+            ..Default::default()
+        };
+        a.create_volume(req).await.unwrap();
+        a.delete_volume(DeleteVolumeRequest {
+            pool: "scratch".into(),
+            name,
+            wipe: false,
+        })
+        .await
+        .unwrap();
+        lat.0.push(us(t.elapsed()));
+    }
+    let n = lat.0.len();
+    json!({"scenario": "agent_create_delete_1GiB_sparse_raw", "concurrency": 1, "pairs": n,
+           "pairs_per_s": (n as f64 / start.elapsed().as_secs_f64()).round(), "p50_us": lat.pct(0.5), "p99_us": lat.pct(0.99)})
+}
+
 async fn publish_unpublish(d: &Driver, c: &Clients, concurrency: usize) -> serde_json::Value {
     let cap = req::mount_cap("ext4");
     let mut vols = Vec::new();
@@ -178,7 +219,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(why) = pool_csi_e2e::missing_requirements(false) {
         return Err(format!("the benchmark {why}").into());
@@ -199,6 +240,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         json!({"scenario": "idle_rss", "node_kib": rss_kib(node_pid), "controller_kib": rss_kib(ctrl_pid)})
     );
     println!("{}", probe(&c).await);
+    println!("{}", agent_create_delete(&d).await);
     for conc in [1, 8, 32] {
         println!("{}", create_delete(&c, conc, pool).await);
     }
