@@ -2,6 +2,8 @@
 //! a loop device (direct I/O); image formats get qemu-nbd where the nbd module
 //! exists, otherwise a qemu-storage-daemon FUSE export with a loop device on
 //! it. All of it is found again from sysfs and pid files after a restart.
+//! (Online growth of an nbd-attached image is not possible: qemu-nbd has no
+//! resize command; such volumes grow while unstaged.)
 
 use crate::{
     error::{io, Result},
@@ -9,6 +11,7 @@ use crate::{
     pools::AttachSource,
     tools::{
         losetup,
+        qemu_nbd::{self, NbdState},
         qsd::{self, Export},
     },
 };
@@ -37,6 +40,20 @@ impl Attacher<'_> {
                 format: VolumeFormat::Raw,
             } => self.loop_on(path, self.direct_io).await,
             AttachSource::File { path, format } => {
+                let nbd = NbdState::beside(&self.export.file);
+                if let Some(dev) = nbd.attached(self.sysfs) {
+                    return Ok(dev);
+                }
+                if qemu_nbd::is_available(self.sysfs) && self.export.running_pid().is_none() {
+                    let dev = qemu_nbd::free_device(self.sysfs).ok_or_else(|| {
+                        crate::error::Error::Precondition("every nbd device is in use".into())
+                    })?;
+                    if let Some(dir) = self.export.file.parent() {
+                        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+                    }
+                    qemu_nbd::connect(self.runner, path, *format, &dev, &nbd).await?;
+                    return Ok(dev);
+                }
                 if self.export.running_pid().is_none() {
                     self.start_export(path, *format).await?;
                 }
@@ -55,11 +72,13 @@ impl Attacher<'_> {
             } => losetup::find_by_backing_file(self.sysfs, path)
                 .into_iter()
                 .next(),
-            AttachSource::File { .. } => {
-                losetup::find_by_backing_file(self.sysfs, &self.export.file)
-                    .into_iter()
-                    .next()
-            }
+            AttachSource::File { .. } => NbdState::beside(&self.export.file)
+                .attached(self.sysfs)
+                .or_else(|| {
+                    losetup::find_by_backing_file(self.sysfs, &self.export.file)
+                        .into_iter()
+                        .next()
+                }),
         }
     }
 
@@ -68,6 +87,10 @@ impl Attacher<'_> {
         let AttachSource::File { path, .. } = src else {
             return Ok(());
         };
+        let nbd = NbdState::beside(&self.export.file);
+        if let Some(dev) = nbd.attached(self.sysfs) {
+            qemu_nbd::disconnect(self.runner, &dev, &nbd).await?;
+        }
         for file in [path.as_path(), self.export.file.as_path()] {
             for dev in losetup::find_by_backing_file(self.sysfs, file) {
                 losetup::detach(self.runner, &dev).await?;

@@ -10,6 +10,19 @@ use crate::{
 };
 use pool_csi_proto::VolumeId;
 
+/// A volume path from the CO. Any path that cannot be where this volume is
+/// published (relative, with '..') names no volume there: NOT_FOUND, as the
+/// spec says for "volume does not exist on the specified volume_path".
+fn volume_path_of(id: &VolumeId, p: &str) -> Result<std::path::PathBuf> {
+    if p.is_empty() {
+        return Err(Error::Invalid("volume_path is required".into()));
+    }
+    checked_path("volume_path", p).map_err(|_| Error::VolumeNotFound {
+        pool: id.pool.clone(),
+        name: format!("{} at {p:?}", id.name),
+    })
+}
+
 /// Usage of a published or staged volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
@@ -23,7 +36,7 @@ pub struct Stats {
 }
 
 pub async fn stats(ctx: &NodeCtx, id: &VolumeId, volume_path: &str) -> Result<Stats> {
-    let path = checked_path("volume_path", volume_path)?;
+    let path = volume_path_of(id, volume_path)?;
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -72,7 +85,7 @@ pub async fn stats(ctx: &NodeCtx, id: &VolumeId, volume_path: &str) -> Result<St
 /// Makes the node see a grown volume: refreshes the loop device and grows
 /// the filesystem online. Returns the device size.
 pub async fn expand(ctx: &NodeCtx, id: &VolumeId, volume_path: &str, required: u64) -> Result<u64> {
-    let path = checked_path("volume_path", volume_path)?;
+    let path = volume_path_of(id, volume_path)?;
     if !path.exists() {
         return Err(Error::VolumeNotFound {
             pool: id.pool.clone(),

@@ -165,6 +165,14 @@ impl FilePool {
     /// whatever the copy's outcome.
     pub(super) async fn copy_quiesced(&self, name: &str, src: &Path, dst: &Path) -> Result<()> {
         let export = self.export_of(name);
+        if crate::tools::qemu_nbd::NbdState::beside(&export.file)
+            .attached(&self.sysfs)
+            .is_some()
+        {
+            return Err(Error::Precondition(format!(
+                "volume {name} is attached through qemu-nbd, which cannot grow an image online; expand it while unstaged"
+            )));
+        }
         let devices: Vec<PathBuf> = [src, export.file.as_path()]
             .iter()
             .flat_map(|f| losetup::find_by_backing_file(&self.sysfs, f))

@@ -7,4 +7,5 @@ pub mod growfs;
 pub mod losetup;
 pub mod mkfs;
 pub mod qemu_img;
+pub mod qemu_nbd;
 pub mod qsd;
