@@ -150,16 +150,8 @@ async fn run(args: Args) -> Result<(), String> {
     match args.cmd {
         Command::PoolList => {
             println!(
-                "{:<12} {:<16} {:<8} {:<9} {:>12} {:>12} {:>12} {:>7}  {}",
-                "NODE",
-                "NAME",
-                "TYPE",
-                "STATE",
-                "CAPACITY",
-                "ALLOCATION",
-                "AVAILABLE",
-                "VOLUMES",
-                "MESSAGE"
+                "{:<12} {:<16} {:<8} {:<9} {:>12} {:>12} {:>12} {:>7}  MESSAGE",
+                "NODE", "NAME", "TYPE", "STATE", "CAPACITY", "ALLOCATION", "AVAILABLE", "VOLUMES"
             );
             let calls = agents.nodes().map(|n| {
                 let mut c = agents.client(n);
@@ -224,8 +216,8 @@ async fn run(args: Args) -> Result<(), String> {
         }
         Command::VolList { pool } => {
             println!(
-                "{:<12} {:<16} {:<40} {:<7} {:>12} {:>12}  {}",
-                "NODE", "POOL", "NAME", "FORMAT", "CAPACITY", "ALLOCATION", "CONDITION"
+                "{:<12} {:<16} {:<40} {:<7} {:>12} {:>12}  CONDITION",
+                "NODE", "POOL", "NAME", "FORMAT", "CAPACITY", "ALLOCATION"
             );
             for node in agents.nodes() {
                 let req = pb::ListVolumesRequest {
