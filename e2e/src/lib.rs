@@ -64,6 +64,15 @@ pub fn can_resize_ext4_online() -> bool {
         .is_some_and(|caps| caps & (1 << 24) != 0)
 }
 
+/// Runs a system tool for a test's set-up or checks (never driver code).
+pub fn tool(program: &str, args: &[&str]) -> std::process::Output {
+    #[allow(clippy::disallowed_methods)] // tests prepare fixtures with real tools
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
 pub fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

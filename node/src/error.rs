@@ -35,6 +35,9 @@ pub enum Error {
         needed: u64,
         available: u64,
     },
+    /// The pool has room, but not in a form the volume can use (extents, slots).
+    #[error("pool {pool:?} cannot place the volume: {why}")]
+    OutOfSpace { pool: String, why: String },
     /// A size outside what the request allows or the storage can do.
     #[error("{0}")]
     OutOfRange(String),
@@ -78,7 +81,7 @@ impl GrpcCode for Error {
             Self::PoolNotRunning { .. } => Code::FailedPrecondition,
             Self::VolumeNotFound { .. } | Self::SnapshotNotFound { .. } => Code::NotFound,
             Self::NameTaken { .. } => Code::AlreadyExists,
-            Self::NoSpace { .. } => Code::ResourceExhausted, // the provisioner tries another node
+            Self::NoSpace { .. } | Self::OutOfSpace { .. } => Code::ResourceExhausted, // the provisioner tries another node
             Self::OutOfRange(_) => Code::OutOfRange,
             Self::Invalid(_) => Code::InvalidArgument,
             Self::InUse { .. } | Self::Precondition(_) | Self::NotBlank { .. } => {

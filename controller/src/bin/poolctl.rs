@@ -21,6 +21,12 @@ struct Args {
 enum Command {
     /// Every pool on every node, with capacity, allocation and available space.
     PoolList,
+    /// One pool in detail, with its free extents (disk pools).
+    PoolInfo {
+        pool: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Build a pool (mkdir, mkfs on a blank device …) and start it.
     PoolBuild {
         pool: String,
@@ -189,6 +195,51 @@ async fn run(args: Args) -> Result<(), String> {
                         }
                     }
                     Err(e) => println!("{node:<12} (unreachable: {e})"),
+                }
+            }
+        }
+        Command::PoolInfo { pool, node } => {
+            let node = node_for(&agents, &pool, node).await?;
+            let inv = agents
+                .client(&node)
+                .map_err(|e| e.to_string())?
+                .get_inventory(pb::GetInventoryRequest {
+                    count_volumes: true,
+                })
+                .await
+                .map_err(err)?;
+            let p = inv
+                .into_inner()
+                .pools
+                .into_iter()
+                .find(|p| p.name == pool)
+                .ok_or_else(|| format!("node {node} has no pool {pool:?}"))?;
+            println!(
+                "Name:        {}\nNode:        {node}\nType:        {}\nState:       {}",
+                p.name,
+                p.r#type,
+                state(p.state)
+            );
+            println!(
+                "Capacity:    {}\nAllocation:  {}\nAvailable:   {}\nVolumes:     {}",
+                human(p.capacity_bytes),
+                human(p.allocation_bytes),
+                human(p.available_bytes),
+                p.volume_count
+            );
+            if p.max_volume_bytes > 0 {
+                println!("Largest new: {}", human(p.max_volume_bytes));
+            }
+            if !p.message.is_empty() {
+                println!("Message:     {}", p.message);
+            }
+            if !p.free_extents.is_empty() {
+                println!(
+                    "Free extents:\n  {:>14} {:>14} {:>12}",
+                    "START", "END", "SIZE"
+                );
+                for e in &p.free_extents {
+                    println!("  {:>14} {:>14} {:>12}", e.start, e.end, human(e.size));
                 }
             }
         }

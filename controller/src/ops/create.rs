@@ -41,7 +41,11 @@ pub struct Created {
 
 pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
     let pool = &req.params.pool;
-    let (inventories, unreachable) = ctx.agents.all_inventories(INVENTORY_TTL).await;
+    let (mut inventories, mut unreachable) = ctx.agents.all_inventories(INVENTORY_TTL).await;
+    if !inventories.iter().any(|i| i.running_pool(pool).is_some()) {
+        // The cache may predate the pool's start (a pool-build a moment ago): look again.
+        (inventories, unreachable) = ctx.agents.all_inventories(std::time::Duration::ZERO).await;
+    }
     let pool_type: PoolType = inventories
         .iter()
         .find_map(|inv| inv.pool(pool))
@@ -111,8 +115,14 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
         match ctx.agents.client(node)?.create_volume(call).await {
             Ok(resp) => {
                 let v = resp.into_inner().volume.unwrap_or_default();
+                // The pool may store the volume under a shorter name (GPT labels).
+                let name = if v.name.is_empty() {
+                    req.name.as_str()
+                } else {
+                    v.name.as_str()
+                };
                 return Ok(Created {
-                    id: VolumeId::new(pool, Some(node), &req.name),
+                    id: VolumeId::new(pool, Some(node), name),
                     capacity: v.capacity_bytes,
                 });
             }

@@ -56,6 +56,16 @@ fn snapshot_pb(pool: &str, s: pools::Snapshot) -> pb::SnapshotInfo {
     }
 }
 
+fn extents(e: &[(u64, u64)]) -> Vec<pb::Extent> {
+    e.iter()
+        .map(|(start, end)| pb::Extent {
+            start: *start,
+            end: *end,
+            size: end - start,
+        })
+        .collect()
+}
+
 fn state_pb(s: PoolState) -> pb::PoolState {
     match s {
         PoolState::Inactive => pb::PoolState::Inactive,
@@ -92,7 +102,8 @@ impl Agent for AgentService {
                 available_bytes: s.available,
                 volume_count: s.volume_count.unwrap_or(0),
                 message: s.message,
-                max_volume_bytes: 0,
+                max_volume_bytes: s.max_volume,
+                free_extents: extents(&s.free_extents),
             });
         }
         for (name, (t, why)) in self.ctx.pools.unsupported() {
@@ -133,7 +144,8 @@ impl Agent for AgentService {
                         available_bytes: s.available,
                         volume_count: s.volume_count.unwrap_or(0),
                         message: s.message,
-                        max_volume_bytes: 0,
+                        max_volume_bytes: s.max_volume,
+                        free_extents: extents(&s.free_extents),
                     }),
                 })
             }
@@ -188,6 +200,8 @@ impl Agent for AgentService {
                     allocation: parse("options.allocation", &opts.allocation)?,
                     source,
                     wipe_on_delete: opts.wipe_on_delete,
+                    partition_type: (!opts.partition_type.is_empty())
+                        .then(|| opts.partition_type.clone()),
                 };
                 let v = pool.create_volume(&create).await?;
                 Ok(pb::VolumeResponse {

@@ -36,6 +36,8 @@ impl Reply {
 #[derive(Default)]
 pub struct FakeRunner {
     script: Mutex<VecDeque<(Vec<String>, Reply)>>,
+    /// The stdin of every call, in order (for assertions on scripts).
+    pub stdins: Mutex<Vec<Option<String>>>,
 }
 
 impl FakeRunner {
@@ -59,6 +61,11 @@ impl FakeRunner {
 impl CommandRunner for FakeRunner {
     async fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
         let got = cmd.argv();
+        self.stdins.lock().unwrap().push(
+            cmd.stdin
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+        );
         let next = self.script.lock().unwrap().pop_front();
         match next {
             Some((want, reply)) if want == got => Ok(reply.0),

@@ -13,6 +13,8 @@ pub struct Cmd {
     pub program: OsString,
     pub args: Vec<OsString>,
     pub timeout: Duration,
+    /// Bytes written to the command's stdin (a script for sfdisk …).
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// The default time a storage command may take before it is killed.
@@ -24,6 +26,7 @@ impl Cmd {
             program: program.into(),
             args: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            stdin: None,
         }
     }
 
@@ -38,6 +41,11 @@ impl Cmd {
         S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
         self
     }
 

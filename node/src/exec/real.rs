@@ -34,10 +34,24 @@ impl CommandRunner for RealRunner {
         command
             .args(args)
             .env("LC_ALL", "C")
-            .stdin(std::process::Stdio::null())
+            .stdin(if cmd.stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let child = command.output();
-        let out = match tokio::time::timeout(cmd.timeout, child).await {
+        let run = async {
+            let mut child = command.spawn()?;
+            if let (Some(input), Some(mut pipe)) = (&cmd.stdin, child.stdin.take()) {
+                use tokio::io::AsyncWriteExt;
+                pipe.write_all(input).await?;
+                drop(pipe); // EOF
+            }
+            child.wait_with_output().await
+        };
+        let out = match tokio::time::timeout(cmd.timeout, run).await {
             Err(_) => {
                 return Err(ExecError::Timeout {
                     cmd: cmd.to_string(),
@@ -100,6 +114,16 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, ExecError::Timeout { .. }));
+    }
+
+    #[tokio::test]
+    async fn stdin_reaches_the_command() {
+        let r = RealRunner::default();
+        let out = r
+            .run_ok(&Cmd::new("cat").stdin("label: gpt\n"))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_str(), "label: gpt\n");
     }
 
     #[tokio::test]

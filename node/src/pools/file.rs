@@ -348,6 +348,21 @@ pub(super) fn remove_if_exists(path: &Path) -> Result<bool> {
     }
 }
 
+/// Overwrites a whole block device with zeros and flushes it.
+pub fn zero_device(dev: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(dev)?;
+    let len = crate::attach::device_size(dev)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    f.sync_all()
+}
+
 /// Overwrites every data extent of a file with zeros (holes already read as zeros).
 fn wipe(path: &Path) -> std::io::Result<()> {
     use rustix::fs::SeekFrom;
@@ -457,6 +472,8 @@ impl Pool for FilePool {
             available: 0,
             volume_count: None,
             message,
+            max_volume: 0,
+            free_extents: Vec::new(),
         };
         if state != PoolState::Running {
             return st;

@@ -2,6 +2,8 @@
 //! [`PoolRegistry`] builds them from definitions — the only `match` on
 //! [`PoolType`] in the node.
 
+pub mod disk;
+pub mod disk_layout;
 pub mod file;
 mod file_snapshot;
 pub mod layout;
@@ -32,6 +34,10 @@ pub struct PoolStatus {
     pub volume_count: Option<u32>,
     /// Why the pool is not running.
     pub message: String,
+    /// Largest single volume possible now (0: not limited below `available`).
+    pub max_volume: u64,
+    /// Free extents as byte ranges `[start, end)` (disk pools).
+    pub free_extents: Vec<(u64, u64)>,
 }
 
 /// A volume as its pool reports it.
@@ -77,6 +83,8 @@ pub struct CreateRequest {
     /// Zero the data when the volume is deleted. DeleteVolume carries no
     /// StorageClass parameters, so the pool records this with the volume.
     pub wipe_on_delete: bool,
+    /// Disk pools: the partition type name (linux, linux-lvm …).
+    pub partition_type: Option<String>,
 }
 
 /// The result of growing a volume.
@@ -138,9 +146,12 @@ impl PoolRegistry {
                     let p = file::FilePool::new(def, cfg, runner.clone());
                     reg.pools.insert(def.name.clone(), Arc::new(p));
                 }
+                PoolType::Disk => {
+                    let p = disk::DiskPool::new(def, cfg, runner.clone());
+                    reg.pools.insert(def.name.clone(), Arc::new(p));
+                }
                 t @ (PoolType::Netfs
                 | PoolType::Logical
-                | PoolType::Disk
                 | PoolType::Iscsi
                 | PoolType::Scsi
                 | PoolType::Mpath) => {

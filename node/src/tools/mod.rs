@@ -6,6 +6,8 @@ pub mod fsfreeze;
 pub mod growfs;
 pub mod losetup;
 pub mod mkfs;
+pub mod partx;
 pub mod qemu_img;
 pub mod qemu_nbd;
 pub mod qsd;
+pub mod sfdisk;

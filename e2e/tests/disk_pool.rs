@@ -1,0 +1,435 @@
+//! disk pools on real partition tables: loop devices with partition scanning,
+//! the real sfdisk and partx, real mkfs and mounts on the partitions.
+
+use pool_csi_e2e::{bin_dir, req, require, Driver, Options};
+use pool_csi_proto::csi;
+use std::path::{Path, PathBuf};
+use tonic::Code;
+
+const MIB: i64 = 1 << 20;
+
+fn sh(program: &str, args: &[&str]) -> String {
+    let out = pool_csi_e2e::tool(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A partition-scanning loop device over a new sparse file of `mib` MiB.
+struct Disk(PathBuf);
+
+impl Disk {
+    fn new(dir: &Path, name: &str, mib: u64) -> Disk {
+        let file = dir.join(name);
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        Disk(PathBuf::from(sh(
+            "losetup",
+            &["--find", "--show", "--partscan", file.to_str().unwrap()],
+        )))
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        pool_csi_e2e::tool("losetup", &["-d", self.path()]);
+    }
+}
+
+fn disk_pool(name: &str, disk: &Disk, format: &str) -> String {
+    format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: disk\n  source: {{ device: {}, format: {format} }}\n", disk.path())
+}
+
+fn poolctl(d: &Driver, args: &[&str]) -> (bool, String) {
+    #[allow(clippy::disallowed_methods)]
+    let out = std::process::Command::new(bin_dir().join("poolctl"))
+        .arg(format!("--agent=node-1={}", d.agent_addr))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn on(pool: &str, name: &str, bytes: i64, params: &[(&str, &str)]) -> csi::CreateVolumeRequest {
+    let mut r = req::create(name, bytes, params);
+    r.parameters.insert("pool".into(), pool.into());
+    r.volume_capabilities = vec![req::mount_cap("ext4")];
+    r
+}
+
+async fn create(
+    c: &mut pool_csi_e2e::clients::Clients,
+    r: csi::CreateVolumeRequest,
+) -> Result<csi::Volume, tonic::Status> {
+    c.controller
+        .create_volume(r)
+        .await
+        .map(|r| r.into_inner().volume.unwrap())
+}
+
+fn partitions(disk: &Disk) -> serde_json::Value {
+    serde_json::from_str::<serde_json::Value>(&sh("sfdisk", &["--json", disk.path()])).unwrap()
+        ["partitiontable"]["partitions"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpt_disk_pool_allocates_expands_and_frees_partitions() {
+    require!(false);
+    let scratch = tempfile::Builder::new()
+        .prefix("pool-csi-disk-")
+        .tempdir()
+        .unwrap();
+    let disk = Disk::new(scratch.path(), "disk.img", 64);
+    let mut d = Driver::start(Options {
+        extra_pools: disk_pool("disk1", &disk, "gpt"),
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+
+    // No table yet: the pool waits to be built and says so.
+    let e = create(&mut c, on("disk1", "v", 8 * MIB, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let (_, out) = poolctl(&d, &["pool-list"]);
+    assert!(
+        out.lines().any(|l| l.contains("disk1")
+            && l.contains("inactive")
+            && l.contains("no partition table")),
+        "{out}"
+    );
+    let (ok, out) = poolctl(&d, &["pool-build", "disk1"]);
+    assert!(ok && out.contains("running"), "{out}");
+
+    // 62 MiB usable (GPT headers, 1 MiB alignment): seven 8 MiB volumes fit, the eighth does not.
+    let mut ids = Vec::new();
+    for i in 1..=7 {
+        ids.push(
+            create(&mut c, on("disk1", &format!("vol-{i}"), 8 * MIB, &[]))
+                .await
+                .expect("create")
+                .volume_id,
+        );
+    }
+    let full = create(&mut c, on("disk1", "vol-8", 8 * MIB, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    assert_eq!(partitions(&disk).as_array().unwrap().len(), 7);
+    let (_, info) = poolctl(&d, &["pool-info", "disk1"]);
+    assert!(
+        info.contains("Free extents") && info.contains("6.00 MiB"),
+        "{info}"
+    );
+
+    // Free two extents in the middle: 22 MiB free in three extents, none of 10 MiB.
+    for id in [&ids[1], &ids[3]] {
+        c.controller
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("delete");
+    }
+    let split = create(&mut c, on("disk1", "too-big", 10 * MIB, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(split.code(), Code::ResourceExhausted);
+    assert!(
+        split.message().contains("no single free extent"),
+        "{}",
+        split.message()
+    );
+    // Best fit: an 8 MiB volume takes one of the 8 MiB holes, never the 6 MiB tail.
+    let fits = create(&mut c, on("disk1", "fits", 6 * MIB, &[]))
+        .await
+        .expect("6 MiB fits the tail");
+    assert!(fits.volume_id.ends_with(":fits"));
+    let parts = partitions(&disk);
+    let fits_start = parts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "fits")
+        .unwrap()["start"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        fits_start > 100_000,
+        "6 MiB went into the 6 MiB tail extent (start {fits_start})"
+    );
+
+    // Expansion only into space directly after the partition.
+    let grown = c
+        .controller
+        .controller_expand_volume(req::expand(&ids[0], 16 * MIB))
+        .await
+        .expect("vol-1 grows into the hole of vol-2")
+        .into_inner();
+    assert_eq!(grown.capacity_bytes, 16 * MIB);
+    let blocked = c
+        .controller
+        .controller_expand_volume(req::expand(&ids[4], 12 * MIB))
+        .await
+        .unwrap_err();
+    assert_eq!(blocked.code(), Code::OutOfRange, "{blocked:?}");
+    assert!(
+        blocked.message().contains("can grow to at most"),
+        "{}",
+        blocked.message()
+    );
+
+    // Idempotent re-create, and a long CSI name shortened to fit GPT.
+    let again = create(&mut c, on("disk1", "vol-1", 8 * MIB, &[]))
+        .await
+        .expect("vol-1 is 16 MiB now, still >= 8");
+    assert_eq!(again.volume_id, ids[0]);
+    let taken = create(
+        &mut c,
+        on(
+            "disk1",
+            "fits",
+            7 * MIB,
+            &[("csi.storage.k8s.io/fstype", "ext4")],
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    let long = create(
+        &mut c,
+        on(
+            "disk1",
+            "pvc-0d7c5b8e-4d7e-4bfe-9d45-3c1a9d1e2f3a",
+            8 * MIB,
+            &[],
+        ),
+    )
+    .await
+    .expect("long name");
+    let short = long.volume_id.rsplit(':').next().unwrap().to_string();
+    assert_eq!(short.len(), 36);
+    let listed = c
+        .controller
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed
+        .entries
+        .iter()
+        .any(|e| e.volume.as_ref().unwrap().volume_id == long.volume_id));
+    let retried = create(
+        &mut c,
+        on(
+            "disk1",
+            "pvc-0d7c5b8e-4d7e-4bfe-9d45-3c1a9d1e2f3a",
+            8 * MIB,
+            &[],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(retried.volume_id, long.volume_id);
+
+    // A partition is a real block device: stage it with a filesystem, use it.
+    let staging = d.path("staging");
+    c.node
+        .node_stage_volume(req::stage(&ids[0], &staging, req::mount_cap("ext4")))
+        .await
+        .expect("stage partition");
+    std::fs::write(staging.join("f"), b"on a partition").unwrap();
+    let busy = c
+        .controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: ids[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        busy.code(),
+        Code::FailedPrecondition,
+        "a mounted partition is never deleted"
+    );
+
+    // The agent dies and comes back: the table is the only state it needs.
+    d.kill_node();
+    d.start_node();
+    d.wait_ready().await;
+    let mut c = d.clients().await;
+    let after = c
+        .controller
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.entries.len(), listed.entries.len());
+    c.node
+        .node_stage_volume(req::stage(&ids[0], &staging, req::mount_cap("ext4")))
+        .await
+        .expect("stage is idempotent after restart");
+    assert_eq!(std::fs::read(staging.join("f")).unwrap(), b"on a partition");
+    c.node
+        .node_unstage_volume(req::unstage(&ids[0], &staging))
+        .await
+        .expect("unstage");
+
+    // Bad input: an unknown partition type, a clone request.
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: fits.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    let bad = create(
+        &mut c,
+        on("disk1", "typed", MIB, &[("partitionType", "zfs")]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(
+        bad.message().contains("zfs") && bad.message().contains("linux-lvm"),
+        "{}",
+        bad.message()
+    );
+    let lvm = create(
+        &mut c,
+        on("disk1", "typed", MIB, &[("partitionType", "linux-lvm")]),
+    )
+    .await
+    .expect("lvm type");
+    let parts = partitions(&disk);
+    let t = parts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "typed")
+        .unwrap()["type"]
+        .clone();
+    assert_eq!(t, "E6D6D379-F507-44C2-A23C-238F2A3DF928");
+    let clone = create(&mut c, req::clone_of("copy", 8 * MIB, &lvm.volume_id)).await;
+    assert!(clone.is_err());
+    drop(c);
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreated_partitions_never_show_old_data_and_full_disks_are_refused() {
+    require!(false);
+    let scratch = tempfile::Builder::new()
+        .prefix("pool-csi-disk-")
+        .tempdir()
+        .unwrap();
+    let dos = Disk::new(scratch.path(), "dos.img", 64);
+    let holds_fs = Disk::new(scratch.path(), "fs.img", 16);
+    sh("mkfs.ext4", &["-q", "-L", "keepme", holds_fs.path()]);
+    let pools = format!(
+        "{}{}",
+        disk_pool("dos1", &dos, "dos"),
+        disk_pool("taken", &holds_fs, "gpt")
+    );
+    let d = Driver::start(Options {
+        extra_pools: pools,
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+
+    // A disk with a filesystem and no table is never partitioned.
+    let (ok, out) = poolctl(&d, &["pool-build", "taken"]);
+    assert!(!ok && out.contains("ext4"), "{out}");
+    assert_eq!(
+        sh("blkid", &["-o", "value", "-s", "LABEL", holds_fs.path()]),
+        "keepme"
+    );
+
+    assert!(poolctl(&d, &["pool-build", "dos1"]).0);
+    let first = create(&mut c, on("dos1", "one", 8 * MIB, &[]))
+        .await
+        .expect("dos primary");
+    // Put a filesystem on it, delete it, make a new volume at the same place.
+    let staging = d.path("st");
+    c.node
+        .node_stage_volume(req::stage(
+            &first.volume_id,
+            &staging,
+            req::mount_cap("ext4"),
+        ))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(req::unstage(&first.volume_id, &staging))
+        .await
+        .unwrap();
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: first.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let second = create(&mut c, on("dos1", "two", 8 * MIB, &[]))
+        .await
+        .unwrap();
+    let node = partitions(&dos)[0]["node"].as_str().unwrap().to_string();
+    // blkid shows the partition entry itself, but no content TYPE: blank.
+    let probe = String::from_utf8_lossy(
+        &pool_csi_e2e::tool("blkid", &["-p", "-o", "export", &node]).stdout,
+    )
+    .into_owned();
+    assert!(
+        !probe.lines().any(|l| l.starts_with("TYPE=")),
+        "the new partition shows old data: {probe}"
+    );
+    // dos names live in the node's record: the volume keeps its name.
+    let listed = c
+        .controller
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed
+        .entries
+        .iter()
+        .any(|e| e.volume.as_ref().unwrap().volume_id == second.volume_id));
+    // Four primaries and no extended partition: the fifth is refused, clearly.
+    for n in ["three", "four", "five"] {
+        create(&mut c, on("dos1", n, 4 * MIB, &[]))
+            .await
+            .expect("primary");
+    }
+    let sixth = create(&mut c, on("dos1", "six", 4 * MIB, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(sixth.code(), Code::ResourceExhausted);
+    assert!(sixth.message().contains("primary"), "{}", sixth.message());
+    // A size of zero means "the default" (1 GiB), which no extent here holds.
+    let mut zero = on("dos1", "zero", 0, &[]);
+    zero.capacity_range = None;
+    assert_eq!(
+        create(&mut c, zero).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+}
