@@ -433,3 +433,108 @@ async fn recreated_partitions_never_show_old_data_and_full_disks_are_refused() {
         Code::ResourceExhausted
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_on_one_disk_never_overlap() {
+    require!(false);
+    let scratch = tempfile::Builder::new()
+        .prefix("pool-csi-disk-")
+        .tempdir()
+        .unwrap();
+    let disk = Disk::new(scratch.path(), "disk.img", 128);
+    let pool =
+        disk_pool("par", &disk, "gpt").replace("format: gpt }", "format: gpt }\n  autoBuild: true");
+    let d = Driver::start(Options {
+        extra_pools: pool,
+        ..Default::default()
+    })
+    .await;
+    let c = d.clients().await;
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                create(&mut c, on("par", &format!("p-{i}"), 8 * MIB, &[]))
+                    .await
+                    .map(|v| v.volume_id)
+            })
+        })
+        .collect();
+    let mut made = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => made += 1,
+            Err(e) => panic!("a parallel create failed: {e:?}"),
+        }
+    }
+    assert_eq!(made, 12);
+    let parts = partitions(&disk);
+    let mut spans: Vec<(u64, u64)> = parts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let (s, n) = (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap());
+            (s, s + n)
+        })
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 12);
+    assert!(
+        spans.windows(2).all(|w| w[0].1 <= w[1].0),
+        "partitions overlap: {spans:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_xfs_partition_grows_online() {
+    require!(false);
+    if pool_csi_e2e::which("mkfs.xfs").is_none() {
+        eprintln!("SKIPPED: needs mkfs.xfs (xfsprogs; run dev/setup)");
+        return;
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("pool-csi-disk-")
+        .tempdir()
+        .unwrap();
+    let disk = Disk::new(scratch.path(), "disk.img", 1024);
+    let pool =
+        disk_pool("big", &disk, "gpt").replace("format: gpt }", "format: gpt }\n  autoBuild: true");
+    let d = Driver::start(Options {
+        extra_pools: pool,
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let mut r = on("big", "xfs-vol", 320 * MIB, &[]);
+    r.volume_capabilities = vec![req::mount_cap("xfs")];
+    let id = create(&mut c, r).await.unwrap().volume_id;
+    let staging = d.path("staging");
+    c.node
+        .node_stage_volume(req::stage(&id, &staging, req::mount_cap("xfs")))
+        .await
+        .expect("stage xfs");
+    std::fs::write(staging.join("keep"), b"data").unwrap();
+    c.controller
+        .controller_expand_volume(req::expand(&id, 512 * MIB))
+        .await
+        .expect("grow the partition");
+    let grown = c
+        .node
+        .node_expand_volume(req::node_expand(&id, &staging, 512 * MIB))
+        .await
+        .expect("grow xfs")
+        .into_inner();
+    assert_eq!(grown.capacity_bytes, 512 * MIB);
+    let fs = rustix::fs::statvfs(&staging).unwrap();
+    assert!(
+        fs.f_blocks * fs.f_frsize > 400 << 20,
+        "xfs did not grow past its 320 MiB start: {}",
+        fs.f_blocks * fs.f_frsize
+    );
+    assert_eq!(std::fs::read(staging.join("keep")).unwrap(), b"data");
+    c.node
+        .node_unstage_volume(req::unstage(&id, &staging))
+        .await
+        .expect("unstage");
+}

@@ -197,6 +197,28 @@ mod tests {
         assert!(t.partitions.iter().all(|p| p.name.is_none()));
     }
 
+    #[test]
+    fn partition_numbers_come_from_any_naming_scheme() {
+        for (node, n) in [
+            ("/dev/sda1", 1),
+            ("/dev/sdb12", 12),
+            ("/dev/nvme0n1p3", 3),
+            ("/dev/mmcblk0p7", 7),
+            ("/dev/loop0p5", 5),
+            ("/dev/vdc2", 2),
+        ] {
+            let p = Partition {
+                node: node.into(),
+                start: 0,
+                size: 1,
+                type_code: "83".into(),
+                name: None,
+                uuid: None,
+            };
+            assert_eq!(p.number(), Some(n), "{node}");
+        }
+    }
+
     #[tokio::test]
     async fn a_disk_without_a_table_reads_as_none() {
         let runner = FakeRunner::new().expect(
