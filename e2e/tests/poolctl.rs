@@ -22,7 +22,7 @@ fn poolctl(d: &Driver, args: &[&str]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poolctl_lists_creates_resizes_and_deletes() {
     require!(false);
-    let extra = "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: later }\nspec: { type: dir, target: { path: \"{dir}/later\" } }\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: vg0 }\nspec: { type: logical }\n";
+    let extra = "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: later }\nspec: { type: dir, target: { path: \"{dir}/later\" } }\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: nfs0 }\nspec: { type: netfs, source: { host: nfs.example, dir: /export }, target: { path: \"{dir}/nfs\" } }\n";
     let d = Driver::start(Options {
         extra_pools: extra.into(),
         ..Default::default()
@@ -45,7 +45,7 @@ async fn poolctl_lists_creates_resizes_and_deletes() {
     );
     assert!(
         out.lines()
-            .any(|l| l.contains("vg0") && l.contains("not supported")),
+            .any(|l| l.contains("nfs0") && l.contains("not supported")),
         "{out}"
     );
 

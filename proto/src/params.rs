@@ -11,6 +11,8 @@ pub const KEY_ALLOCATION: &str = "allocation";
 pub const KEY_PARTITION_TYPE: &str = "partitionType";
 pub const KEY_WIPE: &str = "wipeOnDelete";
 pub const KEY_FSTYPE: &str = "csi.storage.k8s.io/fstype";
+pub const KEY_STRIPES: &str = "stripes";
+pub const KEY_STRIPE_SIZE: &str = "stripeSize";
 /// Keys the external-provisioner adds with `--extra-create-metadata`.
 const PROVISIONER_METADATA: [&str; 3] = [
     "csi.storage.k8s.io/pvc/name",
@@ -33,6 +35,10 @@ pub struct VolumeParams {
     pub partition_type: Option<String>,
     pub wipe_on_delete: bool,
     pub fs_type: Option<String>,
+    /// logical pools: stripe over this many PVs.
+    pub stripes: Option<u32>,
+    /// logical pools: stripe size in bytes (a power of two, 4 KiB – 512 MiB).
+    pub stripe_size: Option<u64>,
     /// PVC namespace/name when the provisioner passes them (for logs and events).
     pub pvc: Option<String>,
 }
@@ -41,7 +47,7 @@ pub struct VolumeParams {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParamError {
     /// The key is not a pool-csi parameter.
-    #[error("unknown StorageClass parameter {key:?}; known: pool, volumeFormat, allocation, partitionType, wipeOnDelete, csi.storage.k8s.io/fstype")]
+    #[error("unknown StorageClass parameter {key:?}; known: pool, volumeFormat, allocation, partitionType, wipeOnDelete, stripes, stripeSize, csi.storage.k8s.io/fstype")]
     Unknown { key: String },
     /// The value does not parse.
     #[error("invalid StorageClass parameter {key}={value:?}: {why}")]
@@ -78,6 +84,31 @@ fn invalid(key: &'static str, value: &str, why: impl Into<String>) -> ParamError
         value: value.to_string(),
         why: why.into(),
     }
+}
+
+/// "64Ki", "1Mi", "65536": a power of two between 4 KiB and 512 MiB.
+fn parse_stripe_size(v: &str) -> Result<u64, ParamError> {
+    let (num, mult) = match v.trim() {
+        s if s.ends_with("Ki") || s.ends_with('k') || s.ends_with('K') => {
+            (s.trim_end_matches(['i', 'k', 'K']), 1u64 << 10)
+        }
+        s if s.ends_with("Mi") || s.ends_with('m') || s.ends_with('M') => {
+            (s.trim_end_matches(['i', 'm', 'M']), 1 << 20)
+        }
+        s => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| invalid(KEY_STRIPE_SIZE, v, "expected a size such as 64Ki"))?;
+    let bytes = n.checked_mul(mult).unwrap_or(0);
+    if !bytes.is_power_of_two() || !(4096..=(512 << 20)).contains(&bytes) {
+        return Err(invalid(
+            KEY_STRIPE_SIZE,
+            v,
+            "must be a power of two from 4Ki to 512Mi",
+        ));
+    }
+    Ok(bytes)
 }
 
 impl VolumeParams {
@@ -136,6 +167,16 @@ impl VolumeParams {
                     }
                     out.fs_type = Some(value.clone());
                 }
+                KEY_STRIPES => {
+                    let n: u32 = value
+                        .parse()
+                        .map_err(|_| invalid(KEY_STRIPES, value, "expected a number"))?;
+                    if !(1..=64).contains(&n) {
+                        return Err(invalid(KEY_STRIPES, value, "must be 1 to 64"));
+                    }
+                    out.stripes = Some(n);
+                }
+                KEY_STRIPE_SIZE => out.stripe_size = Some(parse_stripe_size(value)?),
                 k if k == PROVISIONER_METADATA[0] => pvc.1 = Some(value.clone()),
                 k if k == PROVISIONER_METADATA[1] => pvc.0 = Some(value.clone()),
                 k if k == PROVISIONER_METADATA[2] => {}
@@ -188,6 +229,15 @@ impl VolumeParams {
                     "only disk pools".into(),
                 ));
             }
+        }
+        if (self.stripes.is_some() || self.stripe_size.is_some()) && pool_type != PoolType::Logical
+        {
+            let key = if self.stripes.is_some() {
+                KEY_STRIPES
+            } else {
+                KEY_STRIPE_SIZE
+            };
+            return Err(not_for(key, "set".into(), "only logical pools".into()));
         }
         if !pool_type.creates_volumes() && (self.format.is_some() || self.allocation.is_some()) {
             return Err(not_for(
@@ -289,6 +339,32 @@ mod tests {
         let p = VolumeParams::parse(&map(&[("pool", "d"), ("allocation", "thin")]), None).unwrap();
         assert!(p.check_for(PoolType::Dir).is_err());
         assert!(p.check_for(PoolType::Logical).is_ok());
+    }
+
+    #[test]
+    fn stripes_are_for_logical_pools_only() {
+        let p = VolumeParams::parse(
+            &map(&[("pool", "vg"), ("stripes", "2"), ("stripeSize", "64Ki")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!((p.stripes, p.stripe_size), (Some(2), Some(64 << 10)));
+        p.check_for(PoolType::Logical).unwrap();
+        assert!(p
+            .check_for(PoolType::Dir)
+            .unwrap_err()
+            .to_string()
+            .contains("stripes"));
+        for bad in [
+            ("stripes", "0"),
+            ("stripes", "x"),
+            ("stripeSize", "3k"),
+            ("stripeSize", "1Gi"),
+            ("stripeSize", "1"),
+        ] {
+            let e = VolumeParams::parse(&map(&[("pool", "vg"), bad]), None).unwrap_err();
+            assert!(e.to_string().contains(bad.0), "{e}");
+        }
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct StoragePoolSpec {
     /// blank device). Off by default, as `virsh pool-build` is explicit.
     #[serde(default)]
     pub auto_build: bool,
+    /// logical pools: LVM settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lvm: Option<LvmOptions>,
     /// Node labels a node must carry to hold this pool (empty: every node).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -61,6 +64,50 @@ pub struct PoolSource {
     /// scsi: the HBA (hostN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
+}
+
+/// LVM settings of a logical pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LvmOptions {
+    /// The thin pool LV that `allocation: thin` volumes live in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_pool: Option<String>,
+    /// When set, `build` also creates the thin pool with this percent of the VG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_pool_percent: Option<u8>,
+    /// Thin provisioning overcommit: space offered for thin volumes, as a
+    /// percent of the thin pool's free data space (100: no overcommit).
+    #[serde(default = "default_overcommit")]
+    pub overcommit_percent: u32,
+    /// Copy-on-write space of a snapshot of a thick LV, percent of the origin.
+    #[serde(default = "default_snapshot_percent")]
+    pub snapshot_percent: u32,
+    /// Run LVM with `global{activation=0}`: for machines without
+    /// device-mapper. Volumes can be created, resized, snapshotted in metadata
+    /// and removed, but not attached on this node. Off by default.
+    #[serde(default)]
+    pub no_activation: bool,
+}
+
+fn default_overcommit() -> u32 {
+    100
+}
+
+fn default_snapshot_percent() -> u32 {
+    20
+}
+
+impl Default for LvmOptions {
+    fn default() -> Self {
+        Self {
+            thin_pool: None,
+            thin_pool_percent: None,
+            overcommit_percent: default_overcommit(),
+            snapshot_percent: default_snapshot_percent(),
+            no_activation: false,
+        }
+    }
 }
 
 /// libvirt's `<target>`.
@@ -124,6 +171,20 @@ pub enum SpecError {
     Invalid { pool: String, why: String },
 }
 
+/// An LVM VG or LV name: `[A-Za-z0-9+_.-]`, not starting with '-', not "."
+/// or "..", and not one of the names LVM reserves.
+pub fn is_lvm_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 127
+        && n.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"+_.-".contains(&c))
+        && !n.starts_with('-')
+        && n != "."
+        && n != ".."
+        && !n.starts_with("snapshot")
+        && !n.starts_with("pvmove")
+}
+
 /// A pool name: a DNS label (it appears in volume ids, StorageClasses, paths).
 pub fn check_pool_name(name: &str) -> Result<(), &'static str> {
     let ok = !name.is_empty()
@@ -170,7 +231,36 @@ impl PoolDefinition {
                 abs("source.dir", &s.source.dir)?;
             }
             PoolType::Disk => abs("source.device", &s.source.device)?,
-            PoolType::Logical | PoolType::Iscsi | PoolType::Scsi | PoolType::Mpath => {}
+            PoolType::Logical => {
+                let vg = s.source.name.as_deref().unwrap_or(&self.name);
+                if !is_lvm_name(vg) {
+                    return Err(invalid(format!(
+                        "source.name {vg:?} is not a valid volume group name"
+                    )));
+                }
+                let o = s.lvm.clone().unwrap_or_default();
+                if let Some(tp) = &o.thin_pool {
+                    if !is_lvm_name(tp) {
+                        return Err(invalid(format!(
+                            "lvm.thinPool {tp:?} is not a valid LV name"
+                        )));
+                    }
+                }
+                if o.thin_pool_percent.is_some_and(|p| !(1..=95).contains(&p))
+                    || (o.thin_pool_percent.is_some() && o.thin_pool.is_none())
+                {
+                    return Err(invalid(
+                        "lvm.thinPoolPercent must be 1-95 and needs lvm.thinPool".into(),
+                    ));
+                }
+                if o.overcommit_percent < 100 || o.snapshot_percent == 0 || o.snapshot_percent > 100
+                {
+                    return Err(invalid(
+                        "lvm.overcommitPercent must be >= 100 and lvm.snapshotPercent 1-100".into(),
+                    ));
+                }
+            }
+            PoolType::Iscsi | PoolType::Scsi | PoolType::Mpath => {}
         }
         for d in &s.source.devices {
             abs("source.devices[]", &Some(d.clone()))?;
@@ -272,12 +362,29 @@ spec:
   source: { device: /dev/vdb, format: xfs }
   target: { path: /srv/data }
   autoBuild: true
+---
+apiVersion: pool-csi.io/v1alpha1
+kind: StoragePool
+metadata: { name: vg0 }
+spec:
+  type: logical
+  source: { devices: [/dev/vdc, /dev/vdd] }
+  lvm: { thinPool: thin0, thinPoolPercent: 80, noActivation: true }
 "#;
 
     #[test]
     fn reads_every_document() {
         let pools = PoolDefinition::parse_documents(FILE, "t").unwrap();
-        assert_eq!(pools.len(), 2);
+        assert_eq!(pools.len(), 3);
+        let lvm = pools[2].spec.lvm.clone().unwrap();
+        assert_eq!(
+            (
+                lvm.thin_pool.as_deref(),
+                lvm.overcommit_percent,
+                lvm.no_activation
+            ),
+            (Some("thin0"), 100, true)
+        );
         assert_eq!(pools[0].name, "scratch");
         assert_eq!(pools[1].spec.pool_type, PoolType::Fs);
         assert_eq!(pools[1].spec.source.format.as_deref(), Some("xfs"));
@@ -318,6 +425,19 @@ spec:
 
     #[test]
     fn duplicate_and_wrong_kind_are_refused() {
+        let bad_lvm = FILE.replace("thinPoolPercent: 80", "thinPoolPercent: 99");
+        assert!(PoolDefinition::parse_documents(&bad_lvm, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("thinPoolPercent"));
+        let bad_vg = FILE.replace(
+            "source: { devices: [/dev/vdc, /dev/vdd] }",
+            "source: { name: \"-vg\" }",
+        );
+        assert!(PoolDefinition::parse_documents(&bad_vg, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("volume group"));
         let twice = format!("{FILE}\n---\n{}", FILE.split("---").next().unwrap());
         assert!(PoolDefinition::parse_documents(&twice, "t")
             .unwrap_err()

@@ -243,11 +243,18 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
         let r = req.into_inner();
         run!({
-            let pool = if r.parameters.is_empty() && self.ctx.default_pool.is_none() {
+            let params = if r.parameters.is_empty() && self.ctx.default_pool.is_none() {
                 None
             } else {
-                Some(VolumeParams::parse(&r.parameters, self.ctx.default_pool.as_deref())?.pool)
+                Some(VolumeParams::parse(
+                    &r.parameters,
+                    self.ctx.default_pool.as_deref(),
+                )?)
             };
+            let pool = params.as_ref().map(|p| p.pool.clone());
+            let thin = params
+                .as_ref()
+                .is_some_and(|p| p.allocation == Some(pool_csi_proto::Allocation::Thin));
             if r.volume_capabilities
                 .iter()
                 .any(|c| caps::check(c).is_err())
@@ -260,7 +267,7 @@ impl Controller for ControllerService {
             }
             let segment = r.accessible_topology.as_ref().map(|t| &t.segments);
             let (available, largest) =
-                ops::capacity::capacity(&self.ctx, pool.as_deref(), segment).await?;
+                ops::capacity::capacity(&self.ctx, pool.as_deref(), segment, thin).await?;
             Ok(csi::GetCapacityResponse {
                 available_capacity: available as i64,
                 maximum_volume_size: Some(largest as i64),

@@ -101,6 +101,8 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
             .unwrap_or_default(),
         wipe_on_delete: req.params.wipe_on_delete,
         partition_type: req.params.partition_type.clone().unwrap_or_default(),
+        stripes: req.params.stripes.unwrap_or(0),
+        stripe_size_bytes: req.params.stripe_size.unwrap_or(0),
     };
     let mut refusals = Vec::new();
     for node in &nodes {

@@ -104,6 +104,7 @@ impl Agent for AgentService {
                 message: s.message,
                 max_volume_bytes: s.max_volume,
                 free_extents: extents(&s.free_extents),
+                thin_available_bytes: s.thin_available,
             });
         }
         for (name, (t, why)) in self.ctx.pools.unsupported() {
@@ -146,6 +147,7 @@ impl Agent for AgentService {
                         message: s.message,
                         max_volume_bytes: s.max_volume,
                         free_extents: extents(&s.free_extents),
+                        thin_available_bytes: s.thin_available,
                     }),
                 })
             }
@@ -202,6 +204,9 @@ impl Agent for AgentService {
                     wipe_on_delete: opts.wipe_on_delete,
                     partition_type: (!opts.partition_type.is_empty())
                         .then(|| opts.partition_type.clone()),
+                    // 64 KiB is LVM's default stripe size.
+                    stripes: (opts.stripes > 0)
+                        .then_some((opts.stripes, opts.stripe_size_bytes.max(64 << 10))),
                 };
                 let v = pool.create_volume(&create).await?;
                 Ok(pb::VolumeResponse {

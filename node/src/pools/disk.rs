@@ -404,6 +404,7 @@ impl Pool for DiskPool {
             message,
             max_volume: 0,
             free_extents: Vec::new(),
+            thin_available: 0,
         };
         if state != PoolState::Running {
             return st;

@@ -474,6 +474,7 @@ impl Pool for FilePool {
             message,
             max_volume: 0,
             free_extents: Vec::new(),
+            thin_available: 0,
         };
         if state != PoolState::Running {
             return st;

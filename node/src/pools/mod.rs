@@ -7,6 +7,7 @@ pub mod disk_layout;
 pub mod file;
 mod file_snapshot;
 pub mod layout;
+pub mod logical;
 
 use crate::{
     error::{Error, Result},
@@ -38,6 +39,8 @@ pub struct PoolStatus {
     pub max_volume: u64,
     /// Free extents as byte ranges `[start, end)` (disk pools).
     pub free_extents: Vec<(u64, u64)>,
+    /// Space offered to thin volumes (logical pools with a thin pool).
+    pub thin_available: u64,
 }
 
 /// A volume as its pool reports it.
@@ -85,6 +88,8 @@ pub struct CreateRequest {
     pub wipe_on_delete: bool,
     /// Disk pools: the partition type name (linux, linux-lvm …).
     pub partition_type: Option<String>,
+    /// Logical pools: (stripes, stripe size in bytes).
+    pub stripes: Option<(u32, u64)>,
 }
 
 /// The result of growing a volume.
@@ -150,11 +155,11 @@ impl PoolRegistry {
                     let p = disk::DiskPool::new(def, cfg, runner.clone());
                     reg.pools.insert(def.name.clone(), Arc::new(p));
                 }
-                t @ (PoolType::Netfs
-                | PoolType::Logical
-                | PoolType::Iscsi
-                | PoolType::Scsi
-                | PoolType::Mpath) => {
+                PoolType::Logical => {
+                    let p = logical::LogicalPool::new(def, runner.clone());
+                    reg.pools.insert(def.name.clone(), Arc::new(p));
+                }
+                t @ (PoolType::Netfs | PoolType::Iscsi | PoolType::Scsi | PoolType::Mpath) => {
                     let why = format!("{t} pools are not supported by this node version");
                     reg.unsupported.insert(def.name.clone(), (t, why));
                 }

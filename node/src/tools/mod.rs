@@ -5,6 +5,7 @@ pub mod blkid;
 pub mod fsfreeze;
 pub mod growfs;
 pub mod losetup;
+pub mod lvm;
 pub mod mkfs;
 pub mod partx;
 pub mod qemu_img;

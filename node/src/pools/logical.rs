@@ -1,0 +1,724 @@
+//! logical pools: an LVM volume group; each volume is a logical volume. The
+//! storage is the record: every LV pool-csi makes carries the tag `pool-csi`
+//! plus `pool-csi.io/kind=volume|snapshot` (and for snapshots their source,
+//! size and creation time), so refresh, ListVolumes and retried creates are
+//! answered from `lvs`. LVs without the tag are never listed, changed or
+//! removed: an administrator's LVs in the same VG are safe.
+//!
+//! Thick volumes are linear (or striped) LVs; `allocation: thin` volumes are
+//! thin LVs in the pool's thin pool. Snapshots are thin snapshots of thin
+//! volumes (instant, independent of the origin) or sized copy-on-write
+//! snapshots of thick ones (which depend on their origin: such a volume cannot
+//! be deleted while it has snapshots, as the CSI spec allows). Clones of thin
+//! volumes are thin snapshots; of thick volumes, a block copy.
+
+use super::{
+    fit_size, AttachSource, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Snapshot, Source,
+    Volume,
+};
+use crate::{
+    attach::device_size,
+    error::{io, Error, Result},
+    exec::CommandRunner,
+    tools::{
+        blkid::Probe,
+        lvm::{Lv, Lvm, Vg},
+    },
+};
+use pool_csi_proto::{
+    pool_spec::{is_lvm_name, LvmOptions},
+    Allocation, PoolDefinition, PoolType, VolumeFormat,
+};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+const TAG: &str = "pool-csi";
+const KIND: &str = "pool-csi.io/kind";
+const SOURCE: &str = "pool-csi.io/source";
+const SIZE: &str = "pool-csi.io/size";
+const CREATED: &str = "pool-csi.io/created";
+const WIPE: &str = "pool-csi.io/wipe";
+const DEFAULT_SIZE: u64 = 1 << 30;
+const SNAPSHOT_PREFIX: &str = "snap_";
+
+pub struct LogicalPool {
+    name: String,
+    vg: String,
+    devices: Vec<PathBuf>,
+    opts: LvmOptions,
+    auto_build: bool,
+    runner: Arc<dyn CommandRunner>,
+    state: Mutex<(PoolState, String)>,
+}
+
+fn lv_name(name: &str) -> Result<String> {
+    if !is_lvm_name(name) {
+        return Err(Error::Invalid(format!(
+            "volume name {name:?} is not a valid LV name (LVM reserves names starting with \"snapshot\" or \"pvmove\")"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+fn is_ours(lv: &Lv) -> bool {
+    lv.has_tag(TAG)
+}
+
+fn is_snapshot(lv: &Lv) -> bool {
+    lv.tag(KIND) == Some("snapshot")
+}
+
+fn is_thin(lv: &Lv) -> bool {
+    !lv.pool_lv.is_empty()
+}
+
+/// Whether the kernel has the LV open (lv_attr's sixth character).
+fn is_open(lv: &Lv) -> bool {
+    lv.lv_attr.as_bytes().get(5) == Some(&b'o')
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl LogicalPool {
+    pub fn new(def: &PoolDefinition, runner: Arc<dyn CommandRunner>) -> Self {
+        let s = &def.spec;
+        Self {
+            name: def.name.clone(),
+            vg: s.source.name.clone().unwrap_or_else(|| def.name.clone()),
+            devices: s.source.devices.iter().map(PathBuf::from).collect(),
+            opts: s.lvm.clone().unwrap_or_default(),
+            auto_build: s.auto_build,
+            runner,
+            state: Mutex::new((PoolState::Inactive, "not started".into())),
+        }
+    }
+
+    fn lvm(&self) -> Lvm<'_> {
+        Lvm {
+            runner: self.runner.as_ref(),
+            no_activation: self.opts.no_activation,
+        }
+    }
+
+    fn set_state(&self, s: PoolState, why: impl Into<String>) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (s, why.into());
+    }
+
+    fn ensure_running(&self) -> Result<()> {
+        let (s, why) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if s == PoolState::Running {
+            Ok(())
+        } else {
+            Err(Error::PoolNotRunning {
+                pool: self.name.clone(),
+                why,
+            })
+        }
+    }
+
+    async fn vg(&self) -> Result<Vg> {
+        self.lvm().vg(&self.vg).await?.ok_or_else(|| {
+            Error::Precondition(format!(
+                "volume group {} does not exist: build the pool or create the VG",
+                self.vg
+            ))
+        })
+    }
+
+    async fn lvs(&self) -> Result<Vec<Lv>> {
+        Ok(self.lvm().lvs(&self.vg).await?)
+    }
+
+    fn volume_of(lv: &Lv) -> Volume {
+        let allocation = if is_thin(lv) {
+            (lv.lv_size as f64 * lv.data_used()) as u64
+        } else {
+            lv.lv_size
+        };
+        Volume {
+            name: lv.lv_name.clone(),
+            format: VolumeFormat::Raw,
+            capacity: lv.lv_size,
+            allocation,
+            abnormal: None,
+        }
+    }
+
+    fn device(&self, lv: &str) -> PathBuf {
+        Path::new("/dev").join(&self.vg).join(lv)
+    }
+
+    /// Space thin volumes may still be promised: thin pool size times the
+    /// overcommit ratio, less the virtual sizes already handed out.
+    fn thin_available(&self, lvs: &[Lv]) -> u64 {
+        let Some(pool) = self
+            .opts
+            .thin_pool
+            .as_deref()
+            .and_then(|p| lvs.iter().find(|l| l.lv_name == p))
+        else {
+            return 0;
+        };
+        let offered = pool
+            .lv_size
+            .saturating_mul(u64::from(self.opts.overcommit_percent))
+            / 100;
+        let promised: u64 = lvs
+            .iter()
+            .filter(|l| l.pool_lv == pool.lv_name && !is_snapshot(l))
+            .map(|l| l.lv_size)
+            .sum();
+        let free_data = (pool.lv_size as f64 * (1.0 - pool.data_used())) as u64;
+        offered
+            .saturating_sub(promised)
+            .min(free_data.saturating_mul(u64::from(self.opts.overcommit_percent)) / 100)
+    }
+
+    /// Activates an LV (when needed) and returns its device.
+    async fn activated(&self, lv: &str) -> Result<PathBuf> {
+        if self.opts.no_activation {
+            return Err(Error::Precondition(format!(
+                "pool {} runs LVM without activation (lvm.noActivation): its volumes cannot be attached or copied on this node",
+                self.name
+            )));
+        }
+        let dev = self.device(lv);
+        if !dev.exists() {
+            self.lvm().activate(&self.vg, lv).await?;
+            for _ in 0..100 {
+                if dev.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(dev)
+    }
+
+    async fn make(
+        &self,
+        req: &CreateRequest,
+        name: &str,
+        size: u64,
+        lvs: &[Lv],
+        vg: &Vg,
+    ) -> Result<()> {
+        let thin = req.allocation == Some(Allocation::Thin);
+        let tags = {
+            let mut t = vec![TAG.to_string(), format!("{KIND}=volume")];
+            if req.wipe_on_delete {
+                t.push(format!("{WIPE}=true"));
+            }
+            t
+        };
+        let source = match &req.source {
+            Source::Empty => None,
+            Source::Volume(v) => {
+                Some(
+                    self.find(lvs, v, false)
+                        .ok_or_else(|| Error::VolumeNotFound {
+                            pool: self.name.clone(),
+                            name: v.clone(),
+                        })?,
+                )
+            }
+            Source::Snapshot(s) => {
+                Some(
+                    self.find(lvs, s, true)
+                        .ok_or_else(|| Error::SnapshotNotFound {
+                            pool: self.name.clone(),
+                            name: s.clone(),
+                        })?,
+                )
+            }
+        };
+        match source {
+            None if thin => {
+                let pool = self.opts.thin_pool.as_deref().ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "allocation=thin needs lvm.thinPool on pool {}",
+                        self.name
+                    ))
+                })?;
+                if size > self.thin_available(lvs) {
+                    return Err(Error::NoSpace {
+                        pool: self.name.clone(),
+                        needed: size,
+                        available: self.thin_available(lvs),
+                    });
+                }
+                self.lvm()
+                    .create_thin(&self.vg, pool, name, size, &tags)
+                    .await?;
+            }
+            None => {
+                if size > vg.free {
+                    return Err(Error::NoSpace {
+                        pool: self.name.clone(),
+                        needed: size,
+                        available: vg.free,
+                    });
+                }
+                self.lvm()
+                    .create_linear(&self.vg, name, size, req.stripes, &tags)
+                    .await?;
+            }
+            Some(src) if is_thin(src) => {
+                // A thin snapshot is a full, writable, independent copy, made instantly.
+                self.lvm()
+                    .create_snapshot(&self.vg, &src.lv_name, name, None, &tags)
+                    .await?;
+                if size > src.lv_size {
+                    if let Err(e) = self.lvm().extend(&self.vg, name, size).await {
+                        let _ = self.lvm().remove(&self.vg, name).await; // a failed create leaves nothing
+                        return Err(e.into());
+                    }
+                }
+            }
+            Some(src) => {
+                if size > vg.free {
+                    return Err(Error::NoSpace {
+                        pool: self.name.clone(),
+                        needed: size,
+                        available: vg.free,
+                    });
+                }
+                let from = self.activated(&src.lv_name).await?; // fails first, before anything is made
+                self.lvm()
+                    .create_linear(&self.vg, name, size, req.stripes, &tags)
+                    .await?;
+                let copied = async {
+                    let to = self.activated(name).await?;
+                    tokio::task::spawn_blocking(move || copy_device(&from, &to))
+                        .await
+                        .map_err(|e| io("copy", Path::new(name))(std::io::Error::other(e)))?
+                        .map_err(io("copy", Path::new(name)))
+                }
+                .await;
+                if let Err(e) = copied {
+                    let _ = self.lvm().remove(&self.vg, name).await; // a failed create leaves nothing
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn find<'l>(&self, lvs: &'l [Lv], name: &str, snapshot: bool) -> Option<&'l Lv> {
+        let lv = if snapshot {
+            format!("{SNAPSHOT_PREFIX}{name}")
+        } else {
+            name.to_string()
+        };
+        lvs.iter()
+            .find(|l| l.lv_name == lv && is_ours(l) && is_snapshot(l) == snapshot)
+    }
+}
+
+/// Copies a whole block device onto another of at least its size.
+fn copy_device(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(from)?;
+    let dst = std::fs::OpenOptions::new().write(true).open(to)?;
+    let len = device_size(from)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], at)?;
+        dst.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    dst.sync_all()
+}
+
+#[tonic::async_trait]
+impl Pool for LogicalPool {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn pool_type(&self) -> PoolType {
+        PoolType::Logical
+    }
+
+    async fn start(&self) -> Result<()> {
+        let r = async {
+            if self.lvm().vg(&self.vg).await?.is_none() && self.auto_build && !self.devices.is_empty() {
+                self.build(false).await?;
+            }
+            self.vg().await?;
+            if let Some(tp) = &self.opts.thin_pool {
+                if !self.lvs().await?.iter().any(|l| &l.lv_name == tp) {
+                    return Err(Error::Precondition(format!(
+                        "thin pool {}/{tp} does not exist: build the pool (with lvm.thinPoolPercent) or create it",
+                        self.vg
+                    )));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match &r {
+            Ok(()) => self.set_state(PoolState::Running, ""),
+            Err(e) => self.set_state(PoolState::Inactive, pool_csi_proto::full_message(e)),
+        }
+        r
+    }
+
+    async fn build(&self, overwrite: bool) -> Result<()> {
+        if self.lvm().vg(&self.vg).await?.is_none() {
+            if self.devices.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "pool {} lists no source.devices to build volume group {} from",
+                    self.name, self.vg
+                )));
+            }
+            for d in &self.devices {
+                let found = match Probe::device(self.runner.as_ref(), d).await? {
+                    Probe::Blank => continue,
+                    Probe::Filesystem(fs) => format!("a {fs} filesystem"),
+                    Probe::Other { kind } => kind,
+                };
+                if !overwrite {
+                    return Err(Error::NotBlank {
+                        device: d.clone(),
+                        found,
+                    });
+                }
+            }
+            let devs: Vec<&Path> = self.devices.iter().map(PathBuf::as_path).collect();
+            self.lvm().pvcreate(&devs).await?;
+            self.lvm().vgcreate(&self.vg, &devs).await?;
+        }
+        if let (Some(tp), Some(pct)) = (&self.opts.thin_pool, self.opts.thin_pool_percent) {
+            if !self.lvs().await?.iter().any(|l| &l.lv_name == tp) {
+                let vg = self.vg().await?;
+                let bytes = (vg.size / 100 * u64::from(pct)) / vg.extent_size * vg.extent_size;
+                self.lvm().create_thin_pool(&self.vg, tp, bytes).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn status(&self, count_volumes: bool) -> PoolStatus {
+        let (state, message) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut st = PoolStatus {
+            state,
+            capacity: 0,
+            allocation: 0,
+            available: 0,
+            volume_count: None,
+            message,
+            max_volume: 0,
+            free_extents: Vec::new(),
+            thin_available: 0,
+        };
+        if state != PoolState::Running {
+            return st;
+        }
+        match (self.vg().await, self.lvs().await) {
+            (Ok(vg), Ok(lvs)) => {
+                st.capacity = vg.size;
+                st.available = vg.free;
+                st.allocation = vg.size - vg.free;
+                st.thin_available = self.thin_available(&lvs);
+                if count_volumes {
+                    st.volume_count =
+                        Some(lvs.iter().filter(|l| is_ours(l) && !is_snapshot(l)).count() as u32);
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                st.state = PoolState::Degraded;
+                st.message = pool_csi_proto::full_message(&e);
+            }
+        }
+        st
+    }
+
+    async fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
+        self.ensure_running()?;
+        let name = lv_name(&req.name)?;
+        if req.format.is_some_and(|f| f != VolumeFormat::Raw) {
+            return Err(Error::Invalid(
+                "logical volumes are raw block devices: volumeFormat must be raw".into(),
+            ));
+        }
+        if let Some(a) = req
+            .allocation
+            .filter(|a| !matches!(a, Allocation::Thin | Allocation::Thick))
+        {
+            return Err(Error::Invalid(format!(
+                "allocation {a} is not possible in logical pools; use thin or thick"
+            )));
+        }
+        let (vg, lvs) = (self.vg().await?, self.lvs().await?);
+        if let Some(lv) = lvs.iter().find(|l| l.lv_name == name) {
+            let v = Self::volume_of(lv);
+            let thin_wanted = req.allocation == Some(Allocation::Thin);
+            let fits = v.capacity >= req.required && (req.limit == 0 || v.capacity <= req.limit);
+            if !is_ours(lv) || is_snapshot(lv) || !fits || is_thin(lv) != thin_wanted {
+                let why = if is_ours(lv) {
+                    format!("{} bytes, thin: {}", v.capacity, is_thin(lv))
+                } else {
+                    "an LV pool-csi did not make".into()
+                };
+                return Err(Error::NameTaken {
+                    what: "volume",
+                    pool: self.name.clone(),
+                    name,
+                    why,
+                });
+            }
+            return Ok(v);
+        }
+        let size = fit_size(
+            req.required,
+            req.limit,
+            vg.extent_size.max(512),
+            DEFAULT_SIZE,
+        )?;
+        self.make(req, &name, size, &lvs, &vg).await?;
+        let lv = self.lvs().await?.into_iter().find(|l| l.lv_name == name);
+        Ok(lv.as_ref().map(Self::volume_of).unwrap_or(Volume {
+            name,
+            format: VolumeFormat::Raw,
+            capacity: size,
+            allocation: size,
+            abnormal: None,
+        }))
+    }
+
+    async fn delete_volume(&self, name: &str, wipe: bool) -> Result<()> {
+        self.ensure_running()?;
+        let lvs = self.lvs().await?;
+        let Some(lv) = self.find(&lvs, name, false) else {
+            return Ok(());
+        };
+        if is_open(lv) {
+            return Err(Error::InUse {
+                what: format!("volume {name} ({}/{name})", self.vg),
+                by: "the kernel has it open".into(),
+            });
+        }
+        if !is_thin(lv) {
+            if let Some(s) = lvs.iter().find(|l| l.origin == lv.lv_name && is_ours(l)) {
+                return Err(Error::InUse {
+                    what: format!("volume {name}"),
+                    by: format!(
+                        "snapshot {} depends on it (copy-on-write); delete the snapshot first",
+                        s.lv_name.trim_start_matches(SNAPSHOT_PREFIX)
+                    ),
+                });
+            }
+        }
+        if wipe || lv.tag(WIPE) == Some("true") {
+            let dev = self.activated(name).await?;
+            tokio::task::spawn_blocking(move || super::file::zero_device(&dev))
+                .await
+                .map_err(|e| io("wipe", Path::new(name))(std::io::Error::other(e)))?
+                .map_err(io("wipe", Path::new(name)))?;
+        }
+        Ok(self.lvm().remove(&self.vg, name).await?)
+    }
+
+    async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded> {
+        self.ensure_running()?;
+        let (vg, lvs) = (self.vg().await?, self.lvs().await?);
+        let lv = self
+            .find(&lvs, name, false)
+            .ok_or_else(|| Error::VolumeNotFound {
+                pool: self.name.clone(),
+                name: name.into(),
+            })?;
+        if lv.lv_size >= required {
+            return Ok(Expanded {
+                capacity: lv.lv_size,
+                node_expansion_required: true,
+            });
+        }
+        let size = fit_size(required, limit, vg.extent_size.max(512), DEFAULT_SIZE)?;
+        let growth = size - lv.lv_size;
+        let available = if is_thin(lv) {
+            self.thin_available(&lvs)
+        } else {
+            vg.free
+        };
+        if growth > available {
+            return Err(Error::NoSpace {
+                pool: self.name.clone(),
+                needed: growth,
+                available,
+            });
+        }
+        self.lvm().extend(&self.vg, name, size).await?;
+        Ok(Expanded {
+            capacity: size,
+            node_expansion_required: true,
+        })
+    }
+
+    async fn get_volume(&self, name: &str) -> Result<Volume> {
+        self.ensure_running()?;
+        let lvs = self.lvs().await?;
+        self.find(&lvs, name, false)
+            .map(Self::volume_of)
+            .ok_or_else(|| Error::VolumeNotFound {
+                pool: self.name.clone(),
+                name: name.into(),
+            })
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<Volume>> {
+        self.ensure_running()?;
+        let mut v: Vec<Volume> = self
+            .lvs()
+            .await?
+            .iter()
+            .filter(|l| is_ours(l) && !is_snapshot(l))
+            .map(Self::volume_of)
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    async fn create_snapshot(&self, source: &str, name: &str) -> Result<Snapshot> {
+        self.ensure_running()?;
+        let lv = format!("{SNAPSHOT_PREFIX}{name}");
+        lv_name(&lv)?;
+        let (vg, lvs) = (self.vg().await?, self.lvs().await?);
+        if let Some(existing) = lvs.iter().find(|l| l.lv_name == lv) {
+            if is_ours(existing) && existing.tag(SOURCE) == Some(source) {
+                return Ok(snapshot_of(existing));
+            }
+            return Err(Error::NameTaken {
+                what: "snapshot",
+                pool: self.name.clone(),
+                name: name.into(),
+                why: format!("source {:?}", existing.tag(SOURCE)),
+            });
+        }
+        let origin = self
+            .find(&lvs, source, false)
+            .ok_or_else(|| Error::VolumeNotFound {
+                pool: self.name.clone(),
+                name: source.into(),
+            })?;
+        let tags = vec![
+            TAG.to_string(),
+            format!("{KIND}=snapshot"),
+            format!("{SOURCE}={source}"),
+            format!("{SIZE}={}", origin.lv_size),
+            format!("{CREATED}={}", now_nanos()),
+        ];
+        let cow = if is_thin(origin) {
+            None
+        } else {
+            let want = origin.lv_size / 100 * u64::from(self.opts.snapshot_percent);
+            let bytes = want.div_ceil(vg.extent_size.max(1)).max(1) * vg.extent_size.max(1);
+            if bytes > vg.free {
+                return Err(Error::NoSpace {
+                    pool: self.name.clone(),
+                    needed: bytes,
+                    available: vg.free,
+                });
+            }
+            Some(bytes)
+        };
+        self.lvm()
+            .create_snapshot(&self.vg, source, &lv, cow, &tags)
+            .await?;
+        let made = self.lvs().await?.into_iter().find(|l| l.lv_name == lv);
+        made.as_ref()
+            .map(snapshot_of)
+            .ok_or_else(|| Error::Precondition(format!("lvcreate made no snapshot {lv}")))
+    }
+
+    async fn delete_snapshot(&self, name: &str) -> Result<()> {
+        self.ensure_running()?;
+        let lvs = self.lvs().await?;
+        match self.find(&lvs, name, true) {
+            Some(lv) => Ok(self.lvm().remove(&self.vg, &lv.lv_name).await?),
+            None => Ok(()),
+        }
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.ensure_running()?;
+        Ok(self
+            .lvs()
+            .await?
+            .iter()
+            .filter(|l| is_ours(l) && is_snapshot(l))
+            .map(snapshot_of)
+            .collect())
+    }
+
+    async fn attach_source(&self, name: &str) -> Result<AttachSource> {
+        self.ensure_running()?;
+        let lvs = self.lvs().await?;
+        self.find(&lvs, name, false)
+            .ok_or_else(|| Error::VolumeNotFound {
+                pool: self.name.clone(),
+                name: name.into(),
+            })?;
+        Ok(AttachSource::Block {
+            device: self.activated(name).await?,
+        })
+    }
+}
+
+fn snapshot_of(lv: &Lv) -> Snapshot {
+    Snapshot {
+        name: lv.lv_name.trim_start_matches(SNAPSHOT_PREFIX).to_string(),
+        source_volume: lv.tag(SOURCE).unwrap_or(&lv.origin).to_string(),
+        format: VolumeFormat::Raw,
+        size: lv
+            .tag(SIZE)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(lv.lv_size),
+        created_unix_nanos: lv.tag(CREATED).and_then(|s| s.parse().ok()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::lvm::parse_lvs;
+
+    #[test]
+    fn only_tagged_lvs_are_ours_and_snapshots_are_told_apart() {
+        let lvs = parse_lvs(include_bytes!(
+            "../../tests/fixtures/commands/lvm/lvs_thin_written_by_hand.json"
+        ))
+        .unwrap();
+        let ours: Vec<_> = lvs
+            .iter()
+            .filter(|l| is_ours(l))
+            .map(|l| l.lv_name.as_str())
+            .collect();
+        assert_eq!(ours, vec!["pvc-a", "snap_s1"]);
+        let s = snapshot_of(lvs.iter().find(|l| is_snapshot(l)).unwrap());
+        assert_eq!(
+            (s.name.as_str(), s.source_volume.as_str(), s.size),
+            ("s1", "pvc-a", 2 << 30)
+        );
+        assert!(is_open(&lvs[0]) && !is_open(&lvs[2]));
+    }
+
+    #[test]
+    fn reserved_lv_names_are_refused() {
+        assert!(lv_name("pvc-1").is_ok());
+        for bad in ["snapshot-1", "pvmove0", "-x", ".."] {
+            assert!(matches!(lv_name(bad), Err(Error::Invalid(_))), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Logical-pool paths that need device-mapper (thin volumes, snapshots,
+//! clones, activation), driven through the real pool code with recorded lvm
+//! output. The same operations run for real where device-mapper exists.
+
+use pool_csi_node::{
+    exec::fake::{FakeRunner, Reply},
+    pools::{logical::LogicalPool, CreateRequest, Pool, Source},
+};
+use pool_csi_proto::{Allocation, PoolDefinition};
+use std::sync::Arc;
+
+const VGS: [&str; 11] = [
+    "lvm",
+    "vgs",
+    "--reportformat",
+    "json",
+    "--units",
+    "b",
+    "--nosuffix",
+    "-o",
+    "vg_name,vg_size,vg_free,vg_extent_size",
+    "vg0",
+    "",
+];
+const LVS: [&str; 9] = [
+    "lvm",
+    "lvs",
+    "--reportformat",
+    "json",
+    "--units",
+    "b",
+    "--nosuffix",
+    "-o",
+    "lv_name,lv_size,lv_tags,lv_attr,pool_lv,origin,data_percent,metadata_percent,segtype",
+];
+
+fn vgs() -> Vec<&'static str> {
+    VGS[..10].to_vec()
+}
+
+fn lvs() -> Vec<&'static str> {
+    let mut v = LVS.to_vec();
+    v.push("vg0");
+    v
+}
+
+const VG_JSON: &str = r#"{"report":[{"vg":[{"vg_name":"vg0","vg_size":"21474836480","vg_free":"10737418240","vg_extent_size":"4194304"}]}]}"#;
+
+fn thin_lvs() -> &'static str {
+    include_str!("fixtures/commands/lvm/lvs_thin_written_by_hand.json")
+}
+
+fn pool(runner: FakeRunner, overcommit: u32) -> LogicalPool {
+    let def = PoolDefinition::parse_documents(
+        &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: vg0 }}\nspec:\n  type: logical\n  lvm: {{ thinPool: thin0, overcommitPercent: {overcommit} }}\n"),
+        "test",
+    )
+    .unwrap()
+    .remove(0);
+    LogicalPool::new(&def, Arc::new(runner))
+}
+
+fn req(name: &str, bytes: u64, source: Source) -> CreateRequest {
+    CreateRequest {
+        name: name.into(),
+        required: bytes,
+        limit: 0,
+        format: None,
+        allocation: Some(Allocation::Thin),
+        source,
+        wipe_on_delete: false,
+        partition_type: None,
+        stripes: None,
+    }
+}
+
+#[tokio::test]
+async fn thin_volumes_snapshots_and_clones_are_thin_lvs() {
+    let runner = FakeRunner::new()
+        // start: VG exists, thin pool exists
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(lvs(), Reply::ok().stdout(thin_lvs()))
+        // create a thin volume
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(lvs(), Reply::ok().stdout(thin_lvs()))
+        .expect(
+            [
+                "lvm",
+                "lvcreate",
+                "--yes",
+                "-n",
+                "pvc-b",
+                "-V",
+                "1073741824b",
+                "--thinpool",
+                "vg0/thin0",
+                "--addtag",
+                "pool-csi",
+                "--addtag",
+                "pool-csi.io/kind=volume",
+            ],
+            Reply::ok(),
+        )
+        .expect(lvs(), Reply::ok().stdout(thin_lvs()))
+        // snapshot of the thin volume pvc-a: a thin snapshot, no size
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(lvs(), Reply::ok().stdout(thin_lvs()))
+        .expect(
+            [
+                "lvm",
+                "lvcreate",
+                "--yes",
+                "--snapshot",
+                "-n",
+                "snap_s2",
+                "--setactivationskip",
+                "n",
+                "--addtag",
+                "pool-csi",
+                "--addtag",
+                "pool-csi.io/kind=snapshot",
+                "--addtag",
+                "pool-csi.io/source=pvc-a",
+                "--addtag",
+                "pool-csi.io/size=2147483648",
+                "--addtag",
+                "*",
+                "vg0/pvc-a",
+            ],
+            Reply::ok(),
+        )
+        .expect(
+            lvs(),
+            Reply::ok().stdout(thin_lvs().replace("snap_s1", "snap_s2")),
+        )
+        // restore from snapshot s1: a thin snapshot of the snapshot LV
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(lvs(), Reply::ok().stdout(thin_lvs()))
+        .expect(
+            [
+                "lvm",
+                "lvcreate",
+                "--yes",
+                "--snapshot",
+                "-n",
+                "pvc-r",
+                "--setactivationskip",
+                "n",
+                "--addtag",
+                "pool-csi",
+                "--addtag",
+                "pool-csi.io/kind=volume",
+                "vg0/snap_s1",
+            ],
+            Reply::ok(),
+        )
+        .expect(lvs(), Reply::ok().stdout(thin_lvs()));
+    let p = pool(runner, 400);
+    p.start().await.unwrap();
+    p.create_volume(&req("pvc-b", 1 << 30, Source::Empty))
+        .await
+        .unwrap();
+    let s = p.create_snapshot("pvc-a", "s2").await.unwrap();
+    assert_eq!((s.name.as_str(), s.source_volume.as_str()), ("s2", "pvc-a"));
+    p.create_volume(&req("pvc-r", 1 << 30, Source::Snapshot("s1".into())))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn thin_overcommit_bounds_what_thin_volumes_may_promise() {
+    // thin0 is 1 GiB, 12.5 % used, overcommit 200 %: 2 GiB offered, pvc-a
+    // promises 2 GiB already (the snapshot does not count): nothing left.
+    let runner = FakeRunner::new()
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(lvs(), Reply::ok().stdout(thin_lvs()))
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(lvs(), Reply::ok().stdout(thin_lvs()));
+    let p = pool(runner, 200);
+    p.start().await.unwrap();
+    let e = p
+        .create_volume(&req("pvc-c", 1 << 20, Source::Empty))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, pool_csi_node::error::Error::NoSpace { available: 0, .. }),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_thick_volume_with_a_cow_snapshot_is_not_deleted() {
+    let lvs_json = r#"{"report":[{"lv":[
+        {"lv_name":"thin0","lv_size":"1073741824","lv_tags":"","lv_attr":"twi-a-tz--","pool_lv":"","origin":"","data_percent":"0.00","metadata_percent":"1.00","segtype":"thin-pool"},
+        {"lv_name":"vol","lv_size":"1073741824","lv_tags":"pool-csi,pool-csi.io/kind=volume","lv_attr":"owi-a-s---","pool_lv":"","origin":"","data_percent":"","metadata_percent":"","segtype":"linear"},
+        {"lv_name":"snap_x","lv_size":"1073741824","lv_tags":"pool-csi,pool-csi.io/kind=snapshot,pool-csi.io/source=vol","lv_attr":"swi-a-s---","pool_lv":"","origin":"vol","data_percent":"0.01","metadata_percent":"","segtype":"linear"}]}]}"#;
+    let runner = FakeRunner::new()
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(lvs(), Reply::ok().stdout(lvs_json))
+        .expect(lvs(), Reply::ok().stdout(lvs_json));
+    let p = pool(runner, 100);
+    p.start().await.unwrap();
+    let e = p.delete_volume("vol", false).await.unwrap_err();
+    let msg = pool_csi_proto::full_message(&e);
+    assert!(msg.contains("snapshot x depends on it"), "{msg}");
+}
