@@ -46,6 +46,27 @@ async fn probe(c: &Clients) -> serde_json::Value {
 }
 
 async fn create_delete(c: &Clients, concurrency: usize, pool: &str) -> serde_json::Value {
+    create_delete_in(
+        c,
+        concurrency,
+        pool,
+        "scratch",
+        "create_delete_1GiB_sparse_raw",
+        req::GIB,
+    )
+    .await
+}
+
+/// Pairs of CreateVolume + DeleteVolume of `bytes` in StorageClass pool
+/// `sc_pool`, from `concurrency` workers, for RUN_FOR.
+async fn create_delete_in(
+    c: &Clients,
+    concurrency: usize,
+    pool: &str,
+    sc_pool: &'static str,
+    scenario: &str,
+    bytes: i64,
+) -> serde_json::Value {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
@@ -56,15 +77,9 @@ async fn create_delete(c: &Clients, concurrency: usize, pool: &str) -> serde_jso
                 while start.elapsed() < RUN_FOR {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let t = Instant::now();
-                    let v = c
-                        .controller
-                        .create_volume(req::create(
-                            &format!("bench-{concurrency}-{i}"),
-                            req::GIB,
-                            &[],
-                        ))
-                        .await
-                        .unwrap();
+                    let mut r = req::create(&format!("bench-{concurrency}-{i}"), bytes, &[]);
+                    r.parameters.insert("pool".into(), sc_pool.into());
+                    let v = c.controller.create_volume(r).await.unwrap();
                     let id = v.into_inner().volume.unwrap().volume_id;
                     c.controller
                         .delete_volume(csi::DeleteVolumeRequest {
@@ -85,7 +100,7 @@ async fn create_delete(c: &Clients, concurrency: usize, pool: &str) -> serde_jso
     }
     let secs = start.elapsed().as_secs_f64();
     let n = lat.0.len();
-    json!({"scenario": "create_delete_1GiB_sparse_raw", "pool": pool, "concurrency": concurrency, "pairs": n,
+    json!({"scenario": scenario, "pool": pool, "concurrency": concurrency, "pairs": n,
            "pairs_per_s": (n as f64 / secs).round(), "p50_us": lat.pct(0.5), "p99_us": lat.pct(0.99)})
 }
 
@@ -219,6 +234,86 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A volume group on two loop devices for the logical-pool scenario; removed on drop.
+struct BenchVg {
+    name: String,
+    pvs: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchVg {
+    fn new() -> Option<BenchVg> {
+        pool_csi_e2e::which("lvm")?;
+        let dir = tempfile::Builder::new()
+            .prefix("pool-csi-bench-vg-")
+            .tempdir()
+            .ok()?;
+        let mut pvs = Vec::new();
+        for n in ["a", "b"] {
+            let f = dir.path().join(n);
+            std::fs::File::create(&f).ok()?.set_len(4 << 30).ok()?;
+            let out = pool_csi_e2e::tool("losetup", &["--find", "--show", f.to_str()?]);
+            pvs.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+        let name = format!("pcsibench{}", std::process::id());
+        let mut args = vec![
+            "vgcreate",
+            "--config",
+            "global{activation=0}",
+            name.as_str(),
+        ];
+        args.extend(pvs.iter().map(String::as_str));
+        tool_ok(
+            "lvm",
+            &[
+                "pvcreate",
+                "--config",
+                "global{activation=0}",
+                "-y",
+                &pvs[0],
+                &pvs[1],
+            ],
+        )?;
+        tool_ok("lvm", &args)?;
+        Some(BenchVg {
+            name,
+            pvs,
+            _dir: dir,
+        })
+    }
+
+    fn pool_yaml(&self) -> String {
+        format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: lvm }}\nspec:\n  type: logical\n  source: {{ name: {}, devices: [{}] }}\n  lvm: {{ noActivation: true }}\n", self.name, self.pvs.join(", "))
+    }
+}
+
+fn tool_ok(p: &str, a: &[&str]) -> Option<()> {
+    pool_csi_e2e::tool(p, a).status.success().then_some(())
+}
+
+impl Drop for BenchVg {
+    fn drop(&mut self) {
+        pool_csi_e2e::tool(
+            "lvm",
+            &[
+                "vgremove",
+                "--config",
+                "global{activation=0}",
+                "-f",
+                "-y",
+                &self.name,
+            ],
+        );
+        for pv in &self.pvs {
+            pool_csi_e2e::tool(
+                "lvm",
+                &["pvremove", "--config", "global{activation=0}", "-y", pv],
+            );
+            pool_csi_e2e::tool("losetup", &["-d", pv]);
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(why) = pool_csi_e2e::missing_requirements(false) {
@@ -226,12 +321,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let on_disk = std::env::var_os("POOL_CSI_BENCH_DISK").is_some_and(|v| v == "1");
     let pool = if on_disk { "disk" } else { "tmpfs" };
-    let d = Driver::start(Options {
+    let vg = BenchVg::new();
+    let extra_pools = vg.as_ref().map(BenchVg::pool_yaml).unwrap_or_default();
+    let opts = Options {
         tmpfs_bytes: (!on_disk).then_some(8 << 30),
         log_filter: "error".into(),
+        extra_pools,
         ..Default::default()
-    })
-    .await;
+    };
+    let d = Driver::start(opts).await;
     let c = d.clients().await;
     let (node_pid, ctrl_pid) = d.pids();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -243,6 +341,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", agent_create_delete(&d).await);
     for conc in [1, 8, 32] {
         println!("{}", create_delete(&c, conc, pool).await);
+    }
+    if vg.is_some() {
+        for conc in [1, 8] {
+            println!(
+                "{}",
+                create_delete_in(
+                    &c,
+                    conc,
+                    "lvm-noactivation",
+                    "lvm",
+                    "create_delete_64MiB_logical",
+                    64 * req::MIB
+                )
+                .await
+            );
+        }
+    } else {
+        println!(
+            "{}",
+            json!({"scenario": "create_delete_64MiB_logical", "skipped": "needs lvm2 (dev/setup)"})
+        );
     }
     for conc in [1, 4] {
         println!("{}", publish_unpublish(&d, &c, conc).await);

@@ -105,6 +105,7 @@ impl LogicalPool {
         Lvm {
             runner: self.runner.as_ref(),
             no_activation: self.opts.no_activation,
+            devices: &self.devices,
         }
     }
 
@@ -487,14 +488,17 @@ impl Pool for LogicalPool {
             DEFAULT_SIZE,
         )?;
         self.make(req, &name, size, &lvs, &vg).await?;
-        let lv = self.lvs().await?.into_iter().find(|l| l.lv_name == name);
-        Ok(lv.as_ref().map(Self::volume_of).unwrap_or(Volume {
+        // No second report: the size is what lvcreate was asked for (whole extents).
+        let thin = req.allocation == Some(Allocation::Thin)
+            || matches!(&req.source, Source::Volume(_) | Source::Snapshot(_));
+        let allocation = if thin { 0 } else { size };
+        Ok(Volume {
             name,
             format: VolumeFormat::Raw,
             capacity: size,
-            allocation: size,
+            allocation,
             abnormal: None,
-        }))
+        })
     }
 
     async fn delete_volume(&self, name: &str, wipe: bool) -> Result<()> {
