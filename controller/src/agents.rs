@@ -5,7 +5,8 @@ use crate::error::{Error, Result};
 use pool_csi_proto::agent::{agent_client::AgentClient, GetInventoryRequest, PoolInfo, PoolState};
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    net::SocketAddr,
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 use tonic::transport::{Channel, Endpoint};
@@ -35,8 +36,20 @@ impl NodeInventory {
 }
 
 pub struct Agents {
-    clients: BTreeMap<String, AgentClient<Channel>>,
+    /// node → client. Static from `--agent`, or kept current from DNS.
+    clients: RwLock<BTreeMap<String, AgentClient<Channel>>>,
+    /// The address each discovered client was made for.
+    addrs: RwLock<BTreeMap<String, SocketAddr>>,
     cache: Mutex<BTreeMap<String, (Instant, Arc<NodeInventory>)>>,
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Error::Invalid(format!("agent address {addr:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30)))
 }
 
 impl Agents {
@@ -44,29 +57,97 @@ impl Agents {
     pub fn new(map: &BTreeMap<String, String>) -> Result<Self> {
         let mut clients = BTreeMap::new();
         for (node, addr) in map {
-            let ep = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| {
-                    Error::Invalid(format!("agent address {addr:?} for node {node}: {e}"))
-                })?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(CALL_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30));
-            clients.insert(node.clone(), AgentClient::new(ep.connect_lazy()));
+            clients.insert(
+                node.clone(),
+                AgentClient::new(endpoint(addr)?.connect_lazy()),
+            );
         }
         Ok(Self {
-            clients,
+            clients: RwLock::new(clients),
+            addrs: RwLock::default(),
             cache: Mutex::default(),
         })
     }
 
-    pub fn nodes(&self) -> impl Iterator<Item = &String> {
-        self.clients.keys()
+    /// Agents found through DNS: every address `service` (host:port, e.g. the
+    /// node DaemonSet's headless Service) resolves to is asked for its node
+    /// name. Addresses that disappear are forgotten; new ones are added.
+    /// Returns how many agents are known afterwards.
+    pub async fn discover(&self, service: &str) -> usize {
+        let found: Vec<SocketAddr> = match tokio::net::lookup_host(service).await {
+            Ok(it) => it.collect(),
+            Err(e) => {
+                tracing::warn!(%service, error = %e, "agent discovery: DNS lookup failed");
+                return self.nodes().len();
+            }
+        };
+        let known: BTreeMap<String, SocketAddr> =
+            self.addrs.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for addr in found.iter().filter(|a| !known.values().any(|k| k == *a)) {
+            let Ok(ep) = endpoint(&addr.to_string()) else {
+                continue;
+            };
+            let mut client = AgentClient::new(ep.connect_lazy());
+            match client
+                .get_inventory(GetInventoryRequest {
+                    count_volumes: false,
+                })
+                .await
+            {
+                Ok(inv) => {
+                    let node = inv.into_inner().node_name;
+                    tracing::info!(%node, %addr, "agent discovered");
+                    self.clients
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(node.clone(), client);
+                    self.addrs
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(node, *addr);
+                }
+                Err(status) => {
+                    tracing::warn!(%addr, error = %status.message(), "agent discovery: no answer")
+                }
+            }
+        }
+        for (node, addr) in known.iter().filter(|(_, a)| !found.contains(a)) {
+            tracing::info!(%node, %addr, "agent gone");
+            self.clients
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(node);
+            self.addrs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(node);
+        }
+        self.nodes().len()
+    }
+
+    /// Runs [`Self::discover`] now and then every `every`, forever.
+    pub async fn keep_discovering(self: Arc<Self>, service: String, every: Duration) {
+        loop {
+            self.discover(&service).await;
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// The nodes with a known agent, sorted.
+    pub fn nodes(&self) -> Vec<String> {
+        self.clients
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// A client for `node`; cheap (channels are shared).
     pub fn client(&self, node: &str) -> Result<AgentClient<Channel>> {
         self.clients
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(node)
             .cloned()
             .ok_or_else(|| Error::UnknownNode { node: node.into() })
@@ -112,10 +193,10 @@ impl Agents {
         &self,
         max_age: Duration,
     ) -> (Vec<Arc<NodeInventory>>, Vec<String>) {
-        let futs = self
-            .clients
-            .keys()
-            .map(|n| async move { (n.clone(), self.inventory(n, max_age).await) });
+        let futs = self.nodes().into_iter().map(|n| async move {
+            let r = self.inventory(&n, max_age).await;
+            (n, r)
+        });
         let mut ok = Vec::new();
         let mut failed = Vec::new();
         for (node, r) in futures_join_all(futs).await {

@@ -16,6 +16,6 @@ pub struct Ctx {
     pub driver_name: String,
     /// Used when a StorageClass names no pool.
     pub default_pool: Option<String>,
-    pub agents: Agents,
+    pub agents: std::sync::Arc<Agents>,
     pub locks: OpLocks,
 }

@@ -23,8 +23,17 @@ struct Args {
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     csi_endpoint: String,
     /// A node agent, NODE=HOST:PORT; repeat for every node.
-    #[arg(long = "agent", env = "AGENTS", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "agent",
+        env = "AGENTS",
+        value_delimiter = ',',
+        required_unless_present = "agent_service"
+    )]
     agents: Vec<String>,
+    /// Find agents through DNS: HOST:PORT whose addresses are the node agents
+    /// (in a cluster, the node DaemonSet's headless Service). Re-resolved every 15 s.
+    #[arg(long, env = "AGENT_SERVICE")]
+    agent_service: Option<String>,
     /// CSI driver name.
     #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_proto::DEFAULT_DRIVER_NAME)]
     driver_name: String,
@@ -41,6 +50,9 @@ struct Args {
     #[arg(long, env = "LOG_JSON")]
     log_json: bool,
 }
+
+/// How often the agent Service is resolved again.
+const DISCOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
 fn agent_map(list: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut map = BTreeMap::new();
@@ -63,6 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Args {
         csi_endpoint,
         agents,
+        agent_service,
         driver_name,
         default_pool,
         metrics_listen,
@@ -82,10 +95,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = Arc::new(Ctx {
         driver_name: driver_name.clone(),
         default_pool,
-        agents: Agents::new(&map).map_err(|e| e.to_string())?,
+        agents: Arc::new(Agents::new(&map).map_err(|e| e.to_string())?),
         locks: Default::default(),
     });
-    tracing::info!(agents = map.len(), csi = %path.display(), "starting pool-csi-controller");
+    if let Some(service) = agent_service {
+        let found = ctx.agents.discover(&service).await;
+        tracing::info!(%service, agents = found, "agents discovered through DNS");
+        tokio::spawn(
+            ctx.agents
+                .clone()
+                .keep_discovering(service, DISCOVERY_INTERVAL),
+        );
+    }
+    tracing::info!(agents = ctx.agents.nodes().len(), csi = %path.display(), "starting pool-csi-controller");
     let identity = IdentityService::new(&driver_name, true, Arc::new(AtomicBool::new(true)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     tokio::spawn(async move {

@@ -103,6 +103,9 @@ pub struct Options {
     /// replaced by the scratch directory.
     pub extra_pools: String,
     pub log_filter: String,
+    /// Let the controller find the agent through DNS (`--agent-service`)
+    /// instead of a static `--agent` entry.
+    pub discover_agents: bool,
 }
 
 impl Default for Options {
@@ -112,6 +115,7 @@ impl Default for Options {
             tmpfs_bytes: Some(4 << 30),
             extra_pools: String::new(),
             log_filter: "warn".into(),
+            discover_agents: false,
         }
     }
 }
@@ -208,7 +212,14 @@ impl Driver {
     fn start_controller(&mut self) {
         let args = vec![
             format!("--csi-endpoint=unix://{}", self.ctrl_sock.display()),
-            format!("--agent={}={}", self.opts.node_name, self.agent_addr),
+            if self.opts.discover_agents {
+                format!(
+                    "--agent-service=localhost:{}",
+                    self.agent_addr.rsplit(':').next().unwrap_or_default()
+                )
+            } else {
+                format!("--agent={}={}", self.opts.node_name, self.agent_addr)
+            },
         ];
         self.controller = Some(self.spawn("pool-csi-controller", &args));
     }

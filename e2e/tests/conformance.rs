@@ -702,3 +702,26 @@ async fn concurrent_calls_on_one_volume_are_aborted_not_queued() {
         "{codes:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_finds_agents_through_dns() {
+    require!(false);
+    let d = Driver::start(Options {
+        discover_agents: true,
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let v = c
+        .controller
+        .create_volume(req::create("found", req::MIB, &[]))
+        .await
+        .expect("create via a discovered agent")
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(
+        v.accessible_topology[0].segments["pool-csi.io/node"], "node-1",
+        "the agent told its node name"
+    );
+}

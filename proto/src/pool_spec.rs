@@ -10,6 +10,8 @@
 //! ```
 
 use crate::PoolType;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, path::Path};
 
@@ -18,7 +20,24 @@ pub const API_VERSION: &str = "pool-csi.io/v1alpha1";
 pub const KIND: &str = "StoragePool";
 
 /// What a pool is made of and where it lives, as in libvirt's pool XML.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The cluster resource `StoragePool` (group pool-csi.io, short name `sp`)
+/// is derived from this struct; `crdgen` prints its CRD for the chart.
+#[derive(CustomResource, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "pool-csi.io",
+    version = "v1alpha1",
+    kind = "StoragePool",
+    plural = "storagepools",
+    shortname = "sp",
+    status = "crate::pool_status::StoragePoolStatus",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Capacity","type":"string","jsonPath":".status.capacity"}"#,
+    printcolumn = r#"{"name":"Allocation","type":"string","jsonPath":".status.allocation"}"#,
+    printcolumn = r#"{"name":"Available","type":"string","jsonPath":".status.available"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.nodesReady","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StoragePoolSpec {
     #[serde(rename = "type")]
@@ -40,7 +59,7 @@ pub struct StoragePoolSpec {
 }
 
 /// libvirt's `<source>`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolSource {
     /// fs: the block device; disk: the whole disk; iscsi: the target IQN.
@@ -67,7 +86,7 @@ pub struct PoolSource {
 }
 
 /// LVM settings of a logical pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LvmOptions {
     /// The thin pool LV that `allocation: thin` volumes live in.
@@ -111,7 +130,7 @@ impl Default for LvmOptions {
 }
 
 /// libvirt's `<target>`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolTarget {
     /// Where volumes live (file pools) or are found (/dev/VG …).

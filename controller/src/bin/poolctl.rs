@@ -159,7 +159,8 @@ async fn run(args: Args) -> Result<(), String> {
                 "{:<12} {:<16} {:<8} {:<9} {:>12} {:>12} {:>12} {:>7}  MESSAGE",
                 "NODE", "NAME", "TYPE", "STATE", "CAPACITY", "ALLOCATION", "AVAILABLE", "VOLUMES"
             );
-            let calls = agents.nodes().map(|n| {
+            let nodes = agents.nodes();
+            let calls = nodes.iter().map(|n| {
                 let mut c = agents.client(n);
                 async move {
                     (
@@ -270,7 +271,7 @@ async fn run(args: Args) -> Result<(), String> {
                 "{:<12} {:<16} {:<40} {:<7} {:>12} {:>12}  CONDITION",
                 "NODE", "POOL", "NAME", "FORMAT", "CAPACITY", "ALLOCATION"
             );
-            for node in agents.nodes() {
+            for node in &agents.nodes() {
                 let req = pb::ListVolumesRequest {
                     pool: pool.clone().unwrap_or_default(),
                 };

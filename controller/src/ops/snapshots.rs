@@ -10,7 +10,8 @@ use pool_csi_proto::{agent as pb, SnapshotId, VolumeId};
 
 /// Every snapshot on every node, keyed and sorted by snapshot id.
 pub async fn list(ctx: &Ctx) -> Result<Vec<(String, (SnapshotId, pb::SnapshotInfo))>> {
-    let calls = ctx.agents.nodes().map(|node| async move {
+    let nodes = ctx.agents.nodes();
+    let calls = nodes.iter().map(|node| async move {
         let req = pb::ListSnapshotsRequest {
             pool: String::new(),
             source_volume: String::new(),

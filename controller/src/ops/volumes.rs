@@ -66,7 +66,8 @@ pub async fn get(ctx: &Ctx, id: &VolumeId) -> Result<pb::VolumeInfo> {
 /// An unreachable node fails the listing (UNAVAILABLE): a silently short
 /// list would make the CO think volumes vanished.
 pub async fn list(ctx: &Ctx) -> Result<Vec<(String, (VolumeId, pb::VolumeInfo))>> {
-    let calls = ctx.agents.nodes().map(|node| async move {
+    let nodes = ctx.agents.nodes();
+    let calls = nodes.iter().map(|node| async move {
         let r = ctx
             .agents
             .client(node)?
