@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Offline checks of the Helm chart: lint it, render it with the default
+values and every file in charts/pool-csi/ci/, check the values against
+values.schema.json, and validate every rendered object against the schema of
+a current Kubernetes release (StoragePools against the CRD the code
+generates). No cluster is needed. Prints one line per check and a closing
+"N passed, M failed" line; exits non-zero on any failure."""
+
+import glob
+import os
+import sys
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+CHART = os.path.join(ROOT, "charts", "pool-csi")
+K8S = "1.33.0"
+passed, failed = 0, 0
+
+
+def check(name, fn):
+    global passed, failed
+    try:
+        fn()
+        passed += 1
+        print(f"PASS {name}")
+    except Exception as e:  # noqa: BLE001 - report every failure the same way
+        failed += 1
+        print(f"FAIL {name}: {e}")
+
+
+def crd_schema():
+    crd = yaml.safe_load(open(os.path.join(CHART, "crds", "storagepools.pool-csi.io.yaml")))
+    return crd, crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def validate_object(doc, sp_schema):
+    api, kind = doc["apiVersion"], doc["kind"]
+    if api == "pool-csi.io/v1alpha1":
+        jsonschema.validate(doc, sp_schema)
+    elif api.startswith("snapshot.storage.k8s.io/"):
+        # Not a core API: check what the snapshot controller requires.
+        assert kind == "VolumeSnapshotClass" and doc["driver"] and doc["deletionPolicy"] in ("Delete", "Retain"), doc
+    else:
+        kubernetes_validate.validate(doc, K8S, strict=True)
+    if kind == "ConfigMap" and "pools.yaml" in doc.get("data", {}):
+        for pool in yaml.safe_load_all(doc["data"]["pools.yaml"]):
+            if pool:
+                jsonschema.validate(pool, sp_schema)
+
+
+def render_and_validate(values_file):
+    values = yaml.safe_load(open(values_file)) if values_file else {}
+    chart = helm.Chart.load(CHART)
+    chart.validate_schema(values)
+    rendered = chart.render(values, name="pool-csi", namespace="kube-system", is_install=True)
+    _, sp_schema = crd_schema()
+    objects = 0
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            assert "pool-csi" in text, "NOTES.txt is empty"
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                validate_object(doc, sp_schema)
+                objects += 1
+    assert objects >= 10, f"only {objects} objects rendered"
+
+
+def lint():
+    report = helm.lint(CHART, strict=True, kube_version=f"v{K8S}")
+    problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2] + report.get("errors", [])
+    assert not problems, problems
+
+
+def crd_is_valid():
+    crd, _ = crd_schema()
+    kubernetes_validate.validate(crd, K8S, strict=True)
+
+
+def bad_values_are_refused():
+    chart = helm.Chart.load(CHART)
+    for bad in ({"driverName": "not a name!"}, {"pools": [{"name": "Bad_Name", "spec": {"type": "dir"}}]},
+                {"node": {"agentPort": 70000}}, {"unknownKey": 1}):
+        try:
+            chart.validate_schema(bad)
+        except helm.HelmError:
+            continue
+        raise AssertionError(f"values.schema.json accepted {bad}")
+
+
+check("helm lint --strict", lint)
+check("CRD validates as apiextensions.k8s.io/v1", crd_is_valid)
+check("values.schema.json refuses bad values", bad_values_are_refused)
+for f in [None] + sorted(glob.glob(os.path.join(CHART, "ci", "*.yaml"))):
+    check(f"render + validate ({os.path.basename(f) if f else 'default values'})", lambda f=f: render_and_validate(f))
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
