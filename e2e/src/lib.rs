@@ -271,6 +271,25 @@ impl Driver {
         self.dir.path().join(p)
     }
 
+    /// Runs `poolctl` against this driver's agent: (succeeded, stdout + stderr).
+    pub fn poolctl(&self, args: &[&str]) -> (bool, String) {
+        let agent = format!("--agent={}={}", self.opts.node_name, self.agent_addr);
+        let mut all = vec![agent.as_str()];
+        all.extend_from_slice(args);
+        let out = tool(
+            bin_dir().join("poolctl").to_str().expect("utf-8 path"),
+            &all,
+        );
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// Pid of a running binary (for memory measurements).
     pub fn pids(&self) -> (u32, u32) {
         (

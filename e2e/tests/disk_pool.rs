@@ -1,7 +1,7 @@
 //! disk pools on real partition tables: loop devices with partition scanning,
 //! the real sfdisk and partx, real mkfs and mounts on the partitions.
 
-use pool_csi_e2e::{bin_dir, req, require, Driver, Options};
+use pool_csi_e2e::{req, require, Driver, Options};
 use pool_csi_proto::csi;
 use std::path::{Path, PathBuf};
 use tonic::Code;
@@ -49,23 +49,6 @@ fn disk_pool(name: &str, disk: &Disk, format: &str) -> String {
     format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: disk\n  source: {{ device: {}, format: {format} }}\n", disk.path())
 }
 
-fn poolctl(d: &Driver, args: &[&str]) -> (bool, String) {
-    #[allow(clippy::disallowed_methods)]
-    let out = std::process::Command::new(bin_dir().join("poolctl"))
-        .arg(format!("--agent=node-1={}", d.agent_addr))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn on(pool: &str, name: &str, bytes: i64, params: &[(&str, &str)]) -> csi::CreateVolumeRequest {
     let mut r = req::create(name, bytes, params);
     r.parameters.insert("pool".into(), pool.into());
@@ -109,14 +92,14 @@ async fn gpt_disk_pool_allocates_expands_and_frees_partitions() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-    let (_, out) = poolctl(&d, &["pool-list"]);
+    let (_, out) = d.poolctl(&["pool-list"]);
     assert!(
         out.lines().any(|l| l.contains("disk1")
             && l.contains("inactive")
             && l.contains("no partition table")),
         "{out}"
     );
-    let (ok, out) = poolctl(&d, &["pool-build", "disk1"]);
+    let (ok, out) = d.poolctl(&["pool-build", "disk1"]);
     assert!(ok && out.contains("running"), "{out}");
 
     // 62 MiB usable (GPT headers, 1 MiB alignment): seven 8 MiB volumes fit, the eighth does not.
@@ -134,7 +117,7 @@ async fn gpt_disk_pool_allocates_expands_and_frees_partitions() {
         .unwrap_err();
     assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
     assert_eq!(partitions(&disk).as_array().unwrap().len(), 7);
-    let (_, info) = poolctl(&d, &["pool-info", "disk1"]);
+    let (_, info) = d.poolctl(&["pool-info", "disk1"]);
     assert!(
         info.contains("Free extents") && info.contains("6.00 MiB"),
         "{info}"
@@ -358,14 +341,14 @@ async fn recreated_partitions_never_show_old_data_and_full_disks_are_refused() {
     let mut c = d.clients().await;
 
     // A disk with a filesystem and no table is never partitioned.
-    let (ok, out) = poolctl(&d, &["pool-build", "taken"]);
+    let (ok, out) = d.poolctl(&["pool-build", "taken"]);
     assert!(!ok && out.contains("ext4"), "{out}");
     assert_eq!(
         sh("blkid", &["-o", "value", "-s", "LABEL", holds_fs.path()]),
         "keepme"
     );
 
-    assert!(poolctl(&d, &["pool-build", "dos1"]).0);
+    assert!(d.poolctl(&["pool-build", "dos1"]).0);
     let first = create(&mut c, on("dos1", "one", 8 * MIB, &[]))
         .await
         .expect("dos primary");

@@ -2,7 +2,7 @@
 //! a blank device stays inactive until built; build makes a filesystem only
 //! on a blank device; a device holding data is never formatted.
 
-use pool_csi_e2e::{bin_dir, req, require, Driver, Options};
+use pool_csi_e2e::{req, require, Driver, Options};
 use pool_csi_proto::csi;
 use std::path::{Path, PathBuf};
 
@@ -25,23 +25,6 @@ fn sh(program: &str, args: &[&str]) -> String {
 fn loop_device(file: &Path, bytes: u64) -> PathBuf {
     std::fs::File::create(file).unwrap().set_len(bytes).unwrap();
     PathBuf::from(sh("losetup", &["--find", "--show", file.to_str().unwrap()]))
-}
-
-fn poolctl(d: &Driver, args: &[&str]) -> (bool, String) {
-    #[allow(clippy::disallowed_methods)]
-    let out = std::process::Command::new(bin_dir().join("poolctl"))
-        .arg(format!("--agent=node-1={}", d.agent_addr))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 fn fs_pool(name: &str, dev: &Path, format: &str) -> String {
@@ -72,7 +55,7 @@ async fn fs_pool_builds_only_blank_devices_and_serves_volumes() {
     })
     .await;
 
-    let (_, out) = poolctl(&d, &["pool-list"]);
+    let (_, out) = d.poolctl(&["pool-list"]);
     let fresh = out.lines().find(|l| l.contains("fresh")).unwrap();
     assert!(
         fresh.contains("inactive") && fresh.contains("holds no filesystem"),
@@ -85,7 +68,7 @@ async fn fs_pool_builds_only_blank_devices_and_serves_volumes() {
     );
 
     // Building over a device that holds a filesystem of another type is refused without --overwrite.
-    let (ok, out) = poolctl(&d, &["pool-build", "taken"]);
+    let (ok, out) = d.poolctl(&["pool-build", "taken"]);
     assert!(!ok, "{out}");
     assert_eq!(
         sh(
@@ -96,7 +79,7 @@ async fn fs_pool_builds_only_blank_devices_and_serves_volumes() {
         "the data survived"
     );
 
-    let (ok, out) = poolctl(&d, &["pool-build", "fresh"]);
+    let (ok, out) = d.poolctl(&["pool-build", "fresh"]);
     assert!(ok && out.contains("running"), "{out}");
     assert_eq!(
         sh(

@@ -5,7 +5,7 @@
 //! snapshots and thin pools need device-mapper and are checked for the clear
 //! error they give here (SKIPPED lines name what is missing).
 
-use pool_csi_e2e::{bin_dir, req, require, tool, Driver, Options};
+use pool_csi_e2e::{req, require, tool, Driver, Options};
 use pool_csi_proto::csi;
 use std::path::{Path, PathBuf};
 use tonic::Code;
@@ -82,21 +82,6 @@ fn lvs(vg: &str) -> serde_json::Value {
     serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["report"][0]["lv"].clone()
 }
 
-fn poolctl(d: &Driver, args: &[&str]) -> (bool, String) {
-    let mut all = vec![format!("--agent=node-1={}", d.agent_addr)];
-    all.extend(args.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    let out = tool(bin_dir().join("poolctl").to_str().unwrap(), &refs);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn on(pool: &str, name: &str, bytes: i64, params: &[(&str, &str)]) -> csi::CreateVolumeRequest {
     let mut r = req::create(name, bytes, params);
     r.parameters.insert("pool".into(), pool.into());
@@ -134,13 +119,13 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
     let mut c = d.clients().await;
 
     // A VG that does not exist yet: a clear condition; building over data is refused.
-    let (_, out) = poolctl(&d, &["pool-list"]);
+    let (_, out) = d.poolctl(&["pool-list"]);
     assert!(
         out.lines()
             .any(|l| l.contains("lvm1") && l.contains("inactive") && l.contains("does not exist")),
         "{out}"
     );
-    let (ok, out) = poolctl(&d, &["pool-build", "lvm2"]);
+    let (ok, out) = d.poolctl(&["pool-build", "lvm2"]);
     assert!(!ok && out.contains("ext4"), "{out}");
     assert_eq!(
         String::from_utf8_lossy(
@@ -149,7 +134,7 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
         .trim(),
         "precious"
     );
-    let (ok, out) = poolctl(&d, &["pool-build", "lvm1"]);
+    let (ok, out) = d.poolctl(&["pool-build", "lvm1"]);
     assert!(ok && out.contains("running"), "{out}");
 
     // Create: a tagged LV named after the volume, sized to whole extents.

@@ -1,23 +1,6 @@
 //! The operator CLI against a running node agent.
 
-use pool_csi_e2e::{bin_dir, require, Driver, Options};
-
-fn poolctl(d: &Driver, args: &[&str]) -> (bool, String) {
-    #[allow(clippy::disallowed_methods)] // the test runs the CLI under test
-    let out = std::process::Command::new(bin_dir().join("poolctl"))
-        .arg(format!("--agent=node-1={}", d.agent_addr))
-        .args(args)
-        .output()
-        .expect("run poolctl");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use pool_csi_e2e::{require, Driver, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poolctl_lists_creates_resizes_and_deletes() {
@@ -28,7 +11,7 @@ async fn poolctl_lists_creates_resizes_and_deletes() {
         ..Default::default()
     })
     .await;
-    let (ok, out) = poolctl(&d, &["pool-list"]);
+    let (ok, out) = d.poolctl(&["pool-list"]);
     assert!(ok, "{out}");
     let scratch = out
         .lines()
@@ -49,24 +32,21 @@ async fn poolctl_lists_creates_resizes_and_deletes() {
         "{out}"
     );
 
-    let (ok, out) = poolctl(
-        &d,
-        &[
-            "vol-create",
-            "scratch",
-            "disk-1",
-            "64M",
-            "--format",
-            "qcow2",
-        ],
-    );
+    let (ok, out) = d.poolctl(&[
+        "vol-create",
+        "scratch",
+        "disk-1",
+        "64M",
+        "--format",
+        "qcow2",
+    ]);
     assert!(
         ok && out.contains("qcow2") && out.contains("64.00 MiB"),
         "{out}"
     );
-    let (ok, out) = poolctl(&d, &["vol-resize", "scratch", "disk-1", "128M"]);
+    let (ok, out) = d.poolctl(&["vol-resize", "scratch", "disk-1", "128M"]);
     assert!(ok && out.contains("128.00 MiB"), "{out}");
-    let (ok, out) = poolctl(&d, &["vol-list", "scratch"]);
+    let (ok, out) = d.poolctl(&["vol-list", "scratch"]);
     assert!(
         ok && out.lines().any(|l| l.contains("disk-1")
             && l.contains("qcow2")
@@ -74,20 +54,20 @@ async fn poolctl_lists_creates_resizes_and_deletes() {
             && l.ends_with("ok")),
         "{out}"
     );
-    let (ok, out) = poolctl(&d, &["vol-create", "scratch", "Bad/Name", "1M"]);
+    let (ok, out) = d.poolctl(&["vol-create", "scratch", "Bad/Name", "1M"]);
     assert!(!ok && out.contains("InvalidArgument"), "{out}");
-    let (ok, out) = poolctl(&d, &["vol-create", "later", "x", "1M"]);
+    let (ok, out) = d.poolctl(&["vol-create", "later", "x", "1M"]);
     assert!(
         !ok && out.contains("FailedPrecondition") && out.contains("not running"),
         "{out}"
     );
-    let (ok, out) = poolctl(&d, &["vol-delete", "scratch", "disk-1"]);
+    let (ok, out) = d.poolctl(&["vol-delete", "scratch", "disk-1"]);
     assert!(ok, "{out}");
     assert!(!d.pool_dir.join("disk-1.qcow2").exists());
     // pool-build makes the missing target and starts the pool.
-    let (ok, out) = poolctl(&d, &["pool-build", "later"]);
+    let (ok, out) = d.poolctl(&["pool-build", "later"]);
     assert!(ok && out.contains("running"), "{out}");
-    let (ok, out) = poolctl(&d, &["vol-create", "later", "x", "1M"]);
+    let (ok, out) = d.poolctl(&["vol-create", "later", "x", "1M"]);
     assert!(ok, "{out}");
     assert!(d.dir.path().join("later/x.raw").is_file());
 }

@@ -73,7 +73,7 @@ pub struct PoolCondition {
 pub fn quantity(bytes: u64) -> String {
     const SUFFIXES: [(&str, u32); 5] = [("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)];
     for (s, shift) in SUFFIXES {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{s}", bytes >> shift);
         }
     }

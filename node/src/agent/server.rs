@@ -56,6 +56,22 @@ fn snapshot_pb(pool: &str, s: pools::Snapshot) -> pb::SnapshotInfo {
     }
 }
 
+fn pool_pb(p: &dyn pools::Pool, s: pools::PoolStatus) -> pb::PoolInfo {
+    pb::PoolInfo {
+        name: p.name().into(),
+        r#type: p.pool_type().to_string(),
+        state: state_pb(s.state) as i32,
+        capacity_bytes: s.capacity,
+        allocation_bytes: s.allocation,
+        available_bytes: s.available,
+        volume_count: s.volume_count.unwrap_or(0),
+        message: s.message,
+        max_volume_bytes: s.max_volume,
+        free_extents: extents(&s.free_extents),
+        thin_available_bytes: s.thin_available,
+    }
+}
+
 fn extents(e: &[(u64, u64)]) -> Vec<pb::Extent> {
     e.iter()
         .map(|(start, end)| pb::Extent {
@@ -92,20 +108,7 @@ impl Agent for AgentService {
         let count = req.into_inner().count_volumes;
         let mut pools = Vec::new();
         for p in self.ctx.pools.all() {
-            let s = p.status(count).await;
-            pools.push(pb::PoolInfo {
-                name: p.name().into(),
-                r#type: p.pool_type().to_string(),
-                state: state_pb(s.state) as i32,
-                capacity_bytes: s.capacity,
-                allocation_bytes: s.allocation,
-                available_bytes: s.available,
-                volume_count: s.volume_count.unwrap_or(0),
-                message: s.message,
-                max_volume_bytes: s.max_volume,
-                free_extents: extents(&s.free_extents),
-                thin_available_bytes: s.thin_available,
-            });
+            pools.push(pool_pb(p.as_ref(), p.status(count).await));
         }
         for (name, (t, why)) in self.ctx.pools.unsupported() {
             pools.push(pb::PoolInfo {
@@ -136,19 +139,7 @@ impl Agent for AgentService {
                 pool.start().await?;
                 let s = pool.status(true).await;
                 Ok(pb::BuildPoolResponse {
-                    pool: Some(pb::PoolInfo {
-                        name: r.pool.clone(),
-                        r#type: pool.pool_type().to_string(),
-                        state: state_pb(s.state) as i32,
-                        capacity_bytes: s.capacity,
-                        allocation_bytes: s.allocation,
-                        available_bytes: s.available,
-                        volume_count: s.volume_count.unwrap_or(0),
-                        message: s.message,
-                        max_volume_bytes: s.max_volume,
-                        free_extents: extents(&s.free_extents),
-                        thin_available_bytes: s.thin_available,
-                    }),
+                    pool: Some(pool_pb(pool.as_ref(), s)),
                 })
             }
             .await,

@@ -30,7 +30,7 @@ use std::{
     collections::BTreeMap,
     os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -56,7 +56,7 @@ pub struct DiskPool {
     mountinfo: PathBuf,
     sysfs: PathBuf,
     records: PathBuf,
-    state: Mutex<(PoolState, String)>,
+    state: super::StateCell,
     /// Held across every read-modify-write of the table.
     table_lock: tokio::sync::Mutex<()>,
 }
@@ -88,24 +88,8 @@ impl DiskPool {
                 .state_dir
                 .join("disks")
                 .join(format!("{}.json", def.name)),
-            state: Mutex::new((PoolState::Inactive, "not started".into())),
+            state: super::StateCell::new(&def.name),
             table_lock: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    fn set_state(&self, s: PoolState, why: impl Into<String>) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (s, why.into());
-    }
-
-    fn ensure_running(&self) -> Result<()> {
-        let (s, why) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if s == PoolState::Running {
-            Ok(())
-        } else {
-            Err(Error::PoolNotRunning {
-                pool: self.name.clone(),
-                why,
-            })
         }
     }
 
@@ -349,11 +333,7 @@ impl Pool for DiskPool {
             Ok(())
         }
         .await;
-        match &r {
-            Ok(()) => self.set_state(PoolState::Running, ""),
-            Err(e) => self.set_state(PoolState::Inactive, pool_csi_proto::full_message(e)),
-        }
-        r
+        self.state.record_start(r)
     }
 
     async fn build(&self, overwrite: bool) -> Result<()> {
@@ -394,18 +374,8 @@ impl Pool for DiskPool {
     }
 
     async fn status(&self, count_volumes: bool) -> PoolStatus {
-        let (state, message) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut st = PoolStatus {
-            state,
-            capacity: 0,
-            allocation: 0,
-            available: 0,
-            volume_count: None,
-            message,
-            max_volume: 0,
-            free_extents: Vec::new(),
-            thin_available: 0,
-        };
+        let mut st = self.state.status();
+        let state = st.state;
         if state != PoolState::Running {
             return st;
         }
@@ -440,7 +410,7 @@ impl Pool for DiskPool {
     }
 
     async fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         if req.source != Source::Empty {
             return Err(Error::Invalid(
                 "disk pools cannot copy volumes: a partition starts empty".into(),
@@ -504,7 +474,7 @@ impl Pool for DiskPool {
     }
 
     async fn delete_volume(&self, name: &str, wipe: bool) -> Result<()> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let name = self.disk_name(name);
         let _g = self.table_lock.lock().await;
         let t = self.table().await?;
@@ -536,7 +506,7 @@ impl Pool for DiskPool {
     }
 
     async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let name = self.disk_name(name);
         let _g = self.table_lock.lock().await;
         let t = self.table().await?;
@@ -576,7 +546,7 @@ impl Pool for DiskPool {
     }
 
     async fn get_volume(&self, name: &str) -> Result<Volume> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let name = self.disk_name(name);
         let t = self.table().await?;
         let v = self
@@ -591,7 +561,7 @@ impl Pool for DiskPool {
     }
 
     async fn list_volumes(&self) -> Result<Vec<Volume>> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let t = self.table().await?;
         let mut v: Vec<_> = self
             .volumes_of(&t)
@@ -617,7 +587,7 @@ impl Pool for DiskPool {
     }
 
     async fn attach_source(&self, name: &str) -> Result<AttachSource> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let name = self.disk_name(name);
         let t = self.table().await?;
         let (_, p) = self

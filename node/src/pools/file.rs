@@ -22,7 +22,7 @@ use pool_csi_proto::{Allocation, PoolDefinition, PoolType, VolumeFormat};
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 pub(super) const MIB: u64 = 1 << 20;
@@ -58,7 +58,7 @@ pub struct FilePool {
     mountinfo: PathBuf,
     /// Where this pool's qemu-storage-daemon exports live.
     exports: PathBuf,
-    state: Mutex<(PoolState, String)>,
+    state: super::StateCell,
 }
 
 impl FilePool {
@@ -78,22 +78,7 @@ impl FilePool {
             sysfs: cfg.sysfs_root.clone(),
             mountinfo: cfg.mountinfo.clone(),
             exports: exports_dir(cfg, &def.name),
-            state: Mutex::new((PoolState::Inactive, "not started".into())),
-        }
-    }
-
-    fn set_state(&self, state: PoolState, why: impl Into<String>) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (state, why.into());
-    }
-
-    pub(super) fn ensure_running(&self) -> Result<()> {
-        let (state, why) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match state {
-            PoolState::Running => Ok(()),
-            _ => Err(Error::PoolNotRunning {
-                pool: self.name.clone(),
-                why,
-            }),
+            state: super::StateCell::new(&def.name),
         }
     }
 
@@ -422,11 +407,7 @@ impl Pool for FilePool {
             self.prepare_dirs()
         }
         .await;
-        match &result {
-            Ok(()) => self.set_state(PoolState::Running, ""),
-            Err(e) => self.set_state(PoolState::Inactive, pool_csi_proto::full_message(e)),
-        }
-        result
+        self.state.record_start(result)
     }
 
     async fn build(&self, overwrite: bool) -> Result<()> {
@@ -464,18 +445,8 @@ impl Pool for FilePool {
     }
 
     async fn status(&self, count_volumes: bool) -> PoolStatus {
-        let (state, message) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut st = PoolStatus {
-            state,
-            capacity: 0,
-            allocation: 0,
-            available: 0,
-            volume_count: None,
-            message,
-            max_volume: 0,
-            free_extents: Vec::new(),
-            thin_available: 0,
-        };
+        let mut st = self.state.status();
+        let state = st.state;
         if state != PoolState::Running {
             return st;
         }
@@ -498,7 +469,7 @@ impl Pool for FilePool {
     }
 
     async fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         if let Some(a) = req
             .allocation
             .filter(|a| !matches!(a, Allocation::Sparse | Allocation::Full))
@@ -585,7 +556,7 @@ impl Pool for FilePool {
     }
 
     async fn delete_volume(&self, name: &str, wipe_first: bool) -> Result<()> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let Some((path, format)) = self.find(name)? else {
             remove_if_exists(&self.layout.tmp('v', name, VolumeFormat::Raw)?)?;
             return Ok(());
@@ -611,7 +582,7 @@ impl Pool for FilePool {
     }
 
     async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let (path, format) = self.find(name)?.ok_or_else(|| Error::VolumeNotFound {
             pool: self.name.clone(),
             name: name.into(),
@@ -654,7 +625,7 @@ impl Pool for FilePool {
     }
 
     async fn get_volume(&self, name: &str) -> Result<Volume> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let (path, format) = self.find(name)?.ok_or_else(|| Error::VolumeNotFound {
             pool: self.name.clone(),
             name: name.into(),
@@ -663,7 +634,7 @@ impl Pool for FilePool {
     }
 
     async fn list_volumes(&self) -> Result<Vec<Volume>> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let root = &self.layout.root;
         let mut out = Vec::new();
         for e in std::fs::read_dir(root).map_err(io("read", root))?.flatten() {
@@ -680,22 +651,22 @@ impl Pool for FilePool {
     }
 
     async fn create_snapshot(&self, source: &str, name: &str) -> Result<super::Snapshot> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         self.snapshot_volume(source, name).await
     }
 
     async fn delete_snapshot(&self, name: &str) -> Result<()> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         self.remove_snapshot(name)
     }
 
     async fn list_snapshots(&self) -> Result<Vec<super::Snapshot>> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         self.read_snapshots()
     }
 
     async fn attach_source(&self, name: &str) -> Result<AttachSource> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let (path, format) = self.find(name)?.ok_or_else(|| Error::VolumeNotFound {
             pool: self.name.clone(),
             name: name.into(),

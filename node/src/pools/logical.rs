@@ -31,7 +31,7 @@ use pool_csi_proto::{
 };
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -51,7 +51,7 @@ pub struct LogicalPool {
     opts: LvmOptions,
     auto_build: bool,
     runner: Arc<dyn CommandRunner>,
-    state: Mutex<(PoolState, String)>,
+    state: super::StateCell,
 }
 
 fn lv_name(name: &str) -> Result<String> {
@@ -97,7 +97,7 @@ impl LogicalPool {
             opts: s.lvm.clone().unwrap_or_default(),
             auto_build: s.auto_build,
             runner,
-            state: Mutex::new((PoolState::Inactive, "not started".into())),
+            state: super::StateCell::new(&def.name),
         }
     }
 
@@ -106,22 +106,6 @@ impl LogicalPool {
             runner: self.runner.as_ref(),
             no_activation: self.opts.no_activation,
             devices: &self.devices,
-        }
-    }
-
-    fn set_state(&self, s: PoolState, why: impl Into<String>) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (s, why.into());
-    }
-
-    fn ensure_running(&self) -> Result<()> {
-        let (s, why) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if s == PoolState::Running {
-            Ok(())
-        } else {
-            Err(Error::PoolNotRunning {
-                pool: self.name.clone(),
-                why,
-            })
         }
     }
 
@@ -368,11 +352,7 @@ impl Pool for LogicalPool {
             Ok(())
         }
         .await;
-        match &r {
-            Ok(()) => self.set_state(PoolState::Running, ""),
-            Err(e) => self.set_state(PoolState::Inactive, pool_csi_proto::full_message(e)),
-        }
-        r
+        self.state.record_start(r)
     }
 
     async fn build(&self, overwrite: bool) -> Result<()> {
@@ -411,18 +391,8 @@ impl Pool for LogicalPool {
     }
 
     async fn status(&self, count_volumes: bool) -> PoolStatus {
-        let (state, message) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut st = PoolStatus {
-            state,
-            capacity: 0,
-            allocation: 0,
-            available: 0,
-            volume_count: None,
-            message,
-            max_volume: 0,
-            free_extents: Vec::new(),
-            thin_available: 0,
-        };
+        let mut st = self.state.status();
+        let state = st.state;
         if state != PoolState::Running {
             return st;
         }
@@ -446,7 +416,7 @@ impl Pool for LogicalPool {
     }
 
     async fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let name = lv_name(&req.name)?;
         if req.format.is_some_and(|f| f != VolumeFormat::Raw) {
             return Err(Error::Invalid(
@@ -502,7 +472,7 @@ impl Pool for LogicalPool {
     }
 
     async fn delete_volume(&self, name: &str, wipe: bool) -> Result<()> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let lvs = self.lvs().await?;
         let Some(lv) = self.find(&lvs, name, false) else {
             return Ok(());
@@ -535,7 +505,7 @@ impl Pool for LogicalPool {
     }
 
     async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let (vg, lvs) = (self.vg().await?, self.lvs().await?);
         let lv = self
             .find(&lvs, name, false)
@@ -571,7 +541,7 @@ impl Pool for LogicalPool {
     }
 
     async fn get_volume(&self, name: &str) -> Result<Volume> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let lvs = self.lvs().await?;
         self.find(&lvs, name, false)
             .map(Self::volume_of)
@@ -582,7 +552,7 @@ impl Pool for LogicalPool {
     }
 
     async fn list_volumes(&self) -> Result<Vec<Volume>> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let mut v: Vec<Volume> = self
             .lvs()
             .await?
@@ -595,7 +565,7 @@ impl Pool for LogicalPool {
     }
 
     async fn create_snapshot(&self, source: &str, name: &str) -> Result<Snapshot> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let lv = format!("{SNAPSHOT_PREFIX}{name}");
         lv_name(&lv)?;
         let (vg, lvs) = (self.vg().await?, self.lvs().await?);
@@ -647,7 +617,7 @@ impl Pool for LogicalPool {
     }
 
     async fn delete_snapshot(&self, name: &str) -> Result<()> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let lvs = self.lvs().await?;
         match self.find(&lvs, name, true) {
             Some(lv) => Ok(self.lvm().remove(&self.vg, &lv.lv_name).await?),
@@ -656,7 +626,7 @@ impl Pool for LogicalPool {
     }
 
     async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         Ok(self
             .lvs()
             .await?
@@ -667,7 +637,7 @@ impl Pool for LogicalPool {
     }
 
     async fn attach_source(&self, name: &str) -> Result<AttachSource> {
-        self.ensure_running()?;
+        self.state.ensure_running()?;
         let lvs = self.lvs().await?;
         self.find(&lvs, name, false)
             .ok_or_else(|| Error::VolumeNotFound {

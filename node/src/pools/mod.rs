@@ -43,6 +43,63 @@ pub struct PoolStatus {
     pub thin_available: u64,
 }
 
+/// A pool's lifecycle state and why it is not running: the same
+/// bookkeeping for every pool type.
+pub struct StateCell {
+    pool: String,
+    inner: std::sync::Mutex<(PoolState, String)>,
+}
+
+impl StateCell {
+    pub fn new(pool: &str) -> Self {
+        Self {
+            pool: pool.into(),
+            inner: std::sync::Mutex::new((PoolState::Inactive, "not started".into())),
+        }
+    }
+
+    fn get(&self) -> (PoolState, String) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records how a start attempt ended, and passes the outcome on.
+    pub fn record_start(&self, r: Result<()>) -> Result<()> {
+        let next = match &r {
+            Ok(()) => (PoolState::Running, String::new()),
+            Err(e) => (PoolState::Inactive, pool_csi_proto::full_message(e)),
+        };
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        r
+    }
+
+    /// FAILED_PRECONDITION with the reason unless the pool runs.
+    pub fn ensure_running(&self) -> Result<()> {
+        match self.get() {
+            (PoolState::Running, _) => Ok(()),
+            (_, why) => Err(Error::PoolNotRunning {
+                pool: self.pool.clone(),
+                why,
+            }),
+        }
+    }
+
+    /// A status holding the state only; running pools add their figures.
+    pub fn status(&self) -> PoolStatus {
+        let (state, message) = self.get();
+        PoolStatus {
+            state,
+            capacity: 0,
+            allocation: 0,
+            available: 0,
+            volume_count: None,
+            message,
+            max_volume: 0,
+            free_extents: Vec::new(),
+            thin_available: 0,
+        }
+    }
+}
+
 /// A volume as its pool reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
