@@ -41,6 +41,10 @@ def validate_object(doc, sp_schema):
     api, kind = doc["apiVersion"], doc["kind"]
     if api == "pool-csi.io/v1alpha1":
         jsonschema.validate(doc, sp_schema)
+    elif api == "cert-manager.io/v1":
+        # Not a core API: check the fields this chart relies on.
+        spec = doc["spec"]
+        assert kind == "Certificate" and spec["secretName"] and spec["dnsNames"] and spec["issuerRef"]["name"], doc
     elif api.startswith("snapshot.storage.k8s.io/"):
         # Not a core API: check what the snapshot controller requires.
         assert kind == "VolumeSnapshotClass" and doc["driver"] and doc["deletionPolicy"] in ("Delete", "Retain"), doc

@@ -9,7 +9,42 @@ use std::{
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// Mutual-TLS flags for talking to agents (controller and poolctl).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM client certificate presented to the agents (with --agent-tls-key and --agent-tls-ca).
+    #[arg(long, env = "AGENT_TLS_CERT")]
+    pub agent_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --agent-tls-cert.
+    #[arg(long, env = "AGENT_TLS_KEY")]
+    pub agent_tls_key: Option<std::path::PathBuf>,
+    /// PEM CA that signs the agents' certificates.
+    #[arg(long, env = "AGENT_TLS_CA")]
+    pub agent_tls_ca: Option<std::path::PathBuf>,
+    /// The name the agents' certificates are issued for.
+    #[arg(long, env = "AGENT_TLS_SERVER_NAME", default_value = pool_csi_proto::tls::DEFAULT_SERVER_NAME)]
+    pub agent_tls_server_name: String,
+}
+
+impl TlsArgs {
+    /// The client TLS configuration, or None for plain text.
+    pub fn client_config(&self) -> Result<Option<ClientTlsConfig>, String> {
+        let files = pool_csi_proto::tls::TlsFiles::from_flags(
+            self.agent_tls_cert.clone(),
+            self.agent_tls_key.clone(),
+            self.agent_tls_ca.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        files
+            .map(|f| {
+                f.client(&self.agent_tls_server_name)
+                    .map_err(|e| pool_csi_proto::full_message(&e))
+            })
+            .transpose()
+    }
+}
 
 /// How long an inventory answer is trusted.
 pub const INVENTORY_TTL: Duration = Duration::from_secs(5);
@@ -41,11 +76,20 @@ pub struct Agents {
     /// The address each discovered client was made for.
     addrs: RwLock<BTreeMap<String, SocketAddr>>,
     cache: Mutex<BTreeMap<String, (Instant, Arc<NodeInventory>)>>,
+    /// Mutual TLS towards the agents, when configured.
+    tls: Option<ClientTlsConfig>,
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Error::Invalid(format!("agent address {addr:?}: {e}")))?
+fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| Error::Invalid(format!("agent address {addr:?}: {e}")))?;
+    if let Some(t) = tls {
+        ep = ep
+            .tls_config(t.clone())
+            .map_err(|e| Error::Invalid(format!("agent TLS for {addr}: {e}")))?;
+    }
+    Ok(ep
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
         .tcp_nodelay(true)
@@ -54,18 +98,19 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
 
 impl Agents {
     /// Agents from a static `node → address` map (host:port).
-    pub fn new(map: &BTreeMap<String, String>) -> Result<Self> {
+    pub fn new(map: &BTreeMap<String, String>, tls: Option<ClientTlsConfig>) -> Result<Self> {
         let mut clients = BTreeMap::new();
         for (node, addr) in map {
             clients.insert(
                 node.clone(),
-                AgentClient::new(endpoint(addr)?.connect_lazy()),
+                AgentClient::new(endpoint(addr, tls.as_ref())?.connect_lazy()),
             );
         }
         Ok(Self {
             clients: RwLock::new(clients),
             addrs: RwLock::default(),
             cache: Mutex::default(),
+            tls,
         })
     }
 
@@ -84,7 +129,7 @@ impl Agents {
         let known: BTreeMap<String, SocketAddr> =
             self.addrs.read().unwrap_or_else(|p| p.into_inner()).clone();
         for addr in found.iter().filter(|a| !known.values().any(|k| k == *a)) {
-            let Ok(ep) = endpoint(&addr.to_string()) else {
+            let Ok(ep) = endpoint(&addr.to_string(), self.tls.as_ref()) else {
                 continue;
             };
             let mut client = AgentClient::new(ep.connect_lazy());

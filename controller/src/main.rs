@@ -40,6 +40,8 @@ struct Args {
     /// Pool used when a StorageClass names none.
     #[arg(long, env = "DEFAULT_POOL")]
     default_pool: Option<String>,
+    #[command(flatten)]
+    tls: pool_csi_controller::agents::TlsArgs,
     /// Address for Prometheus metrics (GET /metrics); off when unset.
     #[arg(long, env = "METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -79,6 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         driver_name,
         default_pool,
         metrics_listen,
+        tls,
         log_filter,
         log_json,
     } = Args::parse();
@@ -95,7 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = Arc::new(Ctx {
         driver_name: driver_name.clone(),
         default_pool,
-        agents: Arc::new(Agents::new(&map).map_err(|e| e.to_string())?),
+        agents: Arc::new(Agents::new(&map, tls.client_config()?).map_err(|e| e.to_string())?),
         locks: Default::default(),
     });
     if let Some(service) = agent_service {

@@ -106,6 +106,105 @@ pub struct Options {
     /// Let the controller find the agent through DNS (`--agent-service`)
     /// instead of a static `--agent` entry.
     pub discover_agents: bool,
+    /// Run the agent API with mutual TLS (certificates from [`Pki`]).
+    pub tls: bool,
+}
+
+/// A throw-away CA with an agent certificate, a controller (client)
+/// certificate, and a client certificate from another CA, made by openssl.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub agent: (PathBuf, PathBuf),
+    pub client: (PathBuf, PathBuf),
+    pub rogue: (PathBuf, PathBuf),
+}
+
+impl Pki {
+    pub fn make(dir: &Path) -> Pki {
+        let p = |n: &str| dir.join(n);
+        let run = |args: &[&str]| {
+            let out = tool("openssl", args);
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let s = |p: &PathBuf| p.to_str().expect("utf-8 path").to_string();
+        std::fs::write(
+            p("ext.cnf"),
+            "subjectAltName=DNS:pool-csi-agent\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        for ca in ["ca", "rogue-ca"] {
+            run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                &s(&p(&format!("{ca}.key"))),
+                "-out",
+                &s(&p(&format!("{ca}.pem"))),
+                "-subj",
+                &format!("/CN={ca}"),
+            ]);
+        }
+        for (leaf, ca) in [("agent", "ca"), ("client", "ca"), ("rogue", "rogue-ca")] {
+            run(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN={leaf}"),
+                "-keyout",
+                &s(&p(&format!("{leaf}.key"))),
+                "-out",
+                &s(&p(&format!("{leaf}.csr"))),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &s(&p(&format!("{leaf}.csr"))),
+                "-CA",
+                &s(&p(&format!("{ca}.pem"))),
+                "-CAkey",
+                &s(&p(&format!("{ca}.key"))),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &s(&p("ext.cnf")),
+                "-out",
+                &s(&p(&format!("{leaf}.pem"))),
+            ]);
+        }
+        let pair = |n: &str| (p(&format!("{n}.pem")), p(&format!("{n}.key")));
+        Pki {
+            ca: p("ca.pem"),
+            agent: pair("agent"),
+            client: pair("client"),
+            rogue: pair("rogue"),
+        }
+    }
+
+    /// Flags presenting `pair`, trusting the test CA.
+    pub fn flags(&self, pair: &(PathBuf, PathBuf)) -> Vec<String> {
+        vec![
+            format!("--agent-tls-cert={}", pair.0.display()),
+            format!("--agent-tls-key={}", pair.1.display()),
+            format!("--agent-tls-ca={}", self.ca.display()),
+        ]
+    }
 }
 
 impl Default for Options {
@@ -116,6 +215,7 @@ impl Default for Options {
             extra_pools: String::new(),
             log_filter: "warn".into(),
             discover_agents: false,
+            tls: false,
         }
     }
 }
@@ -130,6 +230,8 @@ pub struct Driver {
     pub agent_addr: String,
     /// The node plugin's Prometheus endpoint.
     pub node_metrics: String,
+    /// The certificates, when `opts.tls`.
+    pub pki: Option<Pki>,
     node: Option<Child>,
     controller: Option<Child>,
 }
@@ -166,11 +268,17 @@ impl Driver {
             pool_dir,
             agent_addr,
             node_metrics: free_port(),
+            pki: None,
             opts,
             node: None,
             controller: None,
             dir,
         };
+        if d.opts.tls {
+            let pki_dir = d.dir.path().join("pki");
+            std::fs::create_dir_all(&pki_dir).unwrap();
+            d.pki = Some(Pki::make(&pki_dir));
+        }
         d.start_node();
         d.start_controller();
         d.wait_ready().await;
@@ -206,6 +314,10 @@ impl Driver {
             format!("--state-dir={}", self.dir.path().join("state").display()),
             format!("--metrics-listen={}", self.node_metrics),
         ];
+        let args: Vec<String> = match &self.pki {
+            Some(pki) => args.into_iter().chain(pki.flags(&pki.agent)).collect(),
+            None => args,
+        };
         self.node = Some(self.spawn("pool-csi-node", &args));
     }
 
@@ -221,6 +333,10 @@ impl Driver {
                 format!("--agent={}={}", self.opts.node_name, self.agent_addr)
             },
         ];
+        let args: Vec<String> = match &self.pki {
+            Some(pki) => args.into_iter().chain(pki.flags(&pki.client)).collect(),
+            None => args,
+        };
         self.controller = Some(self.spawn("pool-csi-controller", &args));
     }
 

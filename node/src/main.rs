@@ -12,6 +12,7 @@ use pool_csi_proto::{
     identity::{check_driver_name, IdentityService},
     metrics::{self, MetricsLayer, Registry},
     serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint, DRAIN_GRACE},
+    tls::TlsFiles,
     PoolDefinition,
 };
 use std::{
@@ -63,6 +64,15 @@ struct Args {
     /// Volumes this node may hold, reported to the scheduler (0: no limit).
     #[arg(long, env = "MAX_VOLUMES_PER_NODE", default_value_t = 0)]
     max_volumes_per_node: i64,
+    /// PEM certificate the agent API presents (mutual TLS; with --agent-tls-key and --agent-tls-ca).
+    #[arg(long, env = "AGENT_TLS_CERT")]
+    agent_tls_cert: Option<PathBuf>,
+    /// PEM private key of --agent-tls-cert.
+    #[arg(long, env = "AGENT_TLS_KEY")]
+    agent_tls_key: Option<PathBuf>,
+    /// PEM CA that signs the controller's client certificates.
+    #[arg(long, env = "AGENT_TLS_CA")]
+    agent_tls_ca: Option<PathBuf>,
     /// Address for Prometheus metrics (GET /metrics); off when unset.
     #[arg(long, env = "METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -89,6 +99,9 @@ impl Args {
             no_loop_direct_io,
             max_volumes_per_node,
             metrics_listen: _,
+            agent_tls_cert: _,
+            agent_tls_key: _,
+            agent_tls_ca: _,
             log_filter: _,
             log_json: _,
         } = self;
@@ -119,6 +132,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     init_tracing(&args.log_filter, args.log_json);
     let metrics_listen = args.metrics_listen;
+    let tls = TlsFiles::from_flags(
+        args.agent_tls_cert.clone(),
+        args.agent_tls_key.clone(),
+        args.agent_tls_ca.clone(),
+    )?;
     let (cfg, pools_file, csi_endpoint, agent_listen) = args.into_config();
     check_driver_name(&cfg.driver_name)?;
     pool_csi_proto::volume_id::check_node_name(&cfg.node_name)
@@ -191,7 +209,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .add_service(IdentityServer::new(identity.clone()))
         .add_service(NodeServer::new(NodeService::new(ctx.clone())))
         .serve_with_incoming_shutdown(bind_private_uds(&csi_path)?, stopped(stop_rx.clone()));
-    let agent = Server::builder()
+    let mut agent_server = Server::builder();
+    match &tls {
+        Some(t) => agent_server = agent_server.tls_config(t.server()?)?,
+        None => tracing::warn!(
+            "the agent API runs without TLS: give --agent-tls-cert/-key/-ca in a cluster"
+        ),
+    }
+    let agent = agent_server
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
         .layer(MetricsLayer(registry))

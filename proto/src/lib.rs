@@ -17,6 +17,7 @@ pub mod pool_spec;
 pub mod pool_status;
 pub mod pool_type;
 pub mod serve;
+pub mod tls;
 pub mod volume_id;
 
 /// The StoragePool CRD as YAML (what `crdgen` prints and the chart ships).

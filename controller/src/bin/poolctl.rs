@@ -13,6 +13,8 @@ struct Args {
     /// A node agent, NODE=HOST:PORT; repeat for every node.
     #[arg(long = "agent", env = "AGENTS", value_delimiter = ',', required = true)]
     agents: Vec<String>,
+    #[command(flatten)]
+    tls: pool_csi_controller::agents::TlsArgs,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -151,7 +153,7 @@ async fn run(args: Args) -> Result<(), String> {
             .ok_or_else(|| format!("--agent {a:?}: expected NODE=HOST:PORT"))?;
         map.insert(n.to_string(), addr.to_string());
     }
-    let agents = Agents::new(&map).map_err(|e| e.to_string())?;
+    let agents = Agents::new(&map, args.tls.client_config()?).map_err(|e| e.to_string())?;
     let err = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     match args.cmd {
         Command::PoolList => {
