@@ -491,7 +491,7 @@ impl Pool for DiskPool {
         }
         if wipe || records.get(&p.start).is_some_and(|r| r.wipe_on_delete) {
             let node = PathBuf::from(&p.node);
-            tokio::task::spawn_blocking(move || super::file::zero_device(&node))
+            tokio::task::spawn_blocking(move || super::fsutil::zero_device(&node))
                 .await
                 .map_err(|e| io("wipe", Path::new(&p.node))(std::io::Error::other(e)))?
                 .map_err(io("wipe", Path::new(&p.node)))?;

@@ -6,8 +6,10 @@
 //! whole; leftovers in tmp are removed at start and on retry.
 
 use super::{
-    fit_size, layout::Layout, AttachSource, CreateRequest, Expanded, Pool, PoolState, PoolStatus,
-    Source, Volume,
+    fit_size,
+    fsutil::{remove_if_exists, rename_noreplace, sync_dir, wipe},
+    layout::Layout,
+    AttachSource, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Source, Volume,
 };
 use crate::{
     copy,
@@ -301,80 +303,6 @@ impl FilePool {
 
 pub fn exports_dir(cfg: &Config, pool: &str) -> PathBuf {
     cfg.state_dir.join("exports").join(pool)
-}
-
-/// Renames without ever replacing an existing file.
-pub(super) fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
-    use rustix::fs::{renameat_with, RenameFlags, CWD};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::INVAL) if !to.exists() => {
-            std::fs::rename(from, to).map_err(io("rename", from))
-        }
-        Err(rustix::io::Errno::EXIST) => Err(Error::Precondition(format!(
-            "{} appeared while it was being made",
-            to.display()
-        ))),
-        Err(e) => Err(io("rename", from)(e.into())),
-    }
-}
-
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync", dir))
-}
-
-pub(super) fn remove_if_exists(path: &Path) -> Result<bool> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io("remove", path)(e)),
-    }
-}
-
-/// Overwrites a whole block device with zeros and flushes it.
-pub fn zero_device(dev: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(dev)?;
-    let len = crate::attach::device_size(dev)?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = 0;
-    while at < len {
-        let n = (len - at).min(zeros.len() as u64) as usize;
-        f.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
-    f.sync_all()
-}
-
-/// Overwrites every data extent of a file with zeros (holes already read as zeros).
-fn wipe(path: &Path) -> std::io::Result<()> {
-    use rustix::fs::SeekFrom;
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .read(true)
-        .open(path)?;
-    let len = f.metadata()?.len();
-    let zeros = vec![0u8; 1 << 20];
-    let mut pos = 0;
-    while pos < len {
-        let data = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
-            Ok(d) => d,
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let hole = rustix::fs::seek(&f, SeekFrom::Hole(data))?.min(len);
-        let mut at = data;
-        while at < hole {
-            let n = (hole - at).min(zeros.len() as u64) as usize;
-            f.write_all_at(&zeros[..n], at)?;
-            at += n as u64;
-        }
-        pos = hole;
-    }
-    f.sync_all()
 }
 
 #[tonic::async_trait]

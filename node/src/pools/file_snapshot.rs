@@ -10,7 +10,8 @@
 //! with reflink it is; without, quiesce the application first.
 
 use super::{
-    file::{remove_if_exists, rename_noreplace, sync_dir, FilePool},
+    file::FilePool,
+    fsutil::{remove_if_exists, rename_noreplace, sync_dir},
     Snapshot,
 };
 use crate::{

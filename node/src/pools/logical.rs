@@ -496,7 +496,7 @@ impl Pool for LogicalPool {
         }
         if wipe || lv.tag(WIPE) == Some("true") {
             let dev = self.activated(name).await?;
-            tokio::task::spawn_blocking(move || super::file::zero_device(&dev))
+            tokio::task::spawn_blocking(move || super::fsutil::zero_device(&dev))
                 .await
                 .map_err(|e| io("wipe", Path::new(name))(std::io::Error::other(e)))?
                 .map_err(io("wipe", Path::new(name)))?;

@@ -6,6 +6,7 @@ pub mod disk;
 pub mod disk_layout;
 pub mod file;
 mod file_snapshot;
+pub mod fsutil;
 pub mod layout;
 pub mod logical;
 
