@@ -178,7 +178,10 @@ impl DiskPool {
     /// Who uses a partition: a mount, or a holder (device-mapper, md …).
     fn users_of(&self, node: &str) -> Option<String> {
         let table = mountinfo::read(&self.mountinfo).unwrap_or_default();
-        if let Some(m) = table.iter().find(|m| m.source == node) {
+        if let Some(m) = table
+            .iter()
+            .find(|m| crate::ops::stage::is_same_device(Path::new(&m.source), Path::new(node)))
+        {
             return Some(format!("mounted at {}", m.mount_point.display()));
         }
         let dev = Path::new(node).file_name()?;

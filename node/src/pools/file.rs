@@ -193,8 +193,16 @@ impl FilePool {
 
     async fn mount_device(&self, dev: &FsDevice) -> Result<()> {
         let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
-        if mountinfo::find_at(&table, &self.layout.root).is_some() {
-            return Ok(());
+        if let Some(m) = mountinfo::find_at(&table, &self.layout.root) {
+            if crate::ops::stage::is_same_device(Path::new(&m.source), &dev.device) {
+                return Ok(());
+            }
+            return Err(Error::Precondition(format!(
+                "{} has {} mounted, not the pool's source.device {}",
+                self.layout.root.display(),
+                m.source,
+                dev.device.display()
+            )));
         }
         let fs = match Probe::device(self.runner.as_ref(), &dev.device).await? {
             Probe::Filesystem(t) => t,
@@ -344,7 +352,10 @@ impl Pool for FilePool {
                 .map_err(io("create", &self.layout.root));
         };
         let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
-        if table.iter().any(|m| Path::new(&m.source) == dev.device) {
+        if table
+            .iter()
+            .any(|m| crate::ops::stage::is_same_device(Path::new(&m.source), &dev.device))
+        {
             return if overwrite {
                 Err(Error::InUse {
                     what: dev.device.display().to_string(),
