@@ -121,6 +121,14 @@ async fn missing_fields_are_invalid_argument() {
         code(c.node.node_stage_volume(no_cap).await),
         Code::InvalidArgument
     );
+    let mut bad_ctx = req::stage("v1:scratch:node-1:v", &p, req::mount_cap(""));
+    bad_ctx
+        .volume_context
+        .insert("fsType".into(), "ext4/../../evil".into());
+    assert_eq!(
+        code(c.node.node_stage_volume(bad_ctx).await),
+        Code::InvalidArgument
+    );
     let mut no_path = req::stage("v1:scratch:node-1:v", &p, req::mount_cap("ext4"));
     no_path.staging_target_path.clear();
     assert_eq!(

@@ -54,6 +54,13 @@ fn access_of(
             .into_iter()
             .find(|f| !f.is_empty())
             .unwrap_or("ext4");
+            // The volume context comes from the PV: check it like the capability.
+            if !pool_csi_proto::params::FILESYSTEMS.contains(&fs) {
+                return Err(Error::Invalid(format!(
+                    "filesystem {fs:?} is not supported; supported: {}",
+                    pool_csi_proto::params::FILESYSTEMS.join(", ")
+                )));
+            }
             Access::Mount {
                 fs_type: fs.to_string(),
                 flags: m.mount_flags.clone(),

@@ -22,7 +22,14 @@ pub async fn make(
             ])
             .arg(device),
         "xfs" => Cmd::new("mkfs.xfs").args(["-q"]).arg(device),
-        other => Cmd::new(format!("mkfs.{other}")).arg(device),
+        // Callers pass only FILESYSTEMS; anything else never becomes a program name.
+        other => {
+            return Err(ExecError::Failed {
+                cmd: format!("mkfs.{other}"),
+                status: 0,
+                stderr: "not a filesystem pool-csi makes".into(),
+            })
+        }
     };
     runner
         .run_ok(&cmd.timeout(Duration::from_secs(600)))
