@@ -108,6 +108,17 @@ pub struct Options {
     pub discover_agents: bool,
     /// Run the agent API with mutual TLS (certificates from [`Pki`]).
     pub tls: bool,
+    /// More nodes, each with its own `scratch` pool on a tmpfs of the given
+    /// size, its own sockets and agent port; the controller gets them all.
+    pub extra_nodes: Vec<(String, u64)>,
+}
+
+/// A further node plugin started by the harness.
+pub struct ExtraNode {
+    pub name: String,
+    pub agent_addr: String,
+    pub node_sock: PathBuf,
+    child: Option<Child>,
 }
 
 /// A throw-away CA with an agent certificate, a controller (client)
@@ -216,6 +227,7 @@ impl Default for Options {
             log_filter: "warn".into(),
             discover_agents: false,
             tls: false,
+            extra_nodes: Vec::new(),
         }
     }
 }
@@ -232,6 +244,7 @@ pub struct Driver {
     pub node_metrics: String,
     /// The certificates, when `opts.tls`.
     pub pki: Option<Pki>,
+    pub extra: Vec<ExtraNode>,
     node: Option<Child>,
     controller: Option<Child>,
 }
@@ -269,6 +282,7 @@ impl Driver {
             agent_addr,
             node_metrics: free_port(),
             pki: None,
+            extra: Vec::new(),
             opts,
             node: None,
             controller: None,
@@ -280,9 +294,51 @@ impl Driver {
             d.pki = Some(Pki::make(&pki_dir));
         }
         d.start_node();
+        for (name, bytes) in d.opts.extra_nodes.clone() {
+            let node = d.start_extra_node(&name, bytes);
+            d.extra.push(node);
+        }
         d.start_controller();
         d.wait_ready().await;
+        for e in &d.extra {
+            wait_probe_ready(&e.node_sock).await;
+        }
         d
+    }
+
+    fn start_extra_node(&self, name: &str, bytes: u64) -> ExtraNode {
+        let base = self.dir.path().join(name);
+        let pool = base.join("pool");
+        std::fs::create_dir_all(&pool).unwrap();
+        let data = std::ffi::CString::new(format!("size={bytes},mode=0711")).unwrap();
+        rustix::mount::mount(
+            "tmpfs",
+            &pool,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            Some(data.as_c_str()),
+        )
+        .expect("mount tmpfs for the extra node's pool");
+        let pools = format!(
+            "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: scratch }}\nspec:\n  type: dir\n  target: {{ path: {} }}\n",
+            pool.display()
+        );
+        std::fs::write(base.join("pools.yaml"), pools).unwrap();
+        let (agent_addr, node_sock) = (free_port(), base.join("node.sock"));
+        let args = vec![
+            format!("--csi-endpoint=unix://{}", node_sock.display()),
+            format!("--agent-listen={agent_addr}"),
+            format!("--node-name={name}"),
+            format!("--pools-file={}", base.join("pools.yaml").display()),
+            format!("--state-dir={}", base.join("state").display()),
+        ];
+        let child = Some(self.spawn("pool-csi-node", &args));
+        ExtraNode {
+            name: name.into(),
+            agent_addr,
+            node_sock,
+            child,
+        }
     }
 
     fn spawn(&self, bin: &str, args: &[String]) -> Child {
@@ -333,6 +389,14 @@ impl Driver {
                 format!("--agent={}={}", self.opts.node_name, self.agent_addr)
             },
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(
+                self.extra
+                    .iter()
+                    .map(|e| format!("--agent={}={}", e.name, e.agent_addr)),
+            )
+            .collect();
         let args: Vec<String> = match &self.pki {
             Some(pki) => args.into_iter().chain(pki.flags(&pki.client)).collect(),
             None => args,
@@ -415,8 +479,38 @@ impl Driver {
     }
 }
 
+/// Waits until the node plugin on `sock` reports ready.
+async fn wait_probe_ready(sock: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(ch) = clients::uds_channel(sock).await {
+            let mut id = pool_csi_proto::csi::identity_client::IdentityClient::new(ch);
+            if id
+                .probe(pool_csi_proto::csi::ProbeRequest {})
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().ready)
+                == Some(true)
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node plugin on {} not ready within 20s",
+            sock.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
+        for e in &mut self.extra {
+            if let Some(c) = e.child.take() {
+                cleanup::stop(c);
+            }
+        }
         for c in [self.node.take(), self.controller.take()]
             .into_iter()
             .flatten()
