@@ -396,7 +396,7 @@ impl Pool for LogicalPool {
         if state != PoolState::Running {
             return st;
         }
-        match (self.vg().await, self.lvs().await) {
+        match tokio::join!(self.vg(), self.lvs()) {
             (Ok(vg), Ok(lvs)) => {
                 st.capacity = vg.size;
                 st.available = vg.free;
@@ -431,7 +431,7 @@ impl Pool for LogicalPool {
                 "allocation {a} is not possible in logical pools; use thin or thick"
             )));
         }
-        let (vg, lvs) = (self.vg().await?, self.lvs().await?);
+        let (vg, lvs) = tokio::try_join!(self.vg(), self.lvs())?; // two read-only reports at once
         if let Some(lv) = lvs.iter().find(|l| l.lv_name == name) {
             let v = Self::volume_of(lv);
             let thin_wanted = req.allocation == Some(Allocation::Thin);
@@ -506,7 +506,7 @@ impl Pool for LogicalPool {
 
     async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded> {
         self.state.ensure_running()?;
-        let (vg, lvs) = (self.vg().await?, self.lvs().await?);
+        let (vg, lvs) = tokio::try_join!(self.vg(), self.lvs())?; // two read-only reports at once
         let lv = self
             .find(&lvs, name, false)
             .ok_or_else(|| Error::VolumeNotFound {
@@ -568,7 +568,7 @@ impl Pool for LogicalPool {
         self.state.ensure_running()?;
         let lv = format!("{SNAPSHOT_PREFIX}{name}");
         lv_name(&lv)?;
-        let (vg, lvs) = (self.vg().await?, self.lvs().await?);
+        let (vg, lvs) = tokio::try_join!(self.vg(), self.lvs())?; // two read-only reports at once
         if let Some(existing) = lvs.iter().find(|l| l.lv_name == lv) {
             if is_ours(existing) && existing.tag(SOURCE) == Some(source) {
                 return Ok(snapshot_of(existing));
