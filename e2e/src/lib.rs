@@ -64,6 +64,43 @@ pub fn can_resize_ext4_online() -> bool {
         .is_some_and(|caps| caps & (1 << 24) != 0)
 }
 
+/// A loop device over a new sparse file of `mib` MiB: a disk for tests.
+/// Detached when dropped.
+pub struct LoopDisk(PathBuf);
+
+impl LoopDisk {
+    /// `partscan`: let the kernel show the disk's partitions (disk pools).
+    pub fn new(dir: &Path, name: &str, mib: u64, partscan: bool) -> LoopDisk {
+        let file = dir.join(name);
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let mut args = vec!["--find", "--show"];
+        if partscan {
+            args.push("--partscan");
+        }
+        args.push(file.to_str().expect("utf-8 path"));
+        let out = tool("losetup", &args);
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopDisk(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        tool("losetup", &["-d", self.path()]);
+    }
+}
+
 /// Runs a system tool for a test's set-up or checks (never driver code).
 pub fn tool(program: &str, args: &[&str]) -> std::process::Output {
     #[allow(clippy::disallowed_methods)] // tests prepare fixtures with real tools

@@ -1,9 +1,8 @@
 //! disk pools on real partition tables: loop devices with partition scanning,
 //! the real sfdisk and partx, real mkfs and mounts on the partitions.
 
-use pool_csi_e2e::{req, require, Driver, Options};
+use pool_csi_e2e::{req, require, Driver, LoopDisk, Options};
 use pool_csi_proto::csi;
-use std::path::{Path, PathBuf};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
@@ -18,34 +17,7 @@ fn sh(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A partition-scanning loop device over a new sparse file of `mib` MiB.
-struct Disk(PathBuf);
-
-impl Disk {
-    fn new(dir: &Path, name: &str, mib: u64) -> Disk {
-        let file = dir.join(name);
-        std::fs::File::create(&file)
-            .unwrap()
-            .set_len(mib << 20)
-            .unwrap();
-        Disk(PathBuf::from(sh(
-            "losetup",
-            &["--find", "--show", "--partscan", file.to_str().unwrap()],
-        )))
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for Disk {
-    fn drop(&mut self) {
-        pool_csi_e2e::tool("losetup", &["-d", self.path()]);
-    }
-}
-
-fn disk_pool(name: &str, disk: &Disk, format: &str) -> String {
+fn disk_pool(name: &str, disk: &LoopDisk, format: &str) -> String {
     format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: disk\n  source: {{ device: {}, format: {format} }}\n", disk.path())
 }
 
@@ -66,7 +38,7 @@ async fn create(
         .map(|r| r.into_inner().volume.unwrap())
 }
 
-fn partitions(disk: &Disk) -> serde_json::Value {
+fn partitions(disk: &LoopDisk) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(&sh("sfdisk", &["--json", disk.path()])).unwrap()
         ["partitiontable"]["partitions"]
         .clone()
@@ -79,7 +51,7 @@ async fn gpt_disk_pool_allocates_expands_and_frees_partitions() {
         .prefix("pool-csi-disk-")
         .tempdir()
         .unwrap();
-    let disk = Disk::new(scratch.path(), "disk.img", 64);
+    let disk = LoopDisk::new(scratch.path(), "disk.img", 64, true);
     let mut d = Driver::start(Options {
         extra_pools: disk_pool("disk1", &disk, "gpt"),
         ..Default::default()
@@ -325,8 +297,8 @@ async fn recreated_partitions_never_show_old_data_and_full_disks_are_refused() {
         .prefix("pool-csi-disk-")
         .tempdir()
         .unwrap();
-    let dos = Disk::new(scratch.path(), "dos.img", 64);
-    let holds_fs = Disk::new(scratch.path(), "fs.img", 16);
+    let dos = LoopDisk::new(scratch.path(), "dos.img", 64, true);
+    let holds_fs = LoopDisk::new(scratch.path(), "fs.img", 16, true);
     sh("mkfs.ext4", &["-q", "-L", "keepme", holds_fs.path()]);
     let pools = format!(
         "{}{}",
@@ -424,7 +396,7 @@ async fn concurrent_creates_on_one_disk_never_overlap() {
         .prefix("pool-csi-disk-")
         .tempdir()
         .unwrap();
-    let disk = Disk::new(scratch.path(), "disk.img", 128);
+    let disk = LoopDisk::new(scratch.path(), "disk.img", 128, true);
     let pool =
         disk_pool("par", &disk, "gpt").replace("format: gpt }", "format: gpt }\n  autoBuild: true");
     let d = Driver::start(Options {
@@ -480,7 +452,7 @@ async fn a_staged_xfs_partition_grows_online() {
         .prefix("pool-csi-disk-")
         .tempdir()
         .unwrap();
-    let disk = Disk::new(scratch.path(), "disk.img", 1024);
+    let disk = LoopDisk::new(scratch.path(), "disk.img", 1024, true);
     let pool =
         disk_pool("big", &disk, "gpt").replace("format: gpt }", "format: gpt }\n  autoBuild: true");
     let d = Driver::start(Options {

@@ -2,9 +2,9 @@
 //! a blank device stays inactive until built; build makes a filesystem only
 //! on a blank device; a device holding data is never formatted.
 
-use pool_csi_e2e::{req, require, Driver, Options};
+use pool_csi_e2e::{req, require, Driver, LoopDisk, Options};
 use pool_csi_proto::csi;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn sh(program: &str, args: &[&str]) -> String {
     #[allow(clippy::disallowed_methods)] // test fixture set-up
@@ -20,13 +20,6 @@ fn sh(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A loop device over a new sparse file; detached by the harness's cleanup
-/// (its backing file is under the scratch dir).
-fn loop_device(file: &Path, bytes: u64) -> PathBuf {
-    std::fs::File::create(file).unwrap().set_len(bytes).unwrap();
-    PathBuf::from(sh("losetup", &["--find", "--show", file.to_str().unwrap()]))
-}
-
 fn fs_pool(name: &str, dev: &Path, format: &str) -> String {
     format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: fs\n  source: {{ device: {}, format: {format} }}\n  target: {{ path: \"{{dir}}/{name}\" }}\n", dev.display())
 }
@@ -38,16 +31,13 @@ async fn fs_pool_builds_only_blank_devices_and_serves_volumes() {
         .prefix("pool-csi-fsdev-")
         .tempdir()
         .unwrap();
-    let blank = loop_device(&scratch.path().join("blank.img"), 256 << 20);
-    let holds_data = loop_device(&scratch.path().join("data.img"), 256 << 20);
-    sh(
-        "mkfs.ext4",
-        &["-q", "-L", "precious", holds_data.to_str().unwrap()],
-    );
+    let blank = LoopDisk::new(scratch.path(), "blank.img", 256, false);
+    let holds_data = LoopDisk::new(scratch.path(), "data.img", 256, false);
+    sh("mkfs.ext4", &["-q", "-L", "precious", holds_data.path()]);
     let pools = format!(
         "{}{}",
-        fs_pool("fresh", &blank, "ext4"),
-        fs_pool("taken", &holds_data, "xfs")
+        fs_pool("fresh", Path::new(blank.path()), "ext4"),
+        fs_pool("taken", Path::new(holds_data.path()), "xfs")
     );
     let d = Driver::start(Options {
         extra_pools: pools,
@@ -71,10 +61,7 @@ async fn fs_pool_builds_only_blank_devices_and_serves_volumes() {
     let (ok, out) = d.poolctl(&["pool-build", "taken"]);
     assert!(!ok, "{out}");
     assert_eq!(
-        sh(
-            "blkid",
-            &["-o", "value", "-s", "LABEL", holds_data.to_str().unwrap()]
-        ),
+        sh("blkid", &["-o", "value", "-s", "LABEL", holds_data.path()]),
         "precious",
         "the data survived"
     );
@@ -82,10 +69,7 @@ async fn fs_pool_builds_only_blank_devices_and_serves_volumes() {
     let (ok, out) = d.poolctl(&["pool-build", "fresh"]);
     assert!(ok && out.contains("running"), "{out}");
     assert_eq!(
-        sh(
-            "blkid",
-            &["-o", "value", "-s", "TYPE", blank.to_str().unwrap()]
-        ),
+        sh("blkid", &["-o", "value", "-s", "TYPE", blank.path()]),
         "ext4"
     );
     let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -128,9 +112,5 @@ async fn fs_pool_builds_only_blank_devices_and_serves_volumes() {
         })
         .await
         .unwrap();
-    drop(d);
-    // The harness unmounted the pool; free the devices made here.
-    for dev in [&blank, &holds_data] {
-        sh("losetup", &["-d", dev.to_str().unwrap()]);
-    }
+    drop(d); // unmounts the pool before the loop devices are detached
 }

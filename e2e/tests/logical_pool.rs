@@ -5,33 +5,14 @@
 //! snapshots and thin pools need device-mapper and are checked for the clear
 //! error they give here (SKIPPED lines name what is missing).
 
-use pool_csi_e2e::{req, require, tool, Driver, Options};
+use pool_csi_e2e::{req, require, tool, Driver, LoopDisk, Options};
 use pool_csi_proto::csi;
-use std::path::{Path, PathBuf};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
 
-struct Pv(PathBuf);
-
-impl Pv {
-    fn new(dir: &Path, name: &str, mib: u64) -> Pv {
-        let f = dir.join(name);
-        std::fs::File::create(&f)
-            .unwrap()
-            .set_len(mib << 20)
-            .unwrap();
-        let out = tool("losetup", &["--find", "--show", f.to_str().unwrap()]);
-        Pv(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-/// Removes the test's VG and PVs, then the loop devices.
-struct Vg<'a>(String, Vec<&'a Pv>);
+/// Removes the test's VG and PVs (before the loop devices go).
+struct Vg<'a>(String, Vec<&'a LoopDisk>);
 
 impl Drop for Vg<'_> {
     fn drop(&mut self) {
@@ -57,7 +38,6 @@ impl Drop for Vg<'_> {
                     pv.path(),
                 ],
             );
-            tool("losetup", &["-d", pv.path()]);
         }
     }
 }
@@ -100,9 +80,9 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
         .tempdir()
         .unwrap();
     let (a, b, used) = (
-        Pv::new(scratch.path(), "a.img", 64),
-        Pv::new(scratch.path(), "b.img", 64),
-        Pv::new(scratch.path(), "c.img", 16),
+        LoopDisk::new(scratch.path(), "a.img", 64, false),
+        LoopDisk::new(scratch.path(), "b.img", 64, false),
+        LoopDisk::new(scratch.path(), "c.img", 16, false),
     );
     tool("mkfs.ext4", &["-q", "-L", "precious", used.path()]);
     let vg = format!("pcsi{}", std::process::id());

@@ -5,43 +5,32 @@
 use pool_csi_node::{
     exec::fake::{FakeRunner, Reply},
     pools::{logical::LogicalPool, CreateRequest, Pool, Source},
+    tools::lvm,
 };
 use pool_csi_proto::{Allocation, PoolDefinition};
 use std::sync::Arc;
 
-const VGS: [&str; 11] = [
-    "lvm",
-    "vgs",
-    "--reportformat",
-    "json",
-    "--units",
-    "b",
-    "--nosuffix",
-    "-o",
-    "vg_name,vg_size,vg_free,vg_extent_size",
-    "vg0",
-    "",
-];
-const LVS: [&str; 9] = [
-    "lvm",
-    "lvs",
-    "--reportformat",
-    "json",
-    "--units",
-    "b",
-    "--nosuffix",
-    "-o",
-    "lv_name,lv_size,lv_tags,lv_attr,pool_lv,origin,data_percent,metadata_percent,segtype",
-];
+fn report(cmd: &'static str, fields: &'static str) -> Vec<&'static str> {
+    vec![
+        "lvm",
+        cmd,
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        fields,
+        "vg0",
+    ]
+}
 
 fn vgs() -> Vec<&'static str> {
-    VGS[..10].to_vec()
+    report("vgs", lvm::VGS_FIELDS)
 }
 
 fn lvs() -> Vec<&'static str> {
-    let mut v = LVS.to_vec();
-    v.push("vg0");
-    v
+    report("lvs", lvm::LVS_FIELDS)
 }
 
 const VG_JSON: &str = r#"{"report":[{"vg":[{"vg_name":"vg0","vg_size":"21474836480","vg_free":"10737418240","vg_extent_size":"4194304"}]}]}"#;

@@ -72,6 +72,26 @@ fn pool_pb(p: &dyn pools::Pool, s: pools::PoolStatus) -> pb::PoolInfo {
     }
 }
 
+/// Striping options, checked here too: they reach lvcreate's arguments.
+fn stripes(o: &pb::VolumeOptions) -> Result<Option<(u32, u64)>, Error> {
+    if o.stripes == 0 {
+        return Ok(None);
+    }
+    // 64 KiB is LVM's default stripe size.
+    let size = if o.stripe_size_bytes == 0 {
+        64 << 10
+    } else {
+        o.stripe_size_bytes
+    };
+    if o.stripes > 64 || !size.is_power_of_two() || !(4096..=(512 << 20)).contains(&size) {
+        return Err(Error::Invalid(format!(
+            "options.stripes {} / stripe_size_bytes {size}: stripes must be 1-64 and the size a power of two from 4 KiB to 512 MiB",
+            o.stripes
+        )));
+    }
+    Ok(Some((o.stripes, size)))
+}
+
 fn extents(e: &[(u64, u64)]) -> Vec<pb::Extent> {
     e.iter()
         .map(|(start, end)| pb::Extent {
@@ -195,9 +215,7 @@ impl Agent for AgentService {
                     wipe_on_delete: opts.wipe_on_delete,
                     partition_type: (!opts.partition_type.is_empty())
                         .then(|| opts.partition_type.clone()),
-                    // 64 KiB is LVM's default stripe size.
-                    stripes: (opts.stripes > 0)
-                        .then_some((opts.stripes, opts.stripe_size_bytes.max(64 << 10))),
+                    stripes: stripes(&opts)?,
                 };
                 let v = pool.create_volume(&create).await?;
                 Ok(pb::VolumeResponse {

@@ -151,8 +151,57 @@ impl Attacher<'_> {
     }
 }
 
+/// Whether two paths name the same block device: `/dev/VG/LV` and
+/// `/dev/mapper/VG-LV` are both links to `/dev/dm-N`, so compare what they
+/// resolve to, and failing that, the device numbers.
+pub fn is_same_device(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    if let (Ok(x), Ok(y)) = (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        if x == y {
+            return true;
+        }
+    }
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => {
+            x.file_type().is_block_device()
+                && y.file_type().is_block_device()
+                && x.rdev() == y.rdev()
+        }
+        _ => false,
+    }
+}
+
 /// Size of a block device (or any file) in bytes.
 pub fn device_size(dev: &Path) -> std::io::Result<u64> {
     let f = std::fs::File::open(dev)?;
     Ok(rustix::fs::seek(&f, rustix::fs::SeekFrom::End(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn links_to_one_device_are_the_same_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("dm-3"), dir.path().join("vg-lv"));
+        std::fs::write(&a, b"").unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        assert!(is_same_device(&a, &b));
+        assert!(is_same_device(&b, &b));
+        let c = dir.path().join("other");
+        std::fs::write(&c, b"").unwrap();
+        assert!(
+            !is_same_device(&a, &c),
+            "two regular files are not one device"
+        );
+        assert!(is_same_device(
+            Path::new("/dev/null"),
+            Path::new("/dev/null")
+        ));
+    }
 }

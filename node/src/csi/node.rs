@@ -26,10 +26,16 @@ impl NodeService {
     }
 }
 
-fn volume_id(id: &str) -> Result<VolumeId, Error> {
-    if id.is_empty() {
-        return Err(Error::Invalid("volume_id is required".into()));
+/// INVALID_ARGUMENT when a REQUIRED field is empty.
+fn required(field: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::Invalid(format!("{field} is required")));
     }
+    Ok(())
+}
+
+fn volume_id(id: &str) -> Result<VolumeId, Error> {
+    required("volume_id", id)?;
     VolumeId::parse(id).map_err(|e| Error::VolumeNotFound {
         pool: String::new(),
         name: e.to_string(),
@@ -82,9 +88,7 @@ impl Node for NodeService {
         respond::<_, Error>(
             async {
                 let id = volume_id(&r.volume_id)?;
-                if r.staging_target_path.is_empty() {
-                    return Err(Error::Invalid("staging_target_path is required".into()));
-                }
+                required("staging_target_path", &r.staging_target_path)?;
                 let (access, ro) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
                 let _g = self
                     .ctx
@@ -106,9 +110,7 @@ impl Node for NodeService {
         respond::<_, Error>(
             async {
                 let id = volume_id(&r.volume_id)?;
-                if r.staging_target_path.is_empty() {
-                    return Err(Error::Invalid("staging_target_path is required".into()));
-                }
+                required("staging_target_path", &r.staging_target_path)?;
                 let _g = self
                     .ctx
                     .locks
@@ -129,9 +131,7 @@ impl Node for NodeService {
         respond::<_, Error>(
             async {
                 let id = volume_id(&r.volume_id)?;
-                if r.target_path.is_empty() {
-                    return Err(Error::Invalid("target_path is required".into()));
-                }
+                required("target_path", &r.target_path)?;
                 if r.staging_target_path.is_empty() {
                     return Err(Error::Invalid(
                         "staging_target_path is required: pool-csi stages every volume".into(),
@@ -165,12 +165,8 @@ impl Node for NodeService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                if r.volume_id.is_empty() {
-                    return Err(Error::Invalid("volume_id is required".into()));
-                }
-                if r.target_path.is_empty() {
-                    return Err(Error::Invalid("target_path is required".into()));
-                }
+                required("volume_id", &r.volume_id)?;
+                required("target_path", &r.target_path)?;
                 // Unpublishing works on the target path alone, so kubelet can
                 // always clean up, even for an id this driver never made.
                 let key = match VolumeId::parse(&r.volume_id) {
@@ -195,9 +191,7 @@ impl Node for NodeService {
         respond::<_, Error>(
             async {
                 let id = volume_id(&r.volume_id)?;
-                if r.volume_path.is_empty() {
-                    return Err(Error::Invalid("volume_path is required".into()));
-                }
+                required("volume_path", &r.volume_path)?;
                 let s = ops::stats::stats(&self.ctx, &id, &r.volume_path).await?;
                 let usage = |unit: Unit, total: u64, available: u64, used: u64| csi::VolumeUsage {
                     total: total as i64,
@@ -235,9 +229,7 @@ impl Node for NodeService {
         respond::<_, Error>(
             async {
                 let id = volume_id(&r.volume_id)?;
-                if r.volume_path.is_empty() {
-                    return Err(Error::Invalid("volume_path is required".into()));
-                }
+                required("volume_path", &r.volume_path)?;
                 let range = r.capacity_range.unwrap_or_default();
                 if range.required_bytes < 0 || range.limit_bytes < 0 {
                     return Err(Error::Invalid("capacity_range must not be negative".into()));

@@ -31,7 +31,7 @@ pub async fn stage(
     if let Some(m) = mountinfo::find_at(&table, &target) {
         let ours = att
             .attached(&src)
-            .is_some_and(|d| is_same_device(&mount_device(m), &d));
+            .is_some_and(|d| crate::attach::is_same_device(&mount_device(m), &d));
         return if ours {
             Ok(())
         } else {
@@ -98,29 +98,6 @@ async fn mount_filesystem(
     mounter::mount_fs(dev, staging, fs_type, &opts).map_err(io("mount volume at", staging))
 }
 
-/// Whether two paths name the same block device: `/dev/VG/LV` and
-/// `/dev/mapper/VG-LV` are both links to `/dev/dm-N`, so compare what they
-/// resolve to, and failing that, the device numbers.
-pub fn is_same_device(a: &Path, b: &Path) -> bool {
-    if a == b {
-        return true;
-    }
-    if let (Ok(x), Ok(y)) = (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        if x == y {
-            return true;
-        }
-    }
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => {
-            x.file_type().is_block_device()
-                && y.file_type().is_block_device()
-                && x.rdev() == y.rdev()
-        }
-        _ => false,
-    }
-}
-
 /// The device behind a mount entry: its source for filesystems, or for a
 /// bind of a device node, /dev plus the node's path in devtmpfs.
 pub fn mount_device(m: &mountinfo::MountEntry) -> PathBuf {
@@ -177,30 +154,5 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &str) -> Result<()> 
             Ok(())
         }
         Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn links_to_one_device_are_the_same_device() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("dm-3"), dir.path().join("vg-lv"));
-        std::fs::write(&a, b"").unwrap();
-        std::os::unix::fs::symlink(&a, &b).unwrap();
-        assert!(is_same_device(&a, &b));
-        assert!(is_same_device(&b, &b));
-        let c = dir.path().join("other");
-        std::fs::write(&c, b"").unwrap();
-        assert!(
-            !is_same_device(&a, &c),
-            "two regular files are not one device"
-        );
-        assert!(is_same_device(
-            Path::new("/dev/null"),
-            Path::new("/dev/null")
-        ));
     }
 }

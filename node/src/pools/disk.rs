@@ -180,7 +180,7 @@ impl DiskPool {
         let table = mountinfo::read(&self.mountinfo).unwrap_or_default();
         if let Some(m) = table
             .iter()
-            .find(|m| crate::ops::stage::is_same_device(Path::new(&m.source), Path::new(node)))
+            .find(|m| crate::attach::is_same_device(Path::new(&m.source), Path::new(node)))
         {
             return Some(format!("mounted at {}", m.mount_point.display()));
         }

@@ -194,7 +194,7 @@ impl FilePool {
     async fn mount_device(&self, dev: &FsDevice) -> Result<()> {
         let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
         if let Some(m) = mountinfo::find_at(&table, &self.layout.root) {
-            if crate::ops::stage::is_same_device(Path::new(&m.source), &dev.device) {
+            if crate::attach::is_same_device(Path::new(&m.source), &dev.device) {
                 return Ok(());
             }
             return Err(Error::Precondition(format!(
@@ -354,7 +354,7 @@ impl Pool for FilePool {
         let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
         if table
             .iter()
-            .any(|m| crate::ops::stage::is_same_device(Path::new(&m.source), &dev.device))
+            .any(|m| crate::attach::is_same_device(Path::new(&m.source), &dev.device))
         {
             return if overwrite {
                 Err(Error::InUse {

@@ -11,6 +11,12 @@ use crate::exec::{Cmd, CommandRunner, ExecError};
 use serde::Deserialize;
 use std::{path::Path, time::Duration};
 
+/// The columns `vgs` reports (`-o`).
+pub const VGS_FIELDS: &str = "vg_name,vg_size,vg_free,vg_extent_size";
+/// The columns `lvs` reports (`-o`).
+pub const LVS_FIELDS: &str =
+    "lv_name,lv_size,lv_tags,lv_attr,pool_lv,origin,data_percent,metadata_percent,segtype";
+
 /// Runs lvm subcommands for one pool.
 pub struct Lvm<'a> {
     pub runner: &'a dyn CommandRunner,
@@ -163,7 +169,7 @@ impl Lvm<'_> {
                 "b",
                 "--nosuffix",
                 "-o",
-                "vg_name,vg_size,vg_free,vg_extent_size",
+                VGS_FIELDS,
             ])
             .arg(vg);
         match self.runner.run_ok(&cmd).await {
@@ -180,7 +186,7 @@ impl Lvm<'_> {
         let cmd = self
             .cmd("lvs")
             .args(["--reportformat", "json", "--units", "b", "--nosuffix", "-o"])
-            .arg("lv_name,lv_size,lv_tags,lv_attr,pool_lv,origin,data_percent,metadata_percent,segtype")
+            .arg(LVS_FIELDS)
             .arg(vg);
         let out = self.runner.run_ok(&cmd).await?;
         parse_lvs(&out.stdout).map_err(|e| Self::bad_json(&cmd, e))
