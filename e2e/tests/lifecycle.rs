@@ -1,7 +1,7 @@
 //! A volume's whole life through the real binaries: create, stage (real loop
 //! device, mkfs, mount), publish, write and read back, expand online,
 //! snapshot, clone and restore with content checks, unpublish, unstage,
-//! delete — for ext4, xfs, raw block and qcow2.
+//! delete — for ext4, xfs, raw block, qcow2 and ploop.
 
 use pool_csi_e2e::{req, require, Driver, Options};
 use pool_csi_proto::csi;
@@ -255,6 +255,22 @@ async fn xfs_raw_volume_lives_and_dies() {
 async fn ext4_qcow2_volume_lives_and_dies_through_qemu_storage_daemon() {
     require!(true);
     fs_lifecycle("ext4", "qcow2", 64 * req::MIB).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext4_ploop_volume_lives_and_dies_through_qemu_storage_daemon() {
+    require!(true);
+    fs_lifecycle("ext4", "ploop", 64 * req::MIB).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfs_ploop_volume_grows_online_through_a_pushed_delta() {
+    require!(true);
+    if pool_csi_e2e::which("mkfs.xfs").is_none() {
+        eprintln!("SKIPPED: needs mkfs.xfs (xfsprogs; run dev/setup)");
+        return;
+    }
+    fs_lifecycle("xfs", "ploop", 320 * req::MIB).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

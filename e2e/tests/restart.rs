@@ -101,6 +101,12 @@ async fn qcow2_volume_and_its_daemon_survive_a_node_plugin_crash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ploop_volume_and_its_daemon_survive_a_node_plugin_crash() {
+    require!(true);
+    survives_restart("ploop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_backing_file_is_an_abnormal_condition() {
     require!(false);
     let d = Driver::start(Options::default()).await;

@@ -40,26 +40,39 @@ impl Attacher<'_> {
                 format: VolumeFormat::Raw,
             } => self.loop_on(path, self.direct_io).await,
             AttachSource::File { path, format } => {
-                let nbd = NbdState::beside(&self.export.file);
-                if let Some(dev) = nbd.attached(self.sysfs) {
-                    return Ok(dev);
-                }
-                if qemu_nbd::is_available(self.sysfs) && self.export.running_pid().is_none() {
-                    let dev = qemu_nbd::free_device(self.sysfs).ok_or_else(|| {
-                        crate::error::Error::Precondition("every nbd device is in use".into())
-                    })?;
-                    if let Some(dir) = self.export.file.parent() {
-                        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-                    }
-                    qemu_nbd::connect(self.runner, path, *format, &dev, &nbd).await?;
-                    return Ok(dev);
-                }
-                if self.export.running_pid().is_none() {
-                    self.start_export(path, *format).await?;
-                }
-                self.loop_on(&self.export.file, false).await
+                self.attach_image(qsd::Image::One {
+                    path,
+                    format: *format,
+                })
+                .await
+            }
+            AttachSource::PloopChain { images, .. } => {
+                self.attach_image(qsd::Image::PloopChain(images)).await
             }
         }
+    }
+
+    /// An image through qemu-nbd where the nbd module exists, else through a
+    /// qemu-storage-daemon FUSE export with a loop device on it.
+    async fn attach_image(&self, image: qsd::Image<'_>) -> Result<PathBuf> {
+        let nbd = NbdState::beside(&self.export.file);
+        if let Some(dev) = nbd.attached(self.sysfs) {
+            return Ok(dev);
+        }
+        if qemu_nbd::is_available(self.sysfs) && self.export.running_pid().is_none() {
+            let dev = qemu_nbd::free_device(self.sysfs).ok_or_else(|| {
+                crate::error::Error::Precondition("every nbd device is in use".into())
+            })?;
+            if let Some(dir) = self.export.file.parent() {
+                std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+            }
+            qemu_nbd::connect(self.runner, image, &dev, &nbd).await?;
+            return Ok(dev);
+        }
+        if self.export.running_pid().is_none() {
+            self.start_export(image).await?;
+        }
+        self.loop_on(&self.export.file, false).await
     }
 
     /// The device already attached for `src`, if any (no changes made).
@@ -72,26 +85,30 @@ impl Attacher<'_> {
             } => losetup::find_by_backing_file(self.sysfs, path)
                 .into_iter()
                 .next(),
-            AttachSource::File { .. } => NbdState::beside(&self.export.file)
-                .attached(self.sysfs)
-                .or_else(|| {
-                    losetup::find_by_backing_file(self.sysfs, &self.export.file)
-                        .into_iter()
-                        .next()
-                }),
+            AttachSource::File { .. } | AttachSource::PloopChain { .. } => {
+                NbdState::beside(&self.export.file)
+                    .attached(self.sysfs)
+                    .or_else(|| {
+                        losetup::find_by_backing_file(self.sysfs, &self.export.file)
+                            .into_iter()
+                            .next()
+                    })
+            }
         }
     }
 
     /// Detaches everything attach made for `src`. Idempotent.
     pub async fn detach(&self, src: &AttachSource) -> Result<()> {
-        let AttachSource::File { path, .. } = src else {
-            return Ok(());
+        let path = match src {
+            AttachSource::Block { .. } => return Ok(()),
+            AttachSource::File { path, .. } => Some(path.as_path()),
+            AttachSource::PloopChain { .. } => None,
         };
         let nbd = NbdState::beside(&self.export.file);
         if let Some(dev) = nbd.attached(self.sysfs) {
             qemu_nbd::disconnect(self.runner, &dev, &nbd).await?;
         }
-        for file in [path.as_path(), self.export.file.as_path()] {
+        for file in path.into_iter().chain([self.export.file.as_path()]) {
             for dev in losetup::find_by_backing_file(self.sysfs, file) {
                 losetup::detach(self.runner, &dev).await?;
             }
@@ -115,7 +132,7 @@ impl Attacher<'_> {
         Ok(losetup::attach(self.runner, file, direct_io).await?)
     }
 
-    async fn start_export(&self, image: &Path, format: VolumeFormat) -> Result<()> {
+    async fn start_export(&self, image: qsd::Image<'_>) -> Result<()> {
         let e = &self.export;
         if let Some(dir) = e.file.parent() {
             std::fs::create_dir_all(dir).map_err(io("create", dir))?;
@@ -132,7 +149,7 @@ impl Attacher<'_> {
             .write(true)
             .open(&e.file)
             .map_err(io("create", &e.file))?;
-        qsd::start(self.runner, image, format, e).await?;
+        qsd::start(self.runner, image, e).await?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use super::{
     fit_size,
     fsutil::{remove_if_exists, rename_noreplace, sync_dir, wipe},
     layout::Layout,
+    ploop_volume::is_ploop_dir,
     AttachSource, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Source, Volume,
 };
 use crate::{
@@ -33,12 +34,13 @@ const WIPE_XATTR: &str = "user.pool-csi.wipe-on-delete";
 /// Size of a volume whose request gives no capacity.
 pub(super) const DEFAULT_SIZE: u64 = 1 << 30;
 /// Formats a file pool creates volumes in, in lookup order.
-const FORMATS: [VolumeFormat; 5] = [
+const FORMATS: [VolumeFormat; 6] = [
     VolumeFormat::Raw,
     VolumeFormat::Qcow2,
     VolumeFormat::Vmdk,
     VolumeFormat::Vpc,
     VolumeFormat::Vdi,
+    VolumeFormat::Ploop,
 ];
 
 /// The device an fs pool mounts.
@@ -56,11 +58,13 @@ pub struct FilePool {
     device: Option<FsDevice>,
     auto_build: bool,
     pub(super) runner: Arc<dyn CommandRunner>,
-    sysfs: PathBuf,
+    pub(super) sysfs: PathBuf,
     mountinfo: PathBuf,
     /// Where this pool's qemu-storage-daemon exports live.
     exports: PathBuf,
     state: super::StateCell,
+    /// Serialises changes to ploop descriptors (snapshots, merges, growth).
+    pub(super) ploop_lock: tokio::sync::Mutex<()>,
 }
 
 impl FilePool {
@@ -81,19 +85,22 @@ impl FilePool {
             mountinfo: cfg.mountinfo.clone(),
             exports: exports_dir(cfg, &def.name),
             state: super::StateCell::new(&def.name),
+            ploop_lock: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The volume file for `name`, if there is one. Anything at a volume's
-    /// path that is not a regular file (a symlink, a directory) is refused.
+    /// The volume file (or ploop directory) for `name`, if there is one.
+    /// Anything else at a volume's path (a symlink, a directory without
+    /// ploop files) is refused.
     pub(super) fn find(&self, name: &str) -> Result<Option<(PathBuf, VolumeFormat)>> {
         for f in FORMATS {
             let path = self.layout.volume(name, f)?;
             match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_file() => return Ok(Some((path, f))),
+                Ok(m) if m.is_file() && f != VolumeFormat::Ploop => return Ok(Some((path, f))),
+                Ok(m) if m.is_dir() && is_ploop_dir(&path) => return Ok(Some((path, f))),
                 Ok(_) => {
                     return Err(Error::Precondition(format!(
-                        "{} is not a regular file; pool-csi will not touch it",
+                        "{} is not a volume pool-csi made (not a regular file or a ploop directory); pool-csi will not touch it",
                         path.display()
                     )))
                 }
@@ -105,6 +112,9 @@ impl FilePool {
     }
 
     pub(super) async fn describe(&self, name: &str, path: &Path, format: VolumeFormat) -> Volume {
+        if format == VolumeFormat::Ploop {
+            return self.describe_ploop(name, path);
+        }
         let meta = std::fs::metadata(path);
         let allocation = meta.as_ref().map(copy::allocated_bytes).unwrap_or(0);
         match formats::virtual_size(self.runner.as_ref(), format, path).await {
@@ -141,9 +151,7 @@ impl FilePool {
         if let Some(l) = loops.first() {
             return Some(format!("loop device {}", l.display()));
         }
-        self.export_of(name)
-            .running_pid()
-            .map(|pid| format!("qemu-storage-daemon pid {pid}"))
+        self.ploop_user(name)
     }
 
     /// Copies a volume file while it is consistent: when the volume is
@@ -151,13 +159,26 @@ impl FilePool {
     /// mounted from it is frozen for the duration of the copy, then thawed
     /// whatever the copy's outcome.
     pub(super) async fn copy_quiesced(&self, name: &str, src: &Path, dst: &Path) -> Result<()> {
+        let frozen = self.freeze_users(name, src).await?;
+        let (from, to) = (src.to_path_buf(), dst.to_path_buf());
+        let copied = tokio::task::spawn_blocking(move || copy::copy_file(&from, &to))
+            .await
+            .map_err(|e| io("copy", src)(std::io::Error::other(e)))
+            .and_then(|r| r.map_err(io("copy", src)).map(|_| ()));
+        self.thaw(&frozen).await;
+        copied
+    }
+
+    /// Flushes the block devices attached for `name` on this node and
+    /// freezes the filesystems mounted from them; returns what to thaw.
+    pub(super) async fn freeze_users(&self, name: &str, src: &Path) -> Result<Vec<PathBuf>> {
         let export = self.export_of(name);
         if crate::tools::qemu_nbd::NbdState::beside(&export.file)
             .attached(&self.sysfs)
             .is_some()
         {
             return Err(Error::Precondition(format!(
-                "volume {name} is attached through qemu-nbd, which cannot grow an image online; expand it while unstaged"
+                "volume {name} is attached through qemu-nbd, which cannot be quiesced for a copy; do it while unstaged"
             )));
         }
         let devices: Vec<PathBuf> = [src, export.file.as_path()]
@@ -168,27 +189,32 @@ impl FilePool {
         if !devices.is_empty() {
             let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
             for dev in &devices {
-                File::open(dev)
+                let flushed = File::open(dev)
                     .and_then(|f| f.sync_all())
-                    .map_err(io("flush", dev))?;
+                    .map_err(io("flush", dev));
+                if let Err(e) = flushed {
+                    self.thaw(&frozen).await;
+                    return Err(e);
+                }
                 // One mount per filesystem is enough: binds share the superblock.
                 if let Some(m) = table.iter().find(|m| Path::new(&m.source) == dev) {
-                    fsfreeze::freeze(self.runner.as_ref(), &m.mount_point).await?;
+                    if let Err(e) = fsfreeze::freeze(self.runner.as_ref(), &m.mount_point).await {
+                        self.thaw(&frozen).await;
+                        return Err(e.into());
+                    }
                     frozen.push(m.mount_point.clone());
                 }
             }
         }
-        let (from, to) = (src.to_path_buf(), dst.to_path_buf());
-        let copied = tokio::task::spawn_blocking(move || copy::copy_file(&from, &to))
-            .await
-            .map_err(|e| io("copy", src)(std::io::Error::other(e)))
-            .and_then(|r| r.map_err(io("copy", src)).map(|_| ()));
-        for mp in &frozen {
+        Ok(frozen)
+    }
+
+    pub(super) async fn thaw(&self, frozen: &[PathBuf]) {
+        for mp in frozen {
             if let Err(e) = fsfreeze::thaw(self.runner.as_ref(), mp).await {
                 tracing::error!(mount = %mp.display(), error = %e, "failed to thaw a frozen filesystem; run fsfreeze --unfreeze");
             }
         }
-        copied
     }
 
     async fn mount_device(&self, dev: &FsDevice) -> Result<()> {
@@ -242,7 +268,7 @@ impl FilePool {
         // Whatever is in tmp was never renamed into place: a crash mid-create.
         let tmp = self.layout.tmp_dir();
         for e in std::fs::read_dir(&tmp).map_err(io("read", &tmp))?.flatten() {
-            let _ = std::fs::remove_file(e.path());
+            let _ = remove_if_exists(&e.path());
         }
         Ok(())
     }
@@ -279,6 +305,23 @@ impl FilePool {
         }
         match src {
             None => formats::create(self.runner.as_ref(), format, tmp, size, full).await?,
+            Some((src_path, _)) if format == VolumeFormat::Ploop => {
+                let (volume, delta) = match &req.source {
+                    Source::Snapshot(s) => {
+                        let r = self
+                            .read_record(s)?
+                            .ok_or_else(|| Error::SnapshotNotFound {
+                                pool: self.name.clone(),
+                                name: s.clone(),
+                            })?;
+                        (r.source_volume, r.delta)
+                    }
+                    Source::Volume(v) => (v.clone(), None),
+                    Source::Empty => unreachable!("a source path means a source"),
+                };
+                self.copy_ploop(&volume, &src_path, delta.as_deref(), tmp, size)
+                    .await?;
+            }
             Some((src_path, src_size)) => {
                 match &req.source {
                     Source::Volume(v) => self.copy_quiesced(v, &src_path, tmp).await?,
@@ -425,7 +468,7 @@ impl Pool for FilePool {
                     pool: self.name.clone(),
                     name: v.clone(),
                 })?;
-                (Some(p), f)
+                (Some((p, None)), f)
             }
             Source::Snapshot(s) => {
                 let snap = self
@@ -434,7 +477,18 @@ impl Pool for FilePool {
                         pool: self.name.clone(),
                         name: s.clone(),
                     })?;
-                (Some(self.layout.snapshot(s, snap.format)?), snap.format)
+                if snap.format == VolumeFormat::Ploop {
+                    // The data is a delta inside the source volume's directory.
+                    let dir = self
+                        .layout
+                        .volume(&snap.source_volume, VolumeFormat::Ploop)?;
+                    (Some((dir, Some(snap.size))), snap.format)
+                } else {
+                    (
+                        Some((self.layout.snapshot(s, snap.format)?, None)),
+                        snap.format,
+                    )
+                }
             }
         };
         if let Some(want) = req.format.filter(|w| *w != format) {
@@ -459,7 +513,8 @@ impl Pool for FilePool {
             return Ok(v);
         }
         let src = match source {
-            Some(p) => {
+            Some((p, Some(size))) => Some((p, size)),
+            Some((p, None)) => {
                 let size = formats::virtual_size(self.runner.as_ref(), format, &p).await?;
                 Some((p, size))
             }
@@ -500,15 +555,18 @@ impl Pool for FilePool {
             remove_if_exists(&self.layout.tmp('v', name, VolumeFormat::Raw)?)?;
             return Ok(());
         };
+        let recorded = File::open(&path)
+            .ok()
+            .is_some_and(|f| rustix::fs::fgetxattr(&f, WIPE_XATTR, &mut [0u8; 4]).is_ok());
+        if format == VolumeFormat::Ploop {
+            return self.delete_ploop(name, &path, wipe_first || recorded).await;
+        }
         if let Some(by) = self.users_of(name, &path) {
             return Err(Error::InUse {
                 what: format!("volume {name} ({format})"),
                 by,
             });
         }
-        let recorded = File::open(&path)
-            .ok()
-            .is_some_and(|f| rustix::fs::fgetxattr(&f, WIPE_XATTR, &mut [0u8; 4]).is_ok());
         if wipe_first || recorded {
             let p = path.clone();
             tokio::task::spawn_blocking(move || wipe(&p))
@@ -552,7 +610,9 @@ impl Pool for FilePool {
             });
         }
         let export = self.export_of(name);
-        if format != VolumeFormat::Raw && export.running_pid().is_some() {
+        if format == VolumeFormat::Ploop {
+            self.grow_ploop(name, &path, size).await?;
+        } else if format != VolumeFormat::Raw && export.running_pid().is_some() {
             crate::tools::qsd::resize(&export, size).await?; // attached: grow through the running daemon
         } else {
             formats::grow(self.runner.as_ref(), format, &path, size, full).await?;
@@ -581,7 +641,12 @@ impl Pool for FilePool {
             else {
                 continue;
             };
-            if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            let Ok(t) = e.file_type() else { continue };
+            let ours = match format {
+                VolumeFormat::Ploop => t.is_dir() && is_ploop_dir(&e.path()),
+                _ => t.is_file(),
+            };
+            if ours {
                 out.push(self.describe(&name, &e.path(), format).await);
             }
         }
@@ -596,7 +661,7 @@ impl Pool for FilePool {
 
     async fn delete_snapshot(&self, name: &str) -> Result<()> {
         self.state.ensure_running()?;
-        self.remove_snapshot(name)
+        self.remove_snapshot(name).await
     }
 
     async fn list_snapshots(&self) -> Result<Vec<super::Snapshot>> {
@@ -610,6 +675,9 @@ impl Pool for FilePool {
             pool: self.name.clone(),
             name: name.into(),
         })?;
+        if format == VolumeFormat::Ploop {
+            return self.ploop_attach_source(name, &path).await;
+        }
         Ok(AttachSource::File { path, format })
     }
 }

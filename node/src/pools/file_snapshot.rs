@@ -8,6 +8,9 @@
 //! works for every format, and a restore is again a copy. Snapshots of a
 //! volume in use are crash-consistent only to the extent the copy is atomic:
 //! with reflink it is; without, quiesce the application first.
+//!
+//! ploop volumes are the exception: their snapshots are deltas inside the
+//! volume directory (`ploop_volume.rs`); the record then names the delta.
 
 use super::{
     file::FilePool,
@@ -26,15 +29,48 @@ use std::{
 };
 
 #[derive(Serialize, Deserialize)]
-struct Record {
-    source_volume: String,
-    format: VolumeFormat,
-    size: u64,
-    created_unix_nanos: i64,
+pub(super) struct Record {
+    pub source_volume: String,
+    pub format: VolumeFormat,
+    pub size: u64,
+    pub created_unix_nanos: i64,
+    /// ploop: the GUID of the volume's delta that holds this snapshot
+    /// (its data lives in the volume's directory, not in a copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<String>,
+}
+
+impl Record {
+    pub(super) fn new(source_volume: &str, format: VolumeFormat, size: u64) -> Self {
+        Self {
+            source_volume: source_volume.into(),
+            format,
+            size,
+            created_unix_nanos: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
+            delta: None,
+        }
+    }
+
+    fn snapshot(&self, name: &str) -> Snapshot {
+        Snapshot {
+            name: name.into(),
+            source_volume: self.source_volume.clone(),
+            format: self.format,
+            size: self.size,
+            created_unix_nanos: self.created_unix_nanos,
+        }
+    }
 }
 
 impl FilePool {
     pub(super) fn read_snapshot(&self, name: &str) -> Result<Option<Snapshot>> {
+        Ok(self.read_record(name)?.map(|r| r.snapshot(name)))
+    }
+
+    pub(super) fn read_record(&self, name: &str) -> Result<Option<Record>> {
         let path = self.layout.snapshot_meta(name)?;
         let text = match std::fs::read(&path) {
             Ok(t) => t,
@@ -47,13 +83,26 @@ impl FilePool {
                 path.display()
             ))
         })?;
-        Ok(Some(Snapshot {
-            name: name.into(),
-            source_volume: r.source_volume,
-            format: r.format,
-            size: r.size,
-            created_unix_nanos: r.created_unix_nanos,
-        }))
+        Ok(Some(r))
+    }
+
+    /// Commits a snapshot: its record appears whole, by rename, or not at all.
+    pub(super) fn write_record(&self, name: &str, record: &Record) -> Result<()> {
+        let meta = self.layout.snapshot_meta(name)?;
+        let meta_tmp = self
+            .layout
+            .tmp('s', name, VolumeFormat::Raw)?
+            .with_extension("json");
+        std::fs::write(
+            &meta_tmp,
+            serde_json::to_vec(record).expect("record serialises"),
+        )
+        .map_err(io("write", &meta_tmp))?;
+        std::fs::File::open(&meta_tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io("sync", &meta_tmp))?;
+        std::fs::rename(&meta_tmp, &meta).map_err(io("rename", &meta_tmp))?;
+        sync_dir(&self.layout.snapshot_dir())
     }
 
     pub(super) async fn snapshot_volume(&self, source: &str, name: &str) -> Result<Snapshot> {
@@ -72,20 +121,15 @@ impl FilePool {
             pool: self.name.clone(),
             name: source.into(),
         })?;
+        if format == VolumeFormat::Ploop {
+            return self.snapshot_ploop(source, &src, name).await;
+        }
         let size = formats::virtual_size(self.runner.as_ref(), format, &src).await?;
         let data = self.layout.snapshot(name, format)?;
         let tmp = self.layout.tmp('s', name, format)?;
         remove_if_exists(&tmp)?;
         remove_if_exists(&data)?; // data without a record: an interrupted earlier attempt
-        let record = Record {
-            source_volume: source.into(),
-            format,
-            size,
-            created_unix_nanos: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0),
-        };
+        let record = Record::new(source, format, size);
         let made = async {
             self.copy_quiesced(source, &src, &tmp).await?;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))
@@ -94,21 +138,7 @@ impl FilePool {
                 .and_then(|f| f.sync_all())
                 .map_err(io("sync", &tmp))?;
             rename_noreplace(&tmp, &data)?;
-            let meta = self.layout.snapshot_meta(name)?;
-            let meta_tmp = self
-                .layout
-                .tmp('s', name, VolumeFormat::Raw)?
-                .with_extension("json");
-            std::fs::write(
-                &meta_tmp,
-                serde_json::to_vec(&record).expect("record serialises"),
-            )
-            .map_err(io("write", &meta_tmp))?;
-            std::fs::File::open(&meta_tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io("sync", &meta_tmp))?;
-            std::fs::rename(&meta_tmp, &meta).map_err(io("rename", &meta_tmp))?;
-            sync_dir(&self.layout.snapshot_dir())
+            self.write_record(name, &record)
         }
         .await;
         if let Err(e) = made {
@@ -116,26 +146,29 @@ impl FilePool {
             let _ = remove_if_exists(&data);
             return Err(e);
         }
-        Ok(Snapshot {
-            name: name.into(),
-            source_volume: record.source_volume,
-            format,
-            size,
-            created_unix_nanos: record.created_unix_nanos,
-        })
+        Ok(record.snapshot(name))
     }
 
-    pub(super) fn remove_snapshot(&self, name: &str) -> Result<()> {
+    pub(super) async fn remove_snapshot(&self, name: &str) -> Result<()> {
         let meta = self.layout.snapshot_meta(name)?;
-        let format = self.read_snapshot(name).ok().flatten().map(|s| s.format);
+        let record = self.read_record(name).ok().flatten();
         remove_if_exists(&meta)?; // uncommit first: from here on the snapshot does not exist
-        for f in format.into_iter().chain(VolumeFormat::ALL) {
+        for f in VolumeFormat::ALL
+            .into_iter()
+            .filter(|f| *f != VolumeFormat::Ploop)
+        {
             remove_if_exists(&self.layout.snapshot(name, f)?)?;
         }
-        sync_dir(&self.layout.snapshot_dir())
+        sync_dir(&self.layout.snapshot_dir())?;
+        if let Some(r) = record.filter(|r| r.delta.is_some()) {
+            // Its delta is now unreferenced: merge it away unless the volume is in use.
+            self.compact_ploop_if_idle(&r.source_volume).await;
+        }
+        Ok(())
     }
 
-    pub(super) fn read_snapshots(&self) -> Result<Vec<Snapshot>> {
+    /// Every snapshot record (unreadable ones skipped).
+    pub(super) fn read_records(&self) -> Result<Vec<(String, Record)>> {
         let dir = self.layout.snapshot_dir();
         let mut out = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(io("read", &dir))?.flatten() {
@@ -143,10 +176,19 @@ impl FilePool {
             let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
                 continue;
             };
-            if let Ok(Some(s)) = self.read_snapshot(name) {
-                out.push(s);
+            if let Ok(Some(r)) = self.read_record(name) {
+                out.push((name.to_string(), r));
             }
         }
+        Ok(out)
+    }
+
+    pub(super) fn read_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut out: Vec<Snapshot> = self
+            .read_records()?
+            .iter()
+            .map(|(name, r)| r.snapshot(name))
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }

@@ -26,10 +26,16 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io("sync", dir))
 }
 
+/// Removes a file, or a directory with everything in it (links inside are
+/// removed, never followed). Missing is fine.
 pub fn remove_if_exists(path: &Path) -> Result<bool> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory || path.is_dir() => {
+            std::fs::remove_dir_all(path).map_err(io("remove", path))?;
+            Ok(true)
+        }
         Err(e) => Err(io("remove", path)(e)),
     }
 }

@@ -9,6 +9,7 @@ mod file_snapshot;
 pub mod fsutil;
 pub mod layout;
 pub mod logical;
+mod ploop_volume;
 
 use crate::{
     error::{Error, Result},
@@ -162,6 +163,8 @@ pub struct Expanded {
 pub enum AttachSource {
     /// An image file: raw through a loop device, other formats through qemu.
     File { path: PathBuf, format: VolumeFormat },
+    /// A ploop disk: its images, lowest first, each the backing of the next.
+    PloopChain { dir: PathBuf, images: Vec<PathBuf> },
     /// Already a block device (LV, partition, LUN).
     Block { device: PathBuf },
 }

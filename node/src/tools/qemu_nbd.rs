@@ -3,8 +3,8 @@
 //! `<name>.nbd` (the device) and `<name>.nbd.pid` (qemu-nbd's pid), checked
 //! against `/sys/block/nbdX/pid`, so a restarted node finds the attachment.
 
+use super::qsd::Image;
 use crate::exec::{Cmd, CommandRunner, ExecError};
-use pool_csi_proto::VolumeFormat;
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -62,21 +62,38 @@ pub fn free_device(sysfs: &Path) -> Option<PathBuf> {
         .map(|n| Path::new("/dev").join(n))
 }
 
-/// Serves `image` on `device` through a forked qemu-nbd and records it.
+/// Serves `image` on `device` through a forked qemu-nbd and records it. A
+/// ploop chain is passed as nested `--image-opts` (top, its backing, …).
 pub async fn connect(
     runner: &dyn CommandRunner,
-    image: &Path,
-    format: VolumeFormat,
+    image: Image<'_>,
     device: &Path,
     state: &NbdState,
 ) -> Result<(), ExecError> {
     let cmd = Cmd::new("qemu-nbd")
         .arg(format!("--connect={}", device.display()))
-        .arg(format!("--format={}", super::qemu_img::driver(format)))
         .args(["--cache=none", "--discard=unmap", "--fork"])
-        .arg(format!("--pid-file={}", state.pid_file.display()))
-        .arg(image)
-        .timeout(Duration::from_secs(30));
+        .arg(format!("--pid-file={}", state.pid_file.display()));
+    let cmd = match image {
+        Image::One { path, format } => cmd
+            .arg(format!("--format={}", super::qemu_img::driver(format)))
+            .arg(path),
+        Image::PloopChain(chain) => {
+            let mut opts = String::new();
+            for (depth, path) in chain.iter().rev().enumerate() {
+                let prefix = "backing.".repeat(depth);
+                if depth > 0 {
+                    opts.push(',');
+                }
+                opts.push_str(&format!(
+                    "{prefix}driver=parallels,{prefix}file.driver=file,{prefix}file.filename={}",
+                    path.to_string_lossy().replace(',', ",,")
+                ));
+            }
+            cmd.arg("--image-opts").arg(opts)
+        }
+    }
+    .timeout(Duration::from_secs(30));
     runner.run_ok(&cmd).await?;
     std::fs::write(&state.device_file, device.as_os_str().as_encoded_bytes()).map_err(|e| {
         ExecError::Failed {
@@ -149,11 +166,11 @@ mod tests {
                 [
                     "qemu-nbd",
                     "--connect=/dev/nbd0",
-                    "--format=qcow2",
                     "--cache=none",
                     "--discard=unmap",
                     "--fork",
                     &pid_arg,
+                    "--format=qcow2",
                     "/pool/vol.qcow2",
                 ],
                 Reply::ok(),
@@ -161,8 +178,10 @@ mod tests {
             .expect(["qemu-nbd", "--disconnect", "/dev/nbd0"], Reply::ok());
         connect(
             &runner,
-            Path::new("/pool/vol.qcow2"),
-            VolumeFormat::Qcow2,
+            Image::One {
+                path: Path::new("/pool/vol.qcow2"),
+                format: pool_csi_proto::VolumeFormat::Qcow2,
+            },
             Path::new("/dev/nbd0"),
             &state,
         )
@@ -184,5 +203,42 @@ mod tests {
             .await
             .unwrap();
         assert!(!state.device_file.exists() && !state.pid_file.exists());
+    }
+
+    #[tokio::test]
+    async fn a_ploop_chain_is_served_top_first_with_nested_backing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = NbdState::beside(&dir.path().join("vol"));
+        let pid_arg = format!("--pid-file={}", state.pid_file.display());
+        let runner = FakeRunner::new().expect(
+            [
+                "qemu-nbd",
+                "--connect=/dev/nbd1",
+                "--cache=none",
+                "--discard=unmap",
+                "--fork",
+                &pid_arg,
+                "--image-opts",
+                "driver=parallels,file.driver=file,file.filename=/p/v.ploop/top,\
+                 backing.driver=parallels,backing.file.driver=file,backing.file.filename=/p/v.ploop/root.hds",
+            ],
+            Reply::ok(),
+        );
+        let chain = [
+            PathBuf::from("/p/v.ploop/root.hds"),
+            PathBuf::from("/p/v.ploop/top"),
+        ];
+        connect(
+            &runner,
+            Image::PloopChain(&chain),
+            Path::new("/dev/nbd1"),
+            &state,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&state.device_file).unwrap(),
+            "/dev/nbd1"
+        );
     }
 }

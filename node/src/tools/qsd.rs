@@ -52,39 +52,117 @@ impl Export {
     }
 }
 
+/// What a daemon exports: one image, or a chain of parallels (ploop)
+/// images, lowest first, each the backing of the next.
+#[derive(Debug, Clone, Copy)]
+pub enum Image<'a> {
+    One {
+        path: &'a Path,
+        format: VolumeFormat,
+    },
+    PloopChain(&'a [PathBuf]),
+}
+
+/// The node name of chain position `i` in a daemon's block graph; live
+/// changes (`push_delta`) address the top by it.
+pub fn chain_node(i: usize) -> String {
+    format!("d{i}")
+}
+
 /// Starts a daemon exporting `image` at `export.file`; returns once the export
 /// is mounted (`--daemonize` waits for that).
 pub async fn start(
     runner: &dyn CommandRunner,
-    image: &Path,
-    format: VolumeFormat,
+    image: Image<'_>,
     export: &Export,
 ) -> Result<(), ExecError> {
-    let mut file_opt = std::ffi::OsString::from("driver=file,node-name=file,filename=");
-    file_opt.push(escape_opt(image));
-    let mut export_opt =
-        std::ffi::OsString::from("type=fuse,id=exp,node-name=fmt,writable=on,mountpoint=");
-    export_opt.push(escape_opt(&export.file));
+    let mut cmd = Cmd::new("qemu-storage-daemon")
+        .args(["--daemonize", "--pidfile"])
+        .arg(&export.pid_file);
+    let top = match image {
+        Image::One { path, format } => {
+            let mut file_opt = std::ffi::OsString::from("driver=file,node-name=file,filename=");
+            file_opt.push(escape_opt(path));
+            cmd = cmd
+                .arg("--blockdev")
+                .arg(file_opt)
+                .arg("--blockdev")
+                .arg(format!(
+                    "driver={},node-name=fmt,file=file",
+                    super::qemu_img::driver(format)
+                ));
+            "fmt".to_string()
+        }
+        Image::PloopChain(chain) => {
+            // qemu's parallels driver takes no `backing` option on the
+            // command line, so the images start unlinked and are chained
+            // (and exported) over QMP below.
+            for (i, path) in chain.iter().enumerate() {
+                let mut file_opt =
+                    std::ffi::OsString::from(format!("driver=file,node-name=f{i},filename="));
+                file_opt.push(escape_opt(path));
+                cmd = cmd
+                    .arg("--blockdev")
+                    .arg(file_opt)
+                    .arg("--blockdev")
+                    .arg(format!(
+                        "driver=parallels,node-name={},file=f{i}",
+                        chain_node(i)
+                    ));
+            }
+            chain_node(chain.len().saturating_sub(1))
+        }
+    };
+    let chained = match image {
+        Image::One { .. } => None,
+        Image::PloopChain(chain) => Some(chain.len()),
+    };
+    if chained.is_none() {
+        let mut export_opt = std::ffi::OsString::from(format!(
+            "type=fuse,id=exp,node-name={top},writable=on,mountpoint="
+        ));
+        export_opt.push(escape_opt(&export.file));
+        cmd = cmd.arg("--export").arg(export_opt);
+    }
     let mut qmp_opt = std::ffi::OsString::from("socket,id=qmp,server=on,wait=off,path=");
     qmp_opt.push(escape_opt(&export.qmp_socket));
-    let cmd = Cmd::new("qemu-storage-daemon")
-        .args(["--daemonize", "--pidfile"])
-        .arg(&export.pid_file)
-        .arg("--blockdev")
-        .arg(file_opt)
-        .arg("--blockdev")
-        .arg(format!(
-            "driver={},node-name=fmt,file=file",
-            super::qemu_img::driver(format)
-        ))
-        .arg("--export")
-        .arg(export_opt)
+    let cmd = cmd
         .arg("--chardev")
         .arg(qmp_opt)
         .args(["--monitor", "chardev=qmp"])
         .timeout(Duration::from_secs(30));
     runner.run_ok(&cmd).await?;
+    if let Some(depth) = chained {
+        let mut steps: Vec<(&'static str, String)> = (1..depth)
+            .map(|i| ("blockdev-snapshot", snapshot_cmd(i - 1, i)))
+            .collect();
+        let mountpoint =
+            serde_json::to_string(&export.file.to_string_lossy()).expect("a string serialises");
+        steps.push((
+            "block-export-add",
+            format!(
+                r#"{{"execute":"block-export-add","arguments":{{"type":"fuse","id":"exp","node-name":"{top}","writable":true,"mountpoint":{mountpoint}}}}}"#
+            ),
+        ));
+        if let Err(e) = qmp(export, &steps).await {
+            let _ = stop(export, Duration::from_secs(5)).await;
+            return Err(ExecError::Failed {
+                cmd: cmd.to_string(),
+                status: 0,
+                stderr: format!("started, but chaining the ploop deltas failed: {e}"),
+            });
+        }
+    }
     Ok(())
+}
+
+/// QMP: make chain node `upper` the overlay of chain node `lower`.
+fn snapshot_cmd(lower: usize, upper: usize) -> String {
+    format!(
+        r#"{{"execute":"blockdev-snapshot","arguments":{{"node":"{}","overlay":"{}"}}}}"#,
+        chain_node(lower),
+        chain_node(upper)
+    )
 }
 
 /// qemu option values escape ',' by doubling it. Our paths are ASCII
@@ -111,6 +189,42 @@ pub enum QmpError {
 
 /// Grows the exported image online (QMP `block_resize`).
 pub async fn resize(export: &Export, size: u64) -> Result<(), QmpError> {
+    qmp(
+        export,
+        &[(
+            "block_resize",
+            format!(
+                r#"{{"execute":"block_resize","arguments":{{"node-name":"fmt","size":{size}}}}}"#
+            ),
+        )],
+    )
+    .await
+}
+
+/// Puts the new, empty parallels image `file` on top of a running chain of
+/// `depth` images (QMP `blockdev-add` + `blockdev-snapshot`): from then on
+/// writes go to it, and the old top is read-only history. The export follows
+/// the new top, so a bigger delta also grows the exported disk.
+pub async fn push_delta(export: &Export, depth: usize, file: &Path) -> Result<(), QmpError> {
+    let new = chain_node(depth);
+    let file = serde_json::to_string(&file.to_string_lossy()).expect("a string serialises");
+    qmp(
+        export,
+        &[
+            (
+                "blockdev-add",
+                format!(
+                    r#"{{"execute":"blockdev-add","arguments":{{"driver":"parallels","node-name":"{new}","file":{{"driver":"file","node-name":"f{depth}","filename":{file}}}}}}}"#
+                ),
+            ),
+            ("blockdev-snapshot", snapshot_cmd(depth - 1, depth)),
+        ],
+    )
+    .await
+}
+
+/// Runs QMP commands in order on the daemon's monitor; the first refusal ends it.
+async fn qmp(export: &Export, commands: &[(&'static str, String)]) -> Result<(), QmpError> {
     let io = |source| QmpError::Io {
         path: export.qmp_socket.clone(),
         source,
@@ -121,19 +235,11 @@ pub async fn resize(export: &Export, size: u64) -> Result<(), QmpError> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     lines.next_line().await.map_err(io)?; // greeting
-    let cmds: [(&'static str, String); 2] = [
-        (
-            "qmp_capabilities",
-            r#"{"execute":"qmp_capabilities"}"#.into(),
-        ),
-        (
-            "block_resize",
-            format!(
-                r#"{{"execute":"block_resize","arguments":{{"node-name":"fmt","size":{size}}}}}"#
-            ),
-        ),
-    ];
-    for (name, c) in cmds {
+    let caps = (
+        "qmp_capabilities",
+        r#"{"execute":"qmp_capabilities"}"#.to_string(),
+    );
+    for (name, c) in std::iter::once(&caps).chain(commands) {
         w.write_all(c.as_bytes()).await.map_err(io)?;
         w.write_all(b"\n").await.map_err(io)?;
         loop {

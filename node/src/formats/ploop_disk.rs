@@ -1,0 +1,241 @@
+//! A ploop disk: a directory holding `DiskDescriptor.xml`, the base image
+//! `root.hds` and any deltas. Everything here works on a disk nobody has
+//! open (the pool checks that); the descriptor is always replaced whole by
+//! rename, after the images it names are complete, so a crash leaves either
+//! the old or the new chain.
+
+use super::{
+    ploop::{self, Image, PloopError},
+    ploop_xml::{self, Delta, Descriptor},
+};
+use crate::error::{io, Error, Result};
+use std::path::{Path, PathBuf};
+
+pub struct Disk {
+    pub dir: PathBuf,
+    pub desc: Descriptor,
+}
+
+impl From<PloopError> for Error {
+    fn from(e: PloopError) -> Self {
+        match e {
+            PloopError::Io { op, path, source } => Error::Io { op, path, source },
+            c @ PloopError::Corrupt { .. } => Error::Precondition(c.to_string()),
+        }
+    }
+}
+
+impl Disk {
+    /// Reads and validates the disk at `dir`: the descriptor parses, and
+    /// every image it names is a regular file (not a link) in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(ploop_xml::FILE_NAME);
+        let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+        let desc = Descriptor::parse(&text)
+            .map_err(|why| Error::Precondition(format!("{}: {why}", path.display())))?;
+        for d in &desc.chain {
+            let p = dir.join(&d.file);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => {
+                    return Err(Error::Precondition(format!(
+                        "{} is not a regular file",
+                        p.display()
+                    )))
+                }
+                Err(e) => return Err(io("stat", &p)(e)),
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            desc,
+        })
+    }
+
+    /// Makes an empty disk in `dir` (which must not exist).
+    pub fn create(dir: &Path, name: &str, size: u64) -> Result<Self> {
+        if size > ploop::MAX_SIZE {
+            return Err(Error::OutOfRange(format!(
+                "ploop images are limited to {} bytes here",
+                ploop::MAX_SIZE
+            )));
+        }
+        std::fs::create_dir(dir).map_err(io("create", dir))?;
+        let uid = ploop_xml::new_guid().map_err(io("read", Path::new("/dev/urandom")))?;
+        let disk = Self {
+            dir: dir.to_path_buf(),
+            desc: Descriptor::new(name, size, ploop::DEFAULT_CLUSTER, uid),
+        };
+        Image::create(&disk.image(0), size, ploop::DEFAULT_CLUSTER)?;
+        disk.write_descriptor()?;
+        Ok(disk)
+    }
+
+    /// The image file at chain position `i` (0: base).
+    pub fn image(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.desc.chain[i].file)
+    }
+
+    pub fn images(&self) -> Vec<PathBuf> {
+        (0..self.desc.chain.len()).map(|i| self.image(i)).collect()
+    }
+
+    /// The guest-visible size: the top image's header is authoritative
+    /// (growth writes it before the descriptor).
+    pub fn size(&self) -> Result<u64> {
+        let top = Image::open(&self.image(self.desc.chain.len() - 1), false)?;
+        Ok(top.header.size())
+    }
+
+    /// Opens every image once: any corrupt header or BAT shows here.
+    pub fn check(&self) -> Result<()> {
+        for p in self.images() {
+            Image::open(&p, false)?;
+        }
+        Ok(())
+    }
+
+    pub fn allocated_bytes(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| crate::copy::allocated_bytes(&m))
+            .sum()
+    }
+
+    /// Replaces DiskDescriptor.xml atomically.
+    pub fn write_descriptor(&self) -> Result<()> {
+        let path = self.dir.join(ploop_xml::FILE_NAME);
+        let tmp = self.dir.join(".DiskDescriptor.xml.tmp");
+        std::fs::write(&tmp, self.desc.render()).map_err(io("write", &tmp))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io("sync", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+        crate::pools::fsutil::sync_dir(&self.dir)
+    }
+
+    /// Grows the disk to `size` (the top image's BAT and header, then the descriptor).
+    pub fn grow(&mut self, size: u64) -> Result<()> {
+        if size > ploop::MAX_SIZE {
+            return Err(Error::OutOfRange(format!(
+                "ploop images are limited to {} bytes here",
+                ploop::MAX_SIZE
+            )));
+        }
+        let top = self.image(self.desc.chain.len() - 1);
+        Image::open(&top, true)?.grow(size)?;
+        self.desc.size_sectors = self.desc.size_sectors.max(size.div_ceil(512));
+        self.write_descriptor()
+    }
+
+    /// Puts a new, empty delta of `size` bytes on top; the old top becomes
+    /// read-only history. Returns the new delta's GUID.
+    pub fn push_delta(&mut self, size: u64) -> Result<String> {
+        let guid = ploop_xml::new_guid().map_err(io("read", Path::new("/dev/urandom")))?;
+        let file = ploop_xml::delta_file(&guid);
+        let path = self.dir.join(&file);
+        let cluster = u64::from(self.desc.cluster_sectors) * 512;
+        Image::create(&path, size, cluster)?;
+        self.desc.chain.push(Delta {
+            guid: guid.clone(),
+            file,
+        });
+        self.desc.size_sectors = self.desc.size_sectors.max(size.div_ceil(512));
+        if let Err(e) = self.write_descriptor() {
+            self.desc.chain.pop();
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(guid)
+    }
+
+    /// Removes delta `i` (not the top) from the chain, merging it with its
+    /// child so every other layer reads the same as before. The smaller of
+    /// the two is copied into the larger; the merged image takes the child's
+    /// GUID and place. Idempotent after a crash: the descriptor changes only
+    /// once the merged image is complete, and the leftover file goes last.
+    pub fn merge_into_child(&mut self, i: usize) -> Result<()> {
+        let n = self.desc.chain.len();
+        if i + 1 >= n {
+            return Err(Error::Precondition(
+                "the top image cannot be merged away".into(),
+            ));
+        }
+        let (lower_p, upper_p) = (self.image(i), self.image(i + 1));
+        let lower = Image::open(&lower_p, false)?;
+        let upper = Image::open(&upper_p, false)?;
+        // Writing into the lower image changes what it reads as, which only
+        // layer i itself sees — and layer i is what goes away.
+        let into_lower = lower.allocated_clusters() > upper.allocated_clusters();
+        let leftover = if into_lower {
+            drop(lower);
+            let mut l = Image::open(&lower_p, true)?;
+            l.take_clusters(&upper, true)?;
+            self.desc.chain[i + 1].file = self.desc.chain[i].file.clone();
+            upper_p
+        } else {
+            drop(upper);
+            let mut u = Image::open(&upper_p, true)?;
+            u.take_clusters(&lower, false)?;
+            lower_p
+        };
+        self.desc.chain.remove(i);
+        self.write_descriptor()?;
+        match std::fs::remove_file(&leftover) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &leftover)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the disk as seen through chain positions `0..=upto` into a new
+    /// single-image disk at `dst` (must not exist), at least `size` bytes.
+    pub fn flatten_into(&self, upto: usize, dst: &Path, name: &str, size: u64) -> Result<Disk> {
+        std::fs::create_dir(dst).map_err(io("create", dst))?;
+        let chain: Vec<PathBuf> = (0..=upto).map(|i| self.image(i)).collect();
+        let out = dst.join(ploop_xml::BASE_IMAGE);
+        let size = ploop::flatten(&chain, &out, size)?;
+        let uid = ploop_xml::new_guid().map_err(io("read", Path::new("/dev/urandom")))?;
+        let disk = Disk {
+            dir: dst.to_path_buf(),
+            desc: Descriptor::new(name, size, u64::from(self.desc.cluster_sectors) * 512, uid),
+        };
+        disk.write_descriptor()?;
+        Ok(disk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_merges_and_flattens_keeping_every_layer() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("v.ploop");
+        let mut d = Disk::create(&dir, "v", 8 << 20).unwrap();
+        assert_eq!(d.size().unwrap(), 8 << 20);
+        let g1 = d.push_delta(8 << 20).unwrap();
+        let g2 = d.push_delta(16 << 20).unwrap(); // growth on top
+        assert_eq!(d.desc.chain.len(), 3);
+        assert_eq!(d.size().unwrap(), 16 << 20);
+        let reopened = Disk::open(&dir).unwrap();
+        assert_eq!(reopened.desc, d.desc);
+        d.merge_into_child(1).unwrap();
+        assert_eq!(d.desc.chain.len(), 2);
+        assert_eq!(d.desc.top().guid, g2);
+        assert!(d.desc.position(&g1).is_none());
+        assert_eq!(Disk::open(&dir).unwrap().desc, d.desc);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            3,
+            "descriptor + 2 images"
+        );
+        let flat = t.path().join("f.ploop");
+        let f = d.flatten_into(1, &flat, "f", 0).unwrap();
+        assert_eq!(f.size().unwrap(), 16 << 20);
+        assert!(d.merge_into_child(1).is_err(), "the top stays");
+    }
+}
