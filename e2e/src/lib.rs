@@ -148,6 +148,8 @@ pub struct Options {
     /// More nodes, each with its own `scratch` pool on a tmpfs of the given
     /// size, its own sockets and agent port; the controller gets them all.
     pub extra_nodes: Vec<(String, u64)>,
+    /// Secrets as the chart mounts them: `<dir>/secrets/<name>/password`.
+    pub secrets: Vec<(String, String)>,
 }
 
 /// A further node plugin started by the harness.
@@ -265,6 +267,7 @@ impl Default for Options {
             discover_agents: false,
             tls: false,
             extra_nodes: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -311,6 +314,11 @@ impl Driver {
             opts.extra_pools.replace("{dir}", &dir.path().display().to_string())
         );
         std::fs::write(dir.path().join("pools.yaml"), pools).unwrap();
+        for (name, password) in &opts.secrets {
+            let s = dir.path().join("secrets").join(name);
+            std::fs::create_dir_all(&s).unwrap();
+            std::fs::write(s.join("password"), format!("{password}\n")).unwrap();
+        }
         let agent_addr = free_port();
         let mut d = Driver {
             node_sock: dir.path().join("node.sock"),
@@ -405,6 +413,10 @@ impl Driver {
                 self.dir.path().join("pools.yaml").display()
             ),
             format!("--state-dir={}", self.dir.path().join("state").display()),
+            format!(
+                "--secrets-dir={}",
+                self.dir.path().join("secrets").display()
+            ),
             format!("--metrics-listen={}", self.node_metrics),
         ];
         let args: Vec<String> = match &self.pki {

@@ -11,6 +11,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Root of sysfs (tests point it at fixture trees).
     pub sysfs_root: PathBuf,
+    /// Where pool Secrets are mounted (`<dir>/<secretRef>/password`).
+    pub secrets_dir: PathBuf,
     /// The mount table to read.
     pub mountinfo: PathBuf,
     /// Prefix for every external command (e.g. nsenter into the host).
@@ -30,10 +32,15 @@ impl Config {
             node_name: node_name.into(),
             state_dir,
             sysfs_root: "/sys".into(),
+            secrets_dir: default_secrets_dir(),
             mountinfo: "/proc/self/mountinfo".into(),
             command_prefix: Vec::new(),
             loop_direct_io: true,
             max_volumes_per_node: 0,
         }
     }
+}
+
+fn default_secrets_dir() -> PathBuf {
+    "/etc/pool-csi/secrets".into()
 }

@@ -52,6 +52,9 @@ struct Args {
     /// Root of sysfs.
     #[arg(long, env = "SYSFS_ROOT", default_value = "/sys")]
     sysfs_root: PathBuf,
+    /// Where pool Secrets are mounted: `<dir>/<secretRef>/password` (iSCSI CHAP).
+    #[arg(long, env = "SECRETS_DIR", default_value = "/etc/pool-csi/secrets")]
+    secrets_dir: PathBuf,
     /// The mount table to read.
     #[arg(long, env = "MOUNTINFO", default_value = "/proc/self/mountinfo")]
     mountinfo: PathBuf,
@@ -94,6 +97,7 @@ impl Args {
             driver_name,
             state_dir,
             sysfs_root,
+            secrets_dir,
             mountinfo,
             command_prefix,
             no_loop_direct_io,
@@ -110,6 +114,7 @@ impl Args {
             node_name,
             state_dir,
             sysfs_root,
+            secrets_dir,
             mountinfo,
             command_prefix,
             loop_direct_io: !no_loop_direct_io,

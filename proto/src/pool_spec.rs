@@ -83,6 +83,24 @@ pub struct PoolSource {
     /// scsi: the HBA (hostN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
+    /// iscsi: the initiator IQN to log in as (default: the node's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<String>,
+    /// iscsi: CHAP credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PoolAuth>,
+}
+
+/// libvirt's `<auth type='chap' username=…><secret …/></auth>`: the
+/// password lives in a Secret, mounted into the node plugin at
+/// `<secrets-dir>/<secretRef>/password`; it never appears in the spec,
+/// status, logs or volume ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolAuth {
+    pub username: String,
+    /// Name of the Secret (key `password`) in the driver's namespace.
+    pub secret_ref: String,
 }
 
 /// LVM settings of a logical pool.
@@ -279,7 +297,39 @@ impl PoolDefinition {
                     ));
                 }
             }
-            PoolType::Iscsi | PoolType::Scsi | PoolType::Mpath => {}
+            PoolType::Iscsi => {
+                let host = s.source.host.as_deref().unwrap_or("");
+                if host.is_empty() || host.contains(['/', '@', ' ']) {
+                    return Err(invalid(
+                        "source.host (the portal, host[:port]) is required for iscsi pools".into(),
+                    ));
+                }
+                let iqn_ok = |v: &str| {
+                    (v.starts_with("iqn.") || v.starts_with("eui.") || v.starts_with("naa."))
+                        && v.len() <= 223
+                        && v.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+                };
+                match s.source.device.as_deref() {
+                    Some(t) if iqn_ok(t) => {}
+                    other => {
+                        return Err(invalid(format!(
+                            "source.device must be the target's IQN (iqn.…, eui.… or naa.…), not {other:?}"
+                        )))
+                    }
+                }
+                if let Some(i) = s.source.initiator.as_deref().filter(|i| !iqn_ok(i)) {
+                    return Err(invalid(format!("source.initiator {i:?} is not an IQN")));
+                }
+                if let Some(a) = &s.source.auth {
+                    if a.username.is_empty() || check_pool_name(&a.secret_ref).is_err() {
+                        return Err(invalid(
+                            "source.auth needs a username and a secretRef naming a Secret".into(),
+                        ));
+                    }
+                }
+            }
+            PoolType::Scsi | PoolType::Mpath => {}
         }
         for d in &s.source.devices {
             abs("source.devices[]", &Some(d.clone()))?;

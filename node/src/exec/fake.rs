@@ -38,11 +38,17 @@ pub struct FakeRunner {
     script: Mutex<VecDeque<(Vec<String>, Reply)>>,
     /// The stdin of every call, in order (for assertions on scripts).
     pub stdins: Mutex<Vec<Option<String>>>,
+    argvs: Mutex<Vec<String>>,
 }
 
 impl FakeRunner {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Every call made so far, as its command line.
+    pub fn calls(&self) -> Vec<String> {
+        self.argvs.lock().unwrap().clone()
     }
 
     /// Expects the next call to be exactly `argv`.
@@ -61,6 +67,7 @@ impl FakeRunner {
 impl CommandRunner for FakeRunner {
     async fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
         let got = cmd.argv();
+        self.argvs.lock().unwrap().push(got.join(" "));
         self.stdins.lock().unwrap().push(
             cmd.stdin
                 .as_ref()

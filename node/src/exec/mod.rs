@@ -15,6 +15,21 @@ pub struct Cmd {
     pub timeout: Duration,
     /// Bytes written to the command's stdin (a script for sfdisk …).
     pub stdin: Option<Vec<u8>>,
+    /// Environment for secrets (CHAP passwords): never in argv, where any
+    /// process could read them, and never printed.
+    pub secret_env: SecretEnv,
+}
+
+/// Environment variables whose values are secret: Debug shows names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretEnv(pub Vec<(String, String)>);
+
+impl fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| format!("{k}=***")))
+            .finish()
+    }
 }
 
 /// The default time a storage command may take before it is killed.
@@ -27,7 +42,13 @@ impl Cmd {
             args: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             stdin: None,
+            secret_env: SecretEnv::default(),
         }
+    }
+
+    pub fn secret_env(mut self, key: &str, value: &str) -> Self {
+        self.secret_env.0.push((key.into(), value.into()));
+        self
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {

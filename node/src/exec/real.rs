@@ -34,6 +34,7 @@ impl CommandRunner for RealRunner {
         command
             .args(args)
             .env("LC_ALL", "C")
+            .envs(cmd.secret_env.0.iter().map(|(k, v)| (k, v)))
             .stdin(if cmd.stdin.is_some() {
                 std::process::Stdio::piped()
             } else {
@@ -124,6 +125,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.stdout_str(), "label: gpt\n");
+    }
+
+    #[tokio::test]
+    async fn secrets_reach_the_environment_but_not_the_log_line() {
+        let r = RealRunner::default();
+        let cmd = Cmd::new("printenv")
+            .arg("PASS")
+            .secret_env("PASS", "hunter2");
+        assert_eq!(r.run_ok(&cmd).await.unwrap().stdout_str(), "hunter2\n");
+        assert!(!format!("{cmd} {cmd:?}").contains("hunter2"));
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ mod file_snapshot;
 pub mod fsutil;
 pub mod layout;
 pub mod logical;
+pub mod lun;
 mod ploop_volume;
 
 use crate::{
@@ -220,7 +221,11 @@ impl PoolRegistry {
                     let p = logical::LogicalPool::new(def, runner.clone());
                     reg.pools.insert(def.name.clone(), Arc::new(p));
                 }
-                t @ (PoolType::Netfs | PoolType::Iscsi | PoolType::Scsi | PoolType::Mpath) => {
+                PoolType::Iscsi => {
+                    let p = lun::IscsiPool::new(def, cfg, runner.clone());
+                    reg.pools.insert(def.name.clone(), Arc::new(p));
+                }
+                t @ (PoolType::Netfs | PoolType::Scsi | PoolType::Mpath) => {
                     let why = format!("{t} pools are not supported by this node version");
                     reg.unsupported.insert(def.name.clone(), (t, why));
                 }

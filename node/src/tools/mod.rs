@@ -4,6 +4,7 @@
 pub mod blkid;
 pub mod fsfreeze;
 pub mod growfs;
+pub mod iscsi;
 pub mod losetup;
 pub mod lvm;
 pub mod mkfs;

@@ -1,0 +1,478 @@
+//! iSCSI from userspace: LUN inventory through libiscsi's tools (`iscsi-ls`,
+//! `iscsi-readcapacity16`, `iscsi-inq`), which need no kernel initiator, and
+//! node attachment through open-iscsi's `iscsiadm` with the LUN's block
+//! device resolved from sysfs (session → target → LUN → block), not from
+//! udev links.
+//!
+//! CHAP passwords go to libiscsi through its environment variables
+//! (`LIBISCSI_CHAP_USERNAME` / `LIBISCSI_CHAP_PASSWORD`), never in argv.
+
+use crate::exec::{Cmd, CommandRunner, ExecError};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// Where and how to reach a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Portal {
+    /// host:port (port 3260 added when missing).
+    pub address: String,
+    pub target: String,
+    pub initiator: Option<String>,
+    pub chap: Option<Chap>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Chap {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Chap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Chap({}, ***)", self.username)
+    }
+}
+
+impl Portal {
+    pub fn new(host: &str, target: &str) -> Self {
+        let address = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !host.ends_with(']')
+        {
+            host.to_string()
+        } else {
+            format!("{host}:3260")
+        };
+        Self {
+            address,
+            target: target.into(),
+            initiator: None,
+            chap: None,
+        }
+    }
+
+    fn url(&self, lun: Option<u32>) -> String {
+        match lun {
+            None => format!("iscsi://{}", self.address),
+            Some(l) => format!("iscsi://{}/{}/{l}", self.address, self.target),
+        }
+    }
+
+    fn cmd(&self, program: &str) -> Cmd {
+        let mut c = Cmd::new(program).timeout(Duration::from_secs(20));
+        if let Some(i) = &self.initiator {
+            c = c.arg(format!("--initiator-name={i}"));
+        }
+        if let Some(chap) = &self.chap {
+            c = c
+                .secret_env("LIBISCSI_CHAP_USERNAME", &chap.username)
+                .secret_env("LIBISCSI_CHAP_PASSWORD", &chap.password);
+        }
+        c
+    }
+}
+
+/// One logical unit of the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lun {
+    pub number: u32,
+    pub size: u64,
+    /// The unit serial number (VPD page 0x80) where the target reports one,
+    /// else `<target>:lun<N>`.
+    pub identity: String,
+}
+
+/// Lists the target's disk LUNs with exact sizes and identities.
+pub async fn inventory(runner: &dyn CommandRunner, portal: &Portal) -> Result<Vec<Lun>, ExecError> {
+    let cmd = portal
+        .cmd("iscsi-ls")
+        .arg("--show-luns")
+        .arg(portal.url(None));
+    let out = runner.run(&cmd).await?;
+    let text = out.stdout_str();
+    let targets = parse_ls(&text);
+    // iscsi-ls logs in to every target of the portal in turn and stops at
+    // the first it cannot enter (another target's CHAP). Ours counts as
+    // listed only if a later target's header follows it, or all went well.
+    let ours = targets.iter().position(|(t, _)| *t == portal.target);
+    let complete = out.status == 0 || ours.is_some_and(|i| i + 1 < targets.len());
+    if !complete {
+        let why = text
+            .lines()
+            .chain(out.stderr_str().lines())
+            .find(|l| !l.starts_with("Target:") && !l.trim_start().starts_with("Lun:"))
+            .unwrap_or("no reason given")
+            .to_string();
+        return Err(ExecError::Failed {
+            cmd: cmd.to_string(),
+            status: out.status,
+            stderr: why,
+        });
+    }
+    let Some((_, luns)) = ours.map(|i| &targets[i]) else {
+        let offered: Vec<&str> = targets.iter().map(|(t, _)| t.as_str()).collect();
+        return Err(ExecError::Failed {
+            cmd: cmd.to_string(),
+            status: 0,
+            stderr: format!(
+                "the portal does not offer target {} (it offers: {})",
+                portal.target,
+                if offered.is_empty() {
+                    "none".into()
+                } else {
+                    offered.join(", ")
+                }
+            ),
+        });
+    };
+    let mut out = Vec::new();
+    for &number in luns {
+        let cap = runner
+            .run_ok(
+                &portal
+                    .cmd("iscsi-readcapacity16")
+                    .arg(portal.url(Some(number))),
+            )
+            .await?;
+        let size = parse_capacity(&cap.stdout_str()).ok_or_else(|| ExecError::Failed {
+            cmd: format!("iscsi-readcapacity16 {}", portal.url(Some(number))),
+            status: 0,
+            stderr: "no \"Total size\" in the output".into(),
+        })?;
+        let serial = runner
+            .run(
+                &portal
+                    .cmd("iscsi-inq")
+                    .args(["-e", "1", "-c", "128"])
+                    .arg(portal.url(Some(number))),
+            )
+            .await
+            .ok()
+            .and_then(|o| parse_serial(&o.stdout_str()));
+        out.push(Lun {
+            number,
+            size,
+            identity: serial.unwrap_or_else(|| format!("{}:lun{number}", portal.target)),
+        });
+    }
+    Ok(out)
+}
+
+/// `iscsi-ls -s` output → (target, disk LUN numbers) in order.
+fn parse_ls(text: &str) -> Vec<(String, Vec<u32>)> {
+    let mut out: Vec<(String, Vec<u32>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Target:") {
+            let name = rest.split_whitespace().next().unwrap_or("").to_string();
+            out.push((name, Vec::new()));
+        } else if let Some(rest) = line.trim_start().strip_prefix("Lun:") {
+            let mut it = rest.split_whitespace();
+            let n = it.next().and_then(|n| n.parse().ok());
+            let disk = line.contains("Type:DIRECT_ACCESS");
+            if let (Some(n), true, Some(last)) = (n, disk, out.last_mut()) {
+                last.1.push(n);
+            }
+        }
+    }
+    out
+}
+
+fn parse_capacity(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Total size:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn parse_serial(text: &str) -> Option<String> {
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Unit Serial Number:["))?
+        .trim_end_matches(']')
+        .trim();
+    (!v.is_empty()).then(|| format!("serial:{v}"))
+}
+
+/// Logs in to the target with iscsiadm unless a session exists (found in
+/// sysfs, so it survives a node plugin restart).
+pub async fn login(
+    runner: &dyn CommandRunner,
+    sysfs: &Path,
+    portal: &Portal,
+) -> Result<(), ExecError> {
+    if session_of(sysfs, &portal.target).is_some() {
+        return Ok(());
+    }
+    let node = |c: Cmd| {
+        c.args(["--mode", "node", "--targetname"])
+            .arg(&portal.target)
+            .args(["--portal", &portal.address])
+    };
+    runner
+        .run_ok(&Cmd::new("iscsiadm").args([
+            "--mode",
+            "discoverydb",
+            "--type",
+            "sendtargets",
+            "--portal",
+            &portal.address,
+            "--discover",
+        ]))
+        .await?;
+    if let Some(chap) = &portal.chap {
+        for (k, v) in [
+            ("node.session.auth.authmethod", "CHAP"),
+            ("node.session.auth.username", chap.username.as_str()),
+        ] {
+            runner
+                .run_ok(
+                    &node(Cmd::new("iscsiadm")).args(["--op", "update", "--name", k, "--value", v]),
+                )
+                .await?;
+        }
+        // iscsiadm takes the password only as an argument (stored in its
+        // node database); it shows in the process list for this one call.
+        runner
+            .run_ok(
+                &node(Cmd::new("iscsiadm"))
+                    .args([
+                        "--op",
+                        "update",
+                        "--name",
+                        "node.session.auth.password",
+                        "--value",
+                    ])
+                    .arg(&chap.password),
+            )
+            .await?;
+    }
+    runner
+        .run_ok(&node(Cmd::new("iscsiadm")).arg("--login"))
+        .await?;
+    Ok(())
+}
+
+/// Logs out of the target's session, if there is one.
+pub async fn logout(
+    runner: &dyn CommandRunner,
+    sysfs: &Path,
+    portal: &Portal,
+) -> Result<(), ExecError> {
+    if session_of(sysfs, &portal.target).is_none() {
+        return Ok(());
+    }
+    runner
+        .run_ok(
+            &Cmd::new("iscsiadm")
+                .args(["--mode", "node", "--targetname"])
+                .arg(&portal.target)
+                .args(["--portal", &portal.address, "--logout"]),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The session (`sessionN` under `class/iscsi_session`) logged in to `target`.
+pub fn session_of(sysfs: &Path, target: &str) -> Option<String> {
+    let dir = sysfs.join("class/iscsi_session");
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let name = std::fs::read_to_string(e.path().join("targetname")).ok()?;
+        (name.trim() == target).then(|| e.file_name().to_string_lossy().into_owned())
+    })
+}
+
+/// The block device of LUN `lun` in `session`:
+/// `class/iscsi_session/sessionN/device/target*/H:C:T:L/block/sdX`.
+pub fn lun_device(sysfs: &Path, session: &str, lun: u32) -> Option<PathBuf> {
+    let dev = sysfs
+        .join("class/iscsi_session")
+        .join(session)
+        .join("device");
+    for t in std::fs::read_dir(&dev).ok()?.flatten() {
+        if !t.file_name().to_string_lossy().starts_with("target") {
+            continue;
+        }
+        for unit in std::fs::read_dir(t.path()).ok()?.flatten() {
+            let name = unit.file_name().to_string_lossy().into_owned();
+            if name.rsplit(':').next().and_then(|l| l.parse::<u32>().ok()) != Some(lun)
+                || name.split(':').count() != 4
+            {
+                continue;
+            }
+            let block = std::fs::read_dir(unit.path().join("block"))
+                .ok()?
+                .flatten()
+                .next()?;
+            return Some(Path::new("/dev").join(block.file_name()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::fake::{FakeRunner, Reply};
+
+    // Recorded from libiscsi 1.19 against tgt 1.0.85.
+    const LS: &str = "Target:iqn.2026-11.io.pool-csi:chap Portal:127.0.0.1:3270,1
+Lun:0    Type:STORAGE_ARRAY_CONTROLLER
+Lun:1    Type:DIRECT_ACCESS (Size:31M)
+Target:iqn.2026-11.io.pool-csi:t1 Portal:127.0.0.1:3270,1
+Lun:0    Type:STORAGE_ARRAY_CONTROLLER
+Lun:1    Type:DIRECT_ACCESS (Size:63M)
+Lun:2    Type:DIRECT_ACCESS (Size:127M)
+";
+    const CAP: &str = "RETURNED LOGICAL BLOCK ADDRESS:131071
+LOGICAL BLOCK LENGTH IN BYTES:512
+P_TYPE:0 PROT_EN:0
+Total size:67108864
+";
+
+    #[test]
+    fn parses_targets_luns_sizes_and_serials() {
+        let t = parse_ls(LS);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1], ("iqn.2026-11.io.pool-csi:t1".into(), vec![1, 2]));
+        assert_eq!(parse_capacity(CAP), Some(64 << 20));
+        assert_eq!(
+            parse_serial("Unit Serial Number:[                              beaf11]"),
+            Some("serial:beaf11".into())
+        );
+        assert_eq!(parse_serial("Unit Serial Number:[]"), None);
+    }
+
+    #[test]
+    fn portals_get_the_default_port() {
+        assert_eq!(Portal::new("10.0.0.5", "iqn.x").address, "10.0.0.5:3260");
+        assert_eq!(Portal::new("san:3270", "iqn.x").address, "san:3270");
+        assert_eq!(Portal::new("[fd00::1]", "iqn.x").address, "[fd00::1]:3260");
+    }
+
+    #[tokio::test]
+    async fn inventory_reads_exact_sizes_and_keeps_secrets_out_of_argv() {
+        let mut p = Portal::new("127.0.0.1:3270", "iqn.2026-11.io.pool-csi:t1");
+        p.chap = Some(Chap {
+            username: "alice".into(),
+            password: "s3cret".into(),
+        });
+        let runner = FakeRunner::new()
+            .expect(
+                ["iscsi-ls", "--show-luns", "iscsi://127.0.0.1:3270"],
+                Reply::ok().stdout(LS),
+            )
+            .expect(["iscsi-readcapacity16", "*"], Reply::ok().stdout(CAP))
+            .expect(
+                ["iscsi-inq", "-e", "1", "-c", "128", "*"],
+                Reply::ok().stdout("Unit Serial Number:[ beaf11]"),
+            )
+            .expect(
+                ["iscsi-readcapacity16", "*"],
+                Reply::ok().stdout("Total size:134217728"),
+            )
+            .expect(
+                ["iscsi-inq", "-e", "1", "-c", "128", "*"],
+                Reply::ok().stdout(""),
+            );
+        let luns = inventory(&runner, &p).await.unwrap();
+        assert_eq!(
+            luns,
+            vec![
+                Lun {
+                    number: 1,
+                    size: 64 << 20,
+                    identity: "serial:beaf11".into()
+                },
+                Lun {
+                    number: 2,
+                    size: 128 << 20,
+                    identity: "iqn.2026-11.io.pool-csi:t1:lun2".into()
+                },
+            ]
+        );
+        assert!(runner.calls().iter().all(|c| !c.contains("s3cret")));
+
+        p.target = "iqn.wrong".into();
+        let runner = FakeRunner::new().expect(["iscsi-ls", "*", "*"], Reply::ok().stdout(LS));
+        let e = inventory(&runner, &p).await.unwrap_err().to_string();
+        assert!(e.contains("does not offer target iqn.wrong"), "{e}");
+    }
+
+    /// sysfs as the kernel lays it out for one session with two LUNs.
+    fn session_tree() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let s = root.path().join("class/iscsi_session/session3");
+        std::fs::create_dir_all(&s).unwrap();
+        std::fs::write(s.join("targetname"), "iqn.2026-11.io.pool-csi:t1\n").unwrap();
+        for (hctl, dev) in [("4:0:0:1", "sdb"), ("4:0:0:2", "sdc")] {
+            let b = s
+                .join("device/target4:0:0")
+                .join(hctl)
+                .join("block")
+                .join(dev);
+            std::fs::create_dir_all(b).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn finds_the_session_and_the_luns_block_device_in_sysfs() {
+        let sys = session_tree();
+        assert_eq!(
+            session_of(sys.path(), "iqn.2026-11.io.pool-csi:t1").as_deref(),
+            Some("session3")
+        );
+        assert_eq!(session_of(sys.path(), "iqn.other"), None);
+        assert_eq!(
+            lun_device(sys.path(), "session3", 2),
+            Some(PathBuf::from("/dev/sdc"))
+        );
+        assert_eq!(
+            lun_device(sys.path(), "session3", 7),
+            None,
+            "a vanished LUN"
+        );
+    }
+
+    #[tokio::test]
+    async fn login_is_skipped_when_a_session_exists_and_runs_iscsiadm_otherwise() {
+        let sys = session_tree();
+        let p = Portal::new("127.0.0.1", "iqn.2026-11.io.pool-csi:t1");
+        let none = FakeRunner::new();
+        login(&none, sys.path(), &p).await.unwrap();
+        assert!(none.calls().is_empty());
+
+        let empty = tempfile::tempdir().unwrap();
+        let runner = FakeRunner::new()
+            .expect(
+                [
+                    "iscsiadm",
+                    "--mode",
+                    "discoverydb",
+                    "--type",
+                    "sendtargets",
+                    "--portal",
+                    "127.0.0.1:3260",
+                    "--discover",
+                ],
+                Reply::ok(),
+            )
+            .expect(
+                [
+                    "iscsiadm",
+                    "--mode",
+                    "node",
+                    "--targetname",
+                    "iqn.2026-11.io.pool-csi:t1",
+                    "--portal",
+                    "127.0.0.1:3260",
+                    "--login",
+                ],
+                Reply::ok(),
+            );
+        login(&runner, empty.path(), &p).await.unwrap();
+        assert_eq!(runner.calls().len(), 2);
+    }
+}
