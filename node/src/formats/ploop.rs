@@ -242,10 +242,6 @@ impl Image {
         file.sync_all().map_err(ioe("sync", path))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Clusters that hold data in this image.
     pub fn allocated_clusters(&self) -> usize {
         self.bat.iter().filter(|&&b| b != 0).count()
@@ -441,15 +437,6 @@ pub fn flatten(chain: &[PathBuf], out: &Path, size: u64) -> Result<u64> {
     }
     dst.sync()?;
     Ok(size)
-}
-
-/// Whether `path` starts with a ploop signature (cheap detection).
-pub fn has_signature(path: &Path) -> bool {
-    let mut m = [0u8; 16];
-    File::open(path)
-        .and_then(|f| f.read_exact_at(&mut m, 0))
-        .is_ok()
-        && (&m == MAGIC_V2 || &m == MAGIC_V1)
 }
 
 #[cfg(test)]

@@ -87,12 +87,14 @@ impl Disk {
         Ok(top.header.size())
     }
 
-    /// Opens every image once: any corrupt header or BAT shows here.
-    pub fn check(&self) -> Result<()> {
+    /// Opens every image once, so any corrupt header or BAT shows here;
+    /// returns the disk's size (the top's).
+    pub fn check(&self) -> Result<u64> {
+        let mut size = 0;
         for p in self.images() {
-            Image::open(&p, false)?;
+            size = Image::open(&p, false)?.header.size();
         }
-        Ok(())
+        Ok(size)
     }
 
     pub fn allocated_bytes(&self) -> u64 {

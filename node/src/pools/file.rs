@@ -145,13 +145,27 @@ impl FilePool {
         Export::at(self.exports.join(name))
     }
 
+    /// Which qemu process (qemu-nbd, qemu-storage-daemon) has the image
+    /// open for this node, if any.
+    pub(super) fn image_user(&self, name: &str) -> Option<String> {
+        let export = self.export_of(name);
+        if let Some(dev) =
+            crate::tools::qemu_nbd::NbdState::beside(&export.file).attached(&self.sysfs)
+        {
+            return Some(format!("qemu-nbd on {}", dev.display()));
+        }
+        export
+            .running_pid()
+            .map(|pid| format!("qemu-storage-daemon pid {pid}"))
+    }
+
     /// Who holds the file open through the kernel or qemu, if anyone.
     fn users_of(&self, name: &str, path: &Path) -> Option<String> {
         let loops = losetup::find_by_backing_file(&self.sysfs, path);
         if let Some(l) = loops.first() {
             return Some(format!("loop device {}", l.display()));
         }
-        self.ploop_user(name)
+        self.image_user(name)
     }
 
     /// Copies a volume file while it is consistent: when the volume is
@@ -319,7 +333,7 @@ impl FilePool {
                     Source::Volume(v) => (v.clone(), None),
                     Source::Empty => unreachable!("a source path means a source"),
                 };
-                self.copy_ploop(&volume, &src_path, delta.as_deref(), tmp, size)
+                self.copy_ploop(&req.name, &volume, &src_path, delta.as_deref(), tmp, size)
                     .await?;
             }
             Some((src_path, src_size)) => {

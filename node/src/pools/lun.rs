@@ -51,6 +51,11 @@ impl IscsiPool {
             s.device.as_deref().unwrap_or(""),
         );
         portal.initiator = s.initiator.clone();
+        // The password is read from the Secret at each use (see `portal()`).
+        portal.chap = s.auth.as_ref().map(|a| Chap {
+            username: a.username.clone(),
+            password: String::new(),
+        });
         Self {
             name: def.name.clone(),
             secret_file: s
@@ -67,17 +72,6 @@ impl IscsiPool {
             state: super::StateCell::new(&def.name),
             lock: tokio::sync::Mutex::new(()),
         }
-        .with_username(s.auth.as_ref().map(|a| a.username.clone()))
-    }
-
-    fn with_username(mut self, user: Option<String>) -> Self {
-        if let Some(username) = user {
-            self.portal.chap = Some(Chap {
-                username,
-                password: String::new(),
-            });
-        }
-        self
     }
 
     /// The portal with the CHAP password read now (Secrets rotate).

@@ -21,28 +21,14 @@ use super::{
 use crate::{
     error::{io, Error, Result},
     formats::ploop_disk::Disk,
-    tools::{qemu_nbd::NbdState, qsd},
+    tools::qsd,
 };
 use pool_csi_proto::VolumeFormat;
 use std::{collections::HashSet, path::Path};
 
 impl FilePool {
-    /// Who has the ploop disk open, if anyone.
-    pub(super) fn ploop_user(&self, name: &str) -> Option<String> {
-        let export = self.export_of(name);
-        if let Some(dev) = NbdState::beside(&export.file).attached(&self.sysfs) {
-            return Some(format!("qemu-nbd on {}", dev.display()));
-        }
-        export
-            .running_pid()
-            .map(|pid| format!("qemu-storage-daemon pid {pid}"))
-    }
-
     pub(super) fn describe_ploop(&self, name: &str, dir: &Path) -> Volume {
-        let checked = Disk::open(dir).and_then(|d| {
-            d.check()?;
-            Ok((d.size()?, d.allocated_bytes()))
-        });
+        let checked = Disk::open(dir).and_then(|d| Ok((d.check()?, d.allocated_bytes())));
         match checked {
             Ok((capacity, allocation)) => Volume {
                 name: name.into(),
@@ -61,31 +47,24 @@ impl FilePool {
         }
     }
 
-    /// GUIDs of `volume`'s deltas that snapshot records name.
-    fn referenced_deltas(&self, volume: &str) -> Result<HashSet<String>> {
+    /// The snapshots whose data lives in `volume`'s deltas: (name, delta GUID).
+    fn ploop_snapshots_of(&self, volume: &str) -> Result<Vec<(String, String)>> {
         Ok(self
             .read_records()?
             .into_iter()
             .filter(|(_, r)| r.source_volume == volume)
-            .filter_map(|(_, r)| r.delta)
-            .collect())
-    }
-
-    /// Snapshot records that depend on `volume` (a ploop volume cannot go
-    /// while they exist: their data is in its directory).
-    pub(super) fn ploop_snapshots_of(&self, volume: &str) -> Result<Vec<String>> {
-        Ok(self
-            .read_records()?
-            .into_iter()
-            .filter(|(_, r)| r.source_volume == volume && r.delta.is_some())
-            .map(|(n, _)| n)
+            .filter_map(|(n, r)| Some((n, r.delta?)))
             .collect())
     }
 
     /// Merges every internal delta of `name` away, off the async threads.
     /// The caller holds the ploop lock and has checked nobody has it open.
     async fn compact_ploop(&self, name: &str, dir: &Path) -> Result<()> {
-        let keep = self.referenced_deltas(name)?;
+        let keep: HashSet<String> = self
+            .ploop_snapshots_of(name)?
+            .into_iter()
+            .map(|(_, guid)| guid)
+            .collect();
         let dir = dir.to_path_buf();
         blocking(&dir.clone(), move || compact(&keep, &dir)).await
     }
@@ -97,7 +76,7 @@ impl FilePool {
         let Ok(dir) = self.layout.volume(volume, VolumeFormat::Ploop) else {
             return;
         };
-        if !dir.is_dir() || self.ploop_user(volume).is_some() {
+        if !dir.is_dir() || self.image_user(volume).is_some() {
             return;
         }
         if let Err(e) = self.compact_ploop(volume, &dir).await {
@@ -109,7 +88,7 @@ impl FilePool {
     /// has the disk open.
     pub(super) async fn ploop_attach_source(&self, name: &str, dir: &Path) -> Result<AttachSource> {
         let _held = self.ploop_lock.lock().await;
-        if self.ploop_user(name).is_none() {
+        if self.image_user(name).is_none() {
             self.compact_ploop(name, dir).await?;
         }
         let disk = Disk::open(dir)?;
@@ -124,7 +103,7 @@ impl FilePool {
     /// qemu-storage-daemon — with a bigger delta pushed on top.
     pub(super) async fn grow_ploop(&self, name: &str, dir: &Path, size: u64) -> Result<()> {
         let _held = self.ploop_lock.lock().await;
-        match self.ploop_user(name) {
+        match self.image_user(name) {
             None => {
                 let mut disk = Disk::open(dir)?;
                 blocking(dir, move || disk.grow(size)).await
@@ -166,10 +145,9 @@ impl FilePool {
     ) -> Result<Snapshot> {
         let _held = self.ploop_lock.lock().await;
         let disk = Disk::open(dir)?;
-        disk.check()?;
-        let size = disk.size()?;
+        let size = disk.check()?;
         let frozen_top = disk.desc.top().guid.clone();
-        let user = self.ploop_user(source);
+        let user = self.image_user(source);
         let switched = match &user {
             None => {
                 let mut disk = disk;
@@ -204,6 +182,7 @@ impl FilePool {
     /// volume in use is frozen for the copy of its live top.
     pub(super) async fn copy_ploop(
         &self,
+        new_name: &str,
         volume: &str,
         dir: &Path,
         snapshot_delta: Option<&str>,
@@ -222,18 +201,13 @@ impl FilePool {
             })?,
             None => disk.desc.chain.len() - 1,
         };
-        let live_top = snapshot_delta.is_none() && self.ploop_user(volume).is_some();
+        let live_top = snapshot_delta.is_none() && self.image_user(volume).is_some();
         let frozen = if live_top {
             self.freeze_users(volume, dir).await?
         } else {
             Vec::new()
         };
-        let name = tmp
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.strip_prefix("v."))
-            .unwrap_or_default()
-            .to_string();
+        let name = new_name.to_string();
         let dst = tmp.to_path_buf();
         let made = blocking(dir, move || {
             disk.flatten_into(upto, &dst, &name, size).map(|_| ())
@@ -247,13 +221,17 @@ impl FilePool {
     /// first (atomic), then removed without following any link inside.
     pub(super) async fn delete_ploop(&self, name: &str, dir: &Path, wipe: bool) -> Result<()> {
         let _held = self.ploop_lock.lock().await;
-        if let Some(by) = self.ploop_user(name) {
+        if let Some(by) = self.image_user(name) {
             return Err(Error::InUse {
                 what: format!("volume {name} (ploop)"),
                 by,
             });
         }
-        let snaps = self.ploop_snapshots_of(name)?;
+        let snaps: Vec<String> = self
+            .ploop_snapshots_of(name)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         if !snaps.is_empty() {
             return Err(Error::Precondition(format!(
                 "ploop volume {name} holds the data of snapshots {}; delete them first",
