@@ -21,6 +21,9 @@ pub struct Config {
     pub loop_direct_io: bool,
     /// Report at most this many volumes per node to the scheduler (0: no limit).
     pub max_volumes_per_node: i64,
+    /// What the host's ploop tool and module can do (probed at start-up;
+    /// nothing until then).
+    pub ploop: crate::tools::ploop::PloopHost,
 }
 
 impl Config {
@@ -37,6 +40,7 @@ impl Config {
             command_prefix: Vec::new(),
             loop_direct_io: true,
             max_volumes_per_node: 0,
+            ploop: Default::default(),
         }
     }
 }

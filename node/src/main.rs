@@ -4,7 +4,7 @@
 use clap::Parser;
 use pool_csi_node::{
     agent::server::AgentService, csi::node::NodeService, exec::real::RealRunner,
-    pools::PoolRegistry, Config, NodeCtx,
+    pools::PoolRegistry, tools::ploop, Config, NodeCtx,
 };
 use pool_csi_proto::{
     agent::agent_server::AgentServer,
@@ -119,6 +119,7 @@ impl Args {
             command_prefix,
             loop_direct_io: !no_loop_direct_io,
             max_volumes_per_node,
+            ploop: Default::default(),
         };
         (cfg, pools_file, csi_endpoint, agent_listen)
     }
@@ -142,7 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.agent_tls_key.clone(),
         args.agent_tls_ca.clone(),
     )?;
-    let (cfg, pools_file, csi_endpoint, agent_listen) = args.into_config();
+    let (mut cfg, pools_file, csi_endpoint, agent_listen) = args.into_config();
     check_driver_name(&cfg.driver_name)?;
     pool_csi_proto::volume_id::check_node_name(&cfg.node_name)
         .map_err(|w| format!("--node-name {:?} {w}", cfg.node_name))?;
@@ -157,6 +158,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let runner = Arc::new(RealRunner::new(cfg.command_prefix.clone()));
+    cfg.ploop = ploop::probe(
+        runner.as_ref(),
+        &cfg.sysfs_root,
+        &cfg.state_dir.join(".ploop-probe"),
+    )
+    .await;
+    match &cfg.ploop.why_not {
+        None => tracing::info!(
+            module = cfg.ploop.module,
+            "the ploop tool works: ploop volumes are made with ploop init{}",
+            if cfg.ploop.mounts() {
+                ", attached with ploop mount, grown with ploop resize"
+            } else {
+                ""
+            }
+        ),
+        Some(why) => {
+            tracing::info!(reason = %why, "the ploop tool is not used: ploop volumes are written, grown and attached by pool-csi itself")
+        }
+    }
     let pools = PoolRegistry::new(&defs, &cfg, runner.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let ctx = Arc::new(NodeCtx {

@@ -1,5 +1,6 @@
 //! Turning a volume into a block device on this node, and back. Raw files get
-//! a loop device (direct I/O); image formats get qemu-nbd where the nbd module
+//! a loop device (direct I/O); ploop disks get `ploop mount` where the ploop
+//! module and tool work; image formats get qemu-nbd where the nbd module
 //! exists, otherwise a qemu-storage-daemon FUSE export with a loop device on
 //! it. All of it is found again from sysfs and pid files after a restart.
 //! (Online growth of an nbd-attached image is not possible: qemu-nbd has no
@@ -10,7 +11,7 @@ use crate::{
     exec::CommandRunner,
     pools::AttachSource,
     tools::{
-        losetup,
+        losetup, ploop,
         qemu_nbd::{self, NbdState},
         qsd::{self, Export},
     },
@@ -26,6 +27,8 @@ pub struct Attacher<'a> {
     pub runner: &'a dyn CommandRunner,
     pub sysfs: &'a Path,
     pub direct_io: bool,
+    /// ploop disks go through `ploop mount` (module and tool present).
+    pub ploop_mount: bool,
     /// `<state>/exports/<pool>/<name>` for this volume.
     pub export: Export,
 }
@@ -45,6 +48,9 @@ impl Attacher<'_> {
                     format: *format,
                 })
                 .await
+            }
+            AttachSource::PloopChain { dir, .. } if self.ploop_mount => {
+                Ok(ploop::mount(self.runner, self.sysfs, dir).await?)
             }
             AttachSource::PloopChain { images, .. } => {
                 self.attach_image(qsd::Image::PloopChain(images)).await
@@ -85,6 +91,9 @@ impl Attacher<'_> {
             } => losetup::find_by_backing_file(self.sysfs, path)
                 .into_iter()
                 .next(),
+            AttachSource::PloopChain { dir, .. } if ploop::device_of(self.sysfs, dir).is_some() => {
+                ploop::device_of(self.sysfs, dir)
+            }
             AttachSource::File { .. } | AttachSource::PloopChain { .. } => {
                 NbdState::beside(&self.export.file)
                     .attached(self.sysfs)
@@ -102,7 +111,12 @@ impl Attacher<'_> {
         let path = match src {
             AttachSource::Block { .. } => return Ok(()),
             AttachSource::File { path, .. } => Some(path.as_path()),
-            AttachSource::PloopChain { .. } => None,
+            AttachSource::PloopChain { dir, .. } => {
+                if let Some(dev) = ploop::device_of(self.sysfs, dir) {
+                    ploop::umount(self.runner, &dev).await?;
+                }
+                None
+            }
         };
         let nbd = NbdState::beside(&self.export.file);
         if let Some(dev) = nbd.attached(self.sysfs) {
@@ -119,6 +133,14 @@ impl Attacher<'_> {
                 .map_err(io("stop export", &self.export.file))?;
         }
         let _ = std::fs::remove_file(&self.export.file);
+        if let AttachSource::PloopChain { dir, .. } = src {
+            // qemu has closed the disk: leave its headers as ploop expects
+            // (best effort; the next attach settles them again).
+            let settled = crate::formats::ploop_disk::Disk::open(dir).and_then(|d| d.settle());
+            if let Err(e) = settled {
+                tracing::warn!(disk = %dir.display(), error = %pool_csi_proto::full_message(&e), "could not settle the ploop headers after detach");
+            }
+        }
         Ok(())
     }
 

@@ -3,22 +3,44 @@
 //! happened.
 
 use super::{Cmd, CommandRunner, ExecError, Output};
-use std::{collections::VecDeque, sync::Mutex};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
+
+/// What a tool leaves behind besides its output (files it writes, sysfs
+/// entries a kernel module adds), for a test to lay out; gets the argv.
+pub type Effect = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 /// A recorded reply.
-#[derive(Debug, Clone, Default)]
-pub struct Reply(pub Output);
+#[derive(Clone, Default)]
+pub struct Reply(pub Output, pub Option<Effect>);
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Reply").field(&self.0).finish()
+    }
+}
 
 impl Reply {
+    /// Runs `effect` when the call is made, before the reply is returned.
+    pub fn effect(mut self, effect: impl Fn(&[String]) + Send + Sync + 'static) -> Self {
+        self.1 = Some(Arc::new(effect));
+        self
+    }
+
     pub fn ok() -> Self {
         Self::default()
     }
 
     pub fn exit(status: i32) -> Self {
-        Self(Output {
-            status,
-            ..Default::default()
-        })
+        Self(
+            Output {
+                status,
+                ..Default::default()
+            },
+            None,
+        )
     }
 
     pub fn stdout(mut self, s: impl Into<Vec<u8>>) -> Self {
@@ -75,7 +97,12 @@ impl CommandRunner for FakeRunner {
         );
         let next = self.script.lock().unwrap().pop_front();
         match next {
-            Some((want, reply)) if matches(&want, &got) => Ok(reply.0),
+            Some((want, reply)) if matches(&want, &got) => {
+                if let Some(effect) = &reply.1 {
+                    effect(&got);
+                }
+                Ok(reply.0)
+            }
             Some((want, _)) => panic!("FakeRunner: expected {want:?}, got {got:?}"),
             None => panic!("FakeRunner: unexpected call {got:?}"),
         }

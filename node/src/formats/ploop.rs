@@ -32,6 +32,9 @@ const HEADER_LEN: u64 = 64;
 const SECTOR: u64 = 512;
 /// ploop's and qemu's default cluster: 1 MiB.
 pub const DEFAULT_CLUSTER: u64 = 1 << 20;
+/// Header flag: the image holds no data clusters. The ploop tools insist
+/// it is right (`ploop check`); qemu neither reads nor maintains it.
+pub const CIF_EMPTY: u32 = 1;
 /// Largest image this code writes (BAT indexes are u32; 64 TiB at 1 MiB clusters
 /// keeps the BAT at 256 KiB).
 pub const MAX_SIZE: u64 = 64 << 40;
@@ -70,6 +73,8 @@ pub struct Header {
     pub data_off: u32,
     /// Non-zero while qemu or the ploop module has the image open for writing.
     pub in_use: u32,
+    /// [`CIF_EMPTY`] and any flags another writer set (kept as found).
+    pub flags: u32,
 }
 
 impl Header {
@@ -82,6 +87,7 @@ impl Header {
             size_sectors: size.div_ceil(SECTOR),
             data_off: data_off_for(bat_entries, cluster),
             in_use: 0,
+            flags: CIF_EMPTY,
         }
     }
 
@@ -111,6 +117,7 @@ impl Header {
         put(32, self.bat_entries);
         put(44, self.in_use);
         put(48, self.data_off);
+        put(52, self.flags);
         h[36..44].copy_from_slice(&self.size_sectors.to_le_bytes());
         h
     }
@@ -136,6 +143,7 @@ impl Header {
             size_sectors,
             data_off: get(48),
             in_use: get(44),
+            flags: get(52),
         };
         let cluster = hd.cluster();
         if cluster == 0 || !cluster.is_power_of_two() || cluster > (64 << 20) {
@@ -235,11 +243,74 @@ impl Image {
             .create_new(true)
             .open(path)
             .map_err(ioe("create", path))?;
-        file.write_all_at(&header.encode(), 0)
-            .map_err(ioe("write", path))?;
-        file.set_len(header.data_start())
-            .map_err(ioe("size", path))?;
+        // Header and BAT clusters are written out in full: the ploop tools
+        // reject an image with holes (`ploop check`: "image is sparse").
+        let mut head = vec![0u8; header.data_start() as usize];
+        head[..64].copy_from_slice(&header.encode());
+        file.write_all_at(&head, 0).map_err(ioe("write", path))?;
         file.sync_all().map_err(ioe("sync", path))
+    }
+
+    /// The [`CIF_EMPTY`] bit as the ploop tools compute it: set while the
+    /// file ends with its BAT (no data cluster referenced or present).
+    fn empty_bit(&self, h: &Header) -> Result<u32> {
+        let cluster = h.cluster();
+        let bat_end = h.data_start() / cluster;
+        let referenced = self.bat.iter().map(|&b| u64::from(b) + 1).max();
+        let in_file = self.cluster_count_in_file()?;
+        let head = referenced.unwrap_or(0).max(in_file);
+        Ok(if head > bat_end { 0 } else { CIF_EMPTY })
+    }
+
+    /// Writes zeros into every hole of the file (what reads as zeros stays
+    /// zeros). qemu allocates clusters by extending the file and leaves the
+    /// unwritten part of a cluster sparse; the ploop tools refuse such an
+    /// image. Returns the bytes filled.
+    fn fill_holes(&mut self) -> Result<u64> {
+        use rustix::fs::{seek, SeekFrom};
+        let len = self.file.metadata().map_err(ioe("stat", &self.path))?.len();
+        let (mut pos, mut filled) = (0, 0);
+        let zeros = vec![0u8; 1 << 20];
+        while pos < len {
+            let hole = seek(&self.file, SeekFrom::Hole(pos))
+                .map_err(|e| ioe("seek in", &self.path)(e.into()))?;
+            if hole >= len {
+                break;
+            }
+            let data = match seek(&self.file, SeekFrom::Data(hole)) {
+                Ok(d) => d.min(len),
+                Err(rustix::io::Errno::NXIO) => len,
+                Err(e) => return Err(ioe("seek in", &self.path)(e.into())),
+            };
+            let mut at = hole;
+            while at < data {
+                let n = (data - at).min(zeros.len() as u64) as usize;
+                self.file
+                    .write_all_at(&zeros[..n], at)
+                    .map_err(ioe("write", &self.path))?;
+                at += n as u64;
+            }
+            filled += data - hole;
+            pos = data;
+        }
+        if filled > 0 {
+            self.sync()?;
+        }
+        Ok(filled)
+    }
+
+    /// Brings the image in line with what the ploop tools check, after qemu
+    /// wrote to it: no holes, and the empty flag as the content says (qemu
+    /// leaves it as it was). Returns whether anything changed.
+    pub fn settle(&mut self) -> Result<bool> {
+        let filled = self.fill_holes()?;
+        let mut h = self.header;
+        h.flags = (h.flags & !CIF_EMPTY) | self.empty_bit(&h)?;
+        if h == self.header {
+            return Ok(filled > 0);
+        }
+        self.write_header(h)?;
+        Ok(true)
     }
 
     /// Clusters that hold data in this image.
@@ -282,7 +353,9 @@ impl Image {
         self.file.sync_all().map_err(ioe("sync", &self.path))
     }
 
-    fn write_header(&mut self, h: Header) -> Result<()> {
+    /// Writes `h` (with the empty flag as the content says) and syncs.
+    fn write_header(&mut self, mut h: Header) -> Result<()> {
+        h.flags = (h.flags & !CIF_EMPTY) | self.empty_bit(&h)?;
         self.file
             .write_all_at(&h.encode(), 0)
             .map_err(ioe("write header of", &self.path))?;
@@ -301,6 +374,7 @@ impl Image {
         let cluster = old.cluster();
         let mut new = Header::for_size(size, cluster);
         new.in_use = old.in_use;
+        new.flags = old.flags;
         let (old_first, new_first) = (old.data_start() / cluster, new.data_start() / cluster);
         let first_free = self.cluster_count_in_file()?.max(new_first);
         let mut buf = vec![0u8; cluster as usize];
@@ -380,7 +454,8 @@ impl Image {
         for (i, at) in new_entries {
             self.write_bat_entry(i, at)?;
         }
-        self.sync()
+        self.sync()?;
+        self.write_header(self.header)
     }
 
     /// The data of cluster `i` of the disk seen through `chain` (lowest
@@ -436,6 +511,7 @@ pub fn flatten(chain: &[PathBuf], out: &Path, size: u64) -> Result<u64> {
         dst.write_bat_entry(i, at)?;
     }
     dst.sync()?;
+    dst.write_header(dst.header)?;
     Ok(size)
 }
 
@@ -490,6 +566,63 @@ mod tests {
         // qemu-img create -f parallels 100M: cylinders 400, tracks 2048.
         assert_eq!(&bytes[24..28], &400u32.to_le_bytes());
         assert_eq!(&bytes[28..32], &2048u32.to_le_bytes());
+    }
+
+    fn flags_of(path: &Path) -> u32 {
+        Image::open(path, false).unwrap().header.flags
+    }
+
+    fn has_holes(path: &Path) -> bool {
+        let f = File::open(path).unwrap();
+        let len = f.metadata().unwrap().len();
+        rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(0)).unwrap() < len
+    }
+
+    /// What `ploop check` insists on: no holes in the file, and the empty
+    /// flag set exactly while no data cluster exists.
+    #[test]
+    fn images_keep_the_ploop_tools_rules_and_settle_what_qemu_leaves() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("root.hds");
+        Image::create(&p, 8 << 20, 64 << 10).unwrap();
+        assert_eq!(flags_of(&p), CIF_EMPTY, "a fresh image is empty");
+        assert!(!has_holes(&p), "header and BAT are written out");
+        write_at(&p, 100 << 10, b"data");
+        // write_at (like qemu) does not maintain the flag; settle does.
+        assert_eq!(flags_of(&p), CIF_EMPTY);
+        assert!(Image::open(&p, true).unwrap().settle().unwrap());
+        assert_eq!(flags_of(&p), 0, "data clears the flag");
+        assert!(!Image::open(&p, true).unwrap().settle().unwrap(), "settled");
+
+        // qemu extends the file for a cluster and writes part of it: the
+        // rest is a hole, filled with zeros that read the same.
+        let len = std::fs::metadata(&p).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(len + (64 << 10)).unwrap();
+        f.write_all_at(b"partial", len + 4096).unwrap();
+        drop(f);
+        {
+            let mut img = Image::open(&p, true).unwrap();
+            img.write_bat_entry(5, (len / (64 << 10)) as u32).unwrap();
+        }
+        assert!(has_holes(&p));
+        assert!(Image::open(&p, true).unwrap().settle().unwrap());
+        assert!(!has_holes(&p), "holes filled");
+        let chain = [p.clone()];
+        assert_eq!(read_at(&chain, 5 * (64 << 10) + 4096, 7), b"partial");
+        assert_eq!(read_at(&chain, 5 * (64 << 10), 16), vec![0; 16]);
+        assert_eq!(read_at(&chain, 100 << 10, 4), b"data");
+
+        // Flattening and growth keep the rules on their own.
+        let flat = t.path().join("flat.hds");
+        flatten(&chain, &flat, 0).unwrap();
+        assert_eq!(flags_of(&flat), 0);
+        assert!(!has_holes(&flat));
+        let empty = t.path().join("empty.hds");
+        Image::create(&empty, 1 << 20, 64 << 10).unwrap();
+        Image::open(&empty, true).unwrap().grow(64 << 20).unwrap();
+        assert_eq!(flags_of(&empty), CIF_EMPTY, "grown but still empty");
+        assert!(!has_holes(&empty));
     }
 
     #[test]

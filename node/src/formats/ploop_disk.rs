@@ -97,6 +97,16 @@ impl Disk {
         Ok(size)
     }
 
+    /// Brings every image's header in line with what the ploop tools
+    /// check (qemu leaves the empty flag set after writing data). For a
+    /// disk nobody has open.
+    pub fn settle(&self) -> Result<()> {
+        for p in self.images() {
+            Image::open(&p, true)?.settle()?;
+        }
+        Ok(())
+    }
+
     pub fn allocated_bytes(&self) -> u64 {
         std::fs::read_dir(&self.dir)
             .into_iter()

@@ -64,6 +64,7 @@ pub fn attacher<'a>(ctx: &'a NodeCtx, id: &VolumeId) -> Attacher<'a> {
         runner: ctx.runner.as_ref(),
         sysfs: &ctx.cfg.sysfs_root,
         direct_io: ctx.cfg.loop_direct_io,
+        ploop_mount: ctx.cfg.ploop.mounts(),
         export: Export::at(crate::pools::file::exports_dir(&ctx.cfg, &id.pool).join(&id.name)),
     }
 }

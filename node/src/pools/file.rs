@@ -65,6 +65,8 @@ pub struct FilePool {
     state: super::StateCell,
     /// Serialises changes to ploop descriptors (snapshots, merges, growth).
     pub(super) ploop_lock: tokio::sync::Mutex<()>,
+    /// What the host's ploop tool can do for ploop volumes.
+    pub(super) ploop: crate::tools::ploop::PloopHost,
 }
 
 impl FilePool {
@@ -86,6 +88,7 @@ impl FilePool {
             exports: exports_dir(cfg, &def.name),
             state: super::StateCell::new(&def.name),
             ploop_lock: tokio::sync::Mutex::new(()),
+            ploop: cfg.ploop.clone(),
         }
     }
 
@@ -145,9 +148,12 @@ impl FilePool {
         Export::at(self.exports.join(name))
     }
 
-    /// Which qemu process (qemu-nbd, qemu-storage-daemon) has the image
-    /// open for this node, if any.
+    /// Which qemu process (qemu-nbd, qemu-storage-daemon) or ploop device
+    /// has the image open on this node, if any.
     pub(super) fn image_user(&self, name: &str) -> Option<String> {
+        if let Some(dev) = self.ploop_device(name) {
+            return Some(format!("ploop device {}", dev.display()));
+        }
         let export = self.export_of(name);
         if let Some(dev) =
             crate::tools::qemu_nbd::NbdState::beside(&export.file).attached(&self.sysfs)
@@ -198,6 +204,7 @@ impl FilePool {
         let devices: Vec<PathBuf> = [src, export.file.as_path()]
             .iter()
             .flat_map(|f| losetup::find_by_backing_file(&self.sysfs, f))
+            .chain(crate::tools::ploop::device_of(&self.sysfs, src))
             .collect();
         let mut frozen = Vec::new();
         if !devices.is_empty() {
@@ -318,6 +325,9 @@ impl FilePool {
             });
         }
         match src {
+            None if format == VolumeFormat::Ploop && self.ploop.creates() => {
+                self.init_ploop(tmp, size).await?
+            }
             None => formats::create(self.runner.as_ref(), format, tmp, size, full).await?,
             Some((src_path, _)) if format == VolumeFormat::Ploop => {
                 let (volume, delta) = match &req.source {

@@ -20,11 +20,15 @@ use super::{
 };
 use crate::{
     error::{io, Error, Result},
+    exec::DEFAULT_TIMEOUT,
     formats::ploop_disk::Disk,
-    tools::qsd,
+    tools::{ploop, qsd},
 };
 use pool_csi_proto::VolumeFormat;
-use std::{collections::HashSet, path::Path};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 impl FilePool {
     pub(super) fn describe_ploop(&self, name: &str, dir: &Path) -> Volume {
@@ -45,6 +49,26 @@ impl FilePool {
                 abnormal: Some(pool_csi_proto::full_message(&e)),
             },
         }
+    }
+
+    /// The ploop device the kernel module has this volume's disk on, if any.
+    pub(super) fn ploop_device(&self, name: &str) -> Option<PathBuf> {
+        let dir = self.layout.volume(name, VolumeFormat::Ploop).ok()?;
+        ploop::device_of(&self.sysfs, &dir)
+    }
+
+    /// A new empty disk at `tmp` made by `ploop init`, where the host's tool
+    /// works; it must read back as a disk of at least `size` bytes.
+    pub(super) async fn init_ploop(&self, tmp: &Path, size: u64) -> Result<()> {
+        std::fs::create_dir(tmp).map_err(io("create", tmp))?;
+        ploop::init(self.runner.as_ref(), tmp, size, DEFAULT_TIMEOUT).await?;
+        let made = Disk::open(tmp)?.check()?;
+        if made < size {
+            return Err(Error::Precondition(format!(
+                "ploop init made a {made}-byte disk where {size} bytes were asked for"
+            )));
+        }
+        Ok(())
     }
 
     /// The snapshots whose data lives in `volume`'s deltas: (name, delta GUID).
@@ -103,6 +127,10 @@ impl FilePool {
     /// qemu-storage-daemon — with a bigger delta pushed on top.
     pub(super) async fn grow_ploop(&self, name: &str, dir: &Path, size: u64) -> Result<()> {
         let _held = self.ploop_lock.lock().await;
+        if self.ploop.mounts() {
+            // Mounted or not, the tool grows the disk (online on a device).
+            return Ok(ploop::resize(self.runner.as_ref(), dir, size).await?);
+        }
         match self.image_user(name) {
             None => {
                 let mut disk = Disk::open(dir)?;
@@ -152,6 +180,10 @@ impl FilePool {
             None => {
                 let mut disk = disk;
                 disk.push_delta(size).map(|_| ())
+            }
+            // The module freezes the device's filesystem for the switch itself.
+            Some(_) if self.ploop_device(source).is_some() => {
+                Ok(ploop::snapshot(self.runner.as_ref(), dir).await?)
             }
             Some(_) if self.export_of(source).running_pid().is_some() => {
                 let frozen = self.freeze_users(source, dir).await?;
@@ -265,7 +297,8 @@ pub fn is_ploop_dir(dir: &Path) -> bool {
         .is_ok_and(|m| m.is_file())
 }
 
-/// Merges every delta but the top whose GUID `keep` does not hold.
+/// Merges every delta but the top whose GUID `keep` does not hold, and
+/// settles the headers qemu may have left behind.
 fn compact(keep: &HashSet<String>, dir: &Path) -> Result<()> {
     let mut disk = Disk::open(dir)?;
     while let Some(i) =
@@ -273,7 +306,7 @@ fn compact(keep: &HashSet<String>, dir: &Path) -> Result<()> {
     {
         disk.merge_into_child(i)?;
     }
-    Ok(())
+    disk.settle()
 }
 
 /// Runs image I/O on the blocking pool.

@@ -9,6 +9,7 @@ pub mod losetup;
 pub mod lvm;
 pub mod mkfs;
 pub mod partx;
+pub mod ploop;
 pub mod qemu_img;
 pub mod qemu_nbd;
 pub mod qsd;

@@ -1,0 +1,339 @@
+//! The `ploop` tool and kernel module, where a host has them (OpenVZ,
+//! Virtuozzo). Probed once at start-up: Debian ships the tool, but without
+//! the module even `ploop init` crashes, so a host only counts as having the
+//! tool when a probe image it writes is one this driver can read back.
+//!
+//! Devices are found again from sysfs, as the tool itself does:
+//! `<sysfs>/block/ploopN/pdelta/<level>/image` names each layer's file.
+
+use crate::{
+    exec::{Cmd, CommandRunner, ExecError},
+    formats::ploop_disk::Disk,
+};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// What this host's ploop stack can do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PloopHost {
+    /// `ploop init` made a valid image in the start-up probe.
+    pub tool: bool,
+    /// The ploop kernel module is loaded (`<sysfs>/module/ploop`).
+    pub module: bool,
+    /// Why the tool is not used, for the log and the README's table.
+    pub why_not: Option<String>,
+}
+
+impl PloopHost {
+    /// Images are made with `ploop init`.
+    pub fn creates(&self) -> bool {
+        self.tool
+    }
+
+    /// Disks are attached with `ploop mount` and grown with `ploop resize`
+    /// (both need the module).
+    pub fn mounts(&self) -> bool {
+        self.tool && self.module
+    }
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Tries the tool once: `ploop init` of a 1 MiB image without a filesystem
+/// in `scratch` (removed again), which must open as a valid disk.
+pub async fn probe(runner: &dyn CommandRunner, sysfs: &Path, scratch: &Path) -> PloopHost {
+    let module = sysfs.join("module/ploop").is_dir();
+    let _ = std::fs::remove_dir_all(scratch);
+    let why_not = match std::fs::create_dir_all(scratch) {
+        Err(e) => Some(format!("cannot create {}: {e}", scratch.display())),
+        Ok(()) => {
+            let made = init(runner, scratch, 1 << 20, PROBE_TIMEOUT).await;
+            let checked = made.map_err(|e| e.to_string()).and_then(|()| {
+                Disk::open(scratch)
+                    .and_then(|d| d.check())
+                    .map_err(|e| format!("its probe image is unreadable: {e}"))
+            });
+            checked.err()
+        }
+    };
+    let _ = std::fs::remove_dir_all(scratch);
+    PloopHost {
+        tool: why_not.is_none(),
+        module,
+        why_not,
+    }
+}
+
+/// `ploop init`: an empty disk of `size` bytes (no filesystem) in `dir`,
+/// which must exist and be empty; writes `root.hds` and DiskDescriptor.xml.
+pub async fn init(
+    runner: &dyn CommandRunner,
+    dir: &Path,
+    size: u64,
+    timeout: Duration,
+) -> Result<(), ExecError> {
+    let cmd = Cmd::new("ploop")
+        .args([
+            "init",
+            "-s",
+            &kib(size),
+            "-f",
+            "ploop1",
+            "-v",
+            "2",
+            "-t",
+            "none",
+        ])
+        .arg(dir.join(crate::formats::ploop_xml::BASE_IMAGE))
+        .timeout(timeout);
+    match runner.run(&cmd).await? {
+        out if out.status == 0 => Ok(()),
+        out => Err(ExecError::Failed {
+            cmd: cmd.to_string(),
+            status: out.status,
+            stderr: match out.stderr_str() {
+                s if s.is_empty() && out.status < 0 => "killed by a signal (crashed)".into(),
+                s => s,
+            },
+        }),
+    }
+}
+
+/// `ploop resize`: grows the disk, mounted or not.
+pub async fn resize(runner: &dyn CommandRunner, dir: &Path, size: u64) -> Result<(), ExecError> {
+    runner
+        .run_ok(
+            &Cmd::new("ploop")
+                .args(["resize", "-s", &kib(size)])
+                .arg(descriptor(dir)),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// `ploop snapshot`: the top delta freezes and a new one goes on top
+/// (online on a mounted disk; the tool suspends the device for the switch).
+pub async fn snapshot(runner: &dyn CommandRunner, dir: &Path) -> Result<(), ExecError> {
+    runner
+        .run_ok(&Cmd::new("ploop").arg("snapshot").arg(descriptor(dir)))
+        .await
+        .map(|_| ())
+}
+
+/// `ploop mount` of the disk in `dir` as a block device (no filesystem
+/// mount); returns the device, found again through sysfs.
+pub async fn mount(
+    runner: &dyn CommandRunner,
+    sysfs: &Path,
+    dir: &Path,
+) -> Result<PathBuf, ExecError> {
+    if let Some(dev) = device_of(sysfs, dir) {
+        return Ok(dev);
+    }
+    let cmd = Cmd::new("ploop").arg("mount").arg(descriptor(dir));
+    runner.run_ok(&cmd).await?;
+    device_of(sysfs, dir).ok_or_else(|| ExecError::Failed {
+        cmd: cmd.to_string(),
+        status: 0,
+        stderr: format!(
+            "it succeeded but no {}/block/ploop*/pdelta/0/image names a file in {}",
+            sysfs.display(),
+            dir.display()
+        ),
+    })
+}
+
+/// `ploop umount -d`: detaches the device. Already gone is fine.
+pub async fn umount(runner: &dyn CommandRunner, device: &Path) -> Result<(), ExecError> {
+    runner
+        .run_ok(&Cmd::new("ploop").args(["umount", "-d"]).arg(device))
+        .await
+        .map(|_| ())
+}
+
+/// The ploop device whose base image lives in `dir`, if one is mounted.
+pub fn device_of(sysfs: &Path, dir: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(sysfs.join("block")).ok()?;
+    entries
+        .flatten()
+        .filter(|e| e.file_name().as_encoded_bytes().starts_with(b"ploop"))
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("pdelta/0/image"))
+                .is_ok_and(|img| Path::new(img.trim_end()).parent() == Some(dir))
+        })
+        .map(|e| Path::new("/dev").join(e.file_name()))
+}
+
+fn descriptor(dir: &Path) -> PathBuf {
+    dir.join(crate::formats::ploop_xml::FILE_NAME)
+}
+
+/// A size for the tool: whole KiB, rounded up.
+fn kib(bytes: u64) -> String {
+    format!("{}K", bytes.div_ceil(1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::fake::{FakeRunner, Reply};
+
+    /// A sysfs tree laid out like the ploop module's: block/ploopN/pdelta/L/image.
+    fn sysfs_with(devices: &[(&str, &[&str])]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("module/ploop")).unwrap();
+        for (dev, images) in devices {
+            for (level, img) in images.iter().enumerate() {
+                let d = t.path().join(format!("block/{dev}/pdelta/{level}"));
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::write(d.join("image"), format!("{img}\n")).unwrap();
+                std::fs::write(d.join("format"), "ploop1\n").unwrap();
+            }
+            let top = t.path().join(format!("block/{dev}/pstate"));
+            std::fs::create_dir_all(&top).unwrap();
+            std::fs::write(top.join("top"), format!("{}\n", images.len() - 1)).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn devices_are_found_by_their_base_image_directory() {
+        let sys = sysfs_with(&[
+            ("ploop17", &["/pool/a.ploop/root.hds"]),
+            (
+                "ploop42",
+                &["/pool/b.ploop/root.hds", "/pool/b.ploop/root.hds.{x}"],
+            ),
+        ]);
+        assert_eq!(
+            device_of(sys.path(), Path::new("/pool/b.ploop")),
+            Some(PathBuf::from("/dev/ploop42"))
+        );
+        assert_eq!(
+            device_of(sys.path(), Path::new("/pool/a.ploop")),
+            Some(PathBuf::from("/dev/ploop17"))
+        );
+        assert_eq!(device_of(sys.path(), Path::new("/pool/c.ploop")), None);
+        assert_eq!(
+            device_of(sys.path(), Path::new("/pool")),
+            None,
+            "a parent directory is not the disk"
+        );
+    }
+
+    #[tokio::test]
+    async fn mount_is_idempotent_and_checks_the_device_appeared() {
+        let sys = sysfs_with(&[("ploop5", &["/pool/a.ploop/root.hds"])]);
+        // Already mounted: no command at all.
+        let quiet = FakeRunner::new();
+        let dev = mount(&quiet, sys.path(), Path::new("/pool/a.ploop"))
+            .await
+            .unwrap();
+        assert_eq!(dev, PathBuf::from("/dev/ploop5"));
+        assert!(quiet.calls().is_empty());
+        // The tool says yes but no device shows up: an error, not a guess.
+        let liar = FakeRunner::new().expect(
+            ["ploop", "mount", "/pool/z.ploop/DiskDescriptor.xml"],
+            Reply::ok().stdout("Adding delta dev=/dev/ploop9 img=/pool/z.ploop/root.hds (rw)\n"),
+        );
+        let err = mount(&liar, sys.path(), Path::new("/pool/z.ploop"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no ") && err.contains("z.ploop"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn commands_take_sizes_in_kib_and_name_the_descriptor() {
+        let dir = Path::new("/pool/a.ploop");
+        let runner = FakeRunner::new()
+            .expect(
+                [
+                    "ploop",
+                    "init",
+                    "-s",
+                    "65536K",
+                    "-f",
+                    "ploop1",
+                    "-v",
+                    "2",
+                    "-t",
+                    "none",
+                    "/pool/a.ploop/root.hds",
+                ],
+                Reply::ok(),
+            )
+            .expect(
+                [
+                    "ploop",
+                    "resize",
+                    "-s",
+                    "131073K",
+                    "/pool/a.ploop/DiskDescriptor.xml",
+                ],
+                Reply::ok(),
+            )
+            .expect(
+                ["ploop", "snapshot", "/pool/a.ploop/DiskDescriptor.xml"],
+                Reply::ok(),
+            )
+            .expect(["ploop", "umount", "-d", "/dev/ploop5"], Reply::ok());
+        init(&runner, dir, 64 << 20, PROBE_TIMEOUT).await.unwrap();
+        resize(&runner, dir, (128 << 20) + 1).await.unwrap();
+        snapshot(&runner, dir).await.unwrap();
+        umount(&runner, Path::new("/dev/ploop5")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_crashing_tool_is_reported_as_such() {
+        let t = tempfile::tempdir().unwrap();
+        let scratch = t.path().join("probe");
+        let runner = FakeRunner::new().expect(
+            [
+                "ploop", "init", "-s", "1024K", "-f", "ploop1", "-v", "2", "-t", "none", "*",
+            ],
+            Reply::exit(-1),
+        );
+        let host = probe(&runner, t.path(), &scratch).await;
+        assert!(!host.tool && !host.module && !host.mounts());
+        let why = host.why_not.unwrap();
+        assert!(why.contains("crashed"), "{why}");
+        assert!(!scratch.exists(), "the probe cleans up");
+    }
+
+    #[tokio::test]
+    async fn the_tool_counts_only_when_its_image_reads_back() {
+        let t = tempfile::tempdir().unwrap();
+        let scratch = t.path().join("probe");
+        // Exit 0 but nothing written: not a working tool.
+        let runner = FakeRunner::new().expect(
+            [
+                "ploop", "init", "-s", "1024K", "-f", "ploop1", "-v", "2", "-t", "none", "*",
+            ],
+            Reply::ok(),
+        );
+        let host = probe(&runner, t.path(), &scratch).await;
+        assert!(!host.tool);
+        assert!(host.why_not.unwrap().contains("unreadable"));
+    }
+
+    /// The real tool on this machine, whatever it does: the probe must give a
+    /// verdict without hanging or leaving files, and a "works" verdict must
+    /// mean a valid image was written.
+    #[tokio::test]
+    async fn the_real_tool_gets_a_verdict() {
+        let t = tempfile::tempdir().unwrap();
+        let runner = crate::exec::real::RealRunner::new(Vec::new());
+        let host = probe(&runner, Path::new("/sys"), &t.path().join("probe")).await;
+        match &host.why_not {
+            None => assert!(host.tool),
+            Some(why) => {
+                assert!(!host.tool);
+                eprintln!("ploop tool not usable here: {why}");
+            }
+        }
+        assert!(!t.path().join("probe").exists());
+    }
+}
