@@ -96,7 +96,34 @@ def bad_values_are_refused():
         raise AssertionError(f"values.schema.json accepted {bad}")
 
 
+def node_spec(values):
+    chart = helm.Chart.load(CHART)
+    rendered = chart.render(values, name="pool-csi", namespace="kube-system", is_install=True)
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc and doc.get("kind") == "DaemonSet":
+                return doc["spec"]["template"]["spec"]
+    raise AssertionError("no node DaemonSet rendered")
+
+
+def iscsi_pools_get_the_host_network_and_their_secret():
+    plain = node_spec({})
+    assert not plain.get("hostNetwork"), "host network without an iscsi pool"
+    values = yaml.safe_load(open(os.path.join(CHART, "ci", "all-examples-values.yaml")))
+    spec = node_spec(values)
+    assert spec.get("hostNetwork") is True and spec.get("dnsPolicy") == "ClusterFirstWithHostNet", spec.get("hostNetwork")
+    secrets = [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v]
+    assert "san-chap" in secrets, secrets
+    node = next(c for c in spec["containers"] if c["name"] == "node")
+    mounts = {m["mountPath"] for m in node["volumeMounts"]}
+    assert "/etc/pool-csi-secrets/san-chap" in mounts and "/etc/iscsi" in mounts, mounts
+    assert "--secrets-dir=/etc/pool-csi-secrets" in node["args"], node["args"]
+
+
 check("helm lint --strict", lint)
+check("iscsi pools: host network, CHAP Secret mounted", iscsi_pools_get_the_host_network_and_their_secret)
 check("CRD validates as apiextensions.k8s.io/v1", crd_is_valid)
 check("values.schema.json refuses bad values", bad_values_are_refused)
 for f in [None] + sorted(glob.glob(os.path.join(CHART, "ci", "*.yaml"))):

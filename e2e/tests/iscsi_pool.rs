@@ -8,7 +8,7 @@
 
 use pool_csi_e2e::{req, tool, which, Driver, Options};
 use pool_csi_proto::csi;
-use std::{collections::HashMap, path::Path, process::Child};
+use std::{collections::HashMap, path::Path, process::Child, time::Duration};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
@@ -252,10 +252,18 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
         .unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
 
-    // A LUN added on the target shows at the next refresh; one removed that
-    // was handed out makes its volume abnormal, nothing is lost.
+    // A LUN added on the target shows at the next refresh (listings reuse an
+    // inventory for up to 5 s); one removed that was handed out makes its
+    // volume abnormal, nothing is lost.
     t.lun(scratch.path(), "1", "4", 256);
-    assert_eq!(capacity(&mut c, "san").await, 256 * MIB);
+    let since = std::time::Instant::now();
+    while capacity(&mut c, "san").await != 256 * MIB {
+        assert!(
+            since.elapsed() < Duration::from_secs(8),
+            "LUN 4 never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     t.adm(&[
         "--op",
         "delete",
@@ -266,12 +274,25 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
         "--lun",
         "1",
     ]);
-    let list = c
-        .controller
-        .list_volumes(csi::ListVolumesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let since = std::time::Instant::now();
+    let list = loop {
+        let list = c
+            .controller
+            .list_volumes(csi::ListVolumesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let abnormal = list.entries.iter().any(|e| {
+            e.status
+                .as_ref()
+                .and_then(|s| s.volume_condition.as_ref())
+                .is_some_and(|c| c.abnormal)
+        });
+        if abnormal || since.elapsed() > Duration::from_secs(8) {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let cond = |id: &str| {
         list.entries
             .iter()

@@ -80,9 +80,14 @@ pub struct PoolSource {
     /// fs: filesystem (auto, ext4, xfs …); disk: table type (gpt, dos …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
-    /// scsi: the HBA (hostN).
+    /// scsi: the HBA by its kernel name (`hostN`; the number can change
+    /// across reboots — prefer `adapterWwn` for Fibre Channel HBAs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
+    /// scsi: a Fibre Channel HBA (or NPIV vHBA) by its port names, stable
+    /// across reboots (libvirt's `<adapter type='fc_host' …>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_wwn: Option<AdapterWwn>,
     /// iscsi: the initiator IQN to log in as (default: the node's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<String>,
@@ -101,6 +106,19 @@ pub struct PoolAuth {
     pub username: String,
     /// Name of the Secret (key `password`) in the driver's namespace.
     pub secret_ref: String,
+}
+
+/// A Fibre Channel HBA by its names: `0x` and 16 hex digits each, as in
+/// `/sys/class/fc_host/hostN/node_name` and `port_name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdapterWwn {
+    pub wwnn: String,
+    pub wwpn: String,
+    /// The HBA a vHBA hangs off (`hostN`); when set, the matched host must
+    /// be its child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// LVM settings of a logical pool.
@@ -329,7 +347,38 @@ impl PoolDefinition {
                     }
                 }
             }
-            PoolType::Scsi | PoolType::Mpath => {}
+            PoolType::Scsi => {
+                let host_ok = |h: &str| {
+                    h.strip_prefix("host").is_some_and(|n| {
+                        !n.is_empty() && n.len() < 8 && n.bytes().all(|b| b.is_ascii_digit())
+                    })
+                };
+                let wwn_ok = |w: &str| {
+                    w.strip_prefix("0x")
+                        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                };
+                match (&s.source.adapter, &s.source.adapter_wwn) {
+                    (Some(a), None) if host_ok(a) => {}
+                    (None, Some(w)) if wwn_ok(&w.wwnn) && wwn_ok(&w.wwpn) => {
+                        if let Some(p) = w.parent.as_deref().filter(|p| !host_ok(p)) {
+                            return Err(invalid(format!(
+                                "source.adapterWwn.parent must be an HBA name like host5, not {p:?}"
+                            )));
+                        }
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            "give source.adapter or source.adapterWwn for a scsi pool, not both".into(),
+                        ))
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "a scsi pool needs source.adapter (hostN) or source.adapterWwn {wwnn, wwpn} (0x + 16 hex digits each)".into(),
+                        ))
+                    }
+                }
+            }
+            PoolType::Mpath => {}
         }
         for d in &s.source.devices {
             abs("source.devices[]", &Some(d.clone()))?;
@@ -490,6 +539,41 @@ spec:
             .unwrap_err()
             .to_string()
             .contains("source.device"));
+    }
+
+    #[test]
+    fn scsi_pools_name_their_hba_one_way() {
+        let scsi = |source: &str| {
+            PoolDefinition::parse_documents(
+                &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: hba }}\nspec:\n  type: scsi\n  source: {source}\n"),
+                "t",
+            )
+            .map_err(|e| e.to_string())
+        };
+        assert!(scsi("{ adapter: host3 }").is_ok());
+        let wwn = scsi("{ adapterWwn: { wwnn: \"0x20000000c9831b4b\", wwpn: \"0x10000000c9831b4b\", parent: host5 } }").unwrap();
+        assert_eq!(
+            wwn[0]
+                .spec
+                .source
+                .adapter_wwn
+                .as_ref()
+                .unwrap()
+                .parent
+                .as_deref(),
+            Some("host5")
+        );
+        for (bad, why) in [
+            ("{}", "needs source.adapter"),
+            ("{ adapter: sda }", "needs source.adapter"),
+            ("{ adapter: \"host3/../x\" }", "needs source.adapter"),
+            ("{ adapterWwn: { wwnn: \"0x20\", wwpn: \"0x10000000c9831b4b\" } }", "16 hex"),
+            ("{ adapterWwn: { wwnn: \"0x20000000c9831b4b\", wwpn: \"0x10000000c9831b4b\", parent: \"../host5\" } }", "parent"),
+            ("{ adapter: host3, adapterWwn: { wwnn: \"0x20000000c9831b4b\", wwpn: \"0x10000000c9831b4b\" } }", "not both"),
+        ] {
+            let e = scsi(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -46,6 +46,26 @@ true
 {{- toJson $pools -}}
 {{- end -}}
 
+{{/* The Secrets pools name in source.auth.secretRef, each once. */}}
+{{- define "pool-csi.poolSecrets" -}}
+{{- $refs := list -}}
+{{- range (include "pool-csi.pools" . | fromJsonArray) -}}
+{{- with .spec.source -}}{{- with .auth -}}
+{{- $refs = append $refs .secretRef -}}
+{{- end -}}{{- end -}}
+{{- end -}}
+{{- toJson ($refs | uniq) -}}
+{{- end -}}
+
+{{/* "true" when a pool needs the host network (iscsi: iscsid's socket). */}}
+{{- define "pool-csi.hostNetwork" -}}
+{{- $on := .Values.node.hostNetwork -}}
+{{- range (include "pool-csi.pools" . | fromJsonArray) -}}
+{{- if eq .spec.type "iscsi" -}}{{- $on = true -}}{{- end -}}
+{{- end -}}
+{{- ternary "true" "false" $on -}}
+{{- end -}}
+
 {{/* values.storageClasses plus the enabled examples. */}}
 {{- define "pool-csi.storageClasses" -}}
 {{- $scs := list -}}

@@ -52,7 +52,10 @@ pub async fn stage(
         }
     };
     if result.is_err() && !was_attached {
-        let _ = att.detach(&src).await; // undo what this call made
+        // Undo what this call made.
+        if let (Ok(()), Ok(pool)) = (att.detach(&src).await, super::pool_of(ctx, id)) {
+            let _ = pool.detached(&id.name).await;
+        }
     }
     result
 }
@@ -141,7 +144,10 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &str) -> Result<()> 
     }
     let att = attacher(ctx, id);
     match source_of(ctx, id).await {
-        Ok(src) => att.detach(&src).await,
+        Ok(src) => {
+            att.detach(&src).await?;
+            super::pool_of(ctx, id)?.detached(&id.name).await
+        }
         // The volume file is gone: free whatever device the mount showed.
         Err(Error::VolumeNotFound { .. }) => {
             for d in devices

@@ -1,11 +1,12 @@
-//! iscsi pools: the volumes are LUNs that already exist on a target; refresh
-//! discovers them (libiscsi's tools, no kernel initiator needed) and
-//! CreateVolume hands out the smallest free LUN that satisfies the request.
+//! LUN pools (iscsi, scsi, mpath): the volumes are LUNs that already exist
+//! — on an iSCSI target, behind a SCSI HBA, or as multipath maps — and
+//! refresh discovers them through a [`LunSource`]. CreateVolume hands out the
+//! smallest free LUN that satisfies the request; DeleteVolume returns it.
 //!
 //! Which LUN belongs to which volume is recorded in
 //! `<state-dir>/luns/<pool>.json` (volume name → LUN identity), written
 //! whole by rename before the volume is reported, so a LUN is never handed
-//! out twice by this node, also across restarts. (Serve one iscsi pool from
+//! out twice by this node, also across restarts. (Serve one LUN pool from
 //! one node, or — once the Kubernetes integration lands — let the Lease
 //! holder decide; see README.)
 
@@ -14,86 +15,116 @@ use super::{
 };
 use crate::{
     error::{io, Error, Result},
-    exec::CommandRunner,
-    tools::iscsi::{self, Chap, Lun, Portal},
+    tools::scsi::Lun,
     Config,
 };
 use pool_csi_proto::{PoolDefinition, PoolType, VolumeFormat};
 use serde::{Deserialize, Serialize};
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
+/// A LUN handed to a volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Claim {
-    identity: String,
-    lun: u32,
-    size: u64,
+pub struct Claim {
+    pub identity: String,
+    pub lun: u32,
+    pub size: u64,
     #[serde(default)]
-    wipe: bool,
+    pub wipe: bool,
+    /// Where the LUN was when it was handed out (for messages).
+    #[serde(default)]
+    pub address: String,
 }
 
-pub struct IscsiPool {
+/// Where a LUN pool's LUNs come from.
+#[tonic::async_trait]
+pub trait LunSource: Send + Sync {
+    fn pool_type(&self) -> PoolType;
+    /// For messages: "target iqn.…", "HBA host2", "the multipath maps".
+    fn origin(&self) -> String;
+    /// The LUNs there now.
+    async fn inventory(&self) -> Result<Vec<Lun>>;
+    /// Asks the transport to look for new LUNs (a SCSI bus scan); the next
+    /// inventory shows them.
+    async fn rescan(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The claimed LUN's block device on this node, connecting first where
+    /// the transport needs it (iSCSI login).
+    async fn device(&self, claim: &Claim) -> Result<PathBuf>;
+    /// No volume of this pool is in use on this node any more (iSCSI logout).
+    async fn disconnect(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How long a status or listing may reuse an inventory (GetCapacity polls;
+/// an iSCSI inventory costs 1 + 2×LUNs process runs). Hand-outs always
+/// take a fresh one.
+const INVENTORY_TTL: Duration = Duration::from_secs(5);
+
+pub struct LunPool {
     name: String,
-    portal: Portal,
-    secret_file: Option<PathBuf>,
+    source: Box<dyn LunSource>,
     claims_file: PathBuf,
-    runner: Arc<dyn CommandRunner>,
-    sysfs: PathBuf,
+    /// The volumes this node has attached (a JSON list of names): the
+    /// connection goes when the last one is detached, also after restarts.
+    users_file: PathBuf,
     state: super::StateCell,
     /// Serialises hand-outs and releases (read, pick, write the claims).
     lock: tokio::sync::Mutex<()>,
+    cache: std::sync::Mutex<Option<(Instant, Vec<Lun>)>>,
+    ttl: Duration,
 }
 
-impl IscsiPool {
-    pub fn new(def: &PoolDefinition, cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
-        let s = &def.spec.source;
-        let mut portal = Portal::new(
-            s.host.as_deref().unwrap_or(""),
-            s.device.as_deref().unwrap_or(""),
-        );
-        portal.initiator = s.initiator.clone();
-        // The password is read from the Secret at each use (see `portal()`).
-        portal.chap = s.auth.as_ref().map(|a| Chap {
-            username: a.username.clone(),
-            password: String::new(),
-        });
+impl LunPool {
+    pub fn new(def: &PoolDefinition, cfg: &Config, source: Box<dyn LunSource>) -> Self {
         Self {
             name: def.name.clone(),
-            secret_file: s
-                .auth
-                .as_ref()
-                .map(|a| cfg.secrets_dir.join(&a.secret_ref).join("password")),
-            portal,
+            source,
             claims_file: cfg
                 .state_dir
                 .join("luns")
                 .join(format!("{}.json", def.name)),
-            runner,
-            sysfs: cfg.sysfs_root.clone(),
+            users_file: cfg
+                .state_dir
+                .join("luns")
+                .join(format!("{}.attached.json", def.name)),
             state: super::StateCell::new(&def.name),
             lock: tokio::sync::Mutex::new(()),
+            cache: std::sync::Mutex::new(None),
+            ttl: INVENTORY_TTL,
         }
     }
 
-    /// The portal with the CHAP password read now (Secrets rotate).
-    fn portal(&self) -> Result<Portal> {
-        let mut p = self.portal.clone();
-        if let (Some(chap), Some(file)) = (p.chap.as_mut(), &self.secret_file) {
-            chap.password = std::fs::read_to_string(file)
-                .map_err(|e| {
-                    Error::Precondition(format!(
-                        "the CHAP secret of pool {} is not readable at {}: {e}; mount the Secret named in source.auth.secretRef",
-                        self.name,
-                        file.display()
-                    ))
-                })?
-                .trim_end_matches('\n')
-                .to_string();
-        }
-        Ok(p)
+    /// How long listings may reuse an inventory (tests: zero).
+    pub fn with_inventory_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
     }
 
+    fn kind(&self) -> PoolType {
+        self.source.pool_type()
+    }
+
+    /// A fresh inventory (remembered for listings).
     async fn luns(&self) -> Result<Vec<Lun>> {
-        Ok(iscsi::inventory(self.runner.as_ref(), &self.portal()?).await?)
+        let luns = self.source.inventory().await?;
+        *self.cache.lock().expect("cache lock") = Some((Instant::now(), luns.clone()));
+        Ok(luns)
+    }
+
+    /// An inventory at most `ttl` old.
+    async fn recent_luns(&self) -> Result<Vec<Lun>> {
+        if let Some((at, luns)) = self.cache.lock().expect("cache lock").as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(luns.clone());
+            }
+        }
+        self.luns().await
     }
 
     fn claims(&self) -> Result<BTreeMap<String, Claim>> {
@@ -107,32 +138,114 @@ impl IscsiPool {
     }
 
     fn write_claims(&self, c: &BTreeMap<String, Claim>) -> Result<()> {
-        let f = &self.claims_file;
-        let dir = f.parent().expect("claims live in a directory");
-        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-        let tmp = f.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(c).expect("claims serialise"),
-        )
-        .map_err(io("write", &tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|x| x.sync_all())
-            .map_err(io("sync", &tmp))?;
-        std::fs::rename(&tmp, f).map_err(io("rename", &tmp))?;
-        super::fsutil::sync_dir(dir)
+        write_json(&self.claims_file, c)
     }
 
-    fn volume(name: &str, c: &Claim, luns: &[Lun]) -> Volume {
+    fn users(&self) -> Result<BTreeSet<String>> {
+        match std::fs::read(&self.users_file) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                Error::Precondition(format!("{} is corrupt: {e}", self.users_file.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+            Err(e) => Err(io("read", &self.users_file)(e)),
+        }
+    }
+
+    /// Records that this node uses (`true`) or stopped using `name`;
+    /// returns how many volumes it uses now.
+    fn set_user(&self, name: &str, on: bool) -> Result<usize> {
+        let mut users = self.users()?;
+        let changed = if on {
+            users.insert(name.to_string())
+        } else {
+            users.remove(name)
+        };
+        if changed {
+            write_json(&self.users_file, &users)?;
+        }
+        Ok(users.len())
+    }
+}
+
+/// Replaces `f` with `value` as JSON: written, synced, renamed, dir synced.
+fn write_json(f: &std::path::Path, value: &impl Serialize) -> Result<()> {
+    let dir = f.parent().expect("state files live in a directory");
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let tmp = f.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(value).expect("state serialises"),
+    )
+    .map_err(io("write", &tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|x| x.sync_all())
+        .map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, f).map_err(io("rename", &tmp))?;
+    super::fsutil::sync_dir(dir)
+}
+
+impl LunPool {
+    fn claim_of(&self, name: &str) -> Result<Claim> {
+        self.claims()?
+            .remove(name)
+            .ok_or_else(|| Error::VolumeNotFound {
+                pool: self.name.clone(),
+                name: name.into(),
+            })
+    }
+
+    fn volume(&self, name: &str, c: &Claim, luns: &[Lun]) -> Volume {
         let seen = luns.iter().any(|l| l.identity == c.identity);
+        let at = if c.address.is_empty() {
+            format!("LUN {}", c.lun)
+        } else {
+            c.address.clone()
+        };
         Volume {
             name: name.into(),
             format: VolumeFormat::Raw,
             capacity: c.size,
             allocation: c.size,
-            abnormal: (!seen)
-                .then(|| format!("LUN {} ({}) vanished from the target", c.lun, c.identity)),
+            abnormal: (!seen).then(|| {
+                format!(
+                    "{at} ({}) vanished from {}",
+                    c.identity,
+                    self.source.origin()
+                )
+            }),
         }
+    }
+
+    /// The free LUN that best fits the request, rescanning once when none does.
+    async fn pick(&self, req: &CreateRequest, taken: &[String]) -> Result<Lun> {
+        for attempt in 0..2 {
+            if attempt == 1 {
+                self.source.rescan().await?;
+            }
+            let luns = self.luns().await?;
+            let free = luns.iter().filter(|l| !taken.contains(&l.identity));
+            if let Some(l) = best_fit(free, req.required, req.limit) {
+                return Ok(l.clone());
+            }
+            if attempt == 1 {
+                return Err(Error::OutOfSpace {
+                    pool: self.name.clone(),
+                    why: format!(
+                        "no free LUN of {} bytes or more{} on {} ({} LUNs, {} handed out)",
+                        req.required,
+                        if req.limit != 0 {
+                            format!(" and at most {}", req.limit)
+                        } else {
+                            String::new()
+                        },
+                        self.source.origin(),
+                        luns.len(),
+                        taken.len()
+                    ),
+                });
+            }
+        }
+        unreachable!("the second attempt returns")
     }
 }
 
@@ -143,13 +256,13 @@ fn best_fit<'a>(free: impl Iterator<Item = &'a Lun>, required: u64, limit: u64) 
 }
 
 #[tonic::async_trait]
-impl Pool for IscsiPool {
+impl Pool for LunPool {
     fn name(&self) -> &str {
         &self.name
     }
 
     fn pool_type(&self) -> PoolType {
-        PoolType::Iscsi
+        self.kind()
     }
 
     async fn start(&self) -> Result<()> {
@@ -158,7 +271,7 @@ impl Pool for IscsiPool {
     }
 
     async fn build(&self, _overwrite: bool) -> Result<()> {
-        Ok(()) // nothing to build: the target owns its LUNs (as in libvirt)
+        Ok(()) // nothing to build: LUNs are made elsewhere (as in libvirt)
     }
 
     async fn status(&self, count_volumes: bool) -> PoolStatus {
@@ -166,7 +279,7 @@ impl Pool for IscsiPool {
         if st.state != PoolState::Running {
             return st;
         }
-        let (luns, claims) = match (self.luns().await, self.claims()) {
+        let (luns, claims) = match (self.recent_luns().await, self.claims()) {
             (Ok(l), Ok(c)) => (l, c),
             (Err(e), _) | (_, Err(e)) => {
                 st.state = PoolState::Degraded;
@@ -192,15 +305,18 @@ impl Pool for IscsiPool {
     async fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
         self.state.ensure_running()?;
         if req.source != Source::Empty {
-            return Err(Error::Invalid(
-                "iscsi pools hand out existing LUNs: they cannot be cloned or restored".into(),
-            ));
+            return Err(Error::Invalid(format!(
+                "{} pools hand out existing LUNs: they cannot be cloned or restored",
+                self.kind()
+            )));
         }
         if req.format.is_some_and(|f| f != VolumeFormat::Raw) {
-            return Err(Error::Invalid("iscsi volumes are raw LUNs".into()));
+            return Err(Error::Invalid(format!(
+                "{} volumes are raw LUNs",
+                self.kind()
+            )));
         }
         let _held = self.lock.lock().await;
-        let luns = self.luns().await?;
         let mut claims = self.claims()?;
         if let Some(c) = claims.get(&req.name) {
             let fits = c.size >= req.required && (req.limit == 0 || c.size <= req.limit);
@@ -212,34 +328,21 @@ impl Pool for IscsiPool {
                     why: format!("LUN {} of {} bytes", c.lun, c.size),
                 });
             }
-            return Ok(Self::volume(&req.name, c, &luns));
+            let luns = self.recent_luns().await.unwrap_or_default();
+            return Ok(self.volume(&req.name, c, &luns));
         }
         let taken: Vec<String> = claims.values().map(|c| c.identity.clone()).collect();
-        let free = luns.iter().filter(|l| !taken.contains(&l.identity));
-        let lun = best_fit(free, req.required, req.limit).ok_or_else(|| Error::OutOfSpace {
-            pool: self.name.clone(),
-            why: format!(
-                "no free LUN of {} bytes or more{} on {} ({} LUNs, {} handed out)",
-                req.required,
-                if req.limit != 0 {
-                    format!(" and at most {}", req.limit)
-                } else {
-                    String::new()
-                },
-                self.portal.target,
-                luns.len(),
-                taken.len()
-            ),
-        })?;
+        let lun = self.pick(req, &taken).await?;
         let claim = Claim {
             identity: lun.identity.clone(),
             lun: lun.number,
             size: lun.size,
             wipe: req.wipe_on_delete,
+            address: lun.address.clone(),
         };
         claims.insert(req.name.clone(), claim.clone());
         self.write_claims(&claims)?;
-        Ok(Self::volume(&req.name, &claim, &luns))
+        Ok(self.volume(&req.name, &claim, std::slice::from_ref(&lun)))
     }
 
     async fn delete_volume(&self, name: &str, wipe: bool) -> Result<()> {
@@ -249,16 +352,24 @@ impl Pool for IscsiPool {
         let Some(c) = claims.get(name).cloned() else {
             return Ok(());
         };
+        if self.users()?.contains(name) {
+            return Err(Error::InUse {
+                what: format!("volume {name}"),
+                by: "this node (staged); unstage it first".into(),
+            });
+        }
         if wipe || c.wipe {
-            // Zero the LUN through this node's initiator before it is free again.
-            let AttachSource::Block { device } = self.attach_source(name).await? else {
-                unreachable!("LUNs attach as block devices")
-            };
+            // Zero the LUN through this node before it is free again.
+            self.set_user(name, true)?;
+            let device = self.source.device(&c).await?;
             let d = device.clone();
             tokio::task::spawn_blocking(move || super::fsutil::zero_device(&d))
                 .await
                 .map_err(|e| io("wipe", &device)(std::io::Error::other(e)))?
                 .map_err(io("wipe", &device))?;
+            if self.set_user(name, false)? == 0 {
+                self.source.disconnect().await?;
+            }
         }
         claims.remove(name);
         self.write_claims(&claims)
@@ -273,38 +384,35 @@ impl Pool for IscsiPool {
             });
         }
         Err(Error::OutOfRange(format!(
-            "volume {name} is a LUN of {} bytes; LUN sizes are set on the target, not by pool-csi",
-            v.capacity
+            "volume {name} is a LUN of {} bytes; LUN sizes are set on {}, not by pool-csi",
+            v.capacity,
+            self.source.origin()
         )))
     }
 
     async fn get_volume(&self, name: &str) -> Result<Volume> {
         self.state.ensure_running()?;
-        let c = self
-            .claims()?
-            .remove(name)
-            .ok_or_else(|| Error::VolumeNotFound {
-                pool: self.name.clone(),
-                name: name.into(),
-            })?;
-        let luns = self.luns().await.unwrap_or_default();
-        Ok(Self::volume(name, &c, &luns))
+        let c = self.claim_of(name)?;
+        let luns = self.recent_luns().await.unwrap_or_default();
+        Ok(self.volume(name, &c, &luns))
     }
 
     async fn list_volumes(&self) -> Result<Vec<Volume>> {
         self.state.ensure_running()?;
-        let luns = self.luns().await.unwrap_or_default();
+        let luns = self.recent_luns().await.unwrap_or_default();
         Ok(self
             .claims()?
             .iter()
-            .map(|(n, c)| Self::volume(n, c, &luns))
+            .map(|(n, c)| self.volume(n, c, &luns))
             .collect())
     }
 
     async fn create_snapshot(&self, _source: &str, _name: &str) -> Result<Snapshot> {
-        Err(Error::Invalid(
-            "iscsi pools have no snapshots: LUNs are managed on the target".into(),
-        ))
+        Err(Error::Invalid(format!(
+            "{} pools have no snapshots: LUNs are managed on {}",
+            self.kind(),
+            self.source.origin()
+        )))
     }
 
     async fn delete_snapshot(&self, _name: &str) -> Result<()> {
@@ -315,43 +423,134 @@ impl Pool for IscsiPool {
         Ok(Vec::new())
     }
 
-    /// Logs in (once per target and node) and finds the LUN's block device in sysfs.
+    /// The LUN's block device on this node (an iSCSI pool logs in first).
+    /// The volume counts as in use here from now until `detached`.
     async fn attach_source(&self, name: &str) -> Result<AttachSource> {
         self.state.ensure_running()?;
-        let c = self
-            .claims()?
-            .remove(name)
-            .ok_or_else(|| Error::VolumeNotFound {
-                pool: self.name.clone(),
-                name: name.into(),
-            })?;
-        let portal = self.portal()?;
-        iscsi::login(self.runner.as_ref(), &self.sysfs, &portal).await?;
-        let session = iscsi::session_of(&self.sysfs, &portal.target).ok_or_else(|| {
-            Error::Precondition(format!(
-                "iscsiadm logged in, but no session to {} shows in sysfs",
-                portal.target
-            ))
-        })?;
-        let device = iscsi::lun_device(&self.sysfs, &session, c.lun).ok_or_else(|| {
-            Error::Precondition(format!(
-                "LUN {} of {} has no block device in {session}: it vanished from the target or the initiator has not scanned it",
-                c.lun, portal.target
-            ))
-        })?;
-        Ok(AttachSource::Block { device })
+        let c = self.claim_of(name)?;
+        let _held = self.lock.lock().await;
+        self.set_user(name, true)?;
+        Ok(AttachSource::Block {
+            device: self.source.device(&c).await?,
+        })
+    }
+
+    /// Disconnects (iSCSI logout) when the last volume of the pool on this
+    /// node is detached.
+    async fn detached(&self, name: &str) -> Result<()> {
+        let _held = self.lock.lock().await;
+        if self.set_user(name, false)? == 0 {
+            self.source.disconnect().await?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A source with fixed LUNs that records connects and disconnects.
+    struct Recording {
+        luns: Vec<Lun>,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[tonic::async_trait]
+    impl LunSource for Recording {
+        fn pool_type(&self) -> PoolType {
+            PoolType::Iscsi
+        }
+        fn origin(&self) -> String {
+            "target t".into()
+        }
+        async fn inventory(&self) -> Result<Vec<Lun>> {
+            Ok(self.luns.clone())
+        }
+        async fn device(&self, c: &Claim) -> Result<PathBuf> {
+            self.log.lock().unwrap().push(format!("connect {}", c.lun));
+            Ok(PathBuf::from(format!("/dev/lun{}", c.lun)))
+        }
+        async fn disconnect(&self) -> Result<()> {
+            self.log.lock().unwrap().push("disconnect".into());
+            Ok(())
+        }
+    }
+
+    fn req(name: &str, mib: u64) -> CreateRequest {
+        CreateRequest {
+            name: name.into(),
+            required: mib << 20,
+            limit: 0,
+            format: None,
+            allocation: None,
+            source: Source::Empty,
+            wipe_on_delete: false,
+            partition_type: None,
+            stripes: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connection_goes_with_the_last_volume_in_use_also_after_a_restart() {
+        let t = tempfile::tempdir().unwrap();
+        let cfg = Config::local("n1", t.path().to_path_buf());
+        let def = PoolDefinition::parse_documents(
+            "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: san }\nspec:\n  type: iscsi\n  source: { host: h, device: iqn.2026-11.x:t }\n",
+            "t",
+        )
+        .unwrap()
+        .remove(0);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let pool = |log: &Arc<Mutex<Vec<String>>>| {
+            LunPool::new(
+                &def,
+                &cfg,
+                Box::new(Recording {
+                    luns: vec![lun(1, 10), lun(2, 10)],
+                    log: log.clone(),
+                }),
+            )
+        };
+        let p = pool(&log);
+        p.start().await.unwrap();
+        p.create_volume(&req("a", 10)).await.unwrap();
+        p.create_volume(&req("b", 10)).await.unwrap();
+        p.attach_source("a").await.unwrap();
+        p.attach_source("b").await.unwrap();
+        p.attach_source("b").await.unwrap(); // stats, a second stage: still one user
+        p.detached("a").await.unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["connect 1", "connect 2", "connect 2"]
+        );
+        let busy = p.delete_volume("b", false).await.unwrap_err().to_string();
+        assert!(busy.contains("unstage it first"), "{busy}");
+
+        // A restarted node plugin still knows b is in use here.
+        drop(p);
+        let p = pool(&log);
+        p.start().await.unwrap();
+        p.detached("b").await.unwrap();
+        assert_eq!(log.lock().unwrap().last().unwrap(), "disconnect");
+        p.detached("b").await.unwrap(); // idempotent: nothing left to drop
+        let n = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| *l == "disconnect")
+            .count();
+        assert_eq!(n, 2, "a repeated detach only re-checks the (gone) session");
+        p.delete_volume("b", false).await.unwrap();
+    }
 
     fn lun(number: u32, mib: u64) -> Lun {
         Lun {
             number,
             size: mib << 20,
             identity: format!("serial:{number}"),
+            address: format!("LUN {number}"),
         }
     }
 

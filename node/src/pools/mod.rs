@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod layout;
 pub mod logical;
 pub mod lun;
+pub mod lun_sources;
 mod ploop_volume;
 
 use crate::{
@@ -193,6 +194,11 @@ pub trait Pool: Send + Sync {
     async fn list_snapshots(&self) -> Result<Vec<Snapshot>>;
     /// What to attach for `name`; NotFound when the volume is gone.
     async fn attach_source(&self, name: &str) -> Result<AttachSource>;
+    /// This node stopped using `name` (unstaged, or a stage undone): a
+    /// pool may drop a connection nothing else needs (iSCSI logout).
+    async fn detached(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The pools of this node, by name.
@@ -222,16 +228,29 @@ impl PoolRegistry {
                     reg.pools.insert(def.name.clone(), Arc::new(p));
                 }
                 PoolType::Iscsi => {
-                    let p = lun::IscsiPool::new(def, cfg, runner.clone());
-                    reg.pools.insert(def.name.clone(), Arc::new(p));
+                    let src = lun_sources::IscsiSource::new(def, cfg, runner.clone());
+                    reg.insert_luns(def, cfg, Box::new(src));
                 }
-                t @ (PoolType::Netfs | PoolType::Scsi | PoolType::Mpath) => {
+                PoolType::Scsi => {
+                    let src = lun_sources::ScsiSource::new(def, cfg);
+                    reg.insert_luns(def, cfg, Box::new(src));
+                }
+                PoolType::Mpath => {
+                    let src = lun_sources::MpathSource::new(cfg, runner.clone());
+                    reg.insert_luns(def, cfg, Box::new(src));
+                }
+                t @ PoolType::Netfs => {
                     let why = format!("{t} pools are not supported by this node version");
                     reg.unsupported.insert(def.name.clone(), (t, why));
                 }
             }
         }
         reg
+    }
+
+    fn insert_luns(&mut self, def: &PoolDefinition, cfg: &Config, src: Box<dyn lun::LunSource>) {
+        let p = lun::LunPool::new(def, cfg, src);
+        self.pools.insert(def.name.clone(), Arc::new(p));
     }
 
     /// Starts every pool; failures are logged and left in the pool's status.

@@ -75,15 +75,9 @@ impl Portal {
     }
 }
 
-/// One logical unit of the target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lun {
-    pub number: u32,
-    pub size: u64,
-    /// The unit serial number (VPD page 0x80) where the target reports one,
-    /// else `<target>:lun<N>`.
-    pub identity: String,
-}
+/// A logical unit of the target; its identity is the unit serial number
+/// (VPD page 0x80) where the target reports one, else `<target>:lun<N>`.
+pub use super::scsi::Lun;
 
 /// Lists the target's disk LUNs with exact sizes and identities.
 pub async fn inventory(runner: &dyn CommandRunner, portal: &Portal) -> Result<Vec<Lun>, ExecError> {
@@ -156,6 +150,7 @@ pub async fn inventory(runner: &dyn CommandRunner, portal: &Portal) -> Result<Ve
             number,
             size,
             identity: serial.unwrap_or_else(|| format!("{}:lun{number}", portal.target)),
+            address: format!("LUN {number}"),
         });
     }
     Ok(out)
@@ -383,12 +378,14 @@ Total size:67108864
                 Lun {
                     number: 1,
                     size: 64 << 20,
-                    identity: "serial:beaf11".into()
+                    identity: "serial:beaf11".into(),
+                    address: "LUN 1".into()
                 },
                 Lun {
                     number: 2,
                     size: 128 << 20,
-                    identity: "iqn.2026-11.io.pool-csi:t1:lun2".into()
+                    identity: "iqn.2026-11.io.pool-csi:t1:lun2".into(),
+                    address: "LUN 2".into()
                 },
             ]
         );
@@ -474,5 +471,29 @@ Total size:67108864
             );
         login(&runner, empty.path(), &p).await.unwrap();
         assert_eq!(runner.calls().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn logout_runs_only_while_a_session_exists() {
+        let sys = session_tree();
+        let p = Portal::new("127.0.0.1", "iqn.2026-11.io.pool-csi:t1");
+        let runner = FakeRunner::new().expect(
+            [
+                "iscsiadm",
+                "--mode",
+                "node",
+                "--targetname",
+                "iqn.2026-11.io.pool-csi:t1",
+                "--portal",
+                "127.0.0.1:3260",
+                "--logout",
+            ],
+            Reply::ok(),
+        );
+        logout(&runner, sys.path(), &p).await.unwrap();
+        let none = FakeRunner::new();
+        let empty = tempfile::tempdir().unwrap();
+        logout(&none, empty.path(), &p).await.unwrap();
+        assert!(none.calls().is_empty(), "no session, no command");
     }
 }

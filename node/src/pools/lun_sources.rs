@@ -1,0 +1,374 @@
+//! Where LUN pools find their LUNs: an iSCSI target (libiscsi's tools for
+//! the inventory, iscsiadm to log in), a SCSI HBA (sysfs), or the host's
+//! multipath maps (sysfs and multipathd).
+
+use super::lun::{Claim, LunSource};
+use crate::{
+    error::{Error, Result},
+    exec::CommandRunner,
+    tools::{
+        iscsi::{self, Chap, Portal},
+        multipath,
+        scsi::{self, Lun},
+    },
+    Config,
+};
+use pool_csi_proto::{pool_spec::AdapterWwn, PoolDefinition, PoolType};
+use std::{path::PathBuf, sync::Arc};
+
+pub struct IscsiSource {
+    portal: Portal,
+    secret_file: Option<PathBuf>,
+    runner: Arc<dyn CommandRunner>,
+    sysfs: PathBuf,
+}
+
+impl IscsiSource {
+    pub fn new(def: &PoolDefinition, cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
+        let s = &def.spec.source;
+        let mut portal = Portal::new(
+            s.host.as_deref().unwrap_or(""),
+            s.device.as_deref().unwrap_or(""),
+        );
+        portal.initiator = s.initiator.clone();
+        // The password is read from the Secret at each use (see `portal()`).
+        portal.chap = s.auth.as_ref().map(|a| Chap {
+            username: a.username.clone(),
+            password: String::new(),
+        });
+        Self {
+            secret_file: s
+                .auth
+                .as_ref()
+                .map(|a| cfg.secrets_dir.join(&a.secret_ref).join("password")),
+            portal,
+            runner,
+            sysfs: cfg.sysfs_root.clone(),
+        }
+    }
+
+    /// The portal with the CHAP password read now (Secrets rotate).
+    pub fn portal(&self) -> Result<Portal> {
+        let mut p = self.portal.clone();
+        if let (Some(chap), Some(file)) = (p.chap.as_mut(), &self.secret_file) {
+            chap.password = std::fs::read_to_string(file)
+                .map_err(|e| {
+                    Error::Precondition(format!(
+                        "the CHAP secret for {} is not readable at {}: {e}; mount the Secret named in source.auth.secretRef",
+                        self.portal.target,
+                        file.display()
+                    ))
+                })?
+                .trim_end_matches('\n')
+                .to_string();
+        }
+        Ok(p)
+    }
+}
+
+#[tonic::async_trait]
+impl LunSource for IscsiSource {
+    fn pool_type(&self) -> PoolType {
+        PoolType::Iscsi
+    }
+
+    fn origin(&self) -> String {
+        format!("target {}", self.portal.target)
+    }
+
+    async fn inventory(&self) -> Result<Vec<Lun>> {
+        Ok(iscsi::inventory(self.runner.as_ref(), &self.portal()?).await?)
+    }
+
+    /// Logs in (once per target and node) and finds the LUN's block device in sysfs.
+    async fn device(&self, c: &Claim) -> Result<PathBuf> {
+        let portal = self.portal()?;
+        iscsi::login(self.runner.as_ref(), &self.sysfs, &portal).await?;
+        let session = iscsi::session_of(&self.sysfs, &portal.target).ok_or_else(|| {
+            Error::Precondition(format!(
+                "iscsiadm logged in, but no session to {} shows in sysfs",
+                portal.target
+            ))
+        })?;
+        iscsi::lun_device(&self.sysfs, &session, c.lun).ok_or_else(|| {
+            Error::Precondition(format!(
+                "LUN {} of {} has no block device in {session}: it vanished from the target or the initiator has not scanned it",
+                c.lun, portal.target
+            ))
+        })
+    }
+
+    async fn disconnect(&self) -> Result<()> {
+        let portal = self.portal()?;
+        Ok(iscsi::logout(self.runner.as_ref(), &self.sysfs, &portal).await?)
+    }
+}
+
+/// The disks behind one SCSI HBA.
+pub struct ScsiSource {
+    adapter: Option<String>,
+    wwn: Option<AdapterWwn>,
+    sysfs: PathBuf,
+}
+
+impl ScsiSource {
+    pub fn new(def: &PoolDefinition, cfg: &Config) -> Self {
+        Self {
+            adapter: def.spec.source.adapter.clone(),
+            wwn: def.spec.source.adapter_wwn.clone(),
+            sysfs: cfg.sysfs_root.clone(),
+        }
+    }
+
+    /// `hostN` now: an HBA named by its WWNs is looked up each time (host
+    /// numbers change when HBAs come and go).
+    fn host(&self) -> Result<String> {
+        scsi::resolve_adapter(&self.sysfs, self.adapter.as_deref(), self.wwn.as_ref())
+            .map_err(Error::Precondition)
+    }
+}
+
+#[tonic::async_trait]
+impl LunSource for ScsiSource {
+    fn pool_type(&self) -> PoolType {
+        PoolType::Scsi
+    }
+
+    fn origin(&self) -> String {
+        match (&self.adapter, &self.wwn) {
+            (Some(a), _) => format!("HBA {a}"),
+            (None, Some(w)) => format!("the HBA with wwpn {}", w.wwpn),
+            (None, None) => "no HBA".into(),
+        }
+    }
+
+    async fn inventory(&self) -> Result<Vec<Lun>> {
+        let host = self.host()?;
+        Ok(scsi::disks(&self.sysfs, &host))
+    }
+
+    async fn rescan(&self) -> Result<()> {
+        let host = self.host()?;
+        let sysfs = self.sysfs.clone();
+        let scan = self.sysfs.join("class/scsi_host").join(&host).join("scan");
+        tokio::task::spawn_blocking(move || scsi::rescan(&sysfs, &host))
+            .await
+            .map_err(|e| crate::error::io("scan", &scan)(std::io::Error::other(e)))?
+            .map_err(crate::error::io("scan", &scan))
+    }
+
+    async fn device(&self, c: &Claim) -> Result<PathBuf> {
+        let host = self.host()?;
+        scsi::device_of(&self.sysfs, &host, &c.identity).ok_or_else(|| {
+            Error::Precondition(format!(
+                "the disk {} ({}) is not on {host} any more: it vanished or moved",
+                c.identity, c.address
+            ))
+        })
+    }
+}
+
+/// The host's multipath maps.
+pub struct MpathSource {
+    runner: Arc<dyn CommandRunner>,
+    sysfs: PathBuf,
+}
+
+impl MpathSource {
+    pub fn new(cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
+        Self {
+            runner,
+            sysfs: cfg.sysfs_root.clone(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl LunSource for MpathSource {
+    fn pool_type(&self) -> PoolType {
+        PoolType::Mpath
+    }
+
+    fn origin(&self) -> String {
+        "the multipath maps of this node".into()
+    }
+
+    async fn inventory(&self) -> Result<Vec<Lun>> {
+        let named = multipath::multipathd_maps(self.runner.as_ref()).await;
+        Ok(multipath::maps(&self.sysfs, named.as_deref()))
+    }
+
+    async fn device(&self, c: &Claim) -> Result<PathBuf> {
+        let maps = self.inventory().await?;
+        let map = maps
+            .iter()
+            .find(|m| m.identity == c.identity)
+            .ok_or_else(|| {
+                Error::Precondition(format!(
+                    "multipath map {} ({}) is gone from this node",
+                    c.identity, c.address
+                ))
+            })?;
+        Ok(multipath::device_path(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        exec::fake::{FakeRunner, Reply},
+        pools::{lun::LunPool, AttachSource, CreateRequest, Pool, Source},
+        tools::{multipath::fixture::dm, scsi::fixture},
+    };
+    use std::time::Duration;
+
+    const MIB: u64 = 1 << 20;
+
+    fn def(yaml_spec: &str) -> PoolDefinition {
+        PoolDefinition::parse_documents(
+            &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: p }}\nspec:\n{yaml_spec}"),
+            "t",
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    fn cfg(t: &tempfile::TempDir) -> Config {
+        let mut c = Config::local("n1", t.path().join("state"));
+        c.sysfs_root = t.path().join("sys");
+        c
+    }
+
+    fn req(name: &str, mib: u64) -> CreateRequest {
+        CreateRequest {
+            name: name.into(),
+            required: mib * MIB,
+            limit: 0,
+            format: None,
+            allocation: None,
+            source: Source::Empty,
+            wipe_on_delete: false,
+            partition_type: None,
+            stripes: None,
+        }
+    }
+
+    async fn device(p: &LunPool, name: &str) -> String {
+        match p.attach_source(name).await.unwrap() {
+            AttachSource::Block { device } => device.display().to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn scsi_disks_are_handed_out_best_fit_and_followed_by_identity() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path().join("sys");
+        fixture::hba(&sys, 2, None);
+        fixture::lun(&sys, [2, 0, 0, 0], 0, "sdb", 32, Some("naa.aaaa"));
+        fixture::lun(&sys, [2, 0, 0, 1], 0, "sdc", 64, Some("naa.bbbb"));
+        fixture::lun(&sys, [2, 0, 0, 2], 5, "sr0", 1, None); // a CD-ROM
+        let c = cfg(&t);
+        let d = def("  type: scsi\n  source: { adapter: host2 }\n");
+        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c)))
+            .with_inventory_ttl(Duration::ZERO);
+        p.start().await.unwrap();
+        let st = p.status(true).await;
+        assert_eq!((st.capacity, st.available), (96 * MIB, 96 * MIB));
+
+        let a = p.create_volume(&req("a", 20)).await.unwrap();
+        assert_eq!(a.capacity, 32 * MIB, "best fit: the 32 MiB disk");
+        assert_eq!(p.create_volume(&req("a", 20)).await.unwrap(), a);
+        assert_eq!(
+            p.create_volume(&req("b", 40)).await.unwrap().capacity,
+            64 * MIB
+        );
+        assert_eq!(device(&p, "b").await, "/dev/sdc");
+
+        // Nothing fits: the HBA is rescanned once, then RESOURCE_EXHAUSTED.
+        let e = p.create_volume(&req("c", 8)).await.unwrap_err();
+        assert!(matches!(e, Error::OutOfSpace { .. }), "{e}");
+        assert!(e.to_string().contains("HBA host2"), "{e}");
+        let scan = sys.join("class/scsi_host/host2/scan");
+        assert_eq!(std::fs::read_to_string(&scan).unwrap(), "- - -");
+        // A disk that appears (after the scan) is found by the next create.
+        fixture::lun(&sys, [2, 0, 0, 3], 0, "sdd", 16, Some("naa.dddd"));
+        assert_eq!(
+            p.create_volume(&req("c", 8)).await.unwrap().capacity,
+            16 * MIB
+        );
+
+        // The kernel renames the disk (sdc -> sdf after a rescan): followed by WWN.
+        let old = sys.join("devices/pci0000:00/0000:00:1f.2/host2/target2:0:0/2:0:0:1/block");
+        std::fs::rename(old.join("sdc"), old.join("sdf")).unwrap();
+        assert_eq!(device(&p, "b").await, "/dev/sdf");
+
+        // A disk that vanishes: the volume turns abnormal, attach says why.
+        std::fs::remove_file(sys.join("bus/scsi/devices/2:0:0:1")).unwrap();
+        let gone = p.get_volume("b").await.unwrap();
+        let why = gone.abnormal.unwrap();
+        assert!(
+            why.contains("naa.bbbb") && why.contains("vanished from HBA host2"),
+            "{why}"
+        );
+        let e = p.attach_source("b").await.unwrap_err().to_string();
+        assert!(e.contains("not on host2"), "{e}");
+
+        // Release: the disk is free for the next volume.
+        p.delete_volume("a", false).await.unwrap();
+        p.delete_volume("a", false).await.unwrap();
+        assert_eq!(
+            p.create_volume(&req("e", 30)).await.unwrap().capacity,
+            32 * MIB
+        );
+        assert!(
+            p.expand_volume("e", 33 * MIB, 0).await.is_err(),
+            "LUNs do not grow"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_hba_is_a_clear_start_failure() {
+        let t = tempfile::tempdir().unwrap();
+        fixture::hba(&t.path().join("sys"), 2, None);
+        let c = cfg(&t);
+        let d = def("  type: scsi\n  source: { adapterWwn: { wwnn: \"0x20000000c9831b4b\", wwpn: \"0x10000000c9831b4b\" } }\n");
+        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c)));
+        let e = p.start().await.unwrap_err().to_string();
+        assert!(e.contains("no Fibre Channel HBAs"), "{e}");
+        let d = def("  type: scsi\n  source: { adapter: host9 }\n");
+        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c)));
+        let e = p.start().await.unwrap_err().to_string();
+        assert!(e.contains("host9 does not exist"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn multipath_maps_are_handed_out_and_attach_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path().join("sys");
+        dm(&sys, 0, "mpatha", "mpath-3600a", 100);
+        dm(&sys, 1, "mpathb", "mpath-3600b", 50);
+        dm(&sys, 2, "vg-lv", "LVM-xyz", 10);
+        let show = ["multipathd", "show", "maps", "raw", "format", "%n %d %w"];
+        let maps = "mpatha dm-0 3600a\nmpathb dm-1 3600b\n";
+        let runner = Arc::new(
+            FakeRunner::new()
+                .expect(show, Reply::ok().stdout(maps)) // start
+                .expect(show, Reply::ok().stdout(maps)) // create
+                .expect(show, Reply::ok().stdout(maps)) // attach
+                .expect(show, Reply::exit(1)), // status, daemon gone: sysfs alone
+        );
+        let c = cfg(&t);
+        let d = def("  type: mpath\n");
+        let p = LunPool::new(&d, &c, Box::new(MpathSource::new(&c, runner)))
+            .with_inventory_ttl(Duration::ZERO);
+        p.start().await.unwrap();
+        let v = p.create_volume(&req("v", 40)).await.unwrap();
+        assert_eq!(v.capacity, 50 * MIB);
+        assert_eq!(device(&p, "v").await, "/dev/mapper/mpathb");
+        let st = p.status(true).await;
+        assert_eq!((st.capacity, st.available), (150 * MIB, 100 * MIB));
+        assert!(p.create_snapshot("v", "s").await.is_err());
+    }
+}

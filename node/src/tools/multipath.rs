@@ -1,0 +1,167 @@
+//! Multipath maps: device-mapper devices whose uuid starts with `mpath-`
+//! (`<sysfs>/block/dm-N/dm/{uuid,name}`, size from `dm-N/size`), joined with
+//! `multipathd show maps` where the daemon runs. Configuring multipath stays
+//! with the administrator, as in libvirt.
+
+use super::scsi::Lun;
+use crate::exec::{Cmd, CommandRunner, ExecError};
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+/// One map as multipathd names it: (name, dm device, wwid).
+type Named = (String, String, String);
+
+/// `multipathd show maps raw format "%n %d %w"`; None when multipathd is
+/// not installed or not running (sysfs alone then lists the maps).
+pub async fn multipathd_maps(runner: &dyn CommandRunner) -> Option<Vec<Named>> {
+    let cmd = Cmd::new("multipathd")
+        .args(["show", "maps", "raw", "format", "%n %d %w"])
+        .timeout(Duration::from_secs(10));
+    match runner.run(&cmd).await {
+        Ok(out) if out.status == 0 => Some(parse_maps(&out.stdout_str())),
+        Ok(out) => {
+            tracing::debug!(status = out.status, stderr = %out.stderr_str(), "multipathd is not answering; listing maps from sysfs");
+            None
+        }
+        Err(ExecError::Spawn { .. }) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "multipathd failed; listing maps from sysfs");
+            None
+        }
+    }
+}
+
+fn parse_maps(text: &str) -> Vec<Named> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (n, d, w) = (f.next()?, f.next()?, f.next()?);
+            d.starts_with("dm-")
+                .then(|| (n.to_string(), d.to_string(), w.to_string()))
+        })
+        .collect()
+}
+
+/// Every multipath map with its size; `named` (from multipathd) adds maps
+/// and names sysfs alone would not give. Sorted by name.
+pub fn maps(sysfs: &Path, named: Option<&[Named]>) -> Vec<Lun> {
+    let mut by_wwid: BTreeMap<String, (String, String)> = BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(sysfs.join("block")) {
+        for e in entries.flatten() {
+            let dm = e.file_name().to_string_lossy().into_owned();
+            if !dm.starts_with("dm-") {
+                continue;
+            }
+            let read = |f: &str| {
+                std::fs::read_to_string(e.path().join(f))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default()
+            };
+            if let Some(wwid) = read("dm/uuid").strip_prefix("mpath-") {
+                by_wwid.insert(wwid.to_string(), (read("dm/name"), dm));
+            }
+        }
+    }
+    for (name, dm, wwid) in named.unwrap_or_default() {
+        by_wwid
+            .entry(wwid.clone())
+            .or_insert_with(|| (name.clone(), dm.clone()));
+    }
+    let mut out: Vec<Lun> = by_wwid
+        .into_iter()
+        .filter_map(|(wwid, (name, dm))| {
+            let sectors: u64 = std::fs::read_to_string(sysfs.join("block").join(&dm).join("size"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(Lun {
+                number: 0,
+                size: sectors * 512,
+                identity: wwid,
+                address: format!("{name} ({dm})"),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.address.cmp(&b.address));
+    out
+}
+
+/// The device of a map: `/dev/mapper/<name>`.
+pub fn device_path(map: &Lun) -> std::path::PathBuf {
+    let name = map.address.split(" (").next().unwrap_or_default();
+    Path::new("/dev/mapper").join(name)
+}
+
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::path::Path;
+
+    /// `<sysfs>/block/dm-N` with dm/name, dm/uuid and size, as the kernel shows it.
+    pub fn dm(sysfs: &Path, n: u32, name: &str, uuid: &str, mib: u64) {
+        let d = sysfs.join(format!("block/dm-{n}"));
+        std::fs::create_dir_all(d.join("dm")).unwrap();
+        std::fs::write(d.join("dm/name"), format!("{name}\n")).unwrap();
+        std::fs::write(d.join("dm/uuid"), format!("{uuid}\n")).unwrap();
+        std::fs::write(d.join("size"), format!("{}\n", mib * 2048)).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixture::dm, *};
+    use crate::exec::fake::{FakeRunner, Reply};
+
+    const SHOW_MAPS: &str = "mpatha dm-0 3600140512345678901234567890abcd0\nmpathb dm-2 3600140598765432109876543210dcba0\n";
+
+    #[tokio::test]
+    async fn maps_come_from_sysfs_and_multipathd() {
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path();
+        dm(
+            s,
+            0,
+            "mpatha",
+            "mpath-3600140512345678901234567890abcd0",
+            100,
+        );
+        dm(s, 1, "vg0-lv0", "LVM-abc", 50); // not a multipath map
+        dm(s, 3, "mpathc", "mpath-36001405aaaa", 10); // multipathd does not list it
+                                                      // multipathd also knows mpathb, whose dm-2 shows no uuid here.
+        let d2 = s.join("block/dm-2");
+        std::fs::create_dir_all(&d2).unwrap();
+        std::fs::write(d2.join("size"), "40960\n").unwrap();
+        let runner = FakeRunner::new().expect(
+            ["multipathd", "show", "maps", "raw", "format", "%n %d %w"],
+            Reply::ok().stdout(SHOW_MAPS),
+        );
+        let named = multipathd_maps(&runner).await;
+        let got = maps(s, named.as_deref());
+        let summary: Vec<(&str, u64, &str)> = got
+            .iter()
+            .map(|l| (l.address.as_str(), l.size >> 20, l.identity.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("mpatha (dm-0)", 100, "3600140512345678901234567890abcd0"),
+                ("mpathb (dm-2)", 20, "3600140598765432109876543210dcba0"),
+                ("mpathc (dm-3)", 10, "36001405aaaa"),
+            ]
+        );
+        assert_eq!(device_path(&got[0]), Path::new("/dev/mapper/mpatha"));
+    }
+
+    #[tokio::test]
+    async fn without_multipathd_sysfs_is_enough() {
+        let t = tempfile::tempdir().unwrap();
+        dm(t.path(), 0, "mpatha", "mpath-3600a", 8);
+        let runner = FakeRunner::new().expect(
+            ["multipathd", "show", "maps", "raw", "format", "%n %d %w"],
+            Reply::exit(1).stderr("error -104 receiving packet\n"),
+        );
+        let named = multipathd_maps(&runner).await;
+        assert!(named.is_none());
+        assert_eq!(maps(t.path(), None).len(), 1);
+        assert!(maps(&t.path().join("nothing"), None).is_empty());
+    }
+}
