@@ -5,8 +5,10 @@
 pub mod agents;
 pub mod csi;
 pub mod error;
+pub mod leader;
 pub mod ops;
 pub mod placement;
+pub mod status_writer;
 
 use agents::Agents;
 use pool_csi_proto::OpLocks;

@@ -2,7 +2,13 @@
 //! CSI Identity + Controller on a unix socket for the sidecars.
 
 use clap::Parser;
-use pool_csi_controller::{agents::Agents, csi::controller::ControllerService, Ctx};
+use pool_csi_controller::{
+    agents::Agents,
+    csi::controller::ControllerService,
+    leader::{Elector, LeaderConfig},
+    status_writer::StatusWriter,
+    Ctx,
+};
 use pool_csi_proto::{
     csi::{controller_server::ControllerServer, identity_server::IdentityServer},
     identity::{check_driver_name, IdentityService},
@@ -27,13 +33,34 @@ struct Args {
         long = "agent",
         env = "AGENTS",
         value_delimiter = ',',
-        required_unless_present = "agent_service"
+        required_unless_present_any = ["agent_service", "agent_pod_selector"]
     )]
     agents: Vec<String>,
     /// Find agents through DNS: HOST:PORT whose addresses are the node agents
     /// (in a cluster, the node DaemonSet's headless Service). Re-resolved every 15 s.
     #[arg(long, env = "AGENT_SERVICE")]
     agent_service: Option<String>,
+    /// In a cluster: find agents from the node plugin pods matching this
+    /// label selector (needs --cluster), re-listed every 15 s.
+    #[arg(long, env = "AGENT_POD_SELECTOR", requires = "cluster")]
+    agent_pod_selector: Option<String>,
+    /// The agent port on node plugin pods (with --agent-pod-selector).
+    #[arg(long, env = "AGENT_PORT", default_value_t = 7690)]
+    agent_port: u16,
+    /// Talk to the Kubernetes API (in-cluster service account, or
+    /// KUBECONFIG): leader election over a Lease, StoragePool status and
+    /// Events from the leader.
+    #[arg(long, env = "CLUSTER")]
+    cluster: bool,
+    /// Namespace of the Lease and of the node plugin pods.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    namespace: String,
+    /// This replica's name in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Name of the leader election Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "pool-csi-controller")]
+    lease_name: String,
     /// CSI driver name.
     #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_proto::DEFAULT_DRIVER_NAME)]
     driver_name: String,
@@ -53,8 +80,10 @@ struct Args {
     log_json: bool,
 }
 
-/// How often the agent Service is resolved again.
+/// How often the agent Service is resolved (or the node pods listed) again.
 const DISCOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+/// How often the leader refreshes StoragePool status.
+const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn agent_map(list: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut map = BTreeMap::new();
@@ -78,6 +107,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         csi_endpoint,
         agents,
         agent_service,
+        agent_pod_selector,
+        agent_port,
+        cluster,
+        namespace,
+        pod_name,
+        lease_name,
         driver_name,
         default_pool,
         metrics_listen,
@@ -102,7 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         locks: Default::default(),
     });
     if let Some(service) = agent_service {
-        let found = ctx.agents.discover(&service).await;
+        let (found, _) = ctx.agents.discover(&service).await;
         tracing::info!(%service, agents = found, "agents discovered through DNS");
         tokio::spawn(
             ctx.agents
@@ -110,13 +145,56 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .keep_discovering(service, DISCOVERY_INTERVAL),
         );
     }
-    tracing::info!(agents = ctx.agents.nodes().len(), csi = %path.display(), "starting pool-csi-controller");
-    let identity = IdentityService::new(&driver_name, true, Arc::new(AtomicBool::new(true)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(());
     });
+    let mut election = None;
+    if cluster {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            format!("--cluster: no Kubernetes API access (in-cluster service account or KUBECONFIG): {e}")
+        })?;
+        if let Some(selector) = agent_pod_selector {
+            match ctx
+                .agents
+                .discover_pods(&client, &namespace, &selector, agent_port)
+                .await
+            {
+                Ok(n) => {
+                    tracing::info!(%selector, agents = n, "agents discovered from the node pods")
+                }
+                Err(e) => {
+                    tracing::warn!(%selector, error = %e, "agent discovery: listing the node pods failed; retrying")
+                }
+            }
+            tokio::spawn(ctx.agents.clone().keep_discovering_pods(
+                client.clone(),
+                namespace.clone(),
+                selector,
+                agent_port,
+                DISCOVERY_INTERVAL,
+            ));
+        }
+        let identity = pod_name.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| format!("pool-csi-controller-{}", std::process::id()))
+        });
+        let cfg = LeaderConfig::new(&namespace, &lease_name, &identity);
+        let (leading, task) = Elector::new(client.clone(), cfg).spawn(stop_rx.clone());
+        election = Some(task);
+        let writer = StatusWriter::new(client, &identity);
+        tokio::spawn(writer.run(
+            ctx.agents.clone(),
+            leading,
+            STATUS_INTERVAL,
+            stop_rx.clone(),
+        ));
+        tracing::info!(%identity, lease = %lease_name, %namespace, "cluster mode: leader election and StoragePool status");
+    }
+    tracing::info!(agents = ctx.agents.nodes().len(), csi = %path.display(), "starting pool-csi-controller");
+    let identity = IdentityService::new(&driver_name, true, Arc::new(AtomicBool::new(true)));
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
@@ -142,6 +220,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let _ = std::fs::remove_file(&path);
+    if let Some(task) = election {
+        // Give the Lease up so a standby takes over at once.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+    }
     Ok(())
 }
 

@@ -343,6 +343,11 @@ impl Driver {
             let node = d.start_extra_node(&name, bytes);
             d.extra.push(node);
         }
+        if d.opts.discover_agents {
+            // Discovery asks the agents who they are: start the controller
+            // once the node answers (it retries every second otherwise).
+            wait_probe_ready(&d.node_sock).await;
+        }
         d.start_controller();
         d.wait_ready().await;
         for e in &d.extra {

@@ -9,6 +9,8 @@ pub mod agent;
 pub mod caps;
 pub mod codes;
 pub mod csi;
+#[cfg(feature = "fake-api")]
+pub mod fake_api;
 pub mod identity;
 pub mod metrics;
 pub mod oplock;

@@ -1,0 +1,370 @@
+//! Leader election over a `coordination.k8s.io/v1` Lease, the way client-go
+//! does it: the holder renews `renewTime` every few seconds; anyone may take
+//! a Lease whose `renewTime + leaseDurationSeconds` has passed; every write
+//! is a replace carrying the resourceVersion read, so of two candidates
+//! racing for one Lease exactly one wins (the other gets 409 Conflict). A
+//! leader that shuts down releases the Lease (empty holder), so a standby
+//! takes over at its next try instead of after the full duration.
+//!
+//! Only the controller's cluster-wide loops (StoragePool status, Events)
+//! wait for leadership; CSI calls are served by every replica (the sidecars
+//! elect their own leader).
+
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::api::{Api, PostParams};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    pub namespace: String,
+    /// The Lease's name.
+    pub name: String,
+    /// This replica (its pod name).
+    pub identity: String,
+    /// How long a Lease holds without renewal.
+    pub lease_duration: Duration,
+    /// How often the holder renews, and a standby retries.
+    pub retry_period: Duration,
+}
+
+impl LeaderConfig {
+    pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+            retry_period: Duration::from_secs(4),
+        }
+    }
+}
+
+/// What to do with the Lease as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No Lease yet: create it, held by us.
+    Create,
+    /// We hold it: renew.
+    Renew,
+    /// Free (released) or expired: take it over.
+    TakeOver,
+    /// Someone else holds it and is current.
+    Standby { holder: String },
+}
+
+/// The pure rule, for a Lease read at `now`.
+pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
+    let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
+        return if lease.is_some() {
+            Decision::TakeOver
+        } else {
+            Decision::Create
+        };
+    };
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    if holder == me {
+        return Decision::Renew;
+    }
+    if holder.is_empty() {
+        return Decision::TakeOver;
+    }
+    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
+    let renewed = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0);
+    match renewed {
+        Some(at) if at.checked_add(duration).is_ok_and(|end| end > now) => {
+            Decision::Standby { holder }
+        }
+        _ => Decision::TakeOver,
+    }
+}
+
+pub struct Elector {
+    api: Api<Lease>,
+    cfg: LeaderConfig,
+}
+
+impl Elector {
+    pub fn new(client: kube::Client, cfg: LeaderConfig) -> Self {
+        Self {
+            api: Api::namespaced(client, &cfg.namespace),
+            cfg,
+        }
+    }
+
+    fn spec(&self, now: Timestamp, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.cfg.identity.clone()),
+            lease_duration_seconds: Some(self.cfg.lease_duration.as_secs() as i32),
+            acquire_time: Some(acquired.unwrap_or(MicroTime(now))),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// One round at `now`: create, renew or take over the Lease when the
+    /// rule says so. Returns whether this replica holds it afterwards; a
+    /// lost race (409) is `Ok(false)`.
+    pub async fn step_at(&self, now: Timestamp) -> Result<bool, kube::Error> {
+        let current = match self.api.get(&self.cfg.name).await {
+            Ok(l) => Some(l),
+            Err(kube::Error::Api(s)) if s.code == 404 => None,
+            Err(e) => return Err(e),
+        };
+        let written = match (decide(current.as_ref(), &self.cfg.identity, now), current) {
+            (Decision::Standby { .. }, _) => return Ok(false),
+            (Decision::Create, _) => {
+                let mut l = Lease::default();
+                l.metadata.name = Some(self.cfg.name.clone());
+                l.spec = Some(self.spec(now, None, 0));
+                self.api.create(&PostParams::default(), &l).await
+            }
+            (d, Some(mut l)) => {
+                let old = l.spec.take().unwrap_or_default();
+                let transitions = old.lease_transitions.unwrap_or(0);
+                l.spec = Some(if d == Decision::Renew {
+                    self.spec(now, old.acquire_time, transitions)
+                } else {
+                    self.spec(now, None, transitions + 1)
+                });
+                self.api
+                    .replace(&self.cfg.name, &PostParams::default(), &l)
+                    .await
+            }
+            (_, None) => unreachable!("only Create has no Lease"),
+        };
+        match written {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the Lease up if this replica holds it (shutdown).
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let mut l = match self.api.get(&self.cfg.name).await {
+            Ok(l) => l,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some(spec) = l.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &l)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()), // someone took it already
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs the election until `stop` fires, then releases (await the
+    /// handle before exiting). The receiver says whether this replica leads
+    /// right now. A leader that cannot renew (API unreachable) steps down
+    /// once its Lease would have expired, so two replicas never both believe
+    /// they lead for long.
+    pub fn spawn(
+        self,
+        mut stop: watch::Receiver<()>,
+    ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut last_renew: Option<tokio::time::Instant> = None;
+            loop {
+                let leading = match self.step_at(Timestamp::now()).await {
+                    Ok(held) => {
+                        if held {
+                            last_renew = Some(tokio::time::Instant::now());
+                        }
+                        held
+                    }
+                    Err(e) => {
+                        tracing::warn!(lease = %self.cfg.name, error = %e, "leader election: the API server did not answer");
+                        last_renew.is_some_and(|t| t.elapsed() < self.cfg.lease_duration)
+                    }
+                };
+                if leading != *tx.borrow() {
+                    tracing::info!(lease = %self.cfg.name, identity = %self.cfg.identity, leading, "leadership changed");
+                    let _ = tx.send(leading);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.retry_period) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+            let _ = tx.send(false);
+            if let Err(e) = self.release().await {
+                tracing::warn!(lease = %self.cfg.name, error = %e, "could not release the Lease; it expires by itself");
+            }
+        });
+        (rx, task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_csi_proto::fake_api::FakeApi;
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/pool-csi";
+
+    fn elector(fake: &FakeApi, who: &str) -> Elector {
+        Elector::new(
+            fake.client(),
+            LeaderConfig::new("kube-system", "pool-csi", who),
+        )
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn holder(fake: &FakeApi) -> Option<String> {
+        fake.object(PATH)?["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    #[test]
+    fn the_rule() {
+        let lease = |who: Option<&str>, renewed: i64| Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: who.map(str::to_string),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(at(renewed))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(decide(None, "a", at(0)), Decision::Create);
+        assert_eq!(
+            decide(Some(&lease(Some("a"), 0)), "a", at(100)),
+            Decision::Renew
+        );
+        assert_eq!(
+            decide(Some(&lease(Some("b"), 0)), "a", at(14)),
+            Decision::Standby { holder: "b".into() }
+        );
+        assert_eq!(
+            decide(Some(&lease(Some("b"), 0)), "a", at(15)),
+            Decision::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&lease(None, 0)), "a", at(1)),
+            Decision::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&Lease::default()), "a", at(1)),
+            Decision::TakeOver
+        );
+    }
+
+    #[tokio::test]
+    async fn one_of_two_leads_a_standby_takes_over_an_expired_lease() {
+        let fake = FakeApi::new();
+        let (a, b) = (elector(&fake, "a"), elector(&fake, "b"));
+        assert!(a.step_at(at(0)).await.unwrap(), "a creates the Lease");
+        assert!(!b.step_at(at(1)).await.unwrap(), "b stands by");
+        assert!(a.step_at(at(5)).await.unwrap(), "a renews");
+        assert!(
+            !b.step_at(at(19)).await.unwrap(),
+            "renewed at 5: held until 20"
+        );
+        assert_eq!(holder(&fake).as_deref(), Some("a"));
+        // a stops renewing (dead): b takes over once the Lease expired.
+        assert!(b.step_at(at(21)).await.unwrap());
+        assert_eq!(holder(&fake).as_deref(), Some("b"));
+        let l = fake.object(PATH).unwrap();
+        assert_eq!(l["spec"]["leaseTransitions"], 1);
+        assert!(!a.step_at(at(22)).await.unwrap(), "a, back, stands by");
+    }
+
+    #[tokio::test]
+    async fn of_two_racing_for_an_expired_lease_exactly_one_wins() {
+        let fake = FakeApi::new();
+        let (a, b, c) = (
+            elector(&fake, "a"),
+            elector(&fake, "b"),
+            elector(&fake, "c"),
+        );
+        assert!(c.step_at(at(0)).await.unwrap());
+        // Both read the expired Lease before either writes: the second
+        // write carries a stale resourceVersion and loses.
+        let (ra, rb) = tokio::join!(a.step_at(at(30)), b.step_at(at(30)));
+        let wins = [ra.unwrap(), rb.unwrap()];
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+        let puts = fake
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("PUT"))
+            .count();
+        assert_eq!(puts, 2, "both tried");
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_is_taken_at_once() {
+        let fake = FakeApi::new();
+        let (a, b) = (elector(&fake, "a"), elector(&fake, "b"));
+        assert!(a.step_at(at(0)).await.unwrap());
+        b.release().await.unwrap();
+        assert_eq!(
+            holder(&fake).as_deref(),
+            Some("a"),
+            "only the holder releases"
+        );
+        a.release().await.unwrap();
+        assert_eq!(holder(&fake), None);
+        assert!(b.step_at(at(1)).await.unwrap(), "no waiting for expiry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_leads_steps_down_on_stop_and_releases() {
+        let fake = FakeApi::new();
+        let (stop_tx, stop_rx) = watch::channel(());
+        let (mut leading, task) = elector(&fake, "a").spawn(stop_rx);
+        leading.wait_for(|l| *l).await.unwrap();
+        // The API fails for a while: leadership holds within the Lease duration.
+        for _ in 0..2 {
+            fake.fail_next(503);
+        }
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(
+            *leading.borrow(),
+            "two failed renewals < 15 s: still leading"
+        );
+        stop_tx.send(()).unwrap();
+        task.await.unwrap();
+        assert!(!*leading.borrow());
+        assert_eq!(holder(&fake), None, "released on shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires_elsewhere() {
+        let fake = FakeApi::new();
+        let (_stop_tx, stop_rx) = watch::channel(());
+        let (mut leading, _task) = elector(&fake, "a").spawn(stop_rx);
+        leading.wait_for(|l| *l).await.unwrap();
+        for _ in 0..10 {
+            fake.fail_next(503);
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(!*leading.borrow(), "no renewal for 15 s: not leading");
+    }
+}

@@ -1,0 +1,450 @@
+//! Keeps `StoragePool.status` current from the node agents' reports, and
+//! tells users through Events when a pool stops running on a node or no
+//! node serves it. Runs only on the leader (see `leader`); writes a status
+//! only when it changed, so a quiet cluster costs one LIST per round.
+
+use crate::agents::Agents;
+use k8s_openapi::{
+    api::core::v1::{Event, ObjectReference},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, Time},
+    jiff::Timestamp,
+};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use pool_csi_proto::{
+    agent::{GetInventoryRequest, PoolInfo, PoolState},
+    pool_spec::StoragePool,
+    pool_status::{quantity, ExtentStatus, NodePoolStatus, PoolCondition, StoragePoolStatus},
+};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use tokio::sync::watch;
+
+/// What each node reported: its pools, or why it could not be asked.
+pub type Reports = BTreeMap<String, Result<Vec<PoolInfo>, String>>;
+
+fn state_name(s: i32) -> String {
+    match PoolState::try_from(s).unwrap_or(PoolState::Unspecified) {
+        PoolState::Running => "running",
+        PoolState::Inactive => "inactive",
+        PoolState::Building => "building",
+        PoolState::Degraded => "degraded",
+        PoolState::Inaccessible => "inaccessible",
+        PoolState::Unspecified => "unknown",
+    }
+    .into()
+}
+
+/// The status of pool `name` from the reports; `previous` keeps condition
+/// transition times that did not change.
+pub fn summarize(
+    name: &str,
+    reports: &Reports,
+    previous: Option<&StoragePoolStatus>,
+    now: Timestamp,
+) -> StoragePoolStatus {
+    let mut nodes = Vec::new();
+    let mut unreachable = Vec::new();
+    for (node, r) in reports {
+        match r {
+            Ok(pools) => {
+                if let Some(p) = pools.iter().find(|p| p.name == name) {
+                    nodes.push(NodePoolStatus {
+                        node: node.clone(),
+                        state: state_name(p.state),
+                        capacity_bytes: p.capacity_bytes,
+                        allocation_bytes: p.allocation_bytes,
+                        available_bytes: p.available_bytes,
+                        volumes: p.volume_count,
+                        free_extents: p
+                            .free_extents
+                            .iter()
+                            .map(|e| ExtentStatus {
+                                start: e.start,
+                                end: e.end,
+                                size: e.size,
+                            })
+                            .collect(),
+                        message: (!p.message.is_empty()).then(|| p.message.clone()),
+                    });
+                }
+            }
+            Err(why) => unreachable.push(format!("{node} ({why})")),
+        }
+    }
+    let running: Vec<&NodePoolStatus> = nodes.iter().filter(|n| n.state == "running").collect();
+    let sum = |f: fn(&NodePoolStatus) -> u64| running.iter().map(|n| f(n)).sum::<u64>();
+    let (state, reason, message) = if nodes.is_empty() {
+        (
+            "Pending",
+            "NoNodes",
+            "no node serves this pool: check spec.nodeSelector and that the node plugin runs there"
+                .to_string(),
+        )
+    } else if running.len() == nodes.len() {
+        (
+            "Running",
+            "AllNodesRunning",
+            format!("running on {} node(s)", nodes.len()),
+        )
+    } else {
+        let down: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.state != "running")
+            .map(|n| {
+                format!(
+                    "{}: {} ({})",
+                    n.node,
+                    n.state,
+                    n.message.as_deref().unwrap_or("no reason given")
+                )
+            })
+            .collect();
+        (
+            if running.is_empty() {
+                "Inactive"
+            } else {
+                "Degraded"
+            },
+            "NodesNotRunning",
+            down.join("; "),
+        )
+    };
+    let mut message = message;
+    if !unreachable.is_empty() {
+        message = format!("{message}; not reachable: {}", unreachable.join(", "));
+    }
+    let ready = if state == "Running" { "True" } else { "False" };
+    let since = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == ready)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    StoragePoolStatus {
+        state: Some(state.into()),
+        capacity: Some(quantity(sum(|n| n.capacity_bytes))),
+        allocation: Some(quantity(sum(|n| n.allocation_bytes))),
+        available: Some(quantity(sum(|n| n.available_bytes))),
+        nodes_ready: Some(format!("{}/{}", running.len(), nodes.len())),
+        nodes,
+        conditions: vec![PoolCondition {
+            type_: "Ready".into(),
+            status: ready.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: since,
+        }],
+    }
+}
+
+/// Nodes whose pool state left "running" between `old` and `new` (or that
+/// appeared not running), with their message.
+fn newly_down(old: Option<&StoragePoolStatus>, new: &StoragePoolStatus) -> Vec<(String, String)> {
+    new.nodes
+        .iter()
+        .filter(|n| n.state != "running")
+        .filter(|n| {
+            !old.is_some_and(|o| {
+                o.nodes
+                    .iter()
+                    .any(|p| p.node == n.node && p.state == n.state && p.message == n.message)
+            })
+        })
+        .map(|n| {
+            (
+                n.node.clone(),
+                format!(
+                    "pool is {} on node {}: {}",
+                    n.state,
+                    n.node,
+                    n.message.as_deref().unwrap_or("no reason given")
+                ),
+            )
+        })
+        .collect()
+}
+
+pub struct StatusWriter {
+    client: kube::Client,
+    /// Events about cluster-scoped StoragePools go here (`kubectl describe` looks in default).
+    event_namespace: String,
+    /// Who reports the Events (the controller pod).
+    instance: String,
+}
+
+impl StatusWriter {
+    pub fn new(client: kube::Client, instance: &str) -> Self {
+        Self {
+            client,
+            event_namespace: "default".into(),
+            instance: instance.into(),
+        }
+    }
+
+    /// One round: every StoragePool's status from `reports`, written where
+    /// it changed; Events for pools that stopped running somewhere or that
+    /// no node serves. Returns how many statuses were written.
+    pub async fn reconcile(&self, reports: &Reports, now: Timestamp) -> Result<usize, kube::Error> {
+        let api: Api<StoragePool> = Api::all(self.client.clone());
+        let mut written = 0;
+        for sp in api.list(&ListParams::default()).await?.items {
+            let name = sp.metadata.name.clone().unwrap_or_default();
+            let old = sp.status.as_ref();
+            let new = summarize(&name, reports, old, now);
+            if old == Some(&new) {
+                continue;
+            }
+            for (_, why) in newly_down(old, &new) {
+                self.event(&sp, "PoolNotRunning", &why, now).await;
+            }
+            if new.state.as_deref() == Some("Pending")
+                && old.and_then(|o| o.state.as_deref()) != Some("Pending")
+            {
+                let why = &new.conditions[0].message;
+                self.event(&sp, "NoNodes", why, now).await;
+            }
+            let patch = serde_json::json!({ "status": new });
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// A Warning Event on `sp` (best effort: a failure is logged).
+    async fn event(&self, sp: &StoragePool, reason: &str, message: &str, now: Timestamp) {
+        let name = sp.metadata.name.clone().unwrap_or_default();
+        let mut ev = Event {
+            involved_object: ObjectReference {
+                api_version: Some(pool_csi_proto::pool_spec::API_VERSION.into()),
+                kind: Some("StoragePool".into()),
+                name: Some(name.clone()),
+                uid: sp.metadata.uid.clone(),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.chars().take(1024).collect()),
+            type_: Some("Warning".into()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            count: Some(1),
+            action: Some("Reconcile".into()),
+            reporting_component: Some("pool-csi-controller".into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Default::default()
+        };
+        ev.metadata.name = Some(format!("{name}.{:x}", now.as_nanosecond()));
+        ev.metadata.namespace = Some(self.event_namespace.clone());
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.event_namespace);
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            tracing::warn!(pool = %name, reason, error = %e, "could not record an Event");
+        }
+    }
+
+    /// While this replica leads: gathers every agent's report and
+    /// reconciles, every `every`, until `stop`.
+    pub async fn run(
+        self,
+        agents: Arc<Agents>,
+        mut leading: watch::Receiver<bool>,
+        every: Duration,
+        mut stop: watch::Receiver<()>,
+    ) {
+        loop {
+            if *leading.borrow() {
+                let reports = gather(&agents).await;
+                match self.reconcile(&reports, Timestamp::now()).await {
+                    Ok(n) if n > 0 => tracing::debug!(written = n, "StoragePool status updated"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "StoragePool status: the API server refused or did not answer; retrying")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = leading.changed() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Every known agent's pools, with volume counts.
+pub async fn gather(agents: &Agents) -> Reports {
+    let futs = agents.nodes().into_iter().map(|node| async move {
+        let r = match agents.client(&node) {
+            Ok(mut c) => c
+                .get_inventory(GetInventoryRequest {
+                    count_volumes: true,
+                })
+                .await
+                .map(|r| r.into_inner().pools)
+                .map_err(|s| s.message().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        (node, r)
+    });
+    crate::agents::futures_join_all(futs)
+        .await
+        .into_iter()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_csi_proto::{agent::Extent, fake_api::FakeApi};
+    use serde_json::json;
+
+    const SP: &str = "/apis/pool-csi.io/v1alpha1/storagepools";
+
+    fn info(name: &str, state: PoolState, cap_mib: u64, message: &str) -> PoolInfo {
+        PoolInfo {
+            name: name.into(),
+            r#type: "disk".into(),
+            state: state as i32,
+            capacity_bytes: cap_mib << 20,
+            allocation_bytes: (cap_mib / 4) << 20,
+            available_bytes: (cap_mib - cap_mib / 4) << 20,
+            volume_count: 3,
+            message: message.into(),
+            free_extents: vec![Extent {
+                start: 1 << 20,
+                end: 9 << 20,
+                size: 8 << 20,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn pool(fake: &FakeApi, name: &str) {
+        fake.insert(
+            &format!("{SP}/{name}"),
+            json!({"apiVersion": "pool-csi.io/v1alpha1", "kind": "StoragePool",
+                   "metadata": {"name": name, "uid": format!("u-{name}")},
+                   "spec": {"type": "disk", "source": {"device": "/dev/vdb"}}}),
+        );
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn events(fake: &FakeApi) -> Vec<String> {
+        fake.requests()
+            .into_iter()
+            .filter(|r| r.starts_with("POST /api/v1/namespaces/default/events"))
+            .collect()
+    }
+
+    #[test]
+    fn the_summary_reads_like_virsh_pool_list() {
+        let reports: Reports = BTreeMap::from([
+            (
+                "n1".into(),
+                Ok(vec![info("d", PoolState::Running, 1024, "")]),
+            ),
+            (
+                "n2".into(),
+                Ok(vec![info(
+                    "d",
+                    PoolState::Inactive,
+                    0,
+                    "disk /dev/vdb is missing",
+                )]),
+            ),
+            ("n3".into(), Ok(vec![])),
+            ("n4".into(), Err("connection refused".into())),
+        ]);
+        let s = summarize("d", &reports, None, now());
+        assert_eq!(s.state.as_deref(), Some("Degraded"));
+        assert_eq!(s.capacity.as_deref(), Some("1Gi"));
+        assert_eq!(s.allocation.as_deref(), Some("256Mi"));
+        assert_eq!(s.available.as_deref(), Some("768Mi"));
+        assert_eq!(s.nodes_ready.as_deref(), Some("1/2"));
+        assert_eq!(s.nodes[0].free_extents.len(), 1);
+        assert_eq!(s.nodes[0].volumes, 3);
+        let c = &s.conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NodesNotRunning")
+        );
+        assert!(
+            c.message
+                .contains("n2: inactive (disk /dev/vdb is missing)"),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message.contains("n4 (connection refused)"),
+            "{}",
+            c.message
+        );
+
+        let none = summarize("other", &reports, None, now());
+        assert_eq!(none.state.as_deref(), Some("Pending"));
+        assert!(none.conditions[0].message.contains("nodeSelector"));
+    }
+
+    #[tokio::test]
+    async fn statuses_are_written_when_they_change_and_failures_become_events() {
+        let fake = FakeApi::new();
+        pool(&fake, "d");
+        pool(&fake, "lonely");
+        let w = StatusWriter::new(fake.client(), "controller-0");
+        let mut reports: Reports = BTreeMap::from([(
+            "n1".into(),
+            Ok(vec![info("d", PoolState::Running, 1024, "")]),
+        )]);
+        assert_eq!(w.reconcile(&reports, now()).await.unwrap(), 2);
+        let d = fake.object(&format!("{SP}/d")).unwrap();
+        assert_eq!(d["status"]["state"], "Running");
+        assert_eq!(d["status"]["capacity"], "1Gi");
+        assert_eq!(d["status"]["nodes"][0]["freeExtents"][0]["size"], 8 << 20);
+        assert_eq!(
+            fake.object(&format!("{SP}/lonely")).unwrap()["status"]["state"],
+            "Pending"
+        );
+        assert_eq!(events(&fake).len(), 1, "NoNodes for the pool nobody serves");
+
+        // Nothing changed: no write, no Event.
+        let before = fake.requests().len();
+        assert_eq!(w.reconcile(&reports, now()).await.unwrap(), 0);
+        assert_eq!(fake.requests().len(), before + 1, "one LIST only");
+
+        // The pool stops on n1: status and one Warning Event, once.
+        reports.insert(
+            "n1".into(),
+            Ok(vec![info(
+                "d",
+                PoolState::Degraded,
+                1024,
+                "target directory vanished",
+            )]),
+        );
+        assert_eq!(w.reconcile(&reports, now()).await.unwrap(), 1);
+        let d = fake.object(&format!("{SP}/d")).unwrap();
+        assert_eq!(d["status"]["state"], "Inactive");
+        assert_eq!(d["status"]["conditions"][0]["status"], "False");
+        assert_eq!(events(&fake).len(), 2);
+        let evs = fake.objects("/api/v1/namespaces/default/events");
+        let down = evs
+            .iter()
+            .find(|e| e["reason"] == "PoolNotRunning")
+            .unwrap();
+        assert_eq!(down["type"], "Warning");
+        assert_eq!(down["involvedObject"]["name"], "d");
+        assert_eq!(down["involvedObject"]["uid"], "u-d");
+        let msg = down["message"].as_str().unwrap();
+        assert!(
+            msg.contains("degraded on node n1: target directory vanished"),
+            "{msg}"
+        );
+        w.reconcile(&reports, now()).await.unwrap();
+        assert_eq!(events(&fake).len(), 2, "no repeat for the same failure");
+
+        // The API server fails: the round reports it, nothing half-written.
+        fake.fail_next(500);
+        assert!(w.reconcile(&reports, now()).await.is_err());
+    }
+}
