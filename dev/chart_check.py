@@ -96,16 +96,31 @@ def bad_values_are_refused():
         raise AssertionError(f"values.schema.json accepted {bad}")
 
 
-def node_spec(values):
+def pod_spec(values, kind):
     chart = helm.Chart.load(CHART)
     rendered = chart.render(values, name="pool-csi", namespace="kube-system", is_install=True)
     for path, text in rendered.items():
         if path.endswith("NOTES.txt"):
             continue
         for doc in yaml.safe_load_all(text):
-            if doc and doc.get("kind") == "DaemonSet":
+            if doc and doc.get("kind") == kind:
                 return doc["spec"]["template"]["spec"]
-    raise AssertionError("no node DaemonSet rendered")
+    raise AssertionError(f"no {kind} rendered")
+
+
+def node_spec(values):
+    return pod_spec(values, "DaemonSet")
+
+
+def both_run_in_cluster_mode():
+    node = next(c for c in node_spec({})["containers"] if c["name"] == "node")
+    assert "--pools-from-cluster" in node["args"], node["args"]
+    ctrl = next(c for c in pod_spec({}, "Deployment")["containers"] if c["name"] == "controller")
+    assert "--cluster" in ctrl["args"], ctrl["args"]
+    sel = next(a for a in ctrl["args"] if a.startswith("--agent-pod-selector="))
+    assert "app.kubernetes.io/component=node" in sel and "app.kubernetes.io/instance=pool-csi" in sel, sel
+    env = {e["name"] for e in ctrl["env"]}
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env, env
 
 
 def iscsi_pools_get_the_host_network_and_their_secret():
@@ -124,6 +139,7 @@ def iscsi_pools_get_the_host_network_and_their_secret():
 
 check("helm lint --strict", lint)
 check("iscsi pools: host network, CHAP Secret mounted", iscsi_pools_get_the_host_network_and_their_secret)
+check("node and controller run in cluster mode", both_run_in_cluster_mode)
 check("CRD validates as apiextensions.k8s.io/v1", crd_is_valid)
 check("values.schema.json refuses bad values", bad_values_are_refused)
 for f in [None] + sorted(glob.glob(os.path.join(CHART, "ci", "*.yaml"))):

@@ -72,7 +72,14 @@ pub fn summarize(
     }
     let running: Vec<&NodePoolStatus> = nodes.iter().filter(|n| n.state == "running").collect();
     let sum = |f: fn(&NodePoolStatus) -> u64| running.iter().map(|n| f(n)).sum::<u64>();
-    let (state, reason, message) = if nodes.is_empty() {
+    let (state, reason, message) = if nodes.is_empty() && !unreachable.is_empty() {
+        // Whether an unreachable node serves it is unknown: no alarm yet.
+        (
+            "Unknown",
+            "NodesUnreachable",
+            "no reachable node serves this pool".to_string(),
+        )
+    } else if nodes.is_empty() {
         (
             "Pending",
             "NoNodes",
@@ -241,7 +248,8 @@ impl StatusWriter {
     }
 
     /// While this replica leads: gathers every agent's report and
-    /// reconciles, every `every`, until `stop`.
+    /// reconciles, every `every` (every few seconds while an agent does not
+    /// answer, e.g. at start-up), until `stop`.
     pub async fn run(
         self,
         agents: Arc<Agents>,
@@ -250,18 +258,23 @@ impl StatusWriter {
         mut stop: watch::Receiver<()>,
     ) {
         loop {
+            let mut wait = every;
             if *leading.borrow() {
                 let reports = gather(&agents).await;
+                if reports.values().any(|r| r.is_err()) {
+                    wait = every.min(RETRY);
+                }
                 match self.reconcile(&reports, Timestamp::now()).await {
                     Ok(n) if n > 0 => tracing::debug!(written = n, "StoragePool status updated"),
                     Ok(_) => {}
                     Err(e) => {
+                        wait = every.min(RETRY);
                         tracing::warn!(error = %e, "StoragePool status: the API server refused or did not answer; retrying")
                     }
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = leading.changed() => {}
                 _ = stop.changed() => return,
             }
@@ -269,19 +282,33 @@ impl StatusWriter {
     }
 }
 
+/// The next round comes this soon when an agent or the API did not answer.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// How long one agent may take to report (a stuck node must not stall
+/// every pool's status).
+const GATHER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Every known agent's pools, with volume counts.
 pub async fn gather(agents: &Agents) -> Reports {
     let futs = agents.nodes().into_iter().map(|node| async move {
         let r = match agents.client(&node) {
-            Ok(mut c) => c
-                .get_inventory(GetInventoryRequest {
+            Ok(mut c) => {
+                let call = c.get_inventory(GetInventoryRequest {
                     count_volumes: true,
-                })
-                .await
-                .map(|r| r.into_inner().pools)
-                .map_err(|s| s.message().to_string()),
+                });
+                match tokio::time::timeout(GATHER_TIMEOUT, call).await {
+                    Ok(r) => r
+                        .map(|r| r.into_inner().pools)
+                        .map_err(|s| s.message().to_string()),
+                    Err(_) => Err(format!("no answer within {GATHER_TIMEOUT:?}")),
+                }
+            }
             Err(e) => Err(e.to_string()),
         };
+        if let Err(why) = &r {
+            tracing::debug!(%node, %why, "status: agent did not report");
+        }
         (node, r)
     });
     crate::agents::futures_join_all(futs)
@@ -381,7 +408,15 @@ mod tests {
             c.message
         );
 
-        let none = summarize("other", &reports, None, now());
+        let unknown = summarize("other", &reports, None, now());
+        assert_eq!(
+            unknown.state.as_deref(),
+            Some("Unknown"),
+            "n4 might serve it"
+        );
+        let mut all_up = reports.clone();
+        all_up.remove("n4");
+        let none = summarize("other", &all_up, None, now());
         assert_eq!(none.state.as_deref(), Some("Pending"));
         assert!(none.conditions[0].message.contains("nodeSelector"));
     }
@@ -446,5 +481,31 @@ mod tests {
         // The API server fails: the round reports it, nothing half-written.
         fake.fail_next(500);
         assert!(w.reconcile(&reports, now()).await.is_err());
+    }
+}
+#[cfg(test)]
+mod loop_tests {
+    use super::*;
+    use pool_csi_proto::fake_api::FakeApi;
+
+    /// An agent that does not answer (yet) is asked again within seconds,
+    /// not at the next regular round.
+    #[tokio::test(start_paused = true)]
+    async fn silent_agents_are_asked_again_soon() {
+        let fake = FakeApi::new();
+        let map = BTreeMap::from([("n1".to_string(), "127.0.0.1:1".to_string())]);
+        let agents = Arc::new(Agents::new(&map, None).unwrap());
+        let (_leading_tx, leading) = watch::channel(true);
+        let (_stop_tx, stop) = watch::channel(());
+        let w = StatusWriter::new(fake.client(), "x");
+        let h = tokio::spawn(w.run(agents, leading, Duration::from_secs(30), stop));
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        h.abort();
+        let rounds = fake
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /apis/pool-csi.io"))
+            .count();
+        assert!(rounds >= 3, "{:?}", fake.requests());
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod cleanup;
 pub mod clients;
+pub mod fake_cluster;
 pub mod req;
 
 use clients::Clients;
@@ -150,6 +151,10 @@ pub struct Options {
     pub extra_nodes: Vec<(String, u64)>,
     /// Secrets as the chart mounts them: `<dir>/secrets/<name>/password`.
     pub secrets: Vec<(String, String)>,
+    /// Cluster mode against this kubeconfig: the node reads StoragePools
+    /// (`--pools-from-cluster`), the controller runs `--cluster` and finds
+    /// the agent from pods labelled `app=pool-csi-node`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A further node plugin started by the harness.
@@ -268,6 +273,7 @@ impl Default for Options {
             tls: false,
             extra_nodes: Vec::new(),
             secrets: Vec::new(),
+            kubeconfig: None,
         }
     }
 }
@@ -393,6 +399,12 @@ impl Driver {
 
     fn spawn(&self, bin: &str, args: &[String]) -> Child {
         let path = bin_dir().join(bin);
+        let mut env: Vec<(&str, String)> = Vec::new();
+        if let Some(k) = &self.opts.kubeconfig {
+            env.push(("KUBECONFIG", k.display().to_string()));
+            env.push(("POD_NAME", format!("{bin}-0")));
+            env.push(("POD_NAMESPACE", "kube-system".into()));
+        }
         assert!(
             path.exists(),
             "{} is missing: build it first (cargo build --workspace --bins)",
@@ -402,6 +414,7 @@ impl Driver {
         std::process::Command::new(path)
             .args(args)
             .env("LOG_FILTER", &self.opts.log_filter)
+            .envs(env)
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e}"))
@@ -413,10 +426,13 @@ impl Driver {
             format!("--csi-endpoint=unix://{}", self.node_sock.display()),
             format!("--agent-listen={}", self.agent_addr),
             format!("--node-name={}", self.opts.node_name),
-            format!(
-                "--pools-file={}",
-                self.dir.path().join("pools.yaml").display()
-            ),
+            match self.opts.kubeconfig {
+                Some(_) => "--pools-from-cluster".into(),
+                None => format!(
+                    "--pools-file={}",
+                    self.dir.path().join("pools.yaml").display()
+                ),
+            },
             format!("--state-dir={}", self.dir.path().join("state").display()),
             format!(
                 "--secrets-dir={}",
@@ -432,17 +448,25 @@ impl Driver {
     }
 
     fn start_controller(&mut self) {
-        let args = vec![
-            format!("--csi-endpoint=unix://{}", self.ctrl_sock.display()),
-            if self.opts.discover_agents {
-                format!(
-                    "--agent-service=localhost:{}",
-                    self.agent_addr.rsplit(':').next().unwrap_or_default()
-                )
-            } else {
-                format!("--agent={}={}", self.opts.node_name, self.agent_addr)
-            },
-        ];
+        let port = self.agent_addr.rsplit(':').next().unwrap_or_default();
+        let mut args = vec![format!(
+            "--csi-endpoint=unix://{}",
+            self.ctrl_sock.display()
+        )];
+        if self.opts.kubeconfig.is_some() {
+            args.extend([
+                "--cluster".to_string(),
+                "--agent-pod-selector=app=pool-csi-node".to_string(),
+                format!("--agent-port={port}"),
+            ]);
+        } else if self.opts.discover_agents {
+            args.push(format!("--agent-service=localhost:{port}"));
+        } else {
+            args.push(format!(
+                "--agent={}={}",
+                self.opts.node_name, self.agent_addr
+            ));
+        }
         let args: Vec<String> = args
             .into_iter()
             .chain(
@@ -456,6 +480,15 @@ impl Driver {
             None => args,
         };
         self.controller = Some(self.spawn("pool-csi-controller", &args));
+    }
+
+    /// Stops the controller as Kubernetes would (SIGTERM, then SIGKILL after 5 s).
+    pub async fn stop_controller(&mut self) {
+        if let Some(c) = self.controller.take() {
+            tokio::task::spawn_blocking(move || cleanup::stop(c))
+                .await
+                .unwrap();
+        }
     }
 
     /// Kills the node plugin hard (SIGKILL), as a crash would.

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod cluster;
 pub mod config;
 pub mod copy;
 pub mod csi;

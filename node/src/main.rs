@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use pool_csi_node::{
-    agent::server::AgentService, csi::node::NodeService, exec::real::RealRunner,
+    agent::server::AgentService, cluster, csi::node::NodeService, exec::real::RealRunner,
     pools::PoolRegistry, tools::ploop, Config, NodeCtx,
 };
 use pool_csi_proto::{
@@ -41,8 +41,13 @@ struct Args {
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
     /// YAML file of StoragePool manifests for this node.
-    #[arg(long, env = "POOLS_FILE")]
+    #[arg(long, env = "POOLS_FILE", conflicts_with = "pools_from_cluster")]
     pools_file: Option<PathBuf>,
+    /// Serve the StoragePool objects of the cluster whose nodeSelector
+    /// matches this node's labels (in-cluster service account or
+    /// KUBECONFIG); re-read every 30 s.
+    #[arg(long, env = "POOLS_FROM_CLUSTER")]
+    pools_from_cluster: bool,
     /// CSI driver name.
     #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_proto::DEFAULT_DRIVER_NAME)]
     driver_name: String,
@@ -94,6 +99,7 @@ impl Args {
             agent_listen,
             node_name,
             pools_file,
+            pools_from_cluster: _,
             driver_name,
             state_dir,
             sysfs_root,
@@ -127,6 +133,8 @@ impl Args {
 
 /// Pools not running are retried this often (a device may appear later).
 const RESTART_INTERVAL: Duration = Duration::from_secs(30);
+/// StoragePool objects are re-read this often (with --pools-from-cluster).
+const POOLS_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 
 // One thread: a request crosses no thread boundary, which measured ~30%
 // faster per call than two workers. The rule that comes with it: nothing on
@@ -138,6 +146,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     init_tracing(&args.log_filter, args.log_json);
     let metrics_listen = args.metrics_listen;
+    let cluster = match args.pools_from_cluster {
+        true => Some(kube::Client::try_default().await.map_err(|e| {
+            format!("--pools-from-cluster: no Kubernetes API access (in-cluster service account or KUBECONFIG): {e}")
+        })?),
+        false => None,
+    };
     let tls = TlsFiles::from_flags(
         args.agent_tls_cert.clone(),
         args.agent_tls_key.clone(),
@@ -152,6 +166,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let defs = match &pools_file {
         Some(p) => PoolDefinition::load_file(p).map_err(|e| pool_csi_proto::full_message(&e))?,
+        None if cluster.is_some() => Vec::new(),
         None => {
             tracing::warn!("no --pools-file: this node serves no pools");
             Vec::new()
@@ -191,7 +206,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let starter = ctx.clone();
     tokio::spawn(async move {
-        starter.pools.start_all().await;
+        match &cluster {
+            Some(client) => {
+                loop {
+                    match cluster::sync_once(&starter, client).await {
+                        Ok(n) => {
+                            tracing::info!(
+                                pools = n,
+                                "StoragePools for this node read from the cluster"
+                            );
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading StoragePools failed; retrying in 5 s");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                    }
+                }
+                tokio::spawn(cluster::keep_syncing(
+                    starter.clone(),
+                    client.clone(),
+                    POOLS_SYNC_INTERVAL,
+                ));
+            }
+            None => starter.pools.start_all().await,
+        }
         starter.ready.store(true, Ordering::Release);
         tracing::info!("pools started; ready");
         loop {

@@ -24,7 +24,7 @@ impl AgentService {
         Self { ctx }
     }
 
-    fn pool(&self, name: &str) -> Result<&Arc<dyn pools::Pool>, Error> {
+    fn pool(&self, name: &str) -> Result<Arc<dyn pools::Pool>, Error> {
         self.ctx.pools.get(name, &self.ctx.cfg.node_name)
     }
 }
@@ -302,6 +302,7 @@ impl Agent for AgentService {
                     .ctx
                     .pools
                     .all()
+                    .into_iter()
                     .filter(|p| r.pool.is_empty() || p.name() == r.pool)
                 {
                     match p.list_volumes().await {
@@ -377,6 +378,7 @@ impl Agent for AgentService {
                     .ctx
                     .pools
                     .all()
+                    .into_iter()
                     .filter(|p| r.pool.is_empty() || p.name() == r.pool)
                 {
                     match p.list_snapshots().await {

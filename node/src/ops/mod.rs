@@ -43,7 +43,7 @@ pub fn checked_path(field: &str, p: &str) -> Result<PathBuf> {
 }
 
 /// The pool that holds `id` on this node.
-pub fn pool_of<'a>(ctx: &'a NodeCtx, id: &VolumeId) -> Result<&'a Arc<dyn Pool>> {
+pub fn pool_of(ctx: &NodeCtx, id: &VolumeId) -> Result<Arc<dyn Pool>> {
     if let Some(node) = &id.node {
         if *node != ctx.cfg.node_name {
             return Err(Error::VolumeNotFound {

@@ -19,7 +19,11 @@ use crate::{
     Config,
 };
 use pool_csi_proto::{Allocation, PoolDefinition, PoolType, VolumeFormat};
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
 
 /// A pool's state, as libvirt reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,90 +205,156 @@ pub trait Pool: Send + Sync {
     }
 }
 
-/// The pools of this node, by name.
-#[derive(Clone, Default)]
+/// The pools of this node, by name. Definitions can change while the node
+/// runs (StoragePool objects in a cluster): [`PoolRegistry::sync`] swaps
+/// pools in and out; handlers hold an `Arc` to the pool they work on.
+#[derive(Default)]
 pub struct PoolRegistry {
+    inner: RwLock<Pools>,
+}
+
+#[derive(Default, Clone)]
+struct Pools {
     pools: BTreeMap<String, Arc<dyn Pool>>,
     /// Pools defined with a type this node cannot serve (yet), with why.
     unsupported: BTreeMap<String, (PoolType, String)>,
+    /// The definition each entry was built from.
+    defs: BTreeMap<String, PoolDefinition>,
+}
+
+impl Pools {
+    fn add(&mut self, def: &PoolDefinition, cfg: &Config, runner: &Arc<dyn CommandRunner>) {
+        let luns = |src: Box<dyn lun::LunSource>| -> Arc<dyn Pool> {
+            Arc::new(lun::LunPool::new(def, cfg, src))
+        };
+        let pool: Arc<dyn Pool> = match def.spec.pool_type {
+            PoolType::Dir | PoolType::Fs => Arc::new(file::FilePool::new(def, cfg, runner.clone())),
+            PoolType::Disk => Arc::new(disk::DiskPool::new(def, cfg, runner.clone())),
+            PoolType::Logical => Arc::new(logical::LogicalPool::new(def, runner.clone())),
+            PoolType::Iscsi => luns(Box::new(lun_sources::IscsiSource::new(
+                def,
+                cfg,
+                runner.clone(),
+            ))),
+            PoolType::Scsi => luns(Box::new(lun_sources::ScsiSource::new(def, cfg))),
+            PoolType::Mpath => luns(Box::new(lun_sources::MpathSource::new(cfg, runner.clone()))),
+            t @ PoolType::Netfs => {
+                let why = format!("{t} pools are not supported by this node version");
+                self.unsupported.insert(def.name.clone(), (t, why));
+                self.defs.insert(def.name.clone(), def.clone());
+                return;
+            }
+        };
+        self.pools.insert(def.name.clone(), pool);
+        self.defs.insert(def.name.clone(), def.clone());
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.pools.remove(name);
+        self.unsupported.remove(name);
+        self.defs.remove(name);
+    }
 }
 
 impl PoolRegistry {
     /// Builds the pools from their definitions (nothing is started yet).
     pub fn new(defs: &[PoolDefinition], cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
-        let mut reg = Self::default();
+        let mut p = Pools::default();
         for def in defs {
-            match def.spec.pool_type {
-                PoolType::Dir | PoolType::Fs => {
-                    let p = file::FilePool::new(def, cfg, runner.clone());
-                    reg.pools.insert(def.name.clone(), Arc::new(p));
-                }
-                PoolType::Disk => {
-                    let p = disk::DiskPool::new(def, cfg, runner.clone());
-                    reg.pools.insert(def.name.clone(), Arc::new(p));
-                }
-                PoolType::Logical => {
-                    let p = logical::LogicalPool::new(def, runner.clone());
-                    reg.pools.insert(def.name.clone(), Arc::new(p));
-                }
-                PoolType::Iscsi => {
-                    let src = lun_sources::IscsiSource::new(def, cfg, runner.clone());
-                    reg.insert_luns(def, cfg, Box::new(src));
-                }
-                PoolType::Scsi => {
-                    let src = lun_sources::ScsiSource::new(def, cfg);
-                    reg.insert_luns(def, cfg, Box::new(src));
-                }
-                PoolType::Mpath => {
-                    let src = lun_sources::MpathSource::new(cfg, runner.clone());
-                    reg.insert_luns(def, cfg, Box::new(src));
-                }
-                t @ PoolType::Netfs => {
-                    let why = format!("{t} pools are not supported by this node version");
-                    reg.unsupported.insert(def.name.clone(), (t, why));
-                }
-            }
+            p.add(def, cfg, &runner);
         }
-        reg
+        Self {
+            inner: RwLock::new(p),
+        }
     }
 
-    fn insert_luns(&mut self, def: &PoolDefinition, cfg: &Config, src: Box<dyn lun::LunSource>) {
-        let p = lun::LunPool::new(def, cfg, src);
-        self.pools.insert(def.name.clone(), Arc::new(p));
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Pools> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the registry hold exactly `defs`: new and changed definitions
+    /// get new pools (returned, to be started), removed ones are dropped.
+    /// A pool whose definition did not change is kept as it is.
+    pub fn sync(
+        &self,
+        defs: &[PoolDefinition],
+        cfg: &Config,
+        runner: Arc<dyn CommandRunner>,
+    ) -> Vec<Arc<dyn Pool>> {
+        let mut next = self.read().clone();
+        let wanted: BTreeMap<&str, &PoolDefinition> =
+            defs.iter().map(|d| (d.name.as_str(), d)).collect();
+        let gone: Vec<String> = next
+            .defs
+            .keys()
+            .filter(|n| !wanted.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            tracing::info!(pool.name = %name, "pool no longer defined for this node; dropped (its volumes stay where they are)");
+            next.remove(&name);
+        }
+        let mut started = Vec::new();
+        for def in defs {
+            if next.defs.get(&def.name) == Some(def) {
+                continue;
+            }
+            if next.defs.contains_key(&def.name) {
+                tracing::info!(pool.name = %def.name, "pool definition changed; reloading it");
+            }
+            next.remove(&def.name);
+            next.add(def, cfg, &runner);
+            started.extend(next.pools.get(&def.name).cloned());
+        }
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = next;
+        started
     }
 
     /// Starts every pool; failures are logged and left in the pool's status.
     pub async fn start_all(&self) {
-        for p in self.pools.values() {
-            if let Err(e) = p.start().await {
-                tracing::warn!(pool.name = p.name(), error = %pool_csi_proto::full_message(&e), "pool did not start");
-            }
-        }
-        for (name, (_, why)) in &self.unsupported {
+        start(&self.all()).await;
+        for (name, (_, why)) in self.unsupported() {
             tracing::warn!(pool.name = %name, "{why}");
         }
     }
 
-    pub fn get(&self, name: &str, node: &str) -> Result<&Arc<dyn Pool>> {
-        if let Some((_, why)) = self.unsupported.get(name) {
+    pub fn get(&self, name: &str, node: &str) -> Result<Arc<dyn Pool>> {
+        let p = self.read();
+        if let Some((_, why)) = p.unsupported.get(name) {
             return Err(Error::PoolNotRunning {
                 pool: name.into(),
                 why: why.clone(),
             });
         }
-        self.pools.get(name).ok_or_else(|| Error::PoolNotFound {
-            pool: name.into(),
-            node: node.into(),
-        })
+        p.pools
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::PoolNotFound {
+                pool: name.into(),
+                node: node.into(),
+            })
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Pool>> {
-        self.pools.values()
+    pub fn all(&self) -> Vec<Arc<dyn Pool>> {
+        self.read().pools.values().cloned().collect()
     }
 
     /// Pools that are defined but cannot run here, with the reason.
-    pub fn unsupported(&self) -> impl Iterator<Item = (&String, &(PoolType, String))> {
-        self.unsupported.iter()
+    pub fn unsupported(&self) -> Vec<(String, (PoolType, String))> {
+        self.read()
+            .unsupported
+            .iter()
+            .map(|(n, w)| (n.clone(), w.clone()))
+            .collect()
+    }
+}
+
+/// Starts `pools`; failures are logged and left in each pool's status.
+pub async fn start(pools: &[Arc<dyn Pool>]) {
+    for p in pools {
+        if let Err(e) = p.start().await {
+            tracing::warn!(pool.name = p.name(), error = %pool_csi_proto::full_message(&e), "pool did not start");
+        }
     }
 }
 
