@@ -58,6 +58,9 @@ struct Args {
     /// This replica's name in the Lease (default: the host name).
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+    /// How often the leader refreshes StoragePool status, in seconds.
+    #[arg(long, env = "STATUS_INTERVAL_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    status_interval_seconds: u64,
     /// Name of the leader election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = "pool-csi-controller")]
     lease_name: String,
@@ -82,8 +85,6 @@ struct Args {
 
 /// How often the agent Service is resolved (or the node pods listed) again.
 const DISCOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
-/// How often the leader refreshes StoragePool status.
-const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn agent_map(list: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut map = BTreeMap::new();
@@ -113,6 +114,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         namespace,
         pod_name,
         lease_name,
+        status_interval_seconds,
         driver_name,
         default_pool,
         metrics_listen,
@@ -188,7 +190,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(writer.run(
             ctx.agents.clone(),
             leading,
-            STATUS_INTERVAL,
+            std::time::Duration::from_secs(status_interval_seconds),
             stop_rx.clone(),
         ));
         tracing::info!(%identity, lease = %lease_name, %namespace, "cluster mode: leader election and StoragePool status");

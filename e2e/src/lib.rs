@@ -457,6 +457,7 @@ impl Driver {
             args.extend([
                 "--cluster".to_string(),
                 "--agent-pod-selector=app=pool-csi-node".to_string(),
+                "--status-interval-seconds=1".to_string(),
                 format!("--agent-port={port}"),
             ]);
         } else if self.opts.discover_agents {

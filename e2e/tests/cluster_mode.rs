@@ -98,8 +98,8 @@ async fn node_and_controller_run_from_the_cluster() {
     .await;
     let status =
         |name: &str| -> Value { api.object(&format!("{SP}/{name}")).unwrap()["status"].clone() };
-    eventually("status of the served pool", || {
-        status("local")["state"] == "Running"
+    eventually("status of the served pool, with its volume", || {
+        status("local")["state"] == "Running" && status("local")["nodes"][0]["volumes"] == 1
     })
     .await;
     let local = status("local");
