@@ -8,6 +8,7 @@ pub mod error;
 pub mod leader;
 pub mod ops;
 pub mod placement;
+pub mod static_pvs;
 pub mod status_writer;
 
 use agents::Agents;

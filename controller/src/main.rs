@@ -186,7 +186,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cfg = LeaderConfig::new(&namespace, &lease_name, &identity);
         let (leading, task) = Elector::new(client.clone(), cfg).spawn(stop_rx.clone());
         election = Some(task);
-        let writer = StatusWriter::new(client, &identity);
+        let writer = StatusWriter::new(client, &identity).with_static_pvs(&driver_name);
         tokio::spawn(writer.run(
             ctx.agents.clone(),
             leading,

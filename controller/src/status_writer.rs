@@ -171,6 +171,8 @@ fn newly_down(old: Option<&StoragePoolStatus>, new: &StoragePoolStatus) -> Vec<(
 
 pub struct StatusWriter {
     client: kube::Client,
+    /// Publishes free LUNs as static PersistentVolumes after each round.
+    static_pvs: Option<crate::static_pvs::StaticPvs>,
     /// Events about cluster-scoped StoragePools go here (`kubectl describe` looks in default).
     event_namespace: String,
     /// Who reports the Events (the controller pod).
@@ -181,9 +183,19 @@ impl StatusWriter {
     pub fn new(client: kube::Client, instance: &str) -> Self {
         Self {
             client,
+            static_pvs: None,
             event_namespace: "default".into(),
             instance: instance.into(),
         }
+    }
+
+    /// Also publish free LUNs as static PVs of driver `driver`'s classes.
+    pub fn with_static_pvs(mut self, driver: &str) -> Self {
+        self.static_pvs = Some(crate::static_pvs::StaticPvs::new(
+            self.client.clone(),
+            driver,
+        ));
+        self
     }
 
     /// One round: every StoragePool's status from `reports`, written where
@@ -270,6 +282,23 @@ impl StatusWriter {
                     Err(e) => {
                         wait = every.min(RETRY);
                         tracing::warn!(error = %e, "StoragePool status: the API server refused or did not answer; retrying")
+                    }
+                }
+                if let Some(pvs) = &self.static_pvs {
+                    let luns = crate::static_pvs::gather(&agents, &reports).await;
+                    match pvs.reconcile(&luns).await {
+                        Ok(c) => {
+                            for n in &c.created {
+                                tracing::info!(pv = %n, "static PersistentVolume published for a free LUN");
+                            }
+                            for n in &c.deleted {
+                                tracing::info!(pv = %n, "static PersistentVolume withdrawn: its LUN was taken or vanished");
+                            }
+                        }
+                        Err(e) => {
+                            wait = every.min(RETRY);
+                            tracing::warn!(error = %e, "static PersistentVolumes: the API server refused or did not answer; retrying")
+                        }
                     }
                 }
             }

@@ -339,3 +339,108 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
         "a secret leaked: {all}{info}"
     );
 }
+
+/// In a cluster, the leader publishes every free LUN of the real target as
+/// a static PersistentVolume of the pool's StorageClass, and withdraws the
+/// Available PV of a LUN that CreateVolume hands out meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_luns_become_static_persistent_volumes() {
+    pool_csi_e2e::require!(false);
+    if which("tgtd").is_none() || which("iscsi-ls").is_none() {
+        eprintln!("SKIPPED: needs tgtd (tgt) and iscsi-ls (libiscsi-bin); run dev/setup");
+        return;
+    }
+    use serde_json::json;
+    let scratch = tempfile::tempdir().unwrap();
+    let t = Target::start(scratch.path());
+    t.target("1", IQN);
+    for (lun, mib) in [("1", 32), ("2", 64)] {
+        t.lun(scratch.path(), "1", lun, mib);
+    }
+    let cluster = pool_csi_e2e::fake_cluster::FakeCluster::start(scratch.path()).await;
+    let api = cluster.api.clone();
+    api.insert(
+        "/api/v1/nodes/node-1",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
+    );
+    api.insert(
+        "/api/v1/namespaces/kube-system/pods/pool-csi-node-x1",
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "pool-csi-node-x1", "namespace": "kube-system", "labels": {"app": "pool-csi-node"}},
+               "spec": {"nodeName": "node-1", "containers": []},
+               "status": {"phase": "Running", "podIP": "127.0.0.1"}}),
+    );
+    api.insert(
+        "/apis/pool-csi.io/v1alpha1/storagepools/san",
+        json!({"apiVersion": "pool-csi.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": "san"},
+               "spec": {"type": "iscsi", "source": {"host": format!("127.0.0.1:{}", t.port), "device": IQN}}}),
+    );
+    api.insert(
+        "/apis/storage.k8s.io/v1/storageclasses/san",
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "san"},
+               "provisioner": "pool-csi.io", "parameters": {"pool": "san"}}),
+    );
+    let d = Driver::start(Options {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        ..Default::default()
+    })
+    .await;
+    let pvs = || api.objects("/api/v1/persistentvolumes");
+    let since = std::time::Instant::now();
+    while pvs().len() < 2 {
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "no static PVs: {:?}",
+            api.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut sizes: Vec<u64> = pvs()
+        .iter()
+        .map(|p| {
+            p["spec"]["capacity"]["storage"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    sizes.sort();
+    assert_eq!(
+        sizes,
+        [32 << 20, 64 << 20],
+        "one PV per free LUN, exact sizes"
+    );
+    let pv = &pvs()[0];
+    assert_eq!(pv["spec"]["storageClassName"], "san");
+    assert!(pv["spec"]["csi"]["volumeHandle"]
+        .as_str()
+        .unwrap()
+        .contains(":san:node-1:static-"));
+
+    // CreateVolume takes the 32 MiB LUN: its (Available) PV is withdrawn.
+    for p in pvs() {
+        let name = p["metadata"]["name"].as_str().unwrap().to_string();
+        api.modify(&format!("/api/v1/persistentvolumes/{name}"), |o| {
+            o["status"] = json!({"phase": "Available"})
+        });
+    }
+    let mut c = d.clients().await;
+    c.controller
+        .create_volume(on("san", "dyn", 16 * MIB, 0))
+        .await
+        .expect("dynamic hand-out");
+    let since = std::time::Instant::now();
+    while pvs().len() != 1 {
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "PV of the taken LUN stays: {:?}",
+            pvs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        pvs()[0]["spec"]["capacity"]["storage"],
+        (64u64 << 20).to_string()
+    );
+}

@@ -300,11 +300,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `a=b,c=d` equality selectors.
+/// `a=b,c=d` equality and `a` existence selectors.
 fn matches_labels(o: &Value, selector: &str) -> bool {
     selector.split(',').filter(|t| !t.is_empty()).all(|term| {
-        let (k, v) = term.split_once('=').unwrap_or((term, ""));
-        o["metadata"]["labels"][k].as_str() == Some(v.trim_start_matches('='))
+        let labels = &o["metadata"]["labels"];
+        match term.split_once('=') {
+            Some((k, v)) => labels[k].as_str() == Some(v.trim_start_matches('=')),
+            None => labels.get(term).is_some(),
+        }
     })
 }
 
@@ -411,6 +414,7 @@ mod tests {
         assert!(matches_labels(&o, "app=x,t=y"));
         assert!(matches_labels(&o, "app==x"));
         assert!(!matches_labels(&o, "app=z"));
+        assert!(matches_labels(&o, "t") && !matches_labels(&o, "u"));
         assert_eq!(percent_decode("app%3Dx%2Ct%3Dy"), "app=x,t=y");
     }
 }

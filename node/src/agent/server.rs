@@ -290,6 +290,32 @@ impl Agent for AgentService {
         )
     }
 
+    #[instrument(name = "agent.ListLuns", skip_all, fields(pool.name = %req.get_ref().pool, rpc.code))]
+    async fn list_luns(
+        &self,
+        req: Request<pb::ListLunsRequest>,
+    ) -> Result<Response<pb::ListLunsResponse>, Status> {
+        let r = req.into_inner();
+        respond::<_, Error>(
+            async {
+                let luns = self.pool(&r.pool)?.luns().await?;
+                Ok(pb::ListLunsResponse {
+                    luns: luns
+                        .into_iter()
+                        .map(|l| pb::LunInfo {
+                            identity: l.identity,
+                            size_bytes: l.size,
+                            address: l.address,
+                            volume: l.volume.unwrap_or_default(),
+                            static_name: l.static_name,
+                        })
+                        .collect(),
+                })
+            }
+            .await,
+        )
+    }
+
     async fn list_volumes(
         &self,
         req: Request<pb::ListVolumesRequest>,

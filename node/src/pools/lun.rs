@@ -11,7 +11,8 @@
 //! holder decide; see README.)
 
 use super::{
-    AttachSource, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Snapshot, Source, Volume,
+    AttachSource, CreateRequest, Expanded, LunEntry, Pool, PoolState, PoolStatus, Snapshot, Source,
+    Volume,
 };
 use crate::{
     error::{io, Error, Result},
@@ -111,7 +112,7 @@ impl LunPool {
     }
 
     /// A fresh inventory (remembered for listings).
-    async fn luns(&self) -> Result<Vec<Lun>> {
+    async fn fresh_luns(&self) -> Result<Vec<Lun>> {
         let luns = self.source.inventory().await?;
         *self.cache.lock().expect("cache lock") = Some((Instant::now(), luns.clone()));
         Ok(luns)
@@ -124,7 +125,7 @@ impl LunPool {
                 return Ok(luns.clone());
             }
         }
-        self.luns().await
+        self.fresh_luns().await
     }
 
     fn claims(&self) -> Result<BTreeMap<String, Claim>> {
@@ -185,13 +186,56 @@ fn write_json(f: &std::path::Path, value: &impl Serialize) -> Result<()> {
 }
 
 impl LunPool {
-    fn claim_of(&self, name: &str) -> Result<Claim> {
-        self.claims()?
-            .remove(name)
-            .ok_or_else(|| Error::VolumeNotFound {
-                pool: self.name.clone(),
-                name: name.into(),
-            })
+    /// The claim of volume `name`. A static PersistentVolume's name
+    /// (`static-…`) that nobody claimed yet answers with the free LUN it
+    /// names, unclaimed (see [`Self::claim_static`]).
+    async fn claim_of(&self, name: &str) -> Result<Claim> {
+        let claims = self.claims()?;
+        if let Some(c) = claims.get(name) {
+            return Ok(c.clone());
+        }
+        let not_found = || Error::VolumeNotFound {
+            pool: self.name.clone(),
+            name: name.into(),
+        };
+        if !name.starts_with(STATIC_PREFIX) {
+            return Err(not_found());
+        }
+        let luns = self.recent_luns().await?;
+        let lun = luns
+            .iter()
+            .find(|l| static_name(&l.identity) == name)
+            .ok_or_else(not_found)?;
+        if let Some((holder, _)) = claims.iter().find(|(_, c)| c.identity == lun.identity) {
+            return Err(Error::Precondition(format!(
+                "the LUN of static volume {name} ({}) was handed to volume {holder} meanwhile",
+                lun.address
+            )));
+        }
+        Ok(Claim {
+            identity: lun.identity.clone(),
+            lun: lun.number,
+            size: lun.size,
+            wipe: false,
+            address: lun.address.clone(),
+        })
+    }
+
+    /// Records the claim of a static volume at its first use, so no
+    /// CreateVolume hands its LUN out. Caller holds the lock.
+    fn claim_static(&self, name: &str, c: &Claim) -> Result<()> {
+        let mut claims = self.claims()?;
+        if claims.contains_key(name) {
+            return Ok(());
+        }
+        if let Some((holder, _)) = claims.iter().find(|(_, x)| x.identity == c.identity) {
+            return Err(Error::Precondition(format!(
+                "the LUN of static volume {name} ({}) was handed to volume {holder} meanwhile",
+                c.address
+            )));
+        }
+        claims.insert(name.to_string(), c.clone());
+        self.write_claims(&claims)
     }
 
     fn volume(&self, name: &str, c: &Claim, luns: &[Lun]) -> Volume {
@@ -222,7 +266,7 @@ impl LunPool {
             if attempt == 1 {
                 self.source.rescan().await?;
             }
-            let luns = self.luns().await?;
+            let luns = self.fresh_luns().await?;
             let free = luns.iter().filter(|l| !taken.contains(&l.identity));
             if let Some(l) = best_fit(free, req.required, req.limit) {
                 return Ok(l.clone());
@@ -249,6 +293,21 @@ impl LunPool {
     }
 }
 
+/// Names of volumes that static PersistentVolumes give LUNs.
+const STATIC_PREFIX: &str = "static-";
+
+/// The volume name of the static PersistentVolume for the LUN `identity`:
+/// stable, short, and a valid volume name whatever the identity holds
+/// (FNV-1a, 64 bits).
+pub fn static_name(identity: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in identity.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{STATIC_PREFIX}{h:016x}")
+}
+
 /// The smallest LUN in `free` that fits `[required, limit]` (best fit).
 fn best_fit<'a>(free: impl Iterator<Item = &'a Lun>, required: u64, limit: u64) -> Option<&'a Lun> {
     free.filter(|l| l.size >= required && (limit == 0 || l.size <= limit))
@@ -266,7 +325,7 @@ impl Pool for LunPool {
     }
 
     async fn start(&self) -> Result<()> {
-        let r = self.luns().await.map(|_| ());
+        let r = self.fresh_luns().await.map(|_| ());
         self.state.record_start(r)
     }
 
@@ -392,7 +451,7 @@ impl Pool for LunPool {
 
     async fn get_volume(&self, name: &str) -> Result<Volume> {
         self.state.ensure_running()?;
-        let c = self.claim_of(name)?;
+        let c = self.claim_of(name).await?;
         let luns = self.recent_luns().await.unwrap_or_default();
         Ok(self.volume(name, &c, &luns))
     }
@@ -427,12 +486,34 @@ impl Pool for LunPool {
     /// The volume counts as in use here from now until `detached`.
     async fn attach_source(&self, name: &str) -> Result<AttachSource> {
         self.state.ensure_running()?;
-        let c = self.claim_of(name)?;
+        let c = self.claim_of(name).await?;
         let _held = self.lock.lock().await;
+        if name.starts_with(STATIC_PREFIX) {
+            self.claim_static(name, &c)?;
+        }
         self.set_user(name, true)?;
         Ok(AttachSource::Block {
             device: self.source.device(&c).await?,
         })
+    }
+
+    async fn luns(&self) -> Result<Vec<LunEntry>> {
+        self.state.ensure_running()?;
+        let luns = self.recent_luns().await?;
+        let claims = self.claims()?;
+        Ok(luns
+            .into_iter()
+            .map(|l| LunEntry {
+                volume: claims
+                    .iter()
+                    .find(|(_, c)| c.identity == l.identity)
+                    .map(|(n, _)| n.clone()),
+                static_name: static_name(&l.identity),
+                identity: l.identity,
+                size: l.size,
+                address: l.address,
+            })
+            .collect())
     }
 
     /// Disconnects (iSCSI logout) when the last volume of the pool on this
@@ -490,6 +571,62 @@ mod tests {
             partition_type: None,
             stripes: None,
         }
+    }
+
+    fn recording_pool(t: &tempfile::TempDir, log: &Arc<Mutex<Vec<String>>>) -> LunPool {
+        let cfg = Config::local("n1", t.path().to_path_buf());
+        let def = PoolDefinition::parse_documents(
+            "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: san }\nspec:\n  type: iscsi\n  source: { host: h, device: iqn.2026-11.x:t }\n",
+            "t",
+        )
+        .unwrap()
+        .remove(0);
+        LunPool::new(
+            &def,
+            &cfg,
+            Box::new(Recording {
+                luns: vec![lun(1, 10), lun(2, 20)],
+                log: log.clone(),
+            }),
+        )
+        .with_inventory_ttl(Duration::ZERO)
+    }
+
+    #[tokio::test]
+    async fn static_volumes_claim_their_lun_at_first_use() {
+        let t = tempfile::tempdir().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let p = recording_pool(&t, &log);
+        p.start().await.unwrap();
+        let luns = p.luns().await.unwrap();
+        assert_eq!(luns.len(), 2);
+        assert!(luns.iter().all(|l| l.volume.is_none()));
+        let (s1, s2) = (luns[0].static_name.clone(), luns[1].static_name.clone());
+        assert!(s1.starts_with("static-") && s1.len() == 23 && s1 != s2);
+        assert_eq!(s1, static_name("serial:1"), "stable");
+        pool_csi_proto::volume_id::check_storage_name(&s1).unwrap();
+
+        // Named by its static PV, the free LUN answers, unclaimed until used.
+        assert_eq!(p.get_volume(&s1).await.unwrap().capacity, 10 << 20);
+        assert!(p.luns().await.unwrap()[0].volume.is_none());
+        p.attach_source(&s1).await.unwrap();
+        assert_eq!(
+            p.luns().await.unwrap()[0].volume.as_deref(),
+            Some(s1.as_str())
+        );
+        // Now CreateVolume cannot have it: it takes the other LUN.
+        let v = p.create_volume(&req("dyn", 5)).await.unwrap();
+        assert_eq!(v.capacity, 20 << 20);
+        let e = p.attach_source(&s2).await.unwrap_err().to_string();
+        assert!(e.contains("handed to volume dyn"), "{e}");
+        assert!(matches!(
+            p.get_volume("static-0000000000000000").await,
+            Err(Error::VolumeNotFound { .. })
+        ));
+        // Released (a Delete-policy PV), the LUN is free for both again.
+        p.detached(&s1).await.unwrap();
+        p.delete_volume(&s1, false).await.unwrap();
+        assert!(p.luns().await.unwrap()[0].volume.is_none());
     }
 
     #[tokio::test]

@@ -164,6 +164,17 @@ pub struct Expanded {
     pub node_expansion_required: bool,
 }
 
+/// A LUN of a LUN pool and the volume holding it (None: free).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunEntry {
+    pub identity: String,
+    pub size: u64,
+    pub address: String,
+    pub volume: Option<String>,
+    /// The volume name a static PersistentVolume uses for this LUN.
+    pub static_name: String,
+}
+
 /// What the node attaches to get a block device for a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachSource {
@@ -198,6 +209,14 @@ pub trait Pool: Send + Sync {
     async fn list_snapshots(&self) -> Result<Vec<Snapshot>>;
     /// What to attach for `name`; NotFound when the volume is gone.
     async fn attach_source(&self, name: &str) -> Result<AttachSource>;
+    /// LUN pools: every LUN and who holds it. Other pools have none.
+    async fn luns(&self) -> Result<Vec<LunEntry>> {
+        Err(Error::Invalid(format!(
+            "pool {} is a {} pool: only iscsi, scsi and mpath pools have LUNs",
+            self.name(),
+            self.pool_type()
+        )))
+    }
     /// This node stopped using `name` (unstaged, or a stage undone): a
     /// pool may drop a connection nothing else needs (iSCSI logout).
     async fn detached(&self, _name: &str) -> Result<()> {

@@ -1,0 +1,350 @@
+//! Static PersistentVolumes for the free LUNs of LUN pools (iscsi, scsi,
+//! mpath), as local-static-provisioner does for local disks: each free LUN
+//! becomes an Available PV of the pool's StorageClass (the class whose
+//! `pool` parameter names it), with node affinity to the node that sees it,
+//! so Kubernetes binds PVCs of that class to LUNs of the right size. A PV
+//! whose LUN was handed out dynamically meanwhile or vanished is withdrawn
+//! while it is still Available; a bound PV is never touched. The LUN is
+//! claimed on the node when the PV's volume is first staged. Runs on the
+//! leader only, after each status round.
+
+use crate::agents::Agents;
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            CSIPersistentVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+            PersistentVolume, PersistentVolumeSpec, VolumeNodeAffinity,
+        },
+        storage::v1::StorageClass,
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use pool_csi_proto::{
+    agent::{ListLunsRequest, LunInfo, PoolState},
+    params::{KEY_FSTYPE, KEY_POOL},
+    VolumeId, TOPOLOGY_NODE_KEY,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Label on every static PV: the pool it belongs to.
+pub const POOL_LABEL: &str = "pool-csi.io/static-pool";
+/// Label on every static PV: the node that sees the LUN.
+pub const NODE_LABEL: &str = "pool-csi.io/static-node";
+
+/// One LUN pool on one node, as its agent listed it.
+#[derive(Debug, Clone)]
+pub struct LunReport {
+    pub pool: String,
+    pub node: String,
+    pub luns: Vec<LunInfo>,
+}
+
+/// What a round changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub created: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+pub struct StaticPvs {
+    client: kube::Client,
+    driver: String,
+}
+
+fn pv_name(pool: &str, static_name: &str) -> String {
+    format!("{pool}-{static_name}")
+}
+
+impl StaticPvs {
+    pub fn new(client: kube::Client, driver: &str) -> Self {
+        Self {
+            client,
+            driver: driver.into(),
+        }
+    }
+
+    /// The class for each pool: the first (by name) of this driver's
+    /// StorageClasses whose `pool` parameter names it.
+    async fn classes(&self) -> Result<BTreeMap<String, StorageClass>, kube::Error> {
+        let mut out = BTreeMap::new();
+        let mut all = Api::<StorageClass>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        all.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        for sc in all.into_iter().filter(|sc| sc.provisioner == self.driver) {
+            if let Some(pool) = sc
+                .parameters
+                .as_ref()
+                .and_then(|p| p.get(KEY_POOL))
+                .cloned()
+            {
+                out.entry(pool).or_insert(sc);
+            }
+        }
+        Ok(out)
+    }
+
+    fn pv(&self, r: &LunReport, l: &LunInfo, sc: &StorageClass) -> PersistentVolume {
+        let class = sc.metadata.name.clone().unwrap_or_default();
+        let fs = sc
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get(KEY_FSTYPE))
+            .cloned()
+            .unwrap_or_else(|| "ext4".into());
+        let handle = VolumeId {
+            pool: r.pool.clone(),
+            node: Some(r.node.clone()),
+            name: l.static_name.clone(),
+        };
+        let mut pv = PersistentVolume {
+            spec: Some(PersistentVolumeSpec {
+                capacity: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(l.size_bytes.to_string()),
+                )])),
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                persistent_volume_reclaim_policy: Some("Retain".into()),
+                storage_class_name: Some(class),
+                volume_mode: Some("Filesystem".into()),
+                csi: Some(CSIPersistentVolumeSource {
+                    driver: self.driver.clone(),
+                    volume_handle: handle.to_string(),
+                    fs_type: Some(fs),
+                    ..Default::default()
+                }),
+                node_affinity: Some(VolumeNodeAffinity {
+                    required: Some(NodeSelector {
+                        node_selector_terms: vec![NodeSelectorTerm {
+                            match_expressions: Some(vec![NodeSelectorRequirement {
+                                key: TOPOLOGY_NODE_KEY.into(),
+                                operator: "In".into(),
+                                values: Some(vec![r.node.clone()]),
+                            }]),
+                            ..Default::default()
+                        }],
+                    }),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        pv.metadata.name = Some(pv_name(&r.pool, &l.static_name));
+        pv.metadata.labels = Some(BTreeMap::from([
+            (POOL_LABEL.to_string(), r.pool.clone()),
+            (NODE_LABEL.to_string(), r.node.clone()),
+        ]));
+        pv.metadata.annotations = Some(BTreeMap::from([
+            (
+                "pv.kubernetes.io/provisioned-by".to_string(),
+                self.driver.clone(),
+            ),
+            ("pool-csi.io/lun".to_string(), l.address.clone()),
+            ("pool-csi.io/lun-identity".to_string(), l.identity.clone()),
+        ]));
+        pv
+    }
+
+    /// One round over the LUN pools that reported: PVs for free LUNs made,
+    /// Available PVs whose LUN is gone or taken withdrawn.
+    pub async fn reconcile(&self, reports: &[LunReport]) -> Result<Changes, kube::Error> {
+        let classes = self.classes().await?;
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        let existing = api
+            .list(&ListParams::default().labels(POOL_LABEL))
+            .await?
+            .items;
+        let names: BTreeSet<String> = existing
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        let mut changes = Changes::default();
+        let mut wanted = BTreeSet::new();
+        for r in reports {
+            let Some(sc) = classes.get(&r.pool) else {
+                continue; // no StorageClass names this pool: nothing to publish
+            };
+            for l in &r.luns {
+                let name = pv_name(&r.pool, &l.static_name);
+                let free = l.volume.is_empty();
+                if free || l.volume == l.static_name {
+                    wanted.insert(name.clone());
+                }
+                if free && !names.contains(&name) {
+                    match api.create(&PostParams::default(), &self.pv(r, l, sc)).await {
+                        Ok(_) => changes.created.push(name),
+                        Err(kube::Error::Api(s)) if s.code == 409 => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        let reported: BTreeSet<(&str, &str)> = reports
+            .iter()
+            .map(|r| (r.pool.as_str(), r.node.as_str()))
+            .collect();
+        for pv in &existing {
+            let labels = pv.metadata.labels.clone().unwrap_or_default();
+            let key = (
+                labels.get(POOL_LABEL).map(String::as_str).unwrap_or(""),
+                labels.get(NODE_LABEL).map(String::as_str).unwrap_or(""),
+            );
+            let name = pv.metadata.name.clone().unwrap_or_default();
+            let available =
+                pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available");
+            if reported.contains(&key) && !wanted.contains(&name) && available {
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => changes.deleted.push(name),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(changes)
+    }
+}
+
+/// Every running LUN pool's LUNs, from the nodes in `reports` (the status
+/// round's inventories).
+pub async fn gather(agents: &Agents, reports: &crate::status_writer::Reports) -> Vec<LunReport> {
+    let mut out = Vec::new();
+    for (node, pools) in reports {
+        let Ok(pools) = pools else { continue };
+        for p in pools {
+            let lun_pool = matches!(p.r#type.as_str(), "iscsi" | "scsi" | "mpath");
+            if !lun_pool || p.state != PoolState::Running as i32 {
+                continue;
+            }
+            let Ok(mut c) = agents.client(node) else {
+                continue;
+            };
+            match c
+                .list_luns(ListLunsRequest {
+                    pool: p.name.clone(),
+                })
+                .await
+            {
+                Ok(r) => out.push(LunReport {
+                    pool: p.name.clone(),
+                    node: node.clone(),
+                    luns: r.into_inner().luns,
+                }),
+                Err(s) => {
+                    tracing::warn!(%node, pool = %p.name, error = %s.message(), "listing LUNs failed")
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_csi_proto::fake_api::FakeApi;
+    use serde_json::json;
+
+    const PVS: &str = "/api/v1/persistentvolumes";
+
+    fn lun(id: &str, mib: u64, volume: &str) -> LunInfo {
+        LunInfo {
+            identity: id.into(),
+            size_bytes: mib << 20,
+            address: format!("LUN {id}"),
+            volume: volume.into(),
+            static_name: format!("static-{id}"),
+        }
+    }
+
+    fn class(fake: &FakeApi, name: &str, pool: &str, provisioner: &str) {
+        fake.insert(
+            &format!("/apis/storage.k8s.io/v1/storageclasses/{name}"),
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+                   "provisioner": provisioner, "parameters": {"pool": pool, "csi.storage.k8s.io/fstype": "xfs"}}),
+        );
+    }
+
+    fn names(fake: &FakeApi) -> Vec<String> {
+        fake.objects(PVS)
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn free_luns_become_pvs_and_taken_ones_are_withdrawn() {
+        let fake = FakeApi::new();
+        class(&fake, "san-b", "san", "pool-csi.io");
+        class(&fake, "san-a", "san", "pool-csi.io");
+        class(&fake, "theirs", "san", "other.example.com");
+        let s = StaticPvs::new(fake.client(), "pool-csi.io");
+        let mut reports = vec![
+            LunReport {
+                pool: "san".into(),
+                node: "n1".into(),
+                luns: vec![
+                    lun("1", 64, ""),
+                    lun("2", 128, "pvc-dynamic"),
+                    lun("3", 32, ""),
+                ],
+            },
+            LunReport {
+                pool: "nosc".into(),
+                node: "n1".into(),
+                luns: vec![lun("9", 8, "")],
+            },
+        ];
+        let c = s.reconcile(&reports).await.unwrap();
+        assert_eq!(c.created, ["san-static-1", "san-static-3"]);
+        let pv = fake.object(&format!("{PVS}/san-static-1")).unwrap();
+        assert_eq!(
+            pv["spec"]["storageClassName"], "san-a",
+            "first class by name"
+        );
+        assert_eq!(pv["spec"]["capacity"]["storage"], (64u64 << 20).to_string());
+        let handle = VolumeId {
+            pool: "san".into(),
+            node: Some("n1".into()),
+            name: "static-1".into(),
+        };
+        assert_eq!(pv["spec"]["csi"]["volumeHandle"], handle.to_string());
+        assert_eq!(pv["spec"]["csi"]["fsType"], "xfs");
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        let term =
+            &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+        assert_eq!(
+            (term["key"].as_str(), term["values"][0].as_str()),
+            (Some(TOPOLOGY_NODE_KEY), Some("n1"))
+        );
+        assert_eq!(pv["metadata"]["labels"][POOL_LABEL], "san");
+
+        // Idempotent.
+        assert_eq!(s.reconcile(&reports).await.unwrap(), Changes::default());
+
+        // LUN 1 bound through its PV (claimed under its static name): kept.
+        // LUN 3 handed out dynamically meanwhile: its Available PV goes.
+        fake.modify(&format!("{PVS}/san-static-1"), |p| {
+            p["status"] = json!({"phase": "Bound"})
+        });
+        fake.modify(&format!("{PVS}/san-static-3"), |p| {
+            p["status"] = json!({"phase": "Available"})
+        });
+        reports[0].luns = vec![
+            lun("1", 64, "static-1"),
+            lun("2", 128, "pvc-dynamic"),
+            lun("3", 32, "pvc-other"),
+        ];
+        let c = s.reconcile(&reports).await.unwrap();
+        assert_eq!(c.deleted, ["san-static-3"]);
+        assert_eq!(names(&fake), ["san-static-1"]);
+
+        // A bound PV whose LUN vanished stays (the volume shows abnormal);
+        // a node that did not report keeps its PVs.
+        reports[0].luns.clear();
+        assert_eq!(s.reconcile(&reports).await.unwrap(), Changes::default());
+        assert_eq!(s.reconcile(&[]).await.unwrap(), Changes::default());
+        assert_eq!(names(&fake), ["san-static-1"]);
+    }
+}
