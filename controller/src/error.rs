@@ -27,6 +27,9 @@ pub enum Error {
         needed: u64,
         why: String,
     },
+    /// The request cannot be served as things are; the message says what to change.
+    #[error("{0}")]
+    Precondition(String),
     /// The size does not fit the request's range.
     #[error("{0}")]
     OutOfRange(String),
@@ -58,6 +61,7 @@ impl GrpcCode for Error {
             } => Code::Unavailable,
             Self::NoCapacity { .. } => Code::ResourceExhausted,
             Self::OutOfRange(_) => Code::OutOfRange,
+            Self::Precondition(_) => Code::FailedPrecondition,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::BadToken(_) => Code::Aborted, // CSI: an invalid starting_token is ABORTED
             Self::Busy(_) => Code::Aborted,

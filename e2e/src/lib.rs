@@ -375,9 +375,11 @@ impl Driver {
             Some(data.as_c_str()),
         )
         .expect("mount tmpfs for the extra node's pool");
+        // The extra pools too (a shared target, say), with {dir} this node's own.
         let pools = format!(
-            "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: scratch }}\nspec:\n  type: dir\n  target: {{ path: {} }}\n",
-            pool.display()
+            "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: scratch }}\nspec:\n  type: dir\n  target: {{ path: {} }}\n{}",
+            pool.display(),
+            self.opts.extra_pools.replace("{dir}", &base.display().to_string())
         );
         std::fs::write(base.join("pools.yaml"), pools).unwrap();
         let (agent_addr, node_sock) = (free_port(), base.join("node.sock"));

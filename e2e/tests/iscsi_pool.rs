@@ -444,3 +444,36 @@ async fn free_luns_become_static_persistent_volumes() {
         (64u64 << 20).to_string()
     );
 }
+
+/// One target, two nodes that both define the pool: each node records its
+/// own hand-outs, so dynamic provisioning is refused with what to change
+/// instead of risking one LUN for two volumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lun_pool_on_two_nodes_refuses_dynamic_volumes() {
+    pool_csi_e2e::require!(false);
+    if which("tgtd").is_none() || which("iscsi-ls").is_none() {
+        eprintln!("SKIPPED: needs tgtd (tgt) and iscsi-ls (libiscsi-bin); run dev/setup");
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let t = Target::start(scratch.path());
+    t.target("1", IQN);
+    t.lun(scratch.path(), "1", "1", 32);
+    let d = Driver::start(Options {
+        extra_pools: pool("san", t.port, IQN, ""),
+        extra_nodes: vec![("node-2".into(), 64 << 20)],
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let e = c
+        .controller
+        .create_volume(on("san", "v", 16 * MIB, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("defined on 2 nodes") && e.message().contains("nodeSelector"),
+        "{e:?}"
+    );
+}

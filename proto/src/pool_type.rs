@@ -92,6 +92,11 @@ impl PoolType {
         }
     }
 
+    /// Pools whose volumes are pre-existing LUNs (iscsi, scsi, mpath).
+    pub fn is_lun_pool(self) -> bool {
+        matches!(self, Self::Iscsi | Self::Scsi | Self::Mpath)
+    }
+
     /// Allocation policies of this pool type; the first is the default.
     pub fn allocations(self) -> &'static [Allocation] {
         use Allocation::*;

@@ -64,6 +64,20 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
                 .filter(|i| i.running_pool(pool).is_some())
                 .map(|i| i.node.clone())
                 .collect();
+            let defined_on: Vec<&str> = inventories
+                .iter()
+                .filter(|i| i.pool(pool).is_some())
+                .map(|i| i.node.as_str())
+                .collect();
+            if pool_type.is_lun_pool() && defined_on.len() > 1 {
+                // Each node records its own hand-outs: two nodes could give
+                // one LUN to two volumes.
+                return Err(Error::Precondition(format!(
+                    "{pool_type} pool {pool:?} is defined on {} nodes ({}); LUN pools record their hand-outs per node, so dynamic volumes need the pool on exactly one node: give it a nodeSelector (static PersistentVolumes work either way)",
+                    defined_on.len(),
+                    defined_on.join(", ")
+                )));
+            }
             if with_pool.is_empty() {
                 return Err(Error::NoCapacity {
                     pool: pool.clone(),
