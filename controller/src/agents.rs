@@ -114,6 +114,36 @@ impl Agents {
         })
     }
 
+    /// Remembers `client` as `node`'s agent at `addr`.
+    fn add(&self, node: &str, addr: SocketAddr, client: AgentClient<Channel>) {
+        tracing::info!(%node, %addr, "agent discovered");
+        self.clients
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), client);
+        self.addrs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), addr);
+    }
+
+    /// Forgets `node`'s agent (and its cached inventory).
+    fn forget(&self, node: &str) {
+        tracing::info!(%node, "agent gone");
+        self.clients
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+        self.addrs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+    }
+
     /// Agents found through DNS: every address `service` (host:port, e.g. the
     /// node DaemonSet's headless Service) resolves to is asked for its node
     /// name. Addresses that disappear are forgotten; new ones are added.
@@ -141,34 +171,15 @@ impl Agents {
                 })
                 .await
             {
-                Ok(inv) => {
-                    let node = inv.into_inner().node_name;
-                    tracing::info!(%node, %addr, "agent discovered");
-                    self.clients
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(node.clone(), client);
-                    self.addrs
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(node, *addr);
-                }
+                Ok(inv) => self.add(&inv.into_inner().node_name, *addr, client),
                 Err(status) => {
                     silent += 1;
                     tracing::warn!(%addr, error = %status.message(), "agent discovery: no answer")
                 }
             }
         }
-        for (node, addr) in known.iter().filter(|(_, a)| !found.contains(a)) {
-            tracing::info!(%node, %addr, "agent gone");
-            self.clients
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(node);
-            self.addrs
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(node);
+        for (node, _) in known.iter().filter(|(_, a)| !found.contains(a)) {
+            self.forget(node);
         }
         (self.nodes().len(), silent)
     }
@@ -207,34 +218,12 @@ impl Agents {
                 continue;
             }
             match endpoint(&addr.to_string(), self.tls.as_ref()) {
-                Ok(ep) => {
-                    tracing::info!(%node, %addr, "agent discovered");
-                    self.clients
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(node.clone(), AgentClient::new(ep.connect_lazy()));
-                    self.addrs
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(node.clone(), *addr);
-                }
+                Ok(ep) => self.add(node, *addr, AgentClient::new(ep.connect_lazy())),
                 Err(e) => tracing::warn!(%node, %addr, error = %e, "agent discovery: bad address"),
             }
         }
         for node in known.keys().filter(|n| !found.contains_key(*n)) {
-            tracing::info!(%node, "agent gone");
-            self.clients
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(node);
-            self.addrs
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(node);
-            self.cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(node);
+            self.forget(node);
         }
         Ok(self.nodes().len())
     }

@@ -71,6 +71,37 @@ impl FakeCluster {
     }
 }
 
+impl FakeCluster {
+    /// A Node object with `labels`.
+    pub fn node(&self, name: &str, labels: serde_json::Value) {
+        self.api.insert(
+            &format!("/api/v1/nodes/{name}"),
+            serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}),
+        );
+    }
+
+    /// The running node-plugin pod of `node` at 127.0.0.1, labelled as the
+    /// harness's controller looks for (`app=pool-csi-node`).
+    pub fn agent_pod(&self, node: &str) {
+        self.api.insert(
+            &format!("/api/v1/namespaces/kube-system/pods/pool-csi-node-{node}"),
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": format!("pool-csi-node-{node}"), "namespace": "kube-system", "labels": {"app": "pool-csi-node"}},
+                   "spec": {"nodeName": node, "containers": []},
+                   "status": {"phase": "Running", "podIP": "127.0.0.1"}}),
+        );
+    }
+
+    /// A StoragePool object.
+    pub fn storage_pool(&self, name: &str, spec: serde_json::Value) {
+        self.api.insert(
+            &format!("/apis/pool-csi.io/v1alpha1/storagepools/{name}"),
+            serde_json::json!({"apiVersion": "pool-csi.io/v1alpha1", "kind": "StoragePool",
+                   "metadata": {"name": name, "uid": format!("uid-{name}")}, "spec": spec}),
+        );
+    }
+}
+
 impl Drop for FakeCluster {
     fn drop(&mut self) {
         self.task.abort();

@@ -30,28 +30,17 @@ async fn node_and_controller_run_from_the_cluster() {
     let scratch = tempfile::tempdir().unwrap();
     let cluster = FakeCluster::start(scratch.path()).await;
     let api = cluster.api.clone();
-    api.insert(
-        "/api/v1/nodes/node-1",
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"storage": "local"}}}),
-    );
-    api.insert(
-        "/api/v1/namespaces/kube-system/pods/pool-csi-node-x1",
-        json!({"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "pool-csi-node-x1", "namespace": "kube-system", "labels": {"app": "pool-csi-node"}},
-               "spec": {"nodeName": "node-1", "containers": []},
-               "status": {"phase": "Running", "podIP": "127.0.0.1"}}),
-    );
+    cluster.node("node-1", json!({"storage": "local"}));
+    cluster.agent_pod("node-1");
     let pool_dir = scratch.path().join("cluster-pool");
-    api.insert(
-        &format!("{SP}/local"),
-        json!({"apiVersion": "pool-csi.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": "local", "uid": "u1"},
-               "spec": {"type": "dir", "target": {"path": pool_dir.display().to_string()}, "autoBuild": true,
-                        "nodeSelector": {"storage": "local"}}}),
+    cluster.storage_pool(
+        "local",
+        json!({"type": "dir", "target": {"path": pool_dir.display().to_string()}, "autoBuild": true,
+               "nodeSelector": {"storage": "local"}}),
     );
-    api.insert(
-        &format!("{SP}/elsewhere"),
-        json!({"apiVersion": "pool-csi.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": "elsewhere", "uid": "u2"},
-               "spec": {"type": "dir", "target": {"path": "/nonexistent"}, "nodeSelector": {"storage": "san"}}}),
+    cluster.storage_pool(
+        "elsewhere",
+        json!({"type": "dir", "target": {"path": "/nonexistent"}, "nodeSelector": {"storage": "san"}}),
     );
     let mut d = Driver::start(Options {
         kubeconfig: Some(cluster.kubeconfig.clone()),

@@ -105,6 +105,15 @@ impl Drop for Target {
     }
 }
 
+/// Whether the target tools are missing (then the test is skipped, saying so).
+fn no_target_tools() -> bool {
+    let missing = which("tgtd").is_none() || which("iscsi-ls").is_none();
+    if missing {
+        eprintln!("SKIPPED: needs tgtd (tgt) and iscsi-ls (libiscsi-bin); run dev/setup");
+    }
+    missing
+}
+
 fn pool(name: &str, port: u16, iqn: &str, auth: &str) -> String {
     format!(
         "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: iscsi\n  source:\n    host: 127.0.0.1:{port}\n    device: {iqn}\n{auth}"
@@ -134,8 +143,7 @@ async fn capacity(c: &mut pool_csi_e2e::clients::Clients, pool: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
     pool_csi_e2e::require!(false);
-    if which("tgtd").is_none() || which("iscsi-ls").is_none() {
-        eprintln!("SKIPPED: needs tgtd (tgt) and iscsi-ls (libiscsi-bin); run dev/setup");
+    if no_target_tools() {
         return;
     }
     let scratch = tempfile::tempdir().unwrap();
@@ -346,8 +354,7 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_luns_become_static_persistent_volumes() {
     pool_csi_e2e::require!(false);
-    if which("tgtd").is_none() || which("iscsi-ls").is_none() {
-        eprintln!("SKIPPED: needs tgtd (tgt) and iscsi-ls (libiscsi-bin); run dev/setup");
+    if no_target_tools() {
         return;
     }
     use serde_json::json;
@@ -359,21 +366,11 @@ async fn free_luns_become_static_persistent_volumes() {
     }
     let cluster = pool_csi_e2e::fake_cluster::FakeCluster::start(scratch.path()).await;
     let api = cluster.api.clone();
-    api.insert(
-        "/api/v1/nodes/node-1",
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
-    );
-    api.insert(
-        "/api/v1/namespaces/kube-system/pods/pool-csi-node-x1",
-        json!({"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "pool-csi-node-x1", "namespace": "kube-system", "labels": {"app": "pool-csi-node"}},
-               "spec": {"nodeName": "node-1", "containers": []},
-               "status": {"phase": "Running", "podIP": "127.0.0.1"}}),
-    );
-    api.insert(
-        "/apis/pool-csi.io/v1alpha1/storagepools/san",
-        json!({"apiVersion": "pool-csi.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": "san"},
-               "spec": {"type": "iscsi", "source": {"host": format!("127.0.0.1:{}", t.port), "device": IQN}}}),
+    cluster.node("node-1", json!({}));
+    cluster.agent_pod("node-1");
+    cluster.storage_pool(
+        "san",
+        json!({"type": "iscsi", "source": {"host": format!("127.0.0.1:{}", t.port), "device": IQN}}),
     );
     api.insert(
         "/apis/storage.k8s.io/v1/storageclasses/san",
@@ -451,8 +448,7 @@ async fn free_luns_become_static_persistent_volumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lun_pool_on_two_nodes_refuses_dynamic_volumes() {
     pool_csi_e2e::require!(false);
-    if which("tgtd").is_none() || which("iscsi-ls").is_none() {
-        eprintln!("SKIPPED: needs tgtd (tgt) and iscsi-ls (libiscsi-bin); run dev/setup");
+    if no_target_tools() {
         return;
     }
     let scratch = tempfile::tempdir().unwrap();

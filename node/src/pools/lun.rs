@@ -559,20 +559,6 @@ mod tests {
         }
     }
 
-    fn req(name: &str, mib: u64) -> CreateRequest {
-        CreateRequest {
-            name: name.into(),
-            required: mib << 20,
-            limit: 0,
-            format: None,
-            allocation: None,
-            source: Source::Empty,
-            wipe_on_delete: false,
-            partition_type: None,
-            stripes: None,
-        }
-    }
-
     fn recording_pool(t: &tempfile::TempDir, log: &Arc<Mutex<Vec<String>>>) -> LunPool {
         let cfg = Config::local("n1", t.path().to_path_buf());
         let def = PoolDefinition::parse_documents(
@@ -615,7 +601,10 @@ mod tests {
             Some(s1.as_str())
         );
         // Now CreateVolume cannot have it: it takes the other LUN.
-        let v = p.create_volume(&req("dyn", 5)).await.unwrap();
+        let v = p
+            .create_volume(&CreateRequest::sized("dyn", 5))
+            .await
+            .unwrap();
         assert_eq!(v.capacity, 20 << 20);
         let e = p.attach_source(&s2).await.unwrap_err().to_string();
         assert!(e.contains("handed to volume dyn"), "{e}");
@@ -632,28 +621,16 @@ mod tests {
     #[tokio::test]
     async fn the_connection_goes_with_the_last_volume_in_use_also_after_a_restart() {
         let t = tempfile::tempdir().unwrap();
-        let cfg = Config::local("n1", t.path().to_path_buf());
-        let def = PoolDefinition::parse_documents(
-            "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: san }\nspec:\n  type: iscsi\n  source: { host: h, device: iqn.2026-11.x:t }\n",
-            "t",
-        )
-        .unwrap()
-        .remove(0);
         let log = Arc::new(Mutex::new(Vec::new()));
-        let pool = |log: &Arc<Mutex<Vec<String>>>| {
-            LunPool::new(
-                &def,
-                &cfg,
-                Box::new(Recording {
-                    luns: vec![lun(1, 10), lun(2, 10)],
-                    log: log.clone(),
-                }),
-            )
-        };
+        let pool = |log: &Arc<Mutex<Vec<String>>>| recording_pool(&t, log);
         let p = pool(&log);
         p.start().await.unwrap();
-        p.create_volume(&req("a", 10)).await.unwrap();
-        p.create_volume(&req("b", 10)).await.unwrap();
+        p.create_volume(&CreateRequest::sized("a", 10))
+            .await
+            .unwrap();
+        p.create_volume(&CreateRequest::sized("b", 10))
+            .await
+            .unwrap();
         p.attach_source("a").await.unwrap();
         p.attach_source("b").await.unwrap();
         p.attach_source("b").await.unwrap(); // stats, a second stage: still one user

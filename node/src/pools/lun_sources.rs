@@ -218,7 +218,7 @@ mod tests {
     use super::*;
     use crate::{
         exec::fake::{FakeRunner, Reply},
-        pools::{lun::LunPool, AttachSource, CreateRequest, Pool, Source},
+        pools::{lun::LunPool, AttachSource, CreateRequest, Pool},
         tools::{multipath::fixture::dm, scsi::fixture},
     };
     use std::time::Duration;
@@ -238,20 +238,6 @@ mod tests {
         let mut c = Config::local("n1", t.path().join("state"));
         c.sysfs_root = t.path().join("sys");
         c
-    }
-
-    fn req(name: &str, mib: u64) -> CreateRequest {
-        CreateRequest {
-            name: name.into(),
-            required: mib * MIB,
-            limit: 0,
-            format: None,
-            allocation: None,
-            source: Source::Empty,
-            wipe_on_delete: false,
-            partition_type: None,
-            stripes: None,
-        }
     }
 
     async fn device(p: &LunPool, name: &str) -> String {
@@ -277,17 +263,31 @@ mod tests {
         let st = p.status(true).await;
         assert_eq!((st.capacity, st.available), (96 * MIB, 96 * MIB));
 
-        let a = p.create_volume(&req("a", 20)).await.unwrap();
+        let a = p
+            .create_volume(&CreateRequest::sized("a", 20))
+            .await
+            .unwrap();
         assert_eq!(a.capacity, 32 * MIB, "best fit: the 32 MiB disk");
-        assert_eq!(p.create_volume(&req("a", 20)).await.unwrap(), a);
         assert_eq!(
-            p.create_volume(&req("b", 40)).await.unwrap().capacity,
+            p.create_volume(&CreateRequest::sized("a", 20))
+                .await
+                .unwrap(),
+            a
+        );
+        assert_eq!(
+            p.create_volume(&CreateRequest::sized("b", 40))
+                .await
+                .unwrap()
+                .capacity,
             64 * MIB
         );
         assert_eq!(device(&p, "b").await, "/dev/sdc");
 
         // Nothing fits: the HBA is rescanned once, then RESOURCE_EXHAUSTED.
-        let e = p.create_volume(&req("c", 8)).await.unwrap_err();
+        let e = p
+            .create_volume(&CreateRequest::sized("c", 8))
+            .await
+            .unwrap_err();
         assert!(matches!(e, Error::OutOfSpace { .. }), "{e}");
         assert!(e.to_string().contains("HBA host2"), "{e}");
         let scan = sys.join("class/scsi_host/host2/scan");
@@ -295,7 +295,10 @@ mod tests {
         // A disk that appears (after the scan) is found by the next create.
         fixture::lun(&sys, [2, 0, 0, 3], 0, "sdd", 16, Some("naa.dddd"));
         assert_eq!(
-            p.create_volume(&req("c", 8)).await.unwrap().capacity,
+            p.create_volume(&CreateRequest::sized("c", 8))
+                .await
+                .unwrap()
+                .capacity,
             16 * MIB
         );
 
@@ -319,7 +322,10 @@ mod tests {
         p.delete_volume("a", false).await.unwrap();
         p.delete_volume("a", false).await.unwrap();
         assert_eq!(
-            p.create_volume(&req("e", 30)).await.unwrap().capacity,
+            p.create_volume(&CreateRequest::sized("e", 30))
+                .await
+                .unwrap()
+                .capacity,
             32 * MIB
         );
         assert!(
@@ -364,7 +370,10 @@ mod tests {
         let p = LunPool::new(&d, &c, Box::new(MpathSource::new(&c, runner)))
             .with_inventory_ttl(Duration::ZERO);
         p.start().await.unwrap();
-        let v = p.create_volume(&req("v", 40)).await.unwrap();
+        let v = p
+            .create_volume(&CreateRequest::sized("v", 40))
+            .await
+            .unwrap();
         assert_eq!(v.capacity, 50 * MIB);
         assert_eq!(device(&p, "v").await, "/dev/mapper/mpathb");
         let st = p.status(true).await;

@@ -157,6 +157,23 @@ pub struct CreateRequest {
     pub stripes: Option<(u32, u64)>,
 }
 
+impl CreateRequest {
+    /// An empty volume of `mib` MiB with every option at its default.
+    pub fn sized(name: &str, mib: u64) -> Self {
+        Self {
+            name: name.into(),
+            required: mib << 20,
+            limit: 0,
+            format: None,
+            allocation: None,
+            source: Source::Empty,
+            wipe_on_delete: false,
+            partition_type: None,
+            stripes: None,
+        }
+    }
+}
+
 /// The result of growing a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expanded {

@@ -286,16 +286,16 @@ mod tests {
         umount(&runner, Path::new("/dev/ploop5")).await.unwrap();
     }
 
+    /// The probe's `ploop init` (1 MiB, no filesystem, into a scratch dir).
+    const PROBE_INIT: [&str; 11] = [
+        "ploop", "init", "-s", "1024K", "-f", "ploop1", "-v", "2", "-t", "none", "*",
+    ];
+
     #[tokio::test]
     async fn a_crashing_tool_is_reported_as_such() {
         let t = tempfile::tempdir().unwrap();
         let scratch = t.path().join("probe");
-        let runner = FakeRunner::new().expect(
-            [
-                "ploop", "init", "-s", "1024K", "-f", "ploop1", "-v", "2", "-t", "none", "*",
-            ],
-            Reply::exit(-1),
-        );
+        let runner = FakeRunner::new().expect(PROBE_INIT, Reply::exit(-1));
         let host = probe(&runner, t.path(), &scratch).await;
         assert!(!host.tool && !host.module && !host.mounts());
         let why = host.why_not.unwrap();
@@ -308,12 +308,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let scratch = t.path().join("probe");
         // Exit 0 but nothing written: not a working tool.
-        let runner = FakeRunner::new().expect(
-            [
-                "ploop", "init", "-s", "1024K", "-f", "ploop1", "-v", "2", "-t", "none", "*",
-            ],
-            Reply::ok(),
-        );
+        let runner = FakeRunner::new().expect(PROBE_INIT, Reply::ok());
         let host = probe(&runner, t.path(), &scratch).await;
         assert!(!host.tool);
         assert!(host.why_not.unwrap().contains("unreadable"));
