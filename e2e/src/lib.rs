@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod clients;
 pub mod fake_cluster;
 pub mod req;
+pub mod tgt;
 
 use clients::Clients;
 use std::{

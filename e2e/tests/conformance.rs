@@ -733,3 +733,106 @@ async fn the_controller_finds_agents_through_dns() {
         "the agent told its node name"
     );
 }
+
+fn attach(
+    id: &str,
+    node: &str,
+    cap: Option<csi::VolumeCapability>,
+) -> csi::ControllerPublishVolumeRequest {
+    csi::ControllerPublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: node.into(),
+        volume_capability: cap,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_publish_checks_the_volume_and_its_node() {
+    require!(false);
+    let d = Driver::start(Options {
+        extra_nodes: vec![("node-2".into(), 64 << 20)],
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let id = c
+        .controller
+        .create_volume(req::create("attach-me", req::MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let home = if id.contains(":node-1:") {
+        "node-1"
+    } else {
+        "node-2"
+    };
+    let other = if home == "node-1" { "node-2" } else { "node-1" };
+    let cap = || Some(req::mount_cap("ext4"));
+    for _ in 0..2 {
+        let r = c
+            .controller
+            .controller_publish_volume(attach(&id, home, cap()))
+            .await;
+        assert!(
+            r.unwrap().into_inner().publish_context.is_empty(),
+            "idempotent"
+        );
+    }
+    let elsewhere = c
+        .controller
+        .controller_publish_volume(attach(&id, other, cap()))
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::FailedPrecondition, "{elsewhere:?}");
+    assert!(
+        elsewhere
+            .message()
+            .contains(&format!("lives on node {home}")),
+        "{elsewhere:?}"
+    );
+    for (req, want) in [
+        (attach(&id, "no-such-node", cap()), Code::NotFound),
+        (
+            attach(&id.replace("attach-me", "ghost"), home, cap()),
+            Code::NotFound,
+        ),
+        (attach("garbage", home, cap()), Code::NotFound),
+        (attach("", home, cap()), Code::InvalidArgument),
+        (attach(&id, "", cap()), Code::InvalidArgument),
+        (attach(&id, home, None), Code::InvalidArgument),
+        (
+            attach(
+                &id,
+                home,
+                Some(req::cap_with_mode(Mode::MultiNodeMultiWriter)),
+            ),
+            Code::InvalidArgument,
+        ),
+    ] {
+        assert_eq!(
+            code(c.controller.controller_publish_volume(req.clone()).await),
+            want,
+            "{req:?}"
+        );
+    }
+    for node in [home, other, ""] {
+        c.controller
+            .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+                volume_id: id.clone(),
+                node_id: node.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("unpublish is always done");
+    }
+    let e = c
+        .controller
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}

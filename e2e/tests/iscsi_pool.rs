@@ -6,104 +6,14 @@
 //! initiator: that part runs on recorded iscsiadm output and sysfs trees in
 //! `node/src/tools/iscsi.rs`.)
 
-use pool_csi_e2e::{req, tool, which, Driver, Options};
+use pool_csi_e2e::{req, tgt::Target, which, Driver, Options};
 use pool_csi_proto::csi;
-use std::{collections::HashMap, path::Path, process::Child, time::Duration};
+use std::{collections::HashMap, time::Duration};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
 const IQN: &str = "iqn.2026-11.io.pool-csi:store";
 const CHAP_IQN: &str = "iqn.2026-11.io.pool-csi:locked";
-
-/// A tgtd serving on 127.0.0.1:<port>, stopped on drop.
-struct Target {
-    child: Child,
-    port: u16,
-    control: u16,
-}
-
-impl Target {
-    fn start(dir: &Path) -> Target {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        // tgtd takes control ports up to 32767 only.
-        let (port, control) = (free(), 1024 + free() % 30000);
-        #[allow(clippy::disallowed_methods)] // the test's own target daemon
-        let child = std::process::Command::new("tgtd")
-            .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}")])
-            .args(["--control-port", &control.to_string()])
-            .stdout(std::fs::File::create(dir.join("tgtd.log")).unwrap())
-            .stderr(std::fs::File::create(dir.join("tgtd.err")).unwrap())
-            .spawn()
-            .expect("start tgtd");
-        let t = Target {
-            child,
-            port,
-            control,
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return t;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!(
-            "tgtd did not listen on {port}: {}",
-            std::fs::read_to_string(dir.join("tgtd.err")).unwrap_or_default()
-        );
-    }
-
-    fn adm(&self, args: &[&str]) {
-        let ctl = self.control.to_string();
-        let mut all = vec!["-C", &ctl, "--lld", "iscsi"];
-        all.extend_from_slice(args);
-        let out = tool("tgtadm", &all);
-        assert!(
-            out.status.success(),
-            "tgtadm {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn target(&self, tid: &str, iqn: &str) {
-        self.adm(&["--op", "new", "--mode", "target", "--tid", tid, "-T", iqn]);
-        self.adm(&[
-            "--op", "bind", "--mode", "target", "--tid", tid, "-I", "ALL",
-        ]);
-    }
-
-    fn lun(&self, dir: &Path, tid: &str, lun: &str, mib: u64) {
-        let f = dir.join(format!("lun-{tid}-{lun}"));
-        std::fs::File::create(&f)
-            .unwrap()
-            .set_len(mib << 20)
-            .unwrap();
-        self.adm(&[
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            tid,
-            "--lun",
-            lun,
-            "-b",
-            f.to_str().unwrap(),
-        ]);
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill(); // SIGKILL: tgtd ignores SIGTERM while it serves targets
-        let _ = self.child.wait();
-    }
-}
 
 /// Whether the target tools are missing (then the test is skipped, saying so).
 fn no_target_tools() -> bool {

@@ -152,22 +152,38 @@ impl Controller for ControllerService {
         })
     }
 
+    #[instrument(name = "ControllerPublishVolume", skip_all, fields(volume.id = %req.get_ref().volume_id, node.id = %req.get_ref().node_id, rpc.code))]
     async fn controller_publish_volume(
         &self,
-        _: Request<csi::ControllerPublishVolumeRequest>,
+        req: Request<csi::ControllerPublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
-        Err(Status::unimplemented(
-            "pool-csi volumes need no controller publish",
-        ))
+        let r = req.into_inner();
+        run!({
+            let id = volume_id(&r.volume_id)?;
+            required("node_id", &r.node_id)?;
+            let cap = r
+                .volume_capability
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("volume_capability is required".into()))?;
+            caps::check(cap).map_err(Error::Invalid)?;
+            ops::publish::publish(&self.ctx, &id, &r.node_id).await?;
+            Ok(csi::ControllerPublishVolumeResponse {
+                publish_context: Default::default(),
+            })
+        })
     }
 
+    /// Nothing was attached from the control plane: always done.
+    #[instrument(name = "ControllerUnpublishVolume", skip_all, fields(volume.id = %req.get_ref().volume_id, node.id = %req.get_ref().node_id, rpc.code))]
     async fn controller_unpublish_volume(
         &self,
-        _: Request<csi::ControllerUnpublishVolumeRequest>,
+        req: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
-        Err(Status::unimplemented(
-            "pool-csi volumes need no controller publish",
-        ))
+        let r = req.into_inner();
+        run!({
+            required("volume_id", &r.volume_id)?;
+            Ok(csi::ControllerUnpublishVolumeResponse {})
+        })
     }
 
     #[instrument(name = "ValidateVolumeCapabilities", skip_all, fields(volume.id = %req.get_ref().volume_id, rpc.code))]
@@ -283,6 +299,7 @@ impl Controller for ControllerService {
         use controller_service_capability::{rpc::Type, Rpc, Type as T};
         let caps = [
             Type::CreateDeleteVolume,
+            Type::PublishUnpublishVolume,
             Type::ListVolumes,
             Type::GetCapacity,
             Type::CreateDeleteSnapshot,

@@ -3,6 +3,7 @@
 
 pub mod capacity;
 pub mod create;
+pub mod publish;
 pub mod snapshots;
 pub mod volumes;
 

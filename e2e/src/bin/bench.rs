@@ -145,6 +145,41 @@ async fn agent_create_delete(d: &Driver) -> serde_json::Value {
            "pairs_per_s": (n as f64 / start.elapsed().as_secs_f64()).round(), "p50_us": lat.pct(0.5), "p99_us": lat.pct(0.99)})
 }
 
+/// The iscsi pool's own inventory (the agent's ListLuns) on a real tgtd
+/// with `luns` LUNs: fresh (iscsi-ls + 2 tool runs per LUN), then reused
+/// within the pool's 5 s window, as listings and GetCapacity use it.
+async fn iscsi_inventory(d: &Driver, luns: usize) -> serde_json::Value {
+    use pool_csi_proto::agent::{agent_client::AgentClient, ListLunsRequest};
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", d.agent_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let a = AgentClient::new(ch);
+    let call = |mut a: AgentClient<_>| async move {
+        let t = Instant::now();
+        let got = a
+            .list_luns(ListLunsRequest { pool: "san".into() })
+            .await
+            .unwrap();
+        assert_eq!(got.into_inner().luns.len(), luns);
+        us(t.elapsed())
+    };
+    let mut fresh = Lat(Vec::new());
+    for _ in 0..3 {
+        // Past the reuse window: the next call takes a fresh inventory.
+        tokio::time::sleep(Duration::from_millis(5100)).await;
+        fresh.0.push(call(a.clone()).await);
+    }
+    let mut lat = Lat(Vec::new());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        lat.0.push(call(a.clone()).await);
+    }
+    json!({"scenario": "iscsi_inventory", "luns": luns, "fresh_p50_us": fresh.pct(0.5),
+           "reused_p50_us": lat.pct(0.5), "reused_p99_us": lat.pct(0.99)})
+}
+
 async fn publish_unpublish(d: &Driver, c: &Clients, concurrency: usize) -> serde_json::Value {
     let cap = req::mount_cap("ext4");
     let mut vols = Vec::new();
@@ -322,7 +357,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let on_disk = std::env::var_os("POOL_CSI_BENCH_DISK").is_some_and(|v| v == "1");
     let pool = if on_disk { "disk" } else { "tmpfs" };
     let vg = BenchVg::new();
-    let extra_pools = vg.as_ref().map(BenchVg::pool_yaml).unwrap_or_default();
+    let mut extra_pools = vg.as_ref().map(BenchVg::pool_yaml).unwrap_or_default();
+    // A real iSCSI target with 8 LUNs, where tgtd and libiscsi are installed.
+    let tgt_dir = tempfile::tempdir()?;
+    const LUNS: usize = 8;
+    let target = (pool_csi_e2e::which("tgtd").is_some() && pool_csi_e2e::which("iscsi-ls").is_some())
+        .then(|| {
+            let t = pool_csi_e2e::tgt::Target::start(tgt_dir.path());
+            t.target("1", "iqn.2026-11.io.pool-csi:bench");
+            for l in 1..=LUNS {
+                t.lun(tgt_dir.path(), "1", &l.to_string(), 16);
+            }
+            extra_pools.push_str(&format!(
+                "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: san }}\nspec:\n  type: iscsi\n  source: {{ host: \"127.0.0.1:{}\", device: iqn.2026-11.io.pool-csi:bench }}\n",
+                t.port
+            ));
+            t
+        });
     let opts = Options {
         tmpfs_bytes: (!on_disk).then_some(8 << 30),
         log_filter: "error".into(),
@@ -365,6 +416,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for conc in [1, 4] {
         println!("{}", publish_unpublish(&d, &c, conc).await);
+    }
+    match &target {
+        Some(_) => println!("{}", iscsi_inventory(&d, LUNS).await),
+        None => println!(
+            "{}",
+            json!({"scenario": "iscsi_inventory", "skipped": "needs tgtd and iscsi-ls (dev/setup)"})
+        ),
     }
     println!(
         "{}",
