@@ -30,6 +30,21 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// CreateVolume through the controller; the new volume's id.
+    pub async fn create_volume_id(
+        &mut self,
+        r: pool_csi_proto::csi::CreateVolumeRequest,
+    ) -> String {
+        self.controller
+            .create_volume(r)
+            .await
+            .expect("CreateVolume")
+            .into_inner()
+            .volume
+            .expect("a volume")
+            .volume_id
+    }
+
     pub async fn connect(
         node_sock: &Path,
         ctrl_sock: &Path,

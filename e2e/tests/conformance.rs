@@ -757,14 +757,8 @@ async fn controller_publish_checks_the_volume_and_its_node() {
     .await;
     let mut c = d.clients().await;
     let id = c
-        .controller
-        .create_volume(req::create("attach-me", req::MIB, &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+        .create_volume_id(req::create("attach-me", req::MIB, &[]))
+        .await;
     let home = if id.contains(":node-1:") {
         "node-1"
     } else {
