@@ -43,10 +43,15 @@ pub fn summarize(
 ) -> StoragePoolStatus {
     let mut nodes = Vec::new();
     let mut unreachable = Vec::new();
+    let mut lun_pool = false;
     for (node, r) in reports {
         match r {
             Ok(pools) => {
                 if let Some(p) = pools.iter().find(|p| p.name == name) {
+                    lun_pool |= p
+                        .r#type
+                        .parse::<pool_csi_proto::PoolType>()
+                        .is_ok_and(|t| t.is_lun_pool());
                     nodes.push(NodePoolStatus {
                         node: node.clone(),
                         state: state_name(p.state),
@@ -125,6 +130,16 @@ pub fn summarize(
         .filter(|c| c.status == ready)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| now.to_string());
+    let mut conditions = vec![PoolCondition {
+        type_: "Ready".into(),
+        status: ready.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+    }];
+    if lun_pool && !nodes.is_empty() {
+        conditions.push(dynamic_condition(&nodes, previous, now));
+    }
     StoragePoolStatus {
         state: Some(state.into()),
         capacity: Some(quantity(sum(|n| n.capacity_bytes))),
@@ -132,15 +147,51 @@ pub fn summarize(
         available: Some(quantity(sum(|n| n.available_bytes))),
         nodes_ready: Some(format!("{}/{}", running.len(), nodes.len())),
         nodes,
-        conditions: vec![PoolCondition {
-            type_: "Ready".into(),
-            status: ready.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: since,
-        }],
+        conditions,
     }
 }
+
+/// LUN pools: whether CreateVolume can hand LUNs out — not while the pool
+/// is defined on several nodes, each keeping its own record of hand-outs.
+fn dynamic_condition(
+    nodes: &[NodePoolStatus],
+    previous: Option<&StoragePoolStatus>,
+    now: Timestamp,
+) -> PoolCondition {
+    let (status, reason, message) = if nodes.len() > 1 {
+        let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+        (
+            "False",
+            "DefinedOnSeveralNodes",
+            format!(
+                "defined on {} nodes ({}): CreateVolume is refused because each node records its own hand-outs; give the pool a nodeSelector for one node (static PersistentVolumes still work)",
+                nodes.len(),
+                names.join(", ")
+            ),
+        )
+    } else {
+        (
+            "True",
+            "OneNode",
+            "free LUNs are handed out by best fit".to_string(),
+        )
+    };
+    let since = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == DYNAMIC))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    PoolCondition {
+        type_: DYNAMIC.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+    }
+}
+
+/// The condition type saying whether a LUN pool provisions dynamically.
+const DYNAMIC: &str = "DynamicProvisioning";
 
 /// Nodes whose pool state left "running" between `old` and `new` (or that
 /// appeared not running), with their message.
@@ -437,6 +488,39 @@ mod tests {
             c.message
         );
 
+        assert_eq!(s.conditions.len(), 1, "not a LUN pool");
+        let lun = |node: &str| {
+            (
+                node.to_string(),
+                Ok(vec![PoolInfo {
+                    r#type: "iscsi".into(),
+                    ..info("san", PoolState::Running, 64, "")
+                }]),
+            )
+        };
+        let one = summarize("san", &BTreeMap::from([lun("n1")]), None, now());
+        assert_eq!(one.conditions[1].status, "True");
+        let two = summarize("san", &BTreeMap::from([lun("n1"), lun("n2")]), None, now());
+        let c = &two.conditions[1];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("DynamicProvisioning", "False", "DefinedOnSeveralNodes")
+        );
+        assert!(
+            c.message.contains("n1, n2") && c.message.contains("nodeSelector"),
+            "{}",
+            c.message
+        );
+        let later = summarize(
+            "san",
+            &BTreeMap::from([lun("n1"), lun("n2")]),
+            Some(&two),
+            now() + k8s_openapi::jiff::SignedDuration::from_secs(60),
+        );
+        assert_eq!(
+            later.conditions[1].last_transition_time, c.last_transition_time,
+            "unchanged: same time"
+        );
         let unknown = summarize("other", &reports, None, now());
         assert_eq!(
             unknown.state.as_deref(),
