@@ -15,6 +15,16 @@ const MIB: i64 = 1 << 20;
 const IQN: &str = "iqn.2026-11.io.pool-csi:store";
 const CHAP_IQN: &str = "iqn.2026-11.io.pool-csi:locked";
 
+/// A target serving IQN with LUNs 1, 2, … of the given sizes (MiB).
+fn store(dir: &std::path::Path, mib: &[u64]) -> Target {
+    let t = Target::start(dir);
+    t.target("1", IQN);
+    for (i, m) in mib.iter().enumerate() {
+        t.lun(dir, "1", &(i + 1).to_string(), *m);
+    }
+    t
+}
+
 /// Whether the target tools are missing (then the test is skipped, saying so).
 fn no_target_tools() -> bool {
     let missing = which("tgtd").is_none() || which("iscsi-ls").is_none();
@@ -58,11 +68,7 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
     }
     let scratch = tempfile::tempdir().unwrap();
     std::fs::create_dir(scratch.path().join("locked")).unwrap();
-    let t = Target::start(scratch.path());
-    t.target("1", IQN);
-    for (lun, mib) in [("1", 32), ("2", 64), ("3", 128)] {
-        t.lun(scratch.path(), "1", lun, mib);
-    }
+    let t = store(scratch.path(), &[32, 64, 128]);
     // The CHAP target gets its own portal: iscsi-ls logs in to every target
     // of a portal and stops at the first whose credentials it lacks.
     let locked = Target::start(&scratch.path().join("locked"));
@@ -269,11 +275,7 @@ async fn free_luns_become_static_persistent_volumes() {
     }
     use serde_json::json;
     let scratch = tempfile::tempdir().unwrap();
-    let t = Target::start(scratch.path());
-    t.target("1", IQN);
-    for (lun, mib) in [("1", 32), ("2", 64)] {
-        t.lun(scratch.path(), "1", lun, mib);
-    }
+    let t = store(scratch.path(), &[32, 64]);
     let cluster = pool_csi_e2e::fake_cluster::FakeCluster::start(scratch.path()).await;
     let api = cluster.api.clone();
     cluster.node("node-1", json!({}));
@@ -362,9 +364,7 @@ async fn a_lun_pool_on_two_nodes_refuses_dynamic_volumes() {
         return;
     }
     let scratch = tempfile::tempdir().unwrap();
-    let t = Target::start(scratch.path());
-    t.target("1", IQN);
-    t.lun(scratch.path(), "1", "1", 32);
+    let t = store(scratch.path(), &[32]);
     let d = Driver::start(Options {
         extra_pools: pool("san", t.port, IQN, ""),
         extra_nodes: vec![("node-2".into(), 64 << 20)],

@@ -121,12 +121,7 @@ impl Disk {
     pub fn write_descriptor(&self) -> Result<()> {
         let path = self.dir.join(ploop_xml::FILE_NAME);
         let tmp = self.dir.join(".DiskDescriptor.xml.tmp");
-        std::fs::write(&tmp, self.desc.render()).map_err(io("write", &tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io("sync", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
-        crate::pools::fsutil::sync_dir(&self.dir)
+        crate::pools::fsutil::replace_file(&path, &tmp, self.desc.render().as_bytes())
     }
 
     /// Grows the disk to `size` (the top image's BAT and header, then the descriptor).

@@ -110,13 +110,12 @@ impl DiskPool {
         if let Some(dir) = self.records.parent() {
             std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         }
-        let tmp = self.records.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(r).expect("records serialise"),
+        let bytes = serde_json::to_vec_pretty(r).expect("records serialise");
+        super::fsutil::replace_file(
+            &self.records,
+            &self.records.with_extension("json.tmp"),
+            &bytes,
         )
-        .map_err(io("write", &tmp))?;
-        std::fs::rename(&tmp, &self.records).map_err(io("rename", &tmp))
     }
 
     async fn table(&self) -> Result<sfdisk::Table> {

@@ -93,16 +93,8 @@ impl FilePool {
             .layout
             .tmp('s', name, VolumeFormat::Raw)?
             .with_extension("json");
-        std::fs::write(
-            &meta_tmp,
-            serde_json::to_vec(record).expect("record serialises"),
-        )
-        .map_err(io("write", &meta_tmp))?;
-        std::fs::File::open(&meta_tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io("sync", &meta_tmp))?;
-        std::fs::rename(&meta_tmp, &meta).map_err(io("rename", &meta_tmp))?;
-        sync_dir(&self.layout.snapshot_dir())
+        let bytes = serde_json::to_vec(record).expect("record serialises");
+        super::fsutil::replace_file(&meta, &meta_tmp, &bytes)
     }
 
     pub(super) async fn snapshot_volume(&self, source: &str, name: &str) -> Result<Snapshot> {

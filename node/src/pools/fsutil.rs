@@ -20,6 +20,17 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     }
 }
 
+/// Replaces `path` with `bytes`, whole or not at all: written to `tmp`,
+/// synced, renamed over `path`, and the directory synced.
+pub fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(tmp, bytes).map_err(io("write", tmp))?;
+    File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io("sync", tmp))?;
+    std::fs::rename(tmp, path).map_err(io("rename", tmp))?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())

@@ -168,21 +168,12 @@ impl LunPool {
     }
 }
 
-/// Replaces `f` with `value` as JSON: written, synced, renamed, dir synced.
+/// Replaces `f` with `value` as JSON, whole or not at all.
 fn write_json(f: &std::path::Path, value: &impl Serialize) -> Result<()> {
     let dir = f.parent().expect("state files live in a directory");
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let tmp = f.with_extension("json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(value).expect("state serialises"),
-    )
-    .map_err(io("write", &tmp))?;
-    std::fs::File::open(&tmp)
-        .and_then(|x| x.sync_all())
-        .map_err(io("sync", &tmp))?;
-    std::fs::rename(&tmp, f).map_err(io("rename", &tmp))?;
-    super::fsutil::sync_dir(dir)
+    let bytes = serde_json::to_vec_pretty(value).expect("state serialises");
+    super::fsutil::replace_file(f, &f.with_extension("json.tmp"), &bytes)
 }
 
 impl LunPool {
@@ -665,6 +656,7 @@ mod tests {
             size: mib << 20,
             identity: format!("serial:{number}"),
             address: format!("LUN {number}"),
+            device: None,
         }
     }
 

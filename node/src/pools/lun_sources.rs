@@ -199,17 +199,17 @@ impl LunSource for MpathSource {
     }
 
     async fn device(&self, c: &Claim) -> Result<PathBuf> {
-        let maps = self.inventory().await?;
-        let map = maps
-            .iter()
+        self.inventory()
+            .await?
+            .into_iter()
             .find(|m| m.identity == c.identity)
+            .and_then(|m| m.device)
             .ok_or_else(|| {
                 Error::Precondition(format!(
                     "multipath map {} ({}) is gone from this node",
                     c.identity, c.address
                 ))
-            })?;
-        Ok(multipath::device_path(map))
+            })
     }
 }
 

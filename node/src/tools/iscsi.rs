@@ -151,6 +151,7 @@ pub async fn inventory(runner: &dyn CommandRunner, portal: &Portal) -> Result<Ve
             size,
             identity: serial.unwrap_or_else(|| format!("{}:lun{number}", portal.target)),
             address: format!("LUN {number}"),
+            device: None,
         });
     }
     Ok(out)
@@ -190,6 +191,14 @@ fn parse_serial(text: &str) -> Option<String> {
     (!v.is_empty()).then(|| format!("serial:{v}"))
 }
 
+/// `iscsiadm --mode node` for the portal's target, to add an operation to.
+fn node_cmd(portal: &Portal) -> Cmd {
+    Cmd::new("iscsiadm")
+        .args(["--mode", "node", "--targetname"])
+        .arg(&portal.target)
+        .args(["--portal", &portal.address])
+}
+
 /// Logs in to the target with iscsiadm unless a session exists (found in
 /// sysfs, so it survives a node plugin restart).
 pub async fn login(
@@ -200,11 +209,7 @@ pub async fn login(
     if session_of(sysfs, &portal.target).is_some() {
         return Ok(());
     }
-    let node = |c: Cmd| {
-        c.args(["--mode", "node", "--targetname"])
-            .arg(&portal.target)
-            .args(["--portal", &portal.address])
-    };
+    let node = || node_cmd(portal);
     runner
         .run_ok(&Cmd::new("iscsiadm").args([
             "--mode",
@@ -222,16 +227,14 @@ pub async fn login(
             ("node.session.auth.username", chap.username.as_str()),
         ] {
             runner
-                .run_ok(
-                    &node(Cmd::new("iscsiadm")).args(["--op", "update", "--name", k, "--value", v]),
-                )
+                .run_ok(&node().args(["--op", "update", "--name", k, "--value", v]))
                 .await?;
         }
         // iscsiadm takes the password only as an argument (stored in its
         // node database); it shows in the process list for this one call.
         runner
             .run_ok(
-                &node(Cmd::new("iscsiadm"))
+                &node()
                     .args([
                         "--op",
                         "update",
@@ -243,9 +246,7 @@ pub async fn login(
             )
             .await?;
     }
-    runner
-        .run_ok(&node(Cmd::new("iscsiadm")).arg("--login"))
-        .await?;
+    runner.run_ok(&node().arg("--login")).await?;
     Ok(())
 }
 
@@ -258,14 +259,7 @@ pub async fn logout(
     if session_of(sysfs, &portal.target).is_none() {
         return Ok(());
     }
-    runner
-        .run_ok(
-            &Cmd::new("iscsiadm")
-                .args(["--mode", "node", "--targetname"])
-                .arg(&portal.target)
-                .args(["--portal", &portal.address, "--logout"]),
-        )
-        .await?;
+    runner.run_ok(&node_cmd(portal).arg("--logout")).await?;
     Ok(())
 }
 
@@ -379,13 +373,15 @@ Total size:67108864
                     number: 1,
                     size: 64 << 20,
                     identity: "serial:beaf11".into(),
-                    address: "LUN 1".into()
+                    address: "LUN 1".into(),
+                    device: None,
                 },
                 Lun {
                     number: 2,
                     size: 128 << 20,
                     identity: "iqn.2026-11.io.pool-csi:t1:lun2".into(),
-                    address: "LUN 2".into()
+                    address: "LUN 2".into(),
+                    device: None,
                 },
             ]
         );

@@ -35,8 +35,10 @@ fn parse_maps(text: &str) -> Vec<Named> {
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             let (n, d, w) = (f.next()?, f.next()?, f.next()?);
-            d.starts_with("dm-")
-                .then(|| (n.to_string(), d.to_string(), w.to_string()))
+            let dm_ok = d
+                .strip_prefix("dm-")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            dm_ok.then(|| (n.to_string(), d.to_string(), w.to_string()))
         })
         .collect()
 }
@@ -68,6 +70,8 @@ pub fn maps(sysfs: &Path, named: Option<&[Named]>) -> Vec<Lun> {
     }
     let mut out: Vec<Lun> = by_wwid
         .into_iter()
+        // The name becomes /dev/mapper/<name>: a plain file name only.
+        .filter(|(_, (name, _))| is_map_name(name))
         .filter_map(|(wwid, (name, dm))| {
             let sectors: u64 = std::fs::read_to_string(sysfs.join("block").join(&dm).join("size"))
                 .ok()?
@@ -79,6 +83,7 @@ pub fn maps(sysfs: &Path, named: Option<&[Named]>) -> Vec<Lun> {
                 size: sectors * 512,
                 identity: wwid,
                 address: format!("{name} ({dm})"),
+                device: Some(Path::new("/dev/mapper").join(&name)),
             })
         })
         .collect();
@@ -86,10 +91,9 @@ pub fn maps(sysfs: &Path, named: Option<&[Named]>) -> Vec<Lun> {
     out
 }
 
-/// The device of a map: `/dev/mapper/<name>`.
-pub fn device_path(map: &Lun) -> std::path::PathBuf {
-    let name = map.address.split(" (").next().unwrap_or_default();
-    Path::new("/dev/mapper").join(name)
+/// A device-mapper name that stays inside /dev/mapper.
+fn is_map_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
 }
 
 #[cfg(test)]
@@ -148,7 +152,10 @@ mod tests {
                 ("mpathc (dm-3)", 10, "36001405aaaa"),
             ]
         );
-        assert_eq!(device_path(&got[0]), Path::new("/dev/mapper/mpatha"));
+        assert_eq!(
+            got[0].device.as_deref(),
+            Some(Path::new("/dev/mapper/mpatha"))
+        );
     }
 
     #[tokio::test]
@@ -163,5 +170,12 @@ mod tests {
         assert!(named.is_none());
         assert_eq!(maps(t.path(), None).len(), 1);
         assert!(maps(&t.path().join("nothing"), None).is_empty());
+        let odd: Vec<Named> = vec![("../x".into(), "dm-0".into(), "3600c".into())];
+        dm(t.path(), 1, "..", "mpath-3600b", 8);
+        assert_eq!(
+            maps(t.path(), Some(&odd)).len(),
+            1,
+            "names that leave /dev/mapper are skipped"
+        );
     }
 }

@@ -18,6 +18,9 @@ pub struct Lun {
     pub identity: String,
     /// Where it is, for people: `LUN 3`, `2:0:1:3 (sdc)`, `mpatha (dm-0)`.
     pub address: String,
+    /// Its block device on this node, where the listing shows one (SCSI
+    /// disks, multipath maps; an iSCSI inventory is taken without logging in).
+    pub device: Option<PathBuf>,
 }
 
 /// SCSI peripheral type of a disk (SBC); other types (enclosures, tapes,
@@ -137,6 +140,7 @@ pub fn disks(sysfs: &Path, host: &str) -> Vec<Lun> {
                     wwid
                 },
                 address: format!("{addr} ({block})"),
+                device: Some(Path::new("/dev").join(&block)),
             },
         ));
     }
@@ -148,16 +152,8 @@ pub fn disks(sysfs: &Path, host: &str) -> Vec<Lun> {
 pub fn device_of(sysfs: &Path, host: &str, identity: &str) -> Option<PathBuf> {
     disks(sysfs, host)
         .into_iter()
-        .find(|l| l.identity == identity)
-        .and_then(|l| {
-            let name = l
-                .address
-                .rsplit_once(" (")?
-                .1
-                .trim_end_matches(')')
-                .to_string();
-            Some(Path::new("/dev").join(name))
-        })
+        .find(|l| l.identity == identity)?
+        .device
 }
 
 fn first_entry(dir: &Path) -> Option<String> {
@@ -255,13 +251,15 @@ mod tests {
                     number: 0,
                     size: 32 << 20,
                     identity: "host2:0:1:0".into(),
-                    address: "2:0:1:0 (sdc)".into()
+                    address: "2:0:1:0 (sdc)".into(),
+                    device: Some("/dev/sdc".into()),
                 },
                 Lun {
                     number: 3,
                     size: 64 << 20,
                     identity: "naa.600140512345678901234567890abcd0".into(),
-                    address: "2:0:1:3 (sdd)".into()
+                    address: "2:0:1:3 (sdd)".into(),
+                    device: Some("/dev/sdd".into()),
                 },
             ]
         );
