@@ -96,15 +96,18 @@ def bad_values_are_refused():
         raise AssertionError(f"values.schema.json accepted {bad}")
 
 
-def pod_spec(values, kind):
+def rendered_docs(values):
     chart = helm.Chart.load(CHART)
     rendered = chart.render(values, name="pool-csi", namespace="kube-system", is_install=True)
     for path, text in rendered.items():
-        if path.endswith("NOTES.txt"):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc and doc.get("kind") == kind:
-                return doc["spec"]["template"]["spec"]
+        if not path.endswith("NOTES.txt"):
+            yield from (d for d in yaml.safe_load_all(text) if d)
+
+
+def pod_spec(values, kind):
+    for doc in rendered_docs(values):
+        if doc.get("kind") == kind:
+            return doc["spec"]["template"]["spec"]
     raise AssertionError(f"no {kind} rendered")
 
 
@@ -121,6 +124,20 @@ def both_run_in_cluster_mode():
     assert "app.kubernetes.io/component=node" in sel and "app.kubernetes.io/instance=pool-csi" in sel, sel
     env = {e["name"] for e in ctrl["env"]}
     assert {"POD_NAME", "POD_NAMESPACE"} <= env, env
+
+
+def node_may_write_lun_claims_only():
+    node = next(c for c in node_spec({})["containers"] if c["name"] == "node")
+    assert "POD_NAMESPACE" in {e["name"] for e in node["env"]}, node["env"]
+    docs = list(rendered_docs({}))
+    roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("Role", "ClusterRole")}
+    role = roles[("Role", "pool-csi-node")]
+    assert role["metadata"]["namespace"] == "kube-system", role["metadata"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]}], role["rules"]
+    cluster_verbs = {v for r in roles[("ClusterRole", "pool-csi-node")]["rules"] for v in r["verbs"]}
+    assert cluster_verbs <= {"get", "list", "watch"}, cluster_verbs
+    bound = [d for d in docs if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "pool-csi-node"]
+    assert bound and bound[0]["subjects"][0]["name"] == "pool-csi-node", bound
 
 
 def iscsi_pools_get_the_host_network_and_their_secret():
@@ -140,6 +157,7 @@ def iscsi_pools_get_the_host_network_and_their_secret():
 check("helm lint --strict", lint)
 check("iscsi pools: host network, CHAP Secret mounted", iscsi_pools_get_the_host_network_and_their_secret)
 check("node and controller run in cluster mode", both_run_in_cluster_mode)
+check("node RBAC: LUN claims ConfigMaps in its namespace, nothing else written", node_may_write_lun_claims_only)
 check("CRD validates as apiextensions.k8s.io/v1", crd_is_valid)
 check("values.schema.json refuses bad values", bad_values_are_refused)
 for f in [None] + sorted(glob.glob(os.path.join(CHART, "ci", "*.yaml"))):

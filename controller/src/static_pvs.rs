@@ -1,8 +1,10 @@
 //! Static PersistentVolumes for the free LUNs of LUN pools (iscsi, scsi,
 //! mpath), as local-static-provisioner does for local disks: each free LUN
 //! becomes an Available PV of the pool's StorageClass (the class whose
-//! `pool` parameter names it), with node affinity to the node that sees it,
-//! so Kubernetes binds PVCs of that class to LUNs of the right size. A PV
+//! `pool` parameter names it), with node affinity to the node that sees it
+//! — or, for a shared pool (claims in the cluster), to every node serving
+//! the pool, with a volume handle naming no node — so Kubernetes binds PVCs
+//! of that class to LUNs of the right size. A PV
 //! whose LUN was handed out dynamically meanwhile or vanished is withdrawn
 //! while it is still Available; a bound PV is never touched. The LUN is
 //! claimed on the node when the PV's volume is first staged. Runs on the
@@ -29,7 +31,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Label on every static PV: the pool it belongs to.
 pub const POOL_LABEL: &str = "pool-csi.io/static-pool";
-/// Label on every static PV: the node that sees the LUN.
+/// Label on every static PV: the node that sees the LUN (empty for a
+/// shared pool's LUN).
 pub const NODE_LABEL: &str = "pool-csi.io/static-node";
 
 /// One LUN pool on one node, as its agent listed it.
@@ -37,7 +40,48 @@ pub const NODE_LABEL: &str = "pool-csi.io/static-node";
 pub struct LunReport {
     pub pool: String,
     pub node: String,
+    /// The pool's claims live in the cluster (`PoolInfo.shared`).
+    pub shared: bool,
     pub luns: Vec<LunInfo>,
+}
+
+/// The LUNs of one pool as PVs see them: from one node, or for a shared
+/// pool from all its nodes at once.
+struct Seen<'a> {
+    pool: &'a str,
+    /// The node in the volume handle and the PV's label; None: shared.
+    node: Option<&'a str>,
+    nodes: Vec<&'a str>,
+    luns: Vec<&'a LunInfo>,
+}
+
+/// Reports as PVs see them: a shared pool's reports merged (its nodes list
+/// the same claims), LUNs in the order first reported.
+fn merge(reports: &[LunReport]) -> Vec<Seen<'_>> {
+    let mut out: Vec<Seen> = Vec::new();
+    for r in reports {
+        if r.shared {
+            if let Some(s) = out
+                .iter_mut()
+                .find(|s| s.node.is_none() && s.pool == r.pool)
+            {
+                s.nodes.push(&r.node);
+                for l in &r.luns {
+                    if !s.luns.iter().any(|x| x.identity == l.identity) {
+                        s.luns.push(l);
+                    }
+                }
+                continue;
+            }
+        }
+        out.push(Seen {
+            pool: &r.pool,
+            node: (!r.shared).then_some(r.node.as_str()),
+            nodes: vec![&r.node],
+            luns: r.luns.iter().collect(),
+        });
+    }
+    out
 }
 
 /// What a round changed.
@@ -86,7 +130,7 @@ impl StaticPvs {
         Ok(out)
     }
 
-    fn pv(&self, r: &LunReport, l: &LunInfo, sc: &StorageClass) -> PersistentVolume {
+    fn pv(&self, r: &Seen, l: &LunInfo, sc: &StorageClass) -> PersistentVolume {
         let class = sc.metadata.name.clone().unwrap_or_default();
         let fs = sc
             .parameters
@@ -94,11 +138,7 @@ impl StaticPvs {
             .and_then(|p| p.get(KEY_FSTYPE))
             .cloned()
             .unwrap_or_else(|| "ext4".into());
-        let handle = VolumeId {
-            pool: r.pool.clone(),
-            node: Some(r.node.clone()),
-            name: l.static_name.clone(),
-        };
+        let handle = VolumeId::new(r.pool, r.node, &l.static_name);
         let mut pv = PersistentVolume {
             spec: Some(PersistentVolumeSpec {
                 capacity: Some(BTreeMap::from([(
@@ -121,7 +161,7 @@ impl StaticPvs {
                             match_expressions: Some(vec![NodeSelectorRequirement {
                                 key: TOPOLOGY_NODE_KEY.into(),
                                 operator: "In".into(),
-                                values: Some(vec![r.node.clone()]),
+                                values: Some(r.nodes.iter().map(|n| n.to_string()).collect()),
                             }]),
                             ..Default::default()
                         }],
@@ -131,10 +171,13 @@ impl StaticPvs {
             }),
             ..Default::default()
         };
-        pv.metadata.name = Some(pv_name(&r.pool, &l.static_name));
+        pv.metadata.name = Some(pv_name(r.pool, &l.static_name));
         pv.metadata.labels = Some(BTreeMap::from([
-            (POOL_LABEL.to_string(), r.pool.clone()),
-            (NODE_LABEL.to_string(), r.node.clone()),
+            (POOL_LABEL.to_string(), r.pool.to_string()),
+            (
+                NODE_LABEL.to_string(),
+                r.node.unwrap_or_default().to_string(),
+            ),
         ]));
         pv.metadata.annotations = Some(BTreeMap::from([
             (
@@ -162,12 +205,13 @@ impl StaticPvs {
             .collect();
         let mut changes = Changes::default();
         let mut wanted = BTreeSet::new();
-        for r in reports {
-            let Some(sc) = classes.get(&r.pool) else {
+        let seen = merge(reports);
+        for r in &seen {
+            let Some(sc) = classes.get(r.pool) else {
                 continue; // no StorageClass names this pool: nothing to publish
             };
             for l in &r.luns {
-                let name = pv_name(&r.pool, &l.static_name);
+                let name = pv_name(r.pool, &l.static_name);
                 let free = l.volume.is_empty();
                 if free || l.volume == l.static_name {
                     wanted.insert(name.clone());
@@ -181,9 +225,9 @@ impl StaticPvs {
                 }
             }
         }
-        let reported: BTreeSet<(&str, &str)> = reports
+        let reported: BTreeSet<(&str, &str)> = seen
             .iter()
-            .map(|r| (r.pool.as_str(), r.node.as_str()))
+            .map(|r| (r.pool, r.node.unwrap_or_default()))
             .collect();
         for pv in &existing {
             let labels = pv.metadata.labels.clone().unwrap_or_default();
@@ -229,6 +273,7 @@ pub async fn gather(agents: &Agents, reports: &crate::status_writer::Reports) ->
                 Ok(r) => out.push(LunReport {
                     pool: p.name.clone(),
                     node: node.clone(),
+                    shared: p.shared,
                     luns: r.into_inner().luns,
                 }),
                 Err(s) => {
@@ -284,6 +329,7 @@ mod tests {
             LunReport {
                 pool: "san".into(),
                 node: "n1".into(),
+                shared: false,
                 luns: vec![
                     lun("1", 64, ""),
                     lun("2", 128, "pvc-dynamic"),
@@ -293,6 +339,7 @@ mod tests {
             LunReport {
                 pool: "nosc".into(),
                 node: "n1".into(),
+                shared: false,
                 luns: vec![lun("9", 8, "")],
             },
         ];
@@ -346,5 +393,44 @@ mod tests {
         assert_eq!(s.reconcile(&reports).await.unwrap(), Changes::default());
         assert_eq!(s.reconcile(&[]).await.unwrap(), Changes::default());
         assert_eq!(names(&fake), ["san-static-1"]);
+    }
+
+    #[tokio::test]
+    async fn a_shared_pool_s_lun_is_one_pv_usable_on_all_its_nodes() {
+        let fake = FakeApi::new();
+        class(&fake, "san", "san", "pool-csi.io");
+        let s = StaticPvs::new(fake.client(), "pool-csi.io");
+        let report = |node: &str, luns: Vec<LunInfo>| LunReport {
+            pool: "san".into(),
+            node: node.into(),
+            shared: true,
+            luns,
+        };
+        let mut reports = vec![
+            report("n1", vec![lun("1", 64, ""), lun("2", 32, "pvc-a")]),
+            report("n2", vec![lun("1", 64, ""), lun("2", 32, "pvc-a")]),
+        ];
+        let c = s.reconcile(&reports).await.unwrap();
+        assert_eq!(c.created, ["san-static-1"], "one PV per LUN, not per node");
+        let pv = fake.object(&format!("{PVS}/san-static-1")).unwrap();
+        let handle = VolumeId::new("san", None, "static-1");
+        assert_eq!(pv["spec"]["csi"]["volumeHandle"], handle.to_string());
+        let term =
+            &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+        assert_eq!(term["values"], json!(["n1", "n2"]));
+        assert_eq!(pv["metadata"]["labels"][NODE_LABEL], "");
+
+        // Taken (from any node): withdrawn while still Available.
+        fake.modify(&format!("{PVS}/san-static-1"), |p| {
+            p["status"] = json!({"phase": "Available"})
+        });
+        for r in &mut reports {
+            r.luns[0].volume = "pvc-b".into();
+        }
+        assert_eq!(
+            s.reconcile(&reports).await.unwrap().deleted,
+            ["san-static-1"]
+        );
+        assert!(names(&fake).is_empty());
     }
 }

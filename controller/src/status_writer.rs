@@ -44,6 +44,8 @@ pub fn summarize(
     let mut nodes = Vec::new();
     let mut unreachable = Vec::new();
     let mut lun_pool = false;
+    // Nodes whose pool records its LUN hand-outs on its own (not shared).
+    let mut on_own = Vec::new();
     for (node, r) in reports {
         match r {
             Ok(pools) => {
@@ -52,6 +54,9 @@ pub fn summarize(
                         .r#type
                         .parse::<pool_csi_proto::PoolType>()
                         .is_ok_and(|t| t.is_lun_pool());
+                    if !p.shared {
+                        on_own.push(node.clone());
+                    }
                     nodes.push(NodePoolStatus {
                         node: node.clone(),
                         state: state_name(p.state),
@@ -76,7 +81,15 @@ pub fn summarize(
         }
     }
     let running: Vec<&NodePoolStatus> = nodes.iter().filter(|n| n.state == "running").collect();
-    let sum = |f: fn(&NodePoolStatus) -> u64| running.iter().map(|n| f(n)).sum::<u64>();
+    // A shared pool's nodes all report the same storage: count it once.
+    let shared = on_own.is_empty();
+    let sum = |f: fn(&NodePoolStatus) -> u64| {
+        let each = running.iter().map(|n| f(n));
+        match shared {
+            true => each.max().unwrap_or(0),
+            false => each.sum::<u64>(),
+        }
+    };
     let (state, reason, message) = if nodes.is_empty() && !unreachable.is_empty() {
         // Whether an unreachable node serves it is unknown: no alarm yet.
         (
@@ -138,7 +151,7 @@ pub fn summarize(
         last_transition_time: since,
     }];
     if lun_pool && !nodes.is_empty() {
-        conditions.push(dynamic_condition(&nodes, previous, now));
+        conditions.push(dynamic_condition(&nodes, &on_own, previous, now));
     }
     StoragePoolStatus {
         state: Some(state.into()),
@@ -152,21 +165,31 @@ pub fn summarize(
 }
 
 /// LUN pools: whether CreateVolume can hand LUNs out — not while the pool
-/// is defined on several nodes, each keeping its own record of hand-outs.
+/// is defined on several nodes and some of them (`on_own`) record their
+/// hand-outs on their own rather than in the cluster.
 fn dynamic_condition(
     nodes: &[NodePoolStatus],
+    on_own: &[String],
     previous: Option<&StoragePoolStatus>,
     now: Timestamp,
 ) -> PoolCondition {
-    let (status, reason, message) = if nodes.len() > 1 {
-        let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+    let (status, reason, message) = if nodes.len() > 1 && !on_own.is_empty() {
         (
             "False",
             "DefinedOnSeveralNodes",
             format!(
-                "defined on {} nodes ({}): CreateVolume is refused because each node records its own hand-outs; give the pool a nodeSelector for one node (static PersistentVolumes still work)",
+                "defined on {} nodes, and {} record LUN hand-outs on their own: CreateVolume is refused; run the node plugins with --pools-from-cluster so hand-outs are recorded in the cluster, or give the pool a nodeSelector for one node (static PersistentVolumes still work)",
                 nodes.len(),
-                names.join(", ")
+                on_own.join(", ")
+            ),
+        )
+    } else if nodes.len() > 1 {
+        (
+            "True",
+            "SharedClaims",
+            format!(
+                "free LUNs are handed out by best fit from any of its {} nodes; hand-outs are recorded in the cluster",
+                nodes.len()
             ),
         )
     } else {
@@ -489,15 +512,17 @@ mod tests {
         );
 
         assert_eq!(s.conditions.len(), 1, "not a LUN pool");
-        let lun = |node: &str| {
+        let lun_on = |node: &str, shared: bool| {
             (
                 node.to_string(),
                 Ok(vec![PoolInfo {
                     r#type: "iscsi".into(),
+                    shared,
                     ..info("san", PoolState::Running, 64, "")
                 }]),
             )
         };
+        let lun = |node: &str| lun_on(node, false);
         let one = summarize("san", &BTreeMap::from([lun("n1")]), None, now());
         assert_eq!(one.conditions[1].status, "True");
         let two = summarize("san", &BTreeMap::from([lun("n1"), lun("n2")]), None, now());
@@ -507,7 +532,7 @@ mod tests {
             ("DynamicProvisioning", "False", "DefinedOnSeveralNodes")
         );
         assert!(
-            c.message.contains("n1, n2") && c.message.contains("nodeSelector"),
+            c.message.contains("n1, n2 record") && c.message.contains("nodeSelector"),
             "{}",
             c.message
         );
@@ -521,6 +546,29 @@ mod tests {
             later.conditions[1].last_transition_time, c.last_transition_time,
             "unchanged: same time"
         );
+        // Claims in the cluster: any node hands LUNs out, and the one
+        // target's space is counted once.
+        let shared = summarize(
+            "san",
+            &BTreeMap::from([lun_on("n1", true), lun_on("n2", true)]),
+            Some(&two),
+            now(),
+        );
+        let c = &shared.conditions[1];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "SharedClaims")
+        );
+        assert_eq!(shared.capacity, one.capacity);
+        let mixed = summarize(
+            "san",
+            &BTreeMap::from([lun_on("n1", true), lun_on("n2", false)]),
+            None,
+            now(),
+        );
+        let c = &mixed.conditions[1];
+        assert_eq!(c.status, "False");
+        assert!(c.message.contains("and n2 record"), "{}", c.message);
         let unknown = summarize("other", &reports, None, now());
         assert_eq!(
             unknown.state.as_deref(),

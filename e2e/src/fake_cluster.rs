@@ -83,12 +83,17 @@ impl FakeCluster {
     /// The running node-plugin pod of `node` at 127.0.0.1, labelled as the
     /// harness's controller looks for (`app=pool-csi-node`).
     pub fn agent_pod(&self, node: &str) {
+        self.agent_pod_at(node, "127.0.0.1")
+    }
+
+    /// The running node-plugin pod of `node` at `ip`.
+    pub fn agent_pod_at(&self, node: &str, ip: &str) {
         self.api.insert(
             &format!("/api/v1/namespaces/kube-system/pods/pool-csi-node-{node}"),
             serde_json::json!({"apiVersion": "v1", "kind": "Pod",
                    "metadata": {"name": format!("pool-csi-node-{node}"), "namespace": "kube-system", "labels": {"app": "pool-csi-node"}},
                    "spec": {"nodeName": node, "containers": []},
-                   "status": {"phase": "Running", "podIP": "127.0.0.1"}}),
+                   "status": {"phase": "Running", "podIP": ip}}),
         );
     }
 

@@ -346,8 +346,8 @@ impl Driver {
             d.pki = Some(Pki::make(&pki_dir));
         }
         d.start_node();
-        for (name, bytes) in d.opts.extra_nodes.clone() {
-            let node = d.start_extra_node(&name, bytes);
+        for (i, (name, bytes)) in d.opts.extra_nodes.clone().into_iter().enumerate() {
+            let node = d.start_extra_node(i, &name, bytes);
             d.extra.push(node);
         }
         if d.opts.discover_agents {
@@ -363,7 +363,10 @@ impl Driver {
         d
     }
 
-    fn start_extra_node(&self, name: &str, bytes: u64) -> ExtraNode {
+    /// Extra node `i`. In cluster mode its agent listens on 127.0.0.<i+2>
+    /// at the first node's port, as pods of one DaemonSet do on their own
+    /// IPs (register its pod with [`fake_cluster::FakeCluster::agent_pod_at`]).
+    fn start_extra_node(&self, i: usize, name: &str, bytes: u64) -> ExtraNode {
         let base = self.dir.path().join(name);
         let pool = base.join("pool");
         std::fs::create_dir_all(&pool).unwrap();
@@ -383,12 +386,22 @@ impl Driver {
             self.opts.extra_pools.replace("{dir}", &base.display().to_string())
         );
         std::fs::write(base.join("pools.yaml"), pools).unwrap();
-        let (agent_addr, node_sock) = (free_port(), base.join("node.sock"));
+        let node_sock = base.join("node.sock");
+        let agent_addr = match self.opts.kubeconfig {
+            Some(_) => {
+                let port = self.agent_addr.rsplit(':').next().unwrap_or_default();
+                format!("127.0.0.{}:{port}", i + 2)
+            }
+            None => free_port(),
+        };
         let args = vec![
             format!("--csi-endpoint=unix://{}", node_sock.display()),
             format!("--agent-listen={agent_addr}"),
             format!("--node-name={name}"),
-            format!("--pools-file={}", base.join("pools.yaml").display()),
+            match self.opts.kubeconfig {
+                Some(_) => "--pools-from-cluster".into(),
+                None => format!("--pools-file={}", base.join("pools.yaml").display()),
+            },
             format!("--state-dir={}", base.join("state").display()),
         ];
         let child = Some(self.spawn("pool-csi-node", &args));

@@ -322,10 +322,20 @@ async fn free_luns_become_static_persistent_volumes() {
     );
     let pv = &pvs()[0];
     assert_eq!(pv["spec"]["storageClassName"], "san");
-    assert!(pv["spec"]["csi"]["volumeHandle"]
-        .as_str()
-        .unwrap()
-        .contains(":san:node-1:static-"));
+    assert!(
+        pv["spec"]["csi"]["volumeHandle"]
+            .as_str()
+            .unwrap()
+            .contains(":san::static-"),
+        "in a cluster the claims are cluster-wide: the handle names no node"
+    );
+    let term =
+        &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+    assert_eq!(
+        term["values"],
+        json!(["node-1"]),
+        "usable where the pool is served"
+    );
 
     // CreateVolume takes the 32 MiB LUN: its (Available) PV is withdrawn.
     for p in pvs() {
@@ -381,5 +391,150 @@ async fn a_lun_pool_on_two_nodes_refuses_dynamic_volumes() {
     assert!(
         e.message().contains("defined on 2 nodes") && e.message().contains("nodeSelector"),
         "{e:?}"
+    );
+}
+
+/// One target that two nodes reach, in a cluster: both record hand-outs in
+/// one ConfigMap, so dynamic volumes work from either node and no LUN goes
+/// to two volumes even when the two agents hand out at the same moment. A
+/// volume's id names no node; it can be published on one node at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
+    pool_csi_e2e::require!(false);
+    if no_target_tools() {
+        return;
+    }
+    use pool_csi_proto::VolumeId;
+    use serde_json::json;
+    let scratch = tempfile::tempdir().unwrap();
+    let t = store(scratch.path(), &[32, 64, 128]);
+    let cluster = pool_csi_e2e::fake_cluster::FakeCluster::start(scratch.path()).await;
+    let api = cluster.api.clone();
+    for node in ["node-1", "node-2"] {
+        cluster.node(node, json!({"san": "yes"}));
+    }
+    cluster.agent_pod_at("node-1", "127.0.0.1");
+    cluster.agent_pod_at("node-2", "127.0.0.2");
+    cluster.storage_pool(
+        "san",
+        json!({"type": "iscsi", "source": {"host": format!("127.0.0.1:{}", t.port), "device": IQN},
+               "nodeSelector": {"san": "yes"}}),
+    );
+    let d = Driver::start(Options {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        extra_nodes: vec![("node-2".into(), 16 << 20)],
+        ..Default::default()
+    })
+    .await;
+    let status = || {
+        api.object("/apis/pool-csi.io/v1alpha1/storagepools/san")
+            .unwrap()["status"]
+            .clone()
+    };
+    let since = std::time::Instant::now();
+    while status()["nodesReady"] != "2/2" {
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "both nodes serve the pool: {}",
+            status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dynamic = &status()["conditions"][1];
+    assert_eq!(
+        (&dynamic["status"], &dynamic["reason"]),
+        (&json!("True"), &json!("SharedClaims")),
+        "{dynamic}"
+    );
+    // The target's 224 MiB counted once, not once per node.
+    assert_eq!(status()["capacity"], "224Mi");
+
+    // Three creates at once, spread over both agents: three LUNs.
+    let c = d.clients().await;
+    let make = |name: &'static str| {
+        let mut c = c.controller.clone();
+        async move { c.create_volume(on("san", name, 16 * MIB, 0)).await }
+    };
+    let (a, b, e) = tokio::join!(make("a"), make("b"), make("e"));
+    let vols: Vec<csi::Volume> = [a, b, e]
+        .into_iter()
+        .map(|r| r.expect("a LUN for each").into_inner().volume.unwrap())
+        .collect();
+    let mut sizes: Vec<i64> = vols.iter().map(|v| v.capacity_bytes).collect();
+    sizes.sort();
+    assert_eq!(sizes, [32 * MIB, 64 * MIB, 128 * MIB], "each LUN once");
+    let id = VolumeId::parse(&vols[0].volume_id).unwrap();
+    assert_eq!(id.node, None, "a shared volume is tied to no node");
+    let reach: Vec<&str> = vols[0]
+        .accessible_topology
+        .iter()
+        .map(|t| t.segments[pool_csi_proto::TOPOLOGY_NODE_KEY].as_str())
+        .collect();
+    assert_eq!(reach, ["node-1", "node-2"]);
+    let full = c
+        .controller
+        .clone()
+        .create_volume(on("san", "f", 16 * MIB, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    let cm = api
+        .object("/api/v1/namespaces/kube-system/configmaps/pool-csi-luns-san")
+        .expect("claims in the cluster");
+    assert_eq!(cm["data"].as_object().unwrap().len(), 3, "{cm}");
+
+    // Published on node-1, node-2 is refused until node-1 lets go; a
+    // published volume is not deleted.
+    let mut ctl = c.controller.clone();
+    let publish = |node: &str| csi::ControllerPublishVolumeRequest {
+        volume_id: vols[0].volume_id.clone(),
+        node_id: node.into(),
+        volume_capability: Some(req::block_cap()),
+        ..Default::default()
+    };
+    let unpublish = |node: &str| csi::ControllerUnpublishVolumeRequest {
+        volume_id: vols[0].volume_id.clone(),
+        node_id: node.into(),
+        ..Default::default()
+    };
+    ctl.controller_publish_volume(publish("node-1"))
+        .await
+        .expect("publish on node-1");
+    ctl.controller_publish_volume(publish("node-1"))
+        .await
+        .expect("idempotent");
+    let e = ctl
+        .controller_publish_volume(publish("node-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("published on node node-1"), "{e:?}");
+    let delete = csi::DeleteVolumeRequest {
+        volume_id: vols[0].volume_id.clone(),
+        ..Default::default()
+    };
+    let e = ctl.delete_volume(delete.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    ctl.controller_unpublish_volume(unpublish("node-1"))
+        .await
+        .expect("unpublish");
+    ctl.controller_publish_volume(publish("node-2"))
+        .await
+        .expect("now node-2");
+    ctl.controller_unpublish_volume(unpublish("node-2"))
+        .await
+        .expect("unpublish");
+    ctl.controller_unpublish_volume(unpublish("node-2"))
+        .await
+        .expect("idempotent");
+    ctl.delete_volume(delete.clone()).await.expect("delete");
+    ctl.delete_volume(delete).await.expect("delete again");
+    let cm = api
+        .object("/api/v1/namespaces/kube-system/configmaps/pool-csi-luns-san")
+        .unwrap();
+    assert_eq!(
+        cm["data"].as_object().unwrap().len(),
+        2,
+        "the LUN is free again: {cm}"
     );
 }

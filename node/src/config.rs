@@ -24,6 +24,22 @@ pub struct Config {
     /// What the host's ploop tool and module can do (probed at start-up;
     /// nothing until then).
     pub ploop: crate::tools::ploop::PloopHost,
+    /// The Kubernetes API, when the node runs in a cluster: LUN pools keep
+    /// their claims there, shared by every node of the pool.
+    pub cluster: Option<ClusterAccess>,
+}
+
+/// A client for the Kubernetes API and the namespace of the driver's objects.
+#[derive(Clone)]
+pub struct ClusterAccess {
+    pub client: kube::Client,
+    pub namespace: String,
+}
+
+impl std::fmt::Debug for ClusterAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterAccess {{ namespace: {:?} }}", self.namespace)
+    }
 }
 
 impl Config {
@@ -41,6 +57,7 @@ impl Config {
             loop_direct_io: true,
             max_volumes_per_node: 0,
             ploop: Default::default(),
+            cluster: None,
         }
     }
 }

@@ -70,6 +70,16 @@ pub enum Error {
     /// Another operation on the same volume is running.
     #[error(transparent)]
     Busy(#[from] pool_csi_proto::oplock::Busy),
+    /// Others kept changing shared state this operation needs (retry).
+    #[error("{0}")]
+    Contended(String),
+    /// The Kubernetes API server did not answer as needed.
+    #[error("cannot reach {what} in the Kubernetes API")]
+    Cluster {
+        what: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -93,7 +103,8 @@ impl GrpcCode for Error {
             Self::Io { .. } => Code::Internal,
             Self::Exec(e) => e.grpc_code(),
             Self::Qmp(_) => Code::Internal,
-            Self::Busy(_) => Code::Aborted,
+            Self::Busy(_) | Self::Contended(_) => Code::Aborted,
+            Self::Cluster { .. } => Code::Unavailable,
         }
     }
 }

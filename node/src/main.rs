@@ -48,6 +48,10 @@ struct Args {
     /// KUBECONFIG); re-read every 30 s.
     #[arg(long, env = "POOLS_FROM_CLUSTER")]
     pools_from_cluster: bool,
+    /// Namespace of the driver's own objects (with --pools-from-cluster: the
+    /// ConfigMaps holding LUN pools' claims).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    namespace: String,
     /// CSI driver name.
     #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_proto::DEFAULT_DRIVER_NAME)]
     driver_name: String,
@@ -100,6 +104,7 @@ impl Args {
             node_name,
             pools_file,
             pools_from_cluster: _,
+            namespace: _,
             driver_name,
             state_dir,
             sysfs_root,
@@ -126,6 +131,7 @@ impl Args {
             loop_direct_io: !no_loop_direct_io,
             max_volumes_per_node,
             ploop: Default::default(),
+            cluster: None,
         };
         (cfg, pools_file, csi_endpoint, agent_listen)
     }
@@ -157,7 +163,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.agent_tls_key.clone(),
         args.agent_tls_ca.clone(),
     )?;
+    let namespace = args.namespace.clone();
     let (mut cfg, pools_file, csi_endpoint, agent_listen) = args.into_config();
+    cfg.cluster = cluster
+        .clone()
+        .map(|client| pool_csi_node::config::ClusterAccess { client, namespace });
     check_driver_name(&cfg.driver_name)?;
     pool_csi_proto::volume_id::check_node_name(&cfg.node_name)
         .map_err(|w| format!("--node-name {:?} {w}", cfg.node_name))?;

@@ -120,7 +120,7 @@ impl Controller for ControllerService {
             };
             let made = ops::create::create(&self.ctx, &create).await?;
             tracing::Span::current().record("volume.id", tracing::field::display(&made.id));
-            let mut volume = convert::volume(&made.id, made.capacity);
+            let mut volume = convert::volume(&made.id, made.capacity, &made.reach);
             volume
                 .volume_context
                 .insert("pool".into(), made.id.pool.clone());
@@ -166,6 +166,7 @@ impl Controller for ControllerService {
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("volume_capability is required".into()))?;
             caps::check(cap).map_err(Error::Invalid)?;
+            let _g = self.ctx.locks.try_acquire(id.key())?;
             ops::publish::publish(&self.ctx, &id, &r.node_id).await?;
             Ok(csi::ControllerPublishVolumeResponse {
                 publish_context: Default::default(),
@@ -173,7 +174,8 @@ impl Controller for ControllerService {
         })
     }
 
-    /// Nothing was attached from the control plane: always done.
+    /// Nothing was attached from the control plane; a shared volume's
+    /// record of its node is dropped.
     #[instrument(name = "ControllerUnpublishVolume", skip_all, fields(volume.id = %req.get_ref().volume_id, node.id = %req.get_ref().node_id, rpc.code))]
     async fn controller_unpublish_volume(
         &self,
@@ -182,6 +184,12 @@ impl Controller for ControllerService {
         let r = req.into_inner();
         run!({
             required("volume_id", &r.volume_id)?;
+            // CSI: a volume that does not exist (or never could) is unpublished.
+            let Ok(id) = VolumeId::parse(&r.volume_id) else {
+                return Ok(csi::ControllerUnpublishVolumeResponse {});
+            };
+            let _g = self.ctx.locks.try_acquire(id.key())?;
+            ops::publish::unpublish(&self.ctx, &id, &r.node_id).await?;
             Ok(csi::ControllerUnpublishVolumeResponse {})
         })
     }
@@ -235,16 +243,17 @@ impl Controller for ControllerService {
             }
             let all = ops::volumes::list(&self.ctx).await?;
             let (page, next_token) = ops::paginate(all, r.max_entries, &r.starting_token)?;
-            let entries = page
-                .into_iter()
-                .map(|(id, v)| csi::list_volumes_response::Entry {
-                    volume: Some(convert::volume(&id, v.capacity_bytes)),
+            let mut entries = Vec::with_capacity(page.len());
+            for (id, v) in page {
+                let reach = ops::reach(&self.ctx, &id).await;
+                entries.push(csi::list_volumes_response::Entry {
+                    volume: Some(convert::volume(&id, v.capacity_bytes, &reach)),
                     status: Some(csi::list_volumes_response::VolumeStatus {
                         published_node_ids: Vec::new(),
                         volume_condition: Some(convert::condition(&v)),
                     }),
-                })
-                .collect();
+                });
+            }
             Ok(csi::ListVolumesResponse {
                 entries,
                 next_token,
@@ -449,8 +458,9 @@ impl Controller for ControllerService {
         run!({
             let id = volume_id(&r.volume_id)?;
             let v = ops::volumes::get(&self.ctx, &id).await?;
+            let reach = ops::reach(&self.ctx, &id).await;
             Ok(csi::ControllerGetVolumeResponse {
-                volume: Some(convert::volume(&id, v.capacity_bytes)),
+                volume: Some(convert::volume(&id, v.capacity_bytes, &reach)),
                 status: Some(csi::controller_get_volume_response::VolumeStatus {
                     published_node_ids: Vec::new(),
                     volume_condition: Some(convert::condition(&v)),

@@ -3,13 +3,14 @@
 use crate::placement::topology_of;
 use pool_csi_proto::{agent as pb, csi, SnapshotId, VolumeId};
 
-pub fn volume(id: &VolumeId, capacity: u64) -> csi::Volume {
+/// A volume reached from the nodes `reach` (see `ops::reach`).
+pub fn volume(id: &VolumeId, capacity: u64, reach: &[String]) -> csi::Volume {
     csi::Volume {
         capacity_bytes: capacity as i64,
         volume_id: id.to_string(),
         volume_context: Default::default(),
         content_source: None,
-        accessible_topology: id.node.as_deref().map(topology_of).into_iter().collect(),
+        accessible_topology: reach.iter().map(|n| topology_of(n)).collect(),
     }
 }
 

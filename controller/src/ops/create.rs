@@ -37,6 +37,8 @@ pub struct CreateVolume {
 pub struct Created {
     pub id: VolumeId,
     pub capacity: u64,
+    /// The nodes that reach it.
+    pub reach: Vec<String>,
 }
 
 pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
@@ -64,18 +66,21 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
                 .filter(|i| i.running_pool(pool).is_some())
                 .map(|i| i.node.clone())
                 .collect();
-            let defined_on: Vec<&str> = inventories
+            let on_own: Vec<&str> = inventories
                 .iter()
-                .filter(|i| i.pool(pool).is_some())
+                .filter(|i| i.pool(pool).is_some_and(|p| !p.shared))
                 .map(|i| i.node.as_str())
                 .collect();
-            if pool_type.is_lun_pool() && defined_on.len() > 1 {
-                // Each node records its own hand-outs: two nodes could give
-                // one LUN to two volumes.
+            let defined_on = inventories
+                .iter()
+                .filter(|i| i.pool(pool).is_some())
+                .count();
+            if pool_type.is_lun_pool() && defined_on > 1 && !on_own.is_empty() {
+                // A node recording hand-outs on its own could give a LUN
+                // another node gave out.
                 return Err(Error::Precondition(format!(
-                    "{pool_type} pool {pool:?} is defined on {} nodes ({}); LUN pools record their hand-outs per node, so dynamic volumes need the pool on exactly one node: give it a nodeSelector (static PersistentVolumes work either way)",
-                    defined_on.len(),
-                    defined_on.join(", ")
+                    "{pool_type} pool {pool:?} is defined on {defined_on} nodes, and {} record LUN hand-outs on their own; dynamic volumes need every node of the pool to record them in the cluster (node plugins with --pools-from-cluster) or the pool on exactly one node (a nodeSelector). Static PersistentVolumes work either way",
+                    on_own.join(", ")
                 )));
             }
             if with_pool.is_empty() {
@@ -137,9 +142,19 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
                 } else {
                     v.name.as_str()
                 };
+                let id = VolumeId::new(pool, (!v.shared).then_some(node.as_str()), name);
+                let reach = match v.shared {
+                    false => vec![node.clone()],
+                    true => inventories
+                        .iter()
+                        .filter(|i| i.pool(pool).is_some())
+                        .map(|i| i.node.clone())
+                        .collect(),
+                };
                 return Ok(Created {
-                    id: VolumeId::new(pool, Some(node), name),
+                    id,
                     capacity: v.capacity_bytes,
+                    reach,
                 });
             }
             // Out of room (or unreachable) here: the next node may do.

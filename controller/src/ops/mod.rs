@@ -7,7 +7,12 @@ pub mod publish;
 pub mod snapshots;
 pub mod volumes;
 
-use crate::error::{Error, Result};
+use crate::{
+    agents::INVENTORY_TTL,
+    error::{Error, Result},
+    Ctx,
+};
+use pool_csi_proto::VolumeId;
 
 /// Wraps an agent's error with the node it came from; its code passes through.
 pub fn agent_err(node: &str) -> impl FnOnce(tonic::Status) -> Error + '_ {
@@ -17,10 +22,73 @@ pub fn agent_err(node: &str) -> impl FnOnce(tonic::Status) -> Error + '_ {
     }
 }
 
-/// The node of a node-local volume id (every pool type served so far is local).
+/// The node of a node-local volume or snapshot id.
 pub fn node_of<'a>(node: &'a Option<String>, what: &str) -> Result<&'a str> {
     node.as_deref()
         .ok_or_else(|| Error::NotFound(format!("{what} names no node")))
+}
+
+/// The node that answers for volume `id`: its own for a node-local pool;
+/// for a shared pool (the id names no node) a node serving the pool now,
+/// `prefer` if it does. NotFound when no node defines the pool any more.
+pub async fn serving_node(ctx: &Ctx, id: &VolumeId, prefer: Option<&str>) -> Result<String> {
+    if let Some(node) = &id.node {
+        return Ok(node.clone());
+    }
+    let (inventories, unreachable) = ctx.agents.all_inventories(INVENTORY_TTL).await;
+    let serving: Vec<&str> = inventories
+        .iter()
+        .filter(|i| i.running_pool(&id.pool).is_some_and(|p| p.shared))
+        .map(|i| i.node.as_str())
+        .collect();
+    if let Some(n) = serving
+        .iter()
+        .find(|n| Some(**n) == prefer)
+        .or(serving.first())
+    {
+        return Ok(n.to_string());
+    }
+    let defined: Vec<String> = inventories
+        .iter()
+        .filter_map(|i| {
+            i.pool(&id.pool)
+                .map(|p| format!("{}: {}", i.node, p.message))
+        })
+        .collect();
+    if !defined.is_empty() {
+        return Err(Error::Precondition(format!(
+            "pool {:?} of volume {id} is not running on any of its nodes ({}); start it there and retry",
+            id.pool,
+            defined.join("; ")
+        )));
+    }
+    if !unreachable.is_empty() {
+        return Err(Error::NoPool {
+            pool: id.pool.clone(),
+            reachable: false,
+        });
+    }
+    Err(Error::NotFound(format!(
+        "volume {id}: no node defines pool {:?}",
+        id.pool
+    )))
+}
+
+/// The nodes that reach volume `id`: its node, or every node defining its
+/// shared pool (as last reported).
+pub async fn reach(ctx: &Ctx, id: &VolumeId) -> Vec<String> {
+    match &id.node {
+        Some(n) => vec![n.clone()],
+        None => ctx
+            .agents
+            .all_inventories(INVENTORY_TTL)
+            .await
+            .0
+            .iter()
+            .filter(|i| i.pool(&id.pool).is_some())
+            .map(|i| i.node.clone())
+            .collect(),
+    }
 }
 
 /// One page of `items` (sorted by key) after `token`, at most `max` (0: all).

@@ -1,16 +1,23 @@
-//! ControllerPublishVolume / ControllerUnpublishVolume. A pool-csi volume
-//! lives on one node (its id says which): publishing checks that the node
-//! asking is that node and that the volume exists there, so a pod scheduled
-//! elsewhere gets a clear FAILED_PRECONDITION on its VolumeAttachment
-//! instead of a failed mount. Nothing is attached from the control plane;
-//! the node attaches at NodeStage.
+//! ControllerPublishVolume / ControllerUnpublishVolume. Nothing is attached
+//! from the control plane (the node attaches at NodeStage); publishing
+//! decides whether the node may use the volume:
+//!
+//! - A node-local volume (its id names its node) can be used on that node
+//!   only: any other gets FAILED_PRECONDITION naming it, so a pod scheduled
+//!   elsewhere gets a clear error on its VolumeAttachment instead of a
+//!   failed mount.
+//! - A shared pool's volume (a LUN every node of the pool reaches) can be
+//!   used on any node serving the pool, one at a time: the node is recorded
+//!   in the volume's cluster-wide claim, and a second node is refused until
+//!   the first unpublishes.
 
-use super::volumes;
+use super::{agent_err, serving_node, volumes};
 use crate::{
+    agents::INVENTORY_TTL,
     error::{Error, Result},
     Ctx,
 };
-use pool_csi_proto::VolumeId;
+use pool_csi_proto::{agent as pb, VolumeId};
 
 pub async fn publish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
     if !ctx.agents.nodes().iter().any(|n| n == node) {
@@ -18,10 +25,60 @@ pub async fn publish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
             "node {node:?} has no pool-csi node plugin that answers"
         )));
     }
-    if let Some(home) = id.node.as_deref().filter(|home| *home != node) {
-        return Err(Error::Precondition(format!(
+    match id.node.as_deref() {
+        Some(home) if home != node => Err(Error::Precondition(format!(
             "volume {id} lives on node {home} and can be used there only; node {node} cannot publish it (is the pod's node affinity intact?)"
-        )));
+        ))),
+        Some(_) => volumes::get(ctx, id).await.map(|_| ()),
+        None => {
+            let inv = ctx.agents.inventory(node, INVENTORY_TTL).await?;
+            if inv.running_pool(&id.pool).is_none_or(|p| !p.shared) {
+                return Err(Error::Precondition(format!(
+                    "node {node} does not serve pool {:?} of volume {id}{}",
+                    id.pool,
+                    match inv.pool(&id.pool) {
+                        Some(p) => format!(" now: {}", p.message),
+                        None => " (see the pool's nodeSelector)".into(),
+                    }
+                )));
+            }
+            ctx.agents
+                .client(node)?
+                .publish_volume(record(id, node))
+                .await
+                .map_err(agent_err(node))?;
+            Ok(())
+        }
     }
-    volumes::get(ctx, id).await.map(|_| ())
+}
+
+/// Drops a shared volume's record of `node`; everything else has nothing
+/// to undo. A volume or pool that is gone is unpublished.
+pub async fn unpublish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
+    if id.node.is_some() {
+        return Ok(());
+    }
+    // Any node of the pool can drop the record: `node` may be gone for good.
+    let via = match serving_node(ctx, id, Some(node)).await {
+        Err(Error::NotFound(_)) => return Ok(()),
+        r => r?,
+    };
+    match ctx
+        .agents
+        .client(&via)?
+        .unpublish_volume(record(id, node))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(agent_err(&via)(s)),
+    }
+}
+
+fn record(id: &VolumeId, node: &str) -> pb::PublishVolumeRequest {
+    pb::PublishVolumeRequest {
+        pool: id.pool.clone(),
+        name: id.name.clone(),
+        node: node.into(),
+    }
 }

@@ -1,6 +1,6 @@
 //! DeleteVolume, ControllerExpandVolume, ControllerGetVolume, ListVolumes.
 
-use super::{agent_err, node_of};
+use super::{agent_err, serving_node};
 use crate::{
     agents::futures_join_all,
     error::{Error, Result},
@@ -10,7 +10,11 @@ use pool_csi_proto::{agent as pb, VolumeId};
 
 /// Deletes a volume. A volume, pool or node that no longer has it is Ok.
 pub async fn delete(ctx: &Ctx, id: &VolumeId) -> Result<()> {
-    let node = node_of(&id.node, "volume id")?;
+    let node = match serving_node(ctx, id, None).await {
+        Err(Error::NotFound(_)) => return Ok(()), // no node has the pool any more
+        r => r?,
+    };
+    let node = node.as_str();
     let req = pb::DeleteVolumeRequest {
         pool: id.pool.clone(),
         name: id.name.clone(),
@@ -25,7 +29,7 @@ pub async fn delete(ctx: &Ctx, id: &VolumeId) -> Result<()> {
 
 /// Grows a volume; returns (capacity, node expansion required).
 pub async fn expand(ctx: &Ctx, id: &VolumeId, required: u64, limit: u64) -> Result<(u64, bool)> {
-    let node = node_of(&id.node, "volume id")?;
+    let node = &serving_node(ctx, id, None).await?;
     let req = pb::ExpandVolumeRequest {
         pool: id.pool.clone(),
         name: id.name.clone(),
@@ -44,7 +48,7 @@ pub async fn expand(ctx: &Ctx, id: &VolumeId, required: u64, limit: u64) -> Resu
 
 /// The volume as its agent reports it; NotFound when it is gone.
 pub async fn get(ctx: &Ctx, id: &VolumeId) -> Result<pb::VolumeInfo> {
-    let node = node_of(&id.node, "volume id")?;
+    let node = &serving_node(ctx, id, None).await?;
     let req = pb::VolumeRef {
         pool: id.pool.clone(),
         name: id.name.clone(),
@@ -62,7 +66,8 @@ pub async fn get(ctx: &Ctx, id: &VolumeId) -> Result<pb::VolumeInfo> {
     }
 }
 
-/// Every volume on every reachable node, keyed and sorted by volume id.
+/// Every volume on every reachable node, keyed and sorted by volume id; a
+/// shared pool's volumes (listed by each of its nodes) once.
 /// An unreachable node fails the listing (UNAVAILABLE): a silently short
 /// list would make the CO think volumes vanished.
 pub async fn list(ctx: &Ctx) -> Result<Vec<(String, (VolumeId, pb::VolumeInfo))>> {
@@ -78,14 +83,13 @@ pub async fn list(ctx: &Ctx) -> Result<Vec<(String, (VolumeId, pb::VolumeInfo))>
         r.map(|r| (node.clone(), r.into_inner().volumes))
             .map_err(agent_err(node))
     });
-    let mut out = Vec::new();
+    let mut out = std::collections::BTreeMap::new();
     for r in futures_join_all(calls).await {
         let (node, volumes) = r?;
         for v in volumes {
-            let id = VolumeId::new(&v.pool, Some(&node), &v.name);
-            out.push((id.to_string(), (id, v)));
+            let id = VolumeId::new(&v.pool, (!v.shared).then_some(node.as_str()), &v.name);
+            out.entry(id.to_string()).or_insert((id, v));
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    Ok(out.into_iter().collect())
 }

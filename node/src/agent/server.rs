@@ -27,15 +27,45 @@ impl AgentService {
     fn pool(&self, name: &str) -> Result<Arc<dyn pools::Pool>, Error> {
         self.ctx.pools.get(name, &self.ctx.cfg.node_name)
     }
+
+    /// PublishVolume (`on`) and UnpublishVolume.
+    async fn publishing(
+        &self,
+        r: pb::PublishVolumeRequest,
+        on: bool,
+    ) -> Result<Response<pb::PublishVolumeResponse>, Status> {
+        respond::<_, Error>(
+            async {
+                name("name", &r.name)?;
+                // Unpublishing from no node in particular means from any.
+                if on || !r.node.is_empty() {
+                    pool_csi_proto::volume_id::check_node_name(&r.node)
+                        .map_err(|why| Error::Invalid(format!("node {:?} {why}", r.node)))?;
+                }
+                let pool = self.pool(&r.pool)?;
+                let _g = self
+                    .ctx
+                    .locks
+                    .try_acquire(NodeCtx::volume_key(&r.pool, &r.name))?;
+                match on {
+                    true => pool.publish(&r.name, &r.node).await?,
+                    false => pool.unpublish(&r.name, &r.node).await?,
+                }
+                Ok(pb::PublishVolumeResponse {})
+            }
+            .await,
+        )
+    }
 }
 
 fn name(field: &str, n: &str) -> Result<(), Error> {
     check_storage_name(n).map_err(|why| Error::Invalid(format!("{field} {n:?} {why}")))
 }
 
-fn volume_pb(pool: &str, v: pools::Volume) -> pb::VolumeInfo {
+fn volume_pb(pool: &dyn pools::Pool, v: pools::Volume) -> pb::VolumeInfo {
     pb::VolumeInfo {
-        pool: pool.into(),
+        pool: pool.name().into(),
+        shared: pool.shared(),
         name: v.name,
         format: v.format.to_string(),
         capacity_bytes: v.capacity,
@@ -69,6 +99,7 @@ fn pool_pb(p: &dyn pools::Pool, s: pools::PoolStatus) -> pb::PoolInfo {
         max_volume_bytes: s.max_volume,
         free_extents: extents(&s.free_extents),
         thin_available_bytes: s.thin_available,
+        shared: p.shared(),
     }
 }
 
@@ -219,7 +250,7 @@ impl Agent for AgentService {
                 };
                 let v = pool.create_volume(&create).await?;
                 Ok(pb::VolumeResponse {
-                    volume: Some(volume_pb(&r.pool, v)),
+                    volume: Some(volume_pb(pool.as_ref(), v)),
                 })
             }
             .await,
@@ -281,9 +312,10 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 name("name", &r.name)?;
-                let v = self.pool(&r.pool)?.get_volume(&r.name).await?;
+                let pool = self.pool(&r.pool)?;
+                let v = pool.get_volume(&r.name).await?;
                 Ok(pb::VolumeResponse {
-                    volume: Some(volume_pb(&r.pool, v)),
+                    volume: Some(volume_pb(pool.as_ref(), v)),
                 })
             }
             .await,
@@ -316,6 +348,22 @@ impl Agent for AgentService {
         )
     }
 
+    #[instrument(name = "agent.PublishVolume", skip_all, fields(pool.name = %req.get_ref().pool, volume.name = %req.get_ref().name, node = %req.get_ref().node, rpc.code))]
+    async fn publish_volume(
+        &self,
+        req: Request<pb::PublishVolumeRequest>,
+    ) -> Result<Response<pb::PublishVolumeResponse>, Status> {
+        self.publishing(req.into_inner(), true).await
+    }
+
+    #[instrument(name = "agent.UnpublishVolume", skip_all, fields(pool.name = %req.get_ref().pool, volume.name = %req.get_ref().name, node = %req.get_ref().node, rpc.code))]
+    async fn unpublish_volume(
+        &self,
+        req: Request<pb::PublishVolumeRequest>,
+    ) -> Result<Response<pb::PublishVolumeResponse>, Status> {
+        self.publishing(req.into_inner(), false).await
+    }
+
     async fn list_volumes(
         &self,
         req: Request<pb::ListVolumesRequest>,
@@ -332,7 +380,7 @@ impl Agent for AgentService {
                     .filter(|p| r.pool.is_empty() || p.name() == r.pool)
                 {
                     match p.list_volumes().await {
-                        Ok(vs) => volumes.extend(vs.into_iter().map(|v| volume_pb(p.name(), v))),
+                        Ok(vs) => volumes.extend(vs.into_iter().map(|v| volume_pb(p.as_ref(), v))),
                         Err(Error::PoolNotRunning { .. }) if r.pool.is_empty() => {}
                         Err(e) => return Err(e),
                     }

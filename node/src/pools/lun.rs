@@ -3,14 +3,16 @@
 //! refresh discovers them through a [`LunSource`]. CreateVolume hands out the
 //! smallest free LUN that satisfies the request; DeleteVolume returns it.
 //!
-//! Which LUN belongs to which volume is recorded in
-//! `<state-dir>/luns/<pool>.json` (volume name → LUN identity), written
-//! whole by rename before the volume is reported, so a LUN is never handed
-//! out twice by this node, also across restarts. (Serve one LUN pool from
-//! one node, or — once the Kubernetes integration lands — let the Lease
-//! holder decide; see README.)
+//! Which LUN belongs to which volume is recorded in a [`ClaimStore`] before
+//! the volume is reported: a file on this node, or — with the node in a
+//! cluster — a ConfigMap that every node of the pool changes only with the
+//! resourceVersion it read. So a LUN is never handed out twice, also across
+//! restarts and with several nodes handing out LUNs of one target at once.
+//! A pool whose claims live in the cluster is *shared*: its volumes are not
+//! tied to a node, and the claim records the node a volume is published on.
 
 use super::{
+    lun_claims::{read_json, write_json, ClaimStore, Claims, ClusterClaims, FileClaims},
     AttachSource, CreateRequest, Expanded, LunEntry, Pool, PoolState, PoolStatus, Snapshot, Source,
     Volume,
 };
@@ -22,7 +24,7 @@ use crate::{
 use pool_csi_proto::{PoolDefinition, PoolType, VolumeFormat};
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -38,6 +40,10 @@ pub struct Claim {
     /// Where the LUN was when it was handed out (for messages).
     #[serde(default)]
     pub address: String,
+    /// The node the volume is published on (ControllerPublish of a shared
+    /// pool's volume; every access mode pool-csi offers is single-node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
 }
 
 /// Where a LUN pool's LUNs come from.
@@ -67,10 +73,14 @@ pub trait LunSource: Send + Sync {
 /// take a fresh one.
 const INVENTORY_TTL: Duration = Duration::from_secs(5);
 
+/// How often a change to the claims is redone after losing a race to
+/// another node before the caller is told to retry (ABORTED).
+const SAVE_ATTEMPTS: usize = 8;
+
 pub struct LunPool {
     name: String,
     source: Box<dyn LunSource>,
-    claims_file: PathBuf,
+    claims: Box<dyn ClaimStore>,
     /// The volumes this node has attached (a JSON list of names): the
     /// connection goes when the last one is detached, also after restarts.
     users_file: PathBuf,
@@ -83,13 +93,23 @@ pub struct LunPool {
 
 impl LunPool {
     pub fn new(def: &PoolDefinition, cfg: &Config, source: Box<dyn LunSource>) -> Self {
+        let file = cfg
+            .state_dir
+            .join("luns")
+            .join(format!("{}.json", def.name));
+        let claims: Box<dyn ClaimStore> = match &cfg.cluster {
+            Some(c) => Box::new(ClusterClaims::new(
+                c.client.clone(),
+                &c.namespace,
+                &def.name,
+                file,
+            )),
+            None => Box::new(FileClaims::new(file)),
+        };
         Self {
             name: def.name.clone(),
             source,
-            claims_file: cfg
-                .state_dir
-                .join("luns")
-                .join(format!("{}.json", def.name)),
+            claims,
             users_file: cfg
                 .state_dir
                 .join("luns")
@@ -128,28 +148,37 @@ impl LunPool {
         self.fresh_luns().await
     }
 
-    fn claims(&self) -> Result<BTreeMap<String, Claim>> {
-        match std::fs::read(&self.claims_file) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                Error::Precondition(format!("{} is corrupt: {e}", self.claims_file.display()))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(io("read", &self.claims_file)(e)),
-        }
+    async fn claims(&self) -> Result<Claims> {
+        Ok(self.claims.load().await?.0)
     }
 
-    fn write_claims(&self, c: &BTreeMap<String, Claim>) -> Result<()> {
-        write_json(&self.claims_file, c)
+    /// Applies `change` to the claims and stores the result when it says it
+    /// changed something, redoing it on a fresh load when another node
+    /// changed the claims meanwhile.
+    async fn update<T>(
+        &self,
+        mut change: impl FnMut(&mut Claims) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let (mut claims, version) = self.claims.load().await?;
+            let (answer, changed) = change(&mut claims)?;
+            if !changed || self.claims.save(&claims, &version).await? {
+                return Ok(answer);
+            }
+        }
+        Err(self.contended())
+    }
+
+    fn contended(&self) -> Error {
+        Error::Contended(format!(
+            "the LUN claims of pool {:?} ({}) changed {SAVE_ATTEMPTS} times in a row under this request; retry",
+            self.name,
+            self.claims.place()
+        ))
     }
 
     fn users(&self) -> Result<BTreeSet<String>> {
-        match std::fs::read(&self.users_file) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                Error::Precondition(format!("{} is corrupt: {e}", self.users_file.display()))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-            Err(e) => Err(io("read", &self.users_file)(e)),
-        }
+        Ok(read_json(&self.users_file)?.unwrap_or_default())
     }
 
     /// Records that this node uses (`true`) or stopped using `name`;
@@ -168,20 +197,12 @@ impl LunPool {
     }
 }
 
-/// Replaces `f` with `value` as JSON, whole or not at all.
-fn write_json(f: &std::path::Path, value: &impl Serialize) -> Result<()> {
-    let dir = f.parent().expect("state files live in a directory");
-    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let bytes = serde_json::to_vec_pretty(value).expect("state serialises");
-    super::fsutil::replace_file(f, &f.with_extension("json.tmp"), &bytes)
-}
-
 impl LunPool {
     /// The claim of volume `name`. A static PersistentVolume's name
     /// (`static-…`) that nobody claimed yet answers with the free LUN it
     /// names, unclaimed (see [`Self::claim_static`]).
     async fn claim_of(&self, name: &str) -> Result<Claim> {
-        let claims = self.claims()?;
+        let claims = self.claims().await?;
         if let Some(c) = claims.get(name) {
             return Ok(c.clone());
         }
@@ -209,24 +230,31 @@ impl LunPool {
             size: lun.size,
             wipe: false,
             address: lun.address.clone(),
+            published: None,
         })
     }
 
-    /// Records the claim of a static volume at its first use, so no
-    /// CreateVolume hands its LUN out. Caller holds the lock.
-    fn claim_static(&self, name: &str, c: &Claim) -> Result<()> {
-        let mut claims = self.claims()?;
+    /// The claim of `name` in `claims`, made there from `found` (what
+    /// [`Self::claim_of`] answered) for a static volume's first use, so no
+    /// CreateVolume hands its LUN out. `Ok(true)`: it was made now.
+    fn ensure_claimed(&self, claims: &mut Claims, name: &str, found: &Claim) -> Result<bool> {
         if claims.contains_key(name) {
-            return Ok(());
+            return Ok(false);
         }
-        if let Some((holder, _)) = claims.iter().find(|(_, x)| x.identity == c.identity) {
+        if !name.starts_with(STATIC_PREFIX) {
+            return Err(Error::VolumeNotFound {
+                pool: self.name.clone(),
+                name: name.into(),
+            });
+        }
+        if let Some((holder, _)) = claims.iter().find(|(_, x)| x.identity == found.identity) {
             return Err(Error::Precondition(format!(
                 "the LUN of static volume {name} ({}) was handed to volume {holder} meanwhile",
-                c.address
+                found.address
             )));
         }
-        claims.insert(name.to_string(), c.clone());
-        self.write_claims(&claims)
+        claims.insert(name.to_string(), found.clone());
+        Ok(true)
     }
 
     fn volume(&self, name: &str, c: &Claim, luns: &[Lun]) -> Volume {
@@ -329,7 +357,7 @@ impl Pool for LunPool {
         if st.state != PoolState::Running {
             return st;
         }
-        let (luns, claims) = match (self.recent_luns().await, self.claims()) {
+        let (luns, claims) = match (self.recent_luns().await, self.claims().await) {
             (Ok(l), Ok(c)) => (l, c),
             (Err(e), _) | (_, Err(e)) => {
                 st.state = PoolState::Degraded;
@@ -367,41 +395,54 @@ impl Pool for LunPool {
             )));
         }
         let _held = self.lock.lock().await;
-        let mut claims = self.claims()?;
-        if let Some(c) = claims.get(&req.name) {
-            let fits = c.size >= req.required && (req.limit == 0 || c.size <= req.limit);
-            if !fits {
-                return Err(Error::NameTaken {
-                    what: "volume",
-                    pool: self.name.clone(),
-                    name: req.name.clone(),
-                    why: format!("LUN {} of {} bytes", c.lun, c.size),
-                });
+        for _ in 0..SAVE_ATTEMPTS {
+            let (mut claims, version) = self.claims.load().await?;
+            if let Some(c) = claims.get(&req.name) {
+                let fits = c.size >= req.required && (req.limit == 0 || c.size <= req.limit);
+                if !fits {
+                    return Err(Error::NameTaken {
+                        what: "volume",
+                        pool: self.name.clone(),
+                        name: req.name.clone(),
+                        why: format!("LUN {} of {} bytes", c.lun, c.size),
+                    });
+                }
+                let luns = self.recent_luns().await.unwrap_or_default();
+                return Ok(self.volume(&req.name, c, &luns));
             }
-            let luns = self.recent_luns().await.unwrap_or_default();
-            return Ok(self.volume(&req.name, c, &luns));
+            let taken: Vec<String> = claims.values().map(|c| c.identity.clone()).collect();
+            let lun = self.pick(req, &taken).await?;
+            let claim = Claim {
+                identity: lun.identity.clone(),
+                lun: lun.number,
+                size: lun.size,
+                wipe: req.wipe_on_delete,
+                address: lun.address.clone(),
+                published: None,
+            };
+            claims.insert(req.name.clone(), claim.clone());
+            if self.claims.save(&claims, &version).await? {
+                return Ok(self.volume(&req.name, &claim, std::slice::from_ref(&lun)));
+            }
+            // Another node claimed a LUN meanwhile: look again.
         }
-        let taken: Vec<String> = claims.values().map(|c| c.identity.clone()).collect();
-        let lun = self.pick(req, &taken).await?;
-        let claim = Claim {
-            identity: lun.identity.clone(),
-            lun: lun.number,
-            size: lun.size,
-            wipe: req.wipe_on_delete,
-            address: lun.address.clone(),
-        };
-        claims.insert(req.name.clone(), claim.clone());
-        self.write_claims(&claims)?;
-        Ok(self.volume(&req.name, &claim, std::slice::from_ref(&lun)))
+        Err(self.contended())
     }
 
     async fn delete_volume(&self, name: &str, wipe: bool) -> Result<()> {
         self.state.ensure_running()?;
         let _held = self.lock.lock().await;
-        let mut claims = self.claims()?;
-        let Some(c) = claims.get(name).cloned() else {
+        let Some(c) = self.claims().await?.remove(name) else {
             return Ok(());
         };
+        let idle = |c: &Claim| match &c.published {
+            Some(node) => Err(Error::InUse {
+                what: format!("volume {name}"),
+                by: format!("node {node} (published); unpublish it first"),
+            }),
+            None => Ok(()),
+        };
+        idle(&c)?;
         if self.users()?.contains(name) {
             return Err(Error::InUse {
                 what: format!("volume {name}"),
@@ -421,8 +462,11 @@ impl Pool for LunPool {
                 self.source.disconnect().await?;
             }
         }
-        claims.remove(name);
-        self.write_claims(&claims)
+        self.update(|claims| match claims.get(name) {
+            Some(c) => idle(c).map(|()| ((), claims.remove(name).is_some())),
+            None => Ok(((), false)),
+        })
+        .await
     }
 
     async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded> {
@@ -451,7 +495,8 @@ impl Pool for LunPool {
         self.state.ensure_running()?;
         let luns = self.recent_luns().await.unwrap_or_default();
         Ok(self
-            .claims()?
+            .claims()
+            .await?
             .iter()
             .map(|(n, c)| self.volume(n, c, &luns))
             .collect())
@@ -479,9 +524,8 @@ impl Pool for LunPool {
         self.state.ensure_running()?;
         let c = self.claim_of(name).await?;
         let _held = self.lock.lock().await;
-        if name.starts_with(STATIC_PREFIX) {
-            self.claim_static(name, &c)?;
-        }
+        self.update(|claims| Ok(((), self.ensure_claimed(claims, name, &c)?)))
+            .await?;
         self.set_user(name, true)?;
         Ok(AttachSource::Block {
             device: self.source.device(&c).await?,
@@ -491,7 +535,7 @@ impl Pool for LunPool {
     async fn luns(&self) -> Result<Vec<LunEntry>> {
         self.state.ensure_running()?;
         let luns = self.recent_luns().await?;
-        let claims = self.claims()?;
+        let claims = self.claims().await?;
         Ok(luns
             .into_iter()
             .map(|l| LunEntry {
@@ -505,6 +549,47 @@ impl Pool for LunPool {
                 address: l.address,
             })
             .collect())
+    }
+
+    fn shared(&self) -> bool {
+        self.claims.shared()
+    }
+
+    /// Records `node` as the one using `name`; another node is refused
+    /// until it unpublishes.
+    async fn publish(&self, name: &str, node: &str) -> Result<()> {
+        self.state.ensure_running()?;
+        let found = self.claim_of(name).await?;
+        self.update(|claims| {
+            let made = self.ensure_claimed(claims, name, &found)?;
+            let c = claims.get_mut(name).expect("ensured");
+            match c.published.as_deref() {
+                Some(n) if n == node => Ok(((), made)),
+                Some(other) => Err(Error::Precondition(format!(
+                    "volume {name} is published on node {other}; it can be used on one node at a time (unpublish it there first)"
+                ))),
+                None => {
+                    c.published = Some(node.to_string());
+                    Ok(((), true))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn unpublish(&self, name: &str, node: &str) -> Result<()> {
+        self.state.ensure_running()?;
+        self.update(|claims| match claims.get_mut(name) {
+            Some(c)
+                if c.published.is_some()
+                    && (node.is_empty() || c.published.as_deref() == Some(node)) =>
+            {
+                c.published = None;
+                Ok(((), true))
+            }
+            _ => Ok(((), false)),
+        })
+        .await
     }
 
     /// Disconnects (iSCSI logout) when the last volume of the pool on this
@@ -648,6 +733,135 @@ mod tests {
             .count();
         assert_eq!(n, 2, "a repeated detach only re-checks the (gone) session");
         p.delete_volume("b", false).await.unwrap();
+    }
+
+    /// Pools of the same four LUNs on nodes n1 and n2, with their claims in
+    /// one (fake) cluster.
+    fn shared_pools(
+        t: &tempfile::TempDir,
+        fake: &pool_csi_proto::fake_api::FakeApi,
+    ) -> (LunPool, LunPool) {
+        let pool = |node: &str| {
+            let mut cfg = Config::local(node, t.path().join(node));
+            cfg.cluster = Some(crate::config::ClusterAccess {
+                client: fake.client(),
+                namespace: "pool-csi".into(),
+            });
+            let def = recording_pool(t, &Default::default()).name;
+            let def = PoolDefinition::parse_documents(
+                &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {def} }}\nspec:\n  type: iscsi\n  source: {{ host: h, device: iqn.2026-11.x:t }}\n"),
+                "t",
+            )
+            .unwrap()
+            .remove(0);
+            LunPool::new(
+                &def,
+                &cfg,
+                Box::new(Recording {
+                    luns: vec![lun(1, 10), lun(2, 20), lun(3, 30), lun(4, 40)],
+                    log: Default::default(),
+                }),
+            )
+            .with_inventory_ttl(Duration::ZERO)
+        };
+        (pool("n1"), pool("n2"))
+    }
+
+    #[tokio::test]
+    async fn two_nodes_racing_for_luns_of_one_target_never_share_one() {
+        let t = tempfile::tempdir().unwrap();
+        let fake = pool_csi_proto::fake_api::FakeApi::new();
+        let (a, b) = shared_pools(&t, &fake);
+        a.start().await.unwrap();
+        b.start().await.unwrap();
+        assert!(a.shared() && b.shared());
+        let (ra, rb) = tokio::join!(
+            async {
+                let mut out = Vec::new();
+                for i in 0..3 {
+                    out.push(
+                        a.create_volume(&CreateRequest::sized(&format!("a{i}"), 5))
+                            .await,
+                    );
+                }
+                out
+            },
+            async {
+                let mut out = Vec::new();
+                for i in 0..3 {
+                    out.push(
+                        b.create_volume(&CreateRequest::sized(&format!("b{i}"), 5))
+                            .await,
+                    );
+                }
+                out
+            },
+        );
+        let writes = fake
+            .requests()
+            .iter()
+            .filter(|r| !r.starts_with("GET"))
+            .count();
+        assert!(
+            writes > 4,
+            "the nodes raced: some writes lost and were redone"
+        );
+        let made = ra.iter().chain(&rb).filter(|r| r.is_ok()).count();
+        assert_eq!(made, 4, "four LUNs, six requests: {ra:?} {rb:?}");
+        for r in ra.iter().chain(&rb).filter_map(|r| r.as_ref().err()) {
+            assert!(matches!(r, Error::OutOfSpace { .. }), "{r}");
+        }
+        // Both nodes see the same four claims, on four different LUNs.
+        let claims = a.claims().await.unwrap();
+        assert_eq!(claims, b.claims().await.unwrap());
+        let ids: BTreeSet<&str> = claims.values().map(|c| c.identity.as_str()).collect();
+        assert_eq!(ids.len(), 4);
+        // A retried create answers from either node with the same LUN.
+        let first = claims.keys().next().unwrap().clone();
+        let again = b
+            .create_volume(&CreateRequest::sized(&first, 5))
+            .await
+            .unwrap();
+        assert_eq!(again.capacity, claims[&first].size);
+    }
+
+    #[tokio::test]
+    async fn a_shared_volume_is_published_on_one_node_at_a_time() {
+        let t = tempfile::tempdir().unwrap();
+        let fake = pool_csi_proto::fake_api::FakeApi::new();
+        let (a, b) = shared_pools(&t, &fake);
+        a.start().await.unwrap();
+        b.start().await.unwrap();
+        a.create_volume(&CreateRequest::sized("v", 5))
+            .await
+            .unwrap();
+        a.publish("v", "n1").await.unwrap();
+        b.publish("v", "n1").await.unwrap(); // idempotent, from any node
+        let e = b.publish("v", "n2").await.unwrap_err();
+        assert!(matches!(e, Error::Precondition(_)));
+        assert!(e.to_string().contains("published on node n1"), "{e}");
+        let e = b.delete_volume("v", false).await.unwrap_err().to_string();
+        assert!(e.contains("node n1 (published); unpublish it first"), "{e}");
+        b.unpublish("v", "n2").await.unwrap(); // not n2's: nothing changes
+        assert!(b.publish("v", "n2").await.is_err());
+        b.unpublish("v", "n1").await.unwrap();
+        b.publish("v", "n2").await.unwrap();
+        b.unpublish("v", "n2").await.unwrap();
+        a.delete_volume("v", false).await.unwrap();
+        assert!(matches!(
+            b.publish("v", "n2").await,
+            Err(Error::VolumeNotFound { .. })
+        ));
+        b.unpublish("v", "n2").await.unwrap(); // gone: nothing to do
+
+        // A static volume is claimed by its first publish, from any node.
+        let s = a.luns().await.unwrap()[0].static_name.clone();
+        b.publish(&s, "n2").await.unwrap();
+        assert_eq!(
+            a.luns().await.unwrap()[0].volume.as_deref(),
+            Some(s.as_str())
+        );
+        assert!(a.publish(&s, "n1").await.is_err());
     }
 
     fn lun(number: u32, mib: u64) -> Lun {

@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod layout;
 pub mod logical;
 pub mod lun;
+pub mod lun_claims;
 pub mod lun_sources;
 mod ploop_volume;
 
@@ -236,6 +237,21 @@ pub trait Pool: Send + Sync {
     }
     /// This node stopped using `name` (unstaged, or a stage undone): a
     /// pool may drop a connection nothing else needs (iSCSI logout).
+    /// Whether the pool's volumes are shared by its nodes rather than tied
+    /// to this one (LUN pools whose claims live in the cluster).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// ControllerPublish of a shared pool's volume: record `node` as its
+    /// user (FAILED_PRECONDITION while another node is). Others: checks the
+    /// volume exists.
+    async fn publish(&self, name: &str, _node: &str) -> Result<()> {
+        self.get_volume(name).await.map(|_| ())
+    }
+    /// ControllerUnpublish: forget `node` (empty: any node) as the volume's user.
+    async fn unpublish(&self, _name: &str, _node: &str) -> Result<()> {
+        Ok(())
+    }
     async fn detached(&self, _name: &str) -> Result<()> {
         Ok(())
     }
