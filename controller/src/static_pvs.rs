@@ -51,35 +51,34 @@ struct Seen<'a> {
     pool: &'a str,
     /// The node in the volume handle and the PV's label; None: shared.
     node: Option<&'a str>,
-    nodes: Vec<&'a str>,
-    luns: Vec<&'a LunInfo>,
+    /// Each LUN with the nodes that see it (its PV's node affinity).
+    luns: Vec<(&'a LunInfo, Vec<&'a str>)>,
 }
 
 /// Reports as PVs see them: a shared pool's reports merged (its nodes list
-/// the same claims), LUNs in the order first reported.
+/// the same claims), LUNs in the order first reported, each with the nodes
+/// that list it — a LUN masked from some nodes is bound where it is seen.
 fn merge(reports: &[LunReport]) -> Vec<Seen<'_>> {
     let mut out: Vec<Seen> = Vec::new();
     for r in reports {
-        if r.shared {
-            if let Some(s) = out
-                .iter_mut()
-                .find(|s| s.node.is_none() && s.pool == r.pool)
-            {
-                s.nodes.push(&r.node);
-                for l in &r.luns {
-                    if !s.luns.iter().any(|x| x.identity == l.identity) {
-                        s.luns.push(l);
-                    }
-                }
-                continue;
+        let at = out
+            .iter()
+            .position(|s| r.shared && s.node.is_none() && s.pool == r.pool)
+            .unwrap_or_else(|| {
+                out.push(Seen {
+                    pool: &r.pool,
+                    node: (!r.shared).then_some(r.node.as_str()),
+                    luns: Vec::new(),
+                });
+                out.len() - 1
+            });
+        let s = &mut out[at];
+        for l in &r.luns {
+            match s.luns.iter_mut().find(|(x, _)| x.identity == l.identity) {
+                Some((_, nodes)) => nodes.push(&r.node),
+                None => s.luns.push((l, vec![&r.node])),
             }
         }
-        out.push(Seen {
-            pool: &r.pool,
-            node: (!r.shared).then_some(r.node.as_str()),
-            nodes: vec![&r.node],
-            luns: r.luns.iter().collect(),
-        });
     }
     out
 }
@@ -130,7 +129,7 @@ impl StaticPvs {
         Ok(out)
     }
 
-    fn pv(&self, r: &Seen, l: &LunInfo, sc: &StorageClass) -> PersistentVolume {
+    fn pv(&self, r: &Seen, l: &LunInfo, nodes: &[&str], sc: &StorageClass) -> PersistentVolume {
         let class = sc.metadata.name.clone().unwrap_or_default();
         let fs = sc
             .parameters
@@ -161,7 +160,7 @@ impl StaticPvs {
                             match_expressions: Some(vec![NodeSelectorRequirement {
                                 key: TOPOLOGY_NODE_KEY.into(),
                                 operator: "In".into(),
-                                values: Some(r.nodes.iter().map(|n| n.to_string()).collect()),
+                                values: Some(nodes.iter().map(|n| n.to_string()).collect()),
                             }]),
                             ..Default::default()
                         }],
@@ -210,14 +209,17 @@ impl StaticPvs {
             let Some(sc) = classes.get(r.pool) else {
                 continue; // no StorageClass names this pool: nothing to publish
             };
-            for l in &r.luns {
+            for (l, nodes) in &r.luns {
                 let name = pv_name(r.pool, &l.static_name);
                 let free = l.volume.is_empty();
                 if free || l.volume == l.static_name {
                     wanted.insert(name.clone());
                 }
                 if free && !names.contains(&name) {
-                    match api.create(&PostParams::default(), &self.pv(r, l, sc)).await {
+                    match api
+                        .create(&PostParams::default(), &self.pv(r, l, nodes, sc))
+                        .await
+                    {
                         Ok(_) => changes.created.push(name),
                         Err(kube::Error::Api(s)) if s.code == 409 => {}
                         Err(e) => return Err(e),
@@ -408,10 +410,23 @@ mod tests {
         };
         let mut reports = vec![
             report("n1", vec![lun("1", 64, ""), lun("2", 32, "pvc-a")]),
-            report("n2", vec![lun("1", 64, ""), lun("2", 32, "pvc-a")]),
+            report(
+                "n2",
+                vec![lun("1", 64, ""), lun("2", 32, "pvc-a"), lun("3", 16, "")],
+            ),
         ];
         let c = s.reconcile(&reports).await.unwrap();
-        assert_eq!(c.created, ["san-static-1"], "one PV per LUN, not per node");
+        assert_eq!(
+            c.created,
+            ["san-static-1", "san-static-3"],
+            "one PV per LUN, not per node"
+        );
+        let masked = fake.object(&format!("{PVS}/san-static-3")).unwrap();
+        let term = &masked["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]
+            ["matchExpressions"][0];
+        assert_eq!(term["values"], json!(["n2"]), "only n2 sees LUN 3");
+        fake.remove(&format!("{PVS}/san-static-3"));
+        reports[1].luns.pop();
         let pv = fake.object(&format!("{PVS}/san-static-1")).unwrap();
         let handle = VolumeId::new("san", None, "static-1");
         assert_eq!(pv["spec"]["csi"]["volumeHandle"], handle.to_string());
