@@ -420,7 +420,7 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
         json!({"type": "iscsi", "source": {"host": format!("127.0.0.1:{}", t.port), "device": IQN},
                "nodeSelector": {"san": "yes"}}),
     );
-    let d = Driver::start(Options {
+    let mut d = Driver::start(Options {
         kubeconfig: Some(cluster.kubeconfig.clone()),
         extra_nodes: vec![("node-2".into(), 16 << 20)],
         ..Default::default()
@@ -537,4 +537,43 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
         2,
         "the LUN is free again: {cm}"
     );
+
+    // Listed once (not once per node), reaching both nodes.
+    let listed = ctl
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .entries;
+    let shared: Vec<&csi::Volume> = listed
+        .iter()
+        .filter_map(|e| e.volume.as_ref())
+        .filter(|v| v.volume_id.contains(":san::"))
+        .collect();
+    assert_eq!(shared.len(), 2, "{listed:?}");
+    assert!(shared.iter().all(|v| v.accessible_topology.len() == 2));
+
+    // The node a volume is published on dies: any other node of the pool
+    // drops its record, and the volume moves.
+    let moving = csi::ControllerPublishVolumeRequest {
+        volume_id: vols[1].volume_id.clone(),
+        ..publish("node-1")
+    };
+    ctl.controller_publish_volume(moving.clone())
+        .await
+        .expect("publish on node-1");
+    d.kill_node();
+    ctl.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+        volume_id: vols[1].volume_id.clone(),
+        node_id: "node-1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("unpublished through node-2");
+    ctl.controller_publish_volume(csi::ControllerPublishVolumeRequest {
+        node_id: "node-2".into(),
+        ..moving
+    })
+    .await
+    .expect("now on node-2");
 }

@@ -12,7 +12,8 @@ use crate::{
     error::{Error, Result},
     Ctx,
 };
-use pool_csi_proto::VolumeId;
+use pool_csi_proto::{agent::agent_client::AgentClient, VolumeId};
+use tonic::transport::Channel;
 
 /// Wraps an agent's error with the node it came from; its code passes through.
 pub fn agent_err(node: &str) -> impl FnOnce(tonic::Status) -> Error + '_ {
@@ -28,25 +29,45 @@ pub fn node_of<'a>(node: &'a Option<String>, what: &str) -> Result<&'a str> {
         .ok_or_else(|| Error::NotFound(format!("{what} names no node")))
 }
 
-/// The node that answers for volume `id`: its own for a node-local pool;
-/// for a shared pool (the id names no node) a node serving the pool now,
-/// `prefer` if it does. NotFound when no node defines the pool any more.
-pub async fn serving_node(ctx: &Ctx, id: &VolumeId, prefer: Option<&str>) -> Result<String> {
+/// Asks the node that answers for volume `id`: its own for a node-local
+/// pool; for a shared pool (the id names no node) the nodes serving the pool,
+/// `prefer` first, moving on while one does not answer (UNAVAILABLE: a node
+/// gone for good must not strand its volumes). Returns the node that
+/// answered last with its answer; NotFound when no node defines the pool.
+pub async fn ask<T, F, Fut>(
+    ctx: &Ctx,
+    id: &VolumeId,
+    prefer: Option<&str>,
+    mut call: F,
+) -> Result<(String, std::result::Result<T, tonic::Status>)>
+where
+    F: FnMut(AgentClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut last = None;
+    for node in serving_nodes(ctx, id, prefer).await? {
+        match call(ctx.agents.client(&node)?).await {
+            Err(s) if s.code() == tonic::Code::Unavailable => last = Some((node, Err(s))),
+            r => return Ok((node, r.map(tonic::Response::into_inner))),
+        }
+    }
+    Ok(last.expect("serving_nodes never answers an empty list"))
+}
+
+/// The nodes that can answer for volume `id`, best first (see [`ask`]).
+async fn serving_nodes(ctx: &Ctx, id: &VolumeId, prefer: Option<&str>) -> Result<Vec<String>> {
     if let Some(node) = &id.node {
-        return Ok(node.clone());
+        return Ok(vec![node.clone()]);
     }
     let (inventories, unreachable) = ctx.agents.all_inventories(INVENTORY_TTL).await;
-    let serving: Vec<&str> = inventories
+    let mut serving: Vec<String> = inventories
         .iter()
         .filter(|i| i.running_pool(&id.pool).is_some_and(|p| p.shared))
-        .map(|i| i.node.as_str())
+        .map(|i| i.node.clone())
         .collect();
-    if let Some(n) = serving
-        .iter()
-        .find(|n| Some(**n) == prefer)
-        .or(serving.first())
-    {
-        return Ok(n.to_string());
+    if !serving.is_empty() {
+        serving.sort_by_key(|n| Some(n.as_str()) != prefer);
+        return Ok(serving);
     }
     let defined: Vec<String> = inventories
         .iter()

@@ -11,7 +11,7 @@
 //!   in the volume's cluster-wide claim, and a second node is refused until
 //!   the first unpublishes.
 
-use super::{agent_err, serving_node, volumes};
+use super::{agent_err, ask, volumes};
 use crate::{
     agents::INVENTORY_TTL,
     error::{Error, Result},
@@ -59,19 +59,16 @@ pub async fn unpublish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
         return Ok(());
     }
     // Any node of the pool can drop the record: `node` may be gone for good.
-    let via = match serving_node(ctx, id, Some(node)).await {
-        Err(Error::NotFound(_)) => return Ok(()),
-        r => r?,
-    };
-    match ctx
-        .agents
-        .client(&via)?
-        .unpublish_volume(record(id, node))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-        Err(s) => Err(agent_err(&via)(s)),
+    let asked = ask(ctx, id, Some(node), |mut c| {
+        let req = record(id, node);
+        async move { c.unpublish_volume(req).await }
+    });
+    match asked.await {
+        Err(Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+        Ok((_, Ok(_))) => Ok(()),
+        Ok((_, Err(s))) if s.code() == tonic::Code::NotFound => Ok(()),
+        Ok((via, Err(s))) => Err(agent_err(&via)(s)),
     }
 }
 

@@ -1,6 +1,6 @@
 //! DeleteVolume, ControllerExpandVolume, ControllerGetVolume, ListVolumes.
 
-use super::{agent_err, serving_node};
+use super::{agent_err, ask};
 use crate::{
     agents::futures_join_all,
     error::{Error, Result},
@@ -10,59 +10,61 @@ use pool_csi_proto::{agent as pb, VolumeId};
 
 /// Deletes a volume. A volume, pool or node that no longer has it is Ok.
 pub async fn delete(ctx: &Ctx, id: &VolumeId) -> Result<()> {
-    let node = match serving_node(ctx, id, None).await {
-        Err(Error::NotFound(_)) => return Ok(()), // no node has the pool any more
-        r => r?,
-    };
-    let node = node.as_str();
     let req = pb::DeleteVolumeRequest {
         pool: id.pool.clone(),
         name: id.name.clone(),
         wipe: false,
     };
-    match ctx.agents.client(node)?.delete_volume(req).await {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()), // the pool is gone from the node
-        Err(s) => Err(agent_err(node)(s)),
+    let asked = ask(ctx, id, None, |mut c| {
+        let req = req.clone();
+        async move { c.delete_volume(req).await }
+    });
+    match asked.await {
+        Err(Error::NotFound(_)) => Ok(()), // no node has the pool any more
+        Err(e) => Err(e),
+        Ok((_, Ok(_))) => Ok(()),
+        Ok((_, Err(s))) if s.code() == tonic::Code::NotFound => Ok(()), // the pool is gone from the node
+        Ok((node, Err(s))) => Err(agent_err(&node)(s)),
     }
 }
 
 /// Grows a volume; returns (capacity, node expansion required).
 pub async fn expand(ctx: &Ctx, id: &VolumeId, required: u64, limit: u64) -> Result<(u64, bool)> {
-    let node = &serving_node(ctx, id, None).await?;
     let req = pb::ExpandVolumeRequest {
         pool: id.pool.clone(),
         name: id.name.clone(),
         required_bytes: required,
         limit_bytes: limit,
     };
-    let r = ctx
-        .agents
-        .client(node)?
-        .expand_volume(req)
-        .await
-        .map_err(agent_err(node))?
-        .into_inner();
+    let (node, r) = ask(ctx, id, None, |mut c| {
+        let req = req.clone();
+        async move { c.expand_volume(req).await }
+    })
+    .await?;
+    let r = r.map_err(agent_err(&node))?;
     Ok((r.capacity_bytes, r.node_expansion_required))
 }
 
 /// The volume as its agent reports it; NotFound when it is gone.
 pub async fn get(ctx: &Ctx, id: &VolumeId) -> Result<pb::VolumeInfo> {
-    let node = &serving_node(ctx, id, None).await?;
     let req = pb::VolumeRef {
         pool: id.pool.clone(),
         name: id.name.clone(),
     };
-    match ctx.agents.client(node)?.get_volume(req).await {
+    let (node, r) = ask(ctx, id, None, |mut c| {
+        let req = req.clone();
+        async move { c.get_volume(req).await }
+    })
+    .await?;
+    match r {
         Ok(r) => r
-            .into_inner()
             .volume
             .ok_or_else(|| Error::NotFound(format!("volume {id} not found"))),
         Err(s) if s.code() == tonic::Code::NotFound => Err(Error::NotFound(format!(
             "volume {id} not found: {}",
             s.message()
         ))),
-        Err(s) => Err(agent_err(node)(s)),
+        Err(s) => Err(agent_err(&node)(s)),
     }
 }
 
