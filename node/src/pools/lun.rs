@@ -79,6 +79,8 @@ const SAVE_ATTEMPTS: usize = 8;
 
 pub struct LunPool {
     name: String,
+    /// This node (a shared volume published elsewhere is not attached here).
+    node: String,
     source: Box<dyn LunSource>,
     claims: Box<dyn ClaimStore>,
     /// The volumes this node has attached (a JSON list of names): the
@@ -108,6 +110,7 @@ impl LunPool {
         };
         Self {
             name: def.name.clone(),
+            node: cfg.node_name.clone(),
             source,
             claims,
             users_file: cfg
@@ -524,8 +527,19 @@ impl Pool for LunPool {
         self.state.ensure_running()?;
         let c = self.claim_of(name).await?;
         let _held = self.lock.lock().await;
-        self.update(|claims| Ok(((), self.ensure_claimed(claims, name, &c)?)))
-            .await?;
+        self.update(|claims| {
+            let made = self.ensure_claimed(claims, name, &c)?;
+            // Two nodes writing one LUN corrupt it: whatever the CO does,
+            // a volume published elsewhere is not attached here.
+            match claims[name].published.as_deref() {
+                Some(other) if other != self.node => Err(Error::Precondition(format!(
+                    "volume {name} is published on node {other}, not on {}; it can be used on one node at a time",
+                    self.node
+                ))),
+                _ => Ok(((), made)),
+            }
+        })
+        .await?;
         self.set_user(name, true)?;
         Ok(AttachSource::Block {
             device: self.source.device(&c).await?,
@@ -846,6 +860,10 @@ mod tests {
         assert!(b.publish("v", "n2").await.is_err());
         b.unpublish("v", "n1").await.unwrap();
         b.publish("v", "n2").await.unwrap();
+        let e = a.attach_source("v").await.unwrap_err().to_string();
+        assert!(e.contains("published on node n2, not on n1"), "{e}");
+        b.attach_source("v").await.unwrap();
+        b.detached("v").await.unwrap();
         b.unpublish("v", "n2").await.unwrap();
         a.delete_volume("v", false).await.unwrap();
         assert!(matches!(
