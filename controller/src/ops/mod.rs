@@ -72,8 +72,13 @@ async fn serving_nodes(ctx: &Ctx, id: &VolumeId, prefer: Option<&str>) -> Result
     let defined: Vec<String> = inventories
         .iter()
         .filter_map(|i| {
-            i.pool(&id.pool)
-                .map(|p| format!("{}: {}", i.node, p.message))
+            i.pool(&id.pool).map(|p| match p.message.as_str() {
+                "" => format!(
+                    "{}: records its claims on its own, not in the cluster",
+                    i.node
+                ),
+                why => format!("{}: {why}", i.node),
+            })
         })
         .collect();
     if !defined.is_empty() {

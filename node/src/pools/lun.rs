@@ -203,7 +203,7 @@ impl LunPool {
 impl LunPool {
     /// The claim of volume `name`. A static PersistentVolume's name
     /// (`static-…`) that nobody claimed yet answers with the free LUN it
-    /// names, unclaimed (see [`Self::claim_static`]).
+    /// names, unclaimed (see [`Self::ensure_claimed`]).
     async fn claim_of(&self, name: &str) -> Result<Claim> {
         let claims = self.claims().await?;
         if let Some(c) = claims.get(name) {
@@ -649,23 +649,28 @@ mod tests {
         }
     }
 
-    fn recording_pool(t: &tempfile::TempDir, log: &Arc<Mutex<Vec<String>>>) -> LunPool {
-        let cfg = Config::local("n1", t.path().to_path_buf());
+    /// The iscsi pool `san` on the node of `cfg`, over LUNs of these sizes (MiB).
+    fn san(cfg: &Config, mib: &[u64], log: &Arc<Mutex<Vec<String>>>) -> LunPool {
         let def = PoolDefinition::parse_documents(
             "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: san }\nspec:\n  type: iscsi\n  source: { host: h, device: iqn.2026-11.x:t }\n",
             "t",
         )
         .unwrap()
         .remove(0);
+        let luns = mib.iter().zip(1..).map(|(m, n)| lun(n, *m)).collect();
         LunPool::new(
             &def,
-            &cfg,
+            cfg,
             Box::new(Recording {
-                luns: vec![lun(1, 10), lun(2, 20)],
+                luns,
                 log: log.clone(),
             }),
         )
         .with_inventory_ttl(Duration::ZERO)
+    }
+
+    fn recording_pool(t: &tempfile::TempDir, log: &Arc<Mutex<Vec<String>>>) -> LunPool {
+        san(&Config::local("n1", t.path().to_path_buf()), &[10, 20], log)
     }
 
     #[tokio::test]
@@ -749,6 +754,16 @@ mod tests {
         p.delete_volume("b", false).await.unwrap();
     }
 
+    /// Volumes `<p>0`, `<p>1`, `<p>2` created one after the other.
+    async fn three(pool: &LunPool, p: &str) -> Vec<Result<Volume>> {
+        let mut out = Vec::new();
+        for i in 0..3 {
+            let req = CreateRequest::sized(&format!("{p}{i}"), 5);
+            out.push(pool.create_volume(&req).await);
+        }
+        out
+    }
+
     /// Pools of the same four LUNs on nodes n1 and n2, with their claims in
     /// one (fake) cluster.
     fn shared_pools(
@@ -761,22 +776,7 @@ mod tests {
                 client: fake.client(),
                 namespace: "pool-csi".into(),
             });
-            let def = recording_pool(t, &Default::default()).name;
-            let def = PoolDefinition::parse_documents(
-                &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {def} }}\nspec:\n  type: iscsi\n  source: {{ host: h, device: iqn.2026-11.x:t }}\n"),
-                "t",
-            )
-            .unwrap()
-            .remove(0);
-            LunPool::new(
-                &def,
-                &cfg,
-                Box::new(Recording {
-                    luns: vec![lun(1, 10), lun(2, 20), lun(3, 30), lun(4, 40)],
-                    log: Default::default(),
-                }),
-            )
-            .with_inventory_ttl(Duration::ZERO)
+            san(&cfg, &[10, 20, 30, 40], &Default::default())
         };
         (pool("n1"), pool("n2"))
     }
@@ -789,28 +789,7 @@ mod tests {
         a.start().await.unwrap();
         b.start().await.unwrap();
         assert!(a.shared() && b.shared());
-        let (ra, rb) = tokio::join!(
-            async {
-                let mut out = Vec::new();
-                for i in 0..3 {
-                    out.push(
-                        a.create_volume(&CreateRequest::sized(&format!("a{i}"), 5))
-                            .await,
-                    );
-                }
-                out
-            },
-            async {
-                let mut out = Vec::new();
-                for i in 0..3 {
-                    out.push(
-                        b.create_volume(&CreateRequest::sized(&format!("b{i}"), 5))
-                            .await,
-                    );
-                }
-                out
-            },
-        );
+        let (ra, rb) = tokio::join!(three(&a, "a"), three(&b, "b"));
         let writes = fake
             .requests()
             .iter()
