@@ -243,17 +243,31 @@ impl Controller for ControllerService {
             }
             let all = ops::volumes::list(&self.ctx).await?;
             let (page, next_token) = ops::paginate(all, r.max_entries, &r.starting_token)?;
-            let mut entries = Vec::with_capacity(page.len());
-            for (id, v) in page {
-                let reach = ops::reach(&self.ctx, &id).await;
-                entries.push(csi::list_volumes_response::Entry {
-                    volume: Some(convert::volume(&id, v.capacity_bytes, &reach)),
+            // Shared volumes reach every node of their pool: read once.
+            let inventories = match page.iter().any(|(id, _)| id.node.is_none()) {
+                true => {
+                    self.ctx
+                        .agents
+                        .all_inventories(crate::agents::INVENTORY_TTL)
+                        .await
+                        .0
+                }
+                false => Vec::new(),
+            };
+            let entries = page
+                .into_iter()
+                .map(|(id, v)| csi::list_volumes_response::Entry {
+                    volume: Some(convert::volume(
+                        &id,
+                        v.capacity_bytes,
+                        &ops::reach_in(&inventories, &id),
+                    )),
                     status: Some(csi::list_volumes_response::VolumeStatus {
                         published_node_ids: Vec::new(),
                         volume_condition: Some(convert::condition(&v)),
                     }),
-                });
-            }
+                })
+                .collect();
             Ok(csi::ListVolumesResponse {
                 entries,
                 next_token,

@@ -71,10 +71,7 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
                 .filter(|i| i.pool(pool).is_some_and(|p| !p.shared))
                 .map(|i| i.node.as_str())
                 .collect();
-            let defined_on = inventories
-                .iter()
-                .filter(|i| i.pool(pool).is_some())
-                .count();
+            let defined_on = super::nodes_defining(&inventories, pool).len();
             if pool_type.is_lun_pool() && defined_on > 1 && !on_own.is_empty() {
                 // A node recording hand-outs on its own could give a LUN
                 // another node gave out.
@@ -143,14 +140,7 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
                     v.name.as_str()
                 };
                 let id = VolumeId::new(pool, (!v.shared).then_some(node.as_str()), name);
-                let reach = match v.shared {
-                    false => vec![node.clone()],
-                    true => inventories
-                        .iter()
-                        .filter(|i| i.pool(pool).is_some())
-                        .map(|i| i.node.clone())
-                        .collect(),
-                };
+                let reach = super::reach_in(&inventories, &id);
                 return Ok(Created {
                     id,
                     capacity: v.capacity_bytes,

@@ -8,11 +8,12 @@ pub mod snapshots;
 pub mod volumes;
 
 use crate::{
-    agents::INVENTORY_TTL,
+    agents::{NodeInventory, INVENTORY_TTL},
     error::{Error, Result},
     Ctx,
 };
 use pool_csi_proto::{agent::agent_client::AgentClient, VolumeId};
+use std::sync::Arc;
 use tonic::transport::Channel;
 
 /// Wraps an agent's error with the node it came from; its code passes through.
@@ -103,18 +104,28 @@ async fn serving_nodes(ctx: &Ctx, id: &VolumeId, prefer: Option<&str>) -> Result
 /// The nodes that reach volume `id`: its node, or every node defining its
 /// shared pool (as last reported).
 pub async fn reach(ctx: &Ctx, id: &VolumeId) -> Vec<String> {
+    let inventories = match id.node {
+        Some(_) => Vec::new(), // not needed
+        None => ctx.agents.all_inventories(INVENTORY_TTL).await.0,
+    };
+    reach_in(&inventories, id)
+}
+
+/// [`reach`] from inventories in hand (every node's, for a shared volume).
+pub fn reach_in(inventories: &[Arc<NodeInventory>], id: &VolumeId) -> Vec<String> {
     match &id.node {
         Some(n) => vec![n.clone()],
-        None => ctx
-            .agents
-            .all_inventories(INVENTORY_TTL)
-            .await
-            .0
-            .iter()
-            .filter(|i| i.pool(&id.pool).is_some())
-            .map(|i| i.node.clone())
-            .collect(),
+        None => nodes_defining(inventories, &id.pool),
     }
+}
+
+/// The nodes whose inventory defines `pool`.
+pub fn nodes_defining(inventories: &[Arc<NodeInventory>], pool: &str) -> Vec<String> {
+    inventories
+        .iter()
+        .filter(|i| i.pool(pool).is_some())
+        .map(|i| i.node.clone())
+        .collect()
 }
 
 /// One page of `items` (sorted by key) after `token`, at most `max` (0: all).

@@ -107,15 +107,7 @@ impl DiskPool {
     }
 
     fn write_records(&self, r: &BTreeMap<u64, Record>) -> Result<()> {
-        if let Some(dir) = self.records.parent() {
-            std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-        }
-        let bytes = serde_json::to_vec_pretty(r).expect("records serialise");
-        super::fsutil::replace_file(
-            &self.records,
-            &self.records.with_extension("json.tmp"),
-            &bytes,
-        )
+        super::fsutil::write_json(&self.records, r)
     }
 
     async fn table(&self) -> Result<sfdisk::Table> {

@@ -1,5 +1,6 @@
 //! Filesystem helpers the pools share: crash-safe renames, directory
-//! syncs, idempotent removal, and zeroing (wipe) of files and devices.
+//! syncs, JSON state files, idempotent removal, and zeroing (wipe) of
+//! files and devices.
 
 use crate::error::{io, Error, Result};
 use std::{fs::File, path::Path};
@@ -18,6 +19,25 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
         ))),
         Err(e) => Err(io("rename", from)(e.into())),
     }
+}
+
+/// A JSON file's content; `None` when there is no file.
+pub fn read_json<T: serde::de::DeserializeOwned>(f: &std::path::Path) -> Result<Option<T>> {
+    match std::fs::read(f) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Precondition(format!("{} is corrupt: {e}", f.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", f)(e)),
+    }
+}
+
+/// Replaces `f` with `value` as JSON, whole or not at all.
+pub fn write_json(f: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
+    let dir = f.parent().expect("state files live in a directory");
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let bytes = serde_json::to_vec_pretty(value).expect("state serialises");
+    replace_file(f, &f.with_extension("json.tmp"), &bytes)
 }
 
 /// Replaces `path` with `bytes`, whole or not at all: written to `tmp`,

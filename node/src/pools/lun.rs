@@ -12,7 +12,8 @@
 //! tied to a node, and the claim records the node a volume is published on.
 
 use super::{
-    lun_claims::{read_json, write_json, ClaimStore, Claims, ClusterClaims, FileClaims},
+    fsutil::{read_json, write_json},
+    lun_claims::{ClaimStore, Claims, ClusterClaims, FileClaims, Version},
     AttachSource, CreateRequest, Expanded, LunEntry, Pool, PoolState, PoolStatus, Snapshot, Source,
     Volume,
 };
@@ -155,15 +156,21 @@ impl LunPool {
         Ok(self.claims.load().await?.0)
     }
 
-    /// Applies `change` to the claims and stores the result when it says it
-    /// changed something, redoing it on a fresh load when another node
-    /// changed the claims meanwhile.
+    /// Applies `change` to the claims (first to `loaded`, when the caller
+    /// has just read them) and stores the result when it says it changed
+    /// something, redoing it on a fresh load when another node changed the
+    /// claims meanwhile. Callers hold the pool's lock, so one node's own
+    /// changes never race (a claims file has no version to check).
     async fn update<T>(
         &self,
+        mut loaded: Option<(Claims, Version)>,
         mut change: impl FnMut(&mut Claims) -> Result<(T, bool)>,
     ) -> Result<T> {
         for _ in 0..SAVE_ATTEMPTS {
-            let (mut claims, version) = self.claims.load().await?;
+            let (mut claims, version) = match loaded.take() {
+                Some(l) => l,
+                None => self.claims.load().await?,
+            };
             let (answer, changed) = change(&mut claims)?;
             if !changed || self.claims.save(&claims, &version).await? {
                 return Ok(answer);
@@ -201,11 +208,10 @@ impl LunPool {
 }
 
 impl LunPool {
-    /// The claim of volume `name`. A static PersistentVolume's name
-    /// (`static-…`) that nobody claimed yet answers with the free LUN it
-    /// names, unclaimed (see [`Self::ensure_claimed`]).
-    async fn claim_of(&self, name: &str) -> Result<Claim> {
-        let claims = self.claims().await?;
+    /// The claim of volume `name` in `claims`. A static PersistentVolume's
+    /// name (`static-…`) that nobody claimed yet answers with the free LUN
+    /// it names, unclaimed (see [`Self::ensure_claimed`]).
+    async fn claim_in(&self, claims: &Claims, name: &str) -> Result<Claim> {
         if let Some(c) = claims.get(name) {
             return Ok(c.clone());
         }
@@ -238,7 +244,7 @@ impl LunPool {
     }
 
     /// The claim of `name` in `claims`, made there from `found` (what
-    /// [`Self::claim_of`] answered) for a static volume's first use, so no
+    /// [`Self::claim_in`] answered) for a static volume's first use, so no
     /// CreateVolume hands its LUN out. `Ok(true)`: it was made now.
     fn ensure_claimed(&self, claims: &mut Claims, name: &str, found: &Claim) -> Result<bool> {
         if claims.contains_key(name) {
@@ -435,7 +441,8 @@ impl Pool for LunPool {
     async fn delete_volume(&self, name: &str, wipe: bool) -> Result<()> {
         self.state.ensure_running()?;
         let _held = self.lock.lock().await;
-        let Some(c) = self.claims().await?.remove(name) else {
+        let loaded = self.claims.load().await?;
+        let Some(c) = loaded.0.get(name).cloned() else {
             return Ok(());
         };
         let idle = |c: &Claim| match &c.published {
@@ -465,7 +472,7 @@ impl Pool for LunPool {
                 self.source.disconnect().await?;
             }
         }
-        self.update(|claims| match claims.get(name) {
+        self.update(Some(loaded), |claims| match claims.get(name) {
             Some(c) => idle(c).map(|()| ((), claims.remove(name).is_some())),
             None => Ok(((), false)),
         })
@@ -489,7 +496,7 @@ impl Pool for LunPool {
 
     async fn get_volume(&self, name: &str) -> Result<Volume> {
         self.state.ensure_running()?;
-        let c = self.claim_of(name).await?;
+        let c = self.claim_in(&self.claims().await?, name).await?;
         let luns = self.recent_luns().await.unwrap_or_default();
         Ok(self.volume(name, &c, &luns))
     }
@@ -525,9 +532,10 @@ impl Pool for LunPool {
     /// The volume counts as in use here from now until `detached`.
     async fn attach_source(&self, name: &str) -> Result<AttachSource> {
         self.state.ensure_running()?;
-        let c = self.claim_of(name).await?;
         let _held = self.lock.lock().await;
-        self.update(|claims| {
+        let loaded = self.claims.load().await?;
+        let c = self.claim_in(&loaded.0, name).await?;
+        self.update(Some(loaded), |claims| {
             let made = self.ensure_claimed(claims, name, &c)?;
             // Two nodes writing one LUN corrupt it: whatever the CO does,
             // a volume published elsewhere is not attached here.
@@ -573,8 +581,10 @@ impl Pool for LunPool {
     /// until it unpublishes.
     async fn publish(&self, name: &str, node: &str) -> Result<()> {
         self.state.ensure_running()?;
-        let found = self.claim_of(name).await?;
-        self.update(|claims| {
+        let _held = self.lock.lock().await;
+        let loaded = self.claims.load().await?;
+        let found = self.claim_in(&loaded.0, name).await?;
+        self.update(Some(loaded), |claims| {
             let made = self.ensure_claimed(claims, name, &found)?;
             let c = claims.get_mut(name).expect("ensured");
             match c.published.as_deref() {
@@ -593,7 +603,8 @@ impl Pool for LunPool {
 
     async fn unpublish(&self, name: &str, node: &str) -> Result<()> {
         self.state.ensure_running()?;
-        self.update(|claims| match claims.get_mut(name) {
+        let _held = self.lock.lock().await;
+        self.update(None, |claims| match claims.get_mut(name) {
             Some(c)
                 if c.published.is_some()
                     && (node.is_empty() || c.published.as_deref() == Some(node)) =>

@@ -15,8 +15,11 @@
 //! the claims changed since [`ClaimStore::load`], and the caller redoes its
 //! change on a fresh load.
 
-use super::lun::Claim;
-use crate::error::{io, Error, Result};
+use super::{
+    fsutil::{read_json, write_json},
+    lun::Claim,
+};
+use crate::error::{Error, Result};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use std::{collections::BTreeMap, path::PathBuf};
@@ -48,25 +51,6 @@ impl FileClaims {
     pub fn new(file: PathBuf) -> Self {
         Self { file }
     }
-}
-
-/// A JSON file's content; `None` when there is no file.
-pub fn read_json<T: serde::de::DeserializeOwned>(f: &std::path::Path) -> Result<Option<T>> {
-    match std::fs::read(f) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| Error::Precondition(format!("{} is corrupt: {e}", f.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io("read", f)(e)),
-    }
-}
-
-/// Replaces `f` with `value` as JSON, whole or not at all.
-pub fn write_json(f: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
-    let dir = f.parent().expect("state files live in a directory");
-    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let bytes = serde_json::to_vec_pretty(value).expect("state serialises");
-    super::fsutil::replace_file(f, &f.with_extension("json.tmp"), &bytes)
 }
 
 #[tonic::async_trait]
