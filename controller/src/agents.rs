@@ -24,14 +24,14 @@ pub struct TlsArgs {
     #[arg(long, env = "AGENT_TLS_CA")]
     pub agent_tls_ca: Option<std::path::PathBuf>,
     /// The name the agents' certificates are issued for.
-    #[arg(long, env = "AGENT_TLS_SERVER_NAME", default_value = pool_csi_proto::tls::DEFAULT_SERVER_NAME)]
+    #[arg(long, env = "AGENT_TLS_SERVER_NAME", default_value = pool_csi_common::tls::DEFAULT_SERVER_NAME)]
     pub agent_tls_server_name: String,
 }
 
 impl TlsArgs {
     /// The client TLS configuration, or None for plain text.
     pub fn client_config(&self) -> Result<Option<ClientTlsConfig>, String> {
-        let files = pool_csi_proto::tls::TlsFiles::from_flags(
+        let files = pool_csi_common::tls::TlsFiles::from_flags(
             self.agent_tls_cert.clone(),
             self.agent_tls_key.clone(),
             self.agent_tls_ca.clone(),
@@ -40,7 +40,7 @@ impl TlsArgs {
         files
             .map(|f| {
                 f.client(&self.agent_tls_server_name)
-                    .map_err(|e| pool_csi_proto::full_message(&e))
+                    .map_err(|e| pool_csi_common::full_message(&e))
             })
             .transpose()
     }
@@ -378,7 +378,7 @@ pub async fn futures_join_all<F: std::future::Future>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pool_csi_proto::fake_api::FakeApi;
+    use pool_csi_testkit::fake_api::FakeApi;
     use serde_json::json;
 
     fn pod(fake: &FakeApi, name: &str, node: &str, ip: &str, phase: &str, app: &str) {

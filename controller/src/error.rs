@@ -1,6 +1,6 @@
 //! The controller's error type and its gRPC codes.
 
-use pool_csi_proto::{params::ParamError, GrpcCode};
+use pool_csi_common::{params::ParamError, GrpcCode};
 use tonic::Code;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum Error {
     BadToken(String),
     /// Another operation on the same volume is running.
     #[error(transparent)]
-    Busy(#[from] pool_csi_proto::oplock::Busy),
+    Busy(#[from] pool_csi_common::oplock::Busy),
     /// The agent answered with an error: its code passes through.
     #[error("node {node}: {}", status.message())]
     Agent { node: String, status: tonic::Status },

@@ -221,7 +221,7 @@ impl Elector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pool_csi_proto::fake_api::FakeApi;
+    use pool_csi_testkit::fake_api::FakeApi;
 
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/pool-csi";
 

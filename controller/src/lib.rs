@@ -12,7 +12,7 @@ pub mod static_pvs;
 pub mod status_writer;
 
 use agents::Agents;
-use pool_csi_proto::OpLocks;
+use pool_csi_common::OpLocks;
 
 /// Everything a controller handler needs.
 pub struct Ctx {

@@ -2,6 +2,11 @@
 //! CSI Identity + Controller on a unix socket for the sidecars.
 
 use clap::Parser;
+use pool_csi_common::{
+    identity::{check_driver_name, IdentityService},
+    metrics::{self, MetricsLayer, Registry},
+    serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint, DRAIN_GRACE},
+};
 use pool_csi_controller::{
     agents::Agents,
     csi::controller::ControllerService,
@@ -9,12 +14,7 @@ use pool_csi_controller::{
     status_writer::StatusWriter,
     Ctx,
 };
-use pool_csi_proto::{
-    csi::{controller_server::ControllerServer, identity_server::IdentityServer},
-    identity::{check_driver_name, IdentityService},
-    metrics::{self, MetricsLayer, Registry},
-    serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint, DRAIN_GRACE},
-};
+use pool_csi_proto::csi::{controller_server::ControllerServer, identity_server::IdentityServer};
 use std::{
     collections::BTreeMap,
     sync::{atomic::AtomicBool, Arc},
@@ -65,7 +65,7 @@ struct Args {
     #[arg(long, env = "LEASE_NAME", default_value = "pool-csi-controller")]
     lease_name: String,
     /// CSI driver name.
-    #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_proto::DEFAULT_DRIVER_NAME)]
+    #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_common::DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// Pool used when a StorageClass names none.
     #[arg(long, env = "DEFAULT_POOL")]
@@ -92,7 +92,7 @@ fn agent_map(list: &[String]) -> Result<BTreeMap<String, String>, String> {
         let (node, addr) = a
             .split_once('=')
             .ok_or_else(|| format!("--agent {a:?}: expected NODE=HOST:PORT"))?;
-        pool_csi_proto::volume_id::check_node_name(node)
+        pool_csi_common::volume_id::check_node_name(node)
             .map_err(|w| format!("--agent {a:?}: node {w}"))?;
         if map.insert(node.to_string(), addr.to_string()).is_some() {
             return Err(format!("--agent: node {node} given twice"));
@@ -125,7 +125,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_tracing(&log_filter, log_json);
     check_driver_name(&driver_name)?;
     if let Some(p) = &default_pool {
-        pool_csi_proto::pool_spec::check_pool_name(p)
+        pool_csi_common::pool_spec::check_pool_name(p)
             .map_err(|w| format!("--default-pool {p:?} {w}"))?;
     }
     let Endpoint::Unix(path) = csi_endpoint.parse()? else {

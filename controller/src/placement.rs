@@ -9,11 +9,8 @@
 //! comes from GetCapacity and the scheduler (WaitForFirstConsumer); a node
 //! without room answers RESOURCE_EXHAUSTED and the next one is tried.
 
-use pool_csi_proto::{
-    csi::{Topology, TopologyRequirement},
-    volume_id::fnv1a64,
-    TOPOLOGY_NODE_KEY,
-};
+use pool_csi_common::{volume_id::fnv1a64, TOPOLOGY_NODE_KEY};
+use pool_csi_proto::csi::{Topology, TopologyRequirement};
 
 /// The node a topology segment names; None when it does not constrain nodes.
 fn node_of(t: &Topology) -> Option<&str> {

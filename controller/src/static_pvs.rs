@@ -22,11 +22,11 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use pool_csi_proto::{
-    agent::{ListLunsRequest, LunInfo, PoolState},
+use pool_csi_common::{
     params::{KEY_FSTYPE, KEY_POOL},
     VolumeId, TOPOLOGY_NODE_KEY,
 };
+use pool_csi_proto::agent::{ListLunsRequest, LunInfo, PoolState};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Label on every static PV: the pool it belongs to.
@@ -290,7 +290,7 @@ pub async fn gather(agents: &Agents, reports: &crate::status_writer::Reports) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pool_csi_proto::fake_api::FakeApi;
+    use pool_csi_testkit::fake_api::FakeApi;
     use serde_json::json;
 
     const PVS: &str = "/api/v1/persistentvolumes";

@@ -10,11 +10,11 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use pool_csi_proto::{
-    agent::{GetInventoryRequest, PoolInfo, PoolState},
+use pool_csi_common::{
     pool_spec::StoragePool,
     pool_status::{quantity, ExtentStatus, NodePoolStatus, PoolCondition, StoragePoolStatus},
 };
+use pool_csi_proto::agent::{GetInventoryRequest, PoolInfo, PoolState};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use tokio::sync::watch;
 
@@ -52,7 +52,7 @@ pub fn summarize(
                 if let Some(p) = pools.iter().find(|p| p.name == name) {
                     lun_pool |= p
                         .r#type
-                        .parse::<pool_csi_proto::PoolType>()
+                        .parse::<pool_csi_common::PoolType>()
                         .is_ok_and(|t| t.is_lun_pool());
                     if !p.shared {
                         on_own.push(node.clone());
@@ -307,7 +307,7 @@ impl StatusWriter {
         let name = sp.metadata.name.clone().unwrap_or_default();
         let mut ev = Event {
             involved_object: ObjectReference {
-                api_version: Some(pool_csi_proto::pool_spec::API_VERSION.into()),
+                api_version: Some(pool_csi_common::pool_spec::API_VERSION.into()),
                 kind: Some("StoragePool".into()),
                 name: Some(name.clone()),
                 uid: sp.metadata.uid.clone(),
@@ -423,7 +423,8 @@ pub async fn gather(agents: &Agents) -> Reports {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pool_csi_proto::{agent::Extent, fake_api::FakeApi};
+    use pool_csi_proto::agent::Extent;
+    use pool_csi_testkit::fake_api::FakeApi;
     use serde_json::json;
 
     const SP: &str = "/apis/pool-csi.io/v1alpha1/storagepools";
@@ -647,7 +648,7 @@ mod tests {
 #[cfg(test)]
 mod loop_tests {
     use super::*;
-    use pool_csi_proto::fake_api::FakeApi;
+    use pool_csi_testkit::fake_api::FakeApi;
 
     /// An agent that does not answer (yet) is asked again within seconds,
     /// not at the next regular round.

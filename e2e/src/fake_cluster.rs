@@ -4,7 +4,7 @@
 
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use pool_csi_proto::fake_api::FakeApi;
+use pool_csi_testkit::fake_api::FakeApi;
 use std::path::{Path, PathBuf};
 use tower::ServiceExt;
 

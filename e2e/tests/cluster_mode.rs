@@ -76,7 +76,7 @@ async fn node_and_controller_run_from_the_cluster() {
     );
 
     // The controller leads and writes status; Events say what is wrong.
-    let lease = |api: &pool_csi_proto::fake_api::FakeApi| -> Option<String> {
+    let lease = |api: &pool_csi_testkit::fake_api::FakeApi| -> Option<String> {
         api.object(LEASE)?["spec"]["holderIdentity"]
             .as_str()
             .map(str::to_string)

@@ -404,7 +404,7 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
     if no_target_tools() {
         return;
     }
-    use pool_csi_proto::VolumeId;
+    use pool_csi_common::VolumeId;
     use serde_json::json;
     let scratch = tempfile::tempdir().unwrap();
     let t = store(scratch.path(), &[32, 64, 128]);
@@ -468,7 +468,7 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
     let reach: Vec<&str> = vols[0]
         .accessible_topology
         .iter()
-        .map(|t| t.segments[pool_csi_proto::TOPOLOGY_NODE_KEY].as_str())
+        .map(|t| t.segments[pool_csi_common::TOPOLOGY_NODE_KEY].as_str())
         .collect();
     assert_eq!(reach, ["node-1", "node-2"]);
     let full = c

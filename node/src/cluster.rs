@@ -6,7 +6,7 @@
 use crate::{pools, NodeCtx};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
-use pool_csi_proto::{pool_spec::StoragePool, PoolDefinition};
+use pool_csi_common::{pool_spec::StoragePool, PoolDefinition};
 use std::{collections::BTreeMap, time::Duration};
 
 /// Whether a pool with `selector` belongs on a node with `labels`.
@@ -43,7 +43,7 @@ pub async fn pools_for_node(
         match def.validate() {
             Ok(()) => out.push(def),
             Err(e) => {
-                tracing::warn!(pool.name = %def.name, error = %pool_csi_proto::full_message(&e), "StoragePool ignored: invalid")
+                tracing::warn!(pool.name = %def.name, error = %pool_csi_common::full_message(&e), "StoragePool ignored: invalid")
             }
         }
     }
@@ -79,7 +79,7 @@ pub async fn keep_syncing(ctx: std::sync::Arc<NodeCtx>, client: kube::Client, ev
 mod tests {
     use super::*;
     use crate::{exec::fake::FakeRunner, pools::PoolRegistry, Config};
-    use pool_csi_proto::fake_api::FakeApi;
+    use pool_csi_testkit::fake_api::FakeApi;
     use serde_json::json;
     use std::sync::{atomic::AtomicBool, Arc};
 

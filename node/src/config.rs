@@ -47,7 +47,7 @@ impl Config {
     /// real sysfs and mount table.
     pub fn local(node_name: &str, state_dir: PathBuf) -> Self {
         Self {
-            driver_name: pool_csi_proto::DEFAULT_DRIVER_NAME.into(),
+            driver_name: pool_csi_common::DEFAULT_DRIVER_NAME.into(),
             node_name: node_name.into(),
             state_dir,
             sysfs_root: "/sys".into(),

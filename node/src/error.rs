@@ -2,7 +2,7 @@
 //! act on it; the gRPC code is chosen in one exhaustive match.
 
 use crate::exec::ExecError;
-use pool_csi_proto::GrpcCode;
+use pool_csi_common::GrpcCode;
 use std::path::PathBuf;
 use tonic::Code;
 
@@ -69,7 +69,7 @@ pub enum Error {
     Qmp(#[from] crate::tools::qsd::QmpError),
     /// Another operation on the same volume is running.
     #[error(transparent)]
-    Busy(#[from] pool_csi_proto::oplock::Busy),
+    Busy(#[from] pool_csi_common::oplock::Busy),
     /// Others kept changing shared state this operation needs (retry).
     #[error("{0}")]
     Contended(String),
@@ -111,7 +111,7 @@ impl GrpcCode for Error {
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        pool_csi_proto::status_from(e)
+        pool_csi_common::status_from(e)
     }
 }
 

@@ -20,7 +20,7 @@ pub mod tools;
 pub use config::Config;
 
 use exec::CommandRunner;
-use pool_csi_proto::OpLocks;
+use pool_csi_common::OpLocks;
 use pools::PoolRegistry;
 use std::sync::{atomic::AtomicBool, Arc};
 

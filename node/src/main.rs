@@ -2,6 +2,13 @@
 //! for kubelet) and the agent API (TCP, for the controller).
 
 use clap::Parser;
+use pool_csi_common::{
+    identity::{check_driver_name, IdentityService},
+    metrics::{self, MetricsLayer, Registry},
+    serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint, DRAIN_GRACE},
+    tls::TlsFiles,
+    PoolDefinition,
+};
 use pool_csi_node::{
     agent::server::AgentService, cluster, csi::node::NodeService, exec::real::RealRunner,
     pools::PoolRegistry, tools::ploop, Config, NodeCtx,
@@ -9,11 +16,6 @@ use pool_csi_node::{
 use pool_csi_proto::{
     agent::agent_server::AgentServer,
     csi::{identity_server::IdentityServer, node_server::NodeServer},
-    identity::{check_driver_name, IdentityService},
-    metrics::{self, MetricsLayer, Registry},
-    serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint, DRAIN_GRACE},
-    tls::TlsFiles,
-    PoolDefinition,
 };
 use std::{
     ffi::OsString,
@@ -53,7 +55,7 @@ struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     namespace: String,
     /// CSI driver name.
-    #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_proto::DEFAULT_DRIVER_NAME)]
+    #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_common::DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// Directory for runtime state (image exports, pid files).
     #[arg(long, env = "STATE_DIR", default_value = "/var/lib/pool-csi")]
@@ -169,13 +171,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .clone()
         .map(|client| pool_csi_node::config::ClusterAccess { client, namespace });
     check_driver_name(&cfg.driver_name)?;
-    pool_csi_proto::volume_id::check_node_name(&cfg.node_name)
+    pool_csi_common::volume_id::check_node_name(&cfg.node_name)
         .map_err(|w| format!("--node-name {:?} {w}", cfg.node_name))?;
     let Endpoint::Unix(csi_path) = csi_endpoint.parse()? else {
         return Err("--csi-endpoint must be a unix:// socket".into());
     };
     let defs = match &pools_file {
-        Some(p) => PoolDefinition::load_file(p).map_err(|e| pool_csi_proto::full_message(&e))?,
+        Some(p) => PoolDefinition::load_file(p).map_err(|e| pool_csi_common::full_message(&e))?,
         None if cluster.is_some() => Vec::new(),
         None => {
             tracing::warn!("no --pools-file: this node serves no pools");

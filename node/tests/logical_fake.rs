@@ -2,12 +2,12 @@
 //! clones, activation), driven through the real pool code with recorded lvm
 //! output. The same operations run for real where device-mapper exists.
 
+use pool_csi_common::{Allocation, PoolDefinition};
 use pool_csi_node::{
     exec::fake::{FakeRunner, Reply},
     pools::{logical::LogicalPool, CreateRequest, Pool, Source},
     tools::lvm,
 };
-use pool_csi_proto::{Allocation, PoolDefinition};
 use std::sync::Arc;
 
 fn report(cmd: &'static str, fields: &'static str) -> Vec<&'static str> {
@@ -191,6 +191,6 @@ async fn a_thick_volume_with_a_cow_snapshot_is_not_deleted() {
     let p = pool(runner, 100);
     p.start().await.unwrap();
     let e = p.delete_volume("vol", false).await.unwrap_err();
-    let msg = pool_csi_proto::full_message(&e);
+    let msg = pool_csi_common::full_message(&e);
     assert!(msg.contains("snapshot x depends on it"), "{msg}");
 }

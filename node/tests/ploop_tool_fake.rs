@@ -7,6 +7,7 @@
 //! module's sysfs entries (block/ploopN/pdelta/0/image). Everything around it
 //! is the real pool and attach code on a real directory.
 
+use pool_csi_common::{PoolDefinition, VolumeFormat};
 use pool_csi_node::{
     attach::Attacher,
     exec::fake::{FakeRunner, Reply},
@@ -15,7 +16,6 @@ use pool_csi_node::{
     tools::{ploop::PloopHost, qsd::Export},
     Config,
 };
-use pool_csi_proto::{PoolDefinition, VolumeFormat};
 use std::{
     path::{Path, PathBuf},
     sync::Arc,

@@ -7,12 +7,9 @@ use crate::{
     ops::{self, create::Content},
     Ctx,
 };
-use pool_csi_proto::{
-    caps,
-    csi::{
-        self, controller_server::Controller, controller_service_capability, volume_content_source,
-    },
-    respond, storage_name, SnapshotId, VolumeId, VolumeParams,
+use pool_csi_common::{caps, respond, storage_name, SnapshotId, VolumeId, VolumeParams};
+use pool_csi_proto::csi::{
+    self, controller_server::Controller, controller_service_capability, volume_content_source,
 };
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -293,7 +290,7 @@ impl Controller for ControllerService {
             let pool = params.as_ref().map(|p| p.pool.clone());
             let thin = params
                 .as_ref()
-                .is_some_and(|p| p.allocation == Some(pool_csi_proto::Allocation::Thin));
+                .is_some_and(|p| p.allocation == Some(pool_csi_common::Allocation::Thin));
             if r.volume_capabilities
                 .iter()
                 .any(|c| caps::check(c).is_err())

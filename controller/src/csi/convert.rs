@@ -1,7 +1,8 @@
 //! Agent answers → CSI messages.
 
 use crate::placement::topology_of;
-use pool_csi_proto::{agent as pb, csi, SnapshotId, VolumeId};
+use pool_csi_common::{SnapshotId, VolumeId};
+use pool_csi_proto::{agent as pb, csi};
 
 /// A volume reached from the nodes `reach` (see `ops::reach`).
 pub fn volume(id: &VolumeId, capacity: u64, reach: &[String]) -> csi::Volume {

@@ -3,7 +3,8 @@
 //! asked fresh: it is polled rarely and must not lag behind creates.
 
 use crate::{error::Result, Ctx};
-use pool_csi_proto::{agent::PoolState, TOPOLOGY_NODE_KEY};
+use pool_csi_common::TOPOLOGY_NODE_KEY;
+use pool_csi_proto::agent::PoolState;
 use std::{collections::HashMap, time::Duration};
 
 /// (available bytes, largest single volume) for `pool` (None: every pool)

@@ -6,10 +6,10 @@ use crate::{
     error::{Error, Result},
     placement, Ctx,
 };
+use pool_csi_common::{PoolType, SnapshotId, VolumeId, VolumeParams};
 use pool_csi_proto::{
     agent::{self as pb, create_volume_request::Source as PbSource},
     csi::TopologyRequirement,
-    PoolType, SnapshotId, VolumeId, VolumeParams,
 };
 
 /// The content a new volume starts with.

@@ -12,7 +12,8 @@ use crate::{
     error::{Error, Result},
     Ctx,
 };
-use pool_csi_proto::{agent::agent_client::AgentClient, VolumeId};
+use pool_csi_common::VolumeId;
+use pool_csi_proto::agent::agent_client::AgentClient;
 use std::sync::Arc;
 use tonic::transport::Channel;
 

@@ -17,7 +17,8 @@ use crate::{
     error::{Error, Result},
     Ctx,
 };
-use pool_csi_proto::{agent as pb, VolumeId};
+use pool_csi_common::VolumeId;
+use pool_csi_proto::agent as pb;
 
 pub async fn publish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
     if !ctx.agents.nodes().iter().any(|n| n == node) {

@@ -6,7 +6,8 @@ use crate::{
     error::{Error, Result},
     Ctx,
 };
-use pool_csi_proto::{agent as pb, SnapshotId, VolumeId};
+use pool_csi_common::{SnapshotId, VolumeId};
+use pool_csi_proto::agent as pb;
 
 /// Every snapshot on every node, keyed and sorted by snapshot id.
 pub async fn list(ctx: &Ctx) -> Result<Vec<(String, (SnapshotId, pb::SnapshotInfo))>> {

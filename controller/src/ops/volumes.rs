@@ -6,7 +6,8 @@ use crate::{
     error::{Error, Result},
     Ctx,
 };
-use pool_csi_proto::{agent as pb, VolumeId};
+use pool_csi_common::VolumeId;
+use pool_csi_proto::agent as pb;
 
 /// Deletes a volume. A volume, pool or node that no longer has it is Ok.
 pub async fn delete(ctx: &Ctx, id: &VolumeId) -> Result<()> {

@@ -5,11 +5,8 @@ use crate::{
     pools::{self, CreateRequest, PoolState, Source},
     NodeCtx,
 };
-use pool_csi_proto::{
-    agent::{self as pb, agent_server::Agent, create_volume_request},
-    respond,
-    volume_id::check_storage_name,
-};
+use pool_csi_common::{respond, volume_id::check_storage_name};
+use pool_csi_proto::agent::{self as pb, agent_server::Agent, create_volume_request};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -39,7 +36,7 @@ impl AgentService {
                 name("name", &r.name)?;
                 // Unpublishing from no node in particular means from any.
                 if on || !r.node.is_empty() {
-                    pool_csi_proto::volume_id::check_node_name(&r.node)
+                    pool_csi_common::volume_id::check_node_name(&r.node)
                         .map_err(|why| Error::Invalid(format!("node {:?} {why}", r.node)))?;
                 }
                 let pool = self.pool(&r.pool)?;

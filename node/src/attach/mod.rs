@@ -16,7 +16,7 @@ use crate::{
         qsd::{self, Export},
     },
 };
-use pool_csi_proto::VolumeFormat;
+use pool_csi_common::VolumeFormat;
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -138,7 +138,7 @@ impl Attacher<'_> {
             // (best effort; the next attach settles them again).
             let settled = crate::formats::ploop_disk::Disk::open(dir).and_then(|d| d.settle());
             if let Err(e) = settled {
-                tracing::warn!(disk = %dir.display(), error = %pool_csi_proto::full_message(&e), "could not settle the ploop headers after detach");
+                tracing::warn!(disk = %dir.display(), error = %pool_csi_common::full_message(&e), "could not settle the ploop headers after detach");
             }
         }
         Ok(())

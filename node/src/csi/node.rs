@@ -6,10 +6,9 @@ use crate::{
     ops::{self, Access},
     NodeCtx,
 };
-use pool_csi_proto::{
-    caps,
-    csi::{self, node_server::Node, node_service_capability, volume_capability::AccessType},
-    respond, VolumeId,
+use pool_csi_common::{caps, respond, VolumeId};
+use pool_csi_proto::csi::{
+    self, node_server::Node, node_service_capability, volume_capability::AccessType,
 };
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -61,10 +60,10 @@ fn access_of(
             .find(|f| !f.is_empty())
             .unwrap_or("ext4");
             // The volume context comes from the PV: check it like the capability.
-            if !pool_csi_proto::params::FILESYSTEMS.contains(&fs) {
+            if !pool_csi_common::params::FILESYSTEMS.contains(&fs) {
                 return Err(Error::Invalid(format!(
                     "filesystem {fs:?} is not supported; supported: {}",
-                    pool_csi_proto::params::FILESYSTEMS.join(", ")
+                    pool_csi_common::params::FILESYSTEMS.join(", ")
                 )));
             }
             Access::Mount {
@@ -277,7 +276,7 @@ impl Node for NodeService {
             node_id: node.clone(),
             max_volumes_per_node: self.ctx.cfg.max_volumes_per_node,
             accessible_topology: Some(csi::Topology {
-                segments: [(pool_csi_proto::TOPOLOGY_NODE_KEY.to_string(), node)].into(),
+                segments: [(pool_csi_common::TOPOLOGY_NODE_KEY.to_string(), node)].into(),
             }),
         }))
     }

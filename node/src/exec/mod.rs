@@ -4,7 +4,7 @@
 pub mod fake;
 pub mod real;
 
-use pool_csi_proto::GrpcCode;
+use pool_csi_common::GrpcCode;
 use std::{ffi::OsString, fmt, time::Duration};
 
 /// A command line: program plus arguments, each a separate string.

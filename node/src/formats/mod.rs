@@ -13,7 +13,7 @@ use crate::{
     exec::CommandRunner,
     tools::qemu_img,
 };
-use pool_csi_proto::VolumeFormat;
+use pool_csi_common::VolumeFormat;
 use std::{fs::OpenOptions, path::Path};
 
 /// Creates a new image of `size` bytes at `path` (which must not exist).

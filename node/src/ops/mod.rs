@@ -12,7 +12,7 @@ use crate::{
     tools::qsd::Export,
     NodeCtx,
 };
-use pool_csi_proto::VolumeId;
+use pool_csi_common::VolumeId;
 use std::{
     path::{Component, Path, PathBuf},
     sync::Arc,

@@ -7,7 +7,7 @@ use crate::{
     mount::{mounter, mountinfo},
     NodeCtx,
 };
-use pool_csi_proto::VolumeId;
+use pool_csi_common::VolumeId;
 
 /// Publishes a staged volume at `target`. Idempotent for the same arguments;
 /// a different volume or read-only mode already at `target` is ALREADY_EXISTS.

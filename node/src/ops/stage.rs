@@ -8,7 +8,7 @@ use crate::{
     tools::{blkid::Probe, losetup, mkfs},
     NodeCtx,
 };
-use pool_csi_proto::VolumeId;
+use pool_csi_common::VolumeId;
 use std::path::{Path, PathBuf};
 
 /// Stages `id` at `staging`. Idempotent: a second call with the same

@@ -8,7 +8,7 @@ use crate::{
     tools::{growfs, losetup},
     NodeCtx,
 };
-use pool_csi_proto::VolumeId;
+use pool_csi_common::VolumeId;
 
 /// A volume path from the CO. Any path that cannot be where this volume is
 /// published (relative, with '..') names no volume there: NOT_FOUND, as the

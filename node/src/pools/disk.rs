@@ -22,7 +22,7 @@ use crate::{
     tools::{blkid::Probe, partx, sfdisk},
     Config,
 };
-use pool_csi_proto::{
+use pool_csi_common::{
     volume_id::check_storage_name, Allocation, PoolDefinition, PoolType, VolumeFormat,
 };
 use serde::{Deserialize, Serialize};
@@ -377,7 +377,7 @@ impl Pool for DiskPool {
             Ok(t) => t,
             Err(e) => {
                 st.state = PoolState::Degraded;
-                st.message = pool_csi_proto::full_message(&e);
+                st.message = pool_csi_common::full_message(&e);
                 return st;
             }
         };

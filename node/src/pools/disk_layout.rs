@@ -4,7 +4,7 @@
 //! does, so a volume always starts on a boundary fast for any device.
 
 use crate::tools::sfdisk::{Partition, Table};
-use pool_csi_proto::volume_id::fnv1a64;
+use pool_csi_common::volume_id::fnv1a64;
 
 /// Alignment in bytes.
 pub const ALIGN_BYTES: u64 = 1 << 20;
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(n, gpt_name(long));
         assert_ne!(n, gpt_name("pvc-0d7c5b8e-4d7e-4bfe-9d45-3c1a9d1e2f3b"));
         assert!(
-            pool_csi_proto::volume_id::check_storage_name(&n).is_ok(),
+            pool_csi_common::volume_id::check_storage_name(&n).is_ok(),
             "{n}"
         );
     }

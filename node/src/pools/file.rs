@@ -21,7 +21,7 @@ use crate::{
     tools::{blkid::Probe, fsfreeze, losetup, mkfs, qsd::Export},
     Config,
 };
-use pool_csi_proto::{Allocation, PoolDefinition, PoolType, VolumeFormat};
+use pool_csi_common::{Allocation, PoolDefinition, PoolType, VolumeFormat};
 use std::{
     fs::File,
     path::{Path, PathBuf},
@@ -133,7 +133,7 @@ impl FilePool {
                 format,
                 capacity: meta.map(|m| m.len()).unwrap_or(0),
                 allocation,
-                abnormal: Some(pool_csi_proto::full_message(&e)),
+                abnormal: Some(pool_csi_common::full_message(&e)),
             },
         }
     }

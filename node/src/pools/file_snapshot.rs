@@ -21,7 +21,7 @@ use crate::{
     error::{io, Error, Result},
     formats,
 };
-use pool_csi_proto::VolumeFormat;
+use pool_csi_common::VolumeFormat;
 use serde::{Deserialize, Serialize};
 use std::{
     os::unix::fs::PermissionsExt,

@@ -11,7 +11,7 @@
 //! names never start with '.'.
 
 use crate::error::{Error, Result};
-use pool_csi_proto::{volume_id::check_storage_name, VolumeFormat};
+use pool_csi_common::{volume_id::check_storage_name, VolumeFormat};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]

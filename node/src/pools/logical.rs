@@ -25,7 +25,7 @@ use crate::{
         lvm::{Lv, Lvm, Vg},
     },
 };
-use pool_csi_proto::{
+use pool_csi_common::{
     pool_spec::{is_lvm_name, LvmOptions},
     Allocation, PoolDefinition, PoolType, VolumeFormat,
 };
@@ -409,7 +409,7 @@ impl Pool for LogicalPool {
             }
             (Err(e), _) | (_, Err(e)) => {
                 st.state = PoolState::Degraded;
-                st.message = pool_csi_proto::full_message(&e);
+                st.message = pool_csi_common::full_message(&e);
             }
         }
         st

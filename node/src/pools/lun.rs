@@ -22,7 +22,7 @@ use crate::{
     tools::scsi::Lun,
     Config,
 };
-use pool_csi_proto::{PoolDefinition, PoolType, VolumeFormat};
+use pool_csi_common::{PoolDefinition, PoolType, VolumeFormat};
 use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeSet,
@@ -370,7 +370,7 @@ impl Pool for LunPool {
             (Ok(l), Ok(c)) => (l, c),
             (Err(e), _) | (_, Err(e)) => {
                 st.state = PoolState::Degraded;
-                st.message = pool_csi_proto::full_message(&e);
+                st.message = pool_csi_common::full_message(&e);
                 return st;
             }
         };
@@ -696,7 +696,7 @@ mod tests {
         let (s1, s2) = (luns[0].static_name.clone(), luns[1].static_name.clone());
         assert!(s1.starts_with("static-") && s1.len() == 23 && s1 != s2);
         assert_eq!(s1, static_name("serial:1"), "stable");
-        pool_csi_proto::volume_id::check_storage_name(&s1).unwrap();
+        pool_csi_common::volume_id::check_storage_name(&s1).unwrap();
 
         // Named by its static PV, the free LUN answers, unclaimed until used.
         assert_eq!(p.get_volume(&s1).await.unwrap().capacity, 10 << 20);
@@ -779,7 +779,7 @@ mod tests {
     /// one (fake) cluster.
     fn shared_pools(
         t: &tempfile::TempDir,
-        fake: &pool_csi_proto::fake_api::FakeApi,
+        fake: &pool_csi_testkit::fake_api::FakeApi,
     ) -> (LunPool, LunPool) {
         let pool = |node: &str| {
             let mut cfg = Config::local(node, t.path().join(node));
@@ -795,7 +795,7 @@ mod tests {
     #[tokio::test]
     async fn two_nodes_racing_for_luns_of_one_target_never_share_one() {
         let t = tempfile::tempdir().unwrap();
-        let fake = pool_csi_proto::fake_api::FakeApi::new();
+        let fake = pool_csi_testkit::fake_api::FakeApi::new();
         let (a, b) = shared_pools(&t, &fake);
         a.start().await.unwrap();
         b.start().await.unwrap();
@@ -832,7 +832,7 @@ mod tests {
     #[tokio::test]
     async fn a_shared_volume_is_published_on_one_node_at_a_time() {
         let t = tempfile::tempdir().unwrap();
-        let fake = pool_csi_proto::fake_api::FakeApi::new();
+        let fake = pool_csi_testkit::fake_api::FakeApi::new();
         let (a, b) = shared_pools(&t, &fake);
         a.start().await.unwrap();
         b.start().await.unwrap();

@@ -189,7 +189,7 @@ impl ClaimStore for ClusterClaims {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pool_csi_proto::fake_api::FakeApi;
+    use pool_csi_testkit::fake_api::FakeApi;
 
     fn claim(identity: &str) -> Claim {
         Claim {
@@ -262,7 +262,7 @@ mod tests {
         fake.fail_next(503);
         let e = s.load().await.unwrap_err();
         assert_eq!(
-            pool_csi_proto::GrpcCode::grpc_code(&e),
+            pool_csi_common::GrpcCode::grpc_code(&e),
             tonic::Code::Unavailable
         );
         assert!(

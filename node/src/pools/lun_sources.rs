@@ -13,7 +13,7 @@ use crate::{
     },
     Config,
 };
-use pool_csi_proto::{pool_spec::AdapterWwn, PoolDefinition, PoolType};
+use pool_csi_common::{pool_spec::AdapterWwn, PoolDefinition, PoolType};
 use std::{path::PathBuf, sync::Arc};
 
 pub struct IscsiSource {

@@ -19,7 +19,7 @@ use crate::{
     exec::CommandRunner,
     Config,
 };
-use pool_csi_proto::{Allocation, PoolDefinition, PoolType, VolumeFormat};
+use pool_csi_common::{Allocation, PoolDefinition, PoolType, VolumeFormat};
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -75,7 +75,7 @@ impl StateCell {
     pub fn record_start(&self, r: Result<()>) -> Result<()> {
         let next = match &r {
             Ok(()) => (PoolState::Running, String::new()),
-            Err(e) => (PoolState::Inactive, pool_csi_proto::full_message(e)),
+            Err(e) => (PoolState::Inactive, pool_csi_common::full_message(e)),
         };
         *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = next;
         r
@@ -405,7 +405,7 @@ impl PoolRegistry {
 pub async fn start(pools: &[Arc<dyn Pool>]) {
     for p in pools {
         if let Err(e) = p.start().await {
-            tracing::warn!(pool.name = p.name(), error = %pool_csi_proto::full_message(&e), "pool did not start");
+            tracing::warn!(pool.name = p.name(), error = %pool_csi_common::full_message(&e), "pool did not start");
         }
     }
 }

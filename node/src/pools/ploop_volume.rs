@@ -24,7 +24,7 @@ use crate::{
     formats::ploop_disk::Disk,
     tools::{ploop, qsd},
 };
-use pool_csi_proto::VolumeFormat;
+use pool_csi_common::VolumeFormat;
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
@@ -46,7 +46,7 @@ impl FilePool {
                 format: VolumeFormat::Ploop,
                 capacity: 0,
                 allocation: 0,
-                abnormal: Some(pool_csi_proto::full_message(&e)),
+                abnormal: Some(pool_csi_common::full_message(&e)),
             },
         }
     }
@@ -104,7 +104,7 @@ impl FilePool {
             return;
         }
         if let Err(e) = self.compact_ploop(volume, &dir).await {
-            tracing::warn!(pool.name = %self.name, volume, error = %pool_csi_proto::full_message(&e), "merging unused ploop deltas failed; retried at the next attach");
+            tracing::warn!(pool.name = %self.name, volume, error = %pool_csi_common::full_message(&e), "merging unused ploop deltas failed; retried at the next attach");
         }
     }
 

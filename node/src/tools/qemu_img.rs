@@ -1,7 +1,7 @@
 //! `qemu-img`: create, resize and inspect image formats (qcow2, vmdk, vpc …).
 
 use crate::exec::{Cmd, CommandRunner, ExecError};
-use pool_csi_proto::VolumeFormat;
+use pool_csi_common::VolumeFormat;
 use serde::Deserialize;
 use std::path::Path;
 

@@ -180,7 +180,7 @@ mod tests {
             &runner,
             Image::One {
                 path: Path::new("/pool/vol.qcow2"),
-                format: pool_csi_proto::VolumeFormat::Qcow2,
+                format: pool_csi_common::VolumeFormat::Qcow2,
             },
             Path::new("/dev/nbd0"),
             &state,

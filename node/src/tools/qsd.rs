@@ -5,7 +5,7 @@
 //! restarted node plugin finds its daemons again.
 
 use crate::exec::{Cmd, CommandRunner, ExecError};
-use pool_csi_proto::VolumeFormat;
+use pool_csi_common::VolumeFormat;
 use std::{
     path::{Path, PathBuf},
     time::Duration,

@@ -4,7 +4,7 @@
 //! `block/<sdX>/size`). No command is needed; a bus rescan is a write to the
 //! host's `scan` file.
 
-use pool_csi_proto::pool_spec::AdapterWwn;
+use pool_csi_common::pool_spec::AdapterWwn;
 use std::path::{Path, PathBuf};
 
 /// A LUN, whichever transport found it.

@@ -1,7 +1,7 @@
 //! The CSI Identity service both binaries serve: name, version, capabilities
 //! and readiness (false until start-up has finished).
 
-use crate::csi::{self, identity_server::Identity, plugin_capability};
+use pool_csi_proto::csi::{self, identity_server::Identity, plugin_capability};
 use std::sync::{
     atomic::{AtomicBool, Ordering},
     Arc,

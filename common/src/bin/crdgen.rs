@@ -3,5 +3,5 @@
 //! them equal, so the CRD is never edited by hand.
 
 fn main() {
-    print!("{}", pool_csi_proto::crd_yaml());
+    print!("{}", pool_csi_common::crd_yaml());
 }

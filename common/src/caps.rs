@@ -1,7 +1,7 @@
 //! Volume capabilities: which access types and modes pool-csi volumes
 //! support, checked the same way by the controller and the node.
 
-use crate::csi::{volume_capability, VolumeCapability};
+use pool_csi_proto::csi::{volume_capability, VolumeCapability};
 
 /// Why a capability cannot be served.
 pub fn check(cap: &VolumeCapability) -> Result<(), String> {

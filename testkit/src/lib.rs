@@ -1,0 +1,8 @@
+//! Test support shared by the crates' tests: an in-process fake of the
+//! Kubernetes API server. A dev-dependency only; nothing in a shipped
+//! binary links it.
+#![forbid(unsafe_code)]
+
+pub mod fake_api;
+
+pub use fake_api::FakeApi;
