@@ -55,7 +55,7 @@ pub async fn pools_for_node(
 pub async fn sync_once(ctx: &NodeCtx, client: &kube::Client) -> Result<usize, kube::Error> {
     let defs = pools_for_node(client, &ctx.cfg.node_name).await?;
     let fresh = ctx.pools.sync(&defs, &ctx.cfg, ctx.runner.clone());
-    pools::start(&fresh).await;
+    pools::registry::start(&fresh).await;
     Ok(defs.len())
 }
 
@@ -78,7 +78,7 @@ pub async fn keep_syncing(ctx: std::sync::Arc<NodeCtx>, client: kube::Client, ev
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{exec::fake::FakeRunner, pools::PoolRegistry, Config};
+    use crate::{exec::fake::FakeRunner, pools::registry::PoolRegistry, Config};
     use pool_csi_testkit::fake_api::FakeApi;
     use serde_json::json;
     use std::sync::{atomic::AtomicBool, Arc};

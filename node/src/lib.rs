@@ -12,6 +12,7 @@ pub mod csi;
 pub mod error;
 pub mod exec;
 pub mod formats;
+pub mod fsutil;
 pub mod mount;
 pub mod ops;
 pub mod pools;
@@ -21,7 +22,7 @@ pub use config::Config;
 
 use exec::CommandRunner;
 use pool_csi_common::OpLocks;
-use pools::PoolRegistry;
+use pools::registry::PoolRegistry;
 use std::sync::{atomic::AtomicBool, Arc};
 
 /// Everything a request handler needs.

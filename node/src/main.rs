@@ -11,7 +11,7 @@ use pool_csi_common::{
 };
 use pool_csi_node::{
     agent::server::AgentService, cluster, csi::node::NodeService, exec::real::RealRunner,
-    pools::PoolRegistry, tools::ploop, Config, NodeCtx,
+    formats::ploop_host, pools::registry::PoolRegistry, Config, NodeCtx,
 };
 use pool_csi_proto::{
     agent::agent_server::AgentServer,
@@ -185,7 +185,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let runner = Arc::new(RealRunner::new(cfg.command_prefix.clone()));
-    cfg.ploop = ploop::probe(
+    cfg.ploop = ploop_host::probe(
         runner.as_ref(),
         &cfg.sysfs_root,
         &cfg.state_dir.join(".ploop-probe"),
@@ -271,7 +271,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let gauges = ctx.clone();
         let extra: metrics::Extra = Arc::new(move || {
             let ctx = gauges.clone();
-            Box::pin(async move { pool_csi_node::pools::render_metrics(&ctx.pools).await })
+            Box::pin(
+                async move { pool_csi_node::pools::registry::render_metrics(&ctx.pools).await },
+            )
         });
         let reg = registry.clone();
         tokio::spawn(async move {

@@ -9,12 +9,13 @@
 
 use pool_csi_common::{PoolDefinition, VolumeFormat};
 use pool_csi_node::{
+    attach::AttachSource,
     attach::Attacher,
     exec::fake::{FakeRunner, Reply},
     formats::ploop_disk::Disk,
-    pools::{file::FilePool, AttachSource, CreateRequest, Pool, Source},
-    tools::{ploop::PloopHost, qsd::Export},
+    pools::{file::FilePool, CreateRequest, Pool, Source},
     Config,
+    {formats::ploop_host::PloopHost, tools::qsd::Export},
 };
 use std::{
     path::{Path, PathBuf},

@@ -9,7 +9,6 @@
 use crate::{
     error::{io, Result},
     exec::CommandRunner,
-    pools::AttachSource,
     tools::{
         losetup, ploop,
         qemu_nbd::{self, NbdState},
@@ -21,6 +20,17 @@ use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
+
+/// What the node attaches to get a block device for a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachSource {
+    /// An image file: raw through a loop device, other formats through qemu.
+    File { path: PathBuf, format: VolumeFormat },
+    /// A ploop disk: its images, lowest first, each the backing of the next.
+    PloopChain { dir: PathBuf, images: Vec<PathBuf> },
+    /// Already a block device (LV, partition, LUN).
+    Block { device: PathBuf },
+}
 
 /// What attach needs to know about the node.
 pub struct Attacher<'a> {
@@ -133,14 +143,6 @@ impl Attacher<'_> {
                 .map_err(io("stop export", &self.export.file))?;
         }
         let _ = std::fs::remove_file(&self.export.file);
-        if let AttachSource::PloopChain { dir, .. } = src {
-            // qemu has closed the disk: leave its headers as ploop expects
-            // (best effort; the next attach settles them again).
-            let settled = crate::formats::ploop_disk::Disk::open(dir).and_then(|d| d.settle());
-            if let Err(e) = settled {
-                tracing::warn!(disk = %dir.display(), error = %pool_csi_common::full_message(&e), "could not settle the ploop headers after detach");
-            }
-        }
         Ok(())
     }
 
@@ -187,60 +189,5 @@ impl Attacher<'_> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-/// Whether two paths name the same block device: `/dev/VG/LV` and
-/// `/dev/mapper/VG-LV` are both links to `/dev/dm-N`, so compare what they
-/// resolve to, and failing that, the device numbers.
-pub fn is_same_device(a: &Path, b: &Path) -> bool {
-    if a == b {
-        return true;
-    }
-    if let (Ok(x), Ok(y)) = (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        if x == y {
-            return true;
-        }
-    }
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => {
-            x.file_type().is_block_device()
-                && y.file_type().is_block_device()
-                && x.rdev() == y.rdev()
-        }
-        _ => false,
-    }
-}
-
-/// Size of a block device (or any file) in bytes.
-pub fn device_size(dev: &Path) -> std::io::Result<u64> {
-    let f = std::fs::File::open(dev)?;
-    Ok(rustix::fs::seek(&f, rustix::fs::SeekFrom::End(0))?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    #[test]
-    fn links_to_one_device_are_the_same_device() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("dm-3"), dir.path().join("vg-lv"));
-        std::fs::write(&a, b"").unwrap();
-        std::os::unix::fs::symlink(&a, &b).unwrap();
-        assert!(is_same_device(&a, &b));
-        assert!(is_same_device(&b, &b));
-        let c = dir.path().join("other");
-        std::fs::write(&c, b"").unwrap();
-        assert!(
-            !is_same_device(&a, &c),
-            "two regular files are not one device"
-        );
-        assert!(is_same_device(
-            Path::new("/dev/null"),
-            Path::new("/dev/null")
-        ));
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod ploop;
 pub mod ploop_disk;
+pub mod ploop_host;
 pub mod ploop_xml;
 pub mod qcow2;
 
@@ -65,17 +66,7 @@ pub async fn create(
 pub fn preallocate(f: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
     match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), offset, len) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::OPNOTSUPP) => {
-            use std::os::unix::fs::FileExt;
-            let zeros = vec![0u8; 1 << 20];
-            let mut pos = offset;
-            while pos < offset + len {
-                let n = (offset + len - pos).min(zeros.len() as u64) as usize;
-                f.write_all_at(&zeros[..n], pos)?;
-                pos += n as u64;
-            }
-            Ok(())
-        }
+        Err(rustix::io::Errno::OPNOTSUPP) => crate::fsutil::zero_range(f, offset, offset + len),
         Err(e) => Err(e.into()),
     }
 }

@@ -121,7 +121,7 @@ impl Disk {
     pub fn write_descriptor(&self) -> Result<()> {
         let path = self.dir.join(ploop_xml::FILE_NAME);
         let tmp = self.dir.join(".DiskDescriptor.xml.tmp");
-        crate::pools::fsutil::replace_file(&path, &tmp, self.desc.render().as_bytes())
+        crate::fsutil::replace_file(&path, &tmp, self.desc.render().as_bytes())
     }
 
     /// Grows the disk to `size` (the top image's BAT and header, then the descriptor).

@@ -6,9 +6,10 @@ pub mod stage;
 pub mod stats;
 
 use crate::{
+    attach::AttachSource,
     attach::Attacher,
     error::{Error, Result},
-    pools::{AttachSource, Pool},
+    pools::Pool,
     tools::qsd::Export,
     NodeCtx,
 };

@@ -31,7 +31,7 @@ pub async fn stage(
     if let Some(m) = mountinfo::find_at(&table, &target) {
         let ours = att
             .attached(&src)
-            .is_some_and(|d| crate::attach::is_same_device(&mount_device(m), &d));
+            .is_some_and(|d| crate::fsutil::is_same_device(&mount_device(m), &d));
         return if ours {
             Ok(())
         } else {

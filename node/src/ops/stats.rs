@@ -2,8 +2,8 @@
 
 use super::{attacher, checked_path, source_of};
 use crate::{
-    attach::device_size,
     error::{io, Error, Result},
+    fsutil::device_size,
     mount::mountinfo,
     tools::{growfs, losetup},
     NodeCtx,

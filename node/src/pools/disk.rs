@@ -12,12 +12,13 @@
 
 use super::{
     disk_layout::{self, best_fit, free_extents, gpt_name, is_extended, room_after, ALIGN_BYTES},
-    fit_size, AttachSource, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Source, Volume,
+    fit_size, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Source, Volume,
 };
+use crate::attach::AttachSource;
 use crate::{
-    attach::device_size,
     error::{io, Error, Result},
     exec::CommandRunner,
+    fsutil::device_size,
     mount::mountinfo,
     tools::{blkid::Probe, partx, sfdisk},
     Config,
@@ -107,7 +108,7 @@ impl DiskPool {
     }
 
     fn write_records(&self, r: &BTreeMap<u64, Record>) -> Result<()> {
-        super::fsutil::write_json(&self.records, r)
+        crate::fsutil::write_json(&self.records, r)
     }
 
     async fn table(&self) -> Result<sfdisk::Table> {
@@ -171,7 +172,7 @@ impl DiskPool {
         let table = mountinfo::read(&self.mountinfo).unwrap_or_default();
         if let Some(m) = table
             .iter()
-            .find(|m| crate::attach::is_same_device(Path::new(&m.source), Path::new(node)))
+            .find(|m| crate::fsutil::is_same_device(Path::new(&m.source), Path::new(node)))
         {
             return Some(format!("mounted at {}", m.mount_point.display()));
         }
@@ -259,7 +260,7 @@ impl DiskPool {
             // The space was free in the table, but may still hold an old
             // filesystem's signature; a new volume must read as blank.
             let node = PathBuf::from(&p.node);
-            tokio::task::spawn_blocking(move || zero_ends(&node))
+            tokio::task::spawn_blocking(move || crate::fsutil::zero_ends(&node, ALIGN_BYTES))
                 .await
                 .map_err(|e| io("clear", Path::new(&p.node))(std::io::Error::other(e)))?
                 .map_err(io("clear", Path::new(&p.node)))
@@ -271,19 +272,6 @@ impl DiskPool {
         }
         Ok(self.volume(name.to_string(), p, after.sectorsize))
     }
-}
-
-/// Zeroes the first and last MiB of a new partition, where every common
-/// signature lives (filesystems, LVM, md, a nested partition table).
-fn zero_ends(dev: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(dev)?;
-    let len = device_size(dev)?;
-    let chunk = ALIGN_BYTES.min(len);
-    let zeros = vec![0u8; chunk as usize];
-    f.write_all_at(&zeros, 0)?;
-    f.write_all_at(&zeros, len - chunk)?;
-    f.sync_all()
 }
 
 #[tonic::async_trait]
@@ -485,7 +473,7 @@ impl Pool for DiskPool {
         }
         if wipe || records.get(&p.start).is_some_and(|r| r.wipe_on_delete) {
             let node = PathBuf::from(&p.node);
-            tokio::task::spawn_blocking(move || super::fsutil::zero_device(&node))
+            tokio::task::spawn_blocking(move || crate::fsutil::zero_device(&node))
                 .await
                 .map_err(|e| io("wipe", Path::new(&p.node))(std::io::Error::other(e)))?
                 .map_err(io("wipe", Path::new(&p.node)))?;

@@ -6,12 +6,11 @@
 //! whole; leftovers in tmp are removed at start and on retry.
 
 use super::{
-    fit_size,
-    fsutil::{remove_if_exists, rename_noreplace, sync_dir, wipe},
-    layout::Layout,
-    ploop_volume::is_ploop_dir,
-    AttachSource, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Source, Volume,
+    fit_size, layout::Layout, ploop_volume::is_ploop_dir, CreateRequest, Expanded, Pool, PoolState,
+    PoolStatus, Source, Volume,
 };
+use crate::attach::AttachSource;
+use crate::fsutil::{remove_if_exists, rename_noreplace, sync_dir, wipe};
 use crate::{
     copy,
     error::{io, Error, Result},
@@ -66,7 +65,7 @@ pub struct FilePool {
     /// Serialises changes to ploop descriptors (snapshots, merges, growth).
     pub(super) ploop_lock: tokio::sync::Mutex<()>,
     /// What the host's ploop tool can do for ploop volumes.
-    pub(super) ploop: crate::tools::ploop::PloopHost,
+    pub(super) ploop: crate::formats::ploop_host::PloopHost,
 }
 
 impl FilePool {
@@ -241,7 +240,7 @@ impl FilePool {
     async fn mount_device(&self, dev: &FsDevice) -> Result<()> {
         let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
         if let Some(m) = mountinfo::find_at(&table, &self.layout.root) {
-            if crate::attach::is_same_device(Path::new(&m.source), &dev.device) {
+            if crate::fsutil::is_same_device(Path::new(&m.source), &dev.device) {
                 return Ok(());
             }
             return Err(Error::Precondition(format!(
@@ -421,7 +420,7 @@ impl Pool for FilePool {
         let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
         if table
             .iter()
-            .any(|m| crate::attach::is_same_device(Path::new(&m.source), &dev.device))
+            .any(|m| crate::fsutil::is_same_device(Path::new(&m.source), &dev.device))
         {
             return if overwrite {
                 Err(Error::InUse {
@@ -691,6 +690,18 @@ impl Pool for FilePool {
     async fn list_snapshots(&self) -> Result<Vec<super::Snapshot>> {
         self.state.ensure_running()?;
         self.read_snapshots()
+    }
+
+    /// qemu has closed a ploop disk: leave its headers as the ploop tools
+    /// expect (best effort; the next attach settles them again).
+    async fn detached(&self, name: &str) -> Result<()> {
+        if let Ok(Some((dir, VolumeFormat::Ploop))) = self.find(name) {
+            let settled = crate::formats::ploop_disk::Disk::open(&dir).and_then(|d| d.settle());
+            if let Err(e) = settled {
+                tracing::warn!(disk = %dir.display(), error = %pool_csi_common::full_message(&e), "could not settle the ploop headers after detach");
+            }
+        }
+        Ok(())
     }
 
     async fn attach_source(&self, name: &str) -> Result<AttachSource> {

@@ -12,11 +12,8 @@
 //! ploop volumes are the exception: their snapshots are deltas inside the
 //! volume directory (`ploop_volume.rs`); the record then names the delta.
 
-use super::{
-    file::FilePool,
-    fsutil::{remove_if_exists, rename_noreplace, sync_dir},
-    Snapshot,
-};
+use super::{file::FilePool, Snapshot};
+use crate::fsutil::{remove_if_exists, rename_noreplace, sync_dir};
 use crate::{
     error::{io, Error, Result},
     formats,
@@ -94,7 +91,7 @@ impl FilePool {
             .tmp('s', name, VolumeFormat::Raw)?
             .with_extension("json");
         let bytes = serde_json::to_vec(record).expect("record serialises");
-        super::fsutil::replace_file(&meta, &meta_tmp, &bytes)
+        crate::fsutil::replace_file(&meta, &meta_tmp, &bytes)
     }
 
     pub(super) async fn snapshot_volume(&self, source: &str, name: &str) -> Result<Snapshot> {

@@ -13,11 +13,10 @@
 //! volumes are thin snapshots; of thick volumes, a block copy.
 
 use super::{
-    fit_size, AttachSource, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Snapshot, Source,
-    Volume,
+    fit_size, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Snapshot, Source, Volume,
 };
+use crate::attach::AttachSource;
 use crate::{
-    attach::device_size,
     error::{io, Error, Result},
     exec::CommandRunner,
     tools::{
@@ -282,7 +281,7 @@ impl LogicalPool {
                     .await?;
                 let copied = async {
                     let to = self.activated(name).await?;
-                    tokio::task::spawn_blocking(move || copy_device(&from, &to))
+                    tokio::task::spawn_blocking(move || crate::fsutil::copy_device(&from, &to))
                         .await
                         .map_err(|e| io("copy", Path::new(name))(std::io::Error::other(e)))?
                         .map_err(io("copy", Path::new(name)))
@@ -306,23 +305,6 @@ impl LogicalPool {
         lvs.iter()
             .find(|l| l.lv_name == lv && is_ours(l) && is_snapshot(l) == snapshot)
     }
-}
-
-/// Copies a whole block device onto another of at least its size.
-fn copy_device(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let src = std::fs::File::open(from)?;
-    let dst = std::fs::OpenOptions::new().write(true).open(to)?;
-    let len = device_size(from)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0;
-    while at < len {
-        let n = (len - at).min(buf.len() as u64) as usize;
-        src.read_exact_at(&mut buf[..n], at)?;
-        dst.write_all_at(&buf[..n], at)?;
-        at += n as u64;
-    }
-    dst.sync_all()
 }
 
 #[tonic::async_trait]
@@ -496,7 +478,7 @@ impl Pool for LogicalPool {
         }
         if wipe || lv.tag(WIPE) == Some("true") {
             let dev = self.activated(name).await?;
-            tokio::task::spawn_blocking(move || super::fsutil::zero_device(&dev))
+            tokio::task::spawn_blocking(move || crate::fsutil::zero_device(&dev))
                 .await
                 .map_err(|e| io("wipe", Path::new(name))(std::io::Error::other(e)))?
                 .map_err(io("wipe", Path::new(name)))?;

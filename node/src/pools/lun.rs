@@ -12,40 +12,22 @@
 //! tied to a node, and the claim records the node a volume is published on.
 
 use super::{
-    fsutil::{read_json, write_json},
-    lun_claims::{ClaimStore, Claims, ClusterClaims, FileClaims, Version},
-    AttachSource, CreateRequest, Expanded, LunEntry, Pool, PoolState, PoolStatus, Snapshot, Source,
-    Volume,
+    lun_claims::{Claim, ClaimStore, Claims, ClusterClaims, FileClaims, Version},
+    CreateRequest, Expanded, LunEntry, Pool, PoolState, PoolStatus, Snapshot, Source, Volume,
 };
+use crate::attach::AttachSource;
+use crate::fsutil::{read_json, write_json};
 use crate::{
     error::{io, Error, Result},
     tools::scsi::Lun,
     Config,
 };
 use pool_csi_common::{PoolDefinition, PoolType, VolumeFormat};
-use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeSet,
     path::PathBuf,
     time::{Duration, Instant},
 };
-
-/// A LUN handed to a volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
-    pub identity: String,
-    pub lun: u32,
-    pub size: u64,
-    #[serde(default)]
-    pub wipe: bool,
-    /// Where the LUN was when it was handed out (for messages).
-    #[serde(default)]
-    pub address: String,
-    /// The node the volume is published on (ControllerPublish of a shared
-    /// pool's volume; every access mode pool-csi offers is single-node).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub published: Option<String>,
-}
 
 /// Where a LUN pool's LUNs come from.
 #[tonic::async_trait]
@@ -464,7 +446,7 @@ impl Pool for LunPool {
             self.set_user(name, true)?;
             let device = self.source.device(&c).await?;
             let d = device.clone();
-            tokio::task::spawn_blocking(move || super::fsutil::zero_device(&d))
+            tokio::task::spawn_blocking(move || crate::fsutil::zero_device(&d))
                 .await
                 .map_err(|e| io("wipe", &device)(std::io::Error::other(e)))?
                 .map_err(io("wipe", &device))?;

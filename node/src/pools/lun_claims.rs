@@ -15,14 +15,31 @@
 //! the claims changed since [`ClaimStore::load`], and the caller redoes its
 //! change on a fresh load.
 
-use super::{
+use crate::{
+    error::{Error, Result},
     fsutil::{read_json, write_json},
-    lun::Claim,
 };
-use crate::error::{Error, Result};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
+use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, path::PathBuf};
+
+/// A LUN handed to a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub identity: String,
+    pub lun: u32,
+    pub size: u64,
+    #[serde(default)]
+    pub wipe: bool,
+    /// Where the LUN was when it was handed out (for messages).
+    #[serde(default)]
+    pub address: String,
+    /// The node the volume is published on (ControllerPublish of a shared
+    /// pool's volume; every access mode pool-csi offers is single-node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
+}
 
 /// Volume name → the LUN it holds.
 pub type Claims = BTreeMap<String, Claim>;

@@ -2,7 +2,7 @@
 //! the inventory, iscsiadm to log in), a SCSI HBA (sysfs), or the host's
 //! multipath maps (sysfs and multipathd).
 
-use super::lun::{Claim, LunSource};
+use super::{lun::LunSource, lun_claims::Claim};
 use crate::{
     error::{Error, Result},
     exec::CommandRunner,
@@ -217,8 +217,9 @@ impl LunSource for MpathSource {
 mod tests {
     use super::*;
     use crate::{
+        attach::AttachSource,
         exec::fake::{FakeRunner, Reply},
-        pools::{lun::LunPool, AttachSource, CreateRequest, Pool},
+        pools::{lun::LunPool, CreateRequest, Pool},
         tools::{multipath::fixture::dm, scsi::fixture},
     };
     use std::time::Duration;

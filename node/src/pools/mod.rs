@@ -1,30 +1,24 @@
-//! Pools present on this node. [`Pool`] is what every pool type implements;
-//! [`PoolRegistry`] builds them from definitions — the only `match` on
-//! [`PoolType`] in the node.
+//! Pools present on this node. [`Pool`] is what every pool type implements,
+//! with the types its methods speak; [`registry::PoolRegistry`] builds the
+//! pools from their definitions (the only `match` on [`PoolType`] in the node).
 
 pub mod disk;
 pub mod disk_layout;
 pub mod file;
 mod file_snapshot;
-pub mod fsutil;
 pub mod layout;
 pub mod logical;
 pub mod lun;
 pub mod lun_claims;
 pub mod lun_sources;
 mod ploop_volume;
+pub mod registry;
 
 use crate::{
+    attach::AttachSource,
     error::{Error, Result},
-    exec::CommandRunner,
-    Config,
 };
-use pool_csi_common::{Allocation, PoolDefinition, PoolType, VolumeFormat};
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    sync::{Arc, RwLock},
-};
+use pool_csi_common::{Allocation, PoolType, VolumeFormat};
 
 /// A pool's state, as libvirt reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,17 +187,6 @@ pub struct LunEntry {
     pub static_name: String,
 }
 
-/// What the node attaches to get a block device for a volume.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttachSource {
-    /// An image file: raw through a loop device, other formats through qemu.
-    File { path: PathBuf, format: VolumeFormat },
-    /// A ploop disk: its images, lowest first, each the backing of the next.
-    PloopChain { dir: PathBuf, images: Vec<PathBuf> },
-    /// Already a block device (LV, partition, LUN).
-    Block { device: PathBuf },
-}
-
 /// One storage pool on this node. Every method is idempotent.
 #[tonic::async_trait]
 pub trait Pool: Send + Sync {
@@ -255,191 +238,6 @@ pub trait Pool: Send + Sync {
     async fn detached(&self, _name: &str) -> Result<()> {
         Ok(())
     }
-}
-
-/// The pools of this node, by name. Definitions can change while the node
-/// runs (StoragePool objects in a cluster): [`PoolRegistry::sync`] swaps
-/// pools in and out; handlers hold an `Arc` to the pool they work on.
-#[derive(Default)]
-pub struct PoolRegistry {
-    inner: RwLock<Pools>,
-}
-
-#[derive(Default, Clone)]
-struct Pools {
-    pools: BTreeMap<String, Arc<dyn Pool>>,
-    /// Pools defined with a type this node cannot serve (yet), with why.
-    unsupported: BTreeMap<String, (PoolType, String)>,
-    /// The definition each entry was built from.
-    defs: BTreeMap<String, PoolDefinition>,
-}
-
-impl Pools {
-    fn add(&mut self, def: &PoolDefinition, cfg: &Config, runner: &Arc<dyn CommandRunner>) {
-        let luns = |src: Box<dyn lun::LunSource>| -> Arc<dyn Pool> {
-            Arc::new(lun::LunPool::new(def, cfg, src))
-        };
-        let pool: Arc<dyn Pool> = match def.spec.pool_type {
-            PoolType::Dir | PoolType::Fs => Arc::new(file::FilePool::new(def, cfg, runner.clone())),
-            PoolType::Disk => Arc::new(disk::DiskPool::new(def, cfg, runner.clone())),
-            PoolType::Logical => Arc::new(logical::LogicalPool::new(def, runner.clone())),
-            PoolType::Iscsi => luns(Box::new(lun_sources::IscsiSource::new(
-                def,
-                cfg,
-                runner.clone(),
-            ))),
-            PoolType::Scsi => luns(Box::new(lun_sources::ScsiSource::new(def, cfg))),
-            PoolType::Mpath => luns(Box::new(lun_sources::MpathSource::new(cfg, runner.clone()))),
-            t @ PoolType::Netfs => {
-                let why = format!("{t} pools are not supported by this node version");
-                self.unsupported.insert(def.name.clone(), (t, why));
-                self.defs.insert(def.name.clone(), def.clone());
-                return;
-            }
-        };
-        self.pools.insert(def.name.clone(), pool);
-        self.defs.insert(def.name.clone(), def.clone());
-    }
-
-    fn remove(&mut self, name: &str) {
-        self.pools.remove(name);
-        self.unsupported.remove(name);
-        self.defs.remove(name);
-    }
-}
-
-impl PoolRegistry {
-    /// Builds the pools from their definitions (nothing is started yet).
-    pub fn new(defs: &[PoolDefinition], cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
-        let mut p = Pools::default();
-        for def in defs {
-            p.add(def, cfg, &runner);
-        }
-        Self {
-            inner: RwLock::new(p),
-        }
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Pools> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Makes the registry hold exactly `defs`: new and changed definitions
-    /// get new pools (returned, to be started), removed ones are dropped.
-    /// A pool whose definition did not change is kept as it is.
-    pub fn sync(
-        &self,
-        defs: &[PoolDefinition],
-        cfg: &Config,
-        runner: Arc<dyn CommandRunner>,
-    ) -> Vec<Arc<dyn Pool>> {
-        let mut next = self.read().clone();
-        let wanted: BTreeMap<&str, &PoolDefinition> =
-            defs.iter().map(|d| (d.name.as_str(), d)).collect();
-        let gone: Vec<String> = next
-            .defs
-            .keys()
-            .filter(|n| !wanted.contains_key(n.as_str()))
-            .cloned()
-            .collect();
-        for name in gone {
-            tracing::info!(pool.name = %name, "pool no longer defined for this node; dropped (its volumes stay where they are)");
-            next.remove(&name);
-        }
-        let mut started = Vec::new();
-        for def in defs {
-            if next.defs.get(&def.name) == Some(def) {
-                continue;
-            }
-            if next.defs.contains_key(&def.name) {
-                tracing::info!(pool.name = %def.name, "pool definition changed; reloading it");
-            }
-            next.remove(&def.name);
-            next.add(def, cfg, &runner);
-            started.extend(next.pools.get(&def.name).cloned());
-        }
-        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = next;
-        started
-    }
-
-    /// Starts every pool; failures are logged and left in the pool's status.
-    pub async fn start_all(&self) {
-        start(&self.all()).await;
-        for (name, (_, why)) in self.unsupported() {
-            tracing::warn!(pool.name = %name, "{why}");
-        }
-    }
-
-    pub fn get(&self, name: &str, node: &str) -> Result<Arc<dyn Pool>> {
-        let p = self.read();
-        if let Some((_, why)) = p.unsupported.get(name) {
-            return Err(Error::PoolNotRunning {
-                pool: name.into(),
-                why: why.clone(),
-            });
-        }
-        p.pools
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::PoolNotFound {
-                pool: name.into(),
-                node: node.into(),
-            })
-    }
-
-    pub fn all(&self) -> Vec<Arc<dyn Pool>> {
-        self.read().pools.values().cloned().collect()
-    }
-
-    /// Pools that are defined but cannot run here, with the reason.
-    pub fn unsupported(&self) -> Vec<(String, (PoolType, String))> {
-        self.read()
-            .unsupported
-            .iter()
-            .map(|(n, w)| (n.clone(), w.clone()))
-            .collect()
-    }
-}
-
-/// Starts `pools`; failures are logged and left in each pool's status.
-pub async fn start(pools: &[Arc<dyn Pool>]) {
-    for p in pools {
-        if let Err(e) = p.start().await {
-            tracing::warn!(pool.name = p.name(), error = %pool_csi_common::full_message(&e), "pool did not start");
-        }
-    }
-}
-
-/// Pool gauges in Prometheus text format, read fresh at each scrape.
-pub async fn render_metrics(reg: &PoolRegistry) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from(
-        "# HELP pool_csi_pool_bytes Pool space by kind (capacity, allocation, available).\n# TYPE pool_csi_pool_bytes gauge\n",
-    );
-    let mut up = String::from("# HELP pool_csi_pool_running 1 when the pool is running.\n# TYPE pool_csi_pool_running gauge\n");
-    for p in reg.all() {
-        let s = p.status(false).await;
-        let l = format!("pool=\"{}\",type=\"{}\"", p.name(), p.pool_type());
-        for (kind, v) in [
-            ("capacity", s.capacity),
-            ("allocation", s.allocation),
-            ("available", s.available),
-        ] {
-            let _ = writeln!(out, "pool_csi_pool_bytes{{{l},kind=\"{kind}\"}} {v}");
-        }
-        let _ = writeln!(
-            up,
-            "pool_csi_pool_running{{{l}}} {}",
-            u8::from(s.state == PoolState::Running)
-        );
-    }
-    for (name, (t, _)) in reg.unsupported() {
-        let _ = writeln!(
-            up,
-            "pool_csi_pool_running{{pool=\"{name}\",type=\"{t}\"}} 0"
-        );
-    }
-    out + &up
 }
 
 /// Rounds `n` up to a multiple of `align` (a power of two).

@@ -15,9 +15,9 @@
 //! is always written before the daemon switches, so a crash between the two
 //! leaves an empty extra delta, never lost writes.
 
-use super::{
-    file::FilePool, file_snapshot::Record, fsutil::sync_dir, AttachSource, Snapshot, Volume,
-};
+use super::{file::FilePool, file_snapshot::Record, Snapshot, Volume};
+use crate::attach::AttachSource;
+use crate::fsutil::sync_dir;
 use crate::{
     error::{io, Error, Result},
     exec::DEFAULT_TIMEOUT,
@@ -271,7 +271,7 @@ impl FilePool {
             )));
         }
         let trash = self.layout.tmp('d', name, VolumeFormat::Ploop)?;
-        super::fsutil::remove_if_exists(&trash)?;
+        crate::fsutil::remove_if_exists(&trash)?;
         std::fs::rename(dir, &trash).map_err(io("move away", dir))?;
         sync_dir(&self.layout.root)?;
         let t = trash.clone();
@@ -279,7 +279,7 @@ impl FilePool {
             if wipe {
                 for e in std::fs::read_dir(&t)?.flatten() {
                     if e.file_type()?.is_file() {
-                        super::fsutil::wipe(&e.path())?;
+                        crate::fsutil::wipe(&e.path())?;
                     }
                 }
             }

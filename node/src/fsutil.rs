@@ -1,0 +1,234 @@
+//! File and device helpers every layer uses (pools, formats, attach, ops):
+//! crash-safe renames and replacements, directory syncs, JSON state files,
+//! idempotent removal, device size and identity, and the one chunked loop
+//! that zeroes and copies byte ranges (wipes, preallocation, block copies).
+
+use crate::error::{io, Error, Result};
+use std::{fs::File, os::unix::fs::FileExt, path::Path};
+
+/// The unit of every chunked zero or copy: big enough to stream, small
+/// enough to keep memory flat.
+const CHUNK: usize = 1 << 20;
+
+/// Renames without ever replacing an existing file.
+pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL) if !to.exists() => {
+            std::fs::rename(from, to).map_err(io("rename", from))
+        }
+        Err(rustix::io::Errno::EXIST) => Err(Error::Precondition(format!(
+            "{} appeared while it was being made",
+            to.display()
+        ))),
+        Err(e) => Err(io("rename", from)(e.into())),
+    }
+}
+
+/// A JSON file's content; `None` when there is no file.
+pub fn read_json<T: serde::de::DeserializeOwned>(f: &std::path::Path) -> Result<Option<T>> {
+    match std::fs::read(f) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Precondition(format!("{} is corrupt: {e}", f.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", f)(e)),
+    }
+}
+
+/// Replaces `f` with `value` as JSON, whole or not at all.
+pub fn write_json(f: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
+    let dir = f.parent().expect("state files live in a directory");
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let bytes = serde_json::to_vec_pretty(value).expect("state serialises");
+    replace_file(f, &f.with_extension("json.tmp"), &bytes)
+}
+
+/// Replaces `path` with `bytes`, whole or not at all: written to `tmp`,
+/// synced, renamed over `path`, and the directory synced.
+pub fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(tmp, bytes).map_err(io("write", tmp))?;
+    File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io("sync", tmp))?;
+    std::fs::rename(tmp, path).map_err(io("rename", tmp))?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync", dir))
+}
+
+/// Removes a file, or a directory with everything in it (links inside are
+/// removed, never followed). Missing is fine.
+pub fn remove_if_exists(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory || path.is_dir() => {
+            std::fs::remove_dir_all(path).map_err(io("remove", path))?;
+            Ok(true)
+        }
+        Err(e) => Err(io("remove", path)(e)),
+    }
+}
+
+/// Writes zeros over `[start, end)` of `f` (not synced).
+pub fn zero_range(f: &File, start: u64, end: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; CHUNK.min(end.saturating_sub(start) as usize)];
+    for_each_chunk(start, end, |at, n| f.write_all_at(&zeros[..n], at))
+}
+
+/// Copies `[start, end)` of `src` to the same offsets of `dst` (not synced).
+pub fn copy_range(src: &File, dst: &File, start: u64, end: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; CHUNK.min(end.saturating_sub(start) as usize)];
+    for_each_chunk(start, end, |at, n| {
+        src.read_exact_at(&mut buf[..n], at)?;
+        dst.write_all_at(&buf[..n], at)
+    })
+}
+
+/// Calls `step(offset, len)` for consecutive chunks covering `[start, end)`.
+fn for_each_chunk(
+    start: u64,
+    end: u64,
+    mut step: impl FnMut(u64, usize) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(CHUNK as u64) as usize;
+        step(at, n)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Overwrites a whole block device with zeros and flushes it.
+pub fn zero_device(dev: &Path) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(dev)?;
+    zero_range(&f, 0, device_size(dev)?)?;
+    f.sync_all()
+}
+
+/// Zeroes the first and last `len` bytes of a device (where every common
+/// signature lives) and flushes it.
+pub fn zero_ends(dev: &Path, len: u64) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(dev)?;
+    let size = device_size(dev)?;
+    let len = len.min(size);
+    zero_range(&f, 0, len)?;
+    zero_range(&f, size - len, size)?;
+    f.sync_all()
+}
+
+/// Copies a whole block device onto another of at least its size, and
+/// flushes the destination.
+pub fn copy_device(from: &Path, to: &Path) -> std::io::Result<()> {
+    let src = File::open(from)?;
+    let dst = std::fs::OpenOptions::new().write(true).open(to)?;
+    copy_range(&src, &dst, 0, device_size(from)?)?;
+    dst.sync_all()
+}
+
+/// Overwrites every data extent of a file with zeros (holes already read as zeros).
+pub fn wipe(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::SeekFrom;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let mut pos = 0;
+    while pos < len {
+        let data = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rustix::fs::seek(&f, SeekFrom::Hole(data))?.min(len);
+        zero_range(&f, data, hole)?;
+        pos = hole;
+    }
+    f.sync_all()
+}
+
+/// Size of a block device (or any file) in bytes.
+pub fn device_size(dev: &Path) -> std::io::Result<u64> {
+    let f = File::open(dev)?;
+    Ok(rustix::fs::seek(&f, rustix::fs::SeekFrom::End(0))?)
+}
+
+/// Whether two paths name the same block device: `/dev/VG/LV` and
+/// `/dev/mapper/VG-LV` are both links to `/dev/dm-N`, so compare what they
+/// resolve to, and failing that, the device numbers.
+pub fn is_same_device(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    if let (Ok(x), Ok(y)) = (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        if x == y {
+            return true;
+        }
+    }
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => {
+            x.file_type().is_block_device()
+                && y.file_type().is_block_device()
+                && x.rdev() == y.rdev()
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_to_one_device_are_the_same_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("dm-3"), dir.path().join("vg-lv"));
+        std::fs::write(&a, b"").unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        assert!(is_same_device(&a, &b));
+        assert!(is_same_device(&b, &b));
+        let c = dir.path().join("other");
+        std::fs::write(&c, b"").unwrap();
+        assert!(
+            !is_same_device(&a, &c),
+            "two regular files are not one device"
+        );
+        assert!(is_same_device(
+            Path::new("/dev/null"),
+            Path::new("/dev/null")
+        ));
+    }
+
+    #[test]
+    fn chunked_zero_and_copy_cover_exactly_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let len = 3 * CHUNK as u64 + 5;
+        let pattern: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+        std::fs::write(&a, &pattern).unwrap();
+        std::fs::write(&b, vec![0xffu8; len as usize]).unwrap();
+        let (fa, fb) = (
+            File::open(&a).unwrap(),
+            std::fs::OpenOptions::new().write(true).open(&b).unwrap(),
+        );
+        copy_range(&fa, &fb, 7, len - 3).unwrap();
+        let got = std::fs::read(&b).unwrap();
+        assert_eq!(&got[..7], &[0xff; 7]);
+        assert_eq!(&got[7..(len - 3) as usize], &pattern[7..(len - 3) as usize]);
+        assert_eq!(&got[(len - 3) as usize..], &[0xff; 3]);
+        zero_range(&fb, 1, CHUNK as u64 + 2).unwrap();
+        let got = std::fs::read(&b).unwrap();
+        assert_eq!(got[0], 0xff);
+        assert!(got[1..CHUNK + 2].iter().all(|&x| x == 0));
+        assert_eq!(got[CHUNK + 2], pattern[CHUNK + 2]);
+    }
+}
