@@ -23,7 +23,7 @@ pub struct Config {
     pub max_volumes_per_node: i64,
     /// What the host's ploop tool and module can do (probed at start-up;
     /// nothing until then).
-    pub ploop: crate::formats::ploop_host::PloopHost,
+    pub ploop: crate::formats::ploop::host::PloopHost,
     /// The Kubernetes API, when the node runs in a cluster: LUN pools keep
     /// their claims there, shared by every node of the pool.
     pub cluster: Option<ClusterAccess>,

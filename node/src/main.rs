@@ -11,7 +11,7 @@ use pool_csi_common::{
 };
 use pool_csi_node::{
     agent::server::AgentService, cluster, csi::node::NodeService, exec::real::RealRunner,
-    formats::ploop_host, pools::registry::PoolRegistry, Config, NodeCtx,
+    formats::ploop::host as ploop_host, pools::registry::PoolRegistry, Config, NodeCtx,
 };
 use pool_csi_proto::{
     agent::agent_server::AgentServer,

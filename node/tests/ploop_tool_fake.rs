@@ -12,10 +12,10 @@ use pool_csi_node::{
     attach::AttachSource,
     attach::Attacher,
     exec::fake::{FakeRunner, Reply},
-    formats::ploop_disk::Disk,
+    formats::ploop::disk::Disk,
     pools::{file::FilePool, CreateRequest, Pool, Source},
     Config,
-    {formats::ploop_host::PloopHost, tools::qsd::Export},
+    {formats::ploop::host::PloopHost, tools::qsd::Export},
 };
 use std::{
     path::{Path, PathBuf},

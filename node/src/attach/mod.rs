@@ -26,8 +26,13 @@ use std::{
 pub enum AttachSource {
     /// An image file: raw through a loop device, other formats through qemu.
     File { path: PathBuf, format: VolumeFormat },
-    /// A ploop disk: its images, lowest first, each the backing of the next.
-    PloopChain { dir: PathBuf, images: Vec<PathBuf> },
+    /// A ploop disk: its directory, its descriptor, and its images, lowest
+    /// first, each the backing of the next.
+    PloopChain {
+        dir: PathBuf,
+        descriptor: PathBuf,
+        images: Vec<PathBuf>,
+    },
     /// Already a block device (LV, partition, LUN).
     Block { device: PathBuf },
 }
@@ -59,8 +64,8 @@ impl Attacher<'_> {
                 })
                 .await
             }
-            AttachSource::PloopChain { dir, .. } if self.ploop_mount => {
-                Ok(ploop::mount(self.runner, self.sysfs, dir).await?)
+            AttachSource::PloopChain { descriptor, .. } if self.ploop_mount => {
+                Ok(ploop::mount(self.runner, self.sysfs, descriptor).await?)
             }
             AttachSource::PloopChain { images, .. } => {
                 self.attach_image(qsd::Image::PloopChain(images)).await

@@ -1,112 +1,228 @@
-//! Volume image formats in file pools: making an image, reading its size,
-//! growing it. Raw files are handled with plain system calls (the fast path
-//! the benchmark measures), ploop disks by this crate's own reader and
-//! writer, the other formats through qemu-img.
+//! Volume image formats in file pools. Each format is a type behind one
+//! trait, [`ImageFormat`]: making an image, reading its size, growing it
+//! (offline, or online through whatever has it open), copying it for clones
+//! and restores, snapshotting it, removing it, and saying what the node
+//! attaches. The file pool calls the trait and names no format; this file
+//! declares the trait; [`registry::Formats`] holds one of each (the only
+//! `match` on [`VolumeFormat`] in the node).
+//!
+//! - [`raw::Raw`]: plain files, handled with system calls (the fast path the
+//!   benchmark measures).
+//! - [`qemu::Qemu`]: qcow2, vmdk, vpc and vdi through qemu-img (qcow2's
+//!   size read from its header).
+//! - [`ploop::Ploop`]: ploop disks, by this crate's own reader and writer,
+//!   or the ploop tool where the host's probe found it working.
 
+pub mod env;
 pub mod ploop;
-pub mod ploop_disk;
-pub mod ploop_host;
-pub mod ploop_xml;
 pub mod qcow2;
+pub mod qemu;
+pub mod raw;
+pub mod records;
+pub mod registry;
 
 use crate::{
+    attach::AttachSource,
+    copy,
     error::{io, Error, Result},
-    exec::CommandRunner,
-    tools::qemu_img,
+    fsutil::{remove_if_exists, rename_noreplace, sync_dir, wipe},
 };
+use env::ImageEnv;
 use pool_csi_common::VolumeFormat;
-use std::{fs::OpenOptions, path::Path};
+use records::Record;
+use std::{
+    fs::FileType,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
 
-/// Creates a new image of `size` bytes at `path` (which must not exist).
-pub async fn create(
-    runner: &dyn CommandRunner,
-    format: VolumeFormat,
-    path: &Path,
-    size: u64,
-    full: bool,
-) -> Result<()> {
-    match format {
-        VolumeFormat::Raw => {
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .map_err(io("create", path))?;
-            if full {
-                preallocate(&f, 0, size).map_err(io("allocate", path))?;
-            } else {
-                f.set_len(size).map_err(io("size", path))?;
-            }
-            Ok(())
-        }
-        VolumeFormat::Qcow2 | VolumeFormat::Vmdk | VolumeFormat::Vpc | VolumeFormat::Vdi => {
-            if full && format != VolumeFormat::Qcow2 {
-                return Err(Error::Invalid(format!(
-                    "allocation=full is supported for raw and qcow2 volumes, not {format}"
-                )));
-            }
-            Ok(qemu_img::create(runner, format, path, size, full).await?)
-        }
-        VolumeFormat::Ploop => {
-            if full {
-                return Err(Error::Invalid(
-                    "allocation=full is supported for raw and qcow2 volumes, not ploop".into(),
-                ));
-            }
-            // `<name>.ploop`, or `v.<name>.ploop` while being made.
-            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-            let name = stem.rsplit('.').next().unwrap_or_default();
-            ploop_disk::Disk::create(path, name, size).map(|_| ())
-        }
-    }
+/// Where a new image's content comes from, and how big that is.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyFrom<'a> {
+    pub origin: Origin<'a>,
+    pub size: u64,
 }
 
-/// Allocates `[offset, offset+len)`, falling back to writing zeros where the
-/// filesystem has no fallocate.
-pub fn preallocate(f: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
-    match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), offset, len) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::OPNOTSUPP) => crate::fsutil::zero_range(f, offset, offset + len),
-        Err(e) => Err(e.into()),
-    }
+/// Where a new image's content comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A volume of the pool, possibly in use: frozen while it is copied.
+    Volume { name: &'a str, path: &'a Path },
+    /// A snapshot kept as a read-only copy of its volume.
+    SnapshotCopy { path: &'a Path },
+    /// A snapshot kept inside volume `name` (at `path`), found there by
+    /// `reference` (a ploop delta's GUID).
+    SnapshotInside {
+        name: &'a str,
+        path: &'a Path,
+        reference: &'a str,
+    },
 }
 
-/// The guest-visible size of an image. Raw and qcow2 are read directly;
-/// other formats ask qemu-img.
-pub async fn virtual_size(
-    runner: &dyn CommandRunner,
-    format: VolumeFormat,
-    path: &Path,
-) -> Result<u64> {
-    match format {
-        VolumeFormat::Raw => Ok(std::fs::metadata(path).map_err(io("stat", path))?.len()),
-        VolumeFormat::Qcow2 => qcow2::read_size(path),
-        VolumeFormat::Ploop => ploop_disk::Disk::open(path)?.size(),
-        _ => Ok(qemu_img::info(runner, format, path).await?.virtual_size),
-    }
+/// What a listing shows of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    pub capacity: u64,
+    pub allocation: u64,
+    /// Some(why) when the image is unhealthy (unreadable header …).
+    pub abnormal: Option<String>,
 }
 
-/// Grows an image that is not open elsewhere to `size` bytes.
-pub async fn grow(
-    runner: &dyn CommandRunner,
-    format: VolumeFormat,
-    path: &Path,
-    size: u64,
-    full: bool,
-) -> Result<()> {
-    match format {
-        VolumeFormat::Raw => {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(io("open", path))?;
-            let old = f.metadata().map_err(io("stat", path))?.len();
-            if full && size > old {
-                preallocate(&f, old, size - old).map_err(io("allocate", path))?;
-            }
-            f.set_len(size).map_err(io("grow", path))
+/// Where a snapshot goes while it is made and once it is whole.
+#[derive(Debug, Clone)]
+pub struct SnapshotTarget {
+    pub name: String,
+    /// A copy is written here first…
+    pub tmp: PathBuf,
+    /// …and renamed here, read-only, when complete.
+    pub data: PathBuf,
+}
+
+/// One image format. Every method works on a volume the caller holds the
+/// operation lock of; paths come from the pool's layout (checked names only).
+#[tonic::async_trait]
+pub trait ImageFormat: Send + Sync {
+    fn format(&self) -> VolumeFormat;
+
+    /// Whether `path`, of type `kind` (links not followed), is a volume of
+    /// this format. Anything else at a volume's path is left alone.
+    fn is_volume(&self, _path: &Path, kind: FileType) -> bool {
+        kind.is_file()
+    }
+
+    /// Whether snapshots of this format live inside their volume (so the
+    /// volume cannot go while they exist) rather than as copies beside it.
+    fn keeps_snapshots_inside(&self) -> bool {
+        false
+    }
+
+    /// The size the guest sees.
+    async fn size(&self, env: &ImageEnv, path: &Path) -> Result<u64>;
+
+    /// Capacity, allocation and health, for listings: an unreadable image
+    /// is reported abnormal, not an error.
+    async fn describe(&self, env: &ImageEnv, path: &Path) -> Described {
+        let meta = std::fs::metadata(path);
+        let allocation = meta.as_ref().map(copy::allocated_bytes).unwrap_or(0);
+        match self.size(env, path).await {
+            Ok(capacity) => Described {
+                capacity,
+                allocation,
+                abnormal: None,
+            },
+            Err(e) => Described {
+                capacity: meta.map(|m| m.len()).unwrap_or(0),
+                allocation,
+                abnormal: Some(pool_csi_common::full_message(&e)),
+            },
         }
-        VolumeFormat::Ploop => ploop_disk::Disk::open(path)?.grow(size),
-        _ => Ok(qemu_img::resize(runner, format, path, size).await?),
+    }
+
+    /// Makes an empty image of volume `name` at `path` (which must not
+    /// exist); `full` allocates every byte.
+    async fn create(
+        &self,
+        env: &ImageEnv,
+        name: &str,
+        path: &Path,
+        size: u64,
+        full: bool,
+    ) -> Result<()>;
+
+    /// Grows an image nothing has open to `size` bytes.
+    async fn resize(&self, env: &ImageEnv, path: &Path, size: u64, full: bool) -> Result<()>;
+
+    /// Grows volume `name` to `size` bytes, online through whatever has it
+    /// open on this node where the format allows.
+    async fn grow(&self, env: &ImageEnv, name: &str, path: &Path, size: u64) -> Result<()>;
+
+    /// Writes `from`'s content as a new image of volume `name` at `to`,
+    /// grown to `size` when that is more.
+    async fn copy(
+        &self,
+        env: &ImageEnv,
+        _name: &str,
+        from: CopyFrom<'_>,
+        to: &Path,
+        size: u64,
+        full: bool,
+    ) -> Result<()> {
+        match from.origin {
+            Origin::Volume { name, path } => env.copy_quiesced(name, path, to).await?,
+            Origin::SnapshotCopy { path } => env.copy_plain(path, to).await?,
+            Origin::SnapshotInside { .. } => {
+                return Err(Error::Precondition(format!(
+                    "{} volumes keep no snapshots inside them",
+                    self.format()
+                )))
+            }
+        }
+        if size > from.size {
+            self.resize(env, to, size, full).await?;
+        }
+        Ok(())
+    }
+
+    /// Snapshots volume `volume` (at `path`) and commits the snapshot's
+    /// record: a snapshot exists exactly when its record does. By default a
+    /// read-only copy, frozen while the volume is in use.
+    async fn snapshot(
+        &self,
+        env: &ImageEnv,
+        volume: &str,
+        path: &Path,
+        target: &SnapshotTarget,
+    ) -> Result<Record> {
+        let size = self.size(env, path).await?;
+        env.copy_quiesced(volume, path, &target.tmp).await?;
+        std::fs::set_permissions(&target.tmp, std::fs::Permissions::from_mode(0o444))
+            .map_err(io("protect", &target.tmp))?;
+        std::fs::File::open(&target.tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io("sync", &target.tmp))?;
+        rename_noreplace(&target.tmp, &target.data)?;
+        let record = Record::new(volume, self.format(), size);
+        env.records.commit(&target.name, &record)?;
+        Ok(record)
+    }
+
+    /// A snapshot kept inside volume `volume` was deleted (its record is
+    /// gone): the format may reclaim its space.
+    async fn snapshot_dropped(&self, _env: &ImageEnv, _volume: &str, _path: &Path) {}
+
+    /// What the node attaches for volume `name`.
+    async fn attach_source(
+        &self,
+        _env: &ImageEnv,
+        _name: &str,
+        path: &Path,
+    ) -> Result<AttachSource> {
+        Ok(AttachSource::File {
+            path: path.to_path_buf(),
+            format: self.format(),
+        })
+    }
+
+    /// The node detached volume `name` (best effort; errors are logged).
+    async fn detached(&self, _env: &ImageEnv, _name: &str, _path: &Path) {}
+
+    /// Removes volume `name`, zeroing its data first when `wipe`. The
+    /// caller has checked that nothing uses it.
+    async fn remove(
+        &self,
+        _env: &ImageEnv,
+        _name: &str,
+        path: &Path,
+        wipe_first: bool,
+    ) -> Result<()> {
+        if wipe_first {
+            let p = path.to_path_buf();
+            tokio::task::spawn_blocking(move || wipe(&p))
+                .await
+                .map_err(|e| io("wipe", path)(std::io::Error::other(e)))?
+                .map_err(io("wipe", path))?;
+        }
+        remove_if_exists(path)?;
+        sync_dir(path.parent().unwrap_or(Path::new("/")))
     }
 }

@@ -5,13 +5,10 @@
 pub mod disk;
 pub mod disk_layout;
 pub mod file;
-mod file_snapshot;
-pub mod layout;
 pub mod logical;
 pub mod lun;
 pub mod lun_claims;
 pub mod lun_sources;
-mod ploop_volume;
 pub mod registry;
 
 use crate::{

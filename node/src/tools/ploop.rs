@@ -1,6 +1,8 @@
 //! The `ploop` tool and kernel module, where a host has them (OpenVZ,
-//! Virtuozzo): the only code that knows the tool's flags. Whether the tool
-//! is used at all is decided once at start-up (`formats::ploop_host`).
+//! Virtuozzo): the only code that knows the tool's flags. It takes the
+//! disk's files as its callers name them (the format module knows the
+//! layout); whether the tool is used at all is decided once at start-up
+//! (`formats::ploop::host`).
 //!
 //! Devices are found again from sysfs, as the tool itself does:
 //! `<sysfs>/block/ploopN/pdelta/<level>/image` names each layer's file.
@@ -11,11 +13,12 @@ use std::{
     time::Duration,
 };
 
-/// `ploop init`: an empty disk of `size` bytes (no filesystem) in `dir`,
-/// which must exist and be empty; writes `root.hds` and DiskDescriptor.xml.
+/// `ploop init`: an empty disk of `size` bytes (no filesystem) with its
+/// base image at `image`, in a directory that must exist and be empty; the
+/// tool writes the image and DiskDescriptor.xml beside it.
 pub async fn init(
     runner: &dyn CommandRunner,
-    dir: &Path,
+    image: &Path,
     size: u64,
     timeout: Duration,
 ) -> Result<(), ExecError> {
@@ -31,7 +34,7 @@ pub async fn init(
             "-t",
             "none",
         ])
-        .arg(dir.join(crate::formats::ploop_xml::BASE_IMAGE))
+        .arg(image)
         .timeout(timeout);
     match runner.run(&cmd).await? {
         out if out.status == 0 => Ok(()),
@@ -46,13 +49,17 @@ pub async fn init(
     }
 }
 
-/// `ploop resize`: grows the disk, mounted or not.
-pub async fn resize(runner: &dyn CommandRunner, dir: &Path, size: u64) -> Result<(), ExecError> {
+/// `ploop resize` of the disk `descriptor` describes, mounted or not.
+pub async fn resize(
+    runner: &dyn CommandRunner,
+    descriptor: &Path,
+    size: u64,
+) -> Result<(), ExecError> {
     runner
         .run_ok(
             &Cmd::new("ploop")
                 .args(["resize", "-s", &kib(size)])
-                .arg(descriptor(dir)),
+                .arg(descriptor),
         )
         .await
         .map(|_| ())
@@ -60,24 +67,25 @@ pub async fn resize(runner: &dyn CommandRunner, dir: &Path, size: u64) -> Result
 
 /// `ploop snapshot`: the top delta freezes and a new one goes on top
 /// (online on a mounted disk; the tool suspends the device for the switch).
-pub async fn snapshot(runner: &dyn CommandRunner, dir: &Path) -> Result<(), ExecError> {
+pub async fn snapshot(runner: &dyn CommandRunner, descriptor: &Path) -> Result<(), ExecError> {
     runner
-        .run_ok(&Cmd::new("ploop").arg("snapshot").arg(descriptor(dir)))
+        .run_ok(&Cmd::new("ploop").arg("snapshot").arg(descriptor))
         .await
         .map(|_| ())
 }
 
-/// `ploop mount` of the disk in `dir` as a block device (no filesystem
-/// mount); returns the device, found again through sysfs.
+/// `ploop mount` of the disk `descriptor` describes as a block device (no
+/// filesystem mount); returns the device, found again through sysfs.
 pub async fn mount(
     runner: &dyn CommandRunner,
     sysfs: &Path,
-    dir: &Path,
+    descriptor: &Path,
 ) -> Result<PathBuf, ExecError> {
+    let dir = descriptor.parent().unwrap_or(Path::new("/"));
     if let Some(dev) = device_of(sysfs, dir) {
         return Ok(dev);
     }
-    let cmd = Cmd::new("ploop").arg("mount").arg(descriptor(dir));
+    let cmd = Cmd::new("ploop").arg("mount").arg(descriptor);
     runner.run_ok(&cmd).await?;
     device_of(sysfs, dir).ok_or_else(|| ExecError::Failed {
         cmd: cmd.to_string(),
@@ -109,10 +117,6 @@ pub fn device_of(sysfs: &Path, dir: &Path) -> Option<PathBuf> {
                 .is_ok_and(|img| Path::new(img.trim_end()).parent() == Some(dir))
         })
         .map(|e| Path::new("/dev").join(e.file_name()))
-}
-
-fn descriptor(dir: &Path) -> PathBuf {
-    dir.join(crate::formats::ploop_xml::FILE_NAME)
 }
 
 /// A size for the tool: whole KiB, rounded up.
@@ -173,9 +177,13 @@ mod tests {
         let sys = sysfs_with(&[("ploop5", &["/pool/a.ploop/root.hds"])]);
         // Already mounted: no command at all.
         let quiet = FakeRunner::new();
-        let dev = mount(&quiet, sys.path(), Path::new("/pool/a.ploop"))
-            .await
-            .unwrap();
+        let dev = mount(
+            &quiet,
+            sys.path(),
+            Path::new("/pool/a.ploop/DiskDescriptor.xml"),
+        )
+        .await
+        .unwrap();
         assert_eq!(dev, PathBuf::from("/dev/ploop5"));
         assert!(quiet.calls().is_empty());
         // The tool says yes but no device shows up: an error, not a guess.
@@ -183,10 +191,14 @@ mod tests {
             ["ploop", "mount", "/pool/z.ploop/DiskDescriptor.xml"],
             Reply::ok().stdout("Adding delta dev=/dev/ploop9 img=/pool/z.ploop/root.hds (rw)\n"),
         );
-        let err = mount(&liar, sys.path(), Path::new("/pool/z.ploop"))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = mount(
+            &liar,
+            sys.path(),
+            Path::new("/pool/z.ploop/DiskDescriptor.xml"),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("no ") && err.contains("z.ploop"), "{err}");
     }
 
@@ -225,11 +237,17 @@ mod tests {
                 Reply::ok(),
             )
             .expect(["ploop", "umount", "-d", "/dev/ploop5"], Reply::ok());
-        init(&runner, dir, 64 << 20, Duration::from_secs(20))
-            .await
-            .unwrap();
-        resize(&runner, dir, (128 << 20) + 1).await.unwrap();
-        snapshot(&runner, dir).await.unwrap();
+        let desc = dir.join("DiskDescriptor.xml");
+        init(
+            &runner,
+            &dir.join("root.hds"),
+            64 << 20,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+        resize(&runner, &desc, (128 << 20) + 1).await.unwrap();
+        snapshot(&runner, &desc).await.unwrap();
         umount(&runner, Path::new("/dev/ploop5")).await.unwrap();
     }
 }

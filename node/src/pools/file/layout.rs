@@ -5,7 +5,7 @@
 //! ```text
 //! <target>/<name>.<format>                  a volume (raw, qcow2, vmdk …)
 //! <target>/.pool-csi/tmp/{v,s}.<name>.<format>  a volume or snapshot being made
-//! <target>/.pool-csi/snapshots/<name>.<format> + <name>.json
+//! <target>/.pool-csi/snapshots/<name>.<format>  a snapshot copy (its record: formats::records)
 //! ```
 //! The leading dot keeps driver state out of the volume namespace: storage
 //! names never start with '.'.
@@ -51,11 +51,6 @@ impl Layout {
     pub fn snapshot(&self, name: &str, format: VolumeFormat) -> Result<PathBuf> {
         Ok(self.snapshot_dir().join(file_name(name, format)?))
     }
-
-    pub fn snapshot_meta(&self, name: &str) -> Result<PathBuf> {
-        check(name)?;
-        Ok(self.snapshot_dir().join(format!("{name}.json")))
-    }
 }
 
 fn check(name: &str) -> Result<()> {
@@ -89,8 +84,8 @@ mod tests {
             Path::new("/pool/pvc-1.qcow2")
         );
         assert_eq!(
-            l.snapshot_meta("s").unwrap(),
-            Path::new("/pool/.pool-csi/snapshots/s.json")
+            l.snapshot("s", VolumeFormat::Raw).unwrap(),
+            Path::new("/pool/.pool-csi/snapshots/s.raw")
         );
         for bad in ["../x", "a/b", "", ".hidden", "A"] {
             assert!(l.volume(bad, VolumeFormat::Raw).is_err(), "{bad}");

@@ -3,7 +3,7 @@
 //! crashes, so a host only counts as having the tool when a probe image it
 //! writes is one this driver can read back.
 
-use super::ploop_disk::Disk;
+use super::{disk::Disk, xml::BASE_IMAGE};
 use crate::{exec::CommandRunner, tools::ploop::init};
 use std::{path::Path, time::Duration};
 
@@ -41,7 +41,7 @@ pub async fn probe(runner: &dyn CommandRunner, sysfs: &Path, scratch: &Path) -> 
     let why_not = match std::fs::create_dir_all(scratch) {
         Err(e) => Some(format!("cannot create {}: {e}", scratch.display())),
         Ok(()) => {
-            let made = init(runner, scratch, 1 << 20, PROBE_TIMEOUT).await;
+            let made = init(runner, &scratch.join(BASE_IMAGE), 1 << 20, PROBE_TIMEOUT).await;
             let checked = made.map_err(|e| e.to_string()).and_then(|()| {
                 Disk::open(scratch)
                     .and_then(|d| d.check())

@@ -5,8 +5,8 @@
 //! the old or the new chain.
 
 use super::{
-    ploop::{self, Image, PloopError},
-    ploop_xml::{self, Delta, Descriptor},
+    image::{self, Image, PloopError},
+    xml::{self, Delta, Descriptor},
 };
 use crate::error::{io, Error, Result};
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ impl Disk {
     /// Reads and validates the disk at `dir`: the descriptor parses, and
     /// every image it names is a regular file (not a link) in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let path = dir.join(ploop_xml::FILE_NAME);
+        let path = dir.join(xml::FILE_NAME);
         let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
         let desc = Descriptor::parse(&text)
             .map_err(|why| Error::Precondition(format!("{}: {why}", path.display())))?;
@@ -54,19 +54,19 @@ impl Disk {
 
     /// Makes an empty disk in `dir` (which must not exist).
     pub fn create(dir: &Path, name: &str, size: u64) -> Result<Self> {
-        if size > ploop::MAX_SIZE {
+        if size > image::MAX_SIZE {
             return Err(Error::OutOfRange(format!(
                 "ploop images are limited to {} bytes here",
-                ploop::MAX_SIZE
+                image::MAX_SIZE
             )));
         }
         std::fs::create_dir(dir).map_err(io("create", dir))?;
-        let uid = ploop_xml::new_guid().map_err(io("read", Path::new("/dev/urandom")))?;
+        let uid = xml::new_guid().map_err(io("read", Path::new("/dev/urandom")))?;
         let disk = Self {
             dir: dir.to_path_buf(),
-            desc: Descriptor::new(name, size, ploop::DEFAULT_CLUSTER, uid),
+            desc: Descriptor::new(name, size, image::DEFAULT_CLUSTER, uid),
         };
-        Image::create(&disk.image(0), size, ploop::DEFAULT_CLUSTER)?;
+        Image::create(&disk.image(0), size, image::DEFAULT_CLUSTER)?;
         disk.write_descriptor()?;
         Ok(disk)
     }
@@ -119,17 +119,17 @@ impl Disk {
 
     /// Replaces DiskDescriptor.xml atomically.
     pub fn write_descriptor(&self) -> Result<()> {
-        let path = self.dir.join(ploop_xml::FILE_NAME);
+        let path = self.dir.join(xml::FILE_NAME);
         let tmp = self.dir.join(".DiskDescriptor.xml.tmp");
         crate::fsutil::replace_file(&path, &tmp, self.desc.render().as_bytes())
     }
 
     /// Grows the disk to `size` (the top image's BAT and header, then the descriptor).
     pub fn grow(&mut self, size: u64) -> Result<()> {
-        if size > ploop::MAX_SIZE {
+        if size > image::MAX_SIZE {
             return Err(Error::OutOfRange(format!(
                 "ploop images are limited to {} bytes here",
-                ploop::MAX_SIZE
+                image::MAX_SIZE
             )));
         }
         let top = self.image(self.desc.chain.len() - 1);
@@ -141,8 +141,8 @@ impl Disk {
     /// Puts a new, empty delta of `size` bytes on top; the old top becomes
     /// read-only history. Returns the new delta's GUID.
     pub fn push_delta(&mut self, size: u64) -> Result<String> {
-        let guid = ploop_xml::new_guid().map_err(io("read", Path::new("/dev/urandom")))?;
-        let file = ploop_xml::delta_file(&guid);
+        let guid = xml::new_guid().map_err(io("read", Path::new("/dev/urandom")))?;
+        let file = xml::delta_file(&guid);
         let path = self.dir.join(&file);
         let cluster = u64::from(self.desc.cluster_sectors) * 512;
         Image::create(&path, size, cluster)?;
@@ -202,9 +202,9 @@ impl Disk {
     pub fn flatten_into(&self, upto: usize, dst: &Path, name: &str, size: u64) -> Result<Disk> {
         std::fs::create_dir(dst).map_err(io("create", dst))?;
         let chain: Vec<PathBuf> = (0..=upto).map(|i| self.image(i)).collect();
-        let out = dst.join(ploop_xml::BASE_IMAGE);
-        let size = ploop::flatten(&chain, &out, size)?;
-        let uid = ploop_xml::new_guid().map_err(io("read", Path::new("/dev/urandom")))?;
+        let out = dst.join(xml::BASE_IMAGE);
+        let size = image::flatten(&chain, &out, size)?;
+        let uid = xml::new_guid().map_err(io("read", Path::new("/dev/urandom")))?;
         let disk = Disk {
             dir: dst.to_path_buf(),
             desc: Descriptor::new(name, size, u64::from(self.desc.cluster_sectors) * 512, uid),

@@ -1,0 +1,172 @@
+//! What image formats get from the node and their pool: the command runner,
+//! sysfs, the pool's qemu-storage-daemon exports and snapshot records, and
+//! the one answer to "who has this image open here, and how is it held
+//! still for a copy".
+
+use super::records::SnapshotRecords;
+use crate::{
+    copy,
+    error::{io, Error, Result},
+    exec::CommandRunner,
+    mount::mountinfo,
+    tools::{fsfreeze, losetup, ploop, qemu_nbd::NbdState, qsd::Export},
+};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+pub struct ImageEnv {
+    runner: Arc<dyn CommandRunner>,
+    sysfs: PathBuf,
+    mountinfo: PathBuf,
+    /// `<state>/exports/<pool>`: one qemu-storage-daemon export per volume.
+    exports: PathBuf,
+    /// The pool's scratch directory (same filesystem, cleared at start).
+    scratch: PathBuf,
+    pub records: SnapshotRecords,
+}
+
+impl ImageEnv {
+    pub fn new(
+        runner: Arc<dyn CommandRunner>,
+        sysfs: PathBuf,
+        mountinfo: PathBuf,
+        exports: PathBuf,
+        scratch: PathBuf,
+        records: SnapshotRecords,
+    ) -> Self {
+        Self {
+            runner,
+            sysfs,
+            mountinfo,
+            exports,
+            scratch,
+            records,
+        }
+    }
+
+    pub fn runner(&self) -> &dyn CommandRunner {
+        self.runner.as_ref()
+    }
+
+    pub fn sysfs(&self) -> &Path {
+        &self.sysfs
+    }
+
+    pub fn exports_dir(&self) -> &Path {
+        &self.exports
+    }
+
+    /// Where work in progress goes: on the pool's filesystem, out of the
+    /// volume namespace, and cleared when the pool starts.
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// The qemu-storage-daemon export of volume `name`.
+    pub fn export_of(&self, name: &str) -> Export {
+        Export::at(self.exports.join(name))
+    }
+
+    /// What has volume `name`'s image (at `path`) open on this node, if
+    /// anything: a loop device, the ploop module, qemu-nbd or a
+    /// qemu-storage-daemon.
+    pub fn user_of(&self, name: &str, path: &Path) -> Option<String> {
+        if let Some(l) = losetup::find_by_backing_file(&self.sysfs, path).first() {
+            return Some(format!("loop device {}", l.display()));
+        }
+        if let Some(dev) = ploop::device_of(&self.sysfs, path) {
+            return Some(format!("ploop device {}", dev.display()));
+        }
+        let export = self.export_of(name);
+        if let Some(dev) = NbdState::beside(&export.file).attached(&self.sysfs) {
+            return Some(format!("qemu-nbd on {}", dev.display()));
+        }
+        export
+            .running_pid()
+            .map(|pid| format!("qemu-storage-daemon pid {pid}"))
+    }
+
+    /// Copies `src` (volume `name`'s image) to the new file `dst` while it
+    /// is consistent: when the volume is attached on this node, its block
+    /// device is flushed and a filesystem mounted from it is frozen for the
+    /// copy, then thawed whatever the copy's outcome.
+    pub async fn copy_quiesced(&self, name: &str, src: &Path, dst: &Path) -> Result<()> {
+        let frozen = self.freeze_users(name, src).await?;
+        let copied = self.copy_plain(src, dst).await;
+        self.thaw(&frozen).await;
+        copied
+    }
+
+    /// Copies `src` to the new file `dst` (reflink or sparse copy).
+    pub async fn copy_plain(&self, src: &Path, dst: &Path) -> Result<()> {
+        let (from, to) = (src.to_path_buf(), dst.to_path_buf());
+        blocking(src, move || {
+            copy::copy_file(&from, &to)
+                .map(|_| ())
+                .map_err(io("copy", &from))
+        })
+        .await
+    }
+
+    /// Flushes the block devices attached for volume `name` on this node
+    /// and freezes the filesystems mounted from them; returns what to thaw.
+    pub async fn freeze_users(&self, name: &str, src: &Path) -> Result<Vec<PathBuf>> {
+        let export = self.export_of(name);
+        if NbdState::beside(&export.file)
+            .attached(&self.sysfs)
+            .is_some()
+        {
+            return Err(Error::Precondition(format!(
+                "volume {name} is attached through qemu-nbd, which cannot be quiesced for a copy; do it while unstaged"
+            )));
+        }
+        let devices: Vec<PathBuf> = [src, export.file.as_path()]
+            .iter()
+            .flat_map(|f| losetup::find_by_backing_file(&self.sysfs, f))
+            .chain(ploop::device_of(&self.sysfs, src))
+            .collect();
+        let mut frozen = Vec::new();
+        if !devices.is_empty() {
+            let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
+            for dev in &devices {
+                let flushed = File::open(dev)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("flush", dev));
+                if let Err(e) = flushed {
+                    self.thaw(&frozen).await;
+                    return Err(e);
+                }
+                // One mount per filesystem is enough: binds share the superblock.
+                if let Some(m) = table.iter().find(|m| Path::new(&m.source) == dev) {
+                    if let Err(e) = fsfreeze::freeze(self.runner(), &m.mount_point).await {
+                        self.thaw(&frozen).await;
+                        return Err(e.into());
+                    }
+                    frozen.push(m.mount_point.clone());
+                }
+            }
+        }
+        Ok(frozen)
+    }
+
+    pub async fn thaw(&self, frozen: &[PathBuf]) {
+        for mp in frozen {
+            if let Err(e) = fsfreeze::thaw(self.runner(), mp).await {
+                tracing::error!(mount = %mp.display(), error = %e, "failed to thaw a frozen filesystem; run fsfreeze --unfreeze");
+            }
+        }
+    }
+}
+
+/// Runs image I/O on the blocking pool; `about` names it in errors.
+pub async fn blocking<T: Send + 'static>(
+    about: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io("work on", about)(std::io::Error::other(e)))?
+}

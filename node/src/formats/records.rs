@@ -1,0 +1,168 @@
+//! Snapshot records of a file pool: one small JSON file per snapshot in
+//! `.pool-csi/snapshots/<name>.json`. A snapshot exists exactly when its
+//! record does: the record is written last, whole, by rename, so a crash
+//! while a snapshot is made leaves no half snapshot, and deleting one
+//! removes the record first.
+//!
+//! Most formats keep a snapshot as a read-only copy beside its record (a
+//! reflink where the filesystem shares extents, else a sparse copy). Why a
+//! copy and not a backing chain: a copy is independent of its volume (either
+//! can be deleted, resized or attached without the other), works for every
+//! format, and a restore is again a copy. ploop keeps its snapshots inside
+//! the volume as deltas; the record then names the delta.
+
+use crate::{
+    error::{io, Error, Result},
+    fsutil::{remove_if_exists, replace_file},
+};
+use pool_csi_common::{volume_id::check_storage_name, VolumeFormat};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+/// What a snapshot is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub source_volume: String,
+    pub format: VolumeFormat,
+    pub size: u64,
+    pub created_unix_nanos: i64,
+    /// Where the data is when it lives inside the source volume (a ploop
+    /// delta's GUID); None for a copy. Stored as `delta` on disk.
+    #[serde(default, rename = "delta", skip_serializing_if = "Option::is_none")]
+    pub inside: Option<String>,
+}
+
+impl Record {
+    /// A record of a snapshot of `source_volume` taken now.
+    pub fn new(source_volume: &str, format: VolumeFormat, size: u64) -> Self {
+        Self {
+            source_volume: source_volume.into(),
+            format,
+            size,
+            created_unix_nanos: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
+            inside: None,
+        }
+    }
+}
+
+/// The records of one pool.
+#[derive(Debug, Clone)]
+pub struct SnapshotRecords {
+    dir: PathBuf,
+    tmp_dir: PathBuf,
+}
+
+impl SnapshotRecords {
+    /// Records in `dir`, written through `tmp_dir` (same filesystem).
+    pub fn new(dir: PathBuf, tmp_dir: PathBuf) -> Self {
+        Self { dir, tmp_dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf> {
+        check_storage_name(name)
+            .map_err(|why| Error::Invalid(format!("invalid snapshot name {name:?}: {why}")))?;
+        Ok(self.dir.join(format!("{name}.json")))
+    }
+
+    /// The record of snapshot `name`; None when it does not exist.
+    pub fn read(&self, name: &str) -> Result<Option<Record>> {
+        let path = self.path(name)?;
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        serde_json::from_slice(&text).map(Some).map_err(|e| {
+            Error::Precondition(format!(
+                "snapshot record {} is corrupt: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// Commits a snapshot: its record appears whole, by rename, or not at all.
+    pub fn commit(&self, name: &str, record: &Record) -> Result<()> {
+        let path = self.path(name)?;
+        let tmp = self.tmp_dir.join(format!("s.{name}.json"));
+        let bytes = serde_json::to_vec(record).expect("record serialises");
+        replace_file(&path, &tmp, &bytes)
+    }
+
+    /// Uncommits snapshot `name`: from here on it does not exist. The
+    /// caller syncs [`Self::dir`] once it has removed the data too.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        remove_if_exists(&self.path(name)?).map(|_| ())
+    }
+
+    /// Every record, sorted by snapshot name (unreadable ones skipped).
+    pub fn all(&self) -> Result<Vec<(String, Record)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir)
+            .map_err(io("read", &self.dir))?
+            .flatten()
+        {
+            let file = e.file_name();
+            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
+                continue;
+            };
+            if let Ok(Some(r)) = self.read(name) {
+                out.push((name.to_string(), r));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// The snapshots whose data lives inside `volume`: (name, reference).
+    pub fn inside(&self, volume: &str) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|(_, r)| r.source_volume == volume)
+            .filter_map(|(n, r)| Some((n, r.inside?)))
+            .collect())
+    }
+
+    /// The references inside `volume` that snapshots still use.
+    pub fn kept_inside(&self, volume: &str) -> Result<HashSet<String>> {
+        Ok(self.inside(volume)?.into_iter().map(|(_, r)| r).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_commit_whole_and_keep_their_on_disk_names() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, tmp) = (t.path().join("snapshots"), t.path().join("tmp"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
+        let recs = SnapshotRecords::new(dir.clone(), tmp);
+        let mut r = Record::new("vol", VolumeFormat::Ploop, 4096);
+        r.inside = Some("{abc}".into());
+        recs.commit("s1", &r).unwrap();
+        recs.commit("s2", &Record::new("vol", VolumeFormat::Raw, 1))
+            .unwrap();
+        let text = std::fs::read_to_string(dir.join("s1.json")).unwrap();
+        assert!(text.contains("\"delta\":\"{abc}\""), "{text}");
+        assert_eq!(recs.read("s1").unwrap(), Some(r));
+        assert_eq!(recs.inside("vol").unwrap(), [("s1".into(), "{abc}".into())]);
+        assert_eq!(recs.all().unwrap().len(), 2);
+        recs.remove("s1").unwrap();
+        assert_eq!(recs.read("s1").unwrap(), None);
+        assert!(recs.read("../x").is_err());
+    }
+}

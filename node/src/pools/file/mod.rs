@@ -1,0 +1,595 @@
+//! dir and fs pools: volumes are images in `target.path`, one file (or a
+//! ploop directory) per volume, in any of the formats of [`formats`]. An fs
+//! pool first mounts its `source.device` there; after that both behave
+//! alike. The pool decides names, space, idempotency and crash safety; what
+//! an image is and how it is made, grown, copied, snapshotted and attached
+//! is the format's business, behind [`ImageFormat`].
+//!
+//! Crash safety: a volume is made under `.pool-csi/tmp` and renamed into
+//! place (RENAME_NOREPLACE) only when complete, so a volume is always whole;
+//! leftovers in tmp are removed at start and on retry.
+
+pub mod fs_device;
+pub mod layout;
+
+use super::{
+    fit_size, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Snapshot, Source, StateCell,
+    Volume,
+};
+use crate::{
+    attach::AttachSource,
+    copy,
+    error::{io, Error, Result},
+    exec::CommandRunner,
+    formats::{
+        env::ImageEnv,
+        records::{Record, SnapshotRecords},
+        registry::Formats,
+        CopyFrom, ImageFormat, Origin, SnapshotTarget,
+    },
+    fsutil::{remove_if_exists, rename_noreplace, sync_dir},
+    Config,
+};
+use fs_device::FsDevice;
+use layout::Layout;
+use pool_csi_common::{Allocation, PoolDefinition, PoolType};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+const MIB: u64 = 1 << 20;
+/// Set on a volume whose StorageClass asked for wipeOnDelete.
+const WIPE_XATTR: &str = "user.pool-csi.wipe-on-delete";
+/// Size of a volume whose request gives no capacity.
+const DEFAULT_SIZE: u64 = 1 << 30;
+
+pub struct FilePool {
+    name: String,
+    pool_type: PoolType,
+    layout: Layout,
+    device: Option<FsDevice>,
+    auto_build: bool,
+    runner: Arc<dyn CommandRunner>,
+    mountinfo: PathBuf,
+    state: StateCell,
+    formats: Formats,
+    env: ImageEnv,
+}
+
+impl FilePool {
+    pub fn new(def: &PoolDefinition, cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
+        let s = &def.spec;
+        let device = (s.pool_type == PoolType::Fs).then(|| FsDevice {
+            device: s.source.device.clone().unwrap_or_default().into(),
+            format: s.source.format.clone().filter(|f| f != "auto"),
+        });
+        let layout = Layout::new(s.target.path.clone().unwrap_or_default().into());
+        let records = SnapshotRecords::new(layout.snapshot_dir(), layout.tmp_dir());
+        let env = ImageEnv::new(
+            runner.clone(),
+            cfg.sysfs_root.clone(),
+            cfg.mountinfo.clone(),
+            exports_dir(cfg, &def.name),
+            layout.tmp_dir(),
+            records,
+        );
+        Self {
+            name: def.name.clone(),
+            pool_type: s.pool_type,
+            layout,
+            device,
+            auto_build: s.auto_build,
+            runner,
+            mountinfo: cfg.mountinfo.clone(),
+            state: StateCell::new(&def.name),
+            formats: Formats::new(cfg.ploop.clone()),
+            env,
+        }
+    }
+
+    /// The volume named `name` and its format, if there is one. Anything
+    /// else at a volume's path (a symlink, a directory that is no ploop
+    /// disk) is refused.
+    fn find(&self, name: &str) -> Result<Option<(PathBuf, &dyn ImageFormat)>> {
+        for f in self.formats.all() {
+            let path = self.layout.volume(name, f.format())?;
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if f.is_volume(&path, m.file_type()) => return Ok(Some((path, f))),
+                Ok(_) => {
+                    return Err(Error::Precondition(format!(
+                        "{} is not a volume pool-csi made (not a regular file or a ploop directory); pool-csi will not touch it",
+                        path.display()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("stat", &path)(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Self::find`], NotFound when there is no such volume.
+    fn existing(&self, name: &str) -> Result<(PathBuf, &dyn ImageFormat)> {
+        self.find(name)?.ok_or_else(|| Error::VolumeNotFound {
+            pool: self.name.clone(),
+            name: name.into(),
+        })
+    }
+
+    async fn describe(&self, name: &str, path: &Path, format: &dyn ImageFormat) -> Volume {
+        let d = format.describe(&self.env, path).await;
+        Volume {
+            name: name.into(),
+            format: format.format(),
+            capacity: d.capacity,
+            allocation: d.allocation,
+            abnormal: d.abnormal,
+        }
+    }
+
+    fn available(&self) -> Result<u64> {
+        let s = rustix::fs::statvfs(&self.layout.root)
+            .map_err(|e| io("statfs", &self.layout.root)(e.into()))?;
+        Ok(s.f_bavail * s.f_frsize)
+    }
+
+    fn snapshot_record(&self, name: &str) -> Result<Record> {
+        self.env
+            .records
+            .read(name)?
+            .ok_or_else(|| Error::SnapshotNotFound {
+                pool: self.name.clone(),
+                name: name.into(),
+            })
+    }
+
+    fn prepare_dirs(&self) -> Result<()> {
+        for d in [
+            self.layout.tmp_dir(),
+            self.layout.snapshot_dir(),
+            self.env.exports_dir().to_path_buf(),
+        ] {
+            std::fs::create_dir_all(&d).map_err(io("create", &d))?;
+        }
+        // Whatever is in tmp was never renamed into place: a crash mid-create.
+        let tmp = self.layout.tmp_dir();
+        for e in std::fs::read_dir(&tmp).map_err(io("read", &tmp))?.flatten() {
+            let _ = remove_if_exists(&e.path());
+        }
+        Ok(())
+    }
+
+    /// Makes the new volume's image at `tmp`; returns its size.
+    async fn make(
+        &self,
+        req: &CreateRequest,
+        tmp: &Path,
+        format: &dyn ImageFormat,
+        from: Option<CopyFrom<'_>>,
+    ) -> Result<u64> {
+        let full = req.allocation == Some(Allocation::Full);
+        if let Some(from) = &from {
+            if req.limit != 0 && from.size > req.limit {
+                return Err(Error::OutOfRange(format!(
+                    "the source is {} bytes, more than limit_bytes {}",
+                    from.size, req.limit
+                )));
+            }
+        }
+        let size = match &from {
+            Some(f) if req.required <= f.size => f.size,
+            _ => fit_size(req.required, req.limit, MIB, DEFAULT_SIZE)?,
+        };
+        // Sparse or not, a volume never starts out larger than the free space.
+        let available = self.available()?;
+        if size > available {
+            return Err(Error::NoSpace {
+                pool: self.name.clone(),
+                needed: size,
+                available,
+            });
+        }
+        match from {
+            None => format.create(&self.env, &req.name, tmp, size, full).await?,
+            Some(from) => {
+                format
+                    .copy(&self.env, &req.name, from, tmp, size, full)
+                    .await?
+            }
+        }
+        let f = File::open(tmp).map_err(io("open", tmp))?;
+        if req.wipe_on_delete {
+            rustix::fs::fsetxattr(&f, WIPE_XATTR, b"1", rustix::fs::XattrFlags::empty()).map_err(|e| {
+                Error::Precondition(format!(
+                    "wipeOnDelete needs user extended attributes on the pool's filesystem ({}): {e}",
+                    self.layout.root.display()
+                ))
+            })?;
+        }
+        f.sync_all().map_err(io("sync", tmp))?;
+        Ok(size)
+    }
+
+    /// Snapshots volume `source` as `name`; an existing snapshot of the
+    /// same volume is answered as it is.
+    async fn snapshot_volume(&self, source: &str, name: &str) -> Result<Snapshot> {
+        if let Some(r) = self.env.records.read(name)? {
+            if r.source_volume == source {
+                return Ok(snapshot_of(name, &r));
+            }
+            return Err(Error::NameTaken {
+                what: "snapshot",
+                pool: self.name.clone(),
+                name: name.into(),
+                why: format!("source volume {}", r.source_volume),
+            });
+        }
+        let (path, format) = self.existing(source)?;
+        let target = SnapshotTarget {
+            name: name.into(),
+            tmp: self.layout.tmp('s', name, format.format())?,
+            data: self.layout.snapshot(name, format.format())?,
+        };
+        remove_if_exists(&target.tmp)?;
+        remove_if_exists(&target.data)?; // data without a record: an interrupted earlier attempt
+        match format.snapshot(&self.env, source, &path, &target).await {
+            Ok(r) => Ok(snapshot_of(name, &r)),
+            Err(e) => {
+                let _ = remove_if_exists(&target.tmp);
+                let _ = remove_if_exists(&target.data);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes snapshot `name`: the record goes first (from then on the
+    /// snapshot does not exist), then its data.
+    async fn remove_snapshot(&self, name: &str) -> Result<()> {
+        let record = self.env.records.read(name).ok().flatten();
+        self.env.records.remove(name)?;
+        for f in self.formats.all() {
+            remove_if_exists(&self.layout.snapshot(name, f.format())?)?;
+        }
+        sync_dir(&self.layout.snapshot_dir())?;
+        if let Some(r) = record.filter(|r| r.inside.is_some()) {
+            let path = self.layout.volume(&r.source_volume, r.format)?;
+            self.formats
+                .get(r.format)
+                .snapshot_dropped(&self.env, &r.source_volume, &path)
+                .await;
+        }
+        Ok(())
+    }
+}
+
+fn snapshot_of(name: &str, r: &Record) -> Snapshot {
+    Snapshot {
+        name: name.into(),
+        source_volume: r.source_volume.clone(),
+        format: r.format,
+        size: r.size,
+        created_unix_nanos: r.created_unix_nanos,
+    }
+}
+
+pub fn exports_dir(cfg: &Config, pool: &str) -> PathBuf {
+    cfg.state_dir.join("exports").join(pool)
+}
+
+#[tonic::async_trait]
+impl Pool for FilePool {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn pool_type(&self) -> PoolType {
+        self.pool_type
+    }
+
+    async fn start(&self) -> Result<()> {
+        let result = async {
+            if let Some(dev) = &self.device {
+                if self.auto_build {
+                    self.build(false).await?;
+                }
+                dev.mount(
+                    self.runner.as_ref(),
+                    &self.mountinfo,
+                    &self.layout.root,
+                    &self.name,
+                )
+                .await?;
+            } else if !self.layout.root.is_dir() {
+                if !self.auto_build {
+                    return Err(Error::Precondition(format!(
+                        "target directory {} does not exist: build the pool (poolctl pool-build {}) or set autoBuild",
+                        self.layout.root.display(),
+                        self.name
+                    )));
+                }
+                self.build(false).await?;
+            }
+            self.prepare_dirs()
+        }
+        .await;
+        self.state.record_start(result)
+    }
+
+    async fn build(&self, overwrite: bool) -> Result<()> {
+        match &self.device {
+            None => {
+                std::fs::create_dir_all(&self.layout.root).map_err(io("create", &self.layout.root))
+            }
+            Some(dev) => {
+                dev.build(self.runner.as_ref(), &self.mountinfo, &self.name, overwrite)
+                    .await
+            }
+        }
+    }
+
+    async fn status(&self, count_volumes: bool) -> PoolStatus {
+        let mut st = self.state.status();
+        let state = st.state;
+        if state != PoolState::Running {
+            return st;
+        }
+        match rustix::fs::statvfs(&self.layout.root) {
+            Ok(s) => {
+                st.capacity = s.f_blocks * s.f_frsize;
+                st.available = s.f_bavail * s.f_frsize;
+                st.allocation = (s.f_blocks - s.f_bfree) * s.f_frsize;
+            }
+            Err(e) => {
+                st.state = PoolState::Degraded;
+                st.message = format!("target {} is unreadable: {e}", self.layout.root.display());
+                return st;
+            }
+        }
+        if count_volumes {
+            st.volume_count = self.list_volumes().await.ok().map(|v| v.len() as u32);
+        }
+        st
+    }
+
+    async fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
+        self.state.ensure_running()?;
+        if let Some(a) = req
+            .allocation
+            .filter(|a| !matches!(a, Allocation::Sparse | Allocation::Full))
+        {
+            return Err(Error::Invalid(format!(
+                "allocation {a} is not possible in {} pools",
+                self.pool_type
+            )));
+        }
+        // Where the content comes from: (origin's path, its format, the
+        // snapshot record when restoring).
+        let (origin, format) = match &req.source {
+            Source::Empty => (
+                None,
+                req.format
+                    .map_or(self.formats.default_format(), |f| self.formats.get(f)),
+            ),
+            Source::Volume(v) => {
+                let (path, f) = self.existing(v)?;
+                (Some((path, None)), f)
+            }
+            Source::Snapshot(s) => {
+                let r = self.snapshot_record(s)?;
+                let path = match &r.inside {
+                    Some(_) => self.layout.volume(&r.source_volume, r.format)?,
+                    None => self.layout.snapshot(s, r.format)?,
+                };
+                let format = self.formats.get(r.format);
+                (Some((path, Some(r))), format)
+            }
+        };
+        if let Some(want) = req.format.filter(|w| *w != format.format()) {
+            return Err(Error::Invalid(format!(
+                "the source is {}, so the new volume cannot be {want}",
+                format.format()
+            )));
+        }
+        if let Some((path, have)) = self.find(&req.name)? {
+            let v = self.describe(&req.name, &path, have).await;
+            let fits = v.capacity >= req.required && (req.limit == 0 || v.capacity <= req.limit);
+            if have.format() != format.format() || !fits {
+                return Err(Error::NameTaken {
+                    what: "volume",
+                    pool: self.name.clone(),
+                    name: req.name.clone(),
+                    why: format!(
+                        "format {} and {} bytes, incompatible with this request",
+                        have.format(),
+                        v.capacity
+                    ),
+                });
+            }
+            return Ok(v);
+        }
+        let from = match &origin {
+            None => None,
+            Some((path, None)) => {
+                let Source::Volume(v) = &req.source else {
+                    unreachable!("only a volume source has no record")
+                };
+                let size = format.size(&self.env, path).await?;
+                Some(CopyFrom {
+                    origin: Origin::Volume { name: v, path },
+                    size,
+                })
+            }
+            Some((path, Some(r))) => {
+                let o = match &r.inside {
+                    Some(reference) => Origin::SnapshotInside {
+                        name: &r.source_volume,
+                        path,
+                        reference,
+                    },
+                    None => Origin::SnapshotCopy { path },
+                };
+                Some(CopyFrom {
+                    origin: o,
+                    size: r.size,
+                })
+            }
+        };
+        let tmp = self.layout.tmp('v', &req.name, format.format())?;
+        remove_if_exists(&tmp)?;
+        let dst = self.layout.volume(&req.name, format.format())?;
+        let made = async {
+            let size = self.make(req, &tmp, format, from).await?;
+            rename_noreplace(&tmp, &dst)?;
+            sync_dir(&self.layout.root)?;
+            Ok(size)
+        }
+        .await;
+        let capacity = match made {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = remove_if_exists(&tmp);
+                return Err(e);
+            }
+        };
+        let allocation = std::fs::metadata(&dst)
+            .map(|m| copy::allocated_bytes(&m))
+            .unwrap_or(0);
+        Ok(Volume {
+            name: req.name.clone(),
+            format: format.format(),
+            capacity,
+            allocation,
+            abnormal: None,
+        })
+    }
+
+    async fn delete_volume(&self, name: &str, wipe_first: bool) -> Result<()> {
+        self.state.ensure_running()?;
+        let Some((path, format)) = self.find(name)? else {
+            // Gone, or never renamed into place: nothing may linger in tmp.
+            for f in self.formats.all() {
+                remove_if_exists(&self.layout.tmp('v', name, f.format())?)?;
+            }
+            return Ok(());
+        };
+        let recorded = File::open(&path)
+            .ok()
+            .is_some_and(|f| rustix::fs::fgetxattr(&f, WIPE_XATTR, &mut [0u8; 4]).is_ok());
+        if let Some(by) = self.env.user_of(name, &path) {
+            return Err(Error::InUse {
+                what: format!("volume {name} ({})", format.format()),
+                by,
+            });
+        }
+        if format.keeps_snapshots_inside() {
+            let snaps: Vec<String> = self
+                .env
+                .records
+                .inside(name)?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            if !snaps.is_empty() {
+                return Err(Error::Precondition(format!(
+                    "{} volume {name} holds the data of snapshots {}; delete them first",
+                    format.format(),
+                    snaps.join(", ")
+                )));
+            }
+        }
+        format
+            .remove(&self.env, name, &path, wipe_first || recorded)
+            .await
+    }
+
+    async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded> {
+        self.state.ensure_running()?;
+        let (path, format) = self.existing(name)?;
+        let current = format.size(&self.env, &path).await?;
+        if current >= required {
+            if limit != 0 && current > limit {
+                return Err(Error::OutOfRange(format!(
+                    "volume is {current} bytes, above limit_bytes {limit}"
+                )));
+            }
+            return Ok(Expanded {
+                capacity: current,
+                node_expansion_required: true,
+            });
+        }
+        let size = fit_size(required, limit, MIB, DEFAULT_SIZE)?;
+        let (growth, available) = (size - current, self.available()?);
+        if growth > available {
+            return Err(Error::NoSpace {
+                pool: self.name.clone(),
+                needed: growth,
+                available,
+            });
+        }
+        format.grow(&self.env, name, &path, size).await?;
+        Ok(Expanded {
+            capacity: size,
+            node_expansion_required: true,
+        })
+    }
+
+    async fn get_volume(&self, name: &str) -> Result<Volume> {
+        self.state.ensure_running()?;
+        let (path, format) = self.existing(name)?;
+        Ok(self.describe(name, &path, format).await)
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<Volume>> {
+        self.state.ensure_running()?;
+        let root = &self.layout.root;
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(root).map_err(io("read", root))?.flatten() {
+            let Some((name, f)) = layout::parse_file_name(Path::new(&e.file_name())) else {
+                continue;
+            };
+            let format = self.formats.get(f);
+            let Ok(kind) = e.file_type() else { continue };
+            if format.is_volume(&e.path(), kind) {
+                out.push(self.describe(&name, &e.path(), format).await);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn create_snapshot(&self, source: &str, name: &str) -> Result<Snapshot> {
+        self.state.ensure_running()?;
+        self.snapshot_volume(source, name).await
+    }
+
+    async fn delete_snapshot(&self, name: &str) -> Result<()> {
+        self.state.ensure_running()?;
+        self.remove_snapshot(name).await
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.state.ensure_running()?;
+        Ok(self
+            .env
+            .records
+            .all()?
+            .iter()
+            .map(|(name, r)| snapshot_of(name, r))
+            .collect())
+    }
+
+    async fn attach_source(&self, name: &str) -> Result<AttachSource> {
+        self.state.ensure_running()?;
+        let (path, format) = self.existing(name)?;
+        format.attach_source(&self.env, name, &path).await
+    }
+
+    async fn detached(&self, name: &str) -> Result<()> {
+        if let Ok(Some((path, format))) = self.find(name) {
+            format.detached(&self.env, name, &path).await;
+        }
+        Ok(())
+    }
+}
