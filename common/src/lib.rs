@@ -18,6 +18,7 @@ pub mod pool_type;
 pub mod serve;
 pub mod tls;
 pub mod volume_id;
+pub mod wire;
 
 /// The StoragePool CRD as YAML (what `crdgen` prints and the chart ships).
 pub fn crd_yaml() -> String {
@@ -57,7 +58,7 @@ pub const TOPOLOGY_NODE_KEY: &str = "pool-csi.io/node";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use codes::{full_message, status_from, GrpcCode};
-pub use oplock::{OpGuard, OpLocks};
+pub use oplock::{LockKey, OpGuard, OpLocks};
 pub use params::VolumeParams;
 pub use pool_spec::{PoolDefinition, StoragePoolSpec};
 pub use pool_type::{Allocation, PoolType, VolumeFormat};

@@ -5,19 +5,66 @@
 
 use std::{
     collections::HashSet,
+    fmt,
     sync::{Arc, Mutex},
 };
+
+/// What an operation locks. Every service of a binary locks through these,
+/// so the CSI and agent services of one node collide on the same volume.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LockKey {
+    /// A volume, by pool and storage name (whatever node it is on).
+    Volume { pool: String, name: String },
+    /// A snapshot, by pool and storage name.
+    Snapshot { pool: String, name: String },
+    /// A CSI snapshot name, whichever pool it lands in: snapshot names are
+    /// cluster-wide in CSI.
+    SnapshotName(String),
+    /// A pool as a whole (pool-build).
+    Pool(String),
+    /// An id this driver cannot parse, locked as given (unpublishing works
+    /// on the target path alone).
+    Unparsed(String),
+}
+
+impl LockKey {
+    pub fn volume(pool: &str, name: &str) -> Self {
+        Self::Volume {
+            pool: pool.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn snapshot(pool: &str, name: &str) -> Self {
+        Self::Snapshot {
+            pool: pool.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for LockKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Volume { pool, name } => write!(f, "volume {name} of pool {pool}"),
+            Self::Snapshot { pool, name } => write!(f, "snapshot {name} of pool {pool}"),
+            Self::SnapshotName(name) => write!(f, "snapshot {name}"),
+            Self::Pool(pool) => write!(f, "pool {pool}"),
+            Self::Unparsed(id) => write!(f, "{id}"),
+        }
+    }
+}
 
 /// A table of keys with an operation in flight.
 #[derive(Clone, Default)]
 pub struct OpLocks {
-    held: Arc<Mutex<HashSet<String>>>,
+    held: Arc<Mutex<HashSet<LockKey>>>,
 }
 
 /// Held while an operation runs; dropping it frees the key.
 pub struct OpGuard {
-    held: Arc<Mutex<HashSet<String>>>,
-    key: String,
+    held: Arc<Mutex<HashSet<LockKey>>>,
+    key: LockKey,
 }
 
 /// The key is busy: map to ABORTED.
@@ -45,11 +92,12 @@ impl OpLocks {
     }
 
     /// Takes `key` or fails at once with [`Busy`].
-    pub fn try_acquire(&self, key: impl Into<String>) -> Result<OpGuard, Busy> {
-        let key = key.into();
+    pub fn try_acquire(&self, key: LockKey) -> Result<OpGuard, Busy> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if !held.insert(key.clone()) {
-            return Err(Busy { key });
+            return Err(Busy {
+                key: key.to_string(),
+            });
         }
         Ok(OpGuard {
             held: self.held.clone(),
@@ -58,7 +106,7 @@ impl OpLocks {
     }
 
     /// Whether `key` is held now (for tests and diagnostics).
-    pub fn is_held(&self, key: &str) -> bool {
+    pub fn is_held(&self, key: &LockKey) -> bool {
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -82,12 +130,13 @@ mod tests {
     #[test]
     fn second_acquire_is_busy_until_guard_drops() {
         let locks = OpLocks::new();
-        let g = locks.try_acquire("v").unwrap();
-        let err = locks.try_acquire("v").err().unwrap();
-        assert_eq!(err.key, "v");
-        assert!(locks.try_acquire("other").is_ok());
+        let v = LockKey::volume("p", "v");
+        let g = locks.try_acquire(v.clone()).unwrap();
+        let err = locks.try_acquire(v.clone()).err().unwrap();
+        assert_eq!(err.key, "volume v of pool p");
+        assert!(locks.try_acquire(LockKey::snapshot("p", "v")).is_ok());
         drop(g);
-        assert!(!locks.is_held("v"));
-        assert!(locks.try_acquire("v").is_ok());
+        assert!(!locks.is_held(&v));
+        assert!(locks.try_acquire(v).is_ok());
     }
 }

@@ -101,14 +101,41 @@ fn parse_stripe_size(v: &str) -> Result<u64, ParamError> {
         .parse()
         .map_err(|_| invalid(KEY_STRIPE_SIZE, v, "expected a size such as 64Ki"))?;
     let bytes = n.checked_mul(mult).unwrap_or(0);
-    if !bytes.is_power_of_two() || !(4096..=(512 << 20)).contains(&bytes) {
-        return Err(invalid(
-            KEY_STRIPE_SIZE,
-            v,
-            "must be a power of two from 4Ki to 512Mi",
-        ));
-    }
+    striping::check_size(bytes).map_err(|why| invalid(KEY_STRIPE_SIZE, v, why))?;
     Ok(bytes)
+}
+
+/// LVM striping: the one rule the StorageClass parser and the node agent
+/// both apply (the agent's options reach lvcreate's arguments).
+pub mod striping {
+    /// LVM's default stripe size, used when a class names none.
+    pub const DEFAULT_SIZE: u64 = 64 << 10;
+
+    pub fn check_count(n: u32) -> Result<(), &'static str> {
+        match n {
+            1..=64 => Ok(()),
+            _ => Err("must be 1 to 64"),
+        }
+    }
+
+    pub fn check_size(bytes: u64) -> Result<(), &'static str> {
+        match bytes.is_power_of_two() && (4096..=(512 << 20)).contains(&bytes) {
+            true => Ok(()),
+            false => Err("must be a power of two from 4Ki to 512Mi"),
+        }
+    }
+
+    /// (stripes, stripe size) as the agent API carries them: 0 stripes is
+    /// a linear volume, a 0 size the default.
+    pub fn from_wire(stripes: u32, size: u64) -> Result<Option<(u32, u64)>, String> {
+        if stripes == 0 {
+            return Ok(None);
+        }
+        let size = if size == 0 { DEFAULT_SIZE } else { size };
+        check_count(stripes).map_err(|why| format!("stripes {stripes} {why}"))?;
+        check_size(size).map_err(|why| format!("stripe size {size} {why}"))?;
+        Ok(Some((stripes, size)))
+    }
 }
 
 impl VolumeParams {
@@ -171,9 +198,7 @@ impl VolumeParams {
                     let n: u32 = value
                         .parse()
                         .map_err(|_| invalid(KEY_STRIPES, value, "expected a number"))?;
-                    if !(1..=64).contains(&n) {
-                        return Err(invalid(KEY_STRIPES, value, "must be 1 to 64"));
-                    }
+                    striping::check_count(n).map_err(|why| invalid(KEY_STRIPES, value, why))?;
                     out.stripes = Some(n);
                 }
                 KEY_STRIPE_SIZE => out.stripe_size = Some(parse_stripe_size(value)?),

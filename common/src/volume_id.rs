@@ -97,8 +97,8 @@ impl VolumeId {
     }
 
     /// The lock key for operations on this volume.
-    pub fn key(&self) -> String {
-        self.to_string()
+    pub fn lock_key(&self) -> crate::oplock::LockKey {
+        crate::oplock::LockKey::volume(&self.pool, &self.name)
     }
 }
 

@@ -42,9 +42,10 @@ pub enum Error {
     /// Another operation on the same volume is running.
     #[error(transparent)]
     Busy(#[from] pool_csi_common::oplock::Busy),
-    /// The agent answered with an error: its code passes through.
-    #[error("node {node}: {}", status.message())]
-    Agent { node: String, status: tonic::Status },
+    /// The agent answered with an error (or did not answer): its code
+    /// passes through.
+    #[error(transparent)]
+    Agent(#[from] crate::agents::client::AgentError),
 }
 
 impl GrpcCode for Error {
@@ -65,7 +66,7 @@ impl GrpcCode for Error {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::BadToken(_) => Code::Aborted, // CSI: an invalid starting_token is ABORTED
             Self::Busy(_) => Code::Aborted,
-            Self::Agent { status, .. } => status.code(),
+            Self::Agent(e) => e.grpc_code(),
         }
     }
 }

@@ -5,11 +5,10 @@
 pub mod agents;
 pub mod csi;
 pub mod error;
+pub mod join;
 pub mod leader;
 pub mod ops;
 pub mod placement;
-pub mod static_pvs;
-pub mod status_writer;
 
 use agents::Agents;
 use pool_csi_common::OpLocks;

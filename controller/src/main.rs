@@ -8,10 +8,14 @@ use pool_csi_common::{
     serve::{bind_private_uds, init_tracing, shutdown_signal, Endpoint, DRAIN_GRACE},
 };
 use pool_csi_controller::{
-    agents::Agents,
+    agents::{discovery, Agents},
     csi::controller::ControllerService,
-    leader::{Elector, LeaderConfig},
-    status_writer::StatusWriter,
+    leader::{
+        election::{Elector, LeaderConfig},
+        round::Round,
+        static_pvs::StaticPvs,
+        status::StatusWriter,
+    },
     Ctx,
 };
 use pool_csi_proto::csi::{controller_server::ControllerServer, identity_server::IdentityServer};
@@ -71,7 +75,7 @@ struct Args {
     #[arg(long, env = "DEFAULT_POOL")]
     default_pool: Option<String>,
     #[command(flatten)]
-    tls: pool_csi_controller::agents::TlsArgs,
+    tls: pool_csi_controller::agents::tls::TlsArgs,
     /// Address for Prometheus metrics (GET /metrics); off when unset.
     #[arg(long, env = "METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -139,13 +143,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         locks: Default::default(),
     });
     if let Some(service) = agent_service {
-        let (found, _) = ctx.agents.discover(&service).await;
+        let (found, _) = discovery::discover(&ctx.agents, &service).await;
         tracing::info!(%service, agents = found, "agents discovered through DNS");
-        tokio::spawn(
-            ctx.agents
-                .clone()
-                .keep_discovering(service, DISCOVERY_INTERVAL),
-        );
+        tokio::spawn(discovery::keep_discovering(
+            ctx.agents.clone(),
+            service,
+            DISCOVERY_INTERVAL,
+        ));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     tokio::spawn(async move {
@@ -158,9 +162,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!("--cluster: no Kubernetes API access (in-cluster service account or KUBECONFIG): {e}")
         })?;
         if let Some(selector) = agent_pod_selector {
-            match ctx
-                .agents
-                .discover_pods(&client, &namespace, &selector, agent_port)
+            match discovery::discover_pods(&ctx.agents, &client, &namespace, &selector, agent_port)
                 .await
             {
                 Ok(n) => {
@@ -170,7 +172,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     tracing::warn!(%selector, error = %e, "agent discovery: listing the node pods failed; retrying")
                 }
             }
-            tokio::spawn(ctx.agents.clone().keep_discovering_pods(
+            tokio::spawn(discovery::keep_discovering_pods(
+                ctx.agents.clone(),
                 client.clone(),
                 namespace.clone(),
                 selector,
@@ -186,8 +189,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cfg = LeaderConfig::new(&namespace, &lease_name, &identity);
         let (leading, task) = Elector::new(client.clone(), cfg).spawn(stop_rx.clone());
         election = Some(task);
-        let writer = StatusWriter::new(client, &identity).with_static_pvs(&driver_name);
-        tokio::spawn(writer.run(
+        let round = Round {
+            status: StatusWriter::new(client.clone(), &identity),
+            static_pvs: Some(StaticPvs::new(client, &driver_name)),
+        };
+        tokio::spawn(round.run(
             ctx.agents.clone(),
             leading,
             std::time::Duration::from_secs(status_interval_seconds),

@@ -9,36 +9,38 @@
 //! comes from GetCapacity and the scheduler (WaitForFirstConsumer); a node
 //! without room answers RESOURCE_EXHAUSTED and the next one is tried.
 
-use pool_csi_common::{volume_id::fnv1a64, TOPOLOGY_NODE_KEY};
-use pool_csi_proto::csi::{Topology, TopologyRequirement};
+use pool_csi_common::volume_id::fnv1a64;
 
-/// The node a topology segment names; None when it does not constrain nodes.
-fn node_of(t: &Topology) -> Option<&str> {
-    t.segments.get(TOPOLOGY_NODE_KEY).map(String::as_str)
+/// Where the CO allows and prefers a new volume, in nodes (the CSI
+/// topology reduced to pool-csi's one key at the edge).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeTopology {
+    /// None: every node; Some: only these.
+    pub requisite: Option<Vec<String>>,
+    /// Tried first, in this order.
+    pub preferred: Vec<String>,
+}
+
+impl NodeTopology {
+    /// Whether `node` satisfies the requisite part.
+    pub fn allows(&self, node: &str) -> bool {
+        self.requisite
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|n| n == node))
+    }
 }
 
 /// Nodes to try, in order, for volume `name` among `nodes` (those with the pool).
-pub fn candidates(name: &str, nodes: &[String], req: Option<&TopologyRequirement>) -> Vec<String> {
-    let empty = TopologyRequirement::default();
-    let req = req.unwrap_or(&empty);
-    let allowed = |n: &str| {
-        req.requisite.is_empty()
-            || req
-                .requisite
-                .iter()
-                .any(|t| node_of(t).is_none_or(|want| want == n))
-    };
+pub fn candidates(name: &str, nodes: &[String], t: &NodeTopology) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for t in &req.preferred {
-        if let Some(n) = node_of(t) {
-            if nodes.iter().any(|x| x == n) && allowed(n) && !out.iter().any(|x| x == n) {
-                out.push(n.to_string());
-            }
+    for n in &t.preferred {
+        if nodes.contains(n) && t.allows(n) && !out.contains(n) {
+            out.push(n.clone());
         }
     }
     let mut rest: Vec<&String> = nodes
         .iter()
-        .filter(|n| allowed(n) && !out.contains(n))
+        .filter(|n| t.allows(n) && !out.contains(n))
         .collect();
     rest.sort_by_key(|n| std::cmp::Reverse(score(name, n)));
     out.extend(rest.into_iter().cloned());
@@ -53,23 +55,6 @@ fn score(name: &str, node: &str) -> u64 {
     fnv1a64(&key)
 }
 
-/// The topology of a volume on `node`.
-pub fn topology_of(node: &str) -> Topology {
-    Topology {
-        segments: [(TOPOLOGY_NODE_KEY.to_string(), node.to_string())].into(),
-    }
-}
-
-/// Whether `node` satisfies the requisite part of a requirement.
-pub fn is_allowed(node: &str, req: Option<&TopologyRequirement>) -> bool {
-    req.is_none_or(|r| {
-        r.requisite.is_empty()
-            || r.requisite
-                .iter()
-                .any(|t| node_of(t).is_none_or(|w| w == node))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,17 +63,17 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    fn req(requisite: &[&str], preferred: &[&str]) -> TopologyRequirement {
-        TopologyRequirement {
-            requisite: requisite.iter().map(|n| topology_of(n)).collect(),
-            preferred: preferred.iter().map(|n| topology_of(n)).collect(),
+    fn req(requisite: &[&str], preferred: &[&str]) -> NodeTopology {
+        NodeTopology {
+            requisite: Some(nodes(requisite)),
+            preferred: nodes(preferred),
         }
     }
 
     #[test]
     fn preferred_comes_first_and_requisite_limits() {
         let all = nodes(&["a", "b", "c", "d"]);
-        let c = candidates("pvc-1", &all, Some(&req(&["b", "c"], &["c"])));
+        let c = candidates("pvc-1", &all, &req(&["b", "c"], &["c"]));
         assert_eq!(c[0], "c");
         assert_eq!(c.len(), 2);
         assert!(c.contains(&"b".to_string()));
@@ -96,34 +81,21 @@ mod tests {
 
     #[test]
     fn nodes_without_the_pool_are_never_chosen() {
-        let c = candidates("pvc-1", &nodes(&["a"]), Some(&req(&["b"], &["b"])));
+        let c = candidates("pvc-1", &nodes(&["a"]), &req(&["b"], &["b"]));
         assert!(c.is_empty());
     }
 
     #[test]
     fn order_is_stable_for_a_name_and_spreads_names() {
         let all = nodes(&["a", "b", "c", "d", "e"]);
+        let any = NodeTopology::default();
         assert_eq!(
-            candidates("pvc-1", &all, None),
-            candidates("pvc-1", &all, None)
+            candidates("pvc-1", &all, &any),
+            candidates("pvc-1", &all, &any)
         );
         let firsts: std::collections::HashSet<_> = (0..50)
-            .map(|i| candidates(&format!("pvc-{i}"), &all, None)[0].clone())
+            .map(|i| candidates(&format!("pvc-{i}"), &all, &any)[0].clone())
             .collect();
         assert!(firsts.len() >= 4, "placement does not spread: {firsts:?}");
-    }
-
-    #[test]
-    fn segments_without_our_key_do_not_constrain() {
-        let mut t = Topology::default();
-        t.segments
-            .insert("topology.kubernetes.io/zone".into(), "z1".into());
-        let r = TopologyRequirement {
-            requisite: vec![t],
-            preferred: vec![],
-        };
-        assert_eq!(candidates("v", &nodes(&["a", "b"]), Some(&r)).len(), 2);
-        assert!(is_allowed("a", Some(&r)));
-        assert!(!is_allowed("a", Some(&req(&["b"], &[]))));
     }
 }

@@ -44,6 +44,13 @@ pub enum Error {
     /// The request is malformed or asks for something unsupported.
     #[error("{0}")]
     Invalid(String),
+    /// A request field or parameter has a value that cannot be used.
+    #[error("{field} {value:?}: {why}")]
+    InvalidField {
+        field: &'static str,
+        value: String,
+        why: String,
+    },
     /// The volume is in use where the operation needs it idle.
     #[error("{what} is in use: {by}")]
     InUse { what: String, by: String },
@@ -84,6 +91,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// INVALID_ARGUMENT naming the field, its value and what is wrong.
+    pub fn invalid(field: &'static str, value: &str, why: impl std::fmt::Display) -> Self {
+        Self::InvalidField {
+            field,
+            value: value.into(),
+            why: why.to_string(),
+        }
+    }
+}
+
 impl GrpcCode for Error {
     fn grpc_code(&self) -> Code {
         match self {
@@ -93,7 +111,7 @@ impl GrpcCode for Error {
             Self::NameTaken { .. } => Code::AlreadyExists,
             Self::NoSpace { .. } | Self::OutOfSpace { .. } => Code::ResourceExhausted, // the provisioner tries another node
             Self::OutOfRange(_) => Code::OutOfRange,
-            Self::Invalid(_) => Code::InvalidArgument,
+            Self::Invalid(_) | Self::InvalidField { .. } => Code::InvalidArgument,
             Self::InUse { .. } | Self::Precondition(_) | Self::NotBlank { .. } => {
                 Code::FailedPrecondition
             }

@@ -35,14 +35,3 @@ pub struct NodeCtx {
     /// Set once every pool has been started (or has failed with a reason).
     pub ready: Arc<AtomicBool>,
 }
-
-impl NodeCtx {
-    /// The lock key of a volume, whichever service asks.
-    pub fn volume_key(pool: &str, name: &str) -> String {
-        format!("vol:{pool}/{name}")
-    }
-
-    pub fn snapshot_key(pool: &str, name: &str) -> String {
-        format!("snap:{pool}/{name}")
-    }
-}

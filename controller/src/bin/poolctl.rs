@@ -2,8 +2,15 @@
 //! node agents directly, as virsh talks to libvirtd.
 
 use clap::{Parser, Subcommand};
-use pool_csi_controller::agents::{futures_join_all, Agents};
-use pool_csi_proto::agent::{self as pb, PoolState};
+use pool_csi_common::{Allocation, GrpcCode, VolumeFormat};
+use pool_csi_controller::{
+    agents::{
+        client::AgentError,
+        model::{NewContent, NewVolume},
+        Agents,
+    },
+    join::join_all,
+};
 use std::{collections::BTreeMap, process::ExitCode};
 
 /// Operate pool-csi pools and volumes on running node agents.
@@ -14,7 +21,7 @@ struct Args {
     #[arg(long = "agent", env = "AGENTS", value_delimiter = ',', required = true)]
     agents: Vec<String>,
     #[command(flatten)]
-    tls: pool_csi_controller::agents::TlsArgs,
+    tls: pool_csi_controller::agents::tls::TlsArgs,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -48,9 +55,9 @@ enum Command {
         /// Size with an optional K, M, G or T suffix (powers of 1024).
         size: String,
         #[arg(long)]
-        format: Option<String>,
+        format: Option<VolumeFormat>,
         #[arg(long)]
-        allocation: Option<String>,
+        allocation: Option<Allocation>,
         /// The node (default: the only node with the pool).
         #[arg(long)]
         node: Option<String>,
@@ -113,15 +120,9 @@ fn human(b: u64) -> String {
     }
 }
 
-fn state(s: i32) -> &'static str {
-    match PoolState::try_from(s) {
-        Ok(PoolState::Running) => "running",
-        Ok(PoolState::Inactive) => "inactive",
-        Ok(PoolState::Building) => "building",
-        Ok(PoolState::Degraded) => "degraded",
-        Ok(PoolState::Inaccessible) => "inaccessible",
-        _ => "unknown",
-    }
+/// An agent's refusal as poolctl prints it: the gRPC code, then why.
+fn err(e: AgentError) -> String {
+    format!("{:?}: {}", e.grpc_code(), e.message)
 }
 
 /// The node that holds `pool`, or the one the user named.
@@ -154,7 +155,7 @@ async fn run(args: Args) -> Result<(), String> {
         map.insert(n.to_string(), addr.to_string());
     }
     let agents = Agents::new(&map, args.tls.client_config()?).map_err(|e| e.to_string())?;
-    let err = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    let client = |node: &str| agents.client(node).map_err(|e| e.to_string());
     match args.cmd {
         Command::PoolList => {
             println!(
@@ -162,36 +163,26 @@ async fn run(args: Args) -> Result<(), String> {
                 "NODE", "NAME", "TYPE", "STATE", "CAPACITY", "ALLOCATION", "AVAILABLE", "VOLUMES"
             );
             let nodes = agents.nodes();
-            let calls = nodes.iter().map(|n| {
-                let mut c = agents.client(n);
-                async move {
-                    (
-                        n.clone(),
-                        match c.as_mut() {
-                            Ok(c) => c
-                                .get_inventory(pb::GetInventoryRequest {
-                                    count_volumes: true,
-                                })
-                                .await
-                                .map_err(err),
-                            Err(e) => Err(e.to_string()),
-                        },
-                    )
-                }
+            let calls = nodes.iter().map(|n| async move {
+                let pools = match client(n) {
+                    Ok(c) => c.inventory(true).await.map(|(_, p)| p).map_err(err),
+                    Err(e) => Err(e),
+                };
+                (n.clone(), pools)
             });
-            for (node, r) in futures_join_all(calls).await {
+            for (node, r) in join_all(calls).await {
                 match r {
-                    Ok(inv) => {
-                        for p in inv.into_inner().pools {
+                    Ok(pools) => {
+                        for p in pools {
                             println!(
                                 "{:<12} {:<16} {:<8} {:<9} {:>12} {:>12} {:>12} {:>7}  {}",
                                 node,
                                 p.name,
-                                p.r#type,
-                                state(p.state),
-                                human(p.capacity_bytes),
-                                human(p.allocation_bytes),
-                                human(p.available_bytes),
+                                p.pool_type,
+                                p.state.as_str(),
+                                human(p.capacity),
+                                human(p.allocation),
+                                human(p.available),
                                 p.volume_count,
                                 p.message
                             );
@@ -203,35 +194,26 @@ async fn run(args: Args) -> Result<(), String> {
         }
         Command::PoolInfo { pool, node } => {
             let node = node_for(&agents, &pool, node).await?;
-            let inv = agents
-                .client(&node)
-                .map_err(|e| e.to_string())?
-                .get_inventory(pb::GetInventoryRequest {
-                    count_volumes: true,
-                })
-                .await
-                .map_err(err)?;
-            let p = inv
-                .into_inner()
-                .pools
+            let (_, pools) = client(&node)?.inventory(true).await.map_err(err)?;
+            let p = pools
                 .into_iter()
                 .find(|p| p.name == pool)
                 .ok_or_else(|| format!("node {node} has no pool {pool:?}"))?;
             println!(
                 "Name:        {}\nNode:        {node}\nType:        {}\nState:       {}",
                 p.name,
-                p.r#type,
-                state(p.state)
+                p.pool_type,
+                p.state.as_str()
             );
             println!(
                 "Capacity:    {}\nAllocation:  {}\nAvailable:   {}\nVolumes:     {}",
-                human(p.capacity_bytes),
-                human(p.allocation_bytes),
-                human(p.available_bytes),
+                human(p.capacity),
+                human(p.allocation),
+                human(p.available),
                 p.volume_count
             );
-            if p.max_volume_bytes > 0 {
-                println!("Largest new: {}", human(p.max_volume_bytes));
+            if p.max_volume > 0 {
+                println!("Largest new: {}", human(p.max_volume));
             }
             if !p.message.is_empty() {
                 println!("Message:     {}", p.message);
@@ -242,7 +224,7 @@ async fn run(args: Args) -> Result<(), String> {
                     "START", "END", "SIZE"
                 );
                 for e in &p.free_extents {
-                    println!("  {:>14} {:>14} {:>12}", e.start, e.end, human(e.size));
+                    println!("  {:>14} {:>14} {:>12}", e.start, e.end, human(e.size()));
                 }
             }
         }
@@ -252,20 +234,14 @@ async fn run(args: Args) -> Result<(), String> {
             overwrite,
         } => {
             let node = node_for(&agents, &pool, node).await?;
-            let r = agents
-                .client(&node)
-                .map_err(|e| e.to_string())?
-                .build_pool(pb::BuildPoolRequest {
-                    pool: pool.clone(),
-                    overwrite,
-                })
+            let p = client(&node)?
+                .build_pool(&pool, overwrite)
                 .await
                 .map_err(err)?;
-            let p = r.into_inner().pool.unwrap_or_default();
             println!(
                 "pool {pool} on {node}: {} ({} available)",
-                state(p.state),
-                human(p.available_bytes)
+                p.state.as_str(),
+                human(p.available)
             );
         }
         Command::VolList { pool } => {
@@ -274,36 +250,23 @@ async fn run(args: Args) -> Result<(), String> {
                 "NODE", "POOL", "NAME", "FORMAT", "CAPACITY", "ALLOCATION"
             );
             for node in &agents.nodes() {
-                let req = pb::ListVolumesRequest {
-                    pool: pool.clone().unwrap_or_default(),
-                };
-                match agents
-                    .client(node)
-                    .map_err(|e| e.to_string())?
-                    .list_volumes(req)
-                    .await
-                {
-                    Ok(r) => {
-                        for v in r.into_inner().volumes {
-                            let cond = if v.abnormal {
-                                v.condition_message.as_str()
-                            } else {
-                                "ok"
-                            };
+                match client(node)?.list_volumes(pool.as_deref()).await {
+                    Ok(volumes) => {
+                        for v in volumes {
                             println!(
                                 "{:<12} {:<16} {:<40} {:<7} {:>12} {:>12}  {}",
                                 node,
                                 v.pool,
                                 v.name,
                                 v.format,
-                                human(v.capacity_bytes),
-                                human(v.allocation_bytes),
-                                cond
+                                human(v.capacity),
+                                human(v.allocation),
+                                v.abnormal.as_deref().unwrap_or("ok")
                             );
                         }
                     }
-                    Err(s) if s.code() == tonic::Code::NotFound && pool.is_some() => {}
-                    Err(s) => println!("{node:<12} (error: {})", err(s)),
+                    Err(e) if e.is_not_found() && pool.is_some() => {}
+                    Err(e) => println!("{node:<12} (error: {})", err(e)),
                 }
             }
         }
@@ -316,31 +279,23 @@ async fn run(args: Args) -> Result<(), String> {
             node,
         } => {
             let node = node_for(&agents, &pool, node).await?;
-            let req = pb::CreateVolumeRequest {
+            let new = NewVolume {
                 pool: pool.clone(),
                 name: name.clone(),
-                required_bytes: parse_size(&size)?,
-                limit_bytes: 0,
-                options: Some(pb::VolumeOptions {
-                    format: format.unwrap_or_default(),
-                    allocation: allocation.unwrap_or_default(),
-                    ..Default::default()
-                }),
-                source: None,
+                required: parse_size(&size)?,
+                limit: 0,
+                format,
+                allocation,
+                wipe_on_delete: false,
+                partition_type: None,
+                stripes: None,
+                content: NewContent::Empty,
             };
-            let v = agents
-                .client(&node)
-                .map_err(|e| e.to_string())?
-                .create_volume(req)
-                .await
-                .map_err(err)?
-                .into_inner()
-                .volume
-                .unwrap_or_default();
+            let v = client(&node)?.create_volume(&new).await.map_err(err)?;
             println!(
                 "volume {name} created in {pool} on {node}: {} {}",
                 v.format,
-                human(v.capacity_bytes)
+                human(v.capacity)
             );
         }
         Command::VolResize {
@@ -350,23 +305,11 @@ async fn run(args: Args) -> Result<(), String> {
             node,
         } => {
             let node = node_for(&agents, &pool, node).await?;
-            let req = pb::ExpandVolumeRequest {
-                pool: pool.clone(),
-                name: name.clone(),
-                required_bytes: parse_size(&size)?,
-                limit_bytes: 0,
-            };
-            let r = agents
-                .client(&node)
-                .map_err(|e| e.to_string())?
-                .expand_volume(req)
+            let r = client(&node)?
+                .expand_volume(&pool, &name, parse_size(&size)?, 0)
                 .await
-                .map_err(err)?
-                .into_inner();
-            println!(
-                "volume {name} in {pool} on {node}: {}",
-                human(r.capacity_bytes)
-            );
+                .map_err(err)?;
+            println!("volume {name} in {pool} on {node}: {}", human(r.capacity));
         }
         Command::VolDelete {
             pool,
@@ -375,15 +318,8 @@ async fn run(args: Args) -> Result<(), String> {
             wipe,
         } => {
             let node = node_for(&agents, &pool, node).await?;
-            let req = pb::DeleteVolumeRequest {
-                pool: pool.clone(),
-                name: name.clone(),
-                wipe,
-            };
-            agents
-                .client(&node)
-                .map_err(|e| e.to_string())?
-                .delete_volume(req)
+            client(&node)?
+                .delete_volume(&pool, &name, wipe)
                 .await
                 .map_err(err)?;
             println!("volume {name} deleted from {pool} on {node}");

@@ -7,7 +7,7 @@ use crate::{
     ops::{self, create::Content},
     Ctx,
 };
-use pool_csi_common::{caps, respond, storage_name, SnapshotId, VolumeId, VolumeParams};
+use pool_csi_common::{caps, respond, storage_name, LockKey, SnapshotId, VolumeId, VolumeParams};
 use pool_csi_proto::csi::{
     self, controller_server::Controller, controller_service_capability, volume_content_source,
 };
@@ -105,7 +105,7 @@ impl Controller for ControllerService {
             let _g = self
                 .ctx
                 .locks
-                .try_acquire(format!("create:{}/{name}", params.pool))?;
+                .try_acquire(LockKey::volume(&params.pool, &name))?;
             let fs_type = params.fs_type.clone();
             let create = ops::create::CreateVolume {
                 name,
@@ -113,7 +113,7 @@ impl Controller for ControllerService {
                 limit,
                 params,
                 content,
-                topology: r.accessibility_requirements,
+                topology: convert::node_topology(r.accessibility_requirements.as_ref()),
             };
             let made = ops::create::create(&self.ctx, &create).await?;
             tracing::Span::current().record("volume.id", tracing::field::display(&made.id));
@@ -143,7 +143,7 @@ impl Controller for ControllerService {
             let Ok(id) = VolumeId::parse(&r.volume_id) else {
                 return Ok(csi::DeleteVolumeResponse {});
             };
-            let _g = self.ctx.locks.try_acquire(id.key())?;
+            let _g = self.ctx.locks.try_acquire(id.lock_key())?;
             ops::volumes::delete(&self.ctx, &id).await?;
             Ok(csi::DeleteVolumeResponse {})
         })
@@ -163,7 +163,7 @@ impl Controller for ControllerService {
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("volume_capability is required".into()))?;
             caps::check(cap).map_err(Error::Invalid)?;
-            let _g = self.ctx.locks.try_acquire(id.key())?;
+            let _g = self.ctx.locks.try_acquire(id.lock_key())?;
             ops::publish::publish(&self.ctx, &id, &r.node_id).await?;
             Ok(csi::ControllerPublishVolumeResponse {
                 publish_context: Default::default(),
@@ -185,7 +185,7 @@ impl Controller for ControllerService {
             let Ok(id) = VolumeId::parse(&r.volume_id) else {
                 return Ok(csi::ControllerUnpublishVolumeResponse {});
             };
-            let _g = self.ctx.locks.try_acquire(id.key())?;
+            let _g = self.ctx.locks.try_acquire(id.lock_key())?;
             ops::publish::unpublish(&self.ctx, &id, &r.node_id).await?;
             Ok(csi::ControllerUnpublishVolumeResponse {})
         })
@@ -245,7 +245,7 @@ impl Controller for ControllerService {
                 true => {
                     self.ctx
                         .agents
-                        .all_inventories(crate::agents::INVENTORY_TTL)
+                        .all_inventories(crate::agents::inventory::INVENTORY_TTL)
                         .await
                         .0
                 }
@@ -256,7 +256,7 @@ impl Controller for ControllerService {
                 .map(|(id, v)| csi::list_volumes_response::Entry {
                     volume: Some(convert::volume(
                         &id,
-                        v.capacity_bytes,
+                        v.capacity,
                         &ops::reach_in(&inventories, &id),
                     )),
                     status: Some(csi::list_volumes_response::VolumeStatus {
@@ -356,7 +356,10 @@ impl Controller for ControllerService {
             }
             let source = volume_id(&r.source_volume_id)?;
             let name = storage_name(&r.name);
-            let _g = self.ctx.locks.try_acquire(format!("snap:{name}"))?;
+            let _g = self
+                .ctx
+                .locks
+                .try_acquire(LockKey::SnapshotName(name.clone()))?;
             let (id, s) = ops::snapshots::create(&self.ctx, &source, &name).await?;
             Ok(csi::CreateSnapshotResponse {
                 snapshot: Some(convert::snapshot(&id, &s)),
@@ -375,7 +378,10 @@ impl Controller for ControllerService {
             let Ok(id) = SnapshotId::parse(&r.snapshot_id) else {
                 return Ok(csi::DeleteSnapshotResponse {});
             };
-            let _g = self.ctx.locks.try_acquire(format!("snap:{}", id.name))?;
+            let _g = self
+                .ctx
+                .locks
+                .try_acquire(LockKey::SnapshotName(id.name.clone()))?;
             ops::snapshots::delete(&self.ctx, &id).await?;
             Ok(csi::DeleteSnapshotResponse {})
         })
@@ -450,12 +456,11 @@ impl Controller for ControllerService {
             if let Some(c) = &r.volume_capability {
                 caps::check(c).map_err(Error::Invalid)?;
             }
-            let _g = self.ctx.locks.try_acquire(id.key())?;
-            let (capacity, node) =
-                ops::volumes::expand(&self.ctx, &id, required_bytes, limit).await?;
+            let _g = self.ctx.locks.try_acquire(id.lock_key())?;
+            let e = ops::volumes::expand(&self.ctx, &id, required_bytes, limit).await?;
             Ok(csi::ControllerExpandVolumeResponse {
-                capacity_bytes: capacity as i64,
-                node_expansion_required: node,
+                capacity_bytes: e.capacity as i64,
+                node_expansion_required: e.node_expansion_required,
             })
         })
     }
@@ -471,7 +476,7 @@ impl Controller for ControllerService {
             let v = ops::volumes::get(&self.ctx, &id).await?;
             let reach = ops::reach(&self.ctx, &id).await;
             Ok(csi::ControllerGetVolumeResponse {
-                volume: Some(convert::volume(&id, v.capacity_bytes, &reach)),
+                volume: Some(convert::volume(&id, v.capacity, &reach)),
                 status: Some(csi::controller_get_volume_response::VolumeStatus {
                     published_node_ids: Vec::new(),
                     volume_condition: Some(convert::condition(&v)),

@@ -4,7 +4,6 @@
 
 use crate::{error::Result, Ctx};
 use pool_csi_common::TOPOLOGY_NODE_KEY;
-use pool_csi_proto::agent::PoolState;
 use std::{collections::HashMap, time::Duration};
 
 /// (available bytes, largest single volume) for `pool` (None: every pool)
@@ -26,17 +25,15 @@ pub async fn capacity(
         .iter()
         .filter(|i| node.is_none_or(|n| *n == i.node))
     {
-        for p in inv.pools.iter().filter(|p| {
-            pool.is_none_or(|want| p.name == want) && p.state == PoolState::Running as i32
-        }) {
-            let available = if thin {
-                p.thin_available_bytes
-            } else {
-                p.available_bytes
-            };
+        for p in inv
+            .pools
+            .iter()
+            .filter(|p| pool.is_none_or(|want| p.name == want) && p.is_running())
+        {
+            let available = if thin { p.thin_available } else { p.available };
             total += available;
-            let max = if p.max_volume_bytes > 0 && !thin {
-                p.max_volume_bytes
+            let max = if p.max_volume > 0 && !thin {
+                p.max_volume
             } else {
                 available
             };

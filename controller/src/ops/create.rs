@@ -1,16 +1,15 @@
 //! CreateVolume: pick the node, ask its agent, report the volume.
 
-use super::agent_err;
 use crate::{
-    agents::INVENTORY_TTL,
+    agents::{
+        inventory::INVENTORY_TTL,
+        model::{NewContent, NewVolume},
+    },
     error::{Error, Result},
-    placement, Ctx,
+    placement::{self, NodeTopology},
+    Ctx,
 };
 use pool_csi_common::{PoolType, SnapshotId, VolumeId, VolumeParams};
-use pool_csi_proto::{
-    agent::{self as pb, create_volume_request::Source as PbSource},
-    csi::TopologyRequirement,
-};
 
 /// The content a new volume starts with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +28,7 @@ pub struct CreateVolume {
     pub limit: u64,
     pub params: VolumeParams,
     pub content: Content,
-    pub topology: Option<TopologyRequirement>,
+    pub topology: NodeTopology,
 }
 
 /// The volume that now exists.
@@ -51,7 +50,7 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
     let pool_type: PoolType = inventories
         .iter()
         .find_map(|inv| inv.pool(pool))
-        .and_then(|p| p.r#type.parse().ok())
+        .map(|p| p.pool_type)
         .ok_or_else(|| Error::NoPool {
             pool: pool.clone(),
             reachable: unreachable.is_empty(),
@@ -88,17 +87,17 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
                 });
             }
             (
-                placement::candidates(&req.name, &with_pool, req.topology.as_ref()),
-                None,
+                placement::candidates(&req.name, &with_pool, &req.topology),
+                NewContent::Empty,
             )
         }
         Content::Volume(v) => (
             vec![source_node(&v.pool, &v.node, pool, req)?],
-            Some(PbSource::SourceVolume(v.name.clone())),
+            NewContent::Volume(v.name.clone()),
         ),
         Content::Snapshot(s) => (
             vec![source_node(&s.pool, &s.node, pool, req)?],
-            Some(PbSource::SourceSnapshot(s.name.clone())),
+            NewContent::Snapshot(s.name.clone()),
         ),
     };
     if nodes.is_empty() {
@@ -108,31 +107,26 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
             why: "no node with the pool satisfies the topology requirement".into(),
         });
     }
-    let options = pb::VolumeOptions {
-        format: req.params.format.map(|f| f.to_string()).unwrap_or_default(),
-        allocation: req
-            .params
-            .allocation
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+    let new = NewVolume {
+        pool: pool.clone(),
+        name: req.name.clone(),
+        required: req.required,
+        limit: req.limit,
+        format: req.params.format,
+        allocation: req.params.allocation,
         wipe_on_delete: req.params.wipe_on_delete,
-        partition_type: req.params.partition_type.clone().unwrap_or_default(),
-        stripes: req.params.stripes.unwrap_or(0),
-        stripe_size_bytes: req.params.stripe_size.unwrap_or(0),
+        partition_type: req.params.partition_type.clone(),
+        stripes: req
+            .params
+            .stripes
+            .map(|n| (n, req.params.stripe_size.unwrap_or(0))),
+        content: source,
     };
+    let copying = new.content != NewContent::Empty;
     let mut refusals = Vec::new();
     for node in &nodes {
-        let call = pb::CreateVolumeRequest {
-            pool: pool.clone(),
-            name: req.name.clone(),
-            required_bytes: req.required,
-            limit_bytes: req.limit,
-            options: Some(options.clone()),
-            source: source.clone(),
-        };
-        match ctx.agents.client(node)?.create_volume(call).await {
-            Ok(resp) => {
-                let v = resp.into_inner().volume.unwrap_or_default();
+        match ctx.agents.client(node)?.create_volume(&new).await {
+            Ok(v) => {
                 // The pool may store the volume under a shorter name (GPT labels).
                 let name = if v.name.is_empty() {
                     req.name.as_str()
@@ -143,20 +137,15 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
                 let reach = super::reach_in(&inventories, &id);
                 return Ok(Created {
                     id,
-                    capacity: v.capacity_bytes,
+                    capacity: v.capacity,
                     reach,
                 });
             }
             // Out of room (or unreachable) here: the next node may do.
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable
-                ) && source.is_none() =>
-            {
-                refusals.push(format!("{node}: {}", s.message()));
+            Err(e) if (e.is_out_of_room() || e.is_unavailable()) && !copying => {
+                refusals.push(format!("{node}: {}", e.message));
             }
-            Err(s) => return Err(agent_err(node)(s)),
+            Err(e) => return Err(e.into()),
         }
     }
     Err(Error::NoCapacity {
@@ -179,7 +168,7 @@ fn source_node(
         )));
     }
     let node = super::node_of(src_node, "content source")?;
-    if !placement::is_allowed(node, req.topology.as_ref()) {
+    if !req.topology.allows(node) {
         return Err(Error::NoCapacity {
             pool: pool.into(),
             needed: req.required,

@@ -8,22 +8,15 @@ pub mod snapshots;
 pub mod volumes;
 
 use crate::{
-    agents::{NodeInventory, INVENTORY_TTL},
+    agents::{
+        client::{AgentClient, AgentError},
+        inventory::{NodeInventory, INVENTORY_TTL},
+    },
     error::{Error, Result},
     Ctx,
 };
 use pool_csi_common::VolumeId;
-use pool_csi_proto::agent::agent_client::AgentClient;
 use std::sync::Arc;
-use tonic::transport::Channel;
-
-/// Wraps an agent's error with the node it came from; its code passes through.
-pub fn agent_err(node: &str) -> impl FnOnce(tonic::Status) -> Error + '_ {
-    move |status| Error::Agent {
-        node: node.to_string(),
-        status,
-    }
-}
 
 /// The node of a node-local volume or snapshot id.
 pub fn node_of<'a>(node: &'a Option<String>, what: &str) -> Result<&'a str> {
@@ -31,26 +24,46 @@ pub fn node_of<'a>(node: &'a Option<String>, what: &str) -> Result<&'a str> {
         .ok_or_else(|| Error::NotFound(format!("{what} names no node")))
 }
 
+/// `Ok(None)` when the agent says the thing is not there: deleting,
+/// unpublishing or forgetting something already gone is done.
+pub fn unless_gone<T>(r: std::result::Result<T, AgentError>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The agent's answer; NOT_FOUND becomes ours, naming `what` and why.
+pub fn found<T>(r: std::result::Result<T, AgentError>, what: impl std::fmt::Display) -> Result<T> {
+    match r {
+        Err(e) if e.is_not_found() => {
+            Err(Error::NotFound(format!("{what} not found: {}", e.message)))
+        }
+        r => Ok(r?),
+    }
+}
+
 /// Asks the node that answers for volume `id`: its own for a node-local
 /// pool; for a shared pool (the id names no node) the nodes serving the pool,
 /// `prefer` first, moving on while one does not answer (UNAVAILABLE: a node
-/// gone for good must not strand its volumes). Returns the node that
-/// answered last with its answer; NotFound when no node defines the pool.
+/// gone for good must not strand its volumes). Returns the last answer;
+/// NotFound when no node defines the pool.
 pub async fn ask<T, F, Fut>(
     ctx: &Ctx,
     id: &VolumeId,
     prefer: Option<&str>,
     mut call: F,
-) -> Result<(String, std::result::Result<T, tonic::Status>)>
+) -> Result<std::result::Result<T, AgentError>>
 where
-    F: FnMut(AgentClient<Channel>) -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    F: FnMut(AgentClient) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, AgentError>>,
 {
     let mut last = None;
     for node in serving_nodes(ctx, id, prefer).await? {
         match call(ctx.agents.client(&node)?).await {
-            Err(s) if s.code() == tonic::Code::Unavailable => last = Some((node, Err(s))),
-            r => return Ok((node, r.map(tonic::Response::into_inner))),
+            Err(e) if e.is_unavailable() => last = Some(Err(e)),
+            r => return Ok(r),
         }
     }
     Ok(last.expect("serving_nodes never answers an empty list"))

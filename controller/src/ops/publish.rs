@@ -11,14 +11,13 @@
 //!   in the volume's cluster-wide claim, and a second node is refused until
 //!   the first unpublishes.
 
-use super::{agent_err, ask, volumes};
+use super::{ask, unless_gone, volumes};
 use crate::{
-    agents::INVENTORY_TTL,
+    agents::inventory::INVENTORY_TTL,
     error::{Error, Result},
     Ctx,
 };
 use pool_csi_common::VolumeId;
-use pool_csi_proto::agent as pb;
 
 pub async fn publish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
     if !ctx.agents.nodes().iter().any(|n| n == node) {
@@ -45,9 +44,8 @@ pub async fn publish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
             }
             ctx.agents
                 .client(node)?
-                .publish_volume(record(id, node))
-                .await
-                .map_err(agent_err(node))?;
+                .publish(&id.pool, &id.name, node)
+                .await?;
             Ok(())
         }
     }
@@ -60,23 +58,12 @@ pub async fn unpublish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
         return Ok(());
     }
     // Any node of the pool can drop the record: `node` may be gone for good.
-    let asked = ask(ctx, id, Some(node), |mut c| {
-        let req = record(id, node);
-        async move { c.unpublish_volume(req).await }
+    let asked = ask(ctx, id, Some(node), |c| async move {
+        c.unpublish(&id.pool, &id.name, node).await
     });
     match asked.await {
         Err(Error::NotFound(_)) => Ok(()),
         Err(e) => Err(e),
-        Ok((_, Ok(_))) => Ok(()),
-        Ok((_, Err(s))) if s.code() == tonic::Code::NotFound => Ok(()),
-        Ok((via, Err(s))) => Err(agent_err(&via)(s)),
-    }
-}
-
-fn record(id: &VolumeId, node: &str) -> pb::PublishVolumeRequest {
-    pb::PublishVolumeRequest {
-        pool: id.pool.clone(),
-        name: id.name.clone(),
-        node: node.into(),
+        Ok(r) => unless_gone(r).map(|_| ()),
     }
 }

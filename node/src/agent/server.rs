@@ -1,11 +1,16 @@
-//! Agent API handlers: check names, take the volume's lock, call the pool.
+//! Agent API handlers: every field checked first, then the pool looked up
+//! and the volume's lock taken ([`AgentService::prologue`]), then one call
+//! into the pool. Wire types stop here.
 
+use super::convert;
 use crate::{
     error::Error,
-    pools::{self, CreateRequest, PoolState, Source},
+    pools::{CreateRequest, Pool, Source},
     NodeCtx,
 };
-use pool_csi_common::{respond, volume_id::check_storage_name};
+use pool_csi_common::{
+    params::striping, respond, volume_id::check_storage_name, wire, LockKey, OpGuard,
+};
 use pool_csi_proto::agent::{self as pb, agent_server::Agent, create_volume_request};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -21,8 +26,15 @@ impl AgentService {
         Self { ctx }
     }
 
-    fn pool(&self, name: &str) -> Result<Arc<dyn pools::Pool>, Error> {
+    fn pool(&self, name: &str) -> Result<Arc<dyn Pool>, Error> {
         self.ctx.pools.get(name, &self.ctx.cfg.node_name)
+    }
+
+    /// The pool, and the lock on `key` within it. Callers have checked
+    /// every field of the request before.
+    fn prologue(&self, pool: &str, key: LockKey) -> Result<(Arc<dyn Pool>, OpGuard), Error> {
+        let p = self.pool(pool)?;
+        Ok((p, self.ctx.locks.try_acquire(key)?))
     }
 
     /// PublishVolume (`on`) and UnpublishVolume.
@@ -37,13 +49,9 @@ impl AgentService {
                 // Unpublishing from no node in particular means from any.
                 if on || !r.node.is_empty() {
                     pool_csi_common::volume_id::check_node_name(&r.node)
-                        .map_err(|why| Error::Invalid(format!("node {:?} {why}", r.node)))?;
+                        .map_err(|why| Error::invalid("node", &r.node, why))?;
                 }
-                let pool = self.pool(&r.pool)?;
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::volume_key(&r.pool, &r.name))?;
+                let (pool, _g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
                 match on {
                     true => pool.publish(&r.name, &r.node).await?,
                     false => pool.unpublish(&r.name, &r.node).await?,
@@ -55,96 +63,40 @@ impl AgentService {
     }
 }
 
-fn name(field: &str, n: &str) -> Result<(), Error> {
-    check_storage_name(n).map_err(|why| Error::Invalid(format!("{field} {n:?} {why}")))
+fn name(field: &'static str, n: &str) -> Result<(), Error> {
+    check_storage_name(n).map_err(|why| Error::invalid(field, n, why))
 }
 
-fn volume_pb(pool: &dyn pools::Pool, v: pools::Volume) -> pb::VolumeInfo {
-    pb::VolumeInfo {
-        pool: pool.name().into(),
-        shared: pool.shared(),
-        name: v.name,
-        format: v.format.to_string(),
-        capacity_bytes: v.capacity,
-        allocation_bytes: v.allocation,
-        abnormal: v.abnormal.is_some(),
-        condition_message: v.abnormal.unwrap_or_default(),
-    }
-}
-
-fn snapshot_pb(pool: &str, s: pools::Snapshot) -> pb::SnapshotInfo {
-    pb::SnapshotInfo {
-        pool: pool.into(),
-        name: s.name,
-        source_volume: s.source_volume,
-        size_bytes: s.size,
-        creation_unix_nanos: s.created_unix_nanos,
-        ready: true,
-    }
-}
-
-fn pool_pb(p: &dyn pools::Pool, s: pools::PoolStatus) -> pb::PoolInfo {
-    pb::PoolInfo {
-        name: p.name().into(),
-        r#type: p.pool_type().to_string(),
-        state: state_pb(s.state) as i32,
-        capacity_bytes: s.capacity,
-        allocation_bytes: s.allocation,
-        available_bytes: s.available,
-        volume_count: s.volume_count.unwrap_or(0),
-        message: s.message,
-        max_volume_bytes: s.max_volume,
-        free_extents: extents(&s.free_extents),
-        thin_available_bytes: s.thin_available,
-        shared: p.shared(),
-    }
-}
-
-/// Striping options, checked here too: they reach lvcreate's arguments.
-fn stripes(o: &pb::VolumeOptions) -> Result<Option<(u32, u64)>, Error> {
-    if o.stripes == 0 {
-        return Ok(None);
-    }
-    // 64 KiB is LVM's default stripe size.
-    let size = if o.stripe_size_bytes == 0 {
-        64 << 10
-    } else {
-        o.stripe_size_bytes
+/// The create request in pool terms; every option checked.
+fn create_request(r: &pb::CreateVolumeRequest) -> Result<CreateRequest, Error> {
+    name("name", &r.name)?;
+    let source = match &r.source {
+        None => Source::Empty,
+        Some(create_volume_request::Source::SourceVolume(v)) => {
+            name("source_volume", v)?;
+            Source::Volume(v.clone())
+        }
+        Some(create_volume_request::Source::SourceSnapshot(s)) => {
+            name("source_snapshot", s)?;
+            Source::Snapshot(s.clone())
+        }
     };
-    if o.stripes > 64 || !size.is_power_of_two() || !(4096..=(512 << 20)).contains(&size) {
-        return Err(Error::Invalid(format!(
-            "options.stripes {} / stripe_size_bytes {size}: stripes must be 1-64 and the size a power of two from 4 KiB to 512 MiB",
-            o.stripes
-        )));
-    }
-    Ok(Some((o.stripes, size)))
-}
-
-fn extents(e: &[(u64, u64)]) -> Vec<pb::Extent> {
-    e.iter()
-        .map(|(start, end)| pb::Extent {
-            start: *start,
-            end: *end,
-            size: end - start,
-        })
-        .collect()
-}
-
-fn state_pb(s: PoolState) -> pb::PoolState {
-    match s {
-        PoolState::Inactive => pb::PoolState::Inactive,
-        PoolState::Running => pb::PoolState::Running,
-        PoolState::Degraded => pb::PoolState::Degraded,
-    }
-}
-
-fn parse<T: std::str::FromStr<Err = String>>(field: &str, v: &str) -> Result<Option<T>, Error> {
-    if v.is_empty() {
-        return Ok(None);
-    }
-    v.parse()
-        .map(Some)
-        .map_err(|e| Error::Invalid(format!("{field}: {e}")))
+    let o = r.options.clone().unwrap_or_default();
+    let bad = |field: &'static str| {
+        move |e: wire::UnknownValue| Error::invalid(field, &e.value.to_string(), e)
+    };
+    Ok(CreateRequest {
+        name: r.name.clone(),
+        required: r.required_bytes,
+        limit: r.limit_bytes,
+        format: wire::volume_format(o.format).map_err(bad("options.format"))?,
+        allocation: wire::allocation(o.allocation).map_err(bad("options.allocation"))?,
+        source,
+        wipe_on_delete: o.wipe_on_delete,
+        partition_type: (!o.partition_type.is_empty()).then(|| o.partition_type.clone()),
+        stripes: striping::from_wire(o.stripes, o.stripe_size_bytes)
+            .map_err(|why| Error::invalid("options.stripes", &o.stripes.to_string(), why))?,
+    })
 }
 
 #[tonic::async_trait]
@@ -156,12 +108,12 @@ impl Agent for AgentService {
         let count = req.into_inner().count_volumes;
         let mut pools = Vec::new();
         for p in self.ctx.pools.all() {
-            pools.push(pool_pb(p.as_ref(), p.status(count).await));
+            pools.push(convert::pool(p.as_ref(), p.status(count).await));
         }
         for (name, (t, why)) in self.ctx.pools.unsupported() {
             pools.push(pb::PoolInfo {
                 name: name.clone(),
-                r#type: t.to_string(),
+                kind: pb::PoolType::from(t) as i32,
                 state: pb::PoolState::Inactive as i32,
                 message: why.clone(),
                 ..Default::default()
@@ -181,13 +133,12 @@ impl Agent for AgentService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                let pool = self.pool(&r.pool)?;
-                let _g = self.ctx.locks.try_acquire(format!("pool:{}", r.pool))?;
+                let (pool, _g) = self.prologue(&r.pool, LockKey::Pool(r.pool.clone()))?;
                 pool.build(r.overwrite).await?;
                 pool.start().await?;
                 let s = pool.status(true).await;
                 Ok(pb::BuildPoolResponse {
-                    pool: Some(pool_pb(pool.as_ref(), s)),
+                    pool: Some(convert::pool(pool.as_ref(), s)),
                 })
             }
             .await,
@@ -202,52 +153,18 @@ impl Agent for AgentService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                name("name", &r.name)?;
-                let pool = self.pool(&r.pool)?;
-                let opts = r.options.unwrap_or_default();
-                let source = match &r.source {
-                    None => Source::Empty,
-                    Some(create_volume_request::Source::SourceVolume(v)) => {
-                        name("source_volume", v)?;
-                        Source::Volume(v.clone())
-                    }
-                    Some(create_volume_request::Source::SourceSnapshot(s)) => {
-                        name("source_snapshot", s)?;
-                        Source::Snapshot(s.clone())
-                    }
-                };
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::volume_key(&r.pool, &r.name))?;
-                let _src_guard = match &source {
-                    Source::Volume(v) => Some(
-                        self.ctx
-                            .locks
-                            .try_acquire(NodeCtx::volume_key(&r.pool, v))?,
-                    ),
-                    Source::Snapshot(s) => Some(
-                        self.ctx
-                            .locks
-                            .try_acquire(NodeCtx::snapshot_key(&r.pool, s))?,
-                    ),
+                let create = create_request(&r)?;
+                let (pool, _g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
+                let _src = match &create.source {
+                    Source::Volume(v) => Some(LockKey::volume(&r.pool, v)),
+                    Source::Snapshot(s) => Some(LockKey::snapshot(&r.pool, s)),
                     Source::Empty => None,
-                };
-                let create = CreateRequest {
-                    name: r.name.clone(),
-                    required: r.required_bytes,
-                    limit: r.limit_bytes,
-                    format: parse("options.format", &opts.format)?,
-                    allocation: parse("options.allocation", &opts.allocation)?,
-                    source,
-                    wipe_on_delete: opts.wipe_on_delete,
-                    partition_type: (!opts.partition_type.is_empty())
-                        .then(|| opts.partition_type.clone()),
-                    stripes: stripes(&opts)?,
-                };
+                }
+                .map(|k| self.ctx.locks.try_acquire(k))
+                .transpose()?;
                 let v = pool.create_volume(&create).await?;
                 Ok(pb::VolumeResponse {
-                    volume: Some(volume_pb(pool.as_ref(), v)),
+                    volume: Some(convert::volume(pool.as_ref(), v)),
                 })
             }
             .await,
@@ -263,11 +180,7 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 name("name", &r.name)?;
-                let pool = self.pool(&r.pool)?;
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::volume_key(&r.pool, &r.name))?;
+                let (pool, _g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
                 pool.delete_volume(&r.name, r.wipe).await?;
                 Ok(pb::DeleteVolumeResponse {})
             }
@@ -284,11 +197,7 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 name("name", &r.name)?;
-                let pool = self.pool(&r.pool)?;
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::volume_key(&r.pool, &r.name))?;
+                let (pool, _g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
                 let e = pool
                     .expand_volume(&r.name, r.required_bytes, r.limit_bytes)
                     .await?;
@@ -312,7 +221,7 @@ impl Agent for AgentService {
                 let pool = self.pool(&r.pool)?;
                 let v = pool.get_volume(&r.name).await?;
                 Ok(pb::VolumeResponse {
-                    volume: Some(volume_pb(pool.as_ref(), v)),
+                    volume: Some(convert::volume(pool.as_ref(), v)),
                 })
             }
             .await,
@@ -329,16 +238,7 @@ impl Agent for AgentService {
             async {
                 let luns = self.pool(&r.pool)?.luns().await?;
                 Ok(pb::ListLunsResponse {
-                    luns: luns
-                        .into_iter()
-                        .map(|l| pb::LunInfo {
-                            identity: l.identity,
-                            size_bytes: l.size,
-                            address: l.address,
-                            volume: l.volume.unwrap_or_default(),
-                            static_name: l.static_name,
-                        })
-                        .collect(),
+                    luns: luns.into_iter().map(convert::lun).collect(),
                 })
             }
             .await,
@@ -369,15 +269,11 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 let mut volumes = Vec::new();
-                for p in self
-                    .ctx
-                    .pools
-                    .all()
-                    .into_iter()
-                    .filter(|p| r.pool.is_empty() || p.name() == r.pool)
-                {
+                for p in self.pools_named(&r.pool) {
                     match p.list_volumes().await {
-                        Ok(vs) => volumes.extend(vs.into_iter().map(|v| volume_pb(p.as_ref(), v))),
+                        Ok(vs) => {
+                            volumes.extend(vs.into_iter().map(|v| convert::volume(p.as_ref(), v)))
+                        }
                         Err(Error::PoolNotRunning { .. }) if r.pool.is_empty() => {}
                         Err(e) => return Err(e),
                     }
@@ -398,18 +294,14 @@ impl Agent for AgentService {
             async {
                 name("name", &r.name)?;
                 name("source_volume", &r.source_volume)?;
-                let pool = self.pool(&r.pool)?;
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::snapshot_key(&r.pool, &r.name))?;
+                let (pool, _g) = self.prologue(&r.pool, LockKey::snapshot(&r.pool, &r.name))?;
                 let _src = self
                     .ctx
                     .locks
-                    .try_acquire(NodeCtx::volume_key(&r.pool, &r.source_volume))?;
+                    .try_acquire(LockKey::volume(&r.pool, &r.source_volume))?;
                 let s = pool.create_snapshot(&r.source_volume, &r.name).await?;
                 Ok(pb::SnapshotResponse {
-                    snapshot: Some(snapshot_pb(&r.pool, s)),
+                    snapshot: Some(convert::snapshot(&r.pool, s)),
                 })
             }
             .await,
@@ -425,11 +317,7 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 name("name", &r.name)?;
-                let pool = self.pool(&r.pool)?;
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::snapshot_key(&r.pool, &r.name))?;
+                let (pool, _g) = self.prologue(&r.pool, LockKey::snapshot(&r.pool, &r.name))?;
                 pool.delete_snapshot(&r.name).await?;
                 Ok(pb::DeleteSnapshotResponse {})
             }
@@ -445,20 +333,14 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 let mut snapshots = Vec::new();
-                for p in self
-                    .ctx
-                    .pools
-                    .all()
-                    .into_iter()
-                    .filter(|p| r.pool.is_empty() || p.name() == r.pool)
-                {
+                for p in self.pools_named(&r.pool) {
                     match p.list_snapshots().await {
                         Ok(ss) => snapshots.extend(
                             ss.into_iter()
                                 .filter(|s| {
                                     r.source_volume.is_empty() || s.source_volume == r.source_volume
                                 })
-                                .map(|s| snapshot_pb(p.name(), s)),
+                                .map(|s| convert::snapshot(p.name(), s)),
                         ),
                         Err(Error::PoolNotRunning { .. }) if r.pool.is_empty() => {}
                         Err(e) => return Err(e),
@@ -468,5 +350,17 @@ impl Agent for AgentService {
             }
             .await,
         )
+    }
+}
+
+impl AgentService {
+    /// The pool named `pool`, or every pool when it is empty.
+    fn pools_named(&self, pool: &str) -> Vec<Arc<dyn Pool>> {
+        self.ctx
+            .pools
+            .all()
+            .into_iter()
+            .filter(|p| pool.is_empty() || p.name() == pool)
+            .collect()
     }
 }

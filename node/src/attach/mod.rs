@@ -143,6 +143,10 @@ impl Attacher<'_> {
             }
         }
         if self.export.running_pid().is_some() || self.export.pid_file.exists() {
+            // `losetup -d` of a busy device only marks it for release: the
+            // daemon must not go while the kernel still reads through it,
+            // or it cannot close its images cleanly.
+            losetup::wait_released(self.sysfs, &self.export.file, Duration::from_secs(10)).await;
             qsd::stop(&self.export, Duration::from_secs(10))
                 .await
                 .map_err(io("stop export", &self.export.file))?;

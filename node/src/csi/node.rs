@@ -6,7 +6,7 @@ use crate::{
     ops::{self, Access},
     NodeCtx,
 };
-use pool_csi_common::{caps, respond, VolumeId};
+use pool_csi_common::{caps, respond, LockKey, VolumeId};
 use pool_csi_proto::csi::{
     self, node_server::Node, node_service_capability, volume_capability::AccessType,
 };
@@ -89,10 +89,7 @@ impl Node for NodeService {
                 let id = volume_id(&r.volume_id)?;
                 required("staging_target_path", &r.staging_target_path)?;
                 let (access, ro) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::volume_key(&id.pool, &id.name))?;
+                let _g = self.ctx.locks.try_acquire(id.lock_key())?;
                 ops::stage::stage(&self.ctx, &id, &r.staging_target_path, &access, ro).await?;
                 Ok(csi::NodeStageVolumeResponse {})
             }
@@ -110,10 +107,7 @@ impl Node for NodeService {
             async {
                 let id = volume_id(&r.volume_id)?;
                 required("staging_target_path", &r.staging_target_path)?;
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::volume_key(&id.pool, &id.name))?;
+                let _g = self.ctx.locks.try_acquire(id.lock_key())?;
                 ops::stage::unstage(&self.ctx, &id, &r.staging_target_path).await?;
                 Ok(csi::NodeUnstageVolumeResponse {})
             }
@@ -137,10 +131,7 @@ impl Node for NodeService {
                     ));
                 }
                 let (access, ro_mode) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::volume_key(&id.pool, &id.name))?;
+                let _g = self.ctx.locks.try_acquire(id.lock_key())?;
                 ops::publish::publish(
                     &self.ctx,
                     &id,
@@ -169,8 +160,8 @@ impl Node for NodeService {
                 // Unpublishing works on the target path alone, so kubelet can
                 // always clean up, even for an id this driver never made.
                 let key = match VolumeId::parse(&r.volume_id) {
-                    Ok(id) => NodeCtx::volume_key(&id.pool, &id.name),
-                    Err(_) => r.volume_id.clone(),
+                    Ok(id) => id.lock_key(),
+                    Err(_) => LockKey::Unparsed(r.volume_id.clone()),
                 };
                 let _g = self.ctx.locks.try_acquire(key)?;
                 ops::publish::unpublish(&self.ctx, &r.target_path).await?;
@@ -233,10 +224,7 @@ impl Node for NodeService {
                 if range.required_bytes < 0 || range.limit_bytes < 0 {
                     return Err(Error::Invalid("capacity_range must not be negative".into()));
                 }
-                let _g = self
-                    .ctx
-                    .locks
-                    .try_acquire(NodeCtx::volume_key(&id.pool, &id.name))?;
+                let _g = self.ctx.locks.try_acquire(id.lock_key())?;
                 let size =
                     ops::stats::expand(&self.ctx, &id, &r.volume_path, range.required_bytes as u64)
                         .await?;

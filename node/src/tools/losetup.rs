@@ -35,6 +35,23 @@ pub async fn detach(runner: &dyn CommandRunner, device: &Path) -> Result<(), Exe
     Ok(())
 }
 
+/// Waits until no loop device is backed by `file` any more (a detached but
+/// busy device goes when its last user closes it), at most `timeout`.
+/// Returns whether it went.
+pub async fn wait_released(sysfs: &Path, file: &Path, timeout: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if find_by_backing_file(sysfs, file).is_empty() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!(file = %file.display(), "a loop device on it is still busy after detach");
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Makes the kernel re-read the backing file's size (after it grew).
 pub async fn refresh_capacity(runner: &dyn CommandRunner, device: &Path) -> Result<(), ExecError> {
     runner

@@ -264,6 +264,12 @@ async fn qmp(export: &Export, commands: &[(&'static str, String)]) -> Result<(),
     Ok(())
 }
 
+/// Whether `pid` is a live qemu-storage-daemon (a zombie's cmdline is empty).
+fn is_daemon(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.windows(19).any(|w| w == b"qemu-storage-daemon"))
+}
+
 /// Stops the daemon (SIGTERM, then SIGKILL after `grace`) and removes its files.
 pub async fn stop(export: &Export, grace: Duration) -> std::io::Result<()> {
     if let Some(pid) = export.running_pid() {
@@ -271,9 +277,9 @@ pub async fn stop(export: &Export, grace: Duration) -> std::io::Result<()> {
             rustix::process::Pid::from_raw(pid).ok_or_else(|| std::io::Error::other("bad pid"))?;
         let _ = rustix::process::kill_process(pid_t, rustix::process::Signal::TERM);
         let deadline = tokio::time::Instant::now() + grace;
-        while std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && export.running_pid().is_some()
-        {
+        // Wait for the process itself, not its pid file: qemu removes the
+        // file before it has closed (and finished writing) its images.
+        while is_daemon(pid) {
             if tokio::time::Instant::now() > deadline {
                 let _ = rustix::process::kill_process(pid_t, rustix::process::Signal::KILL);
                 tokio::time::sleep(Duration::from_millis(50)).await;

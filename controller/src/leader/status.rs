@@ -1,9 +1,9 @@
 //! Keeps `StoragePool.status` current from the node agents' reports, and
 //! tells users through Events when a pool stops running on a node or no
-//! node serves it. Runs only on the leader (see `leader`); writes a status
-//! only when it changed, so a quiet cluster costs one LIST per round.
+//! node serves it. Driven by the leader's round (`round.rs`); writes a
+//! status only when it changed, so a quiet cluster costs one LIST per round.
 
-use crate::agents::Agents;
+use super::reports::Reports;
 use k8s_openapi::{
     api::core::v1::{Event, ObjectReference},
     apimachinery::pkg::apis::meta::v1::{MicroTime, Time},
@@ -14,24 +14,6 @@ use pool_csi_common::{
     pool_spec::StoragePool,
     pool_status::{quantity, ExtentStatus, NodePoolStatus, PoolCondition, StoragePoolStatus},
 };
-use pool_csi_proto::agent::{GetInventoryRequest, PoolInfo, PoolState};
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
-use tokio::sync::watch;
-
-/// What each node reported: its pools, or why it could not be asked.
-pub type Reports = BTreeMap<String, Result<Vec<PoolInfo>, String>>;
-
-fn state_name(s: i32) -> String {
-    match PoolState::try_from(s).unwrap_or(PoolState::Unspecified) {
-        PoolState::Running => "running",
-        PoolState::Inactive => "inactive",
-        PoolState::Building => "building",
-        PoolState::Degraded => "degraded",
-        PoolState::Inaccessible => "inaccessible",
-        PoolState::Unspecified => "unknown",
-    }
-    .into()
-}
 
 /// The status of pool `name` from the reports; `previous` keeps condition
 /// transition times that did not change.
@@ -50,19 +32,16 @@ pub fn summarize(
         match r {
             Ok(pools) => {
                 if let Some(p) = pools.iter().find(|p| p.name == name) {
-                    lun_pool |= p
-                        .r#type
-                        .parse::<pool_csi_common::PoolType>()
-                        .is_ok_and(|t| t.is_lun_pool());
+                    lun_pool |= p.pool_type.is_lun_pool();
                     if !p.shared {
                         on_own.push(node.clone());
                     }
                     nodes.push(NodePoolStatus {
                         node: node.clone(),
-                        state: state_name(p.state),
-                        capacity_bytes: p.capacity_bytes,
-                        allocation_bytes: p.allocation_bytes,
-                        available_bytes: p.available_bytes,
+                        state: p.state.as_str().into(),
+                        capacity_bytes: p.capacity,
+                        allocation_bytes: p.allocation,
+                        available_bytes: p.available,
                         volumes: p.volume_count,
                         free_extents: p
                             .free_extents
@@ -70,7 +49,7 @@ pub fn summarize(
                             .map(|e| ExtentStatus {
                                 start: e.start,
                                 end: e.end,
-                                size: e.size,
+                                size: e.size(),
                             })
                             .collect(),
                         message: (!p.message.is_empty()).then(|| p.message.clone()),
@@ -245,8 +224,6 @@ fn newly_down(old: Option<&StoragePoolStatus>, new: &StoragePoolStatus) -> Vec<(
 
 pub struct StatusWriter {
     client: kube::Client,
-    /// Publishes free LUNs as static PersistentVolumes after each round.
-    static_pvs: Option<crate::static_pvs::StaticPvs>,
     /// Events about cluster-scoped StoragePools go here (`kubectl describe` looks in default).
     event_namespace: String,
     /// Who reports the Events (the controller pod).
@@ -257,19 +234,9 @@ impl StatusWriter {
     pub fn new(client: kube::Client, instance: &str) -> Self {
         Self {
             client,
-            static_pvs: None,
             event_namespace: "default".into(),
             instance: instance.into(),
         }
-    }
-
-    /// Also publish free LUNs as static PVs of driver `driver`'s classes.
-    pub fn with_static_pvs(mut self, driver: &str) -> Self {
-        self.static_pvs = Some(crate::static_pvs::StaticPvs::new(
-            self.client.clone(),
-            driver,
-        ));
-        self
     }
 
     /// One round: every StoragePool's status from `reports`, written where
@@ -332,119 +299,32 @@ impl StatusWriter {
             tracing::warn!(pool = %name, reason, error = %e, "could not record an Event");
         }
     }
-
-    /// While this replica leads: gathers every agent's report and
-    /// reconciles, every `every` (every few seconds while an agent does not
-    /// answer, e.g. at start-up), until `stop`.
-    pub async fn run(
-        self,
-        agents: Arc<Agents>,
-        mut leading: watch::Receiver<bool>,
-        every: Duration,
-        mut stop: watch::Receiver<()>,
-    ) {
-        loop {
-            let mut wait = every;
-            if *leading.borrow() {
-                let reports = gather(&agents).await;
-                if reports.values().any(|r| r.is_err()) {
-                    wait = every.min(RETRY);
-                }
-                match self.reconcile(&reports, Timestamp::now()).await {
-                    Ok(n) if n > 0 => tracing::debug!(written = n, "StoragePool status updated"),
-                    Ok(_) => {}
-                    Err(e) => {
-                        wait = every.min(RETRY);
-                        tracing::warn!(error = %e, "StoragePool status: the API server refused or did not answer; retrying")
-                    }
-                }
-                if let Some(pvs) = &self.static_pvs {
-                    let luns = crate::static_pvs::gather(&agents, &reports).await;
-                    match pvs.reconcile(&luns).await {
-                        Ok(c) => {
-                            for n in &c.created {
-                                tracing::info!(pv = %n, "static PersistentVolume published for a free LUN");
-                            }
-                            for n in &c.deleted {
-                                tracing::info!(pv = %n, "static PersistentVolume withdrawn: its LUN was taken or vanished");
-                            }
-                        }
-                        Err(e) => {
-                            wait = every.min(RETRY);
-                            tracing::warn!(error = %e, "static PersistentVolumes: the API server refused or did not answer; retrying")
-                        }
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = leading.changed() => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-}
-
-/// The next round comes this soon when an agent or the API did not answer.
-const RETRY: Duration = Duration::from_secs(5);
-
-/// How long one agent may take to report (a stuck node must not stall
-/// every pool's status).
-const GATHER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Every known agent's pools, with volume counts.
-pub async fn gather(agents: &Agents) -> Reports {
-    let futs = agents.nodes().into_iter().map(|node| async move {
-        let r = match agents.client(&node) {
-            Ok(mut c) => {
-                let call = c.get_inventory(GetInventoryRequest {
-                    count_volumes: true,
-                });
-                match tokio::time::timeout(GATHER_TIMEOUT, call).await {
-                    Ok(r) => r
-                        .map(|r| r.into_inner().pools)
-                        .map_err(|s| s.message().to_string()),
-                    Err(_) => Err(format!("no answer within {GATHER_TIMEOUT:?}")),
-                }
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(why) = &r {
-            tracing::debug!(%node, %why, "status: agent did not report");
-        }
-        (node, r)
-    });
-    crate::agents::futures_join_all(futs)
-        .await
-        .into_iter()
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pool_csi_proto::agent::Extent;
+    use crate::agents::model::{Extent, PoolReport, PoolState};
+    use pool_csi_common::PoolType;
     use pool_csi_testkit::fake_api::FakeApi;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     const SP: &str = "/apis/pool-csi.io/v1alpha1/storagepools";
 
-    fn info(name: &str, state: PoolState, cap_mib: u64, message: &str) -> PoolInfo {
-        PoolInfo {
-            name: name.into(),
-            r#type: "disk".into(),
-            state: state as i32,
-            capacity_bytes: cap_mib << 20,
-            allocation_bytes: (cap_mib / 4) << 20,
-            available_bytes: (cap_mib - cap_mib / 4) << 20,
+    fn info(name: &str, state: PoolState, cap_mib: u64, message: &str) -> PoolReport {
+        PoolReport {
+            state,
+            capacity: cap_mib << 20,
+            allocation: (cap_mib / 4) << 20,
+            available: (cap_mib - cap_mib / 4) << 20,
             volume_count: 3,
             message: message.into(),
             free_extents: vec![Extent {
                 start: 1 << 20,
                 end: 9 << 20,
-                size: 8 << 20,
             }],
-            ..Default::default()
+            ..PoolReport::running(name, PoolType::Disk)
         }
     }
 
@@ -516,8 +396,8 @@ mod tests {
         let lun_on = |node: &str, shared: bool| {
             (
                 node.to_string(),
-                Ok(vec![PoolInfo {
-                    r#type: "iscsi".into(),
+                Ok(vec![PoolReport {
+                    pool_type: PoolType::Iscsi,
                     shared,
                     ..info("san", PoolState::Running, 64, "")
                 }]),
@@ -643,31 +523,5 @@ mod tests {
         // The API server fails: the round reports it, nothing half-written.
         fake.fail_next(500);
         assert!(w.reconcile(&reports, now()).await.is_err());
-    }
-}
-#[cfg(test)]
-mod loop_tests {
-    use super::*;
-    use pool_csi_testkit::fake_api::FakeApi;
-
-    /// An agent that does not answer (yet) is asked again within seconds,
-    /// not at the next regular round.
-    #[tokio::test(start_paused = true)]
-    async fn silent_agents_are_asked_again_soon() {
-        let fake = FakeApi::new();
-        let map = BTreeMap::from([("n1".to_string(), "127.0.0.1:1".to_string())]);
-        let agents = Arc::new(Agents::new(&map, None).unwrap());
-        let (_leading_tx, leading) = watch::channel(true);
-        let (_stop_tx, stop) = watch::channel(());
-        let w = StatusWriter::new(fake.client(), "x");
-        let h = tokio::spawn(w.run(agents, leading, Duration::from_secs(30), stop));
-        tokio::time::sleep(Duration::from_secs(12)).await;
-        h.abort();
-        let rounds = fake
-            .requests()
-            .iter()
-            .filter(|r| r.starts_with("GET /apis/pool-csi.io"))
-            .count();
-        assert!(rounds >= 3, "{:?}", fake.requests());
     }
 }

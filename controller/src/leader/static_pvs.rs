@@ -7,10 +7,11 @@
 //! of that class to LUNs of the right size. A PV
 //! whose LUN was handed out dynamically meanwhile or vanished is withdrawn
 //! while it is still Available; a bound PV is never touched. The LUN is
-//! claimed on the node when the PV's volume is first staged. Runs on the
-//! leader only, after each status round.
+//! claimed on the node when the PV's volume is first staged. Driven by the
+//! leader's round (`round.rs`), after the status is written.
 
-use crate::agents::Agents;
+use super::reports::LunReport;
+use crate::agents::model::Lun;
 use k8s_openapi::{
     api::{
         core::v1::{
@@ -26,7 +27,6 @@ use pool_csi_common::{
     params::{KEY_FSTYPE, KEY_POOL},
     VolumeId, TOPOLOGY_NODE_KEY,
 };
-use pool_csi_proto::agent::{ListLunsRequest, LunInfo, PoolState};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Label on every static PV: the pool it belongs to.
@@ -35,16 +35,6 @@ pub const POOL_LABEL: &str = "pool-csi.io/static-pool";
 /// shared pool's LUN).
 pub const NODE_LABEL: &str = "pool-csi.io/static-node";
 
-/// One LUN pool on one node, as its agent listed it.
-#[derive(Debug, Clone)]
-pub struct LunReport {
-    pub pool: String,
-    pub node: String,
-    /// The pool's claims live in the cluster (`PoolInfo.shared`).
-    pub shared: bool,
-    pub luns: Vec<LunInfo>,
-}
-
 /// The LUNs of one pool as PVs see them: from one node, or for a shared
 /// pool from all its nodes at once.
 struct Seen<'a> {
@@ -52,7 +42,7 @@ struct Seen<'a> {
     /// The node in the volume handle and the PV's label; None: shared.
     node: Option<&'a str>,
     /// Each LUN with the nodes that see it (its PV's node affinity).
-    luns: Vec<(&'a LunInfo, Vec<&'a str>)>,
+    luns: Vec<(&'a Lun, Vec<&'a str>)>,
 }
 
 /// Reports as PVs see them: a shared pool's reports merged (its nodes list
@@ -129,7 +119,7 @@ impl StaticPvs {
         Ok(out)
     }
 
-    fn pv(&self, r: &Seen, l: &LunInfo, nodes: &[&str], sc: &StorageClass) -> PersistentVolume {
+    fn pv(&self, r: &Seen, l: &Lun, nodes: &[&str], sc: &StorageClass) -> PersistentVolume {
         let class = sc.metadata.name.clone().unwrap_or_default();
         let fs = sc
             .parameters
@@ -142,7 +132,7 @@ impl StaticPvs {
             spec: Some(PersistentVolumeSpec {
                 capacity: Some(BTreeMap::from([(
                     "storage".to_string(),
-                    Quantity(l.size_bytes.to_string()),
+                    Quantity(l.size.to_string()),
                 )])),
                 access_modes: Some(vec!["ReadWriteOnce".into()]),
                 persistent_volume_reclaim_policy: Some("Retain".into()),
@@ -211,8 +201,8 @@ impl StaticPvs {
             };
             for (l, nodes) in &r.luns {
                 let name = pv_name(r.pool, &l.static_name);
-                let free = l.volume.is_empty();
-                if free || l.volume == l.static_name {
+                let free = l.volume.is_none();
+                if free || l.volume.as_deref() == Some(l.static_name.as_str()) {
                     wanted.insert(name.clone());
                 }
                 if free && !names.contains(&name) {
@@ -252,41 +242,6 @@ impl StaticPvs {
     }
 }
 
-/// Every running LUN pool's LUNs, from the nodes in `reports` (the status
-/// round's inventories).
-pub async fn gather(agents: &Agents, reports: &crate::status_writer::Reports) -> Vec<LunReport> {
-    let mut out = Vec::new();
-    for (node, pools) in reports {
-        let Ok(pools) = pools else { continue };
-        for p in pools {
-            let lun_pool = matches!(p.r#type.as_str(), "iscsi" | "scsi" | "mpath");
-            if !lun_pool || p.state != PoolState::Running as i32 {
-                continue;
-            }
-            let Ok(mut c) = agents.client(node) else {
-                continue;
-            };
-            match c
-                .list_luns(ListLunsRequest {
-                    pool: p.name.clone(),
-                })
-                .await
-            {
-                Ok(r) => out.push(LunReport {
-                    pool: p.name.clone(),
-                    node: node.clone(),
-                    shared: p.shared,
-                    luns: r.into_inner().luns,
-                }),
-                Err(s) => {
-                    tracing::warn!(%node, pool = %p.name, error = %s.message(), "listing LUNs failed")
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,12 +250,12 @@ mod tests {
 
     const PVS: &str = "/api/v1/persistentvolumes";
 
-    fn lun(id: &str, mib: u64, volume: &str) -> LunInfo {
-        LunInfo {
+    fn lun(id: &str, mib: u64, volume: &str) -> Lun {
+        Lun {
             identity: id.into(),
-            size_bytes: mib << 20,
+            size: mib << 20,
             address: format!("LUN {id}"),
-            volume: volume.into(),
+            volume: (!volume.is_empty()).then(|| volume.into()),
             static_name: format!("static-{id}"),
         }
     }
@@ -402,7 +357,7 @@ mod tests {
         let fake = FakeApi::new();
         class(&fake, "san", "san", "pool-csi.io");
         let s = StaticPvs::new(fake.client(), "pool-csi.io");
-        let report = |node: &str, luns: Vec<LunInfo>| LunReport {
+        let report = |node: &str, luns: Vec<Lun>| LunReport {
             pool: "san".into(),
             node: node.into(),
             shared: true,
@@ -440,7 +395,7 @@ mod tests {
             p["status"] = json!({"phase": "Available"})
         });
         for r in &mut reports {
-            r.luns[0].volume = "pvc-b".into();
+            r.luns[0].volume = Some("pvc-b".into());
         }
         assert_eq!(
             s.reconcile(&reports).await.unwrap().deleted,

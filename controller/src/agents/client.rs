@@ -1,0 +1,399 @@
+//! The typed agent client: Rust types in and out, one [`AgentError`] that
+//! reads the agent's gRPC code once. The only controller code that builds
+//! or reads agent messages.
+
+use super::model::{
+    Expansion, Extent, Lun, NewContent, NewVolume, PoolReport, PoolState, SnapshotReport,
+    VolumeReport,
+};
+use pool_csi_common::{wire, GrpcCode};
+use pool_csi_proto::agent::{self as pb, agent_client, create_volume_request::Source};
+use std::time::Duration;
+use tonic::{
+    transport::{Channel, ClientTlsConfig, Endpoint},
+    Code,
+};
+
+/// Deadline for one agent call; storage work (copies, mkfs) can be slow.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// An agent's refusal or a failure to reach it. Its gRPC code passes
+/// through to the CO unchanged.
+#[derive(Debug, thiserror::Error)]
+#[error("node {node}: {message}")]
+pub struct AgentError {
+    pub node: String,
+    code: Code,
+    pub message: String,
+}
+
+impl AgentError {
+    fn from_status(node: &str, s: tonic::Status) -> Self {
+        Self {
+            node: node.into(),
+            code: s.code(),
+            message: s.message().into(),
+        }
+    }
+
+    /// The agent answered with something this controller cannot read.
+    fn malformed(node: &str, why: impl std::fmt::Display) -> Self {
+        Self {
+            node: node.into(),
+            code: Code::Internal,
+            message: why.to_string(),
+        }
+    }
+
+    /// The volume, snapshot or pool is not there (or not on that node).
+    pub fn is_not_found(&self) -> bool {
+        self.code == Code::NotFound
+    }
+
+    /// The node did not answer: another node of the pool may.
+    pub fn is_unavailable(&self) -> bool {
+        self.code == Code::Unavailable
+    }
+
+    /// The node has no room: the next candidate may.
+    pub fn is_out_of_room(&self) -> bool {
+        self.code == Code::ResourceExhausted
+    }
+}
+
+impl GrpcCode for AgentError {
+    fn grpc_code(&self) -> Code {
+        self.code
+    }
+}
+
+type Result<T> = std::result::Result<T, AgentError>;
+
+/// A connection to one node's agent; cheap to clone (channels are shared).
+#[derive(Clone)]
+pub struct AgentClient {
+    node: String,
+    inner: agent_client::AgentClient<Channel>,
+}
+
+/// How to reach an agent: plain text or mutual TLS, with deadlines.
+pub fn endpoint(
+    addr: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> std::result::Result<Endpoint, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("agent address {addr:?}: {e}"))?;
+    if let Some(t) = tls {
+        ep = ep
+            .tls_config(t.clone())
+            .map_err(|e| format!("agent TLS for {addr}: {e}"))?;
+    }
+    Ok(ep
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30)))
+}
+
+impl AgentClient {
+    /// A client for `node`'s agent at `ep`, connecting on first use.
+    pub fn lazy(node: &str, ep: Endpoint) -> Self {
+        Self {
+            node: node.into(),
+            inner: agent_client::AgentClient::new(ep.connect_lazy()),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn status(&self) -> impl FnOnce(tonic::Status) -> AgentError + '_ {
+        move |s| AgentError::from_status(&self.node, s)
+    }
+
+    /// The agent's node name and pools; `count_volumes` also counts each
+    /// pool's volumes (slower).
+    pub async fn inventory(&self, count_volumes: bool) -> Result<(String, Vec<PoolReport>)> {
+        let r = self
+            .inner
+            .clone()
+            .get_inventory(pb::GetInventoryRequest { count_volumes })
+            .await
+            .map_err(self.status())?
+            .into_inner();
+        let pools = r
+            .pools
+            .into_iter()
+            .map(|p| pool(p).map_err(|e| AgentError::malformed(&self.node, e)))
+            .collect::<Result<_>>()?;
+        Ok((r.node_name, pools))
+    }
+
+    /// libvirt's pool-build, then a start; the pool as it is afterwards.
+    pub async fn build_pool(&self, pool_name: &str, overwrite: bool) -> Result<PoolReport> {
+        let r = self
+            .inner
+            .clone()
+            .build_pool(pb::BuildPoolRequest {
+                pool: pool_name.into(),
+                overwrite,
+            })
+            .await
+            .map_err(self.status())?
+            .into_inner();
+        pool(r.pool.unwrap_or_default()).map_err(|e| AgentError::malformed(&self.node, e))
+    }
+
+    pub async fn create_volume(&self, v: &NewVolume) -> Result<VolumeReport> {
+        let (stripes, stripe_size_bytes) = v.stripes.unwrap_or((0, 0));
+        let req = pb::CreateVolumeRequest {
+            pool: v.pool.clone(),
+            name: v.name.clone(),
+            required_bytes: v.required,
+            limit_bytes: v.limit,
+            options: Some(pb::VolumeOptions {
+                format: v.format.map_or(0, |f| pb::VolumeFormat::from(f) as i32),
+                allocation: v.allocation.map_or(0, |a| pb::Allocation::from(a) as i32),
+                wipe_on_delete: v.wipe_on_delete,
+                partition_type: v.partition_type.clone().unwrap_or_default(),
+                stripes,
+                stripe_size_bytes,
+            }),
+            source: match &v.content {
+                NewContent::Empty => None,
+                NewContent::Volume(n) => Some(Source::SourceVolume(n.clone())),
+                NewContent::Snapshot(n) => Some(Source::SourceSnapshot(n.clone())),
+            },
+        };
+        let r = self
+            .inner
+            .clone()
+            .create_volume(req)
+            .await
+            .map_err(self.status())?;
+        self.volume(r.into_inner().volume)
+    }
+
+    pub async fn delete_volume(&self, pool_name: &str, name: &str, wipe: bool) -> Result<()> {
+        self.inner
+            .clone()
+            .delete_volume(pb::DeleteVolumeRequest {
+                pool: pool_name.into(),
+                name: name.into(),
+                wipe,
+            })
+            .await
+            .map_err(self.status())?;
+        Ok(())
+    }
+
+    pub async fn expand_volume(
+        &self,
+        pool_name: &str,
+        name: &str,
+        required: u64,
+        limit: u64,
+    ) -> Result<Expansion> {
+        let r = self
+            .inner
+            .clone()
+            .expand_volume(pb::ExpandVolumeRequest {
+                pool: pool_name.into(),
+                name: name.into(),
+                required_bytes: required,
+                limit_bytes: limit,
+            })
+            .await
+            .map_err(self.status())?
+            .into_inner();
+        Ok(Expansion {
+            capacity: r.capacity_bytes,
+            node_expansion_required: r.node_expansion_required,
+        })
+    }
+
+    pub async fn get_volume(&self, pool_name: &str, name: &str) -> Result<VolumeReport> {
+        let r = self
+            .inner
+            .clone()
+            .get_volume(pb::VolumeRef {
+                pool: pool_name.into(),
+                name: name.into(),
+            })
+            .await
+            .map_err(self.status())?;
+        self.volume(r.into_inner().volume)
+    }
+
+    /// The volumes of `pool_name` (None: of every pool running here).
+    pub async fn list_volumes(&self, pool_name: Option<&str>) -> Result<Vec<VolumeReport>> {
+        let r = self
+            .inner
+            .clone()
+            .list_volumes(pb::ListVolumesRequest {
+                pool: pool_name.unwrap_or_default().into(),
+            })
+            .await
+            .map_err(self.status())?;
+        r.into_inner()
+            .volumes
+            .into_iter()
+            .map(|v| self.volume(Some(v)))
+            .collect()
+    }
+
+    pub async fn create_snapshot(
+        &self,
+        pool_name: &str,
+        source: &str,
+        name: &str,
+    ) -> Result<SnapshotReport> {
+        let r = self
+            .inner
+            .clone()
+            .create_snapshot(pb::CreateSnapshotRequest {
+                pool: pool_name.into(),
+                source_volume: source.into(),
+                name: name.into(),
+            })
+            .await
+            .map_err(self.status())?;
+        Ok(snapshot(r.into_inner().snapshot.unwrap_or_default()))
+    }
+
+    pub async fn delete_snapshot(&self, pool_name: &str, name: &str) -> Result<()> {
+        self.inner
+            .clone()
+            .delete_snapshot(pb::SnapshotRef {
+                pool: pool_name.into(),
+                name: name.into(),
+            })
+            .await
+            .map_err(self.status())?;
+        Ok(())
+    }
+
+    /// Every snapshot on the node.
+    pub async fn list_snapshots(&self) -> Result<Vec<SnapshotReport>> {
+        let r = self
+            .inner
+            .clone()
+            .list_snapshots(pb::ListSnapshotsRequest::default())
+            .await
+            .map_err(self.status())?;
+        Ok(r.into_inner().snapshots.into_iter().map(snapshot).collect())
+    }
+
+    pub async fn list_luns(&self, pool_name: &str) -> Result<Vec<Lun>> {
+        let r = self
+            .inner
+            .clone()
+            .list_luns(pb::ListLunsRequest {
+                pool: pool_name.into(),
+            })
+            .await
+            .map_err(self.status())?;
+        Ok(r.into_inner()
+            .luns
+            .into_iter()
+            .map(|l| Lun {
+                identity: l.identity,
+                size: l.size_bytes,
+                address: l.address,
+                volume: (!l.volume.is_empty()).then_some(l.volume),
+                static_name: l.static_name,
+            })
+            .collect())
+    }
+
+    /// Records `node` as the user of a shared pool's volume.
+    pub async fn publish(&self, pool_name: &str, name: &str, node: &str) -> Result<()> {
+        let req = publish_request(pool_name, name, node);
+        self.inner
+            .clone()
+            .publish_volume(req)
+            .await
+            .map_err(self.status())?;
+        Ok(())
+    }
+
+    /// Forgets `node` (empty: any node) as the user of a shared volume.
+    pub async fn unpublish(&self, pool_name: &str, name: &str, node: &str) -> Result<()> {
+        let req = publish_request(pool_name, name, node);
+        self.inner
+            .clone()
+            .unpublish_volume(req)
+            .await
+            .map_err(self.status())?;
+        Ok(())
+    }
+
+    fn volume(&self, v: Option<pb::VolumeInfo>) -> Result<VolumeReport> {
+        let v = v.ok_or_else(|| AgentError::malformed(&self.node, "the answer holds no volume"))?;
+        let format = wire::volume_format(v.format)
+            .map_err(|e| AgentError::malformed(&self.node, e))?
+            .unwrap_or(pool_csi_common::VolumeFormat::Raw);
+        Ok(VolumeReport {
+            pool: v.pool,
+            name: v.name,
+            format,
+            capacity: v.capacity_bytes,
+            allocation: v.allocation_bytes,
+            abnormal: v.abnormal.then_some(v.condition_message),
+            shared: v.shared,
+        })
+    }
+}
+
+fn publish_request(pool_name: &str, name: &str, node: &str) -> pb::PublishVolumeRequest {
+    pb::PublishVolumeRequest {
+        pool: pool_name.into(),
+        name: name.into(),
+        node: node.into(),
+    }
+}
+
+fn pool(p: pb::PoolInfo) -> std::result::Result<PoolReport, wire::UnknownValue> {
+    Ok(PoolReport {
+        pool_type: wire::pool_type(p.kind)?,
+        state: match pb::PoolState::try_from(p.state).unwrap_or(pb::PoolState::Unspecified) {
+            pb::PoolState::Running => PoolState::Running,
+            pb::PoolState::Inactive => PoolState::Inactive,
+            pb::PoolState::Building => PoolState::Building,
+            pb::PoolState::Degraded => PoolState::Degraded,
+            pb::PoolState::Inaccessible => PoolState::Inaccessible,
+            pb::PoolState::Unspecified => PoolState::Unknown,
+        },
+        name: p.name,
+        capacity: p.capacity_bytes,
+        allocation: p.allocation_bytes,
+        available: p.available_bytes,
+        volume_count: p.volume_count,
+        message: p.message,
+        max_volume: p.max_volume_bytes,
+        free_extents: p
+            .free_extents
+            .iter()
+            .map(|e| Extent {
+                start: e.start,
+                end: e.end,
+            })
+            .collect(),
+        thin_available: p.thin_available_bytes,
+        shared: p.shared,
+    })
+}
+
+fn snapshot(s: pb::SnapshotInfo) -> SnapshotReport {
+    SnapshotReport {
+        pool: s.pool,
+        name: s.name,
+        source_volume: s.source_volume,
+        size: s.size_bytes,
+        created_unix_nanos: s.creation_unix_nanos,
+        ready: s.ready,
+    }
+}

@@ -1,0 +1,162 @@
+//! What the controller knows of a node's pools, volumes, snapshots and LUNs,
+//! in its own types: the typed agent client converts the wire messages into
+//! these once, and nothing below it sees the wire.
+
+use pool_csi_common::{Allocation, PoolType, VolumeFormat};
+
+/// A pool's state on one node, as libvirt names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolState {
+    Unknown,
+    Inactive,
+    Building,
+    Running,
+    Degraded,
+    Inaccessible,
+}
+
+impl PoolState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Inactive => "inactive",
+            Self::Building => "building",
+            Self::Degraded => "degraded",
+            Self::Inaccessible => "inaccessible",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A byte range [start, end) on a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Extent {
+    pub fn size(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// One pool on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolReport {
+    pub name: String,
+    pub pool_type: PoolType,
+    pub state: PoolState,
+    pub capacity: u64,
+    pub allocation: u64,
+    pub available: u64,
+    /// Filled when the inventory was asked to count volumes.
+    pub volume_count: u32,
+    /// Why the pool is not running, in words an operator can act on.
+    pub message: String,
+    /// Largest single volume possible now (0: not limited below `available`).
+    pub max_volume: u64,
+    /// Disk pools: the free extents a partition can take.
+    pub free_extents: Vec<Extent>,
+    /// Logical pools with a thin pool: space thin volumes may be promised.
+    pub thin_available: u64,
+    /// Every node serving the pool sees the same volumes.
+    pub shared: bool,
+}
+
+impl PoolReport {
+    /// A pool of `pool_type` that is running, with every figure zero.
+    pub fn running(name: &str, pool_type: PoolType) -> Self {
+        Self {
+            name: name.into(),
+            pool_type,
+            state: PoolState::Running,
+            capacity: 0,
+            allocation: 0,
+            available: 0,
+            volume_count: 0,
+            message: String::new(),
+            max_volume: 0,
+            free_extents: Vec::new(),
+            thin_available: 0,
+            shared: false,
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.state == PoolState::Running
+    }
+}
+
+/// A volume as its node reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeReport {
+    pub pool: String,
+    pub name: String,
+    pub format: VolumeFormat,
+    pub capacity: u64,
+    pub allocation: u64,
+    /// Some(why) when the volume is unhealthy.
+    pub abnormal: Option<String>,
+    /// Of a shared pool: its id names no node.
+    pub shared: bool,
+}
+
+/// A snapshot as its node reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotReport {
+    pub pool: String,
+    pub name: String,
+    pub source_volume: String,
+    pub size: u64,
+    pub created_unix_nanos: i64,
+    pub ready: bool,
+}
+
+/// A LUN of a LUN pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lun {
+    /// Stable identity: device identifier / WWN, unit serial, or address.
+    pub identity: String,
+    pub size: u64,
+    /// Where it is, for people.
+    pub address: String,
+    /// The volume holding it; None when free.
+    pub volume: Option<String>,
+    /// The volume name a static PersistentVolume uses for this LUN.
+    pub static_name: String,
+}
+
+/// Where a new volume's content comes from (same pool, same node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewContent {
+    Empty,
+    Volume(String),
+    Snapshot(String),
+}
+
+/// A volume to create on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVolume {
+    pub pool: String,
+    /// The storage name; the pool may answer with a shorter one.
+    pub name: String,
+    pub required: u64,
+    /// 0: no limit.
+    pub limit: u64,
+    pub format: Option<VolumeFormat>,
+    pub allocation: Option<Allocation>,
+    pub wipe_on_delete: bool,
+    pub partition_type: Option<String>,
+    /// Logical pools: (stripes, stripe size in bytes; 0: LVM's default).
+    pub stripes: Option<(u32, u64)>,
+    pub content: NewContent,
+}
+
+/// The result of growing a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expansion {
+    pub capacity: u64,
+    /// The node must do its part (grow the filesystem).
+    pub node_expansion_required: bool,
+}

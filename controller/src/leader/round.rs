@@ -1,0 +1,103 @@
+//! The leader's round: while this replica leads, every few seconds, gather
+//! the agents' reports, write each StoragePool's status from them, and
+//! publish or withdraw static PersistentVolumes for free LUNs. The round
+//! drives both; neither knows the other.
+
+use super::{reports, static_pvs::StaticPvs, status::StatusWriter};
+use crate::agents::Agents;
+use k8s_openapi::jiff::Timestamp;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::watch;
+
+/// The next round comes this soon when an agent or the API did not answer.
+const RETRY: Duration = Duration::from_secs(5);
+
+pub struct Round {
+    pub status: StatusWriter,
+    /// Publishes free LUNs as static PersistentVolumes after each round.
+    pub static_pvs: Option<StaticPvs>,
+}
+
+impl Round {
+    /// While this replica leads: gathers every agent's report and
+    /// reconciles, every `every` (every few seconds while an agent does not
+    /// answer, e.g. at start-up), until `stop`.
+    pub async fn run(
+        self,
+        agents: Arc<Agents>,
+        mut leading: watch::Receiver<bool>,
+        every: Duration,
+        mut stop: watch::Receiver<()>,
+    ) {
+        loop {
+            let mut wait = every;
+            if *leading.borrow() {
+                let reports = reports::gather(&agents).await;
+                if reports.values().any(|r| r.is_err()) {
+                    wait = every.min(RETRY);
+                }
+                match self.status.reconcile(&reports, Timestamp::now()).await {
+                    Ok(n) if n > 0 => tracing::debug!(written = n, "StoragePool status updated"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        wait = every.min(RETRY);
+                        tracing::warn!(error = %e, "StoragePool status: the API server refused or did not answer; retrying")
+                    }
+                }
+                if let Some(pvs) = &self.static_pvs {
+                    let luns = reports::gather_luns(&agents, &reports).await;
+                    match pvs.reconcile(&luns).await {
+                        Ok(c) => {
+                            for n in &c.created {
+                                tracing::info!(pv = %n, "static PersistentVolume published for a free LUN");
+                            }
+                            for n in &c.deleted {
+                                tracing::info!(pv = %n, "static PersistentVolume withdrawn: its LUN was taken or vanished");
+                            }
+                        }
+                        Err(e) => {
+                            wait = every.min(RETRY);
+                            tracing::warn!(error = %e, "static PersistentVolumes: the API server refused or did not answer; retrying")
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = leading.changed() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_csi_testkit::fake_api::FakeApi;
+    use std::collections::BTreeMap;
+
+    /// An agent that does not answer (yet) is asked again within seconds,
+    /// not at the next regular round.
+    #[tokio::test(start_paused = true)]
+    async fn silent_agents_are_asked_again_soon() {
+        let fake = FakeApi::new();
+        let map = BTreeMap::from([("n1".to_string(), "127.0.0.1:1".to_string())]);
+        let agents = Arc::new(Agents::new(&map, None).unwrap());
+        let (_leading_tx, leading) = watch::channel(true);
+        let (_stop_tx, stop) = watch::channel(());
+        let round = Round {
+            status: StatusWriter::new(fake.client(), "x"),
+            static_pvs: None,
+        };
+        let h = tokio::spawn(round.run(agents, leading, Duration::from_secs(30), stop));
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        h.abort();
+        let rounds = fake
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /apis/pool-csi.io"))
+            .count();
+        assert!(rounds >= 3, "{:?}", fake.requests());
+    }
+}
