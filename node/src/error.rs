@@ -17,6 +17,34 @@ pub enum Error {
     /// The volume does not exist in its pool.
     #[error("volume {name:?} not found in pool {pool:?}")]
     VolumeNotFound { pool: String, name: String },
+    /// The volume id names another node: nothing of it is here.
+    #[error("volume {name:?} of pool {pool:?} lives on node {home}, not on this node {here}")]
+    VolumeElsewhere {
+        pool: String,
+        name: String,
+        home: String,
+        here: String,
+    },
+    /// A volume id this driver did not make.
+    #[error("volume {id:?} is not a pool-csi volume id: {why}")]
+    UnknownVolumeId { id: String, why: String },
+    /// Nothing of the volume is at the path the CO named.
+    #[error("volume {name:?} of pool {pool:?} is not at {path}")]
+    VolumeNotAt {
+        pool: String,
+        name: String,
+        path: PathBuf,
+    },
+    /// The volume is not attached on this node.
+    #[error("volume {name:?} of pool {pool:?} is not staged on node {node}")]
+    NotStaged {
+        pool: String,
+        name: String,
+        node: String,
+    },
+    /// A path that must be a mount point is not one.
+    #[error("{path} is not mounted")]
+    NotMounted { path: PathBuf },
     /// The snapshot does not exist in its pool.
     #[error("snapshot {name:?} not found in pool {pool:?}")]
     SnapshotNotFound { pool: String, name: String },
@@ -41,7 +69,11 @@ pub enum Error {
     /// A size outside what the request allows or the storage can do.
     #[error("{0}")]
     OutOfRange(String),
-    /// The request is malformed or asks for something unsupported.
+    /// A required request field is empty.
+    #[error("{field} is required")]
+    MissingField { field: &'static str },
+    /// The request asks for something this pool, format or node cannot do;
+    /// the message says what to use instead.
     #[error("{0}")]
     Invalid(String),
     /// A request field or parameter has a value that cannot be used.
@@ -57,6 +89,18 @@ pub enum Error {
     /// The operation conflicts with the volume's current state.
     #[error("{0}")]
     Precondition(String),
+    /// A file or image pool-csi reads is damaged.
+    #[error("{path} is corrupt: {why}")]
+    Corrupt { path: PathBuf, why: String },
+    /// The volume is attached through something that cannot do the
+    /// operation online.
+    #[error("{what} is attached through {by}, which cannot {action}; {instead}")]
+    AttachedThrough {
+        what: String,
+        by: String,
+        action: &'static str,
+        instead: &'static str,
+    },
     /// A device already holds data; nothing was formatted.
     #[error("refusing to format {device}: it already holds {found}")]
     NotBlank { device: PathBuf, found: String },
@@ -77,9 +121,13 @@ pub enum Error {
     /// Another operation on the same volume is running.
     #[error(transparent)]
     Busy(#[from] pool_csi_common::oplock::Busy),
-    /// Others kept changing shared state this operation needs (retry).
-    #[error("{0}")]
-    Contended(String),
+    /// Other nodes kept changing the LUN claims this operation needs (retry).
+    #[error("the LUN claims of pool {pool:?} ({place}) changed {attempts} times in a row under this request; retry")]
+    Contended {
+        pool: String,
+        place: String,
+        attempts: u32,
+    },
     /// The Kubernetes API server did not answer as needed.
     #[error("cannot reach {what} in the Kubernetes API")]
     Cluster {
@@ -92,6 +140,14 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether the volume is not on this node at all (gone, or elsewhere).
+    pub fn is_volume_gone(&self) -> bool {
+        matches!(
+            self,
+            Self::VolumeNotFound { .. } | Self::VolumeElsewhere { .. }
+        )
+    }
+
     /// INVALID_ARGUMENT naming the field, its value and what is wrong.
     pub fn invalid(field: &'static str, value: &str, why: impl std::fmt::Display) -> Self {
         Self::InvalidField {
@@ -107,21 +163,31 @@ impl GrpcCode for Error {
         match self {
             Self::PoolNotFound { .. } => Code::NotFound,
             Self::PoolNotRunning { .. } => Code::FailedPrecondition,
-            Self::VolumeNotFound { .. } | Self::SnapshotNotFound { .. } => Code::NotFound,
+            Self::VolumeNotFound { .. }
+            | Self::VolumeElsewhere { .. }
+            | Self::UnknownVolumeId { .. }
+            | Self::VolumeNotAt { .. }
+            | Self::SnapshotNotFound { .. } => Code::NotFound,
             Self::NameTaken { .. } => Code::AlreadyExists,
             Self::NoSpace { .. } | Self::OutOfSpace { .. } => Code::ResourceExhausted, // the provisioner tries another node
             Self::OutOfRange(_) => Code::OutOfRange,
-            Self::Invalid(_) | Self::InvalidField { .. } => Code::InvalidArgument,
-            Self::InUse { .. } | Self::Precondition(_) | Self::NotBlank { .. } => {
-                Code::FailedPrecondition
+            Self::Invalid(_) | Self::InvalidField { .. } | Self::MissingField { .. } => {
+                Code::InvalidArgument
             }
+            Self::InUse { .. }
+            | Self::Precondition(_)
+            | Self::NotBlank { .. }
+            | Self::NotStaged { .. }
+            | Self::NotMounted { .. }
+            | Self::Corrupt { .. }
+            | Self::AttachedThrough { .. } => Code::FailedPrecondition,
             Self::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
                 Code::ResourceExhausted
             }
             Self::Io { .. } => Code::Internal,
             Self::Exec(e) => e.grpc_code(),
             Self::Qmp(_) => Code::Internal,
-            Self::Busy(_) | Self::Contended(_) => Code::Aborted,
+            Self::Busy(_) | Self::Contended { .. } => Code::Aborted,
             Self::Cluster { .. } => Code::Unavailable,
         }
     }

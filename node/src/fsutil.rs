@@ -31,7 +31,10 @@ pub fn read_json<T: serde::de::DeserializeOwned>(f: &std::path::Path) -> Result<
     match std::fs::read(f) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|e| Error::Precondition(format!("{} is corrupt: {e}", f.display()))),
+            .map_err(|e| Error::Corrupt {
+                path: f.into(),
+                why: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io("read", f)(e)),
     }

@@ -26,18 +26,18 @@ impl NodeService {
 }
 
 /// INVALID_ARGUMENT when a REQUIRED field is empty.
-fn required(field: &str, value: &str) -> Result<(), Error> {
+fn required(field: &'static str, value: &str) -> Result<(), Error> {
     if value.is_empty() {
-        return Err(Error::Invalid(format!("{field} is required")));
+        return Err(Error::MissingField { field });
     }
     Ok(())
 }
 
 fn volume_id(id: &str) -> Result<VolumeId, Error> {
     required("volume_id", id)?;
-    VolumeId::parse(id).map_err(|e| Error::VolumeNotFound {
-        pool: String::new(),
-        name: e.to_string(),
+    VolumeId::parse(id).map_err(|e| Error::UnknownVolumeId {
+        id: id.into(),
+        why: e.to_string(),
     })
 }
 
@@ -47,7 +47,9 @@ fn access_of(
     cap: Option<&csi::VolumeCapability>,
     ctx: &std::collections::HashMap<String, String>,
 ) -> Result<(Access, bool), Error> {
-    let cap = cap.ok_or_else(|| Error::Invalid("volume_capability is required".into()))?;
+    let cap = cap.ok_or(Error::MissingField {
+        field: "volume_capability",
+    })?;
     caps::check(cap).map_err(Error::Invalid)?;
     let access = match &cap.access_type {
         Some(AccessType::Mount(m)) => {
@@ -61,10 +63,14 @@ fn access_of(
             .unwrap_or("ext4");
             // The volume context comes from the PV: check it like the capability.
             if !pool_csi_common::params::FILESYSTEMS.contains(&fs) {
-                return Err(Error::Invalid(format!(
-                    "filesystem {fs:?} is not supported; supported: {}",
-                    pool_csi_common::params::FILESYSTEMS.join(", ")
-                )));
+                return Err(Error::invalid(
+                    "fsType",
+                    fs,
+                    format_args!(
+                        "not supported; supported: {}",
+                        pool_csi_common::params::FILESYSTEMS.join(", ")
+                    ),
+                ));
             }
             Access::Mount {
                 fs_type: fs.to_string(),
@@ -125,11 +131,8 @@ impl Node for NodeService {
             async {
                 let id = volume_id(&r.volume_id)?;
                 required("target_path", &r.target_path)?;
-                if r.staging_target_path.is_empty() {
-                    return Err(Error::Invalid(
-                        "staging_target_path is required: pool-csi stages every volume".into(),
-                    ));
-                }
+                // pool-csi stages every volume.
+                required("staging_target_path", &r.staging_target_path)?;
                 let (access, ro_mode) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
                 let _g = self.ctx.locks.try_acquire(id.lock_key())?;
                 ops::publish::publish(

@@ -119,9 +119,12 @@ impl ImageEnv {
             .attached(&self.sysfs)
             .is_some()
         {
-            return Err(Error::Precondition(format!(
-                "volume {name} is attached through qemu-nbd, which cannot be quiesced for a copy; do it while unstaged"
-            )));
+            return Err(Error::AttachedThrough {
+                what: format!("volume {name}"),
+                by: "qemu-nbd".into(),
+                action: "be quiesced for a copy",
+                instead: "do it while unstaged",
+            });
         }
         let devices: Vec<PathBuf> = [src, export.file.as_path()]
             .iter()

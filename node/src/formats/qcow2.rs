@@ -12,11 +12,9 @@ pub fn read_size(path: &Path) -> Result<u64> {
     let mut h = [0u8; 32];
     f.read_exact_at(&mut h, 0)
         .map_err(io("read qcow2 header of", path))?;
-    parse_size(&h).ok_or_else(|| {
-        Error::Precondition(format!(
-            "{} is not a qcow2 image (bad magic)",
-            path.display()
-        ))
+    parse_size(&h).ok_or_else(|| Error::Corrupt {
+        path: path.into(),
+        why: "not a qcow2 image (bad magic)".into(),
     })
 }
 

@@ -83,12 +83,12 @@ impl SnapshotRecords {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("read", &path)(e)),
         };
-        serde_json::from_slice(&text).map(Some).map_err(|e| {
-            Error::Precondition(format!(
-                "snapshot record {} is corrupt: {e}",
-                path.display()
-            ))
-        })
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                path,
+                why: format!("not a snapshot record: {e}"),
+            })
     }
 
     /// Commits a snapshot: its record appears whole, by rename, or not at all.

@@ -30,15 +30,17 @@ pub enum Access {
 pub const STAGED_DEVICE: &str = "device";
 
 /// A path from the CO: absolute, and no `..` (kubelet never sends one).
-pub fn checked_path(field: &str, p: &str) -> Result<PathBuf> {
+pub fn checked_path(field: &'static str, p: &str) -> Result<PathBuf> {
     let path = Path::new(p);
     if p.is_empty() {
-        return Err(Error::Invalid(format!("{field} is required")));
+        return Err(Error::MissingField { field });
     }
     if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(Error::Invalid(format!(
-            "{field} {p:?} must be an absolute path without '..'"
-        )));
+        return Err(Error::invalid(
+            field,
+            p,
+            "must be an absolute path without '..'",
+        ));
     }
     Ok(path.to_path_buf())
 }
@@ -47,12 +49,11 @@ pub fn checked_path(field: &str, p: &str) -> Result<PathBuf> {
 pub fn pool_of(ctx: &NodeCtx, id: &VolumeId) -> Result<Arc<dyn Pool>> {
     if let Some(node) = &id.node {
         if *node != ctx.cfg.node_name {
-            return Err(Error::VolumeNotFound {
+            return Err(Error::VolumeElsewhere {
                 pool: id.pool.clone(),
-                name: format!(
-                    "{} (it lives on node {node}, this is {})",
-                    id.name, ctx.cfg.node_name
-                ),
+                name: id.name.clone(),
+                home: node.clone(),
+                here: ctx.cfg.node_name.clone(),
             });
         }
     }

@@ -95,8 +95,8 @@ async fn mount_filesystem(
     if fs_type == "xfs" {
         flags.push("nouuid".into()); // clones share a UUID; xfs refuses the second mount without this
     }
-    let opts =
-        mounter::parse_flags(&flags, read_only).map_err(|e| Error::Invalid(e.to_string()))?;
+    let opts = mounter::parse_flags(&flags, read_only)
+        .map_err(|e| Error::invalid("mount_flags", &flags.join(","), e))?;
     std::fs::create_dir_all(staging).map_err(io("create", staging))?;
     mounter::mount_fs(dev, staging, fs_type, &opts).map_err(io("mount volume at", staging))
 }
@@ -149,7 +149,7 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &str) -> Result<()> 
             super::pool_of(ctx, id)?.detached(&id.name).await
         }
         // The volume file is gone: free whatever device the mount showed.
-        Err(Error::VolumeNotFound { .. }) => {
+        Err(e) if e.is_volume_gone() => {
             for d in devices
                 .iter()
                 .filter(|d| d.to_string_lossy().starts_with("/dev/loop"))

@@ -15,12 +15,19 @@ use pool_csi_common::VolumeId;
 /// spec says for "volume does not exist on the specified volume_path".
 fn volume_path_of(id: &VolumeId, p: &str) -> Result<std::path::PathBuf> {
     if p.is_empty() {
-        return Err(Error::Invalid("volume_path is required".into()));
+        return Err(Error::MissingField {
+            field: "volume_path",
+        });
     }
-    checked_path("volume_path", p).map_err(|_| Error::VolumeNotFound {
+    checked_path("volume_path", p).map_err(|_| not_at(id, p.as_ref()))
+}
+
+fn not_at(id: &VolumeId, path: &std::path::Path) -> Error {
+    Error::VolumeNotAt {
         pool: id.pool.clone(),
-        name: format!("{} at {p:?}", id.name),
-    })
+        name: id.name.clone(),
+        path: path.into(),
+    }
 }
 
 /// Usage of a published or staged volume.
@@ -39,17 +46,12 @@ pub async fn stats(ctx: &NodeCtx, id: &VolumeId, volume_path: &str) -> Result<St
     let path = volume_path_of(id, volume_path)?;
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::VolumeNotFound {
-                pool: id.pool.clone(),
-                name: format!("{} at {}", id.name, path.display()),
-            })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_at(id, &path)),
         Err(e) => return Err(io("stat", &path)(e)),
     };
     let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
     let mut abnormal = match source_of(ctx, id).await {
-        Err(Error::VolumeNotFound { .. }) => Some(format!(
+        Err(e) if e.is_volume_gone() => Some(format!(
             "the backing volume {} is gone from pool {}",
             id.name, id.pool
         )),
@@ -87,18 +89,14 @@ pub async fn stats(ctx: &NodeCtx, id: &VolumeId, volume_path: &str) -> Result<St
 pub async fn expand(ctx: &NodeCtx, id: &VolumeId, volume_path: &str, required: u64) -> Result<u64> {
     let path = volume_path_of(id, volume_path)?;
     if !path.exists() {
-        return Err(Error::VolumeNotFound {
-            pool: id.pool.clone(),
-            name: format!("{} at {}", id.name, path.display()),
-        });
+        return Err(not_at(id, &path));
     }
     let src = source_of(ctx, id).await?;
     let att = attacher(ctx, id);
-    let dev = att.attached(&src).ok_or_else(|| {
-        Error::Precondition(format!(
-            "volume {} is not staged on node {}",
-            id.name, ctx.cfg.node_name
-        ))
+    let dev = att.attached(&src).ok_or_else(|| Error::NotStaged {
+        pool: id.pool.clone(),
+        name: id.name.clone(),
+        node: ctx.cfg.node_name.clone(),
     })?;
     if att.export.running_pid().is_some() {
         att.wait_export_size(required).await;
@@ -109,7 +107,7 @@ pub async fn expand(ctx: &NodeCtx, id: &VolumeId, volume_path: &str, required: u
     if path.is_dir() {
         let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
         let m = mountinfo::find_at(&table, &path)
-            .ok_or_else(|| Error::Precondition(format!("{} is not mounted", path.display())))?;
+            .ok_or_else(|| Error::NotMounted { path: path.clone() })?;
         growfs::grow(ctx.runner.as_ref(), &m.fs_type, &dev, &path).await?;
     }
     device_size(&dev).map_err(io("size", &dev))

@@ -162,11 +162,11 @@ impl LunPool {
     }
 
     fn contended(&self) -> Error {
-        Error::Contended(format!(
-            "the LUN claims of pool {:?} ({}) changed {SAVE_ATTEMPTS} times in a row under this request; retry",
-            self.name,
-            self.claims.place()
-        ))
+        Error::Contended {
+            pool: self.name.clone(),
+            place: self.claims.place(),
+            attempts: SAVE_ATTEMPTS as u32,
+        }
     }
 
     fn users(&self) -> Result<BTreeSet<String>> {

@@ -20,7 +20,7 @@ impl From<PloopError> for Error {
     fn from(e: PloopError) -> Self {
         match e {
             PloopError::Io { op, path, source } => Error::Io { op, path, source },
-            c @ PloopError::Corrupt { .. } => Error::Precondition(c.to_string()),
+            PloopError::Corrupt { path, what } => Error::Corrupt { path, why: what },
         }
     }
 }
@@ -31,17 +31,19 @@ impl Disk {
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(xml::FILE_NAME);
         let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
-        let desc = Descriptor::parse(&text)
-            .map_err(|why| Error::Precondition(format!("{}: {why}", path.display())))?;
+        let desc = Descriptor::parse(&text).map_err(|why| Error::Corrupt {
+            path: path.clone(),
+            why,
+        })?;
         for d in &desc.chain {
             let p = dir.join(&d.file);
             match std::fs::symlink_metadata(&p) {
                 Ok(m) if m.is_file() => {}
                 Ok(_) => {
-                    return Err(Error::Precondition(format!(
-                        "{} is not a regular file",
-                        p.display()
-                    )))
+                    return Err(Error::Corrupt {
+                        path: p,
+                        why: "not a regular file".into(),
+                    })
                 }
                 Err(e) => return Err(io("stat", &p)(e)),
             }

@@ -185,9 +185,12 @@ impl ImageFormat for Ploop {
             Some(_) if env.export_of(name).running_pid().is_some() => {
                 self.push_live_delta(env, name, path, size).await
             }
-            Some(by) => Err(Error::Precondition(format!(
-                "ploop volume {name} is attached through {by}, which cannot grow it online; expand it while unstaged"
-            ))),
+            Some(by) => Err(Error::AttachedThrough {
+                what: format!("ploop volume {name}"),
+                by,
+                action: "grow it online",
+                instead: "expand it while unstaged",
+            }),
         }
     }
 
@@ -274,9 +277,12 @@ impl ImageFormat for Ploop {
                 r?
             }
             Some(by) => {
-                return Err(Error::Precondition(format!(
-                    "ploop volume {volume} is attached through {by}, which cannot switch deltas online; snapshot it while unstaged"
-                )))
+                return Err(Error::AttachedThrough {
+                    what: format!("ploop volume {volume}"),
+                    by,
+                    action: "switch deltas online",
+                    instead: "snapshot it while unstaged",
+                })
             }
         }
         let mut record = Record::new(volume, VolumeFormat::Ploop, size);
