@@ -156,6 +156,9 @@ pub struct Options {
     /// (`--pools-from-cluster`), the controller runs `--cluster` and finds
     /// the agent from pods labelled `app=pool-csi-node`.
     pub kubeconfig: Option<PathBuf>,
+    /// Start the binaries from here instead of cargo's target directory (the
+    /// benchmark's comparison with an older build).
+    pub bin_dir: Option<PathBuf>,
 }
 
 /// A further node plugin started by the harness.
@@ -275,6 +278,7 @@ impl Default for Options {
             extra_nodes: Vec::new(),
             secrets: Vec::new(),
             kubeconfig: None,
+            bin_dir: None,
         }
     }
 }
@@ -414,7 +418,7 @@ impl Driver {
     }
 
     fn spawn(&self, bin: &str, args: &[String]) -> Child {
-        let path = bin_dir().join(bin);
+        let path = self.opts.bin_dir.clone().unwrap_or_else(bin_dir).join(bin);
         let mut env: Vec<(&str, String)> = Vec::new();
         if let Some(k) = &self.opts.kubeconfig {
             env.push(("KUBECONFIG", k.display().to_string()));

@@ -349,11 +349,10 @@ impl Drop for BenchVg {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(why) = pool_csi_e2e::missing_requirements(false) {
-        return Err(format!("the benchmark {why}").into());
-    }
+/// Every scenario against the binaries in `bin` (None: this build).
+async fn matrix(
+    bin: Option<std::path::PathBuf>,
+) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
     let on_disk = std::env::var_os("POOL_CSI_BENCH_DISK").is_some_and(|v| v == "1");
     let pool = if on_disk { "disk" } else { "tmpfs" };
     let vg = BenchVg::new();
@@ -378,55 +377,149 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tmpfs_bytes: (!on_disk).then_some(8 << 30),
         log_filter: "error".into(),
         extra_pools,
+        bin_dir: bin,
         ..Default::default()
     };
     let d = Driver::start(opts).await;
     let c = d.clients().await;
     let (node_pid, ctrl_pid) = d.pids();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    println!(
-        "{}",
-        json!({"scenario": "idle_rss", "node_kib": rss_kib(node_pid), "controller_kib": rss_kib(ctrl_pid)})
-    );
-    println!("{}", probe(&c).await);
-    println!("{}", agent_create_delete(&d).await);
+    let mut out = vec![
+        json!({"scenario": "idle_rss", "node_kib": rss_kib(node_pid), "controller_kib": rss_kib(ctrl_pid)}),
+    ];
+    out.push(probe(&c).await);
+    out.push(agent_create_delete(&d).await);
     for conc in [1, 8, 32] {
-        println!("{}", create_delete(&c, conc, pool).await);
+        out.push(create_delete(&c, conc, pool).await);
     }
     if vg.is_some() {
         for conc in [1, 8] {
-            println!(
-                "{}",
+            out.push(
                 create_delete_in(
                     &c,
                     conc,
                     "lvm-noactivation",
                     "lvm",
                     "create_delete_64MiB_logical",
-                    64 * req::MIB
+                    64 * req::MIB,
                 )
-                .await
+                .await,
             );
         }
     } else {
-        println!(
-            "{}",
-            json!({"scenario": "create_delete_64MiB_logical", "skipped": "needs lvm2 (dev/setup)"})
+        out.push(
+            json!({"scenario": "create_delete_64MiB_logical", "skipped": "needs lvm2 (dev/setup)"}),
         );
     }
     for conc in [1, 4] {
-        println!("{}", publish_unpublish(&d, &c, conc).await);
+        out.push(publish_unpublish(&d, &c, conc).await);
     }
     match &target {
-        Some(_) => println!("{}", iscsi_inventory(&d, LUNS).await),
-        None => println!(
-            "{}",
-            json!({"scenario": "iscsi_inventory", "skipped": "needs tgtd and iscsi-ls (dev/setup)"})
+        Some(_) => out.push(iscsi_inventory(&d, LUNS).await),
+        None => out.push(
+            json!({"scenario": "iscsi_inventory", "skipped": "needs tgtd and iscsi-ls (dev/setup)"}),
         ),
     }
-    println!(
-        "{}",
-        json!({"scenario": "rss_after_load", "node_kib": rss_kib(node_pid), "controller_kib": rss_kib(ctrl_pid)})
+    out.push(
+        json!({"scenario": "rss_after_load", "node_kib": rss_kib(node_pid), "controller_kib": rss_kib(ctrl_pid)}),
     );
+    Ok(out)
+}
+
+/// A scenario's identity: its name and the parameters that are not results.
+fn key(v: &serde_json::Value) -> String {
+    ["scenario", "concurrency", "pool", "luns"]
+        .iter()
+        .filter_map(|k| v.get(*k).map(|x| format!("{k}={x}")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Each scenario's numeric results averaged over `runs`.
+fn mean(runs: &[Vec<serde_json::Value>]) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = runs[0].clone();
+    for v in &mut out {
+        let k = key(v);
+        let same: Vec<&serde_json::Value> = runs
+            .iter()
+            .filter_map(|r| r.iter().find(|x| key(x) == k))
+            .collect();
+        if let Some(obj) = v.as_object_mut() {
+            for (name, val) in obj.iter_mut() {
+                if val.is_number() {
+                    let xs: Vec<f64> = same.iter().filter_map(|x| x[name].as_f64()).collect();
+                    *val = json!(xs.iter().sum::<f64>() / xs.len() as f64);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// new / old for every numeric result the two runs share.
+fn ratios(old: &[serde_json::Value], new: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for n in new {
+        let Some(o) = old.iter().find(|o| key(o) == key(n)) else {
+            continue;
+        };
+        let mut r = serde_json::Map::new();
+        for (k, v) in n.as_object().into_iter().flatten() {
+            let (Some(a), Some(b)) = (v.as_f64(), o.get(k).and_then(|x| x.as_f64())) else {
+                continue;
+            };
+            if b > 0.0 && !["concurrency", "luns", "calls", "pairs"].contains(&k.as_str()) {
+                r.insert(k.clone(), json!((a / b * 100.0).round() / 100.0));
+            }
+        }
+        if !r.is_empty() {
+            out.push(json!({"compare": key(n), "new_over_old": r}));
+        }
+    }
+    out
+}
+
+/// `pool-csi-bench [--compare OLD_BIN_DIR]`: one JSON line per scenario;
+/// with `--compare`, the matrix runs four times in one go — the binaries in
+/// OLD_BIN_DIR, this build, this build, the old ones — and the last lines
+/// are the ratios new/old of the two builds' means.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(why) = pool_csi_e2e::missing_requirements(false) {
+        return Err(format!("the benchmark {why}").into());
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let old = match args.as_slice() {
+        [] => None,
+        [flag, dir] if flag == "--compare" => Some(std::path::PathBuf::from(dir)),
+        _ => return Err("usage: pool-csi-bench [--compare OLD_BIN_DIR]".into()),
+    };
+    let Some(old_dir) = old else {
+        for line in matrix(None).await? {
+            println!("{line}");
+        }
+        return Ok(());
+    };
+    // A B B A: the machine drifts during a run; each build's figures are
+    // the mean of its two runs.
+    let mut old = Vec::new();
+    let mut new = Vec::new();
+    for (i, build) in ["old", "new", "new", "old"].into_iter().enumerate() {
+        let bin = (build == "old").then(|| old_dir.clone());
+        let lines = matrix(bin).await?;
+        for line in &lines {
+            let mut l = line.clone();
+            l["build"] = json!(build);
+            l["round"] = json!(i);
+            println!("{l}");
+        }
+        match build {
+            "old" => old.push(lines),
+            _ => new.push(lines),
+        }
+    }
+    for r in ratios(&mean(&old), &mean(&new)) {
+        println!("{r}");
+    }
     Ok(())
 }
