@@ -355,13 +355,21 @@ async fn matrix(
 ) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
     let on_disk = std::env::var_os("POOL_CSI_BENCH_DISK").is_some_and(|v| v == "1");
     let pool = if on_disk { "disk" } else { "tmpfs" };
-    let vg = BenchVg::new();
+    // POOL_CSI_BENCH_ONLY=probe,publish: only the scenarios whose names start so.
+    let only = std::env::var("POOL_CSI_BENCH_ONLY").unwrap_or_default();
+    let want =
+        |scenario: &str| only.is_empty() || only.split(',').any(|p| scenario.starts_with(p.trim()));
+    let vg = want("create_delete_64MiB_logical")
+        .then(BenchVg::new)
+        .flatten();
     let mut extra_pools = vg.as_ref().map(BenchVg::pool_yaml).unwrap_or_default();
     // A real iSCSI target with 8 LUNs, where tgtd and libiscsi are installed.
     let tgt_dir = tempfile::tempdir()?;
     const LUNS: usize = 8;
-    let target = (pool_csi_e2e::which("tgtd").is_some() && pool_csi_e2e::which("iscsi-ls").is_some())
-        .then(|| {
+    let target = (want("iscsi_inventory")
+        && pool_csi_e2e::which("tgtd").is_some()
+        && pool_csi_e2e::which("iscsi-ls").is_some())
+    .then(|| {
             let t = pool_csi_e2e::tgt::Target::start(tgt_dir.path());
             t.target("1", "iqn.2026-11.io.pool-csi:bench");
             for l in 1..=LUNS {
@@ -387,12 +395,20 @@ async fn matrix(
     let mut out = vec![
         json!({"scenario": "idle_rss", "node_kib": rss_kib(node_pid), "controller_kib": rss_kib(ctrl_pid)}),
     ];
-    out.push(probe(&c).await);
-    out.push(agent_create_delete(&d).await);
-    for conc in [1, 8, 32] {
+    if want("probe") {
+        out.push(probe(&c).await);
+    }
+    if want("agent_create_delete") {
+        out.push(agent_create_delete(&d).await);
+    }
+    for conc in [1, 8, 32]
+        .into_iter()
+        .filter(|_| want("create_delete_1GiB"))
+    {
         out.push(create_delete(&c, conc, pool).await);
     }
-    if vg.is_some() {
+    if !want("create_delete_64MiB_logical") {
+    } else if vg.is_some() {
         for conc in [1, 8] {
             out.push(
                 create_delete_in(
@@ -411,11 +427,12 @@ async fn matrix(
             json!({"scenario": "create_delete_64MiB_logical", "skipped": "needs lvm2 (dev/setup)"}),
         );
     }
-    for conc in [1, 4] {
+    for conc in [1, 4].into_iter().filter(|_| want("node_publish")) {
         out.push(publish_unpublish(&d, &c, conc).await);
     }
     match &target {
         Some(_) => out.push(iscsi_inventory(&d, LUNS).await),
+        None if !want("iscsi_inventory") => {}
         None => out.push(
             json!({"scenario": "iscsi_inventory", "skipped": "needs tgtd and iscsi-ls (dev/setup)"}),
         ),
