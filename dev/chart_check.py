@@ -126,6 +126,16 @@ def both_run_in_cluster_mode():
     assert {"POD_NAME", "POD_NAMESPACE"} <= env, env
 
 
+def node_confines_co_paths_to_the_kubelet_dir():
+    for kubelet in ("/var/lib/kubelet", "/data/kubelet"):
+        values = {} if kubelet == "/var/lib/kubelet" else {"node": {"kubeletDir": kubelet}}
+        spec = node_spec(values)
+        node = next(c for c in spec["containers"] if c["name"] == "node")
+        assert f"--kubelet-dir={kubelet}" in node["args"], node["args"]
+        mounts = {m["mountPath"] for m in node["volumeMounts"]}
+        assert kubelet in mounts, mounts
+
+
 def node_may_write_lun_claims_only():
     node = next(c for c in node_spec({})["containers"] if c["name"] == "node")
     assert "POD_NAMESPACE" in {e["name"] for e in node["env"]}, node["env"]
@@ -157,6 +167,7 @@ def iscsi_pools_get_the_host_network_and_their_secret():
 check("helm lint --strict", lint)
 check("iscsi pools: host network, CHAP Secret mounted", iscsi_pools_get_the_host_network_and_their_secret)
 check("node and controller run in cluster mode", both_run_in_cluster_mode)
+check("node: CO paths confined to the kubelet dir it mounts", node_confines_co_paths_to_the_kubelet_dir)
 check("node RBAC: LUN claims ConfigMaps in its namespace, nothing else written", node_may_write_lun_claims_only)
 check("CRD validates as apiextensions.k8s.io/v1", crd_is_valid)
 check("values.schema.json refuses bad values", bad_values_are_refused)

@@ -105,12 +105,47 @@ impl OpLocks {
         })
     }
 
+    /// Runs `op` holding `key` (see [`detach`]). Busy → `E::from(Busy)`.
+    pub async fn run<T, E, F>(&self, key: LockKey, op: F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Busy> + Send + 'static,
+    {
+        let guard = self.try_acquire(key)?;
+        detach(guard, op).await
+    }
+
     /// Whether `key` is held now (for tests and diagnostics).
     pub fn is_held(&self, key: &LockKey) -> bool {
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(key)
+    }
+}
+
+/// Runs `op` in a task of its own, holding `guards` (one or more
+/// [`OpGuard`]s) until it ends: when the caller goes away (its deadline
+/// passed, the connection dropped) the operation still runs to its end and
+/// keeps its keys until then. A retry in the meantime gets ABORTED instead of
+/// starting a second copy or wipe, and afterwards finds the work done.
+pub async fn detach<T, E, F, G>(guards: G, op: F) -> Result<T, E>
+where
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+    G: Send + 'static,
+{
+    let task = tokio::spawn(async move {
+        let r = op.await;
+        drop(guards);
+        r
+    });
+    match task.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => unreachable!("operation tasks are never cancelled: {e}"),
     }
 }
 
@@ -126,6 +161,34 @@ impl Drop for OpGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The caller gives up (its future is dropped): the operation goes on,
+    /// holding its key, and a second call is Busy until it ends.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_abandoned_operation_keeps_its_key_until_it_ends() {
+        let locks = OpLocks::new();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d = done.clone();
+        let k = LockKey::volume("p", "v");
+        let slow = locks.run(k.clone(), async move {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            d.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, Busy>(())
+        });
+        // The caller's deadline: it stops waiting after a second.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(1), slow)
+                .await
+                .is_err()
+        );
+        assert!(locks.is_held(&k), "the abandoned operation still runs");
+        let again = locks.run(k.clone(), async { Ok::<_, Busy>(()) }).await;
+        assert!(again.is_err(), "a retry meanwhile is Busy");
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!locks.is_held(&k));
+        locks.run(k, async { Ok::<_, Busy>(()) }).await.unwrap();
+    }
 
     #[test]
     fn second_acquire_is_busy_until_guard_drops() {

@@ -434,6 +434,9 @@ impl Driver {
         std::process::Command::new(path)
             .args(args)
             .env("LOG_FILTER", &self.opts.log_filter)
+            // Staging and target paths live in the scratch dir (an
+            // environment variable, so older builds under comparison start too).
+            .env("KUBELET_DIR", self.dir.path())
             .envs(env)
             .stdin(Stdio::null())
             .spawn()

@@ -147,6 +147,153 @@ async fn missing_fields_are_invalid_argument() {
     );
 }
 
+/// csi-sanity's cases: a request for an id this driver never made that
+/// also lacks a required field is INVALID_ARGUMENT (the field), not
+/// NOT_FOUND (the id) — every field is checked before anything is looked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_fields_are_checked_before_the_volume_is_looked_up() {
+    require!(false);
+    let (d, mut c) = driver().await;
+    let fake = "fake-vol-id-1";
+    let p = d.path("staging");
+    let t = d.path("target");
+    let mut no_target = req::publish(fake, &p, &t, req::mount_cap("ext4"), false);
+    no_target.target_path.clear();
+    let mut no_cap = req::publish(fake, &p, &t, req::mount_cap("ext4"), false);
+    no_cap.volume_capability = None;
+    let mut no_staging = req::stage(fake, &p, req::mount_cap("ext4"));
+    no_staging.staging_target_path.clear();
+    let mut no_unstage_path = req::unstage(fake, &p);
+    no_unstage_path.staging_target_path.clear();
+    let no_volume_path = csi::NodeGetVolumeStatsRequest {
+        volume_id: fake.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(c.node.node_publish_volume(no_target).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.node.node_publish_volume(no_cap).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.node.node_stage_volume(no_staging).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.node.node_unstage_volume(no_unstage_path).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.node.node_get_volume_stats(no_volume_path).await),
+        Code::InvalidArgument
+    );
+    let publish =
+        |node: &str, cap: Option<csi::VolumeCapability>| csi::ControllerPublishVolumeRequest {
+            volume_id: fake.into(),
+            node_id: node.into(),
+            volume_capability: cap,
+            ..Default::default()
+        };
+    assert_eq!(
+        code(
+            c.controller
+                .controller_publish_volume(publish("", Some(req::mount_cap("ext4"))))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.controller
+                .controller_publish_volume(publish("node-1", None))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    // With every field there, the unknown id is what is wrong.
+    assert_eq!(
+        code(
+            c.controller
+                .controller_publish_volume(publish("node-1", Some(req::mount_cap("ext4"))))
+                .await
+        ),
+        Code::NotFound
+    );
+}
+
+/// Hostile requests are refused before anything is made: a control
+/// character in a name, and paths outside the kubelet directory, whether
+/// plainly or through a link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_and_paths_are_refused_and_touch_nothing() {
+    require!(false);
+    let (d, mut c) = driver().await;
+    for bad in ["nul\0byte", "new\nline", "tab\there"] {
+        let before = std::fs::read_dir(&d.pool_dir).unwrap().count();
+        let e = c
+            .controller
+            .create_volume(req::create(bad, req::MIB, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
+        assert!(e.message().contains("control character"), "{e:?}");
+        assert_eq!(std::fs::read_dir(&d.pool_dir).unwrap().count(), before);
+        let e = c
+            .controller
+            .create_snapshot(req::snapshot(bad, "v1:scratch:node-1:v"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
+    }
+    let id = c
+        .controller
+        .create_volume(req::create("hostile", 16 * req::MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let victim =
+        std::path::Path::new("/etc").join(format!("pool-csi-hostile-{}", std::process::id()));
+    let e = c
+        .node
+        .node_stage_volume(req::stage(&id, &victim, req::mount_cap("ext4")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("kubelet directory"), "{e:?}");
+    assert!(
+        !victim.exists(),
+        "nothing is made outside the kubelet directory"
+    );
+    // A link inside the kubelet directory that leads out of it.
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), d.path("escape")).unwrap();
+    let through = d.path("escape/staging");
+    let e = c
+        .node
+        .node_stage_volume(req::stage(&id, &through, req::mount_cap("ext4")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(!outside.path().join("staging").exists());
+    let e = c
+        .node
+        .node_publish_volume(req::publish(
+            &id,
+            &d.path("staging"),
+            std::path::Path::new("/tmp/../etc/x"),
+            req::mount_cap("ext4"),
+            false,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_volumes_are_not_found_and_deletes_are_ok() {
     require!(false);
@@ -709,6 +856,63 @@ async fn concurrent_calls_on_one_volume_are_aborted_not_queued() {
         codes == vec![Code::Ok, Code::Ok] || codes == vec![Code::Ok, Code::Aborted],
         "{codes:?}"
     );
+}
+
+/// A slow operation (zeroing 2 GiB before deleting, ~2 s) whose caller gives up
+/// runs to its end: a retry meanwhile is ABORTED, never a second wipe, and
+/// a retry afterwards finds the volume gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_outlives_its_caller_and_a_retry_meanwhile_is_aborted() {
+    require!(false);
+    let (d, mut c) = driver().await;
+    let id = c
+        .controller
+        .create_volume(req::create(
+            "wiped",
+            2 * req::GIB,
+            &[("allocation", "full"), ("wipeOnDelete", "true")],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let file = d.pool_dir.join("wiped.raw");
+    // Data to zero: preallocated tmpfs pages read as holes, which a wipe skips.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        let chunk = vec![0x5au8; 1 << 20];
+        for _ in 0..2048 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let delete = || csi::DeleteVolumeRequest {
+        volume_id: id.clone(),
+        ..Default::default()
+    };
+    // The caller's deadline passes after the wipe started, long before it ends.
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        c.controller.delete_volume(delete()),
+    )
+    .await;
+    assert!(
+        gave_up.is_err(),
+        "the wipe finished within 300 ms: {gave_up:?}"
+    );
+    let retry = c.controller.delete_volume(delete()).await;
+    assert_eq!(code(retry), Code::Aborted, "the first wipe still runs");
+    let mut deleted = false;
+    for _ in 0..200 {
+        if code(c.controller.delete_volume(delete()).await) == Code::Ok {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(deleted && !file.exists(), "the abandoned delete completed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

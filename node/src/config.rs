@@ -15,6 +15,8 @@ pub struct Config {
     pub secrets_dir: PathBuf,
     /// The mount table to read.
     pub mountinfo: PathBuf,
+    /// kubelet's root directory: every path from the CO lies under it.
+    pub kubelet_dir: PathBuf,
     /// Prefix for every external command (e.g. nsenter into the host).
     pub command_prefix: Vec<OsString>,
     /// Attach raw files with direct I/O.
@@ -53,6 +55,7 @@ impl Config {
             sysfs_root: "/sys".into(),
             secrets_dir: default_secrets_dir(),
             mountinfo: "/proc/self/mountinfo".into(),
+            kubelet_dir: DEFAULT_KUBELET_DIR.into(),
             command_prefix: Vec::new(),
             loop_direct_io: true,
             max_volumes_per_node: 0,
@@ -61,6 +64,9 @@ impl Config {
         }
     }
 }
+
+/// Where kubelet keeps pods' volumes unless told otherwise.
+pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
 
 fn default_secrets_dir() -> PathBuf {
     "/etc/pool-csi/secrets".into()

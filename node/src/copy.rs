@@ -27,6 +27,8 @@ pub fn copy_file(src: &Path, dst: &Path) -> io::Result<CopyKind> {
     }
     let len = from.metadata()?.len();
     to.set_len(len)?;
+    let what = format!("copying {} to {}", src.display(), dst.display());
+    let mut progress = crate::fsutil::Progress::new(what, len);
     let mut pos = 0u64;
     while pos < len {
         let data = match rustix::fs::seek(&from, SeekFrom::Data(pos)) {
@@ -35,13 +37,20 @@ pub fn copy_file(src: &Path, dst: &Path) -> io::Result<CopyKind> {
             Err(e) => return Err(e.into()),
         };
         let hole = rustix::fs::seek(&from, SeekFrom::Hole(data))?.min(len);
-        copy_range(&from, &to, data, hole)?;
+        progress.advance(data - pos);
+        copy_range(&from, &to, data, hole, &mut progress)?;
         pos = hole;
     }
     Ok(CopyKind::Sparse)
 }
 
-fn copy_range(from: &File, to: &File, start: u64, end: u64) -> io::Result<()> {
+fn copy_range(
+    from: &File,
+    to: &File,
+    start: u64,
+    end: u64,
+    progress: &mut crate::fsutil::Progress,
+) -> io::Result<()> {
     let (mut off_in, mut off_out) = (start, start);
     while off_in < end {
         let chunk = usize::try_from(end - off_in)
@@ -55,6 +64,7 @@ fn copy_range(from: &File, to: &File, start: u64, end: u64) -> io::Result<()> {
                 "source shrank during copy",
             ));
         }
+        progress.advance(n as u64);
     }
     Ok(())
 }

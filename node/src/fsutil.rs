@@ -81,16 +81,36 @@ pub fn remove_if_exists(path: &Path) -> Result<bool> {
 
 /// Writes zeros over `[start, end)` of `f` (not synced).
 pub fn zero_range(f: &File, start: u64, end: u64) -> std::io::Result<()> {
+    zero_range_noted(f, start, end, &mut Progress::quiet())
+}
+
+fn zero_range_noted(f: &File, start: u64, end: u64, p: &mut Progress) -> std::io::Result<()> {
     let zeros = vec![0u8; CHUNK.min(end.saturating_sub(start) as usize)];
-    for_each_chunk(start, end, |at, n| f.write_all_at(&zeros[..n], at))
+    for_each_chunk(start, end, |at, n| {
+        f.write_all_at(&zeros[..n], at)?;
+        p.advance(n as u64);
+        Ok(())
+    })
 }
 
 /// Copies `[start, end)` of `src` to the same offsets of `dst` (not synced).
 pub fn copy_range(src: &File, dst: &File, start: u64, end: u64) -> std::io::Result<()> {
+    copy_range_noted(src, dst, start, end, &mut Progress::quiet())
+}
+
+fn copy_range_noted(
+    src: &File,
+    dst: &File,
+    start: u64,
+    end: u64,
+    p: &mut Progress,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; CHUNK.min(end.saturating_sub(start) as usize)];
     for_each_chunk(start, end, |at, n| {
         src.read_exact_at(&mut buf[..n], at)?;
-        dst.write_all_at(&buf[..n], at)
+        dst.write_all_at(&buf[..n], at)?;
+        p.advance(n as u64);
+        Ok(())
     })
 }
 
@@ -109,10 +129,58 @@ fn for_each_chunk(
     Ok(())
 }
 
+/// How far a long copy or wipe got, logged every 10 s so an operator sees
+/// it move (these run past the RPC that started them).
+pub struct Progress {
+    what: Option<String>,
+    total: u64,
+    done: u64,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Progress of `what` (e.g. "copying /a to /b") over `total` bytes.
+    pub fn new(what: String, total: u64) -> Self {
+        Self {
+            what: Some(what),
+            total,
+            done: 0,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn quiet() -> Self {
+        Self {
+            what: None,
+            total: 0,
+            done: 0,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    pub fn advance(&mut self, n: u64) {
+        self.done += n;
+        let Some(what) = &self.what else { return };
+        if self.last.elapsed() >= Self::EVERY {
+            self.last = std::time::Instant::now();
+            let percent = (self.done * 100).checked_div(self.total).unwrap_or(100);
+            tracing::info!(
+                done_bytes = self.done,
+                total_bytes = self.total,
+                "{what}: {percent}%"
+            );
+        }
+    }
+}
+
 /// Overwrites a whole block device with zeros and flushes it.
 pub fn zero_device(dev: &Path) -> std::io::Result<()> {
     let f = std::fs::OpenOptions::new().write(true).open(dev)?;
-    zero_range(&f, 0, device_size(dev)?)?;
+    let size = device_size(dev)?;
+    let mut p = Progress::new(format!("zeroing {}", dev.display()), size);
+    zero_range_noted(&f, 0, size, &mut p)?;
     f.sync_all()
 }
 
@@ -132,7 +200,9 @@ pub fn zero_ends(dev: &Path, len: u64) -> std::io::Result<()> {
 pub fn copy_device(from: &Path, to: &Path) -> std::io::Result<()> {
     let src = File::open(from)?;
     let dst = std::fs::OpenOptions::new().write(true).open(to)?;
-    copy_range(&src, &dst, 0, device_size(from)?)?;
+    let size = device_size(from)?;
+    let what = format!("copying {} to {}", from.display(), to.display());
+    copy_range_noted(&src, &dst, 0, size, &mut Progress::new(what, size))?;
     dst.sync_all()
 }
 
@@ -144,6 +214,7 @@ pub fn wipe(path: &Path) -> std::io::Result<()> {
         .read(true)
         .open(path)?;
     let len = f.metadata()?.len();
+    let mut p = Progress::new(format!("zeroing {}", path.display()), len);
     let mut pos = 0;
     while pos < len {
         let data = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
@@ -152,7 +223,8 @@ pub fn wipe(path: &Path) -> std::io::Result<()> {
             Err(e) => return Err(e.into()),
         };
         let hole = rustix::fs::seek(&f, SeekFrom::Hole(data))?.min(len);
-        zero_range(&f, data, hole)?;
+        p.advance(data - pos);
+        zero_range_noted(&f, data, hole, &mut p)?;
         pos = hole;
     }
     f.sync_all()

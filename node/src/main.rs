@@ -69,6 +69,9 @@ struct Args {
     /// The mount table to read.
     #[arg(long, env = "MOUNTINFO", default_value = "/proc/self/mountinfo")]
     mountinfo: PathBuf,
+    /// kubelet's root directory: staging and target paths must lie under it.
+    #[arg(long, env = "KUBELET_DIR", default_value = pool_csi_node::config::DEFAULT_KUBELET_DIR)]
+    kubelet_dir: PathBuf,
     /// Comma-separated prefix for every storage command, e.g. nsenter,--mount=/proc/1/ns/mnt,--
     #[arg(long, env = "COMMAND_PREFIX", value_delimiter = ',')]
     command_prefix: Vec<OsString>,
@@ -112,6 +115,7 @@ impl Args {
             sysfs_root,
             secrets_dir,
             mountinfo,
+            kubelet_dir,
             command_prefix,
             no_loop_direct_io,
             max_volumes_per_node,
@@ -129,6 +133,7 @@ impl Args {
             sysfs_root,
             secrets_dir,
             mountinfo,
+            kubelet_dir,
             command_prefix,
             loop_direct_io: !no_loop_direct_io,
             max_volumes_per_node,

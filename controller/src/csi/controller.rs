@@ -33,6 +33,18 @@ fn required(field: &str, v: &str) -> Result<()> {
     Ok(())
 }
 
+/// A CSI object name: required, and free of control characters (a NUL or a
+/// newline in a name is a client bug, never a name to store).
+fn request_name(name: &str) -> Result<()> {
+    required("name", name)?;
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(Error::Invalid(format!(
+            "name {name:?} holds the control character {c:?}; names are printable"
+        )));
+    }
+    Ok(())
+}
+
 fn volume_id(id: &str) -> Result<VolumeId> {
     required("volume_id", id)?;
     VolumeId::parse(id).map_err(|e| Error::NotFound(e.to_string()))
@@ -79,7 +91,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
         let r = req.into_inner();
         run!({
-            required("name", &r.name)?;
+            request_name(&r.name)?;
             check_caps(&r.volume_capabilities)?;
             let (req_bytes, limit) = range(r.capacity_range.as_ref())?;
             let params = VolumeParams::parse(&r.parameters, self.ctx.default_pool.as_deref())?;
@@ -156,13 +168,14 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
         let r = req.into_inner();
         run!({
-            let id = volume_id(&r.volume_id)?;
+            required("volume_id", &r.volume_id)?;
             required("node_id", &r.node_id)?;
             let cap = r
                 .volume_capability
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("volume_capability is required".into()))?;
             caps::check(cap).map_err(Error::Invalid)?;
+            let id = volume_id(&r.volume_id)?;
             let _g = self.ctx.locks.try_acquire(id.lock_key())?;
             ops::publish::publish(&self.ctx, &id, &r.node_id).await?;
             Ok(csi::ControllerPublishVolumeResponse {
@@ -198,10 +211,11 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
         let r = req.into_inner();
         run!({
-            let id = volume_id(&r.volume_id)?;
+            required("volume_id", &r.volume_id)?;
             if r.volume_capabilities.is_empty() {
                 return Err(Error::Invalid("volume_capabilities is required".into()));
             }
+            let id = volume_id(&r.volume_id)?;
             ops::volumes::get(&self.ctx, &id).await?;
             if !r.parameters.is_empty() {
                 VolumeParams::parse(&r.parameters, self.ctx.default_pool.as_deref())?;
@@ -347,7 +361,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
         let r = req.into_inner();
         run!({
-            required("name", &r.name)?;
+            request_name(&r.name)?;
             required("source_volume_id", &r.source_volume_id)?;
             if let Some(k) = r.parameters.keys().next() {
                 return Err(Error::Invalid(format!(
@@ -448,7 +462,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
         let r = req.into_inner();
         run!({
-            let id = volume_id(&r.volume_id)?;
+            required("volume_id", &r.volume_id)?;
             let Some(cr) = r.capacity_range.as_ref() else {
                 return Err(Error::Invalid("capacity_range is required".into()));
             };
@@ -456,6 +470,7 @@ impl Controller for ControllerService {
             if let Some(c) = &r.volume_capability {
                 caps::check(c).map_err(Error::Invalid)?;
             }
+            let id = volume_id(&r.volume_id)?;
             let _g = self.ctx.locks.try_acquire(id.lock_key())?;
             let e = ops::volumes::expand(&self.ctx, &id, required_bytes, limit).await?;
             Ok(csi::ControllerExpandVolumeResponse {

@@ -1,6 +1,8 @@
 //! Agent API handlers: every field checked first, then the pool looked up
 //! and the volume's lock taken ([`AgentService::prologue`]), then one call
-//! into the pool. Wire types stop here.
+//! into the pool, run to its end even when the controller stops waiting
+//! (`detach`: a slow copy keeps its lock, a retry meanwhile is ABORTED).
+//! Wire types stop here.
 
 use super::convert;
 use crate::{
@@ -9,7 +11,8 @@ use crate::{
     NodeCtx,
 };
 use pool_csi_common::{
-    params::striping, respond, volume_id::check_storage_name, wire, LockKey, OpGuard,
+    oplock::detach, params::striping, respond, volume_id::check_storage_name, wire, LockKey,
+    OpGuard,
 };
 use pool_csi_proto::agent::{self as pb, agent_server::Agent, create_volume_request};
 use std::sync::Arc;
@@ -51,11 +54,14 @@ impl AgentService {
                     pool_csi_common::volume_id::check_node_name(&r.node)
                         .map_err(|why| Error::invalid("node", &r.node, why))?;
                 }
-                let (pool, _g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
-                match on {
-                    true => pool.publish(&r.name, &r.node).await?,
-                    false => pool.unpublish(&r.name, &r.node).await?,
-                }
+                let (pool, g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
+                detach(g, async move {
+                    match on {
+                        true => pool.publish(&r.name, &r.node).await,
+                        false => pool.unpublish(&r.name, &r.node).await,
+                    }
+                })
+                .await?;
                 Ok(pb::PublishVolumeResponse {})
             }
             .await,
@@ -133,13 +139,16 @@ impl Agent for AgentService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                let (pool, _g) = self.prologue(&r.pool, LockKey::Pool(r.pool.clone()))?;
-                pool.build(r.overwrite).await?;
-                pool.start().await?;
-                let s = pool.status(true).await;
-                Ok(pb::BuildPoolResponse {
-                    pool: Some(convert::pool(pool.as_ref(), s)),
+                let (pool, g) = self.prologue(&r.pool, LockKey::Pool(r.pool.clone()))?;
+                detach(g, async move {
+                    pool.build(r.overwrite).await?;
+                    pool.start().await?;
+                    let s = pool.status(true).await;
+                    Ok(pb::BuildPoolResponse {
+                        pool: Some(convert::pool(pool.as_ref(), s)),
+                    })
                 })
+                .await
             }
             .await,
         )
@@ -154,18 +163,21 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 let create = create_request(&r)?;
-                let (pool, _g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
-                let _src = match &create.source {
+                let (pool, g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
+                let src = match &create.source {
                     Source::Volume(v) => Some(LockKey::volume(&r.pool, v)),
                     Source::Snapshot(s) => Some(LockKey::snapshot(&r.pool, s)),
                     Source::Empty => None,
                 }
                 .map(|k| self.ctx.locks.try_acquire(k))
                 .transpose()?;
-                let v = pool.create_volume(&create).await?;
-                Ok(pb::VolumeResponse {
-                    volume: Some(convert::volume(pool.as_ref(), v)),
+                detach((g, src), async move {
+                    let v = pool.create_volume(&create).await?;
+                    Ok(pb::VolumeResponse {
+                        volume: Some(convert::volume(pool.as_ref(), v)),
+                    })
                 })
+                .await
             }
             .await,
         )
@@ -180,8 +192,8 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 name("name", &r.name)?;
-                let (pool, _g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
-                pool.delete_volume(&r.name, r.wipe).await?;
+                let (pool, g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
+                detach(g, async move { pool.delete_volume(&r.name, r.wipe).await }).await?;
                 Ok(pb::DeleteVolumeResponse {})
             }
             .await,
@@ -197,10 +209,12 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 name("name", &r.name)?;
-                let (pool, _g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
-                let e = pool
-                    .expand_volume(&r.name, r.required_bytes, r.limit_bytes)
-                    .await?;
+                let (pool, g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
+                let e = detach(g, async move {
+                    pool.expand_volume(&r.name, r.required_bytes, r.limit_bytes)
+                        .await
+                })
+                .await?;
                 Ok(pb::ExpandVolumeResponse {
                     capacity_bytes: e.capacity,
                     node_expansion_required: e.node_expansion_required,
@@ -294,15 +308,18 @@ impl Agent for AgentService {
             async {
                 name("name", &r.name)?;
                 name("source_volume", &r.source_volume)?;
-                let (pool, _g) = self.prologue(&r.pool, LockKey::snapshot(&r.pool, &r.name))?;
-                let _src = self
+                let (pool, g) = self.prologue(&r.pool, LockKey::snapshot(&r.pool, &r.name))?;
+                let src = self
                     .ctx
                     .locks
                     .try_acquire(LockKey::volume(&r.pool, &r.source_volume))?;
-                let s = pool.create_snapshot(&r.source_volume, &r.name).await?;
-                Ok(pb::SnapshotResponse {
-                    snapshot: Some(convert::snapshot(&r.pool, s)),
+                detach((g, src), async move {
+                    let s = pool.create_snapshot(&r.source_volume, &r.name).await?;
+                    Ok(pb::SnapshotResponse {
+                        snapshot: Some(convert::snapshot(&r.pool, s)),
+                    })
                 })
+                .await
             }
             .await,
         )
@@ -317,8 +334,8 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 name("name", &r.name)?;
-                let (pool, _g) = self.prologue(&r.pool, LockKey::snapshot(&r.pool, &r.name))?;
-                pool.delete_snapshot(&r.name).await?;
+                let (pool, g) = self.prologue(&r.pool, LockKey::snapshot(&r.pool, &r.name))?;
+                detach(g, async move { pool.delete_snapshot(&r.name).await }).await?;
                 Ok(pb::DeleteSnapshotResponse {})
             }
             .await,

@@ -10,7 +10,7 @@ use pool_csi_common::{caps, respond, LockKey, VolumeId};
 use pool_csi_proto::csi::{
     self, node_server::Node, node_service_capability, volume_capability::AccessType,
 };
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -34,11 +34,18 @@ fn required(field: &'static str, value: &str) -> Result<(), Error> {
 }
 
 fn volume_id(id: &str) -> Result<VolumeId, Error> {
-    required("volume_id", id)?;
     VolumeId::parse(id).map_err(|e| Error::UnknownVolumeId {
         id: id.into(),
         why: e.to_string(),
     })
+}
+
+/// The lock of a volume id; an id this driver cannot parse is locked as
+/// given (unpublishing works on the target path alone).
+fn id_key(id: &str) -> LockKey {
+    VolumeId::parse(id)
+        .map(|id| id.lock_key())
+        .unwrap_or_else(|_| LockKey::Unparsed(id.into()))
 }
 
 /// The access a capability asks for; the filesystem defaults to the
@@ -82,6 +89,13 @@ fn access_of(
     Ok((access, caps::is_read_only_mode(cap)))
 }
 
+impl NodeService {
+    /// A path from the CO, checked against the kubelet directory.
+    fn path(&self, field: &'static str, p: &str) -> Result<PathBuf, Error> {
+        ops::paths::co_path(&self.ctx.cfg.kubelet_dir, field, p)
+    }
+}
+
 #[tonic::async_trait]
 impl Node for NodeService {
     #[instrument(name = "NodeStageVolume", skip_all, fields(volume.id = %req.get_ref().volume_id, rpc.code))]
@@ -92,11 +106,13 @@ impl Node for NodeService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                let id = volume_id(&r.volume_id)?;
-                required("staging_target_path", &r.staging_target_path)?;
+                required("volume_id", &r.volume_id)?;
+                let staging = self.path("staging_target_path", &r.staging_target_path)?;
                 let (access, ro) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
-                let _g = self.ctx.locks.try_acquire(id.lock_key())?;
-                ops::stage::stage(&self.ctx, &id, &r.staging_target_path, &access, ro).await?;
+                let id = volume_id(&r.volume_id)?;
+                let ctx = self.ctx.clone();
+                let op = async move { ops::stage::stage(&ctx, &id, &staging, &access, ro).await };
+                self.ctx.locks.run(id_key(&r.volume_id), op).await?;
                 Ok(csi::NodeStageVolumeResponse {})
             }
             .await,
@@ -111,10 +127,12 @@ impl Node for NodeService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
+                required("volume_id", &r.volume_id)?;
+                let staging = self.path("staging_target_path", &r.staging_target_path)?;
                 let id = volume_id(&r.volume_id)?;
-                required("staging_target_path", &r.staging_target_path)?;
-                let _g = self.ctx.locks.try_acquire(id.lock_key())?;
-                ops::stage::unstage(&self.ctx, &id, &r.staging_target_path).await?;
+                let ctx = self.ctx.clone();
+                let op = async move { ops::stage::unstage(&ctx, &id, &staging).await };
+                self.ctx.locks.run(id_key(&r.volume_id), op).await?;
                 Ok(csi::NodeUnstageVolumeResponse {})
             }
             .await,
@@ -129,21 +147,18 @@ impl Node for NodeService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                let id = volume_id(&r.volume_id)?;
-                required("target_path", &r.target_path)?;
+                required("volume_id", &r.volume_id)?;
+                let target = self.path("target_path", &r.target_path)?;
                 // pool-csi stages every volume.
-                required("staging_target_path", &r.staging_target_path)?;
+                let staging = self.path("staging_target_path", &r.staging_target_path)?;
                 let (access, ro_mode) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
-                let _g = self.ctx.locks.try_acquire(id.lock_key())?;
-                ops::publish::publish(
-                    &self.ctx,
-                    &id,
-                    &r.staging_target_path,
-                    &r.target_path,
-                    &access,
-                    r.readonly || ro_mode,
-                )
-                .await?;
+                let id = volume_id(&r.volume_id)?;
+                let ro = r.readonly || ro_mode;
+                let ctx = self.ctx.clone();
+                let op = async move {
+                    ops::publish::publish(&ctx, &id, &staging, &target, &access, ro).await
+                };
+                self.ctx.locks.run(id_key(&r.volume_id), op).await?;
                 Ok(csi::NodePublishVolumeResponse {})
             }
             .await,
@@ -159,15 +174,12 @@ impl Node for NodeService {
         respond::<_, Error>(
             async {
                 required("volume_id", &r.volume_id)?;
-                required("target_path", &r.target_path)?;
+                let target = self.path("target_path", &r.target_path)?;
                 // Unpublishing works on the target path alone, so kubelet can
                 // always clean up, even for an id this driver never made.
-                let key = match VolumeId::parse(&r.volume_id) {
-                    Ok(id) => id.lock_key(),
-                    Err(_) => LockKey::Unparsed(r.volume_id.clone()),
-                };
-                let _g = self.ctx.locks.try_acquire(key)?;
-                ops::publish::unpublish(&self.ctx, &r.target_path).await?;
+                let ctx = self.ctx.clone();
+                let op = async move { ops::publish::unpublish(&ctx, &target).await };
+                self.ctx.locks.run(id_key(&r.volume_id), op).await?;
                 Ok(csi::NodeUnpublishVolumeResponse {})
             }
             .await,
@@ -183,8 +195,9 @@ impl Node for NodeService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                let id = volume_id(&r.volume_id)?;
+                required("volume_id", &r.volume_id)?;
                 required("volume_path", &r.volume_path)?;
+                let id = volume_id(&r.volume_id)?;
                 let s = ops::stats::stats(&self.ctx, &id, &r.volume_path).await?;
                 let usage = |unit: Unit, total: u64, available: u64, used: u64| csi::VolumeUsage {
                     total: total as i64,
@@ -221,16 +234,23 @@ impl Node for NodeService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                let id = volume_id(&r.volume_id)?;
+                required("volume_id", &r.volume_id)?;
                 required("volume_path", &r.volume_path)?;
                 let range = r.capacity_range.unwrap_or_default();
                 if range.required_bytes < 0 || range.limit_bytes < 0 {
-                    return Err(Error::Invalid("capacity_range must not be negative".into()));
+                    return Err(Error::invalid(
+                        "capacity_range",
+                        &format!("{}..{}", range.required_bytes, range.limit_bytes),
+                        "must not be negative",
+                    ));
                 }
-                let _g = self.ctx.locks.try_acquire(id.lock_key())?;
-                let size =
-                    ops::stats::expand(&self.ctx, &id, &r.volume_path, range.required_bytes as u64)
-                        .await?;
+                let id = volume_id(&r.volume_id)?;
+                let ctx = self.ctx.clone();
+                let path = r.volume_path.clone();
+                let op = async move {
+                    ops::stats::expand(&ctx, &id, &path, range.required_bytes as u64).await
+                };
+                let size = self.ctx.locks.run(id_key(&r.volume_id), op).await?;
                 Ok(csi::NodeExpandVolumeResponse {
                     capacity_bytes: size as i64,
                 })

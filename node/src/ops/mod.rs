@@ -1,6 +1,7 @@
 //! Node use-cases, composed from pools, attach and mount. All idempotent;
 //! all state is rediscovered from the mount table, sysfs and the pool.
 
+pub mod paths;
 pub mod publish;
 pub mod stage;
 pub mod stats;
@@ -14,10 +15,7 @@ use crate::{
     NodeCtx,
 };
 use pool_csi_common::VolumeId;
-use std::{
-    path::{Component, Path, PathBuf},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 /// How the workload will use the volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,22 +26,6 @@ pub enum Access {
 
 /// The file a block volume's device node is bound to inside the staging dir.
 pub const STAGED_DEVICE: &str = "device";
-
-/// A path from the CO: absolute, and no `..` (kubelet never sends one).
-pub fn checked_path(field: &'static str, p: &str) -> Result<PathBuf> {
-    let path = Path::new(p);
-    if p.is_empty() {
-        return Err(Error::MissingField { field });
-    }
-    if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(Error::invalid(
-            field,
-            p,
-            "must be an absolute path without '..'",
-        ));
-    }
-    Ok(path.to_path_buf())
-}
 
 /// The pool that holds `id` on this node.
 pub fn pool_of(ctx: &NodeCtx, id: &VolumeId) -> Result<Arc<dyn Pool>> {

@@ -1,7 +1,7 @@
 //! NodeStageVolume / NodeUnstageVolume: attach the volume and mount it (or
 //! bind its device node) at the staging path.
 
-use super::{attacher, checked_path, source_of, Access, STAGED_DEVICE};
+use super::{attacher, source_of, Access, STAGED_DEVICE};
 use crate::{
     error::{io, Error, Result},
     mount::{mounter, mountinfo},
@@ -16,17 +16,16 @@ use std::path::{Path, PathBuf};
 pub async fn stage(
     ctx: &NodeCtx,
     id: &VolumeId,
-    staging: &str,
+    staging: &Path,
     access: &Access,
     read_only: bool,
 ) -> Result<()> {
-    let staging = checked_path("staging_target_path", staging)?;
     let src = source_of(ctx, id).await?;
     let att = attacher(ctx, id);
     let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
     let target = match access {
         Access::Block => staging.join(STAGED_DEVICE),
-        Access::Mount { .. } => staging.clone(),
+        Access::Mount { .. } => staging.to_path_buf(),
     };
     if let Some(m) = mountinfo::find_at(&table, &target) {
         let ours = att
@@ -48,7 +47,7 @@ pub async fn stage(
     let result = match access {
         Access::Block => bind_device(&dev, &target),
         Access::Mount { fs_type, flags } => {
-            mount_filesystem(ctx, &dev, &staging, fs_type, flags, read_only).await
+            mount_filesystem(ctx, &dev, staging, fs_type, flags, read_only).await
         }
     };
     if result.is_err() && !was_attached {
@@ -113,11 +112,10 @@ pub fn mount_device(m: &mountinfo::MountEntry) -> PathBuf {
 
 /// Unstages `id` from `staging`: unmounts, then detaches what stage attached.
 /// Already unstaged is Ok; still published elsewhere is FAILED_PRECONDITION.
-pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &str) -> Result<()> {
-    let staging = checked_path("staging_target_path", staging)?;
+pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()> {
     let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
     let mut devices = Vec::new();
-    for mp in [staging.join(STAGED_DEVICE), staging.clone()] {
+    for mp in [staging.join(STAGED_DEVICE), staging.to_path_buf()] {
         let Some(m) = mountinfo::find_at(&table, &mp) else {
             continue;
         };
@@ -137,9 +135,7 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &str) -> Result<()> 
         mounter::unmount(&mp).map_err(io("unmount", &mp))?;
     }
     match std::fs::remove_file(staging.join(STAGED_DEVICE)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io("remove", &staging)(e))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", staging)(e)),
         _ => {}
     }
     let att = attacher(ctx, id);

@@ -1,6 +1,6 @@
 //! NodeGetVolumeStats and NodeExpandVolume.
 
-use super::{attacher, checked_path, source_of};
+use super::{attacher, paths::co_path, source_of};
 use crate::{
     error::{io, Error, Result},
     fsutil::device_size,
@@ -11,15 +11,15 @@ use crate::{
 use pool_csi_common::VolumeId;
 
 /// A volume path from the CO. Any path that cannot be where this volume is
-/// published (relative, with '..') names no volume there: NOT_FOUND, as the
-/// spec says for "volume does not exist on the specified volume_path".
-fn volume_path_of(id: &VolumeId, p: &str) -> Result<std::path::PathBuf> {
-    if p.is_empty() {
-        return Err(Error::MissingField {
-            field: "volume_path",
-        });
+/// published (relative, with '..', outside the kubelet directory) names no
+/// volume there: NOT_FOUND, as the spec says for "volume does not exist on
+/// the specified volume_path".
+fn volume_path_of(ctx: &NodeCtx, id: &VolumeId, p: &str) -> Result<std::path::PathBuf> {
+    match co_path(&ctx.cfg.kubelet_dir, "volume_path", p) {
+        Err(e @ Error::MissingField { .. }) => Err(e),
+        Err(_) => Err(not_at(id, p.as_ref())),
+        Ok(path) => Ok(path),
     }
-    checked_path("volume_path", p).map_err(|_| not_at(id, p.as_ref()))
 }
 
 fn not_at(id: &VolumeId, path: &std::path::Path) -> Error {
@@ -43,7 +43,7 @@ pub struct Stats {
 }
 
 pub async fn stats(ctx: &NodeCtx, id: &VolumeId, volume_path: &str) -> Result<Stats> {
-    let path = volume_path_of(id, volume_path)?;
+    let path = volume_path_of(ctx, id, volume_path)?;
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_at(id, &path)),
@@ -87,7 +87,7 @@ pub async fn stats(ctx: &NodeCtx, id: &VolumeId, volume_path: &str) -> Result<St
 /// Makes the node see a grown volume: refreshes the loop device and grows
 /// the filesystem online. Returns the device size.
 pub async fn expand(ctx: &NodeCtx, id: &VolumeId, volume_path: &str, required: u64) -> Result<u64> {
-    let path = volume_path_of(id, volume_path)?;
+    let path = volume_path_of(ctx, id, volume_path)?;
     if !path.exists() {
         return Err(not_at(id, &path));
     }
