@@ -112,6 +112,28 @@ pub fn tool(program: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
 
+/// [`tool`] with `input` on its stdin (sfdisk scripts and the like).
+pub fn tool_with_input(program: &str, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    #[allow(clippy::disallowed_methods)] // tests prepare fixtures with real tools
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input)
+        .unwrap_or_else(|e| panic!("feed {program}: {e}"));
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait for {program}: {e}"))
+}
+
 pub fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

@@ -348,7 +348,15 @@ async fn recreated_partitions_never_show_old_data_and_full_disks_are_refused() {
     let second = create(&mut c, on("dos1", "two", 8 * MIB, &[]))
         .await
         .unwrap();
-    let node = partitions(&dos)[0]["node"].as_str().unwrap().to_string();
+    let node = partitions(&dos)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] != "5")
+        .expect("a volume's partition")["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // blkid shows the partition entry itself, but no content TYPE: blank.
     let probe = String::from_utf8_lossy(
         &pool_csi_e2e::tool("blkid", &["-p", "-o", "export", &node]).stdout,
@@ -369,17 +377,24 @@ async fn recreated_partitions_never_show_old_data_and_full_disks_are_refused() {
         .entries
         .iter()
         .any(|e| e.volume.as_ref().unwrap().volume_id == second.volume_id));
-    // Four primaries and no extended partition: the fifth is refused, clearly.
-    for n in ["three", "four", "five"] {
+    // pool-build made one extended partition: volumes are logical
+    // partitions in it, more than the four a dos table has primaries for.
+    for n in ["three", "four", "five", "six", "seven"] {
         create(&mut c, on("dos1", n, 4 * MIB, &[]))
             .await
-            .expect("primary");
+            .unwrap_or_else(|e| panic!("{n}: {e:?}"));
     }
-    let sixth = create(&mut c, on("dos1", "six", 4 * MIB, &[]))
+    let parts = partitions(&dos);
+    let parts = parts.as_array().unwrap();
+    let types: Vec<&str> = parts.iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(types.iter().filter(|t| **t == "5").count(), 1, "{types:?}");
+    assert_eq!(parts.len(), 7, "the extended one and 6 logical: {types:?}");
+    // Until no extent holds a volume: refused, clearly.
+    let too_big = create(&mut c, on("dos1", "big", 60 * MIB, &[]))
         .await
         .unwrap_err();
-    assert_eq!(sixth.code(), Code::ResourceExhausted);
-    assert!(sixth.message().contains("primary"), "{}", sixth.message());
+    assert_eq!(too_big.code(), Code::ResourceExhausted);
+    assert!(too_big.message().contains("free"), "{}", too_big.message());
     // A size of zero means "the default" (1 GiB), which no extent here holds.
     let mut zero = on("dos1", "zero", 0, &[]);
     zero.capacity_range = None;
@@ -492,4 +507,200 @@ async fn a_staged_xfs_partition_grows_online() {
         .node_unstage_volume(req::unstage(&id, &staging))
         .await
         .expect("unstage");
+}
+
+/// Snapshots, clones and restores on gpt and dos tables: each a partition
+/// holding a block copy, the source frozen while it is mounted, listed and
+/// counted, and a copy a crash left half-made cleaned up on retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_snapshot_clone_and_restore_by_block_copy() {
+    require!(false);
+    let scratch = tempfile::Builder::new()
+        .prefix("pool-csi-disk-")
+        .tempdir()
+        .unwrap();
+    let gpt = LoopDisk::new(scratch.path(), "gpt.img", 256, true);
+    let dos = LoopDisk::new(scratch.path(), "dos.img", 256, true);
+    let build = |p: String, f: &str| {
+        p.replace(
+            &format!("format: {f} }}"),
+            &format!("format: {f} }}\n  autoBuild: true"),
+        )
+    };
+    let d = Driver::start(Options {
+        extra_pools: format!(
+            "{}{}",
+            build(disk_pool("g", &gpt, "gpt"), "gpt"),
+            build(disk_pool("m", &dos, "dos"), "dos")
+        ),
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    for (pool, disk) in [("g", &gpt), ("m", &dos)] {
+        let id = create(&mut c, on(pool, &format!("{pool}-src"), 32 * MIB, &[]))
+            .await
+            .unwrap()
+            .volume_id;
+        let staging = d.path(&format!("{pool}-src"));
+        c.node
+            .node_stage_volume(req::stage(&id, &staging, req::mount_cap("ext4")))
+            .await
+            .unwrap();
+        std::fs::write(staging.join("file"), b"before the snapshot").unwrap();
+        // Mounted: the snapshot freezes the filesystem, so the unsynced write is in it.
+        let snap = c
+            .controller
+            .create_snapshot(req::snapshot(&format!("{pool}-snap"), &id))
+            .await
+            .expect("snapshot of a mounted partition")
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert!(snap.ready_to_use);
+        assert_eq!(snap.size_bytes, 32 * MIB);
+        std::fs::write(staging.join("file"), b"after the snapshot").unwrap();
+        let clone = create(&mut c, {
+            let mut r = req::clone_of(&format!("{pool}-clone"), 64 * MIB, &id);
+            r.parameters.insert("pool".into(), pool.into());
+            r
+        })
+        .await
+        .expect("clone of a mounted partition");
+        assert_eq!(clone.capacity_bytes, 64 * MIB, "a clone may be larger");
+        let restored = create(&mut c, {
+            let mut r = req::restore_of(&format!("{pool}-restored"), 32 * MIB, &snap.snapshot_id);
+            r.parameters.insert("pool".into(), pool.into());
+            r
+        })
+        .await
+        .expect("restore");
+        // Idempotent: the same copy asked again is the same volume.
+        let again = create(&mut c, {
+            let mut r = req::restore_of(&format!("{pool}-restored"), 32 * MIB, &snap.snapshot_id);
+            r.parameters.insert("pool".into(), pool.into());
+            r
+        })
+        .await
+        .unwrap();
+        assert_eq!(again.volume_id, restored.volume_id);
+        for (v, want) in [
+            (&restored.volume_id, "before the snapshot"),
+            (&clone.volume_id, "after the snapshot"),
+        ] {
+            let st = d.path(&format!("st-{}", v.rsplit(':').next().unwrap()));
+            c.node
+                .node_stage_volume(req::stage(v, &st, req::mount_cap("ext4")))
+                .await
+                .unwrap_or_else(|e| panic!("stage {v}: {e:?}"));
+            assert_eq!(
+                std::fs::read_to_string(st.join("file")).unwrap(),
+                want,
+                "{v}"
+            );
+            c.node
+                .node_unstage_volume(req::unstage(v, &st))
+                .await
+                .unwrap();
+        }
+        // Listed as a snapshot of its volume, never as a volume.
+        let snaps = c
+            .controller
+            .list_snapshots(csi::ListSnapshotsRequest {
+                source_volume_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(snaps.entries.len(), 1, "{snaps:?}");
+        let vols = c
+            .controller
+            .list_volumes(csi::ListVolumesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!vols.entries.iter().any(|e| e
+            .volume
+            .as_ref()
+            .unwrap()
+            .volume_id
+            .contains("snap")));
+        c.node
+            .node_unstage_volume(req::unstage(&id, &staging))
+            .await
+            .unwrap();
+        c.controller
+            .delete_snapshot(csi::DeleteSnapshotRequest {
+                snapshot_id: snap.snapshot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let count = partitions(disk).as_array().unwrap().len();
+        // A snapshot's partition goes with it; deleting it again is fine.
+        c.controller
+            .delete_snapshot(csi::DeleteSnapshotRequest {
+                snapshot_id: snap.snapshot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(partitions(disk).as_array().unwrap().len(), count);
+    }
+    // A clone a crash interrupted: a pending partition named t.<name>. A
+    // retry removes it and makes the volume; so does deleting the name.
+    let half = |name: &str| {
+        let out = pool_csi_e2e::tool_with_input(
+            "sfdisk",
+            &[
+                "--quiet",
+                "--no-reread",
+                "--no-tell-kernel",
+                "--append",
+                gpt.path(),
+            ],
+            format!("size=8MiB, name=\"t.{name}\"\n").as_bytes(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let named = |name: &str| {
+        partitions(&gpt)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == name)
+            .count()
+    };
+    half("g-again");
+    half("g-ghost");
+    assert_eq!(named("t.g-again"), 1);
+    let src = create(&mut c, on("g", "g-src", 32 * MIB, &[]))
+        .await
+        .unwrap();
+    create(&mut c, {
+        let mut r = req::clone_of("g-again", 32 * MIB, &src.volume_id);
+        r.parameters.insert("pool".into(), "g".into());
+        r
+    })
+    .await
+    .expect("clone over a half-made one");
+    assert_eq!((named("t.g-again"), named("g-again")), (0, 1));
+    let ghost = "v1:g:node-1:g-ghost".to_string();
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: ghost,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        named("t.g-ghost"),
+        0,
+        "deleting the name removes the half-made copy"
+    );
 }

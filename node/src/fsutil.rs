@@ -198,11 +198,49 @@ pub fn zero_ends(dev: &Path, len: u64) -> std::io::Result<()> {
 /// Copies a whole block device onto another of at least its size, and
 /// flushes the destination.
 pub fn copy_device(from: &Path, to: &Path) -> std::io::Result<()> {
-    let src = File::open(from)?;
+    let src = open_uncached(from)?;
     let dst = std::fs::OpenOptions::new().write(true).open(to)?;
     let size = device_size(from)?;
     let what = format!("copying {} to {}", from.display(), to.display());
     copy_range_noted(&src, &dst, 0, size, &mut Progress::new(what, size))?;
+    dst.sync_all()
+}
+
+/// Copies the first `len` bytes of block device `from` onto `to`, which
+/// is zeroed first (a discard-like `fallocate` where the device supports it,
+/// else written zeros); chunks that read as zeros are then not written, so
+/// copying a mostly empty volume onto thin storage stays thin. Flushed.
+pub fn copy_device_sparse(from: &Path, to: &Path, len: u64) -> std::io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    let src = open_uncached(from)?;
+    let dst = std::fs::OpenOptions::new().write(true).open(to)?;
+    let size = device_size(to)?;
+    if len > size {
+        return Err(std::io::Error::other(format!(
+            "{} holds {size} bytes, {len} needed",
+            to.display()
+        )));
+    }
+    let zeroed = rustix::fs::fallocate(
+        &dst,
+        FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
+        0,
+        size,
+    );
+    if zeroed.is_err() {
+        zero_range(&dst, 0, size)?;
+    }
+    let what = format!("copying {} to {}", from.display(), to.display());
+    let mut p = Progress::new(what, len);
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    for_each_chunk(0, len, |at, n| {
+        src.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.write_all_at(&buf[..n], at)?;
+        }
+        p.advance(n as u64);
+        Ok(())
+    })?;
     dst.sync_all()
 }
 
@@ -228,6 +266,15 @@ pub fn wipe(path: &Path) -> std::io::Result<()> {
         pos = hole;
     }
     f.sync_all()
+}
+
+/// Opens a block device to read what is on it now: a mounted filesystem
+/// writes past the device's page cache, so pages cached by an earlier read
+/// (a previous copy, blkid) may be stale; they are dropped first.
+fn open_uncached(dev: &Path) -> std::io::Result<File> {
+    let f = File::open(dev)?;
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)?;
+    Ok(f)
 }
 
 /// Size of a block device (or any file) in bytes.

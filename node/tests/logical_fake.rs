@@ -40,13 +40,18 @@ fn thin_lvs() -> &'static str {
 }
 
 fn pool(runner: FakeRunner, overcommit: u32) -> LogicalPool {
+    pool_with(Arc::new(runner), overcommit)
+}
+
+fn pool_with(runner: Arc<FakeRunner>, overcommit: u32) -> LogicalPool {
     let def = PoolDefinition::parse_documents(
         &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: vg0 }}\nspec:\n  type: logical\n  lvm: {{ thinPool: thin0, overcommitPercent: {overcommit} }}\n"),
         "test",
     )
     .unwrap()
     .remove(0);
-    LogicalPool::new(&def, Arc::new(runner))
+    let cfg = pool_csi_node::Config::local("n1", "/nonexistent".into());
+    LogicalPool::new(&def, &cfg, runner)
 }
 
 fn req(name: &str, bytes: u64, source: Source) -> CreateRequest {
@@ -193,4 +198,52 @@ async fn a_thick_volume_with_a_cow_snapshot_is_not_deleted() {
     let e = p.delete_volume("vol", false).await.unwrap_err();
     let msg = pool_csi_common::full_message(&e);
     assert!(msg.contains("snapshot x depends on it"), "{msg}");
+}
+
+/// A thick clone whose block copy a crash interrupted carries
+/// `pool-csi.io/copying` (lvs_copying_clone.json, recorded by record.sh):
+/// it is no volume; creating the name again removes it and starts over, and
+/// deleting the name removes it.
+#[tokio::test]
+async fn a_half_copied_clone_is_removed_on_retry_and_on_delete() {
+    let copying = include_str!("fixtures/commands/lvm/lvs_copying_clone.json");
+    let runner = FakeRunner::new()
+        // start
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(lvs(), Reply::ok().stdout(thin_lvs()))
+        // create pvc-c again: the leftover goes, a new LV is made
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(lvs(), Reply::ok().stdout(copying))
+        .expect(["lvm", "lvremove", "--yes", "vg0/pvc-c"], Reply::ok())
+        .expect(
+            [
+                "lvm",
+                "lvcreate",
+                "--yes",
+                "--wipesignatures",
+                "y",
+                "-n",
+                "pvc-c",
+                "-L",
+                "16777216b",
+                "--addtag",
+                "pool-csi",
+                "--addtag",
+                "pool-csi.io/kind=volume",
+                "vg0",
+            ],
+            Reply::ok(),
+        )
+        // delete of a name whose only LV is a half-made copy
+        .expect(lvs(), Reply::ok().stdout(copying))
+        .expect(["lvm", "lvremove", "--yes", "vg0/pvc-c"], Reply::ok());
+    let runner = Arc::new(runner);
+    let p = pool_with(runner.clone(), 100);
+    p.start().await.unwrap();
+    let mut r = req("pvc-c", 16 << 20, Source::Empty);
+    r.allocation = Some(Allocation::Thick);
+    let v = p.create_volume(&r).await.unwrap();
+    assert_eq!(v.capacity, 16 << 20);
+    p.delete_volume("pvc-c", false).await.unwrap();
 }

@@ -18,6 +18,8 @@ pub struct Cmd {
     /// Environment for secrets (CHAP passwords): never in argv, where any
     /// process could read them, and never printed.
     pub secret_env: SecretEnv,
+    /// Other environment the tool needs (beside `LC_ALL=C`).
+    pub env: Vec<(String, String)>,
 }
 
 /// Environment variables whose values are secret: Debug shows names only.
@@ -43,7 +45,13 @@ impl Cmd {
             timeout: DEFAULT_TIMEOUT,
             stdin: None,
             secret_env: SecretEnv::default(),
+            env: Vec::new(),
         }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     pub fn secret_env(mut self, key: &str, value: &str) -> Self {

@@ -34,6 +34,7 @@ impl CommandRunner for RealRunner {
         command
             .args(args)
             .env("LC_ALL", "C")
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
             .envs(cmd.secret_env.0.iter().map(|(k, v)| (k, v)))
             .stdin(if cmd.stdin.is_some() {
                 std::process::Stdio::piped()

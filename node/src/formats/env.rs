@@ -8,11 +8,10 @@ use crate::{
     copy,
     error::{io, Error, Result},
     exec::CommandRunner,
-    mount::mountinfo,
-    tools::{fsfreeze, losetup, ploop, qemu_nbd::NbdState, qsd::Export},
+    mount::quiesce::{self, Frozen},
+    tools::{losetup, ploop, qemu_nbd::NbdState, qsd::Export},
 };
 use std::{
-    fs::File,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -96,7 +95,7 @@ impl ImageEnv {
     pub async fn copy_quiesced(&self, name: &str, src: &Path, dst: &Path) -> Result<()> {
         let frozen = self.freeze_users(name, src).await?;
         let copied = self.copy_plain(src, dst).await;
-        self.thaw(&frozen).await;
+        frozen.thaw(self.runner()).await;
         copied
     }
 
@@ -112,8 +111,8 @@ impl ImageEnv {
     }
 
     /// Flushes the block devices attached for volume `name` on this node
-    /// and freezes the filesystems mounted from them; returns what to thaw.
-    pub async fn freeze_users(&self, name: &str, src: &Path) -> Result<Vec<PathBuf>> {
+    /// and freezes the filesystems mounted from them; thaw them after.
+    pub async fn freeze_users(&self, name: &str, src: &Path) -> Result<Frozen> {
         let export = self.export_of(name);
         if NbdState::beside(&export.file)
             .attached(&self.sysfs)
@@ -131,36 +130,7 @@ impl ImageEnv {
             .flat_map(|f| losetup::find_by_backing_file(&self.sysfs, f))
             .chain(ploop::device_of(&self.sysfs, src))
             .collect();
-        let mut frozen = Vec::new();
-        if !devices.is_empty() {
-            let table = mountinfo::read(&self.mountinfo).map_err(io("read", &self.mountinfo))?;
-            for dev in &devices {
-                let flushed = File::open(dev)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io("flush", dev));
-                if let Err(e) = flushed {
-                    self.thaw(&frozen).await;
-                    return Err(e);
-                }
-                // One mount per filesystem is enough: binds share the superblock.
-                if let Some(m) = table.iter().find(|m| Path::new(&m.source) == dev) {
-                    if let Err(e) = fsfreeze::freeze(self.runner(), &m.mount_point).await {
-                        self.thaw(&frozen).await;
-                        return Err(e.into());
-                    }
-                    frozen.push(m.mount_point.clone());
-                }
-            }
-        }
-        Ok(frozen)
-    }
-
-    pub async fn thaw(&self, frozen: &[PathBuf]) {
-        for mp in frozen {
-            if let Err(e) = fsfreeze::thaw(self.runner(), mp).await {
-                tracing::error!(mount = %mp.display(), error = %e, "failed to thaw a frozen filesystem; run fsfreeze --unfreeze");
-            }
-        }
+        quiesce::freeze(self.runner(), &self.mountinfo, &devices).await
     }
 }
 

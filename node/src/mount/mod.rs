@@ -1,4 +1,6 @@
-//! Mounts: the mount table parser and the mount system calls.
+//! Mounts: the mount table parser, the mount system calls, and freezing
+//! mounted filesystems for a copy.
 
 pub mod mounter;
 pub mod mountinfo;
+pub mod quiesce;

@@ -144,6 +144,13 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
             att.detach(&src).await?;
             super::pool_of(ctx, id)?.detached(&id.name).await
         }
+        // Nothing was staged here, and the pool cannot say how it would
+        // attach the volume (it cannot attach at all, or is not running):
+        // undoing what was never done is done.
+        Err(e) if devices.is_empty() && !e.is_volume_gone() => {
+            tracing::debug!(error = %pool_csi_common::full_message(&e), "unstage: nothing staged, nothing to detach");
+            Ok(())
+        }
         // The volume file is gone: free whatever device the mount showed.
         Err(e) if e.is_volume_gone() => {
             for d in devices

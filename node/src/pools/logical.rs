@@ -15,14 +15,16 @@
 use super::{
     fit_size, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Snapshot, Source, Volume,
 };
-use crate::attach::AttachSource;
 use crate::{
+    attach::AttachSource,
     error::{io, Error, Result},
     exec::CommandRunner,
+    mount::quiesce,
     tools::{
         blkid::Probe,
         lvm::{Lv, Lvm, Vg},
     },
+    Config,
 };
 use pool_csi_common::{
     pool_spec::{is_lvm_name, LvmOptions},
@@ -36,6 +38,8 @@ use std::{
 
 const TAG: &str = "pool-csi";
 const KIND: &str = "pool-csi.io/kind";
+/// On a thick clone until its block copy is complete.
+const COPYING: &str = "pool-csi.io/copying";
 const SOURCE: &str = "pool-csi.io/source";
 const SIZE: &str = "pool-csi.io/size";
 const CREATED: &str = "pool-csi.io/created";
@@ -50,6 +54,8 @@ pub struct LogicalPool {
     opts: LvmOptions,
     auto_build: bool,
     runner: Arc<dyn CommandRunner>,
+    /// The mount table: a clone's source is frozen while it is mounted.
+    mountinfo: PathBuf,
     state: super::StateCell,
 }
 
@@ -70,6 +76,12 @@ fn is_snapshot(lv: &Lv) -> bool {
     lv.tag(KIND) == Some("snapshot")
 }
 
+/// A thick clone whose block copy has not finished (a crash mid-copy):
+/// not a volume; a retry or a delete of the name removes it.
+fn is_copying(lv: &Lv) -> bool {
+    lv.has_tag(COPYING)
+}
+
 fn is_thin(lv: &Lv) -> bool {
     !lv.pool_lv.is_empty()
 }
@@ -87,7 +99,7 @@ fn now_nanos() -> i64 {
 }
 
 impl LogicalPool {
-    pub fn new(def: &PoolDefinition, runner: Arc<dyn CommandRunner>) -> Self {
+    pub fn new(def: &PoolDefinition, cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
         let s = &def.spec;
         Self {
             name: def.name.clone(),
@@ -96,6 +108,7 @@ impl LogicalPool {
             opts: s.lvm.clone().unwrap_or_default(),
             auto_build: s.auto_build,
             runner,
+            mountinfo: cfg.mountinfo.clone(),
             state: super::StateCell::new(&def.name),
         }
     }
@@ -276,15 +289,28 @@ impl LogicalPool {
                     });
                 }
                 let from = self.activated(&src.lv_name).await?; // fails first, before anything is made
+                                                                // Marked as a copy in progress until the last block is in.
+                let mut tags = tags;
+                tags.push(COPYING.to_string());
                 self.lvm()
                     .create_linear(&self.vg, name, size, req.stripes, &tags)
                     .await?;
                 let copied = async {
                     let to = self.activated(name).await?;
-                    tokio::task::spawn_blocking(move || crate::fsutil::copy_device(&from, &to))
-                        .await
-                        .map_err(|e| io("copy", Path::new(name))(std::io::Error::other(e)))?
-                        .map_err(io("copy", Path::new(name)))
+                    let frozen = quiesce::freeze(
+                        self.runner.as_ref(),
+                        &self.mountinfo,
+                        std::slice::from_ref(&from),
+                    )
+                    .await?;
+                    let r =
+                        tokio::task::spawn_blocking(move || crate::fsutil::copy_device(&from, &to))
+                            .await
+                            .map_err(|e| io("copy", Path::new(name))(std::io::Error::other(e)))
+                            .and_then(|r| r.map_err(io("copy", Path::new(name))));
+                    frozen.thaw(self.runner.as_ref()).await;
+                    r?;
+                    Ok(self.lvm().del_tag(&self.vg, name, COPYING).await?)
                 }
                 .await;
                 if let Err(e) = copied {
@@ -303,7 +329,7 @@ impl LogicalPool {
             name.to_string()
         };
         lvs.iter()
-            .find(|l| l.lv_name == lv && is_ours(l) && is_snapshot(l) == snapshot)
+            .find(|l| l.lv_name == lv && is_ours(l) && is_snapshot(l) == snapshot && !is_copying(l))
     }
 }
 
@@ -413,7 +439,16 @@ impl Pool for LogicalPool {
                 "allocation {a} is not possible in logical pools; use thin or thick"
             )));
         }
-        let (vg, lvs) = tokio::try_join!(self.vg(), self.lvs())?; // two read-only reports at once
+        let (vg, mut lvs) = tokio::try_join!(self.vg(), self.lvs())?; // two read-only reports at once
+        if let Some(at) = lvs
+            .iter()
+            .position(|l| l.lv_name == name && is_ours(l) && is_copying(l))
+        {
+            // A copy a crash interrupted: start over.
+            tracing::info!(pool.name = %self.name, lv = %name, "removing a clone left half-copied by an interrupted operation");
+            self.lvm().remove(&self.vg, &name).await?;
+            lvs.remove(at);
+        }
         if let Some(lv) = lvs.iter().find(|l| l.lv_name == name) {
             let v = Self::volume_of(lv);
             let thin_wanted = req.allocation == Some(Allocation::Thin);
@@ -457,6 +492,13 @@ impl Pool for LogicalPool {
         self.state.ensure_running()?;
         let lvs = self.lvs().await?;
         let Some(lv) = self.find(&lvs, name, false) else {
+            // Gone; a clone of that name a crash left half-copied goes too.
+            if lvs
+                .iter()
+                .any(|l| l.lv_name == name && is_ours(l) && is_copying(l))
+            {
+                self.lvm().remove(&self.vg, name).await?;
+            }
             return Ok(());
         };
         if is_open(lv) {
@@ -550,6 +592,13 @@ impl Pool for LogicalPool {
         self.state.ensure_running()?;
         let lv = format!("{SNAPSHOT_PREFIX}{name}");
         lv_name(&lv)?;
+        if self.opts.no_activation {
+            // Thin and copy-on-write snapshots both need device-mapper.
+            return Err(Error::Precondition(format!(
+                "pool {} runs LVM without activation (lvm.noActivation): snapshots need device-mapper; take them on a node whose kernel has it, with noActivation off",
+                self.name
+            )));
+        }
         let (vg, lvs) = tokio::try_join!(self.vg(), self.lvs())?; // two read-only reports at once
         if let Some(existing) = lvs.iter().find(|l| l.lv_name == lv) {
             if is_ours(existing) && existing.tag(SOURCE) == Some(source) {

@@ -3,7 +3,7 @@
 //! pools from their definitions (the only `match` on [`PoolType`] in the node).
 
 pub mod disk;
-pub mod disk_layout;
+
 pub mod file;
 pub mod logical;
 pub mod lun;

@@ -39,7 +39,7 @@ impl Pools {
         let pool: Arc<dyn Pool> = match def.spec.pool_type {
             PoolType::Dir | PoolType::Fs => Arc::new(file::FilePool::new(def, cfg, runner.clone())),
             PoolType::Disk => Arc::new(disk::DiskPool::new(def, cfg, runner.clone())),
-            PoolType::Logical => Arc::new(logical::LogicalPool::new(def, runner.clone())),
+            PoolType::Logical => Arc::new(logical::LogicalPool::new(def, cfg, runner.clone())),
             PoolType::Iscsi => luns(Box::new(lun_sources::IscsiSource::new(
                 def,
                 cfg,

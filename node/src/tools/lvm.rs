@@ -135,7 +135,11 @@ pub fn is_not_found(e: &ExecError) -> bool {
 
 impl Lvm<'_> {
     fn cmd(&self, sub: &str) -> Cmd {
-        let mut c = Cmd::new("lvm").arg(sub);
+        // Descriptors the node plugin inherited are not LVM's business; its
+        // warning about each would end up in every error message.
+        let mut c = Cmd::new("lvm")
+            .arg(sub)
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1");
         if self.no_activation {
             c = c.args(["--config", "global{activation=0}"]);
         }
@@ -289,6 +293,17 @@ impl Lvm<'_> {
             .cmd("lvextend")
             .arg("-L")
             .arg(format!("{bytes}b"))
+            .arg(format!("{vg}/{name}"));
+        self.runner.run_ok(&c).await?;
+        Ok(())
+    }
+
+    /// Takes tag `tag` off LV `name`.
+    pub async fn del_tag(&self, vg: &str, name: &str, tag: &str) -> Result<(), ExecError> {
+        let c = self
+            .cmd("lvchange")
+            .arg("--deltag")
+            .arg(tag)
             .arg(format!("{vg}/{name}"));
         self.runner.run_ok(&c).await?;
         Ok(())

@@ -145,6 +145,22 @@ pub async fn delete(runner: &dyn CommandRunner, disk: &Path, number: u32) -> Res
     Ok(())
 }
 
+/// Names partition `number` (GPT partition names).
+pub async fn set_name(
+    runner: &dyn CommandRunner,
+    disk: &Path,
+    number: u32,
+    name: &str,
+) -> Result<(), ExecError> {
+    let cmd = Cmd::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel", "--part-label"])
+        .arg(disk)
+        .arg(number.to_string())
+        .arg(name);
+    runner.run_ok(&cmd).await?;
+    Ok(())
+}
+
 /// Gives partition `number` a new size (same start).
 pub async fn resize(
     runner: &dyn CommandRunner,

@@ -36,6 +36,7 @@ use crate::{
     error::{io, Error, Result},
     exec::DEFAULT_TIMEOUT,
     fsutil::{remove_if_exists, sync_dir, wipe},
+    mount::quiesce::Frozen,
     tools::{ploop as tool, qsd},
 };
 use disk::Disk;
@@ -236,14 +237,14 @@ impl ImageFormat for Ploop {
         let frozen = if live_top {
             env.freeze_users(volume, dir).await?
         } else {
-            Vec::new()
+            Frozen::none()
         };
         let (name, dst) = (name.to_string(), to.to_path_buf());
         let made = blocking(dir, move || {
             disk.flatten_into(upto, &dst, &name, size).map(|_| ())
         })
         .await;
-        env.thaw(&frozen).await;
+        frozen.thaw(env.runner()).await;
         made
     }
 
@@ -273,7 +274,7 @@ impl ImageFormat for Ploop {
             Some(_) if env.export_of(volume).running_pid().is_some() => {
                 let frozen = env.freeze_users(volume, path).await?;
                 let r = self.push_live_delta(env, volume, path, size).await;
-                env.thaw(&frozen).await;
+                frozen.thaw(env.runner()).await;
                 r?
             }
             Some(by) => {

@@ -110,6 +110,26 @@ pub fn free_extents(t: &Table, disk_sectors: u64) -> Vec<(Extent, Slot)> {
     out
 }
 
+/// Where a dos table's last primary slot should become an extended
+/// partition: when three primaries are used and there is no extended one
+/// yet, the largest free gap (so volumes beyond the fourth become logical
+/// partitions inside it, instead of the table filling up at four).
+pub fn extended_candidate(t: &Table, disk_sectors: u64) -> Option<Extent> {
+    let primaries = t
+        .partitions
+        .iter()
+        .filter(|p| p.number().is_some_and(|n| n <= 4))
+        .count();
+    if t.label != "dos" || primaries != 3 || t.partitions.iter().any(is_extended) {
+        return None;
+    }
+    free_extents(t, disk_sectors)
+        .into_iter()
+        .filter(|(_, s)| *s == Slot::Primary)
+        .map(|(e, _)| e)
+        .max_by_key(Extent::len)
+}
+
 /// The smallest free extent that holds `sectors` (best fit keeps large
 /// extents for large volumes).
 pub fn best_fit(extents: &[(Extent, Slot)], sectors: u64) -> Option<(Extent, Slot)> {
@@ -208,9 +228,41 @@ mod tests {
     }
 
     #[test]
+    fn a_dos_table_s_last_primary_slot_becomes_the_extended_partition() {
+        let dos = |parts: Vec<Partition>| Table {
+            label: "dos".into(),
+            partitions: parts,
+            ..gpt(Vec::new())
+        };
+        let p = |n: u32, start: u64, t: &str| part(&format!("/dev/sda{n}"), start, 2048, t);
+        let three = dos(vec![p(1, 2048, "83"), p(2, 8192, "83"), p(3, 16384, "83")]);
+        // The largest gap: after the third partition to the end.
+        assert_eq!(
+            extended_candidate(&three, 524288),
+            Some(Extent {
+                start: 18432,
+                end: 524288
+            })
+        );
+        let two = dos(vec![p(1, 2048, "83"), p(2, 8192, "83")]);
+        assert_eq!(
+            extended_candidate(&two, 524288),
+            None,
+            "a primary slot is left"
+        );
+        let with_ext = dos(vec![p(1, 2048, "83"), p(2, 8192, "5"), p(3, 16384, "83")]);
+        assert_eq!(
+            extended_candidate(&with_ext, 524288),
+            None,
+            "there is one already"
+        );
+        assert_eq!(extended_candidate(&gpt(Vec::new()), 524288), None);
+    }
+
+    #[test]
     fn gpt_free_extents_are_aligned_gaps() {
         let t = parse(include_bytes!(
-            "../../tests/fixtures/commands/sfdisk/gpt_two_partitions.json"
+            "../../../tests/fixtures/commands/sfdisk/gpt_two_partitions.json"
         ))
         .unwrap();
         let free: Vec<_> = free_extents(&t, 524288)
@@ -244,7 +296,7 @@ mod tests {
     #[test]
     fn dos_tables_use_primaries_then_the_extended_partition() {
         let t = parse(include_bytes!(
-            "../../tests/fixtures/commands/sfdisk/dos_extended_logical.json"
+            "../../../tests/fixtures/commands/sfdisk/dos_extended_logical.json"
         ))
         .unwrap();
         let free = free_extents(&t, 524288);
@@ -297,7 +349,7 @@ mod tests {
         assert_eq!(room_after(&t, &t.partitions[0], 524288), 4096);
         assert_eq!(room_after(&t, &t.partitions[1], 524288), 524255 - 10240);
         let d = parse(include_bytes!(
-            "../../tests/fixtures/commands/sfdisk/dos_extended_logical.json"
+            "../../../tests/fixtures/commands/sfdisk/dos_extended_logical.json"
         ))
         .unwrap();
         let p5 = &d.partitions[2];
