@@ -20,6 +20,9 @@ pub enum Error {
     /// No node reports the pool.
     #[error("pool {pool:?} is not defined on any node{}", if *.reachable { "" } else { " that answered (some agents are unreachable)" })]
     NoPool { pool: String, reachable: bool },
+    /// The pool is starting on its nodes (their plugins just started): retry.
+    #[error("pool {pool:?} is still starting on node(s) {nodes}; retry in a moment")]
+    Starting { pool: String, nodes: String },
     /// No candidate node had room.
     #[error("no node can hold {needed} bytes in pool {pool:?}: {why}")]
     NoCapacity {
@@ -61,6 +64,7 @@ impl GrpcCode for Error {
                 reachable: false, ..
             } => Code::Unavailable,
             Self::NoCapacity { .. } => Code::ResourceExhausted,
+            Self::Starting { .. } => Code::Unavailable, // the provisioner retries with backoff
             Self::OutOfRange(_) => Code::OutOfRange,
             Self::Precondition(_) => Code::FailedPrecondition,
             Self::AlreadyExists(_) => Code::AlreadyExists,

@@ -181,6 +181,9 @@ pub struct Options {
     /// Start the binaries from here instead of cargo's target directory (the
     /// benchmark's comparison with an older build).
     pub bin_dir: Option<PathBuf>,
+    /// Return once both sockets answer, before the node has started its
+    /// pools (tests of what a starting node says).
+    pub no_ready_wait: bool,
 }
 
 /// A further node plugin started by the harness.
@@ -301,6 +304,7 @@ impl Default for Options {
             secrets: Vec::new(),
             kubeconfig: None,
             bin_dir: None,
+            no_ready_wait: false,
         }
     }
 }
@@ -382,7 +386,10 @@ impl Driver {
             wait_probe_ready(&d.node_sock).await;
         }
         d.start_controller();
-        d.wait_ready().await;
+        match d.opts.no_ready_wait {
+            true => d.wait_sockets().await,
+            false => d.wait_ready().await,
+        }
         for e in &d.extra {
             wait_probe_ready(&e.node_sock).await;
         }
@@ -546,6 +553,26 @@ impl Driver {
     }
 
     /// Waits until both sockets answer and the node reports ready.
+    /// Waits until both CSI sockets answer a probe (ready or not).
+    pub async fn wait_sockets(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = Clients::connect(&self.node_sock, &self.ctrl_sock).await {
+                let probe = pool_csi_proto::csi::ProbeRequest {};
+                if c.node_identity.probe(probe).await.is_ok()
+                    && c.ctrl_identity.probe(probe).await.is_ok()
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sockets did not answer within 20s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -111,3 +111,59 @@ async fn node_and_controller_run_from_the_cluster() {
     d.stop_controller().await;
     assert_eq!(lease(&api), None, "released on shutdown");
 }
+
+/// A node plugin that has not read its pools yet (its Node object is not
+/// there) says so: CreateVolume is UNAVAILABLE ("starting", retry) instead
+/// of a final refusal, and succeeds as soon as the pool runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_node_makes_create_retry_not_fail() {
+    require!(false);
+    let scratch = tempfile::tempdir().unwrap();
+    let cluster = FakeCluster::start(scratch.path()).await;
+    cluster.agent_pod("node-1");
+    let pool_dir = scratch.path().join("late-pool");
+    cluster.storage_pool(
+        "late",
+        json!({"type": "dir", "target": {"path": pool_dir.display().to_string()}, "autoBuild": true,
+               "nodeSelector": {"storage": "late"}}),
+    );
+    let d = Driver::start(Options {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        no_ready_wait: true,
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let create = || req::create("early", req::MIB, &[("pool", "late")]);
+    let mut refused = None;
+    let since = Instant::now();
+    // The controller finds the agent from its pod first (it re-lists pods).
+    while since.elapsed() < Duration::from_secs(15) {
+        match c.controller.create_volume(create()).await {
+            Err(e) if e.code() == tonic::Code::Unavailable && e.message().contains("starting") => {
+                refused = Some(e);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(v) => panic!("created before the node read its pools: {v:?}"),
+        }
+    }
+    let refused = refused.expect("UNAVAILABLE while the node starts");
+    assert!(refused.message().contains("node-1"), "{refused:?}");
+    // The Node object appears; the node reads its pools and starts them.
+    cluster.node("node-1", json!({"storage": "late"}));
+    let since = Instant::now();
+    loop {
+        match c.controller.create_volume(create()).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(
+                    e.code() == tonic::Code::Unavailable
+                        && since.elapsed() < Duration::from_secs(20),
+                    "{e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

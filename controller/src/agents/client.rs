@@ -3,8 +3,8 @@
 //! or reads agent messages.
 
 use super::model::{
-    Expansion, Extent, Lun, NewContent, NewVolume, PoolReport, PoolState, SnapshotReport,
-    VolumeReport,
+    Expansion, Extent, Inventory, Lun, NewContent, NewVolume, PoolReport, PoolState,
+    SnapshotReport, VolumeReport,
 };
 use pool_csi_common::{wire, GrpcCode};
 use pool_csi_proto::agent::{self as pb, agent_client, create_volume_request::Source};
@@ -116,7 +116,7 @@ impl AgentClient {
 
     /// The agent's node name and pools; `count_volumes` also counts each
     /// pool's volumes (slower).
-    pub async fn inventory(&self, count_volumes: bool) -> Result<(String, Vec<PoolReport>)> {
+    pub async fn inventory(&self, count_volumes: bool) -> Result<Inventory> {
         let r = self
             .inner
             .clone()
@@ -129,7 +129,11 @@ impl AgentClient {
             .into_iter()
             .map(|p| pool(p).map_err(|e| AgentError::malformed(&self.node, e)))
             .collect::<Result<_>>()?;
-        Ok((r.node_name, pools))
+        Ok(Inventory {
+            node_name: r.node_name,
+            starting: r.starting,
+            pools,
+        })
     }
 
     /// libvirt's pool-build, then a start; the pool as it is afterwards.
@@ -365,6 +369,7 @@ fn pool(p: pb::PoolInfo) -> std::result::Result<PoolReport, wire::UnknownValue> 
             pb::PoolState::Building => PoolState::Building,
             pb::PoolState::Degraded => PoolState::Degraded,
             pb::PoolState::Inaccessible => PoolState::Inaccessible,
+            pb::PoolState::Starting => PoolState::Starting,
             pb::PoolState::Unspecified => PoolState::Unknown,
         },
         name: p.name,

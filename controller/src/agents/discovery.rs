@@ -30,7 +30,7 @@ pub async fn discover(agents: &Agents, service: &str) -> (usize, usize) {
         // The node name is not known yet: ask the agent for it.
         let probe = AgentClient::lazy("", ep.clone());
         match probe.inventory(false).await {
-            Ok((node, _)) => agents.add(*addr, AgentClient::lazy(&node, ep)),
+            Ok(inv) => agents.add(*addr, AgentClient::lazy(&inv.node_name, ep)),
             Err(e) => {
                 silent += 1;
                 tracing::warn!(%addr, error = %e.message, "agent discovery: no answer")

@@ -15,6 +15,8 @@ pub const INVENTORY_TTL: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct NodeInventory {
     pub node: String,
+    /// The node is still starting its pools: missing ones may yet appear.
+    pub starting: bool,
     pub pools: Vec<PoolReport>,
 }
 
@@ -25,6 +27,14 @@ impl NodeInventory {
 
     pub fn running_pool(&self, name: &str) -> Option<&PoolReport> {
         self.pool(name).filter(|p| p.is_running())
+    }
+
+    /// Whether `pool` may come up here soon: the node or the pool is starting.
+    pub fn is_starting(&self, pool: &str) -> bool {
+        match self.pool(pool) {
+            Some(p) => p.state == super::model::PoolState::Starting,
+            None => self.starting,
+        }
     }
 }
 

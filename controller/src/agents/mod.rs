@@ -113,10 +113,11 @@ impl Agents {
         if let Some(inv) = self.inventories.fresh(node, max_age) {
             return Ok(inv);
         }
-        let (_, pools) = self.client(node)?.inventory(false).await?;
+        let got = self.client(node)?.inventory(false).await?;
         let inv = Arc::new(NodeInventory {
             node: node.into(),
-            pools,
+            starting: got.starting,
+            pools: got.pools,
         });
         self.inventories.put(inv.clone());
         Ok(inv)

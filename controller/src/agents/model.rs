@@ -8,6 +8,8 @@ use pool_csi_common::{Allocation, PoolType, VolumeFormat};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolState {
     Unknown,
+    /// The node is starting it: ask again soon.
+    Starting,
     Inactive,
     Building,
     Running,
@@ -19,6 +21,7 @@ impl PoolState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
+            Self::Starting => "starting",
             Self::Inactive => "inactive",
             Self::Building => "building",
             Self::Degraded => "degraded",
@@ -86,6 +89,15 @@ impl PoolReport {
     pub fn is_running(&self) -> bool {
         self.state == PoolState::Running
     }
+}
+
+/// A node's answer to an inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    pub node_name: String,
+    /// Still reading its pool definitions and starting its pools.
+    pub starting: bool,
+    pub pools: Vec<PoolReport>,
 }
 
 /// A volume as its node reports it.

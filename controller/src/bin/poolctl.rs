@@ -165,7 +165,7 @@ async fn run(args: Args) -> Result<(), String> {
             let nodes = agents.nodes();
             let calls = nodes.iter().map(|n| async move {
                 let pools = match client(n) {
-                    Ok(c) => c.inventory(true).await.map(|(_, p)| p).map_err(err),
+                    Ok(c) => c.inventory(true).await.map(|inv| inv.pools).map_err(err),
                     Err(e) => Err(e),
                 };
                 (n.clone(), pools)
@@ -194,7 +194,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
         Command::PoolInfo { pool, node } => {
             let node = node_for(&agents, &pool, node).await?;
-            let (_, pools) = client(&node)?.inventory(true).await.map_err(err)?;
+            let pools = client(&node)?.inventory(true).await.map_err(err)?.pools;
             let p = pools
                 .into_iter()
                 .find(|p| p.name == pool)

@@ -33,7 +33,7 @@ pub async fn gather(agents: &Agents) -> Reports {
     let futs = agents.nodes().into_iter().map(|node| async move {
         let r = match agents.client(&node) {
             Ok(c) => match tokio::time::timeout(GATHER_TIMEOUT, c.inventory(true)).await {
-                Ok(r) => r.map(|(_, pools)| pools).map_err(|e| e.message),
+                Ok(r) => r.map(|inv| inv.pools).map_err(|e| e.message),
                 Err(_) => Err(format!("no answer within {GATHER_TIMEOUT:?}")),
             },
             Err(e) => Err(e.to_string()),

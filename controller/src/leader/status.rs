@@ -200,7 +200,8 @@ const DYNAMIC: &str = "DynamicProvisioning";
 fn newly_down(old: Option<&StoragePoolStatus>, new: &StoragePoolStatus) -> Vec<(String, String)> {
     new.nodes
         .iter()
-        .filter(|n| n.state != "running")
+        // A pool still starting (its node plugin just started) is no alarm.
+        .filter(|n| n.state != "running" && n.state != "starting")
         .filter(|n| {
             !old.is_some_and(|o| {
                 o.nodes

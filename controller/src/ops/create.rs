@@ -2,14 +2,15 @@
 
 use crate::{
     agents::{
-        inventory::INVENTORY_TTL,
+        inventory::{NodeInventory, INVENTORY_TTL},
         model::{NewContent, NewVolume},
     },
     error::{Error, Result},
     placement::{self, NodeTopology},
     Ctx,
 };
-use pool_csi_common::{PoolType, SnapshotId, VolumeId, VolumeParams};
+use pool_csi_common::{SnapshotId, VolumeId, VolumeParams};
+use std::{sync::Arc, time::Duration};
 
 /// The content a new volume starts with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,21 +41,72 @@ pub struct Created {
     pub reach: Vec<String>,
 }
 
+/// Makes the volume on the first candidate node that takes it. A refusal
+/// that may come from a stale view (no node runs the pool, none has room) is
+/// never the answer before the agents were asked afresh: the second look
+/// tries the nodes the first did not.
 pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
-    let pool = &req.params.pool;
-    let (mut inventories, mut unreachable) = ctx.agents.all_inventories(INVENTORY_TTL).await;
-    if !inventories.iter().any(|i| i.running_pool(pool).is_some()) {
-        // The cache may predate the pool's start (a pool-build a moment ago): look again.
-        (inventories, unreachable) = ctx.agents.all_inventories(std::time::Duration::ZERO).await;
+    let mut tried = Vec::new();
+    let mut refusals = Vec::new();
+    for max_age in [INVENTORY_TTL, Duration::ZERO] {
+        let (inventories, unreachable) = ctx.agents.all_inventories(max_age).await;
+        let view = View {
+            inventories: &inventories,
+            unreachable: &unreachable,
+        };
+        match attempt(ctx, req, &view, &mut tried, &mut refusals).await {
+            Err(e) if max_age != Duration::ZERO && may_be_stale(&e) => continue,
+            r => return r,
+        }
     }
-    let pool_type: PoolType = inventories
+    unreachable!("the second look always answers")
+}
+
+/// What the agents reported, and who did not answer.
+struct View<'a> {
+    inventories: &'a [Arc<NodeInventory>],
+    unreachable: &'a [String],
+}
+
+/// A refusal a fresher view could overturn.
+fn may_be_stale(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::NoPool { .. } | Error::NoCapacity { .. } | Error::Starting { .. }
+    )
+}
+
+/// One try with one view of the nodes; nodes in `tried` are not asked again.
+async fn attempt(
+    ctx: &Ctx,
+    req: &CreateVolume,
+    view: &View<'_>,
+    tried: &mut Vec<String>,
+    refusals: &mut Vec<String>,
+) -> Result<Created> {
+    let pool = &req.params.pool;
+    let inventories = view.inventories;
+    let starting: Vec<&str> = inventories
+        .iter()
+        .filter(|i| i.is_starting(pool))
+        .map(|i| i.node.as_str())
+        .collect();
+    let Some(pool_type) = inventories
         .iter()
         .find_map(|inv| inv.pool(pool))
         .map(|p| p.pool_type)
-        .ok_or_else(|| Error::NoPool {
+    else {
+        if !starting.is_empty() {
+            return Err(Error::Starting {
+                pool: pool.clone(),
+                nodes: starting.join(", "),
+            });
+        }
+        return Err(Error::NoPool {
             pool: pool.clone(),
-            reachable: unreachable.is_empty(),
-        })?;
+            reachable: view.unreachable.is_empty(),
+        });
+    };
     req.params.check_for(pool_type)?;
 
     // A copy stays on the node (and pool) of its source.
@@ -70,7 +122,7 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
                 .filter(|i| i.pool(pool).is_some_and(|p| !p.shared))
                 .map(|i| i.node.as_str())
                 .collect();
-            let defined_on = super::nodes_defining(&inventories, pool).len();
+            let defined_on = super::nodes_defining(inventories, pool).len();
             if pool_type.is_lun_pool() && defined_on > 1 && !on_own.is_empty() {
                 // A node recording hand-outs on its own could give a LUN
                 // another node gave out.
@@ -80,10 +132,19 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
                 )));
             }
             if with_pool.is_empty() {
+                if !starting.is_empty() {
+                    return Err(Error::Starting {
+                        pool: pool.clone(),
+                        nodes: starting.join(", "),
+                    });
+                }
                 return Err(Error::NoCapacity {
                     pool: pool.clone(),
                     needed: req.required,
-                    why: "the pool is not running on any node".into(),
+                    why: format!(
+                        "the pool is not running on any node ({})",
+                        not_running(inventories, pool)
+                    ),
                 });
             }
             (
@@ -123,8 +184,12 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
         content: source,
     };
     let copying = new.content != NewContent::Empty;
-    let mut refusals = Vec::new();
-    for node in &nodes {
+    let untried: Vec<&String> = nodes
+        .iter()
+        .filter(|n| copying || !tried.contains(n))
+        .collect();
+    for node in untried {
+        tried.push(node.clone());
         match ctx.agents.client(node)?.create_volume(&new).await {
             Ok(v) => {
                 // The pool may store the volume under a shorter name (GPT labels).
@@ -134,7 +199,7 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
                     v.name.as_str()
                 };
                 let id = VolumeId::new(pool, (!v.shared).then_some(node.as_str()), name);
-                let reach = super::reach_in(&inventories, &id);
+                let reach = super::reach_in(inventories, &id);
                 return Ok(Created {
                     id,
                     capacity: v.capacity,
@@ -153,6 +218,18 @@ pub async fn create(ctx: &Ctx, req: &CreateVolume) -> Result<Created> {
         needed: req.required,
         why: refusals.join("; "),
     })
+}
+
+/// Why `pool` runs nowhere, node by node.
+fn not_running(inventories: &[Arc<NodeInventory>], pool: &str) -> String {
+    inventories
+        .iter()
+        .filter_map(|i| {
+            i.pool(pool)
+                .map(|p| format!("{}: {} ({})", i.node, p.state.as_str(), p.message))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The node holding a clone source, checked against the request.

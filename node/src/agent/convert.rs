@@ -64,6 +64,7 @@ pub fn lun(l: pools::LunEntry) -> pb::LunInfo {
 
 fn state(s: PoolState) -> pb::PoolState {
     match s {
+        PoolState::Starting => pb::PoolState::Starting,
         PoolState::Inactive => pb::PoolState::Inactive,
         PoolState::Running => pb::PoolState::Running,
         PoolState::Degraded => pb::PoolState::Degraded,

@@ -128,6 +128,7 @@ impl Agent for AgentService {
         Ok(Response::new(pb::GetInventoryResponse {
             node_name: self.ctx.cfg.node_name.clone(),
             pools,
+            starting: !self.ctx.ready.load(std::sync::atomic::Ordering::Acquire),
         }))
     }
 

@@ -20,6 +20,8 @@ use pool_csi_common::{Allocation, PoolType, VolumeFormat};
 /// A pool's state, as libvirt reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolState {
+    /// Not started yet (the node plugin is starting).
+    Starting,
     Inactive,
     Running,
     Degraded,
@@ -54,7 +56,7 @@ impl StateCell {
     pub fn new(pool: &str) -> Self {
         Self {
             pool: pool.into(),
-            inner: std::sync::Mutex::new((PoolState::Inactive, "not started".into())),
+            inner: std::sync::Mutex::new((PoolState::Starting, "starting".into())),
         }
     }
 
