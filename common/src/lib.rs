@@ -6,6 +6,7 @@
 //! the CSI Identity service).
 #![forbid(unsafe_code)]
 
+pub mod any_authority;
 pub mod caps;
 pub mod codes;
 pub mod identity;

@@ -53,8 +53,17 @@ impl std::str::FromStr for Endpoint {
 
 /// Binds a unix socket only root (and the socket's group) may use. A stale
 /// socket from an earlier run is removed; any other file at the path is an
-/// error rather than something to delete.
-pub fn bind_private_uds(path: &Path) -> Result<UnixListenerStream, EndpointError> {
+/// error rather than something to delete. Connections accept any HTTP/2
+/// `:authority` ([`crate::any_authority`]).
+pub fn bind_private_uds(
+    path: &Path,
+) -> Result<
+    impl tokio_stream::Stream<
+        Item = std::io::Result<crate::any_authority::AnyAuthority<tokio::net::UnixStream>>,
+    >,
+    EndpointError,
+> {
+    use tokio_stream::StreamExt;
     let err = |source| EndpointError::Socket {
         path: path.to_path_buf(),
         source,
@@ -74,7 +83,7 @@ pub fn bind_private_uds(path: &Path) -> Result<UnixListenerStream, EndpointError
     }
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    Ok(UnixListenerStream::new(listener))
+    Ok(UnixListenerStream::new(listener).map(|c| c.map(crate::any_authority::AnyAuthority::new)))
 }
 
 /// Resolves on SIGTERM or SIGINT.
