@@ -88,7 +88,9 @@ pub struct PoolSource {
     /// across reboots (libvirt's `<adapter type='fc_host' …>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter_wwn: Option<AdapterWwn>,
-    /// iscsi: the initiator IQN to log in as (default: the node's own).
+    /// iscsi: the initiator IQN the LUN inventory (libiscsi) presents to the
+    /// target. The node's own login (iscsiadm) uses the node's initiator
+    /// name from /etc/iscsi/initiatorname.iscsi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<String>,
     /// iscsi: CHAP credentials.

@@ -15,6 +15,9 @@ pub struct Qemu {
     format: VolumeFormat,
     /// qemu-img can preallocate it (`allocation: full`).
     preallocates: bool,
+    /// qemu can change its size (qemu-img resize, QMP block_resize): of
+    /// these formats only qcow2.
+    resizable: bool,
     /// Reads the virtual size from the header without running qemu-img.
     header_size: Option<fn(&Path) -> Result<u64>>,
 }
@@ -25,6 +28,7 @@ impl Qemu {
         Self {
             format,
             preallocates: false,
+            resizable: false,
             header_size: None,
         }
     }
@@ -33,7 +37,20 @@ impl Qemu {
         Self {
             format: VolumeFormat::Qcow2,
             preallocates: true,
+            resizable: true,
             header_size: Some(super::qcow2::read_size),
+        }
+    }
+}
+
+impl Qemu {
+    fn check_resizable(&self) -> Result<()> {
+        match self.resizable {
+            true => Ok(()),
+            false => Err(Error::Precondition(format!(
+                "qemu cannot change the size of {} images: such volumes keep the size they were made with; use raw, qcow2 or ploop for volumes that grow",
+                self.format
+            ))),
         }
     }
 }
@@ -71,10 +88,12 @@ impl ImageFormat for Qemu {
     }
 
     async fn resize(&self, env: &ImageEnv, path: &Path, size: u64, _full: bool) -> Result<()> {
+        self.check_resizable()?;
         Ok(qemu_img::resize(env.runner(), self.format, path, size).await?)
     }
 
     async fn grow(&self, env: &ImageEnv, name: &str, path: &Path, size: u64) -> Result<()> {
+        self.check_resizable()?;
         let export = env.export_of(name);
         if export.running_pid().is_some() {
             // Attached: grow through the running daemon.
