@@ -5,7 +5,9 @@
 //! Conflict on a stale one, which leader election depends on), the `status`
 //! subresource is patched separately, lists filter by simple label
 //! selectors — and it records every request so tests can assert on them.
-//! Faults are injected per request (`fail_next`).
+//! Faults are injected per request (`fail_next`). Writes the real server
+//! would refuse are refused (`validate`): Events must follow its namespace
+//! rule, names must be DNS subdomains, a body's namespace the request's.
 
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
@@ -138,6 +140,9 @@ impl FakeApi {
                 let Some(name) = input["metadata"]["name"].as_str().map(str::to_string) else {
                     return (422, status(422, "Invalid", "metadata.name is required"));
                 };
+                if let Some((code, why)) = route.refusal(&input) {
+                    return (code, status(code, reason_of(code), &why));
+                }
                 let key = format!("{}/{name}", route.collection);
                 if st.objects.contains_key(&key) {
                     return (
@@ -160,6 +165,9 @@ impl FakeApi {
                 let Some(current) = st.objects.get(&key).cloned() else {
                     return not_found(&route);
                 };
+                if let Some((code, why)) = route.refusal(&input) {
+                    return (code, status(code, reason_of(code), &why));
+                }
                 let sent = input["metadata"]["resourceVersion"].as_str();
                 if sent.is_some_and(|v| Some(v) != current["metadata"]["resourceVersion"].as_str())
                 {
@@ -249,6 +257,19 @@ impl Route {
 
     fn key(&self) -> String {
         format!("{}/{}", self.collection, self.name.as_deref().unwrap_or(""))
+    }
+
+    /// Why the real API server would refuse `obj` written here.
+    fn refusal(&self, obj: &Value) -> Option<(u16, String)> {
+        let resource = self.collection.rsplit('/').next().unwrap_or("");
+        crate::validate::refusal(resource, self.namespace.as_deref(), obj)
+    }
+}
+
+fn reason_of(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        _ => "Invalid",
     }
 }
 

@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod fake_api;
+pub mod validate;
 
 pub use fake_api::FakeApi;

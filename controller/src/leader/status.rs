@@ -195,6 +195,16 @@ fn dynamic_condition(
 /// The condition type saying whether a LUN pool provisions dynamically.
 const DYNAMIC: &str = "DynamicProvisioning";
 
+/// At most `max` bytes of `s`, cut at a character boundary (the API server
+/// counts an Event message's bytes).
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Nodes whose pool state left "running" between `old` and `new` (or that
 /// appeared not running), with their message.
 fn newly_down(old: Option<&StoragePoolStatus>, new: &StoragePoolStatus) -> Vec<(String, String)> {
@@ -282,7 +292,7 @@ impl StatusWriter {
                 ..Default::default()
             },
             reason: Some(reason.into()),
-            message: Some(message.chars().take(1024).collect()),
+            message: Some(truncate(message, 1024).into()),
             type_: Some("Warning".into()),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
@@ -347,6 +357,15 @@ mod tests {
             .into_iter()
             .filter(|r| r.starts_with("POST /api/v1/namespaces/default/events"))
             .collect()
+    }
+
+    #[test]
+    fn event_messages_are_cut_at_1024_bytes_on_a_character_boundary() {
+        let long = "é".repeat(600);
+        let cut = truncate(&long, 1024);
+        assert_eq!(cut.len(), 1024);
+        assert_eq!(truncate("short", 1024), "short");
+        assert_eq!(truncate("aé", 2), "a");
     }
 
     #[test]
