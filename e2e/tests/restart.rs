@@ -153,3 +153,65 @@ async fn a_vanished_backing_file_is_an_abnormal_condition() {
         .await
         .expect("unstage");
 }
+
+/// A node killed between freezing a filesystem for a snapshot and thawing
+/// it: the freeze is in the node's journal (`<state>/frozen/`, one file per
+/// mount holding its path, written before the freeze), and the restarted
+/// node thaws it before serving. The crash is staged by hand here (the
+/// freeze with `fsfreeze`, the entry as the node writes it); the crash
+/// trials (`crash.rs`) hit the same window at random.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filesystem_a_crash_left_frozen_is_thawed_at_start_up() {
+    require!(false);
+    let mut d = Driver::start(Options::default()).await;
+    let mut c = d.clients().await;
+    let id = c
+        .controller
+        .create_volume(req::create("frozen", 64 * req::MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let staging = d.path("staging");
+    c.node
+        .node_stage_volume(req::stage(&id, &staging, req::mount_cap("ext4")))
+        .await
+        .expect("stage");
+    d.kill_node();
+    let journal = d.dir.path().join("state/frozen");
+    std::fs::create_dir_all(&journal).unwrap();
+    std::fs::write(journal.join("0123456789abcdef"), staging.to_str().unwrap()).unwrap();
+    let out = pool_csi_e2e::tool("fsfreeze", &["--freeze", staging.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    d.start_node();
+    d.wait_ready().await;
+    // A write completes only on a thawed filesystem; never hang the run.
+    let file = staging.join("after");
+    let wrote = std::thread::spawn(move || std::fs::write(&file, b"thawed"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !wrote.is_finished() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if !wrote.is_finished() {
+        pool_csi_e2e::tool("fsfreeze", &["--unfreeze", staging.to_str().unwrap()]);
+        panic!("the restarted node left the staged filesystem frozen");
+    }
+    wrote.join().unwrap().expect("write after the restart");
+    assert_eq!(
+        std::fs::read_dir(&journal).unwrap().count(),
+        0,
+        "journal not cleared"
+    );
+    let mut c = d.clients().await;
+    c.node
+        .node_unstage_volume(req::unstage(&id, &staging))
+        .await
+        .expect("unstage");
+}

@@ -11,7 +11,8 @@ use pool_csi_common::{
 };
 use pool_csi_node::{
     agent::server::AgentService, cluster, csi::node::NodeService, exec::real::RealRunner,
-    formats::ploop::host as ploop_host, pools::registry::PoolRegistry, Config, NodeCtx,
+    formats::ploop::host as ploop_host, mount::quiesce::Quiescer, pools::registry::PoolRegistry,
+    Config, NodeCtx,
 };
 use pool_csi_proto::{
     agent::agent_server::AgentServer,
@@ -190,6 +191,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let runner = Arc::new(RealRunner::new(cfg.command_prefix.clone()));
+    // A crash mid-snapshot must not leave a filesystem frozen.
+    Quiescer::new(&cfg).recover().await;
     cfg.ploop = ploop_host::probe(
         runner.as_ref(),
         &cfg.sysfs_root,

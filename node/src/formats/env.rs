@@ -8,7 +8,7 @@ use crate::{
     copy,
     error::{io, Error, Result},
     exec::CommandRunner,
-    mount::quiesce::{self, Frozen},
+    mount::quiesce::{Frozen, Quiescer},
     tools::{losetup, ploop, qemu_nbd::NbdState, qsd::Export},
 };
 use std::{
@@ -19,7 +19,7 @@ use std::{
 pub struct ImageEnv {
     runner: Arc<dyn CommandRunner>,
     sysfs: PathBuf,
-    mountinfo: PathBuf,
+    quiescer: Quiescer,
     /// `<state>/exports/<pool>`: one qemu-storage-daemon export per volume.
     exports: PathBuf,
     /// The pool's scratch directory (same filesystem, cleared at start).
@@ -31,7 +31,7 @@ impl ImageEnv {
     pub fn new(
         runner: Arc<dyn CommandRunner>,
         sysfs: PathBuf,
-        mountinfo: PathBuf,
+        quiescer: Quiescer,
         exports: PathBuf,
         scratch: PathBuf,
         records: SnapshotRecords,
@@ -39,7 +39,7 @@ impl ImageEnv {
         Self {
             runner,
             sysfs,
-            mountinfo,
+            quiescer,
             exports,
             scratch,
             records,
@@ -95,7 +95,7 @@ impl ImageEnv {
     pub async fn copy_quiesced(&self, name: &str, src: &Path, dst: &Path) -> Result<()> {
         let frozen = self.freeze_users(name, src).await?;
         let copied = self.copy_plain(src, dst).await;
-        frozen.thaw(self.runner()).await;
+        frozen.thaw(&self.quiescer).await;
         copied
     }
 
@@ -130,7 +130,12 @@ impl ImageEnv {
             .flat_map(|f| losetup::find_by_backing_file(&self.sysfs, f))
             .chain(ploop::device_of(&self.sysfs, src))
             .collect();
-        quiesce::freeze(self.runner(), &self.mountinfo, &devices).await
+        self.quiescer.freeze(&devices).await
+    }
+
+    /// Thaws what [`Self::freeze_users`] froze.
+    pub async fn thaw(&self, frozen: Frozen) {
+        frozen.thaw(&self.quiescer).await
     }
 }
 

@@ -19,7 +19,7 @@ use crate::{
     attach::AttachSource,
     error::{io, Error, Result},
     exec::CommandRunner,
-    mount::quiesce,
+    mount::quiesce::Quiescer,
     tools::{
         blkid::Probe,
         lvm::{Lv, Lvm, Vg},
@@ -54,8 +54,8 @@ pub struct LogicalPool {
     opts: LvmOptions,
     auto_build: bool,
     runner: Arc<dyn CommandRunner>,
-    /// The mount table: a clone's source is frozen while it is mounted.
-    mountinfo: PathBuf,
+    /// A clone's source is frozen while it is mounted.
+    quiescer: Quiescer,
     state: super::StateCell,
 }
 
@@ -107,8 +107,8 @@ impl LogicalPool {
             devices: s.source.devices.iter().map(PathBuf::from).collect(),
             opts: s.lvm.clone().unwrap_or_default(),
             auto_build: s.auto_build,
+            quiescer: Quiescer::new(cfg),
             runner,
-            mountinfo: cfg.mountinfo.clone(),
             state: super::StateCell::new(&def.name),
         }
     }
@@ -297,18 +297,13 @@ impl LogicalPool {
                     .await?;
                 let copied = async {
                     let to = self.activated(name).await?;
-                    let frozen = quiesce::freeze(
-                        self.runner.as_ref(),
-                        &self.mountinfo,
-                        std::slice::from_ref(&from),
-                    )
-                    .await?;
+                    let frozen = self.quiescer.freeze(std::slice::from_ref(&from)).await?;
                     let r =
                         tokio::task::spawn_blocking(move || crate::fsutil::copy_device(&from, &to))
                             .await
                             .map_err(|e| io("copy", Path::new(name))(std::io::Error::other(e)))
                             .and_then(|r| r.map_err(io("copy", Path::new(name))));
-                    frozen.thaw(self.runner.as_ref()).await;
+                    frozen.thaw(&self.quiescer).await;
                     r?;
                     Ok(self.lvm().del_tag(&self.vg, name, COPYING).await?)
                 }

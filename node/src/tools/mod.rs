@@ -2,7 +2,6 @@
 //! output, and what its exit codes mean.
 
 pub mod blkid;
-pub mod fsfreeze;
 pub mod growfs;
 pub mod iscsi;
 pub mod losetup;

@@ -244,7 +244,7 @@ impl ImageFormat for Ploop {
             disk.flatten_into(upto, &dst, &name, size).map(|_| ())
         })
         .await;
-        frozen.thaw(env.runner()).await;
+        env.thaw(frozen).await;
         made
     }
 
@@ -274,7 +274,7 @@ impl ImageFormat for Ploop {
             Some(_) if env.export_of(volume).running_pid().is_some() => {
                 let frozen = env.freeze_users(volume, path).await?;
                 let r = self.push_live_delta(env, volume, path, size).await;
-                frozen.thaw(env.runner()).await;
+                env.thaw(frozen).await;
                 r?
             }
             Some(by) => {

@@ -65,6 +65,7 @@ pub struct DiskPool {
     mountinfo: PathBuf,
     sysfs: PathBuf,
     records: PathBuf,
+    quiescer: quiesce::Quiescer,
     state: StateCell,
     /// Held across every read-modify-write of the table.
     table_lock: tokio::sync::Mutex<()>,
@@ -90,6 +91,7 @@ impl DiskPool {
             disk: def.spec.source.device.clone().unwrap_or_default().into(),
             label: label_of(def.spec.source.format.as_deref()),
             auto_build: def.spec.auto_build,
+            quiescer: quiesce::Quiescer::new(cfg),
             runner,
             mountinfo: cfg.mountinfo.clone(),
             sysfs: cfg.sysfs_root.clone(),
@@ -289,7 +291,9 @@ impl DiskPool {
                     Error::Precondition(format!("sfdisk wrote no partition at sector {start}"))
                 })?;
             let told = async {
-                partx::add(self.runner.as_ref(), &self.disk, p.number().unwrap_or(0)).await?;
+                // --update, not --add: a partition the kernel kept after a
+                // crash mid-delete is replaced, not an error.
+                partx::update(self.runner.as_ref(), &self.disk, p.number().unwrap_or(0)).await?;
                 self.wait_for_node(&p.node).await?;
                 // The space was free in the table, but may still hold an old
                 // filesystem's signature; a new volume must read as blank.
@@ -331,17 +335,32 @@ impl DiskPool {
         Ok(())
     }
 
-    /// Removes what a crashed copy into `name` (of this kind) left behind.
-    /// The caller holds the table lock.
-    async fn remove_pending(&self, t: &sfdisk::Table, snapshot: bool, name: &str) -> Result<()> {
+    /// Removes what a crashed create or copy into `name` (of this kind)
+    /// left behind; whether there was anything. The caller holds the table
+    /// lock.
+    async fn remove_pending(&self, t: &sfdisk::Table, snapshot: bool, name: &str) -> Result<bool> {
         let records = self.read_records();
         let entries = classify(&t.partitions, &records);
-        if let Some(e) = find(&entries, &Kind::Pending { snapshot }, name) {
-            tracing::info!(pool.name = %self.name, partition = %e.part.node, "removing a copy left half-made by an interrupted operation");
-            let part = e.part.clone();
-            self.remove_partition(&part).await?;
+        let Some(e) = find(&entries, &Kind::Pending { snapshot }, name) else {
+            return Ok(false);
+        };
+        tracing::info!(pool.name = %self.name, partition = %e.part.node, "removing a partition left half-made by an interrupted operation");
+        let part = e.part.clone();
+        self.remove_partition(&part).await?;
+        Ok(true)
+    }
+
+    /// `t` without a leftover of an interrupted create or copy into `name`.
+    async fn without_pending(
+        &self,
+        t: sfdisk::Table,
+        snapshot: bool,
+        name: &str,
+    ) -> Result<sfdisk::Table> {
+        match self.remove_pending(&t, snapshot, name).await? {
+            true => self.table().await,
+            false => Ok(t),
         }
-        Ok(())
     }
 
     /// Fills the pending partition `to` with the first `len` bytes of
@@ -356,18 +375,13 @@ impl DiskPool {
         name: &str,
     ) -> Result<()> {
         let copied = async {
-            let frozen = quiesce::freeze(
-                self.runner.as_ref(),
-                &self.mountinfo,
-                &[PathBuf::from(from)],
-            )
-            .await?;
+            let frozen = self.quiescer.freeze(&[PathBuf::from(from)]).await?;
             let (src, dst) = (PathBuf::from(from), PathBuf::from(&to.node));
             let r = tokio::task::spawn_blocking(move || copy_device_sparse(&src, &dst, len))
                 .await
                 .map_err(|e| io("copy onto", Path::new(&to.node))(std::io::Error::other(e)))
                 .and_then(|r| r.map_err(io("copy onto", Path::new(&to.node))));
-            frozen.thaw(self.runner.as_ref()).await;
+            frozen.thaw(&self.quiescer).await;
             r
         }
         .await;
@@ -385,9 +399,10 @@ impl DiskPool {
     /// A pending partition whose content is complete becomes what it was
     /// made for: its GPT name, then its record (the record decides).
     async fn finish(&self, p: &sfdisk::Partition, kind: &Kind, name: &str) -> Result<()> {
-        if self.is_gpt() {
+        let label = gpt_label(kind, name);
+        if self.is_gpt() && p.name.as_deref() != Some(label.as_str()) {
             let n = p.number().unwrap_or(0);
-            sfdisk::set_name(self.runner.as_ref(), &self.disk, n, &gpt_label(kind, name)).await?;
+            sfdisk::set_name(self.runner.as_ref(), &self.disk, n, &label).await?;
         }
         let mut records = self.read_records();
         if let Some(r) = records.get_mut(&p.start) {
@@ -620,18 +635,26 @@ impl Pool for DiskPool {
             name: name.clone(),
             wipe_on_delete: req.wipe_on_delete,
             snapshot: None,
-            pending: source.is_some(),
+            // Pending until its ends are zeroed (or its copy is in): a
+            // crash in between leaves what a retry removes, never a volume
+            // that may show an old filesystem.
+            pending: true,
         };
+        // A leftover of an interrupted create goes first.
+        let t = self.without_pending(t, false, &name).await?;
         let Some((from, len)) = source else {
+            // Named as the volume on GPT already: the record says pending,
+            // so finishing is one record write.
             let p = self
                 .add_partition(&t, &Kind::Volume, record, sectors, type_name)
                 .await?;
+            if let Err(e) = self.finish(&p, &Kind::Volume, &name).await {
+                let _ = self.remove_partition(&p).await;
+                return Err(e);
+            }
             return Ok(Self::volume(&volume_entry(&p, &name), t.sectorsize));
         };
-        // A copy: a leftover of an interrupted one goes first; the copy
-        // itself runs without the table lock.
-        self.remove_pending(&t, false, &name).await?;
-        let t = self.table().await?;
+        // A copy runs without the table lock.
         let kind = Kind::Pending { snapshot: false };
         let p = self
             .add_partition(&t, &kind, record, sectors, type_name)
@@ -687,6 +710,11 @@ impl Pool for DiskPool {
             .part;
         let current = p.size * t.sectorsize;
         if current >= required {
+            // A retry after a crash between the table write and the
+            // kernel's update: the kernel learns the size now.
+            if crate::fsutil::device_size(Path::new(&p.node)).is_ok_and(|k| k < current) {
+                partx::update(self.runner.as_ref(), &self.disk, p.number().unwrap_or(0)).await?;
+            }
             return Ok(Expanded {
                 capacity: current,
                 node_expansion_required: true,
@@ -763,8 +791,7 @@ impl Pool for DiskPool {
         let (from, sectors) = (src.part.node.clone(), src.part.size);
         // A copy of data that must be zeroed when deleted is zeroed too.
         let wipe_on_delete = src.record.is_some_and(|r| r.wipe_on_delete);
-        self.remove_pending(&t, true, name).await?;
-        let t = self.table().await?;
+        let t = self.without_pending(t, true, name).await?;
         let created = now_nanos();
         let record = Record {
             name: name.into(),
@@ -798,7 +825,7 @@ impl Pool for DiskPool {
         let records = self.read_records();
         let entries = classify(&t.partitions, &records);
         let Some(e) = find(&entries, &Kind::Snapshot, name) else {
-            return self.remove_pending(&t, true, name).await;
+            return self.remove_pending(&t, true, name).await.map(drop);
         };
         if e.record.is_some_and(|r| r.wipe_on_delete) {
             let node = PathBuf::from(&e.part.node);
@@ -834,6 +861,17 @@ impl Pool for DiskPool {
             pool: self.name.clone(),
             name: name.clone(),
         })?;
+        // The kernel may not show a partition a crash kept it from learning.
+        if !Path::new(&e.part.node).exists() {
+            let _g = self.table_lock.lock().await;
+            partx::update(
+                self.runner.as_ref(),
+                &self.disk,
+                e.part.number().unwrap_or(0),
+            )
+            .await?;
+            self.wait_for_node(&e.part.node).await?;
+        }
         Ok(AttachSource::Block {
             device: PathBuf::from(&e.part.node),
         })

@@ -28,6 +28,7 @@ use crate::{
         CopyFrom, ImageFormat, Origin, SnapshotTarget,
     },
     fsutil::{remove_if_exists, rename_noreplace, sync_dir},
+    mount::quiesce::Quiescer,
     Config,
 };
 use fs_device::FsDevice;
@@ -70,7 +71,7 @@ impl FilePool {
         let env = ImageEnv::new(
             runner.clone(),
             cfg.sysfs_root.clone(),
-            cfg.mountinfo.clone(),
+            Quiescer::new(cfg),
             exports_dir(cfg, &def.name),
             layout.tmp_dir(),
             records,
