@@ -64,25 +64,47 @@ pub fn release_everything_under(dir: &Path) {
 }
 
 fn detach_loops_under(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
-            continue;
-        };
-        if Path::new(b.trim().trim_end_matches(" (deleted)")).starts_with(dir) {
-            #[allow(clippy::disallowed_methods)] // test cleanup, not driver code
-            let _ = std::process::Command::new("losetup")
-                .arg("-d")
-                .arg(format!("/dev/{name}"))
-                .status();
-        }
+    for name in loops_under(dir) {
+        #[allow(clippy::disallowed_methods)] // test cleanup, not driver code
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(format!("/dev/{name}"))
+            .status();
     }
+}
+
+/// Loop devices (e.g. `loop3`) whose backing file lies under `dir`.
+pub fn loops_under(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let b = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            let under = Path::new(b.trim().trim_end_matches(" (deleted)")).starts_with(dir);
+            (name.starts_with("loop") && under).then_some(name)
+        })
+        .collect()
+}
+
+/// Live qemu-storage-daemon processes whose command line names `dir`.
+pub fn daemons_under(dir: &Path) -> Vec<i32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let ours = cmd.windows(19).any(|w| w == b"qemu-storage-daemon")
+                && cmd.windows(needle.len()).any(|w| w == needle);
+            ours.then_some(pid)
+        })
+        .collect()
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

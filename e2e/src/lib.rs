@@ -6,6 +6,7 @@
 
 pub mod cleanup;
 pub mod clients;
+pub mod crash;
 pub mod fake_cluster;
 pub mod req;
 pub mod tgt;
@@ -542,6 +543,19 @@ impl Driver {
                 .await
                 .unwrap();
         }
+    }
+
+    /// Kills the controller hard (SIGKILL), as a crash would.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the controller again (after [`Self::kill_controller`]).
+    pub fn restart_controller(&mut self) {
+        self.start_controller();
     }
 
     /// Kills the node plugin hard (SIGKILL), as a crash would.
