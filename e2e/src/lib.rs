@@ -45,12 +45,27 @@ pub fn missing_requirements(needs_qemu: bool) -> Option<String> {
     None
 }
 
-/// Skips the calling test with a message naming what is missing.
+pub use pool_csi_testkit::skip::skip;
+
+/// Skips the calling test with a message naming what is missing (a failure
+/// under `POOL_CSI_REQUIRE_ALL=1`: see `pool_csi_testkit::skip`).
 #[macro_export]
 macro_rules! require {
     ($qemu:expr) => {
         if let Some(why) = $crate::missing_requirements($qemu) {
-            eprintln!("SKIPPED: {why}");
+            $crate::skip("requirements", &why);
+            return;
+        }
+    };
+}
+
+/// Skips the calling test when `tool` is not on PATH (`why` says where it
+/// comes from); the tool's name is the skip's key.
+#[macro_export]
+macro_rules! require_tool {
+    ($tool:expr, $why:expr) => {
+        if $crate::which($tool).is_none() {
+            $crate::skip($tool, $why);
             return;
         }
     };

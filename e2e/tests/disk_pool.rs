@@ -459,10 +459,7 @@ async fn concurrent_creates_on_one_disk_never_overlap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_xfs_partition_grows_online() {
     require!(false);
-    if pool_csi_e2e::which("mkfs.xfs").is_none() {
-        eprintln!("SKIPPED: needs mkfs.xfs (xfsprogs; run dev/setup)");
-        return;
-    }
+    pool_csi_e2e::require_tool!("mkfs.xfs", "needs mkfs.xfs (xfsprogs; run dev/setup)");
     let scratch = tempfile::Builder::new()
         .prefix("pool-csi-disk-")
         .tempdir()

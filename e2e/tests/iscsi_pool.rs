@@ -29,7 +29,10 @@ fn store(dir: &std::path::Path, mib: &[u64]) -> Target {
 fn no_target_tools() -> bool {
     let missing = which("tgtd").is_none() || which("iscsi-ls").is_none();
     if missing {
-        eprintln!("SKIPPED: needs tgtd (tgt) and iscsi-ls (libiscsi-bin); run dev/setup");
+        pool_csi_e2e::skip(
+            "tgtd",
+            "needs tgtd (tgt) and iscsi-ls (libiscsi-bin); run dev/setup",
+        );
     }
     missing
 }

@@ -79,7 +79,10 @@ fn pod_succeeds(name: &str) {
 #[test]
 fn a_pvc_lives_its_whole_life_on_a_real_cluster() {
     if std::env::var_os("KUBECONFIG").is_none() {
-        eprintln!("SKIPPED: KUBECONFIG is not set (see README: Testing on a cluster)");
+        pool_csi_e2e::skip(
+            "kubeconfig",
+            "KUBECONFIG is not set (see README: Testing on a cluster)",
+        );
         return;
     }
     for t in ["kubectl", "helm"] {
@@ -194,7 +197,10 @@ fn a_pvc_lives_its_whole_life_on_a_real_cluster() {
         ));
         pod_succeeds("restore-reader");
     } else {
-        eprintln!("SKIPPED snapshot/restore: the cluster has no VolumeSnapshot CRDs");
+        pool_csi_e2e::skip(
+            "snapshot-crds",
+            "snapshot/restore: the cluster has no VolumeSnapshot CRDs",
+        );
     }
 
     // Delete everything; the PVs go with the claims (reclaimPolicy Delete).

@@ -103,8 +103,9 @@ async fn fs_lifecycle(fs: &str, format: &str, size: i64) {
         // The image and the loop device grew; only the ext4 resize ioctl is denied here.
         let e = ne.unwrap_err();
         assert!(e.message().contains("resize2fs"), "{e:?}");
-        eprintln!(
-            "PARTLY SKIPPED: online ext4 growth needs CAP_SYS_RESOURCE, which this machine drops"
+        pool_csi_e2e::skip(
+            "cap-sys-resource",
+            "online ext4 growth needs CAP_SYS_RESOURCE, which this machine drops (the error is checked)",
         );
     } else {
         assert_eq!(ne.expect("node expand").into_inner().capacity_bytes, grown);
@@ -244,10 +245,7 @@ async fn ext4_raw_volume_lives_and_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xfs_raw_volume_lives_and_dies() {
     require!(false);
-    if pool_csi_e2e::which("mkfs.xfs").is_none() {
-        eprintln!("SKIPPED: needs mkfs.xfs (xfsprogs; run dev/setup)");
-        return;
-    }
+    pool_csi_e2e::require_tool!("mkfs.xfs", "needs mkfs.xfs (xfsprogs; run dev/setup)");
     fs_lifecycle("xfs", "raw", 320 * req::MIB).await;
 }
 
@@ -266,10 +264,7 @@ async fn ext4_ploop_volume_lives_and_dies_through_qemu_storage_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xfs_ploop_volume_grows_online_through_a_pushed_delta() {
     require!(true);
-    if pool_csi_e2e::which("mkfs.xfs").is_none() {
-        eprintln!("SKIPPED: needs mkfs.xfs (xfsprogs; run dev/setup)");
-        return;
-    }
+    pool_csi_e2e::require_tool!("mkfs.xfs", "needs mkfs.xfs (xfsprogs; run dev/setup)");
     fs_lifecycle("xfs", "ploop", 320 * req::MIB).await;
 }
 

@@ -29,7 +29,7 @@ async fn python_grpcio_talks_to_both_sockets() {
             .status
             .success();
     if !has_grpcio {
-        eprintln!("SKIPPED: needs Python's grpcio in .venv (run dev/setup)");
+        pool_csi_e2e::skip("grpcio", "needs Python's grpcio in .venv (run dev/setup)");
         return;
     }
     let d = Driver::start(Options::default()).await;

@@ -63,7 +63,10 @@ fn image_check(image: &Path) -> u64 {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        None => eprintln!("SKIPPED ploop check: the ploop tool is not installed (dev/setup)"),
+        None => pool_csi_e2e::skip(
+            "ploop",
+            "ploop check: the ploop tool is not installed (dev/setup)",
+        ),
     }
     let out = tool(
         "qemu-img",

@@ -7,10 +7,10 @@ use pool_csi_e2e::{req, require, Driver, Options};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_callers_with_a_certificate_from_the_ca_reach_the_agent() {
     require!(false);
-    if pool_csi_e2e::which("openssl").is_none() {
-        eprintln!("SKIPPED: needs openssl to make test certificates (run dev/setup)");
-        return;
-    }
+    pool_csi_e2e::require_tool!(
+        "openssl",
+        "needs openssl to make test certificates (run dev/setup)"
+    );
     let d = Driver::start(Options {
         tls: true,
         ..Default::default()

@@ -693,7 +693,10 @@ mod tests {
         let run = |prog: &str, args: &[&str]| std::process::Command::new(prog).args(args).output();
         let img = image.to_str().unwrap();
         let Ok(check) = run("qemu-img", &["check", "-f", "parallels", img]) else {
-            eprintln!("PARTLY SKIPPED: qemu-img is not installed (run dev/setup)");
+            pool_csi_testkit::skip::skip(
+                "qemu-img",
+                "qemu's check of the image: qemu-img is not installed (run dev/setup)",
+            );
             return;
         };
         assert!(
