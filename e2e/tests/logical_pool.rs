@@ -3,7 +3,7 @@
 //! activation disabled (its documented `lvm.noActivation` setting): create,
 //! tag, extend, remove and refresh happen for real; attaching an LV,
 //! snapshots and thin pools need device-mapper and are checked for the clear
-//! error they give here (SKIPPED lines name what is missing).
+//! error they give here (the skip names what is missing).
 
 use pool_csi_e2e::{req, require, tool, Driver, LoopDisk, Options};
 use pool_csi_proto::csi;
