@@ -67,8 +67,12 @@ impl Target {
     }
 
     pub fn lun(&self, dir: &Path, tid: &str, lun: &str, mib: u64) {
-        let f = dir.join(format!("lun-{tid}-{lun}"));
-        std::fs::File::create(&f)
+        self.lun_from(&dir.join(format!("lun-{tid}-{lun}")), tid, lun, mib);
+    }
+
+    /// A LUN backed by the new file `f`.
+    pub fn lun_from(&self, f: &Path, tid: &str, lun: &str, mib: u64) {
+        std::fs::File::create(f)
             .unwrap()
             .set_len(mib << 20)
             .unwrap();
@@ -83,6 +87,38 @@ impl Target {
             lun,
             "-b",
             f.to_str().unwrap(),
+        ]);
+    }
+}
+
+impl Target {
+    /// Sets a LUN's unit serial number (tgtd's default, `beaf<tid><lun>`,
+    /// repeats for a LUN re-made at the same number; real arrays do not).
+    pub fn serial(&self, tid: &str, lun: &str, sn: &str) {
+        self.adm(&[
+            "--op",
+            "update",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            tid,
+            "--lun",
+            lun,
+            "--params",
+            &format!("scsi_sn={sn}"),
+        ]);
+    }
+
+    pub fn delete_lun(&self, tid: &str, lun: &str) {
+        self.adm(&[
+            "--op",
+            "delete",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            tid,
+            "--lun",
+            lun,
         ]);
     }
 }

@@ -580,3 +580,92 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
     .await
     .expect("now on node-2");
 }
+
+/// LUN 1 is deleted on the target and another made at number 1: the old
+/// volume turns abnormal naming both, is never staged (the check runs before
+/// any login), and the new LUN goes to no other volume until the old one is
+/// deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lun_replaced_on_the_target_is_never_taken_for_the_old_one() {
+    pool_csi_e2e::require!(false);
+    if no_target_tools() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let t = store(scratch.path(), &[32]);
+    t.serial("1", "1", "orig0001");
+    let d = Driver::start(Options {
+        extra_pools: pool("san", t.port, IQN, ""),
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let old = c
+        .controller
+        .create_volume(on("san", "old", 16 * MIB, 0))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+
+    t.delete_lun("1", "1");
+    t.lun_from(&scratch.path().join("replacement"), "1", "1", 32);
+    t.serial("1", "1", "repl0001");
+
+    // Listings reuse an inventory for up to 5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let why = loop {
+        let v = c
+            .controller
+            .controller_get_volume(csi::ControllerGetVolumeRequest {
+                volume_id: old.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        let cond = v
+            .status
+            .and_then(|s| s.volume_condition)
+            .unwrap_or_default();
+        if cond.abnormal {
+            break cond.message;
+        }
+        assert!(std::time::Instant::now() < deadline, "never abnormal");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        why.contains("serial:orig0001") && why.contains("another LUN (serial:repl0001)"),
+        "{why}"
+    );
+    let e = c
+        .node
+        .node_stage_volume(req::stage(&old, &d.path("st"), req::block_cap()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message()
+            .contains("handed out as serial:orig0001, now serial:repl0001"),
+        "{}",
+        e.message()
+    );
+    let held = c
+        .controller
+        .create_volume(on("san", "next", 16 * MIB, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(held.code(), Code::ResourceExhausted, "{held:?}");
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: old,
+            ..Default::default()
+        })
+        .await
+        .expect("delete the old volume");
+    c.controller
+        .create_volume(on("san", "next", 16 * MIB, 0))
+        .await
+        .expect("the replacement is free now");
+}

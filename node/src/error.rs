@@ -128,6 +128,16 @@ pub enum Error {
         place: String,
         attempts: u32,
     },
+    /// The LUN at a claimed volume's address is another LUN now (replaced
+    /// on the storage side): attaching or wiping it would hit someone
+    /// else's data.
+    #[error("{at} of {origin} is another LUN now (handed out as {claimed}, now {found}): it was replaced on the storage side and the volume's data is not there; delete the volume")]
+    LunChanged {
+        at: String,
+        origin: String,
+        claimed: String,
+        found: String,
+    },
     /// The Kubernetes API server did not answer as needed.
     #[error("cannot reach {what} in the Kubernetes API")]
     Cluster {
@@ -180,6 +190,7 @@ impl GrpcCode for Error {
             | Self::NotStaged { .. }
             | Self::NotMounted { .. }
             | Self::Corrupt { .. }
+            | Self::LunChanged { .. }
             | Self::AttachedThrough { .. } => Code::FailedPrecondition,
             Self::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
                 Code::ResourceExhausted

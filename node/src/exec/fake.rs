@@ -52,6 +52,21 @@ impl Reply {
         self.0.stderr = s.into();
         self
     }
+
+    /// A reply recorded from the real tool:
+    /// `node/tests/fixtures/commands/<case>.{status,stdout,stderr}` (each
+    /// directory there has the script that recorded it).
+    pub fn recorded(case: &str) -> Self {
+        let base = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/commands/");
+        let read = |ext: &str| {
+            let f = format!("{base}{case}.{ext}");
+            std::fs::read(&f).unwrap_or_else(|e| panic!("recorded reply {f}: {e}"))
+        };
+        let status = String::from_utf8_lossy(&read("status")).trim().parse();
+        Self::exit(status.expect("an exit status"))
+            .stdout(read("stdout"))
+            .stderr(read("stderr"))
+    }
 }
 
 /// Scripted [`CommandRunner`].

@@ -209,9 +209,9 @@ impl LunPool {
             .iter()
             .find(|l| static_name(&l.identity) == name)
             .ok_or_else(not_found)?;
-        if let Some((holder, _)) = claims.iter().find(|(_, c)| c.identity == lun.identity) {
+        if let Some(holder) = holder(claims, &luns, lun) {
             return Err(Error::Precondition(format!(
-                "the LUN of static volume {name} ({}) was handed to volume {holder} meanwhile",
+                "the LUN of static volume {name} ({}) is held by volume {holder}",
                 lun.address
             )));
         }
@@ -248,36 +248,60 @@ impl LunPool {
         Ok(true)
     }
 
-    fn volume(&self, name: &str, c: &Claim, luns: &[Lun]) -> Volume {
-        let seen = luns.iter().any(|l| l.identity == c.identity);
-        let at = if c.address.is_empty() {
-            format!("LUN {}", c.lun)
-        } else {
-            c.address.clone()
+    /// Volume `name` of claim `c`, abnormal when the inventory (`luns`, or
+    /// why there is none) does not show its LUN.
+    fn volume(&self, name: &str, c: &Claim, luns: std::result::Result<&[Lun], &str>) -> Volume {
+        let at = place(c);
+        let abnormal = match luns {
+            Err(why) => Some(format!(
+                "cannot tell whether {at} ({}) is there: {why}",
+                c.identity
+            )),
+            Ok(luns) if luns.iter().any(|l| l.identity == c.identity) => None,
+            Ok(luns) => Some(match luns.iter().find(|l| slot(&l.address) == at) {
+                Some(l) => format!(
+                    "{at} ({}) vanished from {}; {} is another LUN ({}) now",
+                    c.identity,
+                    self.source.origin(),
+                    slot(&l.address),
+                    l.identity
+                ),
+                None => format!(
+                    "{at} ({}) vanished from {}",
+                    c.identity,
+                    self.source.origin()
+                ),
+            }),
         };
         Volume {
             name: name.into(),
             format: VolumeFormat::Raw,
             capacity: c.size,
             allocation: c.size,
-            abnormal: (!seen).then(|| {
-                format!(
-                    "{at} ({}) vanished from {}",
-                    c.identity,
-                    self.source.origin()
-                )
-            }),
+            abnormal,
         }
     }
 
+    /// An inventory at most `ttl` old, or why there is none (for volumes'
+    /// conditions: a failed inventory is not a vanished LUN).
+    async fn inventory_or_why(&self) -> std::result::Result<Vec<Lun>, String> {
+        self.recent_luns()
+            .await
+            .map_err(|e| pool_csi_common::full_message(&e))
+    }
+
     /// The free LUN that best fits the request, rescanning once when none does.
-    async fn pick(&self, req: &CreateRequest, taken: &[String]) -> Result<Lun> {
+    async fn pick(&self, req: &CreateRequest, claims: &Claims) -> Result<Lun> {
         for attempt in 0..2 {
             if attempt == 1 {
                 self.source.rescan().await?;
             }
             let luns = self.fresh_luns().await?;
-            let free = luns.iter().filter(|l| !taken.contains(&l.identity));
+            let taken = luns
+                .iter()
+                .filter(|l| holder(claims, &luns, l).is_some())
+                .count();
+            let free = luns.iter().filter(|l| holder(claims, &luns, l).is_none());
             if let Some(l) = best_fit(free, req.required, req.limit) {
                 return Ok(l.clone());
             }
@@ -294,7 +318,7 @@ impl LunPool {
                         },
                         self.source.origin(),
                         luns.len(),
-                        taken.len()
+                        taken
                     ),
                 });
             }
@@ -316,6 +340,35 @@ pub fn static_name(identity: &str) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{STATIC_PREFIX}{h:016x}")
+}
+
+/// Where a claimed LUN was: `LUN 3`, `2:0:1:3`, `mpatha`.
+fn place(c: &Claim) -> String {
+    match c.address.is_empty() {
+        true => format!("LUN {}", c.lun),
+        false => slot(&c.address).to_string(),
+    }
+}
+
+/// An address without the block device it showed as (`2:0:1:3 (sdc)`
+/// → `2:0:1:3`): the place, which a replacement LUN takes over.
+fn slot(address: &str) -> &str {
+    address.split(" (").next().unwrap_or(address)
+}
+
+/// The volume holding `lun`: the one it was handed to, or one whose LUN
+/// vanished from the place `lun` is at now. That is most likely the old
+/// LUN's replacement, and it stays out of hand-outs until the volume that
+/// names its place is deleted: another volume must never get a LUN that
+/// an old volume may still be taken to mean.
+fn holder<'c>(claims: &'c Claims, luns: &[Lun], lun: &Lun) -> Option<&'c str> {
+    let by_identity = claims.iter().find(|(_, c)| c.identity == lun.identity);
+    let by_place = || {
+        claims.iter().find(|(_, c)| {
+            place(c) == slot(&lun.address) && !luns.iter().any(|l| l.identity == c.identity)
+        })
+    };
+    by_identity.or_else(by_place).map(|(n, _)| n.as_str())
 }
 
 /// The smallest LUN in `free` that fits `[required, limit]` (best fit).
@@ -356,10 +409,9 @@ impl Pool for LunPool {
                 return st;
             }
         };
-        let taken: Vec<&str> = claims.values().map(|c| c.identity.as_str()).collect();
         let free: Vec<&Lun> = luns
             .iter()
-            .filter(|l| !taken.contains(&l.identity.as_str()))
+            .filter(|l| holder(&claims, &luns, l).is_none())
             .collect();
         st.capacity = luns.iter().map(|l| l.size).sum();
         st.available = free.iter().map(|l| l.size).sum();
@@ -398,11 +450,10 @@ impl Pool for LunPool {
                         why: format!("LUN {} of {} bytes", c.lun, c.size),
                     });
                 }
-                let luns = self.recent_luns().await.unwrap_or_default();
-                return Ok(self.volume(&req.name, c, &luns));
+                let luns = self.inventory_or_why().await;
+                return Ok(self.volume(&req.name, c, luns.as_deref().map_err(|e| e.as_str())));
             }
-            let taken: Vec<String> = claims.values().map(|c| c.identity.clone()).collect();
-            let lun = self.pick(req, &taken).await?;
+            let lun = self.pick(req, &claims).await?;
             let claim = Claim {
                 identity: lun.identity.clone(),
                 lun: lun.number,
@@ -413,7 +464,7 @@ impl Pool for LunPool {
             };
             claims.insert(req.name.clone(), claim.clone());
             if self.claims.save(&claims, &version).await? {
-                return Ok(self.volume(&req.name, &claim, std::slice::from_ref(&lun)));
+                return Ok(self.volume(&req.name, &claim, Ok(std::slice::from_ref(&lun))));
             }
             // Another node claimed a LUN meanwhile: look again.
         }
@@ -444,14 +495,25 @@ impl Pool for LunPool {
         if wipe || c.wipe {
             // Zero the LUN through this node before it is free again.
             self.set_user(name, true)?;
-            let device = self.source.device(&c).await?;
-            let d = device.clone();
-            tokio::task::spawn_blocking(move || crate::fsutil::zero_device(&d))
-                .await
-                .map_err(|e| io("wipe", &device)(std::io::Error::other(e)))?
-                .map_err(io("wipe", &device))?;
+            let wiped = async {
+                let device = self.source.device(&c).await?;
+                let d = device.clone();
+                tokio::task::spawn_blocking(move || crate::fsutil::zero_device(&d))
+                    .await
+                    .map_err(|e| io("wipe", &device)(std::io::Error::other(e)))?
+                    .map_err(io("wipe", &device))
+            }
+            .await;
             if self.set_user(name, false)? == 0 {
                 self.source.disconnect().await?;
+            }
+            match wiped {
+                // The claimed LUN is gone from its place: there is nothing
+                // of this volume to wipe, and what is there is not ours.
+                Err(e @ Error::LunChanged { .. }) => {
+                    tracing::warn!(pool.name = %self.name, volume = %name, error = %e, "not wiping: the LUN was replaced");
+                }
+                r => r?,
             }
         }
         self.update(Some(loaded), |claims| match claims.get(name) {
@@ -479,18 +541,19 @@ impl Pool for LunPool {
     async fn get_volume(&self, name: &str) -> Result<Volume> {
         self.state.ensure_running()?;
         let c = self.claim_in(&self.claims().await?, name).await?;
-        let luns = self.recent_luns().await.unwrap_or_default();
-        Ok(self.volume(name, &c, &luns))
+        let luns = self.inventory_or_why().await;
+        Ok(self.volume(name, &c, luns.as_deref().map_err(|e| e.as_str())))
     }
 
     async fn list_volumes(&self) -> Result<Vec<Volume>> {
         self.state.ensure_running()?;
-        let luns = self.recent_luns().await.unwrap_or_default();
+        let luns = self.inventory_or_why().await;
+        let luns = luns.as_deref().map_err(|e| e.as_str());
         Ok(self
             .claims()
             .await?
             .iter()
-            .map(|(n, c)| self.volume(n, c, &luns))
+            .map(|(n, c)| self.volume(n, c, luns))
             .collect())
     }
 
@@ -531,9 +594,18 @@ impl Pool for LunPool {
         })
         .await?;
         self.set_user(name, true)?;
-        Ok(AttachSource::Block {
-            device: self.source.device(&c).await?,
-        })
+        match self.source.device(&c).await {
+            Ok(device) => Ok(AttachSource::Block { device }),
+            Err(e) => {
+                // Not attached: not in use here, and no connection kept for it.
+                if self.set_user(name, false)? == 0 {
+                    if let Err(d) = self.source.disconnect().await {
+                        tracing::warn!(pool.name = %self.name, error = %d, "disconnect after a failed attach failed");
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn luns(&self) -> Result<Vec<LunEntry>> {
@@ -541,16 +613,13 @@ impl Pool for LunPool {
         let luns = self.recent_luns().await?;
         let claims = self.claims().await?;
         Ok(luns
-            .into_iter()
+            .iter()
             .map(|l| LunEntry {
-                volume: claims
-                    .iter()
-                    .find(|(_, c)| c.identity == l.identity)
-                    .map(|(n, _)| n.clone()),
+                volume: holder(&claims, &luns, l).map(str::to_string),
                 static_name: static_name(&l.identity),
-                identity: l.identity,
+                identity: l.identity.clone(),
                 size: l.size,
-                address: l.address,
+                address: l.address.clone(),
             })
             .collect())
     }
@@ -615,9 +684,14 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    /// A source with fixed LUNs that records connects and disconnects.
+    /// What a [`Recording`] source's inventory answers (tests change it).
+    type Inventory = Arc<Mutex<std::result::Result<Vec<Lun>, String>>>;
+
+    /// A source whose LUNs a test sets, that records connects and
+    /// disconnects and, like the real sources, refuses to attach a claim
+    /// whose place now holds another LUN.
     struct Recording {
-        luns: Vec<Lun>,
+        luns: Inventory,
         log: Arc<Mutex<Vec<String>>>,
     }
 
@@ -630,9 +704,27 @@ mod tests {
             "target t".into()
         }
         async fn inventory(&self) -> Result<Vec<Lun>> {
-            Ok(self.luns.clone())
+            self.luns
+                .lock()
+                .unwrap()
+                .clone()
+                .map_err(Error::Precondition)
         }
         async fn device(&self, c: &Claim) -> Result<PathBuf> {
+            let luns = self.inventory().await?;
+            let now = luns.iter().find(|l| l.number == c.lun);
+            match now {
+                Some(l) if l.identity != c.identity => {
+                    return Err(Error::LunChanged {
+                        at: place(c),
+                        origin: self.origin(),
+                        claimed: c.identity.clone(),
+                        found: l.identity.clone(),
+                    })
+                }
+                None => return Err(Error::Precondition(format!("{} vanished", place(c)))),
+                Some(_) => {}
+            }
             self.log.lock().unwrap().push(format!("connect {}", c.lun));
             Ok(PathBuf::from(format!("/dev/lun{}", c.lun)))
         }
@@ -644,22 +736,32 @@ mod tests {
 
     /// The iscsi pool `san` on the node of `cfg`, over LUNs of these sizes (MiB).
     fn san(cfg: &Config, mib: &[u64], log: &Arc<Mutex<Vec<String>>>) -> LunPool {
+        san_with(cfg, mib, log).0
+    }
+
+    /// [`san`] and a handle on what its inventory answers.
+    fn san_with(cfg: &Config, mib: &[u64], log: &Arc<Mutex<Vec<String>>>) -> (LunPool, Inventory) {
         let def = PoolDefinition::parse_documents(
             "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: san }\nspec:\n  type: iscsi\n  source: { host: h, device: iqn.2026-11.x:t }\n",
             "t",
         )
         .unwrap()
         .remove(0);
-        let luns = mib.iter().zip(1..).map(|(m, n)| lun(n, *m)).collect();
-        LunPool::new(
+        let luns: Inventory = Arc::new(Mutex::new(Ok(mib
+            .iter()
+            .zip(1..)
+            .map(|(m, n)| lun(n, *m))
+            .collect())));
+        let pool = LunPool::new(
             &def,
             cfg,
             Box::new(Recording {
-                luns,
+                luns: luns.clone(),
                 log: log.clone(),
             }),
         )
-        .with_inventory_ttl(Duration::ZERO)
+        .with_inventory_ttl(Duration::ZERO);
+        (pool, luns)
     }
 
     fn recording_pool(t: &tempfile::TempDir, log: &Arc<Mutex<Vec<String>>>) -> LunPool {
@@ -695,7 +797,7 @@ mod tests {
             .unwrap();
         assert_eq!(v.capacity, 20 << 20);
         let e = p.attach_source(&s2).await.unwrap_err().to_string();
-        assert!(e.contains("handed to volume dyn"), "{e}");
+        assert!(e.contains("held by volume dyn"), "{e}");
         assert!(matches!(
             p.get_volume("static-0000000000000000").await,
             Err(Error::VolumeNotFound { .. })
@@ -704,6 +806,99 @@ mod tests {
         p.detached(&s1).await.unwrap();
         p.delete_volume(&s1, false).await.unwrap();
         assert!(p.luns().await.unwrap()[0].volume.is_none());
+    }
+
+    /// LUN 1 is deleted on the target and a new LUN made at number 1: the
+    /// old volume neither attaches nor wipes it, says what happened, and
+    /// the new LUN is handed out only once the old volume is deleted.
+    #[tokio::test]
+    async fn a_lun_replaced_at_its_number_is_never_taken_for_the_old_one() {
+        let t = tempfile::tempdir().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (p, inv) = san_with(&Config::local("n1", t.path().into()), &[10], &log);
+        p.start().await.unwrap();
+        let mut req = CreateRequest::sized("old", 5);
+        req.wipe_on_delete = true;
+        p.create_volume(&req).await.unwrap();
+        *inv.lock().unwrap() = Ok(vec![Lun {
+            identity: "serial:new".into(),
+            ..lun(1, 10)
+        }]);
+        let v = p.get_volume("old").await.unwrap();
+        let why = v.abnormal.unwrap();
+        assert!(
+            why.contains("LUN 1 is another LUN (serial:new) now"),
+            "{why}"
+        );
+        let e = p.attach_source("old").await.unwrap_err();
+        assert!(matches!(e, Error::LunChanged { .. }), "{e}");
+        assert_eq!(
+            pool_csi_common::GrpcCode::grpc_code(&e),
+            tonic::Code::FailedPrecondition
+        );
+        assert!(
+            e.to_string()
+                .contains("handed out as serial:1, now serial:new"),
+            "{e}"
+        );
+        // The failed attach left the volume unused here: it can go.
+        assert!(p.users().unwrap().is_empty());
+        // Held for the old volume: not handed out, not offered as static.
+        let full = p
+            .create_volume(&CreateRequest::sized("next", 5))
+            .await
+            .unwrap_err();
+        assert!(matches!(full, Error::OutOfSpace { .. }), "{full}");
+        assert_eq!(p.luns().await.unwrap()[0].volume.as_deref(), Some("old"));
+        assert_eq!(p.status(false).await.available, 0);
+        // Deleting the old volume does not wipe the new LUN, and frees it.
+        p.delete_volume("old", false).await.unwrap();
+        assert!(log
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|l| !l.starts_with("connect")));
+        let v = p
+            .create_volume(&CreateRequest::sized("next", 5))
+            .await
+            .unwrap();
+        assert!(v.abnormal.is_none());
+    }
+
+    /// An inventory that fails is an error where a decision needs it and a
+    /// condition on volumes; no claimed LUN ever looks free.
+    #[tokio::test]
+    async fn a_failed_inventory_fails_hand_outs_and_marks_volumes_unknown() {
+        let t = tempfile::tempdir().unwrap();
+        let (p, inv) = san_with(
+            &Config::local("n1", t.path().into()),
+            &[10, 20],
+            &Default::default(),
+        );
+        p.start().await.unwrap();
+        p.create_volume(&CreateRequest::sized("a", 5))
+            .await
+            .unwrap();
+        *inv.lock().unwrap() = Err("iscsi-inq failed: Login Failed".into());
+        let e = p
+            .create_volume(&CreateRequest::sized("b", 5))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("Login Failed"), "{e}");
+        let why = p.get_volume("a").await.unwrap().abnormal.unwrap();
+        assert!(why.starts_with("cannot tell whether LUN 1"), "{why}");
+        assert!(why.contains("Login Failed"), "{why}");
+        assert!(p.luns().await.is_err());
+        let st = p.status(false).await;
+        assert_eq!(st.state, PoolState::Degraded);
+        assert!(st.message.contains("Login Failed"), "{}", st.message);
+        // Back: a is still a's, b gets the other LUN.
+        *inv.lock().unwrap() = Ok(vec![lun(1, 10), lun(2, 20)]);
+        let b = p
+            .create_volume(&CreateRequest::sized("b", 5))
+            .await
+            .unwrap();
+        assert_eq!(b.capacity, 20 << 20);
     }
 
     #[tokio::test]

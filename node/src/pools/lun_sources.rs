@@ -4,7 +4,7 @@
 
 use super::{lun::LunSource, lun_claims::Claim};
 use crate::{
-    error::{Error, Result},
+    error::{io, Error, Result},
     exec::CommandRunner,
     tools::{
         iscsi::{self, Chap, Portal},
@@ -80,9 +80,25 @@ impl LunSource for IscsiSource {
         Ok(iscsi::inventory(self.runner.as_ref(), &self.portal()?).await?)
     }
 
-    /// Logs in (once per target and node) and finds the LUN's block device in sysfs.
+    /// Asks the target whether LUN `c.lun` is still the LUN handed out,
+    /// logs in (once per target and node), reads the unit's serial number
+    /// again through the kernel and compares once more, then answers the
+    /// unit's block device. A LUN replaced at the same number is never
+    /// attached (nor wiped).
     async fn device(&self, c: &Claim) -> Result<PathBuf> {
         let portal = self.portal()?;
+        let at = format!("LUN {}", c.lun);
+        let now = iscsi::lun_identity(self.runner.as_ref(), &portal, c.lun)
+            .await
+            .map_err(|e| match iscsi::is_no_such_lun(&e) {
+                true => Error::Precondition(format!(
+                    "{at} ({}) vanished from {}",
+                    c.identity,
+                    self.origin()
+                )),
+                false => e.into(),
+            })?;
+        same_lun(c, &at, &self.origin(), &now)?;
         iscsi::login(self.runner.as_ref(), &self.sysfs, &portal).await?;
         let session = iscsi::session_of(&self.sysfs, &portal.target).ok_or_else(|| {
             Error::Precondition(format!(
@@ -90,10 +106,30 @@ impl LunSource for IscsiSource {
                 portal.target
             ))
         })?;
-        iscsi::lun_device(&self.sysfs, &session, c.lun).ok_or_else(|| {
+        let unit = iscsi::lun_unit(&self.sysfs, &session, c.lun).ok_or_else(|| {
             Error::Precondition(format!(
-                "LUN {} of {} has no block device in {session}: it vanished from the target or the initiator has not scanned it",
-                c.lun, portal.target
+                "{at} of {} has no SCSI unit in {session}: it vanished from the target or the initiator has not scanned it",
+                portal.target
+            ))
+        })?;
+        // The kernel caches inquiry data from its scan: read it afresh.
+        if let Err(e) = scsi::rescan_unit(&unit) {
+            tracing::debug!(unit = %unit.display(), error = %e, "unit rescan refused; comparing the cached serial");
+        }
+        let kernel = scsi::unit_serial(&unit).map_err(io("read the serial number of", &unit))?;
+        if let Some(serial) = kernel {
+            same_lun(
+                c,
+                &format!("{at} (as {session} sees it)"),
+                &self.origin(),
+                &serial,
+            )?;
+        }
+        iscsi::block_of(&unit).ok_or_else(|| {
+            Error::Precondition(format!(
+                "{at} of {} ({}) has no block device yet: the initiator has not bound it",
+                portal.target,
+                unit.display()
             ))
         })
     }
@@ -144,7 +180,7 @@ impl LunSource for ScsiSource {
 
     async fn inventory(&self) -> Result<Vec<Lun>> {
         let host = self.host()?;
-        Ok(scsi::disks(&self.sysfs, &host))
+        scsi::disks(&self.sysfs, &host).map_err(io("list the disks in", &self.sysfs))
     }
 
     async fn rescan(&self) -> Result<()> {
@@ -157,14 +193,28 @@ impl LunSource for ScsiSource {
             .map_err(crate::error::io("scan", &scan))
     }
 
+    /// The disk with the claimed identity, its identity read again after
+    /// the kernel rereads the unit (a disk replaced at the same address
+    /// keeps the old cached wwid until then).
     async fn device(&self, c: &Claim) -> Result<PathBuf> {
         let host = self.host()?;
-        scsi::device_of(&self.sysfs, &host, &c.identity).ok_or_else(|| {
-            Error::Precondition(format!(
+        let found = scsi::find(&self.sysfs, &host, &c.identity)
+            .map_err(io("list the disks in", &self.sysfs))?;
+        let Some((unit, lun)) = found else {
+            return Err(Error::Precondition(format!(
                 "the disk {} ({}) is not on {host} any more: it vanished or moved",
                 c.identity, c.address
-            ))
-        })
+            )));
+        };
+        if let Err(e) = scsi::rescan_unit(&unit) {
+            tracing::debug!(unit = %unit.display(), error = %e, "unit rescan refused; comparing the cached wwid");
+        }
+        let now = scsi::unit_wwid(&unit)
+            .map_err(io("read the wwid of", &unit))?
+            .unwrap_or_else(|| c.identity.clone());
+        same_lun(c, &lun.address, &self.origin(), &now)?;
+        lun.device
+            .ok_or_else(|| Error::Precondition(format!("{} has no block device", lun.address)))
     }
 }
 
@@ -195,7 +245,8 @@ impl LunSource for MpathSource {
 
     async fn inventory(&self) -> Result<Vec<Lun>> {
         let named = multipath::multipathd_maps(self.runner.as_ref()).await;
-        Ok(multipath::maps(&self.sysfs, named.as_deref()))
+        multipath::maps(&self.sysfs, named.as_deref())
+            .map_err(io("list the multipath maps in", &self.sysfs))
     }
 
     async fn device(&self, c: &Claim) -> Result<PathBuf> {
@@ -211,6 +262,19 @@ impl LunSource for MpathSource {
                 ))
             })
     }
+}
+
+/// `Ok` when `found`, the identity of what is at `at` now, is the claim's.
+fn same_lun(c: &Claim, at: &str, origin: &str, found: &str) -> Result<()> {
+    if found == c.identity {
+        return Ok(());
+    }
+    Err(Error::LunChanged {
+        at: at.into(),
+        origin: origin.into(),
+        claimed: c.identity.clone(),
+        found: found.into(),
+    })
 }
 
 #[cfg(test)]
@@ -333,6 +397,114 @@ mod tests {
             p.expand_volume("e", 33 * MIB, 0).await.is_err(),
             "LUNs do not grow"
         );
+    }
+
+    /// The disk at 2:0:0:1 is replaced by another (a new wwid at the same
+    /// address): the old volume is not attached to it, says so, and the
+    /// new disk is not handed out while the old volume exists.
+    #[tokio::test]
+    async fn a_scsi_disk_replaced_at_its_address_is_held_for_the_old_volume() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path().join("sys");
+        fixture::hba(&sys, 2, None);
+        fixture::lun(&sys, [2, 0, 0, 1], 0, "sdc", 64, Some("naa.bbbb"));
+        let c = cfg(&t);
+        let d = def("  type: scsi\n  source: { adapter: host2 }\n");
+        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c)))
+            .with_inventory_ttl(Duration::ZERO);
+        p.start().await.unwrap();
+        p.create_volume(&CreateRequest::sized("b", 40))
+            .await
+            .unwrap();
+        assert_eq!(device(&p, "b").await, "/dev/sdc");
+        p.detached("b").await.unwrap();
+        let unit = sys.join("bus/scsi/devices/2:0:0:1");
+        assert_eq!(std::fs::read_to_string(unit.join("rescan")).unwrap(), "1");
+        std::fs::write(unit.join("wwid"), "naa.cccc\n").unwrap();
+
+        let why = p.get_volume("b").await.unwrap().abnormal.unwrap();
+        assert!(
+            why.contains("2:0:0:1 is another LUN (naa.cccc) now"),
+            "{why}"
+        );
+        let e = p.attach_source("b").await.unwrap_err().to_string();
+        assert!(e.contains("naa.bbbb") && e.contains("not on host2"), "{e}");
+        let e = p
+            .create_volume(&CreateRequest::sized("c", 40))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::OutOfSpace { .. }), "{e}");
+        p.delete_volume("b", false).await.unwrap();
+        p.create_volume(&CreateRequest::sized("c", 40))
+            .await
+            .unwrap();
+        assert_eq!(device(&p, "c").await, "/dev/sdc");
+    }
+
+    /// An iSCSI session with LUN 1 bound to sdb, whose cached serial number
+    /// page says `serial`.
+    fn iscsi_session(sys: &std::path::Path, serial: &str) {
+        let unit = sys.join("class/iscsi_session/session3/device/target4:0:0/4:0:0:1");
+        std::fs::create_dir_all(unit.join("block/sdb")).unwrap();
+        std::fs::write(
+            sys.join("class/iscsi_session/session3/targetname"),
+            "iqn.2026-11.io.pool-csi:rec\n",
+        )
+        .unwrap();
+        let mut page = vec![0u8, 0x80, 0, serial.len() as u8];
+        page.extend_from_slice(serial.as_bytes());
+        std::fs::write(unit.join("vpd_pg80"), page).unwrap();
+    }
+
+    /// iSCSI attach checks the LUN's serial with the target before logging
+    /// in, and through the kernel after: a LUN replaced at its number is
+    /// refused at either check.
+    #[tokio::test]
+    async fn iscsi_attach_checks_the_luns_serial_before_and_after_login() {
+        let t = tempfile::tempdir().unwrap();
+        let c = cfg(&t);
+        let sys = c.sysfs_root.clone();
+        let d = def("  type: iscsi\n  source: { host: \"127.0.0.1:3299\", device: \"iqn.2026-11.io.pool-csi:rec\" }\n");
+        let claim = Claim {
+            identity: "serial:orig0001".into(),
+            lun: 1,
+            size: 32 * MIB,
+            wipe: false,
+            address: "LUN 1".into(),
+            published: None,
+        };
+        let inq = ["iscsi-inq", "-e", "1", "-c", "128", "*"];
+        let source = |replies: Vec<Reply>| {
+            let runner = replies
+                .into_iter()
+                .fold(FakeRunner::new(), |r, reply| r.expect(inq, reply));
+            let runner = Arc::new(runner);
+            (IscsiSource::new(&d, &c, runner.clone()), runner)
+        };
+
+        // The target answers another serial: refused before any login.
+        let (s, runner) = source(vec![Reply::ok().stdout("Unit Serial Number:[ new0002]\n")]);
+        let e = s.device(&claim).await.unwrap_err();
+        assert!(matches!(e, Error::LunChanged { .. }), "{e}");
+        assert!(e.to_string().contains("now serial:new0002"), "{e}");
+        assert!(runner.calls().iter().all(|c| !c.starts_with("iscsiadm")));
+
+        // The LUN is gone from the target.
+        let (s, _) = source(vec![Reply::recorded("iscsi/inq_no_such_lun")]);
+        let e = s.device(&claim).await.unwrap_err().to_string();
+        assert!(e.contains("LUN 1 (serial:orig0001) vanished"), "{e}");
+
+        // The target agrees, the kernel's fresh read of the unit does not.
+        iscsi_session(&sys, "new0002");
+        let (s, _) = source(vec![Reply::recorded("iscsi/inq_serial")]);
+        let e = s.device(&claim).await.unwrap_err().to_string();
+        assert!(e.contains("as session3 sees it"), "{e}");
+
+        // Both agree: the unit's block device (logged in already).
+        iscsi_session(&sys, "    orig0001");
+        let (s, runner) = source(vec![Reply::recorded("iscsi/inq_serial")]);
+        assert_eq!(s.device(&claim).await.unwrap(), PathBuf::from("/dev/sdb"));
+        assert_eq!(runner.calls().len(), 1, "no login: the session exists");
     }
 
     #[tokio::test]

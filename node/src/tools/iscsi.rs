@@ -79,6 +79,54 @@ impl Portal {
 /// (VPD page 0x80) where the target reports one, else `<target>:lun<N>`.
 pub use super::scsi::Lun;
 
+/// The identity of LUN `number` as the target reports it now: `serial:<unit
+/// serial number>`, or `<target>:lun<N>` when the target has no serial
+/// number page (or an empty serial). Any other failure is an error, never
+/// another identity: a claimed LUN must not look like a free one because
+/// one inquiry failed.
+pub async fn lun_identity(
+    runner: &dyn CommandRunner,
+    portal: &Portal,
+    number: u32,
+) -> Result<String, ExecError> {
+    let cmd = portal
+        .cmd("iscsi-inq")
+        .args(["-e", "1", "-c", "128"])
+        .arg(portal.url(Some(number)));
+    let out = runner.run(&cmd).await?;
+    let fallback = || format!("{}:lun{number}", portal.target);
+    if out.status == 0 {
+        if let Some(serial) = out
+            .stdout_str()
+            .lines()
+            .find_map(|l| l.strip_prefix("Unit Serial Number:["))
+        {
+            let v = serial.trim_end_matches(']').trim();
+            return Ok(match v.is_empty() {
+                true => fallback(),
+                false => format!("serial:{v}"),
+            });
+        }
+    } else if out.stderr_str().contains("INVALID_FIELD_IN_CDB") {
+        // The target has no serial number page: a stable answer.
+        return Ok(fallback());
+    }
+    let stderr = match out.stderr_str() {
+        e if e.is_empty() => "no unit serial number in the answer".to_string(),
+        e => e,
+    };
+    Err(ExecError::Failed {
+        cmd: cmd.to_string(),
+        status: out.status,
+        stderr,
+    })
+}
+
+/// Whether `e` says the target has no LUN of that number (any more).
+pub fn is_no_such_lun(e: &ExecError) -> bool {
+    matches!(e, ExecError::Failed { stderr, .. } if stderr.contains("LOGICAL_UNIT_NOT_SUPPORTED"))
+}
+
 /// Lists the target's disk LUNs with exact sizes and identities.
 pub async fn inventory(runner: &dyn CommandRunner, portal: &Portal) -> Result<Vec<Lun>, ExecError> {
     let cmd = portal
@@ -136,20 +184,10 @@ pub async fn inventory(runner: &dyn CommandRunner, portal: &Portal) -> Result<Ve
             status: 0,
             stderr: "no \"Total size\" in the output".into(),
         })?;
-        let serial = runner
-            .run(
-                &portal
-                    .cmd("iscsi-inq")
-                    .args(["-e", "1", "-c", "128"])
-                    .arg(portal.url(Some(number))),
-            )
-            .await
-            .ok()
-            .and_then(|o| parse_serial(&o.stdout_str()));
         out.push(Lun {
             number,
             size,
-            identity: serial.unwrap_or_else(|| format!("{}:lun{number}", portal.target)),
+            identity: lun_identity(runner, portal, number).await?,
             address: format!("LUN {number}"),
             device: None,
         });
@@ -180,15 +218,6 @@ fn parse_capacity(text: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("Total size:"))
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn parse_serial(text: &str) -> Option<String> {
-    let v = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Unit Serial Number:["))?
-        .trim_end_matches(']')
-        .trim();
-    (!v.is_empty()).then(|| format!("serial:{v}"))
 }
 
 /// `iscsiadm --mode node` for the portal's target, to add an operation to.
@@ -272,9 +301,9 @@ pub fn session_of(sysfs: &Path, target: &str) -> Option<String> {
     })
 }
 
-/// The block device of LUN `lun` in `session`:
-/// `class/iscsi_session/sessionN/device/target*/H:C:T:L/block/sdX`.
-pub fn lun_device(sysfs: &Path, session: &str, lun: u32) -> Option<PathBuf> {
+/// The SCSI unit (`…/target*/H:C:T:L`) of LUN `lun` in `session`:
+/// `class/iscsi_session/sessionN/device/target*/H:C:T:L`.
+pub fn lun_unit(sysfs: &Path, session: &str, lun: u32) -> Option<PathBuf> {
     let dev = sysfs
         .join("class/iscsi_session")
         .join(session)
@@ -285,19 +314,23 @@ pub fn lun_device(sysfs: &Path, session: &str, lun: u32) -> Option<PathBuf> {
         }
         for unit in std::fs::read_dir(t.path()).ok()?.flatten() {
             let name = unit.file_name().to_string_lossy().into_owned();
-            if name.rsplit(':').next().and_then(|l| l.parse::<u32>().ok()) != Some(lun)
-                || name.split(':').count() != 4
+            if name.rsplit(':').next().and_then(|l| l.parse::<u32>().ok()) == Some(lun)
+                && name.split(':').count() == 4
             {
-                continue;
+                return Some(unit.path());
             }
-            let block = std::fs::read_dir(unit.path().join("block"))
-                .ok()?
-                .flatten()
-                .next()?;
-            return Some(Path::new("/dev").join(block.file_name()));
         }
     }
     None
+}
+
+/// The block device (`/dev/sdX`) of a SCSI unit, once sd has bound it.
+pub fn block_of(unit: &Path) -> Option<PathBuf> {
+    let block = std::fs::read_dir(unit.join("block"))
+        .ok()?
+        .flatten()
+        .next()?;
+    Some(Path::new("/dev").join(block.file_name()))
 }
 
 #[cfg(test)]
@@ -326,11 +359,32 @@ Total size:67108864
         assert_eq!(t.len(), 2);
         assert_eq!(t[1], ("iqn.2026-11.io.pool-csi:t1".into(), vec![1, 2]));
         assert_eq!(parse_capacity(CAP), Some(64 << 20));
-        assert_eq!(
-            parse_serial("Unit Serial Number:[                              beaf11]"),
-            Some("serial:beaf11".into())
-        );
-        assert_eq!(parse_serial("Unit Serial Number:[]"), None);
+    }
+
+    /// An identity is the serial, or the LUN's place where the target has
+    /// no serial page; a failed inquiry is an error, never another identity.
+    #[tokio::test]
+    async fn identities_come_from_the_serial_page_and_failures_are_errors() {
+        let p = Portal::new("127.0.0.1:3299", "iqn.2026-11.io.pool-csi:rec");
+        let inq = ["iscsi-inq", "-e", "1", "-c", "128", "*"];
+        let runner = FakeRunner::new()
+            .expect(inq, Reply::recorded("iscsi/inq_serial"))
+            .expect(inq, Reply::recorded("iscsi/inq_page_unsupported"))
+            .expect(inq, Reply::ok().stdout("Unit Serial Number:[    ]\n"))
+            .expect(inq, Reply::recorded("iscsi/inq_no_such_lun"))
+            .expect(inq, Reply::recorded("iscsi/inq_unreachable"))
+            .expect(inq, Reply::ok());
+        let id = |n| lun_identity(&runner, &p, n);
+        assert_eq!(id(1).await.unwrap(), "serial:orig0001");
+        assert_eq!(id(1).await.unwrap(), "iqn.2026-11.io.pool-csi:rec:lun1");
+        assert_eq!(id(1).await.unwrap(), "iqn.2026-11.io.pool-csi:rec:lun1");
+        let gone = id(7).await.unwrap_err();
+        assert!(is_no_such_lun(&gone), "{gone}");
+        let down = id(1).await.unwrap_err();
+        assert!(!is_no_such_lun(&down));
+        assert!(down.to_string().contains("Login Failed"), "{down}");
+        let silent = id(1).await.unwrap_err().to_string();
+        assert!(silent.contains("no unit serial number"), "{silent}");
     }
 
     #[test]
@@ -363,7 +417,7 @@ Total size:67108864
             )
             .expect(
                 ["iscsi-inq", "-e", "1", "-c", "128", "*"],
-                Reply::ok().stdout(""),
+                Reply::recorded("iscsi/inq_page_unsupported"),
             );
         let luns = inventory(&runner, &p).await.unwrap();
         assert_eq!(
@@ -393,6 +447,22 @@ Total size:67108864
         assert!(e.contains("does not offer target iqn.wrong"), "{e}");
     }
 
+    /// One failed inquiry fails the inventory: LUN 1 must not turn into
+    /// `<target>:lun1`, which no claim names (it would look free).
+    #[tokio::test]
+    async fn a_failed_inquiry_fails_the_inventory() {
+        let p = Portal::new("127.0.0.1:3270", "iqn.2026-11.io.pool-csi:t1");
+        let runner = FakeRunner::new()
+            .expect(["iscsi-ls", "*", "*"], Reply::ok().stdout(LS))
+            .expect(["iscsi-readcapacity16", "*"], Reply::ok().stdout(CAP))
+            .expect(
+                ["iscsi-inq", "-e", "1", "-c", "128", "*"],
+                Reply::recorded("iscsi/inq_unreachable"),
+            );
+        let e = inventory(&runner, &p).await.unwrap_err().to_string();
+        assert!(e.contains("iscsi-inq") && e.contains("Login Failed"), "{e}");
+    }
+
     /// sysfs as the kernel lays it out for one session with two LUNs.
     fn session_tree() -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
@@ -418,15 +488,10 @@ Total size:67108864
             Some("session3")
         );
         assert_eq!(session_of(sys.path(), "iqn.other"), None);
-        assert_eq!(
-            lun_device(sys.path(), "session3", 2),
-            Some(PathBuf::from("/dev/sdc"))
-        );
-        assert_eq!(
-            lun_device(sys.path(), "session3", 7),
-            None,
-            "a vanished LUN"
-        );
+        let unit = lun_unit(sys.path(), "session3", 2).unwrap();
+        assert!(unit.ends_with("target4:0:0/4:0:0:2"), "{}", unit.display());
+        assert_eq!(block_of(&unit), Some(PathBuf::from("/dev/sdc")));
+        assert_eq!(lun_unit(sys.path(), "session3", 7), None, "a vanished LUN");
     }
 
     #[tokio::test]

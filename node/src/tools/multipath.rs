@@ -5,7 +5,7 @@
 
 use super::scsi::Lun;
 use crate::exec::{Cmd, CommandRunner, ExecError};
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, io, path::Path, time::Duration};
 
 /// One map as multipathd names it: (name, dm device, wwid).
 type Named = (String, String, String);
@@ -44,23 +44,31 @@ fn parse_maps(text: &str) -> Vec<Named> {
 }
 
 /// Every multipath map with its size; `named` (from multipathd) adds maps
-/// and names sysfs alone would not give. Sorted by name.
-pub fn maps(sysfs: &Path, named: Option<&[Named]>) -> Vec<Lun> {
+/// and names sysfs alone would not give. Sorted by name. A map that goes
+/// away while it is read is left out; any other read error fails the
+/// listing.
+pub fn maps(sysfs: &Path, named: Option<&[Named]>) -> io::Result<Vec<Lun>> {
+    // NotFound: the map went away meanwhile (or has no such attribute).
+    let read = |p: &Path| match std::fs::read_to_string(p) {
+        Ok(s) => Ok(Some(s.trim().to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+    };
     let mut by_wwid: BTreeMap<String, (String, String)> = BTreeMap::new();
-    if let Ok(entries) = std::fs::read_dir(sysfs.join("block")) {
-        for e in entries.flatten() {
-            let dm = e.file_name().to_string_lossy().into_owned();
-            if !dm.starts_with("dm-") {
-                continue;
-            }
-            let read = |f: &str| {
-                std::fs::read_to_string(e.path().join(f))
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_default()
-            };
-            if let Some(wwid) = read("dm/uuid").strip_prefix("mpath-") {
-                by_wwid.insert(wwid.to_string(), (read("dm/name"), dm));
-            }
+    let entries = match std::fs::read_dir(sysfs.join("block")) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        r => Some(r?),
+    };
+    for e in entries.into_iter().flatten() {
+        let e = e?;
+        let dm = e.file_name().to_string_lossy().into_owned();
+        if !dm.starts_with("dm-") {
+            continue;
+        }
+        let uuid = read(&e.path().join("dm/uuid"))?.unwrap_or_default();
+        if let Some(wwid) = uuid.strip_prefix("mpath-") {
+            let name = read(&e.path().join("dm/name"))?.unwrap_or_default();
+            by_wwid.insert(wwid.to_string(), (name, dm));
         }
     }
     for (name, dm, wwid) in named.unwrap_or_default() {
@@ -68,27 +76,26 @@ pub fn maps(sysfs: &Path, named: Option<&[Named]>) -> Vec<Lun> {
             .entry(wwid.clone())
             .or_insert_with(|| (name.clone(), dm.clone()));
     }
-    let mut out: Vec<Lun> = by_wwid
-        .into_iter()
-        // The name becomes /dev/mapper/<name>: a plain file name only.
-        .filter(|(_, (name, _))| is_map_name(name))
-        .filter_map(|(wwid, (name, dm))| {
-            let sectors: u64 = std::fs::read_to_string(sysfs.join("block").join(&dm).join("size"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            Some(Lun {
-                number: 0,
-                size: sectors * 512,
-                identity: wwid,
-                address: format!("{name} ({dm})"),
-                device: Some(Path::new("/dev/mapper").join(&name)),
-            })
-        })
-        .collect();
+    let mut out = Vec::new();
+    // The name becomes /dev/mapper/<name>: a plain file name only.
+    for (wwid, (name, dm)) in by_wwid.into_iter().filter(|(_, (n, _))| is_map_name(n)) {
+        let size_file = sysfs.join("block").join(&dm).join("size");
+        let Some(size) = read(&size_file)? else {
+            continue;
+        };
+        let sectors: u64 = size.parse().map_err(|_| {
+            io::Error::other(format!("{}: {size:?} is not a number", size_file.display()))
+        })?;
+        out.push(Lun {
+            number: 0,
+            size: sectors * 512,
+            identity: wwid,
+            address: format!("{name} ({dm})"),
+            device: Some(Path::new("/dev/mapper").join(&name)),
+        });
+    }
     out.sort_by(|a, b| a.address.cmp(&b.address));
-    out
+    Ok(out)
 }
 
 /// A device-mapper name that stays inside /dev/mapper.
@@ -139,7 +146,7 @@ mod tests {
             Reply::ok().stdout(SHOW_MAPS),
         );
         let named = multipathd_maps(&runner).await;
-        let got = maps(s, named.as_deref());
+        let got = maps(s, named.as_deref()).unwrap();
         let summary: Vec<(&str, u64, &str)> = got
             .iter()
             .map(|l| (l.address.as_str(), l.size >> 20, l.identity.as_str()))
@@ -168,14 +175,18 @@ mod tests {
         );
         let named = multipathd_maps(&runner).await;
         assert!(named.is_none());
-        assert_eq!(maps(t.path(), None).len(), 1);
-        assert!(maps(&t.path().join("nothing"), None).is_empty());
+        assert_eq!(maps(t.path(), None).unwrap().len(), 1);
+        assert!(maps(&t.path().join("nothing"), None).unwrap().is_empty());
         let odd: Vec<Named> = vec![("../x".into(), "dm-0".into(), "3600c".into())];
         dm(t.path(), 1, "..", "mpath-3600b", 8);
         assert_eq!(
-            maps(t.path(), Some(&odd)).len(),
+            maps(t.path(), Some(&odd)).unwrap().len(),
             1,
             "names that leave /dev/mapper are skipped"
         );
+        // A uuid that cannot be read fails the listing.
+        std::fs::remove_file(t.path().join("block/dm-0/dm/uuid")).unwrap();
+        std::fs::create_dir(t.path().join("block/dm-0/dm/uuid")).unwrap();
+        assert!(maps(t.path(), None).is_err());
     }
 }

@@ -5,7 +5,10 @@
 //! host's `scan` file.
 
 use pool_csi_common::pool_spec::AdapterWwn;
-use std::path::{Path, PathBuf};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
 /// A LUN, whichever transport found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,64 +99,116 @@ pub fn rescan(sysfs: &Path, host: &str) -> std::io::Result<()> {
 }
 
 /// The disks on `host` (`hostN`), sorted by address; offline ones are left
-/// out (their data cannot be reached).
-pub fn disks(sysfs: &Path, host: &str) -> Vec<Lun> {
+/// out (their data cannot be reached). A disk that goes away while it is
+/// read is left out too; any other read error fails the listing, so a disk
+/// never shows with another identity because one read failed.
+pub fn disks(sysfs: &Path, host: &str) -> io::Result<Vec<Lun>> {
     let h: u32 = host
         .strip_prefix("host")
         .and_then(|n| n.parse().ok())
-        .unwrap_or(u32::MAX);
-    let Ok(entries) = std::fs::read_dir(sysfs.join("bus/scsi/devices")) else {
-        return Vec::new();
+        .ok_or_else(|| io::Error::other(format!("{host:?} is not a SCSI host name (hostN)")))?;
+    let entries = match std::fs::read_dir(sysfs.join("bus/scsi/devices")) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r?,
     };
     let mut out: Vec<(Vec<u32>, Lun)> = Vec::new();
-    for e in entries.flatten() {
+    for e in entries {
+        let e = e?;
         let addr = e.file_name().to_string_lossy().into_owned();
         let hctl: Vec<u32> = addr.split(':').filter_map(|p| p.parse().ok()).collect();
         if hctl.len() != 4 || hctl[0] != h {
             continue;
         }
-        let dev = e.path();
-        let attr = |f: &str| {
-            std::fs::read_to_string(dev.join(f))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default()
-        };
-        if attr("type") != TYPE_DISK || attr("state") == "offline" {
-            continue;
+        match disk(&e.path(), host, &addr, &hctl) {
+            Ok(Some(lun)) => out.push((hctl, lun)),
+            Ok(None) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {} // gone meanwhile
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("reading SCSI device {addr}: {e}"),
+                ))
+            }
         }
-        let Some(block) = first_entry(&dev.join("block")) else {
-            continue; // not (yet) bound to sd
-        };
-        let sectors: u64 = std::fs::read_to_string(dev.join("block").join(&block).join("size"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        let wwid = attr("wwid");
-        out.push((
-            hctl.clone(),
-            Lun {
-                number: hctl[3],
-                size: sectors * 512,
-                identity: if wwid.is_empty() {
-                    format!("{host}:{}:{}:{}", hctl[1], hctl[2], hctl[3])
-                } else {
-                    wwid
-                },
-                address: format!("{addr} ({block})"),
-                device: Some(Path::new("/dev").join(&block)),
-            },
-        ));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    out.into_iter().map(|(_, l)| l).collect()
+    Ok(out.into_iter().map(|(_, l)| l).collect())
 }
 
-/// The block device of the disk with `identity` on `host`.
-pub fn device_of(sysfs: &Path, host: &str, identity: &str) -> Option<PathBuf> {
-    disks(sysfs, host)
+/// One unit as a [`Lun`]; None when it is not a disk pool-csi may hand out.
+fn disk(unit: &Path, host: &str, addr: &str, hctl: &[u32]) -> io::Result<Option<Lun>> {
+    let attr = |f: &str| std::fs::read_to_string(unit.join(f)).map(|s| s.trim().to_string());
+    if attr("type")? != TYPE_DISK || attr("state")? == "offline" {
+        return Ok(None);
+    }
+    let Some(block) = first_entry(&unit.join("block")) else {
+        return Ok(None); // not (yet) bound to sd
+    };
+    let size = std::fs::read_to_string(unit.join("block").join(&block).join("size"))?;
+    let sectors: u64 = size
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::other(format!("size {size:?} is not a number")))?;
+    Ok(Some(Lun {
+        number: hctl[3],
+        size: sectors * 512,
+        identity: unit_wwid(unit)?
+            .unwrap_or_else(|| format!("{host}:{}:{}:{}", hctl[1], hctl[2], hctl[3])),
+        address: format!("{addr} ({block})"),
+        device: Some(Path::new("/dev").join(&block)),
+    }))
+}
+
+/// A unit's device identifier (VPD page 0x83, the `wwid` attribute); None
+/// when the device reports none (the kernel answers ENXIO or EINVAL, or an
+/// old kernel has no attribute).
+pub fn unit_wwid(unit: &Path) -> io::Result<Option<String>> {
+    match std::fs::read_to_string(unit.join("wwid")) {
+        Ok(w) => Ok(Some(w.trim().to_string()).filter(|w| !w.is_empty())),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                || [rustix::io::Errno::NXIO, rustix::io::Errno::INVAL]
+                    .iter()
+                    .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A unit's serial number (VPD page 0x80 as the kernel cached it,
+/// `vpd_pg80`) as an identity (`serial:<sn>`); None when the device
+/// reports none.
+pub fn unit_serial(unit: &Path) -> io::Result<Option<String>> {
+    let page = match std::fs::read(unit.join("vpd_pg80")) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        r => r?,
+    };
+    let len = page
+        .get(2..4)
+        .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let sn = page.get(4..(4 + len).min(page.len())).unwrap_or_default();
+    let sn = String::from_utf8_lossy(sn);
+    let sn = sn.trim_matches(|c: char| c == ' ' || c == '\0');
+    Ok((!sn.is_empty()).then(|| format!("serial:{sn}")))
+}
+
+/// Asks the kernel to read a unit's inquiry data and VPD pages again
+/// (blocking), so identities read after it are the device's, not cached.
+pub fn rescan_unit(unit: &Path) -> io::Result<()> {
+    std::fs::write(unit.join("rescan"), "1")
+}
+
+/// The disk with `identity` on `host`, and its unit directory.
+pub fn find(sysfs: &Path, host: &str, identity: &str) -> io::Result<Option<(PathBuf, Lun)>> {
+    let lun = disks(sysfs, host)?
         .into_iter()
-        .find(|l| l.identity == identity)?
-        .device
+        .find(|l| l.identity == identity);
+    Ok(lun.map(|l| {
+        let addr = l.address.split(' ').next().unwrap_or_default().to_string();
+        (sysfs.join("bus/scsi/devices").join(addr), l)
+    }))
 }
 
 fn first_entry(dir: &Path) -> Option<String> {
@@ -243,7 +298,7 @@ mod tests {
             "offline\n",
         )
         .unwrap();
-        let got = disks(s, "host2");
+        let got = disks(s, "host2").unwrap();
         assert_eq!(
             got,
             vec![
@@ -263,15 +318,53 @@ mod tests {
                 },
             ]
         );
-        assert!(disks(s, "host3").is_empty(), "offline LUNs are left out");
-        assert_eq!(
-            device_of(s, "host2", "naa.600140512345678901234567890abcd0"),
-            Some(PathBuf::from("/dev/sdd"))
+        assert!(
+            disks(s, "host3").unwrap().is_empty(),
+            "offline LUNs are left out"
         );
-        assert_eq!(device_of(s, "host2", "naa.gone"), None);
+        let (unit, lun) = find(s, "host2", "naa.600140512345678901234567890abcd0")
+            .unwrap()
+            .unwrap();
+        assert_eq!(lun.device, Some(PathBuf::from("/dev/sdd")));
+        assert_eq!(unit, s.join("bus/scsi/devices/2:0:1:3"));
+        assert!(find(s, "host2", "naa.gone").unwrap().is_none());
         rescan(s, "host2").unwrap();
         let scan = s.join("class/scsi_host/host2/scan");
         assert_eq!(std::fs::read_to_string(scan).unwrap(), "- - -");
+    }
+
+    /// A wwid that cannot be read fails the listing: the disk must not
+    /// show under its address instead (a claimed disk would look free).
+    #[test]
+    fn an_unreadable_wwid_fails_the_listing_instead_of_changing_the_identity() {
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path();
+        hba(s, 2, None);
+        lun(s, [2, 0, 0, 1], 0, "sdc", 64, None);
+        let unit = s.join("bus/scsi/devices/2:0:0:1");
+        std::fs::create_dir(unit.join("wwid")).unwrap(); // reads fail (EISDIR)
+        let e = disks(s, "host2").unwrap_err().to_string();
+        assert!(e.contains("2:0:0:1"), "{e}");
+        assert!(find(s, "host2", "host2:0:0:1").is_err());
+    }
+
+    #[test]
+    fn serial_numbers_come_from_the_cached_vpd_page() {
+        let t = tempfile::tempdir().unwrap();
+        let unit = t.path();
+        assert_eq!(unit_serial(unit).unwrap(), None);
+        // As tgtd answers page 0x80: space-padded to the left.
+        let mut page = vec![0u8, 0x80, 0, 12];
+        page.extend_from_slice(b"    orig0001");
+        std::fs::write(unit.join("vpd_pg80"), &page).unwrap();
+        assert_eq!(
+            unit_serial(unit).unwrap().as_deref(),
+            Some("serial:orig0001")
+        );
+        std::fs::write(unit.join("vpd_pg80"), [0u8, 0x80, 0, 0]).unwrap();
+        assert_eq!(unit_serial(unit).unwrap(), None);
+        rescan_unit(unit).unwrap();
+        assert_eq!(std::fs::read_to_string(unit.join("rescan")).unwrap(), "1");
     }
 
     #[test]
