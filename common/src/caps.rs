@@ -47,6 +47,15 @@ pub fn check(cap: &VolumeCapability) -> Result<(), String> {
     }
 }
 
+/// Whether the access mode allows one read/write publication at a time
+/// (SINGLE_NODE_SINGLE_WRITER).
+pub fn is_single_writer(cap: &VolumeCapability) -> bool {
+    use volume_capability::access_mode::Mode;
+    cap.access_mode
+        .as_ref()
+        .is_some_and(|m| Mode::try_from(m.mode) == Ok(Mode::SingleNodeSingleWriter))
+}
+
 /// Whether the access mode only reads.
 pub fn is_read_only_mode(cap: &VolumeCapability) -> bool {
     use volume_capability::access_mode::Mode;

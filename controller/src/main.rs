@@ -202,7 +202,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(%identity, lease = %lease_name, %namespace, "cluster mode: leader election and StoragePool status");
     }
     tracing::info!(agents = ctx.agents.nodes().len(), csi = %path.display(), "starting pool-csi-controller");
-    let identity = IdentityService::new(&driver_name, true, Arc::new(AtomicBool::new(true)));
+    // Ready once a node agent answers: before that, every call would fail.
+    let ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn(
+        ctx.agents
+            .clone()
+            .mark_ready_when_one_answers(ready.clone()),
+    );
+    let identity = IdentityService::new(&driver_name, true, ready);
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };

@@ -581,7 +581,6 @@ impl Driver {
         }
     }
 
-    /// Waits until both sockets answer and the node reports ready.
     /// Waits until both CSI sockets answer a probe (ready or not).
     pub async fn wait_sockets(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -58,6 +58,46 @@ async fn identity_reports_name_capabilities_and_readiness() {
     );
 }
 
+/// The controller's Probe says ready only once a node agent answers:
+/// before that every call would fail, and the provisioner waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_is_ready_once_an_agent_answers() {
+    require!(false);
+    let mut d = pool_csi_e2e::Driver::start(pool_csi_e2e::Options::default()).await;
+    d.kill_node();
+    d.kill_controller();
+    d.restart_controller();
+    let sock = d.ctrl_sock.clone();
+    let probe = || async {
+        let ch = pool_csi_e2e::clients::uds_channel(&sock).await.ok()?;
+        csi::identity_client::IdentityClient::new(ch)
+            .probe(csi::ProbeRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner().ready)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut answers = Vec::new();
+    while answers.len() < 5 {
+        if let Some(ready) = probe().await {
+            answers.push(ready);
+        }
+        assert!(std::time::Instant::now() < deadline, "no probe answer");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(answers.iter().all(|r| *r == Some(false)), "{answers:?}");
+    d.start_node();
+    d.wait_ready().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while probe().await != Some(Some(true)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready after the agent answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_fields_are_invalid_argument() {
     require!(false);

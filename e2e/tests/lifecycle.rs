@@ -434,3 +434,79 @@ async fn snapshot_and_clone_of_a_mounted_volume_see_unsynced_writes() {
         .await
         .expect("unstage");
 }
+
+/// SINGLE_NODE_SINGLE_WRITER: one read/write publication at a time, in
+/// either order; read-only ones may join; after an unpublish another may
+/// write. (SINGLE_NODE_WRITER publications share.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writer_volumes_are_published_read_write_once() {
+    use csi::volume_capability::{access_mode::Mode, AccessMode};
+    require!(false);
+    let d = Driver::start(Options::default()).await;
+    let mut c = d.clients().await;
+    let id = create(&mut c, req::create("one", 32 * req::MIB, &[]))
+        .await
+        .volume_id;
+    let shared = req::mount_cap("ext4");
+    let mut single = shared.clone();
+    single.access_mode = Some(AccessMode {
+        mode: Mode::SingleNodeSingleWriter as i32,
+    });
+    let staging = d.path("staging");
+    let [a, b, r, s] = ["a", "b", "r", "s"].map(|t| d.path(t));
+    c.node
+        .node_stage_volume(req::stage(&id, &staging, single.clone()))
+        .await
+        .expect("stage");
+    let node = c.node.clone();
+    let publish = |t: &Path, cap: &csi::VolumeCapability, ro: bool| {
+        let mut node = node.clone();
+        let r = req::publish(&id, &staging, t, cap.clone(), ro);
+        async move { node.node_publish_volume(r).await }
+    };
+    publish(&a, &single, false).await.expect("the first writer");
+    publish(&a, &single, false).await.expect("idempotent");
+    let e = publish(&b, &single, false).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("published read/write at"),
+        "{}",
+        e.message()
+    );
+    let e = publish(&s, &shared, false).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("SINGLE_NODE_SINGLE_WRITER at"),
+        "{}",
+        e.message()
+    );
+    publish(&r, &single, true).await.expect("a reader may join");
+    c.node
+        .node_unpublish_volume(req::unpublish(&id, &a))
+        .await
+        .expect("unpublish the writer");
+    publish(&b, &single, false).await.expect("the next writer");
+    for t in [&b, &r] {
+        c.node
+            .node_unpublish_volume(req::unpublish(&id, t))
+            .await
+            .expect("unpublish");
+    }
+    // Without the single writer, SINGLE_NODE_WRITER publications share.
+    publish(&a, &shared, false).await.expect("shared writer");
+    publish(&s, &shared, false)
+        .await
+        .expect("another shared writer");
+    let e = publish(&b, &single, false).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    for t in [&a, &s] {
+        c.node
+            .node_unpublish_volume(req::unpublish(&id, t))
+            .await
+            .expect("unpublish");
+    }
+    c.node
+        .node_unstage_volume(req::unstage(&id, &staging))
+        .await
+        .expect("unstage");
+}

@@ -146,4 +146,29 @@ impl Agents {
         }
         (ok, failed)
     }
+
+    /// Sets `ready` once any agent answers an inventory call, asking every
+    /// known agent once a second until one does (agents found later by
+    /// discovery count). Readiness stays once reached: a later outage
+    /// makes calls UNAVAILABLE, which the CO retries, rather than failing
+    /// the liveness probe and restarting a controller that cannot help.
+    pub async fn mark_ready_when_one_answers(
+        self: Arc<Self>,
+        ready: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let mut waited = Duration::ZERO;
+        loop {
+            let (answered, _) = self.all_inventories(Duration::from_secs(1)).await;
+            if !answered.is_empty() {
+                ready.store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!(agents = answered.len(), "ready: an agent answers");
+                return;
+            }
+            if waited.as_secs() % 30 == 0 {
+                tracing::warn!(known = self.nodes().len(), waited = ?waited, "not ready: no node agent answers yet");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            waited += Duration::from_secs(1);
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use crate::{
     error::Error,
-    ops::{self, Access},
+    ops::{self, publish::Writers, Access},
     NodeCtx,
 };
 use pool_csi_common::{caps, respond, LockKey, VolumeId};
@@ -154,9 +154,20 @@ impl Node for NodeService {
                 let (access, ro_mode) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
                 let id = volume_id(&r.volume_id)?;
                 let ro = r.readonly || ro_mode;
+                let mode = match ro {
+                    true => Writers::ReadOnly,
+                    false
+                        if r.volume_capability
+                            .as_ref()
+                            .is_some_and(caps::is_single_writer) =>
+                    {
+                        Writers::Single
+                    }
+                    false => Writers::Shared,
+                };
                 let ctx = self.ctx.clone();
                 let op = async move {
-                    ops::publish::publish(&ctx, &id, &staging, &target, &access, ro).await
+                    ops::publish::publish(&ctx, &id, &staging, &target, &access, mode).await
                 };
                 self.ctx.locks.run(id_key(&r.volume_id), op).await?;
                 Ok(csi::NodePublishVolumeResponse {})
@@ -178,7 +189,8 @@ impl Node for NodeService {
                 // Unpublishing works on the target path alone, so kubelet can
                 // always clean up, even for an id this driver never made.
                 let ctx = self.ctx.clone();
-                let op = async move { ops::publish::unpublish(&ctx, &target).await };
+                let id = r.volume_id.clone();
+                let op = async move { ops::publish::unpublish(&ctx, &id, &target).await };
                 self.ctx.locks.run(id_key(&r.volume_id), op).await?;
                 Ok(csi::NodeUnpublishVolumeResponse {})
             }
