@@ -164,7 +164,7 @@ impl Agents {
                 tracing::info!(agents = answered.len(), "ready: an agent answers");
                 return;
             }
-            if waited.as_secs() % 30 == 0 {
+            if waited.as_secs().is_multiple_of(30) {
                 tracing::warn!(known = self.nodes().len(), waited = ?waited, "not ready: no node agent answers yet");
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
