@@ -874,28 +874,79 @@ async fn topology_requirements_pick_the_node_or_refuse() {
     );
 }
 
+/// Two CreateVolume calls for one name while the first is held inside its
+/// write (the pool's filesystem frozen): the second is ABORTED at once, never
+/// queued behind the first, and the first completes once the pool thaws.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_on_one_volume_are_aborted_not_queued() {
     require!(false);
-    let (_d, c) = driver().await;
-    // Full allocation of 2 GiB takes long enough for the second call to meet the first.
+    // The pool's filesystem frozen: the first create stalls inside its
+    // write, holding the volume, for as long as the test wants.
+    let scratch = tempfile::tempdir().unwrap();
+    let dev = pool_csi_e2e::LoopDisk::new(scratch.path(), "fs.img", 128, false);
+    let out = pool_csi_e2e::tool("mkfs.ext4", &["-q", dev.path()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = Driver::start(Options {
+        extra_pools: format!(
+            "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: frozen }}\nspec:\n  type: fs\n  source: {{ device: {}, format: ext4 }}\n  target: {{ path: \"{{dir}}/frozen\" }}\n",
+            dev.path()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let c = d.clients().await;
+    struct Thaw(String);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            pool_csi_e2e::tool("fsfreeze", &["--unfreeze", &self.0]);
+        }
+    }
+    let mount = d.dir.path().join("frozen").display().to_string();
+    let out = pool_csi_e2e::tool("fsfreeze", &["--freeze", &mount]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let thaw = Thaw(mount);
     let mk = || {
         let mut c = c.clone();
         tokio::spawn(async move {
-            code(
-                c.controller
-                    .create_volume(req::create("slow", 2 * req::GIB, &[("allocation", "full")]))
-                    .await,
-            )
+            c.controller
+                .create_volume(req::create("held", 16 * req::MIB, &[("pool", "frozen")]))
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
         })
     };
-    let (a, b) = (mk(), mk());
-    let mut codes = vec![a.await.unwrap(), b.await.unwrap()];
-    codes.sort_by_key(|c| *c as i32);
-    assert!(
-        codes == vec![Code::Ok, Code::Ok] || codes == vec![Code::Ok, Code::Aborted],
-        "{codes:?}"
+    let (mut a, mut b) = (mk(), mk());
+    // One call stalls in the frozen write; the other meets it and is
+    // ABORTED at once, whichever arrived first.
+    let first = tokio::select! {
+        r = &mut a => (r.unwrap(), b),
+        r = &mut b => (r.unwrap(), a),
+        _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => panic!("neither call answered"),
+    };
+    let (answered, stalled) = first;
+    assert_eq!(
+        answered,
+        Err(Code::Aborted),
+        "the call that met the held volume"
     );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!stalled.is_finished(), "the first call waits for the thaw");
+    drop(thaw);
+    assert_eq!(stalled.await.unwrap(), Ok(()), "the held call completes");
+    let mut c = c.clone();
+    let again = c
+        .controller
+        .create_volume(req::create("held", 16 * req::MIB, &[("pool", "frozen")]))
+        .await;
+    assert_eq!(code(again), Code::Ok, "a retry now finds the volume");
 }
 
 /// A slow operation (zeroing 2 GiB before deleting, ~2 s) whose caller gives up
