@@ -4,6 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod fake_api;
+pub mod patch;
+pub mod schema;
+pub mod selector;
 pub mod skip;
 pub mod validate;
 

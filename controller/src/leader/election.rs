@@ -6,6 +6,13 @@
 //! leader that shuts down releases the Lease (empty holder), so a standby
 //! takes over at its next try instead of after the full duration.
 //!
+//! Expiry is judged on the standby's own clock, never by comparing its
+//! clock with the `renewTime` another machine wrote: as client-go's
+//! `observedTime`, a standby notes when it first saw the current record
+//! (holder, times, transitions) and takes over once that record has not
+//! changed for `leaseDurationSeconds`. Two replicas whose clocks disagree
+//! by minutes therefore neither steal a live Lease nor wait out the skew.
+//!
 //! Only the controller's cluster-wide loops (StoragePool status, Events)
 //! wait for leadership; CSI calls are served by every replica (the sidecars
 //! elect their own leader).
@@ -57,8 +64,9 @@ pub enum Decision {
     Standby { holder: String },
 }
 
-/// The pure rule, for a Lease read at `now`.
-pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
+/// The pure rule, for a Lease read at `now` whose current record this
+/// replica has seen unchanged since `seen_since` (both on its own clock).
+pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp, seen_since: Timestamp) -> Decision {
     let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
         return if lease.is_some() {
             Decision::TakeOver
@@ -74,22 +82,31 @@ pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
         return Decision::TakeOver;
     }
     let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0);
-    match renewed {
-        Some(at) if at.checked_add(duration).is_ok_and(|end| end > now) => {
-            Decision::Standby { holder }
-        }
+    match seen_since.checked_add(duration) {
+        Ok(end) if end > now => Decision::Standby { holder },
         _ => Decision::TakeOver,
     }
+}
+
+/// What identifies one write of the Lease by its holder: a new renewal is a
+/// new record, whatever the writer's clock said.
+fn record(lease: Option<&Lease>) -> Option<String> {
+    let spec = lease?.spec.as_ref()?;
+    let t = |m: &Option<MicroTime>| m.as_ref().map(|m| m.0.to_string()).unwrap_or_default();
+    Some(format!(
+        "{}|{}|{}|{}",
+        spec.holder_identity.as_deref().unwrap_or(""),
+        t(&spec.acquire_time),
+        t(&spec.renew_time),
+        spec.lease_transitions.unwrap_or(0)
+    ))
 }
 
 pub struct Elector {
     api: Api<Lease>,
     cfg: LeaderConfig,
+    /// The record last read and when (our clock) it was first seen.
+    observed: std::sync::Mutex<Option<(Option<String>, Timestamp)>>,
 }
 
 impl Elector {
@@ -97,6 +114,7 @@ impl Elector {
         Self {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
+            observed: Default::default(),
         }
     }
 
@@ -120,7 +138,9 @@ impl Elector {
             Err(kube::Error::Api(s)) if s.code == 404 => None,
             Err(e) => return Err(e),
         };
-        let written = match (decide(current.as_ref(), &self.cfg.identity, now), current) {
+        let seen_since = self.observe(record(current.as_ref()), now);
+        let decision = decide(current.as_ref(), &self.cfg.identity, now, seen_since);
+        let written = match (decision, current) {
             (Decision::Standby { .. }, _) => return Ok(false),
             (Decision::Create, _) => {
                 let mut l = Lease::default();
@@ -146,6 +166,19 @@ impl Elector {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Notes `record` as read at `now`; returns since when it has been seen
+    /// unchanged.
+    fn observe(&self, record: Option<String>, now: Timestamp) -> Timestamp {
+        let mut o = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        match &*o {
+            Some((r, since)) if *r == record => *since,
+            _ => {
+                *o = Some((record, now));
+                now
+            }
         }
     }
 
@@ -253,25 +286,48 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(decide(None, "a", at(0)), Decision::Create);
+        assert_eq!(decide(None, "a", at(0), at(0)), Decision::Create);
         assert_eq!(
-            decide(Some(&lease(Some("a"), 0)), "a", at(100)),
+            decide(Some(&lease(Some("a"), 0)), "a", at(100), at(0)),
             Decision::Renew
         );
         assert_eq!(
-            decide(Some(&lease(Some("b"), 0)), "a", at(14)),
+            decide(Some(&lease(Some("b"), 0)), "a", at(14), at(0)),
             Decision::Standby { holder: "b".into() }
         );
         assert_eq!(
-            decide(Some(&lease(Some("b"), 0)), "a", at(15)),
+            decide(Some(&lease(Some("b"), 0)), "a", at(15), at(0)),
             Decision::TakeOver
         );
         assert_eq!(
-            decide(Some(&lease(None, 0)), "a", at(1)),
+            decide(Some(&lease(None, 0)), "a", at(1), at(1)),
             Decision::TakeOver
         );
         assert_eq!(
-            decide(Some(&Lease::default()), "a", at(1)),
+            decide(Some(&Lease::default()), "a", at(1), at(1)),
+            Decision::TakeOver
+        );
+    }
+
+    #[test]
+    fn expiry_counts_from_when_the_record_was_seen_not_from_its_renew_time() {
+        let lease = |renewed: i64| Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some("b".into()),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(at(renewed))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Written by a clock an hour behind ours, seen just now: live.
+        assert_eq!(
+            decide(Some(&lease(-3600)), "a", at(1), at(0)),
+            Decision::Standby { holder: "b".into() }
+        );
+        // Written by a clock an hour ahead, unchanged for 15 s: expired.
+        assert_eq!(
+            decide(Some(&lease(3600)), "a", at(15), at(0)),
             Decision::TakeOver
         );
     }
@@ -284,16 +340,48 @@ mod tests {
         assert!(!b.step_at(at(1)).await.unwrap(), "b stands by");
         assert!(a.step_at(at(5)).await.unwrap(), "a renews");
         assert!(
-            !b.step_at(at(19)).await.unwrap(),
-            "renewed at 5: held until 20"
+            !b.step_at(at(6)).await.unwrap(),
+            "b sees the renewal at 6: held until 21 on b's clock"
         );
+        assert!(!b.step_at(at(20)).await.unwrap());
         assert_eq!(holder(&fake).as_deref(), Some("a"));
         // a stops renewing (dead): b takes over once the Lease expired.
-        assert!(b.step_at(at(21)).await.unwrap());
+        assert!(b.step_at(at(22)).await.unwrap());
         assert_eq!(holder(&fake).as_deref(), Some("b"));
         let l = fake.object(PATH).unwrap();
         assert_eq!(l["spec"]["leaseTransitions"], 1);
-        assert!(!a.step_at(at(22)).await.unwrap(), "a, back, stands by");
+        assert!(!a.step_at(at(23)).await.unwrap(), "a, back, stands by");
+    }
+
+    /// Two replicas whose clocks disagree by a minute, either way: the one
+    /// ahead never steals a Lease that is being renewed, and the one behind
+    /// takes over a dead holder's Lease after the Lease's duration on its
+    /// own clock, not a minute later.
+    #[tokio::test]
+    async fn two_clocks_that_disagree_neither_steal_nor_wait_out_the_skew() {
+        for skew in [60, -60] {
+            let fake = FakeApi::new();
+            let (a, b) = (elector(&fake, "a"), elector(&fake, "b"));
+            let b_at = |t: i64| at(t + skew);
+            assert!(a.step_at(at(0)).await.unwrap());
+            for t in (4..=40).step_by(4) {
+                assert!(a.step_at(at(t)).await.unwrap(), "a renews at {t}");
+                assert!(
+                    !b.step_at(b_at(t + 1)).await.unwrap(),
+                    "skew {skew}: b took a live Lease at {t}"
+                );
+            }
+            // a dies after its renewal at 40; b saw it at 41 (its clock 41+skew).
+            assert!(
+                !b.step_at(b_at(55)).await.unwrap(),
+                "skew {skew}: 14 s after"
+            );
+            assert!(
+                b.step_at(b_at(57)).await.unwrap(),
+                "skew {skew}: 16 s after, b leads"
+            );
+            assert_eq!(holder(&fake).as_deref(), Some("b"));
+        }
     }
 
     #[tokio::test]
@@ -305,6 +393,8 @@ mod tests {
             elector(&fake, "c"),
         );
         assert!(c.step_at(at(0)).await.unwrap());
+        assert!(!a.step_at(at(1)).await.unwrap());
+        assert!(!b.step_at(at(1)).await.unwrap());
         // Both read the expired Lease before either writes: the second
         // write carries a stale resourceVersion and loses.
         let (ra, rb) = tokio::join!(a.step_at(at(30)), b.step_at(at(30)));

@@ -6,7 +6,9 @@
 //! the pool, with a volume handle naming no node — so Kubernetes binds PVCs
 //! of that class to LUNs of the right size. A PV
 //! whose LUN was handed out dynamically meanwhile or vanished is withdrawn
-//! while it is still Available; a bound PV is never touched. The LUN is
+//! while it is still Available; a bound PV is never touched (the DELETE
+//! carries the uid and resourceVersion read, so a PV bound between the
+//! read and the delete is kept). The LUN is
 //! claimed on the node when the PV's volume is first staged. Driven by the
 //! leader's round (`round.rs`), after the status is written.
 
@@ -22,7 +24,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::api::resource::Quantity,
 };
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use pool_csi_common::{
     params::{KEY_FSTYPE, KEY_POOL},
     VolumeId, TOPOLOGY_NODE_KEY,
@@ -231,9 +233,20 @@ impl StaticPvs {
             let available =
                 pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available");
             if reported.contains(&key) && !wanted.contains(&name) && available {
-                match api.delete(&name, &DeleteParams::default()).await {
+                // Only the PV as read: one bound meanwhile (a new
+                // resourceVersion) answers 409 and is kept.
+                let exactly = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: pv.metadata.uid.clone(),
+                        resource_version: pv.metadata.resource_version.clone(),
+                    }),
+                    ..Default::default()
+                };
+                match api.delete(&name, &exactly).await {
                     Ok(_) => changes.deleted.push(name),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                        tracing::debug!(pv = %name, code = s.code, "static PV changed or gone before its withdrawal; kept for the next round");
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -349,6 +362,39 @@ mod tests {
         reports[0].luns.clear();
         assert_eq!(s.reconcile(&reports).await.unwrap(), Changes::default());
         assert_eq!(s.reconcile(&[]).await.unwrap(), Changes::default());
+        assert_eq!(names(&fake), ["san-static-1"]);
+    }
+
+    /// The PV is read Available, then bound by Kubernetes before the
+    /// withdrawal lands: the DELETE carries the uid and resourceVersion
+    /// read, so the bound PV is kept (409) and the round goes on.
+    #[tokio::test]
+    async fn a_pv_bound_between_the_read_and_the_withdrawal_is_kept() {
+        let fake = FakeApi::new();
+        class(&fake, "san", "san", "pool-csi.io");
+        let s = StaticPvs::new(fake.client(), "pool-csi.io");
+        let mut reports = vec![LunReport {
+            pool: "san".into(),
+            node: "n1".into(),
+            shared: false,
+            luns: vec![lun("1", 64, ""), lun("2", 64, "")],
+        }];
+        s.reconcile(&reports).await.unwrap();
+        for n in ["1", "2"] {
+            fake.modify(&format!("{PVS}/san-static-{n}"), |p| {
+                p["status"] = json!({"phase": "Available"})
+            });
+        }
+        // Both LUNs taken on the node; PV 1 is bound meanwhile.
+        reports[0].luns = vec![lun("1", 64, "pvc-x"), lun("2", 64, "pvc-y")];
+        fake.before(&format!("DELETE {PVS}/san-static-1"), |f| {
+            f.modify(&format!("{PVS}/san-static-1"), |p| {
+                p["status"] = json!({"phase": "Bound"});
+                p["spec"]["claimRef"] = json!({"namespace": "app", "name": "data"});
+            })
+        });
+        let c = s.reconcile(&reports).await.unwrap();
+        assert_eq!(c.deleted, ["san-static-2"], "the bound PV is not withdrawn");
         assert_eq!(names(&fake), ["san-static-1"]);
     }
 
