@@ -37,7 +37,81 @@ async fn identity_reports_name_capabilities_and_readiness() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(caps.capabilities.len(), 4, "{caps:?}");
+    use csi::plugin_capability::{service, volume_expansion, Type as P};
+    let plugin: Vec<P> = caps
+        .capabilities
+        .into_iter()
+        .filter_map(|c| c.r#type)
+        .collect();
+    let svc = |t: service::Type| P::Service(csi::plugin_capability::Service { r#type: t as i32 });
+    let exp = |t: volume_expansion::Type| {
+        P::VolumeExpansion(csi::plugin_capability::VolumeExpansion { r#type: t as i32 })
+    };
+    assert_eq!(
+        plugin,
+        [
+            svc(service::Type::VolumeAccessibilityConstraints),
+            svc(service::Type::ControllerService),
+            exp(volume_expansion::Type::Online),
+            exp(volume_expansion::Type::Offline),
+        ]
+    );
+    // Exactly what the controller and node services advertise, no more:
+    // each is an RPC the conformance suite then exercises.
+    use csi::controller_service_capability::rpc::Type as C;
+    let controller: Vec<i32> = c
+        .controller
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities
+        .into_iter()
+        .filter_map(|c| {
+            c.r#type
+                .map(|csi::controller_service_capability::Type::Rpc(r)| r.r#type)
+        })
+        .collect();
+    let want: Vec<i32> = [
+        C::CreateDeleteVolume,
+        C::PublishUnpublishVolume,
+        C::ListVolumes,
+        C::GetCapacity,
+        C::CreateDeleteSnapshot,
+        C::ListSnapshots,
+        C::CloneVolume,
+        C::ExpandVolume,
+        C::VolumeCondition,
+        C::GetVolume,
+        C::SingleNodeMultiWriter,
+    ]
+    .map(|t| t as i32)
+    .into();
+    assert_eq!(controller, want);
+    use csi::node_service_capability::rpc::Type as N;
+    let node: Vec<i32> = c
+        .node
+        .node_get_capabilities(csi::NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities
+        .into_iter()
+        .filter_map(|c| {
+            c.r#type
+                .map(|csi::node_service_capability::Type::Rpc(r)| r.r#type)
+        })
+        .collect();
+    let want: Vec<i32> = [
+        N::StageUnstageVolume,
+        N::GetVolumeStats,
+        N::ExpandVolume,
+        N::VolumeCondition,
+        N::SingleNodeMultiWriter,
+    ]
+    .map(|t| t as i32)
+    .into();
+    assert_eq!(node, want);
     let probe = c
         .node_identity
         .probe(csi::ProbeRequest {})

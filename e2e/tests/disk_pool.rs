@@ -284,8 +284,12 @@ async fn gpt_disk_pool_allocates_expands_and_frees_partitions() {
         .unwrap()["type"]
         .clone();
     assert_eq!(t, "E6D6D379-F507-44C2-A23C-238F2A3DF928");
+    // A clone into another pool (the default class's) is refused: volumes
+    // are copied within one pool.
     let clone = create(&mut c, req::clone_of("copy", 8 * MIB, &lvm.volume_id)).await;
-    assert!(clone.is_err());
+    let e = clone.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("copied within one pool"), "{e:?}");
     drop(c);
     drop(d);
 }

@@ -157,7 +157,11 @@ mod tests {
         });
         assert_eq!(sync_once(&ctx, &client).await.unwrap(), 2);
         assert_eq!(names(&ctx), ["all", "hdd"]);
-        assert!(ctx.pools.get("ssd", "n1").is_err());
+        let e = ctx.pools.get("ssd", "n1").err().expect("ssd is gone");
+        assert!(
+            matches!(e, crate::error::Error::PoolNotFound { ref pool, .. } if pool == "ssd"),
+            "{e}"
+        );
 
         // The API server down: an error, the pools in hand stay.
         fake.fail_next(503);

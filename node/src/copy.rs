@@ -109,7 +109,8 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         File::create(&a).unwrap().write_all(b"a").unwrap();
         File::create(&b).unwrap().write_all(b"keep").unwrap();
-        assert!(copy_file(&a, &b).is_err());
+        let e = copy_file(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
         assert_eq!(std::fs::read(&b).unwrap(), b"keep");
     }
 }

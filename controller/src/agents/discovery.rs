@@ -165,7 +165,11 @@ mod tests {
             .unwrap();
         assert_eq!(agents.nodes(), ["n2", "n3"]);
         assert_eq!(addr(&agents, "n2"), Some("10.0.0.22:7690".parse().unwrap()));
-        assert!(agents.client("n1").is_err());
+        let e = agents.client("n1").err().expect("n1 forgotten");
+        assert!(
+            matches!(e, crate::error::Error::UnknownNode { ref node } if node == "n1"),
+            "{e}"
+        );
 
         // The API server down: an error, and the known agents stay.
         fake.fail_next(503);

@@ -542,6 +542,10 @@ mod tests {
 
         // The API server fails: the round reports it, nothing half-written.
         fake.fail_next(500);
-        assert!(w.reconcile(&reports, now()).await.is_err());
+        let e = w.reconcile(&reports, now()).await.unwrap_err();
+        assert!(
+            matches!(e, kube::Error::Api(ref s) if s.code == 500),
+            "{e:?}"
+        );
     }
 }

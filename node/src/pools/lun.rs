@@ -888,7 +888,11 @@ mod tests {
         let why = p.get_volume("a").await.unwrap().abnormal.unwrap();
         assert!(why.starts_with("cannot tell whether LUN 1"), "{why}");
         assert!(why.contains("Login Failed"), "{why}");
-        assert!(p.luns().await.is_err());
+        let e = p.luns().await.unwrap_err().to_string();
+        assert!(
+            e.contains("Login Failed"),
+            "the inventory fails with the login: {e}"
+        );
         let st = p.status(false).await;
         assert_eq!(st.state, PoolState::Degraded);
         assert!(st.message.contains("Login Failed"), "{}", st.message);
@@ -1024,7 +1028,11 @@ mod tests {
         let e = b.delete_volume("v", false).await.unwrap_err().to_string();
         assert!(e.contains("node n1 (published); unpublish it first"), "{e}");
         b.unpublish("v", "n2").await.unwrap(); // not n2's: nothing changes
-        assert!(b.publish("v", "n2").await.is_err());
+        let e = b.publish("v", "n2").await.unwrap_err();
+        assert!(
+            matches!(e, Error::Precondition(ref m) if m.contains("published on node n1")),
+            "{e}"
+        );
         b.unpublish("v", "n1").await.unwrap();
         b.publish("v", "n2").await.unwrap();
         let e = a.attach_source("v").await.unwrap_err().to_string();
@@ -1046,7 +1054,11 @@ mod tests {
             a.luns().await.unwrap()[0].volume.as_deref(),
             Some(s.as_str())
         );
-        assert!(a.publish(&s, "n1").await.is_err());
+        let e = a.publish(&s, "n1").await.unwrap_err();
+        assert!(
+            matches!(e, Error::Precondition(ref m) if m.contains("published on node n2")),
+            "{e}"
+        );
     }
 
     fn lun(number: u32, mib: u64) -> Lun {

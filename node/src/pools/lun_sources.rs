@@ -551,6 +551,10 @@ mod tests {
         assert_eq!(device(&p, "v").await, "/dev/mapper/mpathb");
         let st = p.status(true).await;
         assert_eq!((st.capacity, st.available), (150 * MIB, 100 * MIB));
-        assert!(p.create_snapshot("v", "s").await.is_err());
+        let e = p.create_snapshot("v", "s").await.unwrap_err();
+        assert!(
+            matches!(e, Error::Invalid(ref m) if m.contains("snapshot")),
+            "{e}"
+        );
     }
 }

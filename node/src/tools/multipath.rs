@@ -187,6 +187,7 @@ mod tests {
         // A uuid that cannot be read fails the listing.
         std::fs::remove_file(t.path().join("block/dm-0/dm/uuid")).unwrap();
         std::fs::create_dir(t.path().join("block/dm-0/dm/uuid")).unwrap();
-        assert!(maps(t.path(), None).is_err());
+        let e = maps(t.path(), None).unwrap_err();
+        assert!(e.to_string().contains("dm-0"), "{e}");
     }
 }

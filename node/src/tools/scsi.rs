@@ -345,7 +345,8 @@ mod tests {
         std::fs::create_dir(unit.join("wwid")).unwrap(); // reads fail (EISDIR)
         let e = disks(s, "host2").unwrap_err().to_string();
         assert!(e.contains("2:0:0:1"), "{e}");
-        assert!(find(s, "host2", "host2:0:0:1").is_err());
+        let e = find(s, "host2", "host2:0:0:1").unwrap_err();
+        assert!(e.to_string().contains("2:0:0:1"), "{e}");
     }
 
     #[test]

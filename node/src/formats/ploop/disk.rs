@@ -245,6 +245,7 @@ mod tests {
         let flat = t.path().join("f.ploop");
         let f = d.flatten_into(1, &flat, "f", 0).unwrap();
         assert_eq!(f.size().unwrap(), 16 << 20);
-        assert!(d.merge_into_child(1).is_err(), "the top stays");
+        let e = d.merge_into_child(1).unwrap_err();
+        assert!(matches!(e, Error::Precondition(_)), "the top stays: {e}");
     }
 }
