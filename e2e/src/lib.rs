@@ -150,6 +150,30 @@ pub fn tool_with_input(program: &str, args: &[&str], input: &[u8]) -> std::proce
         .unwrap_or_else(|e| panic!("wait for {program}: {e}"))
 }
 
+/// Runs a set-up or check tool that must succeed; its trimmed stdout.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = tool(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// StoragePool manifests for [`Options::extra_pools`].
+pub mod manifests {
+    /// An fs pool on `dev`, mounted under the scratch dir.
+    pub fn fs_pool(name: &str, dev: &str, format: &str) -> String {
+        format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: fs\n  source: {{ device: {dev}, format: {format} }}\n  target: {{ path: \"{{dir}}/{name}\" }}\n")
+    }
+
+    /// A disk pool on the whole disk `dev` (`gpt` or `dos`).
+    pub fn disk_pool(name: &str, dev: &str, format: &str) -> String {
+        format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: disk\n  source: {{ device: {dev}, format: {format} }}\n")
+    }
+}
+
 pub fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

@@ -1,24 +1,14 @@
 //! disk pools on real partition tables: loop devices with partition scanning,
 //! the real sfdisk and partx, real mkfs and mounts on the partitions.
 
-use pool_csi_e2e::{req, require, Driver, LoopDisk, Options};
+use pool_csi_e2e::{req, require, sh, Driver, LoopDisk, Options};
 use pool_csi_proto::csi;
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
 
-fn sh(program: &str, args: &[&str]) -> String {
-    let out = pool_csi_e2e::tool(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn disk_pool(name: &str, disk: &LoopDisk, format: &str) -> String {
-    format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: disk\n  source: {{ device: {}, format: {format} }}\n", disk.path())
+    pool_csi_e2e::manifests::disk_pool(name, disk.path(), format)
 }
 
 fn on(pool: &str, name: &str, bytes: i64, params: &[(&str, &str)]) -> csi::CreateVolumeRequest {

@@ -2,26 +2,12 @@
 //! a blank device stays inactive until built; build makes a filesystem only
 //! on a blank device; a device holding data is never formatted.
 
-use pool_csi_e2e::{req, require, Driver, LoopDisk, Options};
+use pool_csi_e2e::{req, require, sh, Driver, LoopDisk, Options};
 use pool_csi_proto::csi;
 use std::path::Path;
 
-fn sh(program: &str, args: &[&str]) -> String {
-    #[allow(clippy::disallowed_methods)] // test fixture set-up
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .expect(program);
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn fs_pool(name: &str, dev: &Path, format: &str) -> String {
-    format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: fs\n  source: {{ device: {}, format: {format} }}\n  target: {{ path: \"{{dir}}/{name}\" }}\n", dev.display())
+    pool_csi_e2e::manifests::fs_pool(name, &dev.display().to_string(), format)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,3 +55,80 @@ async fn only_callers_with_a_certificate_from_the_ca_reach_the_agent() {
         "{out}"
     );
 }
+
+/// The other direction: an impostor answering at an agent's address with a
+/// certificate from another CA is refused by the controller's client
+/// (poolctl shares it) during the handshake — it aborts with "unknown CA"
+/// and sends nothing. The same impostor holding a certificate of the
+/// cluster CA completes the handshake, so the refusal is the certificate's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_refuses_an_agent_with_a_certificate_from_another_ca() {
+    require!(false);
+    pool_csi_e2e::require_tool!(
+        "openssl",
+        "needs openssl to make test certificates (run dev/setup)"
+    );
+    let d = Driver::start(Options {
+        tls: true,
+        ..Default::default()
+    })
+    .await;
+    let pki = d.pki.as_ref().unwrap();
+    let impostor = |pair: &(std::path::PathBuf, std::path::PathBuf)| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        #[allow(clippy::disallowed_methods)] // a stand-in server, not driver code
+        let mut server = std::process::Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+            .arg(&pair.0)
+            .arg("-key")
+            .arg(&pair.1)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let good: Vec<String> = pki.flags(&pki.client);
+        let agent = format!("--agent=impostor=127.0.0.1:{port}");
+        let mut args: Vec<&str> = vec![&agent];
+        args.extend(good.iter().map(String::as_str));
+        args.push("pool-list");
+        let out = pool_csi_e2e::tool(
+            pool_csi_e2e::bin_dir().join("poolctl").to_str().unwrap(),
+            &args,
+        );
+        let _ = server.kill();
+        let log = server.wait_with_output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&log.stdout).to_string()
+                + &String::from_utf8_lossy(&log.stderr),
+        )
+    };
+    let (client, server) = impostor(&pki.rogue);
+    assert!(
+        client.contains("unreachable") && !client.contains("running"),
+        "{client}"
+    );
+    assert!(
+        server.to_lowercase().contains("unknown ca"),
+        "the client aborts the handshake: {server}"
+    );
+    let (_, server) = impostor(&pki.agent);
+    assert!(
+        !server.to_lowercase().contains("alert"),
+        "a certificate of the cluster CA passes the handshake: {server}"
+    );
+}
