@@ -164,6 +164,72 @@ def iscsi_pools_get_the_host_network_and_their_secret():
     assert "--secrets-dir=/etc/pool-csi-secrets" in node["args"], node["args"]
 
 
+def render_against(objects, values, **opts):
+    """Renders the chart with `lookup` answered by a stub API server that
+    holds `objects` (path -> object), as helm does against a cluster on
+    upgrade. Only discovery and GETs of those paths are answered."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    routes = {
+        "/version": {"major": "1", "minor": "33", "gitVersion": "v1.33.0"},
+        "/api": {"kind": "APIVersions", "versions": ["v1"]},
+        "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+        "/api/v1": {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+            {"name": "secrets", "singularName": "secret", "namespaced": True,
+             "kind": "Secret", "verbs": ["get", "list"]}]},
+        **objects,
+    }
+
+    class Api(BaseHTTPRequestHandler):
+        def log_message(self, *_):
+            pass
+
+        def do_GET(self):
+            body = routes.get(self.path.split("?")[0])
+            code = 200 if body is not None else 404
+            if body is None:
+                body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = helm.Config(kube_apiserver=f"http://127.0.0.1:{server.server_port}", namespace="kube-system")
+        return cfg.render(helm.Chart.load(CHART), values, name="pool-csi", namespace="kube-system", **opts)
+    finally:
+        server.shutdown()
+
+
+def upgrade_keeps_the_agent_certificates():
+    values = {"tls": {"enabled": True}}
+    secret_of = lambda rendered: yaml.safe_load(rendered["pool-csi/templates/tls.yaml"])["data"]
+    # Install: a new CA each time (nothing to find).
+    first = secret_of(render_against({}, values, is_install=True))
+    second = secret_of(render_against({}, values, is_install=True))
+    assert set(first) == {"ca.crt", "agent.crt", "agent.key", "controller.crt", "controller.key"}, sorted(first)
+    assert first["ca.crt"] != second["ca.crt"], "install makes a new CA"
+    # Upgrade over an installed release: the Secret found is kept as it is,
+    # so agents and controller keep trusting each other across the upgrade.
+    existing = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "pool-csi-agent-tls", "namespace": "kube-system"}, "data": first}
+    rendered = render_against({"/api/v1/namespaces/kube-system/secrets/pool-csi-agent-tls": existing},
+                              values, is_upgrade=True)
+    assert secret_of(rendered) == first, "upgrade replaced the agent certificates"
+    _, sp_schema = crd_schema()
+    for path, text in rendered.items():
+        if not path.endswith("NOTES.txt"):
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    validate_object(doc, sp_schema)
+
+
 check("helm lint --strict", lint)
 check("iscsi pools: host network, CHAP Secret mounted", iscsi_pools_get_the_host_network_and_their_secret)
 check("node and controller run in cluster mode", both_run_in_cluster_mode)
@@ -171,6 +237,7 @@ check("node: CO paths confined to the kubelet dir it mounts", node_confines_co_p
 check("node RBAC: LUN claims ConfigMaps in its namespace, nothing else written", node_may_write_lun_claims_only)
 check("CRD validates as apiextensions.k8s.io/v1", crd_is_valid)
 check("values.schema.json refuses bad values", bad_values_are_refused)
+check("upgrade keeps the agent certificates (lookup of the existing Secret)", upgrade_keeps_the_agent_certificates)
 for f in [None] + sorted(glob.glob(os.path.join(CHART, "ci", "*.yaml"))):
     check(f"render + validate ({os.path.basename(f) if f else 'default values'})", lambda f=f: render_and_validate(f))
 print(f"{passed} passed, {failed} failed")
