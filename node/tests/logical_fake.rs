@@ -33,7 +33,8 @@ fn lvs() -> Vec<&'static str> {
     report("lvs", lvm::LVS_FIELDS)
 }
 
-const VG_JSON: &str = r#"{"report":[{"vg":[{"vg_name":"vg0","vg_size":"21474836480","vg_free":"10737418240","vg_extent_size":"4194304"}]}]}"#;
+/// vg0 as the real `vgs` reports it (recorded by record.sh): 20 GiB, 10 GiB free.
+const VG_JSON: &str = include_str!("fixtures/commands/lvm/vgs_vg0.json");
 
 fn thin_lvs() -> &'static str {
     include_str!("fixtures/commands/lvm/lvs_thin_written_by_hand.json")
@@ -184,10 +185,8 @@ async fn thin_overcommit_bounds_what_thin_volumes_may_promise() {
 
 #[tokio::test]
 async fn a_thick_volume_with_a_cow_snapshot_is_not_deleted() {
-    let lvs_json = r#"{"report":[{"lv":[
-        {"lv_name":"thin0","lv_size":"1073741824","lv_tags":"","lv_attr":"twi-a-tz--","pool_lv":"","origin":"","data_percent":"0.00","metadata_percent":"1.00","segtype":"thin-pool"},
-        {"lv_name":"vol","lv_size":"1073741824","lv_tags":"pool-csi,pool-csi.io/kind=volume","lv_attr":"owi-a-s---","pool_lv":"","origin":"","data_percent":"","metadata_percent":"","segtype":"linear"},
-        {"lv_name":"snap_x","lv_size":"1073741824","lv_tags":"pool-csi,pool-csi.io/kind=snapshot,pool-csi.io/source=vol","lv_attr":"swi-a-s---","pool_lv":"","origin":"vol","data_percent":"0.01","metadata_percent":"","segtype":"linear"}]}]}"#;
+    // COW snapshots need device-mapper: written by hand in lvs's recorded format.
+    let lvs_json = include_str!("fixtures/commands/lvm/lvs_cow_snapshot_written_by_hand.json");
     let runner = FakeRunner::new()
         .expect(vgs(), Reply::ok().stdout(VG_JSON))
         .expect(vgs(), Reply::ok().stdout(VG_JSON))
