@@ -3,8 +3,10 @@
 //! attach with `ploop mount`, snapshot a mounted disk with `ploop snapshot`.
 //! This machine has no ploop module (and its tool crashes), so the tool is
 //! scripted: each call answers as the tool does and leaves what the tool
-//! leaves — the image files (written by this crate's own writer) and the
-//! module's sysfs entries (block/ploopN/pdelta/0/image). Everything around it
+//! leaves — for `init` the real tool's own recorded files, for `resize` and
+//! `snapshot` (which cannot be recorded without device-mapper) image files
+//! written by this crate's own writer — and the module's sysfs entries
+//! (block/ploopN/pdelta/0/image). Everything around it
 //! is the real pool and attach code on a real directory.
 
 use pool_csi_common::{PoolDefinition, VolumeFormat};
@@ -80,16 +82,19 @@ fn ploop_req(name: &str, bytes: u64) -> CreateRequest {
     }
 }
 
-/// `ploop init` as the tool does it: root.hds + DiskDescriptor.xml beside it.
+/// `ploop init`: leaves what the real tool leaves — its own recorded
+/// output for a 64 MiB disk (tests/fixtures/commands/ploop/init_64M, made
+/// by ploop 9 itself: DiskDescriptor.xml with <Virtuozzo_disk_image> and
+/// its root.hds), so the driver reads files it did not write.
 fn init_effect(size: u64) -> impl Fn(&[String]) + Send + Sync {
+    assert_eq!(size, 64 * MIB, "only a 64 MiB init is recorded");
     move |argv: &[String]| {
         let dir = Path::new(argv.last().unwrap()).parent().unwrap();
-        let made = dir.with_extension("by-tool");
-        Disk::create(&made, "tool", size).unwrap();
-        for e in std::fs::read_dir(&made).unwrap().flatten() {
-            std::fs::rename(e.path(), dir.join(e.file_name())).unwrap();
+        let recorded =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/commands/ploop/init_64M");
+        for f in ["DiskDescriptor.xml", "root.hds"] {
+            std::fs::copy(recorded.join(f), dir.join(f)).unwrap();
         }
-        std::fs::remove_dir(&made).unwrap();
     }
 }
 

@@ -220,6 +220,26 @@ impl Disk {
 mod tests {
     use super::*;
 
+    /// Disks the real ploop tool made (tests/fixtures/commands/ploop,
+    /// recorded by its record.sh): their images pass this crate's check,
+    /// and a snapshot's chain reads as two layers of the same size.
+    #[test]
+    fn disks_the_ploop_tool_made_open_and_check() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/commands/ploop");
+        for (name, layers) in [("init_64M", 1), ("snapshot_64M", 2)] {
+            let t = tempfile::tempdir().unwrap();
+            let dir = t.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            for e in std::fs::read_dir(fixtures.join(name)).unwrap().flatten() {
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+            let d = Disk::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(d.desc.chain.len(), layers, "{name}");
+            assert_eq!(d.size().unwrap(), 64 << 20, "{name}");
+            d.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
     #[test]
     fn a_chain_merges_and_flattens_keeping_every_layer() {
         let t = tempfile::tempdir().unwrap();
