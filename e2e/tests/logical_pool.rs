@@ -332,6 +332,46 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
         stage.message()
     );
 
+    // An LV to be wiped on delete is never removed unwiped: without
+    // activation it cannot be zeroed, so delete fails clearly and keeps it.
+    let wiped = c
+        .controller
+        .create_volume(on("lvm1", "wiped", 4 * MIB, &[("wipeOnDelete", "true")]))
+        .await
+        .expect("LV with wipeOnDelete")
+        .into_inner()
+        .volume
+        .unwrap();
+    let kept = c
+        .controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: wiped.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(kept.code(), Code::FailedPrecondition, "{kept:?}");
+    assert!(kept.message().contains("noActivation"), "{kept:?}");
+    assert!(
+        lvs(&vg)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["lv_name"] == "wiped"),
+        "the LV stays until it can be wiped"
+    );
+    tool(
+        "lvm",
+        &[
+            "lvremove",
+            "-q",
+            "-y",
+            "--config",
+            "global{activation=0}",
+            &format!("{vg}/wiped"),
+        ],
+    );
+
     // Delete removes exactly the LV.
     c.controller
         .delete_volume(csi::DeleteVolumeRequest {

@@ -693,6 +693,8 @@ mod tests {
     struct Recording {
         luns: Inventory,
         log: Arc<Mutex<Vec<String>>>,
+        /// Where LUN N's "device" is: `<devices>/lunN` (a file a test may make).
+        devices: PathBuf,
     }
 
     #[tonic::async_trait]
@@ -726,7 +728,7 @@ mod tests {
                 Some(_) => {}
             }
             self.log.lock().unwrap().push(format!("connect {}", c.lun));
-            Ok(PathBuf::from(format!("/dev/lun{}", c.lun)))
+            Ok(self.devices.join(format!("lun{}", c.lun)))
         }
         async fn disconnect(&self) -> Result<()> {
             self.log.lock().unwrap().push("disconnect".into());
@@ -758,6 +760,7 @@ mod tests {
             Box::new(Recording {
                 luns: luns.clone(),
                 log: log.clone(),
+                devices: cfg.state_dir.clone(),
             }),
         )
         .with_inventory_ttl(Duration::ZERO);
@@ -806,6 +809,52 @@ mod tests {
         p.detached(&s1).await.unwrap();
         p.delete_volume(&s1, false).await.unwrap();
         assert!(p.luns().await.unwrap()[0].volume.is_none());
+    }
+
+    /// wipeOnDelete zeroes the whole LUN through this node before the claim
+    /// goes (connect, zero, disconnect); without it the LUN is freed as it is
+    /// and never connected.
+    #[tokio::test]
+    async fn wipe_on_delete_zeroes_the_lun_before_it_is_free() {
+        let t = tempfile::tempdir().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let p = san(&Config::local("n1", t.path().into()), &[1, 1], &log);
+        p.start().await.unwrap();
+        for (name, wipe) in [("wiped", true), ("kept", false)] {
+            let mut req = CreateRequest::sized(name, 1);
+            req.wipe_on_delete = wipe;
+            p.create_volume(&req).await.unwrap();
+        }
+        let pattern = vec![0x5au8; 1 << 20];
+        for n in [1, 2] {
+            std::fs::write(t.path().join(format!("lun{n}")), &pattern).unwrap();
+        }
+        let luns = p.luns().await.unwrap();
+        let lun_of = |name: &str| {
+            luns.iter()
+                .find(|l| l.volume.as_deref() == Some(name))
+                .unwrap()
+                .identity
+                .trim_start_matches("serial:")
+                .to_string()
+        };
+        let (wiped, kept) = (lun_of("wiped"), lun_of("kept"));
+        log.lock().unwrap().clear();
+        p.delete_volume("wiped", false).await.unwrap();
+        let zeroed = std::fs::read(t.path().join(format!("lun{wiped}"))).unwrap();
+        assert!(zeroed.len() == 1 << 20 && zeroed.iter().all(|b| *b == 0));
+        assert_eq!(
+            *log.lock().unwrap(),
+            [format!("connect {wiped}"), "disconnect".into()]
+        );
+        log.lock().unwrap().clear();
+        p.delete_volume("kept", false).await.unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join(format!("lun{kept}"))).unwrap(),
+            pattern
+        );
+        assert!(log.lock().unwrap().is_empty(), "never connected");
+        assert!(p.luns().await.unwrap().iter().all(|l| l.volume.is_none()));
     }
 
     /// LUN 1 is deleted on the target and a new LUN made at number 1: the
