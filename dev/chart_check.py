@@ -230,6 +230,31 @@ def upgrade_keeps_the_agent_certificates():
                     validate_object(doc, sp_schema)
 
 
+def csidriver_network_policy_and_controller_rbac():
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in rendered_docs({})}
+    spec = docs[("CSIDriver", "pool-csi.io")]["spec"]
+    assert spec["attachRequired"] is True and spec["storageCapacity"] is True, spec
+    # The agent port admits the controller pods only; the other rule is the health port.
+    np = docs[("NetworkPolicy", "pool-csi-agents")]["spec"]
+    assert np["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "node", np
+    agent = [r for r in np["ingress"] if any(p["port"] == 7690 for p in r["ports"])]
+    assert len(agent) == 1, np["ingress"]
+    assert [f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for f in agent[0]["from"]] == ["controller"], agent
+    others = [p["port"] for r in np["ingress"] if r is not agent[0] for p in r["ports"]]
+    assert others == [9809], others
+    # Controller RBAC: no Secrets, no wildcards, StoragePools written only through status.
+    for kind in ("ClusterRole", "Role"):
+        for rule in docs[(kind, "pool-csi-controller")]["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+            assert "secrets" not in rule["resources"], rule
+            if "storagepools" in rule["resources"]:
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+            if "storagepools/status" in rule["resources"]:
+                assert set(rule["verbs"]) <= {"update", "patch"}, rule
+            if "pods" in rule["resources"]:
+                assert set(rule["verbs"]) <= {"get", "list"}, rule
+
+
 check("helm lint --strict", lint)
 check("iscsi pools: host network, CHAP Secret mounted", iscsi_pools_get_the_host_network_and_their_secret)
 check("node and controller run in cluster mode", both_run_in_cluster_mode)
@@ -237,6 +262,7 @@ check("node: CO paths confined to the kubelet dir it mounts", node_confines_co_p
 check("node RBAC: LUN claims ConfigMaps in its namespace, nothing else written", node_may_write_lun_claims_only)
 check("CRD validates as apiextensions.k8s.io/v1", crd_is_valid)
 check("values.schema.json refuses bad values", bad_values_are_refused)
+check("CSIDriver, NetworkPolicy, controller RBAC as README says", csidriver_network_policy_and_controller_rbac)
 check("upgrade keeps the agent certificates (lookup of the existing Secret)", upgrade_keeps_the_agent_certificates)
 for f in [None] + sorted(glob.glob(os.path.join(CHART, "ci", "*.yaml"))):
     check(f"render + validate ({os.path.basename(f) if f else 'default values'})", lambda f=f: render_and_validate(f))

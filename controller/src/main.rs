@@ -246,6 +246,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 mod tests {
     use super::*;
 
+    /// README's flag list is this binary's: every flag documented, each
+    /// settable from the environment variable README names.
+    #[test]
+    fn readme_documents_every_flag_and_its_variable() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        let wrong =
+            pool_csi_testkit::flags::mismatches(&Args::command(), readme, "pool-csi-controller");
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
     #[test]
     fn agent_map_parses_and_refuses_junk() {
         let m = agent_map(&["n1=127.0.0.1:7690".into(), "n2=10.0.0.2:7690".into()]).unwrap();

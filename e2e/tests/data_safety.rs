@@ -152,7 +152,8 @@ fn partition(disk: &LoopDisk, name: &str) -> (PathBuf, u64) {
 }
 
 /// A partition deleted with wipeOnDelete reads back as zeros from the disk
-/// itself; one deleted without it keeps its bytes (so the check can fail).
+/// itself; one deleted without it keeps its bytes (so the check can fail),
+/// and a new partition over them has its first and last MiB zeroed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wipe_on_delete_zeroes_a_partition_on_the_disk() {
     require!(false);
@@ -167,9 +168,11 @@ async fn wipe_on_delete_zeroes_a_partition_on_the_disk() {
     assert!(d.poolctl(&["pool-build", "parts"]).0);
     let mut c = d.clients().await;
     let pattern = vec![0xa5u8; MIB as usize];
+    let mut offsets = Vec::new();
     for (name, wipe, survives) in [("wiped", "true", false), ("kept", "false", true)] {
         let id = create(&mut c, "parts", name, &[("wipeOnDelete", wipe)]).await;
         let (node, offset) = partition(&disk, name);
+        offsets.push(offset);
         write_sync(&node, 0, &pattern);
         write_sync(&node, 15 * MIB, &pattern);
         c.controller
@@ -181,15 +184,26 @@ async fn wipe_on_delete_zeroes_a_partition_on_the_disk() {
             .unwrap();
         for at in [offset, offset + 15 * MIB] {
             let bytes = read(&backing, at, MIB as usize);
-            assert_eq!(
-                bytes == pattern,
-                survives,
+            assert!(
+                (bytes == pattern) == survives,
                 "{name} at {at}: wipeOnDelete={wipe}"
             );
             if !survives {
                 assert!(bytes.iter().all(|b| *b == 0), "{name} at {at}: not zeroed");
             }
         }
+    }
+    // A new partition where the unwiped one was has its first and last MiB
+    // zeroed before it is handed out: the old bytes never show through.
+    create(&mut c, "parts", "again", &[]).await;
+    let (_, offset) = partition(&disk, "again");
+    assert_eq!(offset, offsets[1], "made at the unwiped volume's place");
+    for at in [offset, offset + 15 * MIB] {
+        let bytes = read(&backing, at, MIB as usize);
+        assert!(
+            bytes.iter().all(|b| *b == 0),
+            "again at {at}: old data shows"
+        );
     }
 }
 
@@ -234,9 +248,9 @@ async fn pool_build_overwrites_data_only_when_told_to() {
     );
 }
 
-/// On a filesystem that shares extents (xfs with reflink), a clone is a
-/// reflink of its source: same bytes, every extent shared, made without
-/// copying.
+/// On a filesystem that shares extents (xfs with reflink), a clone and a
+/// snapshot are reflinks of their source: same bytes, every extent shared,
+/// made without copying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clones_on_a_reflink_filesystem_share_their_extents() {
     require!(false);
@@ -258,21 +272,23 @@ async fn clones_on_a_reflink_filesystem_share_their_extents() {
     let mut r = req::clone_of("copy", 16 * MIB as i64, &src);
     r.parameters.insert("pool".into(), "rl".into());
     c.controller.create_volume(r).await.expect("clone");
-    let copy = d.dir.path().join("rl/copy.raw");
-    assert_eq!(read(&copy, 0, data.len()), data);
-    let frag = sh("filefrag", &["-v", &copy.display().to_string()]);
-    let extents: Vec<&str> = frag
-        .lines()
-        .filter(|l| {
-            l.trim_start()
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_digit())
-        })
-        .collect();
-    assert!(!extents.is_empty(), "{frag}");
-    assert!(
-        extents.iter().all(|l| l.contains("shared")),
-        "every data extent of the clone is shared with its source:\n{frag}"
-    );
+    c.controller
+        .create_snapshot(req::snapshot("snap", &src))
+        .await
+        .expect("snapshot");
+    let snap = d.dir.path().join("rl/.pool-csi/snapshots/snap.raw");
+    for copy in [d.dir.path().join("rl/copy.raw"), snap] {
+        assert_eq!(read(&copy, 0, data.len()), data);
+        let frag = sh("filefrag", &["-v", &copy.display().to_string()]);
+        let extents: Vec<&str> = frag
+            .lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .collect();
+        assert!(!extents.is_empty(), "{frag}");
+        assert!(
+            extents.iter().all(|l| l.contains("shared")),
+            "every data extent of {} is shared with its source:\n{frag}",
+            copy.display()
+        );
+    }
 }

@@ -20,6 +20,20 @@ async fn create(
         .unwrap()
 }
 
+/// The source and filesystem type of the mount at `path`.
+fn mounted_at(path: &Path) -> (String, String) {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let at = path.display().to_string();
+    table
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            (f[4] == at).then(|| (f[sep + 2].to_string(), f[sep + 1].to_string()))
+        })
+        .unwrap_or_else(|| panic!("nothing mounted at {at}"))
+}
+
 fn write_file(dir: &Path, name: &str, data: &[u8]) {
     std::fs::write(dir.join(name), data).unwrap();
     std::fs::File::open(dir.join(name))
@@ -66,6 +80,18 @@ async fn fs_lifecycle(fs: &str, format: &str, size: i64) {
         std::fs::read(target.join("hello.txt")).unwrap(),
         b"written through the volume"
     );
+    let (source, fstype) = mounted_at(&staging);
+    assert_eq!(fstype, fs, "the staging mount is the requested filesystem");
+    if format == "raw" {
+        // A raw file is attached through a loop device with direct I/O, so
+        // the page cache does not hold every block twice.
+        let dev = source.trim_start_matches("/dev/");
+        let dio = std::fs::read_to_string(format!("/sys/block/{dev}/loop/dio")).unwrap();
+        assert_eq!(dio.trim(), "1", "{source} without direct I/O");
+        let backing =
+            std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).unwrap();
+        assert_eq!(Path::new(backing.trim()), d.pool_dir.join("data.raw"));
+    }
 
     let stats = c
         .node
@@ -99,8 +125,8 @@ async fn fs_lifecycle(fs: &str, format: &str, size: i64) {
         .node
         .node_expand_volume(req::node_expand(&id, &target, grown))
         .await;
-    if fs == "ext4" && !pool_csi_e2e::can_resize_ext4_online() {
-        // The image and the loop device grew; only the ext4 resize ioctl is denied here.
+    if fs.starts_with("ext") && !pool_csi_e2e::can_resize_ext4_online() {
+        // The image and the loop device grew; only the ext resize ioctl is denied here.
         let e = ne.unwrap_err();
         assert!(e.message().contains("resize2fs"), "{e:?}");
         pool_csi_e2e::skip(
@@ -240,6 +266,12 @@ async fn fs_lifecycle(fs: &str, format: &str, size: i64) {
 async fn ext4_raw_volume_lives_and_dies() {
     require!(false);
     fs_lifecycle("ext4", "raw", 64 * req::MIB).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext3_raw_volume_lives_and_dies() {
+    require!(false);
+    fs_lifecycle("ext3", "raw", 64 * req::MIB).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,7 +55,7 @@ fn lvs(vg: &str) -> serde_json::Value {
             "b",
             "--nosuffix",
             "-o",
-            "lv_name,lv_size,lv_tags",
+            "lv_name,lv_size,lv_tags,stripes,stripe_size",
             vg,
         ],
     );
@@ -272,6 +272,18 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
         .await
         .expect("striped LV");
     assert_eq!(stripes.into_inner().volume.unwrap().capacity_bytes, 8 * MIB);
+    let striped = lvs(&vg)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lv_name"] == "striped")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (striped["stripes"].as_str(), striped["stripe_size"].as_str()),
+        (Some("2"), Some("65536")),
+        "two stripes of 64 KiB across the two PVs: {striped}"
+    );
 
     // Bad input: reserved LV names, formats and allocations a VG cannot hold.
     let reserved = c

@@ -323,3 +323,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// README's flag list is this binary's: every flag documented, each
+    /// settable from the environment variable README names.
+    #[test]
+    fn readme_documents_every_flag_and_its_variable() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        let wrong =
+            pool_csi_testkit::flags::mismatches(&super::Args::command(), readme, "pool-csi-node");
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+}

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fake_api;
+pub mod flags;
 pub mod patch;
 pub mod schema;
 pub mod selector;
