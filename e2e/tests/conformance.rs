@@ -1199,3 +1199,38 @@ async fn controller_publish_checks_the_volume_and_its_node() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
+
+/// A pool that is defined but not running here (its target missing), and a
+/// pool type not served yet (netfs): a call on a volume of either is
+/// FAILED_PRECONDITION naming why; provisioning in either is
+/// RESOURCE_EXHAUSTED (no node can take it, so the provisioner may try
+/// elsewhere), with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_that_do_not_run_refuse_with_the_reason() {
+    require!(false);
+    let extra = "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: later }\nspec: { type: dir, target: { path: \"{dir}/later\" } }\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: nfs0 }\nspec: { type: netfs, source: { host: nfs.example, dir: /export }, target: { path: \"{dir}/nfs\" } }\n";
+    let d = Driver::start(Options {
+        extra_pools: extra.into(),
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    for (pool, why) in [("later", "does not exist"), ("nfs0", "netfs")] {
+        let mut r = req::create("v", req::MIB, &[]);
+        r.parameters.insert("pool".into(), pool.into());
+        let e = c.controller.create_volume(r).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{pool}: {e:?}");
+        assert!(e.message().contains(pool), "{pool}: {e:?}");
+        let id = format!("v1:{pool}:node-1:v");
+        let e = c
+            .node
+            .node_stage_volume(req::stage(&id, &d.path("st"), req::mount_cap("ext4")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{pool}: {e:?}");
+        assert!(
+            e.message().contains("not running") && e.message().contains(why),
+            "{pool}: {e:?}"
+        );
+    }
+}
