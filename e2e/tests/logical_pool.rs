@@ -83,7 +83,8 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
     );
     tool("mkfs.ext4", &["-q", "-L", "precious", used.path()]);
     let vg = format!("pcsi{}", std::process::id());
-    let _cleanup = Vg(vg.clone(), vec![&a, &b, &used]);
+    let _cleanup = Vg(vg.clone(), vec![&a, &b]);
+    let _cleanup_x = Vg(format!("{vg}x"), vec![&used]);
     let pools = format!(
         "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: lvm1 }}\nspec:\n  type: logical\n  source: {{ name: {vg}, devices: [{}, {}] }}\n  lvm: {{ noActivation: true }}\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: lvm2 }}\nspec:\n  type: logical\n  source: {{ name: {vg}x, devices: [{}] }}\n  lvm: {{ noActivation: true }}\n",
         a.path(), b.path(), used.path()
@@ -110,6 +111,14 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
         )
         .trim(),
         "precious"
+    );
+    // --overwrite is the operator's yes: the device becomes a PV of the VG.
+    let (ok, out) = d.poolctl(&["pool-build", "lvm2", "--overwrite"]);
+    assert!(ok && out.contains("running"), "{out}");
+    assert_eq!(
+        String::from_utf8_lossy(&tool("blkid", &["-o", "value", "-s", "TYPE", used.path()]).stdout)
+            .trim(),
+        "LVM2_member"
     );
     let (ok, out) = d.poolctl(&["pool-build", "lvm1"]);
     assert!(ok && out.contains("running"), "{out}");
