@@ -161,3 +161,113 @@ async fn volumes_go_where_topology_and_room_allow() {
         .into_inner();
     assert!(empty.entries.is_empty());
 }
+
+/// ListVolumes over two nodes and two pools, two entries a page, while
+/// volumes come and go between pages: ids come in order, none twice, every
+/// volume that lived through the walk is seen, one made behind the token is
+/// not, one made ahead of it is. Each node answers only its next page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_listing_over_nodes_and_pools_survives_changes_between_pages() {
+    require!(false);
+    let d = Driver::start(Options {
+        extra_nodes: vec![("node-2".into(), 1 << 30)],
+        extra_pools: "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: other }\nspec: { type: dir, target: { path: \"{dir}/other\" }, autoBuild: true }\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let make = |name: &str, pool: &str, node: &str| {
+        let mut r = req::create(name, req::MIB, &[("pool", pool)]);
+        r.accessibility_requirements = Some(csi::TopologyRequirement {
+            requisite: vec![topo(node)],
+            preferred: vec![],
+        });
+        r
+    };
+    let mut ids = Vec::new();
+    for (i, (pool, node)) in [
+        ("scratch", "node-1"),
+        ("scratch", "node-2"),
+        ("other", "node-1"),
+    ]
+    .into_iter()
+    .cycle()
+    .take(9)
+    .enumerate()
+    {
+        let v = c
+            .controller
+            .create_volume(make(&format!("v{i}"), pool, node))
+            .await
+            .unwrap_or_else(|e| panic!("v{i} in {pool} on {node}: {e:?}"))
+            .into_inner()
+            .volume
+            .unwrap();
+        ids.push(v.volume_id);
+    }
+    let (mut seen, mut token, mut pages) = (Vec::<String>::new(), String::new(), 0);
+    let (mut behind, mut ahead) = (None, None);
+    loop {
+        let page = c
+            .controller
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 2,
+                starting_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.entries.len() <= 2);
+        seen.extend(
+            page.entries
+                .into_iter()
+                .map(|e| e.volume.unwrap().volume_id),
+        );
+        pages += 1;
+        if pages == 2 {
+            // Between pages: one volume seen goes, one made behind the
+            // token (sorts before it) and one ahead of it.
+            let gone = seen[0].clone();
+            c.controller
+                .delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: gone,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let b = c
+                .controller
+                .create_volume(make("a-behind", "other", "node-1"))
+                .await
+                .unwrap();
+            let a = c
+                .controller
+                .create_volume(make("z-ahead", "scratch", "node-2"))
+                .await
+                .unwrap();
+            behind = Some(b.into_inner().volume.unwrap().volume_id);
+            ahead = Some(a.into_inner().volume.unwrap().volume_id);
+        }
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "in id order, none twice");
+    for id in &ids {
+        assert!(seen.contains(id), "{id} missing from {seen:?}");
+    }
+    let (behind, ahead) = (behind.unwrap(), ahead.unwrap());
+    assert!(
+        !seen.contains(&behind),
+        "{behind}, made behind the token, is not listed"
+    );
+    assert!(
+        seen.contains(&ahead),
+        "{ahead} made ahead of the token is listed"
+    );
+    assert!(pages >= 5, "{pages} pages of two for ten volumes");
+}

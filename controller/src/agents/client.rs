@@ -234,19 +234,43 @@ impl AgentClient {
 
     /// The volumes of `pool_name` (None: of every pool running here).
     pub async fn list_volumes(&self, pool_name: Option<&str>) -> Result<Vec<VolumeReport>> {
+        let r = pb::ListVolumesRequest {
+            pool: pool_name.unwrap_or_default().into(),
+            ..Default::default()
+        };
+        Ok(self.list(r).await?.0)
+    }
+
+    /// One page of this node's volumes in volume-id order: those whose id
+    /// sorts after `after` (empty: from the first), at most `max` (0: all),
+    /// and whether more follow.
+    pub async fn list_volumes_page(
+        &self,
+        after: &str,
+        max: u32,
+    ) -> Result<(Vec<VolumeReport>, bool)> {
+        self.list(pb::ListVolumesRequest {
+            pool: String::new(),
+            after_volume_id: after.into(),
+            max_entries: max,
+        })
+        .await
+    }
+
+    async fn list(&self, r: pb::ListVolumesRequest) -> Result<(Vec<VolumeReport>, bool)> {
         let r = self
             .inner
             .clone()
-            .list_volumes(pb::ListVolumesRequest {
-                pool: pool_name.unwrap_or_default().into(),
-            })
+            .list_volumes(r)
             .await
-            .map_err(self.status())?;
-        r.into_inner()
+            .map_err(self.status())?
+            .into_inner();
+        let volumes = r
             .volumes
             .into_iter()
             .map(|v| self.volume(Some(v)))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((volumes, r.more))
     }
 
     pub async fn create_snapshot(

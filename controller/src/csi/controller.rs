@@ -252,8 +252,8 @@ impl Controller for ControllerService {
             if !r.starting_token.is_empty() && VolumeId::parse(&r.starting_token).is_err() {
                 return Err(Error::BadToken(r.starting_token));
             }
-            let all = ops::volumes::list(&self.ctx).await?;
-            let (page, next_token) = ops::paginate(all, r.max_entries, &r.starting_token)?;
+            let (page, next_token) =
+                ops::volumes::list_page(&self.ctx, &r.starting_token, r.max_entries).await?;
             // Shared volumes reach every node of their pool: read once.
             let inventories = match page.iter().any(|(id, _)| id.node.is_none()) {
                 true => {

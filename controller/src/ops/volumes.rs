@@ -39,23 +39,47 @@ pub async fn get(ctx: &Ctx, id: &VolumeId) -> Result<VolumeReport> {
     found(r, format_args!("volume {id}"))
 }
 
-/// Every volume on every reachable node, keyed and sorted by volume id; a
-/// shared pool's volumes (listed by each of its nodes) once.
+/// One page of every volume on every reachable node, in volume-id order:
+/// those after `token` (a volume id; empty: from the first), at most `max`
+/// (0: all), and the token of the next page (empty: this was the last). A
+/// shared pool's volumes (listed by each of its nodes) come once. Each node
+/// is asked for its next `max` only, so a page costs the page, not the
+/// pools; the token is the last id handed out, so the walk stays correct
+/// while volumes come and go between pages.
 /// An unreachable node fails the listing (UNAVAILABLE): a silently short
 /// list would make the CO think volumes vanished.
-pub async fn list(ctx: &Ctx) -> Result<Vec<(String, (VolumeId, VolumeReport))>> {
+pub async fn list_page(
+    ctx: &Ctx,
+    token: &str,
+    max: i32,
+) -> Result<(Vec<(VolumeId, VolumeReport)>, String)> {
+    let max = u32::try_from(max)
+        .map_err(|_| Error::Invalid("max_entries must not be negative".into()))?;
     let nodes = ctx.agents.nodes();
     let calls = nodes.iter().map(|node| async move {
-        let volumes = ctx.agents.client(node)?.list_volumes(None).await?;
-        Ok::<_, Error>((node.clone(), volumes))
+        let page = ctx
+            .agents
+            .client(node)?
+            .list_volumes_page(token, max)
+            .await?;
+        Ok::<_, Error>((node.clone(), page))
     });
-    let mut out = std::collections::BTreeMap::new();
+    let mut merged = std::collections::BTreeMap::new();
+    let mut more = false;
     for r in join_all(calls).await {
-        let (node, volumes) = r?;
+        let (node, (volumes, node_more)) = r?;
+        more |= node_more;
         for v in volumes {
             let id = VolumeId::new(&v.pool, (!v.shared).then_some(node.as_str()), &v.name);
-            out.entry(id.to_string()).or_insert((id, v));
+            merged.entry(id.to_string()).or_insert((id, v));
         }
     }
-    Ok(out.into_iter().collect())
+    let limit = if max == 0 { usize::MAX } else { max as usize };
+    more |= merged.len() > limit;
+    let page: Vec<(VolumeId, VolumeReport)> = merged.into_values().take(limit).collect();
+    let next = match (more, page.last()) {
+        (true, Some((id, _))) => id.to_string(),
+        _ => String::new(),
+    };
+    Ok((page, next))
 }

@@ -260,6 +260,52 @@ async fn publish_unpublish(d: &Driver, c: &Clients, concurrency: usize) -> serde
            "pairs_per_s": (n as f64 / secs).round(), "p50_us": lat.pct(0.5), "p99_us": lat.pct(0.99)})
 }
 
+/// Walks ListVolumes in pages of 500 over a pool holding `n` volumes (sparse
+/// raw files put in place beside the driver, as an administrator's would
+/// be), three times; reports the walk's median time and its pages. The
+/// files are removed afterwards.
+async fn list_walk(d: &Driver, c: &Clients, n: usize) -> serde_json::Value {
+    let names: Vec<std::path::PathBuf> = (0..n)
+        .map(|i| d.pool_dir.join(format!("walk-{i:05}.raw")))
+        .collect();
+    for p in &names {
+        std::fs::File::create(p).unwrap().set_len(1 << 20).unwrap();
+    }
+    let mut times = Vec::new();
+    let mut pages = 0;
+    let mut seen = 0;
+    for _ in 0..3 {
+        let mut c = c.clone();
+        let (mut token, start) = (String::new(), Instant::now());
+        (pages, seen) = (0, 0);
+        loop {
+            let r = c
+                .controller
+                .list_volumes(csi::ListVolumesRequest {
+                    max_entries: 500,
+                    starting_token: token,
+                })
+                .await
+                .expect("ListVolumes")
+                .into_inner();
+            pages += 1;
+            seen += r.entries.len();
+            token = r.next_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        times.push(start.elapsed());
+    }
+    for p in &names {
+        let _ = std::fs::remove_file(p);
+    }
+    times.sort();
+    assert!(seen >= n, "the walk saw {seen} of {n} volumes");
+    json!({"scenario": "list_volumes_walk", "volumes": n, "pages": pages, "page_size": 500,
+           "walk_ms": (times[1].as_secs_f64() * 1000.0 * 10.0).round() / 10.0})
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -427,6 +473,12 @@ async fn matrix(
             json!({"scenario": "create_delete_64MiB_logical", "skipped": "needs lvm2 (dev/setup)"}),
         );
     }
+    for n in [1_000, 10_000]
+        .into_iter()
+        .filter(|_| want("list_volumes_walk"))
+    {
+        out.push(list_walk(&d, &c, n).await);
+    }
     for conc in [1, 4].into_iter().filter(|_| want("node_publish")) {
         out.push(publish_unpublish(&d, &c, conc).await);
     }
@@ -445,7 +497,7 @@ async fn matrix(
 
 /// A scenario's identity: its name and the parameters that are not results.
 fn key(v: &serde_json::Value) -> String {
-    ["scenario", "concurrency", "pool", "luns"]
+    ["scenario", "concurrency", "pool", "luns", "volumes"]
         .iter()
         .filter_map(|k| v.get(*k).map(|x| format!("{k}={x}")))
         .collect::<Vec<_>>()

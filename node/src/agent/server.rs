@@ -12,7 +12,7 @@ use crate::{
 };
 use pool_csi_common::{
     oplock::detach, params::striping, respond, volume_id::check_storage_name, wire, LockKey,
-    OpGuard,
+    OpGuard, VolumeId,
 };
 use pool_csi_proto::agent::{self as pb, agent_server::Agent, create_volume_request};
 use std::sync::Arc;
@@ -283,17 +283,51 @@ impl Agent for AgentService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                let mut volumes = Vec::new();
-                for p in self.pools_named(&r.pool) {
-                    match p.list_volumes().await {
-                        Ok(vs) => {
-                            volumes.extend(vs.into_iter().map(|v| convert::volume(p.as_ref(), v)))
+                let node = &self.ctx.cfg.node_name;
+                // Pools in volume-id order: each pool's ids share a prefix,
+                // and within a pool id order is name order.
+                let mut pools: Vec<(String, Arc<dyn Pool>)> = self
+                    .pools_named(&r.pool)
+                    .into_iter()
+                    .map(|p| {
+                        let prefix =
+                            VolumeId::new(p.name(), (!p.shared()).then_some(node.as_str()), "");
+                        (prefix.to_string(), p)
+                    })
+                    .collect();
+                pools.sort_by(|a, b| a.0.cmp(&b.0));
+                let after = r.after_volume_id.as_str();
+                let mut left = if r.max_entries == 0 {
+                    usize::MAX
+                } else {
+                    r.max_entries as usize
+                };
+                let (mut volumes, mut more) = (Vec::new(), false);
+                for (prefix, p) in pools {
+                    let from = match after.strip_prefix(prefix.as_str()) {
+                        Some(name) => Some(name),
+                        None if after < prefix.as_str() => None,
+                        None => continue, // every id of this pool sorts before `after`
+                    };
+                    if left == 0 {
+                        more = true;
+                        break;
+                    }
+                    match p.list_page(from, left).await {
+                        Ok(page) => {
+                            left -= page.volumes.len();
+                            more |= page.more;
+                            volumes.extend(
+                                page.volumes
+                                    .into_iter()
+                                    .map(|v| convert::volume(p.as_ref(), v)),
+                            );
                         }
                         Err(Error::PoolNotRunning { .. }) if r.pool.is_empty() => {}
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(pb::ListVolumesResponse { volumes })
+                Ok(pb::ListVolumesResponse { volumes, more })
             }
             .await,
         )

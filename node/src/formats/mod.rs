@@ -99,12 +99,22 @@ pub trait ImageFormat: Send + Sync {
     /// The size the guest sees.
     async fn size(&self, env: &ImageEnv, path: &Path) -> Result<u64>;
 
+    /// The size the guest sees, given the file's metadata just read (a raw
+    /// image's is its length: no second stat per volume in a listing).
+    async fn size_of(&self, env: &ImageEnv, path: &Path, _meta: &std::fs::Metadata) -> Result<u64> {
+        self.size(env, path).await
+    }
+
     /// Capacity, allocation and health, for listings: an unreadable image
     /// is reported abnormal, not an error.
     async fn describe(&self, env: &ImageEnv, path: &Path) -> Described {
         let meta = std::fs::metadata(path);
         let allocation = meta.as_ref().map(copy::allocated_bytes).unwrap_or(0);
-        match self.size(env, path).await {
+        let size = match &meta {
+            Ok(m) => self.size_of(env, path, m).await,
+            Err(_) => self.size(env, path).await, // says what is wrong
+        };
+        match size {
             Ok(capacity) => Described {
                 capacity,
                 allocation,

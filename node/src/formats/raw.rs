@@ -21,6 +21,15 @@ impl ImageFormat for Raw {
         Ok(std::fs::metadata(path).map_err(io("stat", path))?.len())
     }
 
+    async fn size_of(
+        &self,
+        _env: &ImageEnv,
+        _path: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<u64> {
+        Ok(meta.len())
+    }
+
     async fn create(
         &self,
         _env: &ImageEnv,

@@ -113,6 +113,24 @@ pub struct Volume {
     pub abnormal: Option<String>,
 }
 
+/// A page of volumes in name order, and whether more follow it.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub volumes: Vec<Volume>,
+    pub more: bool,
+}
+
+impl Page {
+    /// The page of `sorted` (by name) after `after`, at most `max` (0: all).
+    pub fn of(sorted: Vec<Volume>, after: Option<&str>, max: usize) -> Self {
+        let start = after.map_or(0, |a| sorted.partition_point(|v| v.name.as_str() <= a));
+        let max = if max == 0 { usize::MAX } else { max };
+        let more = sorted.len() - start > max;
+        let volumes = sorted.into_iter().skip(start).take(max).collect();
+        Page { volumes, more }
+    }
+}
+
 /// A snapshot as its pool reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -203,6 +221,15 @@ pub trait Pool: Send + Sync {
     async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded>;
     async fn get_volume(&self, name: &str) -> Result<Volume>;
     async fn list_volumes(&self) -> Result<Vec<Volume>>;
+    /// One page of the volumes in name order: those named after `after`
+    /// (None: from the first), at most `max` (0: all), and whether more
+    /// follow. Pools whose listing is one report slice it; file pools
+    /// describe only the page.
+    async fn list_page(&self, after: Option<&str>, max: usize) -> Result<Page> {
+        let mut all = self.list_volumes().await?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Page::of(all, after, max))
+    }
     async fn create_snapshot(&self, source: &str, name: &str) -> Result<Snapshot>;
     /// Deleting a missing snapshot is Ok.
     async fn delete_snapshot(&self, name: &str) -> Result<()>;

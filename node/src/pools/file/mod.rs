@@ -11,10 +11,11 @@
 
 pub mod fs_device;
 pub mod layout;
+pub mod names;
 
 use super::{
-    fit_size, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Snapshot, Source, StateCell,
-    Volume,
+    fit_size, CreateRequest, Expanded, Page, Pool, PoolState, PoolStatus, Snapshot, Source,
+    StateCell, Volume,
 };
 use crate::{
     attach::AttachSource,
@@ -57,6 +58,7 @@ pub struct FilePool {
     state: StateCell,
     formats: Formats,
     env: ImageEnv,
+    names: names::NameIndex,
 }
 
 impl FilePool {
@@ -87,6 +89,7 @@ impl FilePool {
             state: StateCell::new(&def.name),
             formats: Formats::new(cfg.ploop.clone()),
             env,
+            names: names::NameIndex::default(),
         }
     }
 
@@ -117,6 +120,14 @@ impl FilePool {
             pool: self.name.clone(),
             name: name.into(),
         })
+    }
+
+    /// What may be a volume, sorted by name: each entry of the pool's
+    /// directory whose name parses as `<name>.<format>`, with its file type
+    /// (nothing opened or probed; see [`names`]).
+    fn candidates(&self) -> Result<Arc<Vec<names::Entry>>> {
+        let root = &self.layout.root;
+        self.names.sorted(root).map_err(io("read", root))
     }
 
     async fn describe(&self, name: &str, path: &Path, format: &dyn ImageFormat) -> Volume {
@@ -349,7 +360,16 @@ impl Pool for FilePool {
             }
         }
         if count_volumes {
-            st.volume_count = self.list_volumes().await.ok().map(|v| v.len() as u32);
+            // Counted, not described: a status stays cheap on a full pool.
+            st.volume_count = self.candidates().ok().map(|c| {
+                c.iter()
+                    .filter(|c| {
+                        self.layout
+                            .volume(&c.name, c.format)
+                            .is_ok_and(|path| self.formats.get(c.format).is_volume(&path, c.kind))
+                    })
+                    .count() as u32
+            });
         }
         st
     }
@@ -543,21 +563,32 @@ impl Pool for FilePool {
     }
 
     async fn list_volumes(&self) -> Result<Vec<Volume>> {
+        Ok(self.list_page(None, 0).await?.volumes)
+    }
+
+    /// Names come from one directory read (no per-name probing), sorted;
+    /// only the page's volumes are checked and described, so a page costs
+    /// the page, not the pool.
+    async fn list_page(&self, after: Option<&str>, max: usize) -> Result<Page> {
         self.state.ensure_running()?;
-        let root = &self.layout.root;
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(root).map_err(io("read", root))?.flatten() {
-            let Some((name, f)) = layout::parse_file_name(Path::new(&e.file_name())) else {
-                continue;
-            };
-            let format = self.formats.get(f);
-            let Ok(kind) = e.file_type() else { continue };
-            if format.is_volume(&e.path(), kind) {
-                out.push(self.describe(&name, &e.path(), format).await);
+        let candidates = self.candidates()?;
+        let start = after.map_or(0, |a| candidates.partition_point(|c| c.name.as_str() <= a));
+        let max = if max == 0 { usize::MAX } else { max };
+        let mut page = Page::default();
+        let mut rest = candidates[start..].iter();
+        for c in rest.by_ref() {
+            let format = self.formats.get(c.format);
+            let path = self.layout.volume(&c.name, c.format)?;
+            if format.is_volume(&path, c.kind) {
+                page.volumes
+                    .push(self.describe(&c.name, &path, format).await);
+                if page.volumes.len() == max {
+                    break;
+                }
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        page.more = rest.next().is_some();
+        Ok(page)
     }
 
     async fn create_snapshot(&self, source: &str, name: &str) -> Result<Snapshot> {

@@ -1,0 +1,150 @@
+//! The names in a file pool's directory, read once and kept while the
+//! directory is unchanged, so a listing page costs the page and not a scan
+//! of the whole pool (a tmpfs readdir of 10,000 entries costs ~10 ms).
+//!
+//! Unchanged means: the directory's inode, mtime and ctime are those seen at
+//! the scan. Whoever adds, removes or renames an entry — this node or an
+//! administrator beside it — moves mtime and ctime. Kernel timestamps are
+//! coarse (one clock tick), so a scan taken within [`SETTLE`] of the last
+//! change is used once and not kept: a change in the same tick as the scan
+//! could otherwise leave the timestamps equal ("racy git").
+
+use super::layout;
+use pool_csi_common::VolumeFormat;
+use std::{
+    fs::FileType,
+    io,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+/// Longer than any kernel clock tick.
+pub const SETTLE: Duration = Duration::from_millis(50);
+
+/// One directory entry that may be a volume: `<name>.<format>`.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub format: VolumeFormat,
+    pub kind: FileType,
+}
+
+/// What identifies one state of the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// Whether the last change is at least [`SETTLE`] old.
+    fn settled(&self) -> bool {
+        let at = |(s, ns): (i64, i64)| {
+            SystemTime::UNIX_EPOCH + Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32)
+        };
+        let last = at(self.mtime).max(at(self.ctime));
+        SystemTime::now()
+            .duration_since(last)
+            .is_ok_and(|age| age >= SETTLE)
+    }
+}
+
+/// The sorted entries of one directory, kept while it is unchanged.
+#[derive(Default)]
+pub struct NameIndex {
+    kept: Mutex<Option<(Stamp, Arc<Vec<Entry>>)>>,
+}
+
+impl NameIndex {
+    /// The entries of `dir` whose names parse as `<name>.<format>`, sorted
+    /// by name: kept ones when the directory is unchanged, else a new scan.
+    pub fn sorted(&self, dir: &Path) -> io::Result<Arc<Vec<Entry>>> {
+        let stamp = Stamp::of(&std::fs::metadata(dir)?);
+        if let Some((s, entries)) = &*self.lock() {
+            if *s == stamp {
+                return Ok(entries.clone());
+            }
+        }
+        let mut entries = Vec::new();
+        for e in std::fs::read_dir(dir)?.flatten() {
+            let Some((name, format)) = layout::parse_file_name(Path::new(&e.file_name())) else {
+                continue;
+            };
+            let Ok(kind) = e.file_type() else { continue };
+            entries.push(Entry { name, format, kind });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let entries = Arc::new(entries);
+        // Kept only if the directory did not change during the scan and
+        // its last change is older than a clock tick.
+        let after = Stamp::of(&std::fs::metadata(dir)?);
+        *self.lock() = (after == stamp && stamp.settled()).then(|| (stamp, entries.clone()));
+        Ok(entries)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Stamp, Arc<Vec<Entry>>)>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(i: &NameIndex, dir: &Path) -> Vec<String> {
+        i.sorted(dir)
+            .unwrap()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn kept_while_unchanged_and_rescanned_after_any_change() {
+        let t = tempfile::tempdir().unwrap();
+        let touch = |n: &str| std::fs::write(t.path().join(n), b"").unwrap();
+        for n in ["b.raw", "a.qcow2", "not a volume", "c.txt"] {
+            touch(n);
+        }
+        let i = NameIndex::default();
+        assert_eq!(names(&i, t.path()), ["a", "b"]);
+        std::thread::sleep(SETTLE);
+        let first = i.sorted(t.path()).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &i.sorted(t.path()).unwrap()),
+            "kept once settled"
+        );
+        // A change beside the driver, even at once, is seen.
+        touch("0.raw");
+        assert_eq!(names(&i, t.path()), ["0", "a", "b"]);
+        std::fs::remove_file(t.path().join("a.qcow2")).unwrap();
+        assert_eq!(names(&i, t.path()), ["0", "b"]);
+        std::fs::rename(t.path().join("b.raw"), t.path().join("z.raw")).unwrap();
+        assert_eq!(names(&i, t.path()), ["0", "z"]);
+    }
+
+    #[test]
+    fn a_scan_right_after_a_change_is_not_kept() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a.raw"), b"").unwrap();
+        let i = NameIndex::default();
+        let first = i.sorted(t.path()).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &i.sorted(t.path()).unwrap()),
+            "too fresh to keep"
+        );
+    }
+}
