@@ -251,10 +251,7 @@ mod tests {
     #[test]
     fn readme_documents_every_flag_and_its_variable() {
         use clap::CommandFactory;
-        let readme = include_str!("../../README.md");
-        let wrong =
-            pool_csi_testkit::flags::mismatches(&Args::command(), readme, "pool-csi-controller");
-        assert!(wrong.is_empty(), "{wrong:#?}");
+        pool_csi_testkit::flags::assert_readme_documents(&Args::command(), "pool-csi-controller");
     }
 
     #[test]

@@ -168,6 +168,10 @@ pub mod manifests {
         format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: fs\n  source: {{ device: {dev}, format: {format} }}\n  target: {{ path: \"{{dir}}/{name}\" }}\n")
     }
 
+    /// Two pools that cannot run: `later` (a dir pool whose target does not
+    /// exist yet) and `nfs0` (netfs, a type not served yet).
+    pub const NOT_RUNNING: &str = "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: later }\nspec: { type: dir, target: { path: \"{dir}/later\" } }\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: nfs0 }\nspec: { type: netfs, source: { host: nfs.example, dir: /export }, target: { path: \"{dir}/nfs\" } }\n";
+
     /// A disk pool on the whole disk `dev` (`gpt` or `dos`).
     pub fn disk_pool(name: &str, dev: &str, format: &str) -> String {
         format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: disk\n  source: {{ device: {dev}, format: {format} }}\n")

@@ -1208,7 +1208,7 @@ async fn controller_publish_checks_the_volume_and_its_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_that_do_not_run_refuse_with_the_reason() {
     require!(false);
-    let extra = "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: later }\nspec: { type: dir, target: { path: \"{dir}/later\" } }\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: nfs0 }\nspec: { type: netfs, source: { host: nfs.example, dir: /export }, target: { path: \"{dir}/nfs\" } }\n";
+    let extra = pool_csi_e2e::manifests::NOT_RUNNING;
     let d = Driver::start(Options {
         extra_pools: extra.into(),
         ..Default::default()

@@ -5,7 +5,7 @@ use pool_csi_e2e::{require, Driver, Options};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poolctl_lists_creates_resizes_and_deletes() {
     require!(false);
-    let extra = "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: later }\nspec: { type: dir, target: { path: \"{dir}/later\" } }\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: nfs0 }\nspec: { type: netfs, source: { host: nfs.example, dir: /export }, target: { path: \"{dir}/nfs\" } }\n";
+    let extra = pool_csi_e2e::manifests::NOT_RUNNING;
     let d = Driver::start(Options {
         extra_pools: extra.into(),
         ..Default::default()

@@ -331,9 +331,6 @@ mod tests {
     #[test]
     fn readme_documents_every_flag_and_its_variable() {
         use clap::CommandFactory;
-        let readme = include_str!("../../README.md");
-        let wrong =
-            pool_csi_testkit::flags::mismatches(&super::Args::command(), readme, "pool-csi-node");
-        assert!(wrong.is_empty(), "{wrong:#?}");
+        pool_csi_testkit::flags::assert_readme_documents(&super::Args::command(), "pool-csi-node");
     }
 }

@@ -59,6 +59,12 @@ pub fn mismatches(cmd: &clap::Command, readme: &str, binary: &str) -> Vec<String
     out
 }
 
+/// Panics listing what is wrong between `cmd` and this repository's README.
+pub fn assert_readme_documents(cmd: &clap::Command, binary: &str) {
+    let wrong = mismatches(cmd, include_str!("../../README.md"), binary);
+    assert!(wrong.is_empty(), "README's flags of {binary}: {wrong:#?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
