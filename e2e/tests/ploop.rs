@@ -520,3 +520,87 @@ async fn failed_creates_and_clones_leave_no_directory_behind() {
     }
     image_check(&d.pool_dir.join("copy.ploop/root.hds"));
 }
+
+/// Says `commands` to the qemu-storage-daemon monitor at `socket`; every
+/// reply must be a `return`.
+fn qmp(socket: &Path, commands: &[String]) {
+    use std::io::{BufRead, Write};
+    let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let mut lines = std::io::BufReader::new(s.try_clone().unwrap()).lines();
+    lines.next(); // greeting
+    let mut w = s;
+    for c in std::iter::once(r#"{"execute":"qmp_capabilities"}"#.to_string())
+        .chain(commands.iter().cloned())
+    {
+        writeln!(w, "{c}").unwrap();
+        let reply = loop {
+            let l = lines.next().unwrap().unwrap();
+            if !l.contains("\"event\"") {
+                break l;
+            }
+        };
+        assert!(reply.contains("\"return\""), "{c}: {reply}");
+    }
+}
+
+/// A node killed inside a live snapshot can leave the daemon with a delta
+/// it added but never put on top. The retried snapshot removes it and
+/// switches cleanly; the data written before and after reads back, and the
+/// snapshot holds what was there at the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_snapshot_finishes_what_a_killed_one_left_in_the_daemon() {
+    require!(true);
+    let d = Driver::start(Options::default()).await;
+    let mut c = d.clients().await;
+    let id = create(
+        &mut c,
+        req::create("v", 32 << 20, &[("volumeFormat", "ploop")]),
+    )
+    .await;
+    let s = stage(&d, &mut c, &id).await;
+    write_at(&s.dev(), 0, b"one");
+    // What a killed attempt leaves: node d1 (file node f1) added, not on top.
+    let stray = d.path("stray.hds");
+    pool_csi_e2e::sh(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "parallels",
+            stray.to_str().unwrap(),
+            "32M",
+        ],
+    );
+    let socket = d.dir.path().join("state/exports/scratch/v.qmp");
+    qmp(
+        &socket,
+        &[format!(
+            r#"{{"execute":"blockdev-add","arguments":{{"driver":"parallels","node-name":"d1","file":{{"driver":"file","node-name":"f1","filename":"{}"}}}}}}"#,
+            stray.display()
+        )],
+    );
+    let snap = c
+        .controller
+        .create_snapshot(req::snapshot("s1", &id))
+        .await
+        .expect("the retried snapshot switches despite the leftover")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    write_at(&s.dev(), 4096, b"two");
+    assert_eq!(read_at(&s.dev(), 0, 3), b"one");
+    let restored = create(&mut c, req::restore_of("r", 32 << 20, &snap.snapshot_id)).await;
+    unstage(&mut c, s).await;
+    let s = stage(&d, &mut c, &id).await;
+    assert_eq!(read_at(&s.dev(), 4096, 3), b"two", "written to the new top");
+    unstage(&mut c, s).await;
+    let r = stage(&d, &mut c, &restored).await;
+    assert_eq!(read_at(&r.dev(), 0, 3), b"one");
+    assert_eq!(
+        read_at(&r.dev(), 4096, 3),
+        [0, 0, 0],
+        "after the snapshot: not in it"
+    );
+    unstage(&mut c, r).await;
+}

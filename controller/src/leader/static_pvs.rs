@@ -230,8 +230,13 @@ impl StaticPvs {
                 labels.get(NODE_LABEL).map(String::as_str).unwrap_or(""),
             );
             let name = pv.metadata.name.clone().unwrap_or_default();
-            let available =
-                pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available");
+            // Available and claimed by nobody: the PV controller sets
+            // claimRef before the phase, and a PV already being deleted
+            // (held by its protection finalizer) is not deleted again.
+            let available = pv.status.as_ref().and_then(|s| s.phase.as_deref())
+                == Some("Available")
+                && pv.spec.as_ref().is_none_or(|s| s.claim_ref.is_none())
+                && pv.metadata.deletion_timestamp.is_none();
             if reported.contains(&key) && !wanted.contains(&name) && available {
                 // Only the PV as read: one bound meanwhile (a new
                 // resourceVersion) answers 409 and is kept.
@@ -396,6 +401,21 @@ mod tests {
         let c = s.reconcile(&reports).await.unwrap();
         assert_eq!(c.deleted, ["san-static-2"], "the bound PV is not withdrawn");
         assert_eq!(names(&fake), ["san-static-1"]);
+
+        // Still Available but already claimed (the PV controller writes
+        // claimRef before the phase), or already being deleted: left alone.
+        reports[0].luns = vec![lun("1", 64, "pvc-x"), lun("3", 64, "")];
+        s.reconcile(&reports).await.unwrap();
+        fake.modify(&format!("{PVS}/san-static-1"), |p| {
+            p["status"] = json!({"phase": "Available"})
+        });
+        fake.modify(&format!("{PVS}/san-static-3"), |p| {
+            p["status"] = json!({"phase": "Available"});
+            p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        });
+        reports[0].luns = vec![lun("1", 64, "pvc-x"), lun("3", 64, "pvc-z")];
+        assert_eq!(s.reconcile(&reports).await.unwrap(), Changes::default());
+        assert_eq!(names(&fake), ["san-static-1", "san-static-3"]);
     }
 
     #[tokio::test]

@@ -71,7 +71,12 @@ pub async fn list_page(
         more |= node_more;
         for v in volumes {
             let id = VolumeId::new(&v.pool, (!v.shared).then_some(node.as_str()), &v.name);
-            merged.entry(id.to_string()).or_insert((id, v));
+            let key = id.to_string();
+            // The agents' own cut is an optimisation: an older agent (a
+            // rolling upgrade) answers from the first volume every time.
+            if token.is_empty() || key.as_str() > token {
+                merged.entry(key).or_insert((id, v));
+            }
         }
     }
     let limit = if max == 0 { usize::MAX } else { max as usize };

@@ -201,30 +201,117 @@ pub async fn resize(export: &Export, size: u64) -> Result<(), QmpError> {
     .await
 }
 
-/// Puts the new, empty parallels image `file` on top of a running chain of
-/// `depth` images (QMP `blockdev-add` + `blockdev-snapshot`): from then on
-/// writes go to it, and the old top is read-only history. The export follows
-/// the new top, so a bigger delta also grows the exported disk.
-pub async fn push_delta(export: &Export, depth: usize, file: &Path) -> Result<(), QmpError> {
-    let new = chain_node(depth);
-    let file = serde_json::to_string(&file.to_string_lossy()).expect("a string serialises");
-    qmp(
+/// Makes the running daemon's chain the descriptor's: `chain` is every
+/// image of the disk, base first, whose last one(s) the daemon may not have
+/// yet (new, empty deltas). Each missing one is added (QMP `blockdev-add`)
+/// and put on top (`blockdev-snapshot`): from then on writes go to it, and
+/// the old top is read-only history. The export follows the new top, so a
+/// bigger delta also grows the exported disk.
+///
+/// Idempotent after a crash at any point: the daemon's top is read back
+/// (the highest chain node with a backing node), and nodes a killed
+/// attempt added but never put on top are removed before they are added
+/// again.
+pub async fn push_deltas(export: &Export, chain: &[PathBuf]) -> Result<(), QmpError> {
+    let nodes = qmp_query(
         export,
-        &[
-            (
-                "blockdev-add",
-                format!(
-                    r#"{{"execute":"blockdev-add","arguments":{{"driver":"parallels","node-name":"{new}","file":{{"driver":"file","node-name":"f{depth}","filename":{file}}}}}}}"#
-                ),
-            ),
-            ("blockdev-snapshot", snapshot_cmd(depth - 1, depth)),
-        ],
+        "query-named-block-nodes",
+        r#"{"execute":"query-named-block-nodes","arguments":{"flat":true}}"#,
     )
-    .await
+    .await?;
+    let top = active_top(&nodes);
+    let mut steps: Vec<(&'static str, String)> = Vec::new();
+    for i in top + 1..chain.len() {
+        // Leftovers of an attempt that never switched: gone first.
+        for node in [chain_node(i), format!("f{i}")] {
+            if has_node(&nodes, &node) {
+                steps.push((
+                    "blockdev-del",
+                    format!(r#"{{"execute":"blockdev-del","arguments":{{"node-name":"{node}"}}}}"#),
+                ));
+            }
+        }
+    }
+    // Removing a parent removes the file node it made: a second del of
+    // that child may find nothing, which is fine.
+    let _ = qmp_each(export, &steps).await;
+    let mut steps = Vec::new();
+    for (i, file) in chain.iter().enumerate().skip(top + 1) {
+        let new = chain_node(i);
+        let file = serde_json::to_string(&file.to_string_lossy()).expect("a string serialises");
+        steps.push((
+            "blockdev-add",
+            format!(
+                r#"{{"execute":"blockdev-add","arguments":{{"driver":"parallels","node-name":"{new}","file":{{"driver":"file","node-name":"f{i}","filename":{file}}}}}}}"#
+            ),
+        ));
+        steps.push(("blockdev-snapshot", snapshot_cmd(i - 1, i)));
+    }
+    qmp(export, &steps).await
+}
+
+/// The index of the daemon's top chain node: the highest `d<i>` that is
+/// on the chain — the base, or a node with a backing node (one added but
+/// never put on top has none). The parallels driver reports no backing
+/// depth, but names the backing file.
+fn active_top(nodes: &serde_json::Value) -> usize {
+    nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            let i: usize = n["node-name"].as_str()?.strip_prefix('d')?.parse().ok()?;
+            (i == 0 || n["backing_file"].is_string()).then_some(i)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn has_node(nodes: &serde_json::Value, name: &str) -> bool {
+    nodes
+        .as_array()
+        .is_some_and(|a| a.iter().any(|n| n["node-name"] == name))
+}
+
+/// Runs each command, whatever the ones before answered; the first refusal
+/// is returned at the end.
+async fn qmp_each(export: &Export, commands: &[(&'static str, String)]) -> Result<(), QmpError> {
+    let mut first = Ok(());
+    for c in commands {
+        if let Err(e) = qmp(export, std::slice::from_ref(c)).await {
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
+
+/// One QMP query; its `return` value.
+async fn qmp_query(
+    export: &Export,
+    name: &'static str,
+    command: &str,
+) -> Result<serde_json::Value, QmpError> {
+    let mut got = serde_json::Value::Null;
+    converse(export, &[(name, command.to_string())], |reply| {
+        got = reply["return"].clone();
+    })
+    .await?;
+    Ok(got)
 }
 
 /// Runs QMP commands in order on the daemon's monitor; the first refusal ends it.
 async fn qmp(export: &Export, commands: &[(&'static str, String)]) -> Result<(), QmpError> {
+    converse(export, commands, |_| {}).await
+}
+
+/// [`qmp`], handing each command's reply to `each`.
+async fn converse(
+    export: &Export,
+    commands: &[(&'static str, String)],
+    mut each: impl FnMut(&serde_json::Value),
+) -> Result<(), QmpError> {
     let io = |source| QmpError::Io {
         path: export.qmp_socket.clone(),
         source,
@@ -239,7 +326,7 @@ async fn qmp(export: &Export, commands: &[(&'static str, String)]) -> Result<(),
         "qmp_capabilities",
         r#"{"execute":"qmp_capabilities"}"#.to_string(),
     );
-    for (name, c) in std::iter::once(&caps).chain(commands) {
+    for (i, (name, c)) in std::iter::once(&caps).chain(commands).enumerate() {
         w.write_all(c.as_bytes()).await.map_err(io)?;
         w.write_all(b"\n").await.map_err(io)?;
         loop {
@@ -257,6 +344,9 @@ async fn qmp(export: &Export, commands: &[(&'static str, String)]) -> Result<(),
                     command: name,
                     reply,
                 });
+            }
+            if i > 0 {
+                each(&serde_json::from_str(&reply).unwrap_or_default());
             }
             break;
         }

@@ -88,7 +88,11 @@ impl Ploop {
     }
 
     /// Puts a new delta of `size` bytes on top of an attached disk: the
-    /// descriptor first, then the daemon (undone if the daemon refuses).
+    /// descriptor first, then the daemon, which takes every delta of the
+    /// descriptor it does not have yet. A refusal or a crash in between
+    /// leaves an empty delta in the descriptor (an internal one, merged at
+    /// the next attach) and never a delta the daemon writes to but the
+    /// descriptor lacks; a retry brings the daemon up to the descriptor.
     async fn push_live_delta(
         &self,
         env: &ImageEnv,
@@ -97,17 +101,9 @@ impl Ploop {
         size: u64,
     ) -> Result<()> {
         let mut disk = Disk::open(dir)?;
-        let depth = disk.desc.chain.len();
         let size = size.max(disk.size()?);
         disk.push_delta(size)?;
-        let file = disk.image(depth);
-        if let Err(e) = qsd::push_delta(&env.export_of(name), depth, &file).await {
-            disk.desc.chain.pop();
-            disk.write_descriptor()?;
-            let _ = std::fs::remove_file(&file);
-            return Err(e.into());
-        }
-        Ok(())
+        Ok(qsd::push_deltas(&env.export_of(name), &disk.images()).await?)
     }
 }
 

@@ -9,11 +9,12 @@
 
 use std::fmt::Write as _;
 
-/// The GUID the ploop tools give a base image.
 /// The descriptor's root element, by ploop version: 8.0.14 and later, then
-/// earlier ones (and the name this crate writes, which every version reads).
+/// earlier ones (and the name this crate writes; ploop 9's reader does not
+/// check the root's name, per its lib/xml.c).
 const ROOT_ELEMENTS: [&str; 2] = ["Virtuozzo_disk_image", "Parallels_disk_image"];
 
+/// The GUID the ploop tools give a base image.
 pub const BASE_GUID: &str = "{5fbaabe3-6958-40ff-92a7-860e329aab41}";
 pub const NULL_GUID: &str = "{00000000-0000-0000-0000-000000000000}";
 pub const FILE_NAME: &str = "DiskDescriptor.xml";

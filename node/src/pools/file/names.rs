@@ -4,10 +4,13 @@
 //!
 //! Unchanged means: the directory's inode, mtime and ctime are those seen at
 //! the scan. Whoever adds, removes or renames an entry — this node or an
-//! administrator beside it — moves mtime and ctime. Kernel timestamps are
-//! coarse (one clock tick), so a scan taken within [`SETTLE`] of the last
-//! change is used once and not kept: a change in the same tick as the scan
-//! could otherwise leave the timestamps equal ("racy git").
+//! administrator beside it — moves mtime and ctime. Timestamps are coarse
+//! (one kernel clock tick; whole seconds on filesystems that keep no
+//! nanoseconds), so a scan taken within [`SETTLE`] plus that granularity of
+//! the last change is used once and not kept: a change in the same tick as
+//! the scan could otherwise leave the timestamps equal ("racy git"). Kept
+//! names are dropped after [`MAX_AGE`] whatever the timestamps say, which
+//! bounds what a filesystem with lazier timestamps could hide.
 
 use super::layout;
 use pool_csi_common::VolumeFormat;
@@ -22,6 +25,8 @@ use std::{
 
 /// Longer than any kernel clock tick.
 pub const SETTLE: Duration = Duration::from_millis(50);
+/// How long kept names are trusted at most.
+pub const MAX_AGE: Duration = Duration::from_secs(10);
 
 /// One directory entry that may be a volume: `<name>.<format>`.
 #[derive(Debug, Clone)]
@@ -50,22 +55,37 @@ impl Stamp {
         }
     }
 
-    /// Whether the last change is at least [`SETTLE`] old.
+    /// Whether the last change is older than the timestamps' granularity
+    /// plus [`SETTLE`]. Without nanoseconds the granularity is a second.
     fn settled(&self) -> bool {
+        let coarse = self.mtime.1 == 0 && self.ctime.1 == 0;
+        let wait = SETTLE
+            + if coarse {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
         let at = |(s, ns): (i64, i64)| {
             SystemTime::UNIX_EPOCH + Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32)
         };
         let last = at(self.mtime).max(at(self.ctime));
         SystemTime::now()
             .duration_since(last)
-            .is_ok_and(|age| age >= SETTLE)
+            .is_ok_and(|age| age >= wait)
     }
 }
 
 /// The sorted entries of one directory, kept while it is unchanged.
 #[derive(Default)]
 pub struct NameIndex {
-    kept: Mutex<Option<(Stamp, Arc<Vec<Entry>>)>>,
+    kept: Mutex<Option<Kept>>,
+}
+
+/// Names kept from one scan.
+struct Kept {
+    stamp: Stamp,
+    at: std::time::Instant,
+    entries: Arc<Vec<Entry>>,
 }
 
 impl NameIndex {
@@ -73,9 +93,9 @@ impl NameIndex {
     /// by name: kept ones when the directory is unchanged, else a new scan.
     pub fn sorted(&self, dir: &Path) -> io::Result<Arc<Vec<Entry>>> {
         let stamp = Stamp::of(&std::fs::metadata(dir)?);
-        if let Some((s, entries)) = &*self.lock() {
-            if *s == stamp {
-                return Ok(entries.clone());
+        if let Some(k) = &*self.lock() {
+            if k.stamp == stamp && k.at.elapsed() < MAX_AGE {
+                return Ok(k.entries.clone());
             }
         }
         let mut entries = Vec::new();
@@ -91,11 +111,15 @@ impl NameIndex {
         // Kept only if the directory did not change during the scan and
         // its last change is older than a clock tick.
         let after = Stamp::of(&std::fs::metadata(dir)?);
-        *self.lock() = (after == stamp && stamp.settled()).then(|| (stamp, entries.clone()));
+        *self.lock() = (after == stamp && stamp.settled()).then(|| Kept {
+            stamp,
+            at: std::time::Instant::now(),
+            entries: entries.clone(),
+        });
         Ok(entries)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Stamp, Arc<Vec<Entry>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Kept>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -134,6 +158,26 @@ mod tests {
         assert_eq!(names(&i, t.path()), ["0", "b"]);
         std::fs::rename(t.path().join("b.raw"), t.path().join("z.raw")).unwrap();
         assert_eq!(names(&i, t.path()), ["0", "z"]);
+    }
+
+    #[test]
+    fn whole_second_timestamps_wait_a_second() {
+        let at = |s: i64, ns: i64| Stamp {
+            dev: 1,
+            ino: 1,
+            mtime: (s, ns),
+            ctime: (s, ns),
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let secs = now.as_secs() as i64;
+        // 200 ms old with nanoseconds: settled; a whole-second stamp of the
+        // second before may be up to 1.99 s old but also just 0.01 s: not.
+        let fine = now - Duration::from_millis(200);
+        assert!(at(fine.as_secs() as i64, fine.subsec_nanos() as i64).settled());
+        assert!(!at(secs, 0).settled());
+        assert!(at(secs - 3, 0).settled());
     }
 
     #[test]
