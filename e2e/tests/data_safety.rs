@@ -85,6 +85,44 @@ async fn stage_never_formats_a_volume_that_holds_data() {
     }
 }
 
+/// Deletion asks the kernel whether anything holds the image open (one
+/// write-lease call) before it looks for who: a loop device someone else
+/// attached, read-only, through a path of their own, keeps the volume; a
+/// reader that is no attachment does not, and after the detach the delete
+/// goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_attached_behind_the_drivers_back_is_not_deleted() {
+    require!(false);
+    let d = Driver::start(Options::default()).await;
+    let mut c = d.clients().await;
+    let id = create(&mut c, "scratch", "held", &[]).await;
+    let file = d.pool_dir.join("held.raw");
+    let delete = |c: &mut pool_csi_e2e::clients::Clients| {
+        let mut c = c.clone();
+        let r = csi::DeleteVolumeRequest {
+            volume_id: id.clone(),
+            ..Default::default()
+        };
+        async move { c.controller.delete_volume(r).await }
+    };
+    let link = d.path("elsewhere.raw");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let dev = sh(
+        "losetup",
+        &["-r", "--find", "--show", &link.display().to_string()],
+    );
+    let e = delete(&mut c).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&format!("loop device {dev}")), "{e:?}");
+    assert!(file.exists(), "the attached image is still there");
+    sh("losetup", &["-d", &dev]);
+    // A plain reader holds it open too, but is no attachment.
+    let reader = std::fs::File::open(&file).unwrap();
+    delete(&mut c).await.expect("delete after the detach");
+    assert!(!file.exists());
+    drop(reader);
+}
+
 /// The kubelet's mount of a published volume disappears behind the
 /// driver's back: NodeGetVolumeStats reports the volume abnormal, naming
 /// the path that is not mounted.

@@ -1,7 +1,7 @@
 //! pool-csi node plugin and node agent: serves CSI Identity + Node to kubelet
 //! and the agent API to the controller, and is the only process that runs
 //! storage commands.
-// Denied everywhere but `mount/fifreeze.rs` (two ioctls).
+// Denied everywhere but `mount/fifreeze.rs` (two ioctls) and `lease.rs` (one fcntl).
 #![deny(unsafe_code)]
 
 pub mod agent;
@@ -14,6 +14,7 @@ pub mod error;
 pub mod exec;
 pub mod formats;
 pub mod fsutil;
+pub mod lease;
 pub mod mount;
 pub mod ops;
 pub mod pools;

@@ -73,6 +73,11 @@ impl ImageEnv {
     /// anything: a loop device, the ploop module, qemu-nbd or a
     /// qemu-storage-daemon.
     pub fn user_of(&self, name: &str, path: &Path) -> Option<String> {
+        // Every such user holds the image file open: when a write lease is
+        // granted, none exists, and the sysfs scan below is skipped.
+        if crate::lease::open_nowhere_else(path) {
+            return None;
+        }
         if let Some(l) = losetup::find_by_backing_file(&self.sysfs, path).first() {
             return Some(format!("loop device {}", l.display()));
         }
