@@ -128,6 +128,29 @@ pub fn tool(program: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
 
+/// Removes a test's volume group and its PVs (activation off, as the tests
+/// make them), and the metadata history lvm kept of it in `/etc/lvm`:
+/// every change of a VG leaves an archive file there for 30 days, and each
+/// later change lists them all, so test VGs would slow every lvm command.
+pub fn remove_vg(vg: &str, pvs: &[&str]) {
+    let off = "global{activation=0}";
+    tool("lvm", &["vgremove", "--config", off, "-f", "-y", vg]);
+    for pv in pvs {
+        tool("lvm", &["pvremove", "--config", off, "-y", pv]);
+    }
+    let _ = std::fs::remove_file(Path::new("/etc/lvm/backup").join(vg));
+    let prefix = format!("{vg}_");
+    for e in std::fs::read_dir("/etc/lvm/archive")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// [`tool`] with `input` on its stdin (sfdisk scripts and the like).
 pub fn tool_with_input(program: &str, args: &[&str], input: &[u8]) -> std::process::Output {
     use std::io::Write;

@@ -40,11 +40,8 @@ struct Vg(String, Vec<String>);
 
 impl Drop for Vg {
     fn drop(&mut self) {
-        let off = "global{activation=0}";
-        pool_csi_e2e::tool("lvm", &["vgremove", "--config", off, "-f", "-y", &self.0]);
-        for pv in &self.1 {
-            pool_csi_e2e::tool("lvm", &["pvremove", "--config", off, "-y", pv]);
-        }
+        let pvs: Vec<&str> = self.1.iter().map(String::as_str).collect();
+        pool_csi_e2e::remove_vg(&self.0, &pvs);
     }
 }
 

@@ -16,29 +16,8 @@ struct Vg<'a>(String, Vec<&'a LoopDisk>);
 
 impl Drop for Vg<'_> {
     fn drop(&mut self) {
-        tool(
-            "lvm",
-            &[
-                "vgremove",
-                "--config",
-                "global{activation=0}",
-                "-f",
-                "-y",
-                &self.0,
-            ],
-        );
-        for pv in &self.1 {
-            tool(
-                "lvm",
-                &[
-                    "pvremove",
-                    "--config",
-                    "global{activation=0}",
-                    "-y",
-                    pv.path(),
-                ],
-            );
-        }
+        let pvs: Vec<&str> = self.1.iter().map(|d| d.path()).collect();
+        pool_csi_e2e::remove_vg(&self.0, &pvs);
     }
 }
 

@@ -33,6 +33,50 @@ fn lvs() -> Vec<&'static str> {
     report("lvs", lvm::LVS_FIELDS)
 }
 
+/// The create path's one scan: `lvm fullreport` of vg0.
+fn full() -> Vec<&'static str> {
+    vec![
+        "lvm",
+        "fullreport",
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "--configreport",
+        "vg",
+        "-o",
+        lvm::VGS_FIELDS,
+        "--configreport",
+        "lv",
+        "-o",
+        lvm::FULL_LV_FIELDS,
+        "--configreport",
+        "pv",
+        "-o",
+        "pv_name",
+        "--configreport",
+        "pvseg",
+        "-o",
+        "pvseg_start",
+        "--configreport",
+        "seg",
+        "-o",
+        "segtype",
+        "vg0",
+    ]
+}
+
+/// A fullreport holding the VG of `vgs_json` and the LVs of `lvs_json`, in
+/// the shape fullreport_two_lvs.json (recorded) shows.
+fn full_json(vgs_json: &str, lvs_json: &str) -> String {
+    let section = |json: &str, key: &str| {
+        serde_json::from_str::<serde_json::Value>(json).unwrap()["report"][0][key].clone()
+    };
+    serde_json::json!({"report": [{"vg": section(vgs_json, "vg"), "lv": section(lvs_json, "lv")}]})
+        .to_string()
+}
+
 /// vg0 as the real `vgs` reports it (recorded by record.sh): 20 GiB, 10 GiB free.
 const VG_JSON: &str = include_str!("fixtures/commands/lvm/vgs_vg0.json");
 
@@ -77,8 +121,7 @@ async fn thin_volumes_snapshots_and_clones_are_thin_lvs() {
         .expect(vgs(), Reply::ok().stdout(VG_JSON))
         .expect(lvs(), Reply::ok().stdout(thin_lvs()))
         // create a thin volume
-        .expect(vgs(), Reply::ok().stdout(VG_JSON))
-        .expect(lvs(), Reply::ok().stdout(thin_lvs()))
+        .expect(full(), Reply::ok().stdout(full_json(VG_JSON, thin_lvs())))
         .expect(
             [
                 "lvm",
@@ -129,8 +172,7 @@ async fn thin_volumes_snapshots_and_clones_are_thin_lvs() {
             Reply::ok().stdout(thin_lvs().replace("snap_s1", "snap_s2")),
         )
         // restore from snapshot s1: a thin snapshot of the snapshot LV
-        .expect(vgs(), Reply::ok().stdout(VG_JSON))
-        .expect(lvs(), Reply::ok().stdout(thin_lvs()))
+        .expect(full(), Reply::ok().stdout(full_json(VG_JSON, thin_lvs())))
         .expect(
             [
                 "lvm",
@@ -169,8 +211,7 @@ async fn thin_overcommit_bounds_what_thin_volumes_may_promise() {
         .expect(vgs(), Reply::ok().stdout(VG_JSON))
         .expect(vgs(), Reply::ok().stdout(VG_JSON))
         .expect(lvs(), Reply::ok().stdout(thin_lvs()))
-        .expect(vgs(), Reply::ok().stdout(VG_JSON))
-        .expect(lvs(), Reply::ok().stdout(thin_lvs()));
+        .expect(full(), Reply::ok().stdout(full_json(VG_JSON, thin_lvs())));
     let p = pool(runner, 200);
     p.start().await.unwrap();
     let e = p
@@ -212,8 +253,7 @@ async fn a_half_copied_clone_is_removed_on_retry_and_on_delete() {
         .expect(vgs(), Reply::ok().stdout(VG_JSON))
         .expect(lvs(), Reply::ok().stdout(thin_lvs()))
         // create pvc-c again: the leftover goes, a new LV is made
-        .expect(vgs(), Reply::ok().stdout(VG_JSON))
-        .expect(lvs(), Reply::ok().stdout(copying))
+        .expect(full(), Reply::ok().stdout(full_json(VG_JSON, copying)))
         .expect(["lvm", "lvremove", "--yes", "vg0/pvc-c"], Reply::ok())
         .expect(
             [

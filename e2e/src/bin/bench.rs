@@ -315,7 +315,10 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A volume group on two loop devices for the logical-pool scenario; removed on drop.
+/// A volume group on two loop devices for the logical-pool scenario; removed
+/// on drop. Their files are on tmpfs (`/dev/shm`), as the file pools are,
+/// unless POOL_CSI_BENCH_DISK=1: the figures are then the driver's and
+/// lvm's, not the disk's flush latency (each metadata commit flushes).
 struct BenchVg {
     name: String,
     pvs: Vec<String>,
@@ -323,12 +326,16 @@ struct BenchVg {
 }
 
 impl BenchVg {
-    fn new() -> Option<BenchVg> {
+    fn new(on_disk: bool) -> Option<BenchVg> {
         pool_csi_e2e::which("lvm")?;
-        let dir = tempfile::Builder::new()
-            .prefix("pool-csi-bench-vg-")
-            .tempdir()
-            .ok()?;
+        let mut b = tempfile::Builder::new();
+        b.prefix("pool-csi-bench-vg-");
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = match on_disk || !shm.is_dir() {
+            true => b.tempdir(),
+            false => b.tempdir_in(shm),
+        }
+        .ok()?;
         let mut pvs = Vec::new();
         for n in ["a", "b"] {
             let f = dir.path().join(n);
@@ -374,22 +381,9 @@ fn tool_ok(p: &str, a: &[&str]) -> Option<()> {
 
 impl Drop for BenchVg {
     fn drop(&mut self) {
-        pool_csi_e2e::tool(
-            "lvm",
-            &[
-                "vgremove",
-                "--config",
-                "global{activation=0}",
-                "-f",
-                "-y",
-                &self.name,
-            ],
-        );
+        let pvs: Vec<&str> = self.pvs.iter().map(String::as_str).collect();
+        pool_csi_e2e::remove_vg(&self.name, &pvs);
         for pv in &self.pvs {
-            pool_csi_e2e::tool(
-                "lvm",
-                &["pvremove", "--config", "global{activation=0}", "-y", pv],
-            );
             pool_csi_e2e::tool("losetup", &["-d", pv]);
         }
     }
@@ -406,7 +400,7 @@ async fn matrix(
     let want =
         |scenario: &str| only.is_empty() || only.split(',').any(|p| scenario.starts_with(p.trim()));
     let vg = want("create_delete_64MiB_logical")
-        .then(BenchVg::new)
+        .then(|| BenchVg::new(on_disk))
         .flatten();
     let mut extra_pools = vg.as_ref().map(BenchVg::pool_yaml).unwrap_or_default();
     // A real iSCSI target with 8 LUNs, where tgtd and libiscsi are installed.
@@ -460,7 +454,7 @@ async fn matrix(
                 create_delete_in(
                     &c,
                     conc,
-                    "lvm-noactivation",
+                    &format!("lvm-noactivation-{pool}"),
                     "lvm",
                     "create_delete_64MiB_logical",
                     64 * req::MIB,

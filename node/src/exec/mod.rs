@@ -174,14 +174,28 @@ pub trait CommandRunner: Send + Sync {
 
     /// Runs `cmd` and treats a non-zero exit as [`ExecError::Failed`].
     async fn run_ok(&self, cmd: &Cmd) -> Result<Output, ExecError> {
-        let out = self.run(cmd).await?;
-        if out.status != 0 {
+        self.run(cmd).await?.succeeded(cmd)
+    }
+
+    /// Starts `cmd` and leaves it running with stdin, stdout and stderr
+    /// piped (killed when the child is dropped), for a tool the node drives
+    /// over a pipe: the lvm shell. None: this runner keeps no processes
+    /// (a test's fake), and the caller runs each command on its own.
+    fn spawn(&self, _cmd: &Cmd) -> Option<Result<tokio::process::Child, ExecError>> {
+        None
+    }
+}
+
+impl Output {
+    /// This output, or [`ExecError::Failed`] when `cmd` exited non-zero.
+    pub fn succeeded(self, cmd: &Cmd) -> Result<Output, ExecError> {
+        if self.status != 0 {
             return Err(ExecError::Failed {
                 cmd: cmd.to_string(),
-                status: out.status,
-                stderr: out.stderr_str(),
+                status: self.status,
+                stderr: self.stderr_str(),
             });
         }
-        Ok(out)
+        Ok(self)
     }
 }

@@ -18,9 +18,10 @@ impl RealRunner {
     }
 }
 
-#[tonic::async_trait]
-impl CommandRunner for RealRunner {
-    async fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
+impl RealRunner {
+    /// `cmd` behind the prefix, with `LC_ALL=C`, its environment, stdout
+    /// and stderr piped, and killed when dropped.
+    fn command(&self, cmd: &Cmd) -> tokio::process::Command {
         let (program, args): (&OsString, Vec<&OsString>) = match self.prefix.split_first() {
             Some((p, rest)) => (
                 p,
@@ -28,7 +29,6 @@ impl CommandRunner for RealRunner {
             ),
             None => (&cmd.program, cmd.args.iter().collect()),
         };
-        tracing::debug!(argv = ?cmd.argv(), "exec");
         #[allow(clippy::disallowed_methods)] // this is the one place commands are spawned
         let mut command = tokio::process::Command::new(program);
         command
@@ -36,14 +36,36 @@ impl CommandRunner for RealRunner {
             .env("LC_ALL", "C")
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))
             .envs(cmd.secret_env.0.iter().map(|(k, v)| (k, v)))
-            .stdin(if cmd.stdin.is_some() {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
+        command
+    }
+}
+
+#[tonic::async_trait]
+impl CommandRunner for RealRunner {
+    fn spawn(&self, cmd: &Cmd) -> Option<Result<tokio::process::Child, ExecError>> {
+        tracing::debug!(argv = ?cmd.argv(), "spawn");
+        let child = self
+            .command(cmd)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                program: cmd.program.to_string_lossy().into(),
+                source,
+            });
+        Some(child)
+    }
+
+    async fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
+        tracing::debug!(argv = ?cmd.argv(), "exec");
+        let mut command = self.command(cmd);
+        command.stdin(if cmd.stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        });
         let run = async {
             let mut child = command.spawn()?;
             if let (Some(input), Some(mut pipe)) = (&cmd.stdin, child.stdin.take()) {

@@ -16,6 +16,10 @@ pub const VGS_FIELDS: &str = "vg_name,vg_size,vg_free,vg_extent_size";
 /// The columns `lvs` reports (`-o`).
 pub const LVS_FIELDS: &str =
     "lv_name,lv_size,lv_tags,lv_attr,pool_lv,origin,data_percent,metadata_percent,segtype";
+/// The LV columns of `fullreport`, whose LV subreport takes no segment
+/// column (`segtype`).
+pub const FULL_LV_FIELDS: &str =
+    "lv_name,lv_size,lv_tags,lv_attr,pool_lv,origin,data_percent,metadata_percent";
 
 /// Runs lvm subcommands for one pool.
 pub struct Lvm<'a> {
@@ -24,6 +28,10 @@ pub struct Lvm<'a> {
     /// When known, the VG's PVs: lvm then scans only these (each call is
     /// ~40% faster than scanning every block device of the node).
     pub devices: &'a [std::path::PathBuf],
+    /// `LVM_SYSTEM_DIR` (see [`super::lvm_system`]); None: the host's.
+    pub system_dir: Option<&'a Path>,
+    /// The pool's long-lived shell, for the commands that may go there.
+    pub shell: Option<&'a super::lvm_shell::LvmShell>,
 }
 
 /// One VG's space.
@@ -113,9 +121,32 @@ pub fn parse_lvs(json: &[u8]) -> Result<Vec<Lv>, serde_json::Error> {
 
 pub fn parse_vgs(json: &[u8]) -> Result<Vec<Vg>, String> {
     let r: Report<VgSection> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    r.report
+    vgs_of(r.report.into_iter().flat_map(|s| s.vg))
+}
+
+#[derive(Deserialize)]
+struct FullSection {
+    #[serde(default)]
+    vg: Vec<VgRaw>,
+    #[serde(default)]
+    lv: Vec<Lv>,
+}
+
+/// `lvm fullreport` of one VG: the VG and its LVs from one scan (None: no
+/// such VG in the report).
+pub fn parse_fullreport(json: &[u8]) -> Result<Option<(Vg, Vec<Lv>)>, String> {
+    let r: Report<FullSection> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let Some(section) = r.report.into_iter().next() else {
+        return Ok(None);
+    };
+    Ok(vgs_of(section.vg)?
         .into_iter()
-        .flat_map(|s| s.vg)
+        .next()
+        .map(|vg| (vg, section.lv)))
+}
+
+fn vgs_of(raw: impl IntoIterator<Item = VgRaw>) -> Result<Vec<Vg>, String> {
+    raw.into_iter()
         .map(|v| {
             let n = |s: &str| s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
             Ok(Vg {
@@ -140,6 +171,9 @@ impl Lvm<'_> {
         let mut c = Cmd::new("lvm")
             .arg(sub)
             .env("LVM_SUPPRESS_FD_WARNINGS", "1");
+        if let Some(dir) = self.system_dir {
+            c = c.env("LVM_SYSTEM_DIR", &dir.display().to_string());
+        }
         if self.no_activation {
             c = c.args(["--config", "global{activation=0}"]);
         }
@@ -152,6 +186,15 @@ impl Lvm<'_> {
             c = c.arg("--devices").arg(list.join(","));
         }
         c.timeout(Duration::from_secs(120))
+    }
+
+    /// Runs `cmd` in the shell when there is one (and it may go there),
+    /// else on its own; a non-zero exit is [`ExecError::Failed`].
+    async fn run_ok(&self, cmd: &Cmd) -> Result<crate::exec::Output, ExecError> {
+        match self.shell {
+            Some(shell) => shell.run(self.runner, cmd).await?.succeeded(cmd),
+            None => self.runner.run_ok(cmd).await,
+        }
     }
 
     fn bad_json(cmd: &Cmd, e: impl std::fmt::Display) -> ExecError {
@@ -176,11 +219,31 @@ impl Lvm<'_> {
                 VGS_FIELDS,
             ])
             .arg(vg);
-        match self.runner.run_ok(&cmd).await {
+        match self.run_ok(&cmd).await {
             Ok(out) => Ok(parse_vgs(&out.stdout)
                 .map_err(|e| Self::bad_json(&cmd, e))?
                 .into_iter()
                 .next()),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The VG and its LVs from one scan (`fullreport`, the other sections
+    /// cut to one column), or None when the VG does not exist: what
+    /// [`Self::vg`] and [`Self::lvs`] give, for one command instead of two.
+    pub async fn vg_and_lvs(&self, vg: &str) -> Result<Option<(Vg, Vec<Lv>)>, ExecError> {
+        let cmd = self
+            .cmd("fullreport")
+            .args(["--reportformat", "json", "--units", "b", "--nosuffix"])
+            .args(["--configreport", "vg", "-o", VGS_FIELDS])
+            .args(["--configreport", "lv", "-o", FULL_LV_FIELDS])
+            .args(["--configreport", "pv", "-o", "pv_name"])
+            .args(["--configreport", "pvseg", "-o", "pvseg_start"])
+            .args(["--configreport", "seg", "-o", "segtype"])
+            .arg(vg);
+        match self.run_ok(&cmd).await {
+            Ok(out) => parse_fullreport(&out.stdout).map_err(|e| Self::bad_json(&cmd, e)),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
         }
@@ -192,7 +255,7 @@ impl Lvm<'_> {
             .args(["--reportformat", "json", "--units", "b", "--nosuffix", "-o"])
             .arg(LVS_FIELDS)
             .arg(vg);
-        let out = self.runner.run_ok(&cmd).await?;
+        let out = self.run_ok(&cmd).await?;
         parse_lvs(&out.stdout).map_err(|e| Self::bad_json(&cmd, e))
     }
 
@@ -226,7 +289,7 @@ impl Lvm<'_> {
         if self.no_activation {
             c = c.args(["-an", "-Zn"]); // nothing can be activated, so nothing can be zeroed
         }
-        self.runner.run_ok(&Self::tagged(c, tags).arg(vg)).await?;
+        self.run_ok(&Self::tagged(c, tags).arg(vg)).await?;
         Ok(())
     }
 
@@ -245,7 +308,7 @@ impl Lvm<'_> {
             .arg(format!("{bytes}b"))
             .arg("--thinpool")
             .arg(format!("{vg}/{pool}"));
-        self.runner.run_ok(&Self::tagged(c, tags)).await?;
+        self.run_ok(&Self::tagged(c, tags)).await?;
         Ok(())
     }
 
@@ -261,7 +324,7 @@ impl Lvm<'_> {
             .args(["--yes", "--type", "thin-pool", "-n", pool, "-L"])
             .arg(format!("{bytes}b"))
             .arg(vg);
-        self.runner.run_ok(&c).await?;
+        self.run_ok(&c).await?;
         Ok(())
     }
 
@@ -282,8 +345,7 @@ impl Lvm<'_> {
             Some(b) => c.arg("-L").arg(format!("{b}b")),
             None => c.args(["--setactivationskip", "n"]),
         };
-        self.runner
-            .run_ok(&Self::tagged(c, tags).arg(format!("{vg}/{origin}")))
+        self.run_ok(&Self::tagged(c, tags).arg(format!("{vg}/{origin}")))
             .await?;
         Ok(())
     }
@@ -294,7 +356,7 @@ impl Lvm<'_> {
             .arg("-L")
             .arg(format!("{bytes}b"))
             .arg(format!("{vg}/{name}"));
-        self.runner.run_ok(&c).await?;
+        self.run_ok(&c).await?;
         Ok(())
     }
 
@@ -305,13 +367,12 @@ impl Lvm<'_> {
             .arg("--deltag")
             .arg(tag)
             .arg(format!("{vg}/{name}"));
-        self.runner.run_ok(&c).await?;
+        self.run_ok(&c).await?;
         Ok(())
     }
 
     pub async fn remove(&self, vg: &str, name: &str) -> Result<(), ExecError> {
         match self
-            .runner
             .run_ok(
                 &self
                     .cmd("lvremove")
@@ -326,38 +387,35 @@ impl Lvm<'_> {
     }
 
     pub async fn activate(&self, vg: &str, name: &str) -> Result<(), ExecError> {
-        self.runner
-            .run_ok(
-                &self
-                    .cmd("lvchange")
-                    .args(["--activate", "y", "--ignoreactivationskip"])
-                    .arg(format!("{vg}/{name}")),
-            )
-            .await?;
+        self.run_ok(
+            &self
+                .cmd("lvchange")
+                .args(["--activate", "y", "--ignoreactivationskip"])
+                .arg(format!("{vg}/{name}")),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn pvcreate(&self, devices: &[&Path]) -> Result<(), ExecError> {
-        self.runner
-            .run_ok(
-                &self
-                    .cmd("pvcreate")
-                    .arg("--yes")
-                    .args(devices.iter().map(|d| d.as_os_str())),
-            )
-            .await?;
+        self.run_ok(
+            &self
+                .cmd("pvcreate")
+                .arg("--yes")
+                .args(devices.iter().map(|d| d.as_os_str())),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn vgcreate(&self, vg: &str, devices: &[&Path]) -> Result<(), ExecError> {
-        self.runner
-            .run_ok(
-                &self
-                    .cmd("vgcreate")
-                    .arg(vg)
-                    .args(devices.iter().map(|d| d.as_os_str())),
-            )
-            .await?;
+        self.run_ok(
+            &self
+                .cmd("vgcreate")
+                .arg(vg)
+                .args(devices.iter().map(|d| d.as_os_str())),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -388,6 +446,24 @@ mod tests {
                 extent_size: 4 << 20
             }
         );
+    }
+
+    #[test]
+    fn a_fullreport_gives_what_vgs_and_lvs_give() {
+        let full = include_bytes!("../../tests/fixtures/commands/lvm/fullreport_two_lvs.json");
+        let (vg, lvs) = parse_fullreport(full).unwrap().expect("the VG");
+        let vgs = parse_vgs(include_bytes!("../../tests/fixtures/commands/lvm/vgs.json")).unwrap();
+        assert_eq!(vg, vgs[0]);
+        let mut alone = parse_lvs(include_bytes!(
+            "../../tests/fixtures/commands/lvm/lvs_two_lvs.json"
+        ))
+        .unwrap();
+        for lv in &mut alone {
+            lv.segtype.clear(); // a segment column, not in fullreport's LV subreport
+        }
+        assert_eq!(lvs, alone);
+        // What a missing VG leaves: an empty report.
+        assert_eq!(parse_fullreport(br#"{"report": []}"#).unwrap(), None);
     }
 
     #[test]
@@ -429,6 +505,8 @@ mod tests {
             runner: &runner,
             no_activation: true,
             devices: &[],
+            system_dir: None,
+            shell: None,
         };
         assert_eq!(lvm.vg("vg9").await.unwrap(), None);
     }
@@ -470,6 +548,8 @@ mod tests {
             runner: &runner,
             no_activation: false,
             devices: &[],
+            system_dir: None,
+            shell: None,
         };
         lvm.create_snapshot("vg", "a", "snap_s", None, &["pool-csi".into()])
             .await
