@@ -128,6 +128,17 @@ pub fn tool(program: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
 
+/// The text of `GET /metrics` at `addr` (a plain HTTP/1.1 exchange).
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// Removes a test's volume group and its PVs (activation off, as the tests
 /// make them), and the metadata history lvm kept of it in `/etc/lvm`:
 /// every change of a VG leaves an archive file there for 30 days, and each

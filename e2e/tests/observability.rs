@@ -1,17 +1,7 @@
 //! Metrics an operator scrapes, and wipe-on-delete doing what it says.
 
-use pool_csi_e2e::{req, require, Driver, Options};
+use pool_csi_e2e::{req, require, scrape, Driver, Options};
 use pool_csi_proto::csi;
-use std::io::{Read, Write};
-
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_metrics_count_rpcs_by_code_and_report_pool_space() {
@@ -53,6 +43,50 @@ async fn node_metrics_count_rpcs_by_code_and_report_pool_space() {
         .unwrap();
     let bytes: u64 = avail.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(bytes > 3 << 30, "{avail}");
+}
+
+/// Staging reports its parts: a raw volume's first stage attaches a loop
+/// device, probes, formats and mounts; unstaging unmounts and detaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_and_unstage_report_the_time_of_each_part() {
+    require!(false);
+    let d = Driver::start(Options::default()).await;
+    let mut c = d.clients().await;
+    let id = c
+        .controller
+        .create_volume(req::create("parts", 16 * req::MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let staging = d.path("staging");
+    c.node
+        .node_stage_volume(req::stage(&id, &staging, req::mount_cap("ext4")))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(req::unstage(&id, &staging))
+        .await
+        .unwrap();
+    let m = scrape(&d.node_metrics);
+    for step in [
+        "attach", "loop", "probe", "mkfs", "mount", "unmount", "detach",
+    ] {
+        let count = format!("pool_csi_stage_step_seconds_count{{step=\"{step}\"}} 1");
+        assert!(m.contains(&count), "{count} in {m}");
+        let sum = m
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "pool_csi_stage_step_seconds_sum{{step=\"{step}\"}} "
+                ))
+            })
+            .unwrap_or_else(|| panic!("{step}'s sum in {m}"));
+        let secs: f64 = sum.parse().unwrap();
+        assert!(secs > 0.0 && secs < 30.0, "{step}: {secs}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@ pub mod lease;
 pub mod mount;
 pub mod ops;
 pub mod pools;
+pub mod steps;
 pub mod tools;
 
 pub use config::Config;

@@ -279,9 +279,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let gauges = ctx.clone();
         let extra: metrics::Extra = Arc::new(move || {
             let ctx = gauges.clone();
-            Box::pin(
-                async move { pool_csi_node::pools::registry::render_metrics(&ctx.pools).await },
-            )
+            Box::pin(async move {
+                let mut m = pool_csi_node::pools::registry::render_metrics(&ctx.pools).await;
+                m.push_str(&pool_csi_node::steps::render());
+                m
+            })
         });
         let reg = registry.clone();
         tokio::spawn(async move {

@@ -260,6 +260,102 @@ async fn publish_unpublish(d: &Driver, c: &Clients, concurrency: usize) -> serde
            "pairs_per_s": (n as f64 / secs).round(), "p50_us": lat.pct(0.5), "p99_us": lat.pct(0.99)})
 }
 
+/// The node's `pool_csi_stage_step_seconds` as step -> (calls, seconds);
+/// empty for a build that does not report them.
+async fn stage_steps(d: &Driver) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let text = pool_csi_e2e::scrape(&d.node_metrics);
+    let mut steps = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        let Some((series, value)) = l.split_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        for (suffix, count) in [("_count", true), ("_sum", false)] {
+            let Some(step) = series
+                .strip_prefix(&format!("pool_csi_stage_step_seconds{suffix}{{step=\""))
+                .and_then(|r| r.strip_suffix("\"}"))
+            else {
+                continue;
+            };
+            let e: &mut (f64, f64) = steps.entry(step.to_string()).or_default();
+            match count {
+                true => e.0 = value,
+                false => e.1 = value,
+            }
+        }
+    }
+    steps
+}
+
+/// NodeStageVolume and NodeUnstageVolume of a 64 MiB `format` volume with
+/// ext4 on it (formatted by a first stage not counted), for RUN_FOR: each
+/// call's p50, and the stage's parts (mean ms per step, from the node's
+/// metrics) where the build reports them.
+async fn stage_unstage(d: &Driver, c: &Clients, format: &str) -> serde_json::Value {
+    let mut c = c.clone();
+    let cap = req::mount_cap("ext4");
+    let id = c
+        .controller
+        .create_volume(req::create(
+            &format!("stage-{format}"),
+            64 * req::MIB,
+            &[("volumeFormat", format)],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let staging = d.path(&format!("staging-bench-{format}"));
+    let (mut stage, mut unstage) = (Lat(Vec::new()), Lat(Vec::new()));
+    let mut before = stage_steps(d).await;
+    let start = Instant::now();
+    for round in 0.. {
+        if round > 0 && start.elapsed() >= RUN_FOR {
+            break;
+        }
+        let t = Instant::now();
+        c.node
+            .node_stage_volume(req::stage(&id, &staging, cap.clone()))
+            .await
+            .unwrap();
+        let staged = t.elapsed();
+        let t = Instant::now();
+        c.node
+            .node_unstage_volume(req::unstage(&id, &staging))
+            .await
+            .unwrap();
+        match round {
+            0 => before = stage_steps(d).await, // the first one formats
+            _ => {
+                stage.0.push(us(staged));
+                unstage.0.push(us(t.elapsed()));
+            }
+        }
+    }
+    let after = stage_steps(d).await;
+    let parts: serde_json::Map<String, serde_json::Value> = after
+        .iter()
+        .filter_map(|(step, (n, secs))| {
+            let (n0, s0) = before.get(step).copied().unwrap_or_default();
+            (*n > n0).then(|| {
+                let ms = (secs - s0) / (n - n0) * 1000.0;
+                (step.clone(), json!((ms * 100.0).round() / 100.0))
+            })
+        })
+        .collect();
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    json!({"scenario": "stage_unstage_ext4", "format": format, "rounds": stage.0.len(),
+           "stage_p50_us": stage.pct(0.5), "unstage_p50_us": unstage.pct(0.5), "parts_ms": parts})
+}
+
 /// Walks ListVolumes in pages of 500 over a pool holding `n` volumes (sparse
 /// raw files put in place beside the driver, as an administrator's would
 /// be), three times; reports the walk's median time and its pages. The
@@ -473,6 +569,12 @@ async fn matrix(
     {
         out.push(list_walk(&d, &c, n).await);
     }
+    for format in ["raw", "qcow2", "ploop"]
+        .into_iter()
+        .filter(|_| want("stage_unstage"))
+    {
+        out.push(stage_unstage(&d, &c, format).await);
+    }
     for conc in [1, 4].into_iter().filter(|_| want("node_publish")) {
         out.push(publish_unpublish(&d, &c, conc).await);
     }
@@ -491,11 +593,18 @@ async fn matrix(
 
 /// A scenario's identity: its name and the parameters that are not results.
 fn key(v: &serde_json::Value) -> String {
-    ["scenario", "concurrency", "pool", "luns", "volumes"]
-        .iter()
-        .filter_map(|k| v.get(*k).map(|x| format!("{k}={x}")))
-        .collect::<Vec<_>>()
-        .join(",")
+    [
+        "scenario",
+        "concurrency",
+        "pool",
+        "luns",
+        "volumes",
+        "format",
+    ]
+    .iter()
+    .filter_map(|k| v.get(*k).map(|x| format!("{k}={x}")))
+    .collect::<Vec<_>>()
+    .join(",")
 }
 
 /// Each scenario's numeric results averaged over `runs`.

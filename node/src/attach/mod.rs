@@ -9,6 +9,7 @@
 use crate::{
     error::{io, Result},
     exec::CommandRunner,
+    steps,
     tools::{
         losetup, ploop,
         qemu_nbd::{self, NbdState},
@@ -64,9 +65,11 @@ impl Attacher<'_> {
                 })
                 .await
             }
-            AttachSource::PloopChain { descriptor, .. } if self.ploop_mount => {
-                Ok(ploop::mount(self.runner, self.sysfs, descriptor).await?)
-            }
+            AttachSource::PloopChain { descriptor, .. } if self.ploop_mount => Ok(steps::timed(
+                "ploop_mount",
+                ploop::mount(self.runner, self.sysfs, descriptor),
+            )
+            .await?),
             AttachSource::PloopChain { images, .. } => {
                 self.attach_image(qsd::Image::PloopChain(images)).await
             }
@@ -87,7 +90,11 @@ impl Attacher<'_> {
             if let Some(dir) = self.export.file.parent() {
                 std::fs::create_dir_all(dir).map_err(io("create", dir))?;
             }
-            qemu_nbd::connect(self.runner, image, &dev, &nbd).await?;
+            steps::timed(
+                "qemu_nbd",
+                qemu_nbd::connect(self.runner, image, &dev, &nbd),
+            )
+            .await?;
             return Ok(dev);
         }
         if self.export.running_pid().is_none() {
@@ -162,7 +169,8 @@ impl Attacher<'_> {
         {
             return Ok(dev);
         }
-        Ok(losetup::attach(self.runner, file, direct_io).await?)
+        let dev = steps::timed("loop", losetup::attach(self.runner, file, direct_io)).await?;
+        Ok(dev)
     }
 
     async fn start_export(&self, image: qsd::Image<'_>) -> Result<()> {
@@ -182,7 +190,7 @@ impl Attacher<'_> {
             .write(true)
             .open(&e.file)
             .map_err(io("create", &e.file))?;
-        qsd::start(self.runner, image, e).await?;
+        steps::timed("qsd_export", qsd::start(self.runner, image, e)).await?;
         Ok(())
     }
 

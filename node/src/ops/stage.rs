@@ -5,6 +5,7 @@ use super::{attacher, source_of, Access, STAGED_DEVICE};
 use crate::{
     error::{io, Error, Result},
     mount::{mounter, mountinfo},
+    steps,
     tools::{blkid::Probe, losetup, mkfs},
     NodeCtx,
 };
@@ -43,7 +44,7 @@ pub async fn stage(
         };
     }
     let was_attached = att.attached(&src).is_some();
-    let dev = att.attach(&src).await?;
+    let dev = steps::timed("attach", att.attach(&src)).await?;
     let result = match access {
         Access::Block => bind_device(&dev, &target),
         Access::Mount { fs_type, flags } => {
@@ -80,8 +81,14 @@ async fn mount_filesystem(
     flags: &[String],
     read_only: bool,
 ) -> Result<()> {
-    match Probe::device(ctx.runner.as_ref(), dev).await? {
-        Probe::Blank => mkfs::make(ctx.runner.as_ref(), fs_type, dev).await?,
+    let probe = steps::timed("probe", async {
+        match Probe::requested(dev, fs_type) {
+            Some(p) => Ok(p),
+            None => Probe::device(ctx.runner.as_ref(), dev).await,
+        }
+    });
+    match probe.await? {
+        Probe::Blank => steps::timed("mkfs", mkfs::make(ctx.runner.as_ref(), fs_type, dev)).await?,
         Probe::Filesystem(have) if have == fs_type => {}
         Probe::Filesystem(have) => {
             return Err(Error::Precondition(format!(
@@ -97,7 +104,10 @@ async fn mount_filesystem(
     let opts = mounter::parse_flags(&flags, read_only)
         .map_err(|e| Error::invalid("mount_flags", &flags.join(","), e))?;
     std::fs::create_dir_all(staging).map_err(io("create", staging))?;
-    mounter::mount_fs(dev, staging, fs_type, &opts).map_err(io("mount volume at", staging))
+    let t = std::time::Instant::now();
+    let mounted = mounter::mount_fs(dev, staging, fs_type, &opts);
+    steps::record("mount", t.elapsed());
+    mounted.map_err(io("mount volume at", staging))
 }
 
 /// The device behind a mount entry: its source for filesystems, or for a
@@ -132,7 +142,10 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
             });
         }
         devices.push(mount_device(m));
-        mounter::unmount(&mp).map_err(io("unmount", &mp))?;
+        let t = std::time::Instant::now();
+        let unmounted = mounter::unmount(&mp);
+        steps::record("unmount", t.elapsed());
+        unmounted.map_err(io("unmount", &mp))?;
     }
     match std::fs::remove_file(staging.join(STAGED_DEVICE)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", staging)(e)),
@@ -141,7 +154,7 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
     let att = attacher(ctx, id);
     match source_of(ctx, id).await {
         Ok(src) => {
-            att.detach(&src).await?;
+            steps::timed("detach", att.detach(&src)).await?;
             super::pool_of(ctx, id)?.detached(&id.name).await
         }
         // Nothing was staged here, and the pool cannot say how it would

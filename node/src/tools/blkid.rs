@@ -30,6 +30,25 @@ impl Probe {
         }
     }
 
+    /// The filesystem `fs_type` when its own superblock is on `device`,
+    /// read in-process: the common case of staging a volume again, without
+    /// starting blkid (the largest part of a re-stage of a raw volume).
+    /// None in every other case, and then [`Self::device`] decides: only
+    /// blkid may call a device blank. Finding the superblock only leads to
+    /// a mount, which checks it again; nothing is formatted on its word.
+    pub fn requested(device: &Path, fs_type: &str) -> Option<Probe> {
+        use std::{io::Read, os::unix::fs::OpenOptionsExt};
+        let mut head = [0u8; 4096];
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(device)
+            .ok()?
+            .read_exact(&mut head)
+            .ok()?;
+        superblock_is(&head, fs_type).then(|| Probe::Filesystem(fs_type.into()))
+    }
+
     /// Parses `-o export` lines (KEY=value).
     pub fn parse(export: &str) -> Probe {
         let get = |k: &str| {
@@ -50,9 +69,91 @@ impl Probe {
     }
 }
 
+/// Whether the first 4 KiB of a device hold a superblock that blkid would
+/// name `fs_type`: ext4 (the ext magic with a feature only ext4 has:
+/// extents, 64-bit or flex_bg, and no journal device) or xfs.
+fn superblock_is(head: &[u8; 4096], fs_type: &str) -> bool {
+    let le32 = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().expect("4 bytes"));
+    match fs_type {
+        "ext4" => {
+            const SB: usize = 1024;
+            let magic = u16::from_le_bytes([head[SB + 0x38], head[SB + 0x39]]);
+            let incompat = le32(SB + 0x60);
+            const JOURNAL_DEV: u32 = 0x8;
+            const EXT4_ONLY: u32 = 0x40 | 0x80 | 0x200; // extents, 64bit, flex_bg
+            magic == 0xEF53 && incompat & JOURNAL_DEV == 0 && incompat & EXT4_ONLY != 0
+        }
+        "xfs" => &head[..4] == b"XFSB",
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_requested_filesystems_own_superblock_skips_blkid() {
+        let mut ext4 = [0u8; 4096];
+        ext4[1024 + 0x38..1024 + 0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
+        ext4[1024 + 0x60..1024 + 0x64].copy_from_slice(&(0x2c2u32).to_le_bytes()); // mkfs.ext4's
+        assert!(superblock_is(&ext4, "ext4"));
+        assert!(!superblock_is(&ext4, "xfs"), "not what was asked for");
+        let mut ext2 = ext4;
+        ext2[1024 + 0x60..1024 + 0x64].copy_from_slice(&0x2u32.to_le_bytes()); // filetype only
+        assert!(!superblock_is(&ext2, "ext4"), "ext2 is blkid's to name");
+        let mut journal = ext4;
+        journal[1024 + 0x60] |= 0x8;
+        assert!(!superblock_is(&journal, "ext4"), "an external journal");
+        let mut xfs = [0u8; 4096];
+        xfs[..4].copy_from_slice(b"XFSB");
+        assert!(superblock_is(&xfs, "xfs") && !superblock_is(&xfs, "ext4"));
+        assert!(
+            !superblock_is(&[0u8; 4096], "ext4"),
+            "blank is blkid's to say"
+        );
+        assert!(!superblock_is(&ext4, "btrfs"));
+        // On a file, as on a device; a short one is not known.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("dev");
+        std::fs::write(&f, ext4).unwrap();
+        assert_eq!(
+            Probe::requested(&f, "ext4"),
+            Some(Probe::Filesystem("ext4".into()))
+        );
+        std::fs::write(&f, &ext4[..2048]).unwrap();
+        assert_eq!(Probe::requested(&f, "ext4"), None);
+    }
+
+    /// What the real mkfs tools write is recognised, and what blkid calls
+    /// ext2 or ext3 is left to blkid.
+    #[tokio::test]
+    async fn real_mkfs_output_is_recognised() {
+        let runner = crate::exec::real::RealRunner::default();
+        let dir = tempfile::tempdir().unwrap();
+        for (mkfs, wanted, found) in [
+            ("mkfs.ext4", "ext4", true),
+            ("mkfs.ext2", "ext4", false),
+            ("mkfs.ext3", "ext4", false),
+            ("mkfs.xfs", "xfs", true),
+        ] {
+            let f = dir.path().join(mkfs);
+            std::fs::File::create(&f)
+                .unwrap()
+                .set_len(300 << 20)
+                .unwrap();
+            let cmd = Cmd::new(mkfs)
+                .arg(if mkfs == "mkfs.xfs" { "-q" } else { "-qF" })
+                .arg(&f);
+            if let Err(e) = runner.run_ok(&cmd).await {
+                return pool_csi_testkit::skip::skip(
+                    mkfs,
+                    &format!("needs {mkfs} (run dev/setup): {e}"),
+                );
+            }
+            assert_eq!(Probe::requested(&f, wanted).is_some(), found, "{mkfs}");
+        }
+    }
 
     #[test]
     fn classifies_blkid_export_output() {

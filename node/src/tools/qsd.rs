@@ -365,6 +365,14 @@ pub async fn stop(export: &Export, grace: Duration) -> std::io::Result<()> {
     if let Some(pid) = export.running_pid() {
         let pid_t =
             rustix::process::Pid::from_raw(pid).ok_or_else(|| std::io::Error::other("bad pid"))?;
+        // A pidfd pins the process (no pid reuse) and wakes us the moment
+        // it exits; polling /proc is the fallback where there is none.
+        if let Ok(fd) = rustix::process::pidfd_open(pid_t, rustix::process::PidfdFlags::empty()) {
+            if is_daemon(pid) {
+                stop_by_pidfd(fd, grace).await?;
+            }
+            return remove_files(export);
+        }
         let _ = rustix::process::kill_process(pid_t, rustix::process::Signal::TERM);
         let deadline = tokio::time::Instant::now() + grace;
         // Wait for the process itself, not its pid file: qemu removes the
@@ -378,6 +386,29 @@ pub async fn stop(export: &Export, grace: Duration) -> std::io::Result<()> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    remove_files(export)
+}
+
+/// SIGTERM through `fd`, then SIGKILL after `grace`; returns once the
+/// process has exited (or a second after the SIGKILL).
+async fn stop_by_pidfd(fd: std::os::fd::OwnedFd, grace: Duration) -> std::io::Result<()> {
+    use rustix::process::{pidfd_send_signal, Signal};
+    let _ = pidfd_send_signal(&fd, Signal::TERM);
+    // Deprecated for descriptors a caller could close behind tokio's back;
+    // an OwnedFd moved into the AsyncFd cannot be, which is the safe case.
+    #[allow(deprecated)]
+    let exited = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)?;
+    if tokio::time::timeout(grace, exited.readable())
+        .await
+        .is_err()
+    {
+        let _ = pidfd_send_signal(exited.get_ref(), Signal::KILL);
+        let _ = tokio::time::timeout(Duration::from_secs(1), exited.readable()).await;
+    }
+    Ok(())
+}
+
+fn remove_files(export: &Export) -> std::io::Result<()> {
     for f in [&export.pid_file, &export.qmp_socket] {
         match std::fs::remove_file(f) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
