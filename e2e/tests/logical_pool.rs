@@ -396,4 +396,23 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
         .map(|l| l["lv_name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, vec!["admin-data".to_string(), "striped".to_string()]);
+
+    // The pool's changes went through lvm's metadata history; the test's
+    // VGs leave none behind (each later VG change lists that directory).
+    let history = |vg: &str| {
+        std::fs::read_dir("/etc/lvm/archive")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{vg}_"))
+            })
+            .count()
+    };
+    assert!(history(&vg) > 0, "lvm archived the VG's changes");
+    drop(d);
+    drop((_cleanup, _cleanup_x));
+    assert_eq!(history(&vg) + history(&format!("{vg}x")), 0);
 }
