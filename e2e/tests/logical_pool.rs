@@ -416,3 +416,156 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
     drop((_cleanup, _cleanup_x));
     assert_eq!(history(&vg) + history(&format!("{vg}x")), 0);
 }
+
+/// Retries `call` until it answers OK (a CO retries the same way); the last
+/// error after 30 s fails the test.
+async fn until_ok<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(r) => return r.into_inner(),
+            Err(e) if std::time::Instant::now() > deadline => panic!("{what}: {e:?}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// `lvm` shells started for this driver's state directory that still run.
+fn shells_of(d: &Driver) -> Vec<u32> {
+    let want = format!(
+        "LVM_SYSTEM_DIR={}",
+        d.dir.path().join("state/lvm-shell").display()
+    );
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "lvm")
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+        })
+        .collect()
+}
+
+/// The node plugin is SIGKILLed inside logical creates and deletes (while
+/// its lvm shell may be mid-command): retried, each converges to exactly one
+/// tagged LV of the asked size, then to none; a killed node's shell exits
+/// with it (its stdin ends), so shells never pile up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_creates_and_deletes_converge_when_the_node_is_killed_inside_them() {
+    require!(false);
+    pool_csi_e2e::require_tool!("lvm", "needs lvm2 (run dev/setup)");
+    let scratch = tempfile::Builder::new()
+        .prefix("pool-csi-lvm-crash-")
+        .tempdir()
+        .unwrap();
+    let (a, b) = (
+        LoopDisk::new(scratch.path(), "a.img", 64, false),
+        LoopDisk::new(scratch.path(), "b.img", 64, false),
+    );
+    let vg = format!("pcsik{}", std::process::id());
+    let _cleanup = Vg(vg.clone(), vec![&a, &b]);
+    let pools = format!(
+        "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: lvmk }}\nspec:\n  type: logical\n  autoBuild: true\n  source: {{ name: {vg}, devices: [{}, {}] }}\n  lvm: {{ noActivation: true }}\n",
+        a.path(),
+        b.path()
+    );
+    let mut d = Driver::start(Options {
+        extra_pools: pools,
+        log_filter: "error".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let ours = |name: &str| -> Vec<serde_json::Value> {
+        lvs(&vg)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["lv_name"] == name)
+            .cloned()
+            .collect()
+    };
+    for i in 0..10u64 {
+        let name = format!("crash-{i}");
+        // Spread over the ~25 ms a create or delete takes.
+        let delay = std::time::Duration::from_millis((i * 7) % 30);
+        let mut k = c.clone();
+        let r = on("lvmk", &name, 8 * MIB, &[]);
+        let call = tokio::spawn(async move { k.controller.create_volume(r).await });
+        tokio::time::sleep(delay).await;
+        d.kill_node();
+        d.start_node();
+        d.wait_ready().await;
+        c = d.clients().await;
+        let _ = call.await;
+        let base = c.clone();
+        let v = until_ok("create", || {
+            let mut c = base.clone();
+            let r = on("lvmk", &name, 8 * MIB, &[]);
+            async move { c.controller.create_volume(r).await }
+        })
+        .await
+        .volume
+        .unwrap();
+        let lv = ours(&name);
+        assert_eq!(lv.len(), 1, "{name}: {lv:?}");
+        assert_eq!(lv[0]["lv_size"], (8 * MIB).to_string(), "{lv:?}");
+        assert!(
+            lv[0]["lv_tags"].as_str().unwrap().contains("pool-csi"),
+            "{lv:?}"
+        );
+
+        let mut k = c.clone();
+        let del = csi::DeleteVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            ..Default::default()
+        };
+        let call = tokio::spawn(async move { k.controller.delete_volume(del).await });
+        tokio::time::sleep(delay).await;
+        d.kill_node();
+        d.start_node();
+        d.wait_ready().await;
+        c = d.clients().await;
+        let _ = call.await;
+        let base = c.clone();
+        until_ok("delete", || {
+            let mut c = base.clone();
+            let del = csi::DeleteVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                ..Default::default()
+            };
+            async move { c.controller.delete_volume(del).await }
+        })
+        .await;
+        assert!(ours(&name).is_empty(), "{name} is gone");
+    }
+    // Only the running node's shell is left (killed nodes' shells ended).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shells_of(&d).len() > 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let shells = shells_of(&d);
+    assert_eq!(shells.len(), 1, "one shell, the running node's: {shells:?}");
+    drop(d);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !shells
+        .iter()
+        .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for p in &shells {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{p}")).exists(),
+            "the shell ends with its node"
+        );
+    }
+}
