@@ -241,6 +241,51 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
         .unwrap()
         .into_inner();
     assert_eq!(cap.available_capacity, (120 - 40 - 4) * MIB, "{cap:?}");
+    // Reports are reused while the PVs' metadata headers are unchanged; an
+    // administrator's change at once (well inside the reuse window) shows.
+    let capacity = |c: &pool_csi_e2e::clients::Clients| {
+        let mut c = c.clone();
+        async move {
+            c.controller
+                .get_capacity(csi::GetCapacityRequest {
+                    parameters: [("pool".to_string(), "lvm1".to_string())].into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .available_capacity
+        }
+    };
+    let off = "global{activation=0}";
+    tool(
+        "lvm",
+        &[
+            "lvcreate",
+            "--config",
+            off,
+            "-an",
+            "-Zn",
+            "-y",
+            "-n",
+            "admin-more",
+            "-L",
+            "8m",
+            &vg,
+        ],
+    );
+    assert_eq!(capacity(&c).await, (120 - 40 - 4 - 8) * MIB);
+    tool(
+        "lvm",
+        &[
+            "lvremove",
+            "--config",
+            off,
+            "-y",
+            &format!("{vg}/admin-more"),
+        ],
+    );
+    assert_eq!(capacity(&c).await, (120 - 40 - 4) * MIB);
     assert_eq!(
         c.controller
             .create_volume(on("lvm1", "huge", 200 * MIB, &[]))

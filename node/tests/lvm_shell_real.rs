@@ -7,7 +7,7 @@
 
 use pool_csi_node::{
     exec::{real::RealRunner, Cmd, CommandRunner, ExecError},
-    tools::{lvm::Lvm, lvm_shell::LvmShell, lvm_system},
+    tools::{lvm::Lvm, lvm_label, lvm_shell::LvmShell, lvm_system},
 };
 use std::{path::PathBuf, time::Duration};
 
@@ -134,6 +134,9 @@ async fn one_shell_answers_restarts_and_gives_way_to_lvms_own_lock() {
     };
     let tags = ["pool-csi.io/volume".to_string()];
 
+    // The metadata headers tell a change from none, read off the device.
+    let before = lvm_label::fingerprint(&devices).expect("a PV with metadata");
+
     // Answers and errors as separate lvm processes give them.
     let v = lvm.vg(&vg.name).await.unwrap().expect("the VG");
     assert_eq!(v.name, vg.name);
@@ -143,9 +146,16 @@ async fn one_shell_answers_restarts_and_gives_way_to_lvms_own_lock() {
         None,
         "not found is None"
     );
+    assert_eq!(
+        lvm_label::fingerprint(&devices).as_ref(),
+        Some(&before),
+        "reports change nothing"
+    );
     lvm.create_linear(&vg.name, "a", 8 << 20, None, &tags)
         .await
         .unwrap();
+    let after = lvm_label::fingerprint(&devices).unwrap();
+    assert_ne!(after, before, "a commit rewrites the headers");
     let e = lvm
         .create_linear(&vg.name, "a", 8 << 20, None, &tags)
         .await
@@ -159,6 +169,11 @@ async fn one_shell_answers_restarts_and_gives_way_to_lvms_own_lock() {
     assert_eq!((lvs[0].lv_name.as_str(), lvs[0].lv_size), ("a", 8 << 20));
     assert!(lvs[0].has_tag("pool-csi.io/volume"), "{lvs:?}");
     assert_eq!(shell.started(), 1, "every command went to one shell");
+    assert_eq!(
+        lvm_label::fingerprint(&devices),
+        Some(after),
+        "a refused create commits nothing"
+    );
 
     // Killed: the next report is asked of a new shell.
     let pid = shell.pid().await.expect("a running shell");

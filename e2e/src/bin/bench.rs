@@ -402,6 +402,63 @@ async fn list_walk(d: &Driver, c: &Clients, n: usize) -> serde_json::Value {
            "walk_ms": (times[1].as_secs_f64() * 1000.0 * 10.0).round() / 10.0})
 }
 
+/// A volume group prepared beforehand (`POOL_CSI_BENCH_VG=<vg>:<pv>[,<pv>]`,
+/// LVs tagged `pool-csi`): making 1,000 LVs takes lvm about a minute, too
+/// long for every run. Served as pool `lvbench` without activation.
+fn prepared_vg() -> Option<(String, String)> {
+    let v = std::env::var("POOL_CSI_BENCH_VG").ok()?;
+    let (vg, pvs) = v.split_once(':')?;
+    Some((vg.to_string(), pvs.replace(',', ", ")))
+}
+
+/// ListVolumes over the prepared VG: one call for everything right after
+/// start (a fresh lvm report) and again (the report reused while the PVs'
+/// metadata headers are unchanged), and the walk in pages of 500.
+async fn list_logical(c: &Clients) -> serde_json::Value {
+    let mut c = c.clone();
+    let once = || {
+        let mut c = c.clone();
+        async move {
+            let t = Instant::now();
+            let n = c
+                .controller
+                .list_volumes(csi::ListVolumesRequest::default())
+                .await
+                .expect("ListVolumes")
+                .into_inner()
+                .entries
+                .len();
+            (t.elapsed(), n)
+        }
+    };
+    let (cold, n) = once().await;
+    let mut warm = Vec::new();
+    for _ in 0..5 {
+        warm.push(once().await.0);
+    }
+    warm.sort();
+    let t = Instant::now();
+    let mut token = String::new();
+    loop {
+        let r = c
+            .controller
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 500,
+                starting_token: token,
+            })
+            .await
+            .expect("ListVolumes")
+            .into_inner();
+        token = r.next_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let ms = |d: Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;
+    json!({"scenario": "list_volumes_logical", "volumes": n, "first_ms": ms(cold),
+           "again_ms": ms(warm[2]), "walk_500_ms": ms(t.elapsed())})
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -517,6 +574,12 @@ async fn matrix(
             ));
             t
         });
+    let prepared = want("list_volumes_logical").then(prepared_vg).flatten();
+    if let Some((vg, pvs)) = &prepared {
+        extra_pools.push_str(&format!(
+            "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: lvbench }}\nspec:\n  type: logical\n  source: {{ name: {vg}, devices: [{pvs}] }}\n  lvm: {{ noActivation: true }}\n"
+        ));
+    }
     let opts = Options {
         tmpfs_bytes: (!on_disk).then_some(8 << 30),
         log_filter: "error".into(),
@@ -574,6 +637,13 @@ async fn matrix(
         .filter(|_| want("stage_unstage"))
     {
         out.push(stage_unstage(&d, &c, format).await);
+    }
+    match &prepared {
+        Some(_) => out.push(list_logical(&c).await),
+        None if !want("list_volumes_logical") || !only.is_empty() => {}
+        None => out.push(
+            json!({"scenario": "list_volumes_logical", "skipped": "set POOL_CSI_BENCH_VG=<vg>:<pv>[,<pv>] to a VG with LVs tagged pool-csi"}),
+        ),
     }
     for conc in [1, 4].into_iter().filter(|_| want("node_publish")) {
         out.push(publish_unpublish(&d, &c, conc).await);

@@ -64,7 +64,21 @@ pub struct LogicalPool {
     /// when the pool starts (unset until then, or when the directories
     /// could not be written: lvm then runs with the host's, on its own).
     lvm_env: std::sync::OnceLock<(PathBuf, LvmShell)>,
+    /// The last report and the metadata headers read just before it (see
+    /// [`Self::report`]).
+    cached: std::sync::Mutex<Option<CachedReport>>,
 }
+
+/// A report, good while the PVs' metadata headers read `fingerprint` and
+/// for at most [`REPORT_TTL`] (open and usage columns are not metadata).
+struct CachedReport {
+    fingerprint: Vec<u8>,
+    at: std::time::Instant,
+    report: Arc<(Vg, Vec<Lv>)>,
+}
+
+/// How long a report's runtime columns (thin usage, open) may be served.
+const REPORT_TTL: Duration = Duration::from_secs(5);
 
 fn lv_name(name: &str) -> Result<String> {
     if !is_lvm_name(name) {
@@ -119,6 +133,7 @@ impl LogicalPool {
             state: super::StateCell::new(&def.name),
             state_dir: cfg.state_dir.clone(),
             lvm_env: std::sync::OnceLock::new(),
+            cached: std::sync::Mutex::new(None),
         }
     }
 
@@ -143,12 +158,53 @@ impl LogicalPool {
         ))
     }
 
-    /// [`Self::vg`] and [`Self::lvs`] from one report.
+    /// [`Self::vg`] and [`Self::lvs`] from one fresh report (also kept for
+    /// [`Self::report`]).
     async fn vg_and_lvs(&self) -> Result<(Vg, Vec<Lv>)> {
-        self.lvm()
+        let before = self.fingerprint().await;
+        let r = self
+            .lvm()
             .vg_and_lvs(&self.vg)
             .await?
-            .ok_or_else(|| self.no_vg())
+            .ok_or_else(|| self.no_vg())?;
+        if let Some(fingerprint) = before {
+            *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(CachedReport {
+                fingerprint,
+                at: std::time::Instant::now(),
+                report: Arc::new(r.clone()),
+            });
+        }
+        Ok(r)
+    }
+
+    /// The PVs' metadata headers, when the pool names its devices and they
+    /// can be read (off the runtime's thread: a device may be slow).
+    async fn fingerprint(&self) -> Option<Vec<u8>> {
+        let devices = self.devices.clone();
+        tokio::task::spawn_blocking(move || crate::tools::lvm_label::fingerprint(&devices))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The VG and its LVs for listings and capacity: the last report while
+    /// no metadata commit happened since (by anyone: the headers are read
+    /// off the PVs) and it is younger than [`REPORT_TTL`], else a fresh one.
+    /// Creates and deletes never use it: they decide on a fresh report.
+    async fn report(&self) -> Result<Arc<(Vg, Vec<Lv>)>> {
+        if let Some(now) = self.fingerprint().await {
+            let hit = self
+                .cached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .filter(|c| c.fingerprint == now && c.at.elapsed() < REPORT_TTL)
+                .map(|c| c.report.clone());
+            if let Some(r) = hit {
+                return Ok(r);
+            }
+        }
+        Ok(Arc::new(self.vg_and_lvs().await?))
     }
 
     async fn lvs(&self) -> Result<Vec<Lv>> {
@@ -432,18 +488,19 @@ impl Pool for LogicalPool {
         if state != PoolState::Running {
             return st;
         }
-        match tokio::join!(self.vg(), self.lvs()) {
-            (Ok(vg), Ok(lvs)) => {
+        match self.report().await.map(|r| (r.0.clone(), r)) {
+            Ok((vg, r)) => {
+                let lvs = &r.1;
                 st.capacity = vg.size;
                 st.available = vg.free;
                 st.allocation = vg.size - vg.free;
-                st.thin_available = self.thin_available(&lvs);
+                st.thin_available = self.thin_available(lvs);
                 if count_volumes {
                     st.volume_count =
                         Some(lvs.iter().filter(|l| is_ours(l) && !is_snapshot(l)).count() as u32);
                 }
             }
-            (Err(e), _) | (_, Err(e)) => {
+            Err(e) => {
                 st.state = PoolState::Degraded;
                 st.message = pool_csi_common::full_message(&e);
             }
@@ -594,8 +651,8 @@ impl Pool for LogicalPool {
 
     async fn get_volume(&self, name: &str) -> Result<Volume> {
         self.state.ensure_running()?;
-        let lvs = self.lvs().await?;
-        self.find(&lvs, name, false)
+        let r = self.report().await?;
+        self.find(&r.1, name, false)
             .map(Self::volume_of)
             .ok_or_else(|| Error::VolumeNotFound {
                 pool: self.name.clone(),
@@ -606,8 +663,9 @@ impl Pool for LogicalPool {
     async fn list_volumes(&self) -> Result<Vec<Volume>> {
         self.state.ensure_running()?;
         let mut v: Vec<Volume> = self
-            .lvs()
+            .report()
             .await?
+            .1
             .iter()
             .filter(|l| is_ours(l) && !is_snapshot(l))
             .map(Self::volume_of)

@@ -6,6 +6,7 @@ pub mod growfs;
 pub mod iscsi;
 pub mod losetup;
 pub mod lvm;
+pub mod lvm_label;
 pub mod lvm_shell;
 pub mod lvm_system;
 pub mod mkfs;
