@@ -24,6 +24,9 @@ use std::{
 /// known (no such file, not a regular file, a filesystem without leases,
 /// no CAP_LEASE and not the owner): the caller then looks the slow way.
 pub fn open_nowhere_else(path: &Path) -> bool {
+    if !lease_breaks_are_harmless() {
+        return false;
+    }
     // O_NONBLOCK: if someone holds a lease, fail instead of waiting for its
     // break; O_NOFOLLOW: a symlink is not a volume.
     let Ok(f) = OpenOptions::new()
@@ -34,6 +37,19 @@ pub fn open_nowhere_else(path: &Path) -> bool {
         return false;
     };
     write_lease(&f)
+}
+
+/// A lease holder gets SIGIO when someone opens the file while it holds
+/// the lease, and SIGIO's default action ends the process: the node needs
+/// a handler first. tokio's stays installed for the life of the process
+/// (and, being a handler, is reset in children at exec). Without a runtime
+/// to install it, no lease is taken.
+fn lease_breaks_are_harmless() -> bool {
+    static HANDLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HANDLED.get_or_init(|| {
+        tokio::runtime::Handle::try_current().is_ok()
+            && tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io()).is_ok()
+    })
 }
 
 fn write_lease(f: &File) -> bool {
@@ -48,8 +64,8 @@ fn write_lease(f: &File) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_file_open_elsewhere_is_told_from_one_open_nowhere() {
+    #[tokio::test]
+    async fn a_file_open_elsewhere_is_told_from_one_open_nowhere() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.raw");
         std::fs::write(&p, b"x").unwrap();
@@ -63,10 +79,14 @@ mod tests {
         assert!(!open_nowhere_else(&p), "open for writing elsewhere");
         drop(held);
         assert!(open_nowhere_else(&p));
+        // A lease broken while held signals SIGIO, which must not end us.
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::IO)
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
-    #[test]
-    fn anything_but_a_regular_file_is_not_known_free() {
+    #[tokio::test]
+    async fn anything_but_a_regular_file_is_not_known_free() {
         let dir = tempfile::tempdir().unwrap();
         assert!(!open_nowhere_else(dir.path()), "a directory");
         assert!(!open_nowhere_else(&dir.path().join("missing")));

@@ -203,11 +203,49 @@ async fn one_shell_answers_restarts_and_gives_way_to_lvms_own_lock() {
     let e = shell.run(&vg.runner, &held).await.unwrap_err();
     assert!(matches!(e, ExecError::Timeout { .. }), "{e}");
     assert_eq!(shell.pid().await, None, "the hung shell was killed");
+    // The caller goes away mid-command (a cancelled RPC): the shell goes
+    // with it, so its late answer is never read as the next command's.
+    let waiting = Cmd::new("lvm")
+        .args(["lvs", "--config", NO_ACTIVATION, &vg.name])
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1");
+    let gone =
+        tokio::time::timeout(Duration::from_millis(500), shell.run(&vg.runner, &waiting)).await;
+    assert!(gone.is_err(), "held by the lock until cancelled");
+    assert_eq!(
+        shell.pid().await,
+        None,
+        "the cancelled command's shell was killed"
+    );
     drop(lock);
+    let vgs = lvm
+        .vg(&vg.name)
+        .await
+        .unwrap()
+        .expect("a vgs answer, not the lvs one");
+    assert_eq!(vgs.name, vg.name);
+    assert_eq!(lvm.lvs(&vg.name).await.unwrap().len(), 1);
     lvm.remove(&vg.name, "a").await.unwrap();
     lvm.remove(&vg.name, "a")
         .await
         .expect("removing what is gone is done");
     assert!(lvm.lvs(&vg.name).await.unwrap().is_empty());
-    assert_eq!(shell.started(), 3);
+    assert_eq!(shell.started(), 4);
+
+    // An lvm that cannot serve the protocol (here: no shell at all): the
+    // first command finds out, and every command runs on its own.
+    let mute = LvmShell::with_program("true", &dirs.shell);
+    let lvm = Lvm {
+        shell: Some(&mute),
+        ..lvm
+    };
+    assert_eq!(
+        lvm.vg(&vg.name).await.unwrap().map(|v| v.name),
+        Some(vg.name.clone())
+    );
+    assert!(lvm.lvs(&vg.name).await.unwrap().is_empty());
+    assert_eq!(
+        mute.started(),
+        1,
+        "tried once, then one process per command"
+    );
 }

@@ -82,7 +82,13 @@ async fn mount_filesystem(
     read_only: bool,
 ) -> Result<()> {
     let probe = steps::timed("probe", async {
-        match Probe::requested(dev, fs_type) {
+        // Off the runtime's thread: the device may sit on a FUSE export.
+        let (d, f) = (dev.to_path_buf(), fs_type.to_string());
+        let quick = tokio::task::spawn_blocking(move || Probe::requested(&d, &f))
+            .await
+            .ok()
+            .flatten();
+        match quick {
             Some(p) => Ok(p),
             None => Probe::device(ctx.runner.as_ref(), dev).await,
         }

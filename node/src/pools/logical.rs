@@ -58,8 +58,11 @@ pub struct LogicalPool {
     /// A clone's source is frozen while it is mounted.
     quiescer: Quiescer,
     state: super::StateCell,
-    /// Where the node keeps its LVM configuration directory.
-    state_dir: PathBuf,
+    /// Where the node keeps its LVM configuration directory; None when
+    /// commands run behind a prefix (another mount namespace, where this
+    /// process's `/etc/lvm` need not be the host's): lvm then runs with the
+    /// host's configuration, one process per command.
+    state_dir: Option<PathBuf>,
     /// `LVM_SYSTEM_DIR` for single commands and the pool's shell, set up
     /// when the pool starts (unset until then, or when the directories
     /// could not be written: lvm then runs with the host's, on its own).
@@ -131,7 +134,7 @@ impl LogicalPool {
             quiescer: Quiescer::new(cfg),
             runner,
             state: super::StateCell::new(&def.name),
-            state_dir: cfg.state_dir.clone(),
+            state_dir: cfg.command_prefix.is_empty().then(|| cfg.state_dir.clone()),
             lvm_env: std::sync::OnceLock::new(),
             cached: std::sync::Mutex::new(None),
         }
@@ -416,8 +419,14 @@ impl Pool for LogicalPool {
     }
 
     async fn start(&self) -> Result<()> {
-        if self.lvm_env.get().is_none() {
-            match crate::tools::lvm_system::prepare(&self.state_dir, Path::new("/etc/lvm")) {
+        if let (None, Some(state_dir)) = (self.lvm_env.get(), self.state_dir.clone()) {
+            let prepared = tokio::task::spawn_blocking(move || {
+                crate::tools::lvm_system::prepare(&state_dir, Path::new("/etc/lvm"))
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            match prepared {
                 Ok(dirs) => {
                     let _ = self
                         .lvm_env

@@ -16,11 +16,15 @@
 //! shell's. Anything else runs on its own, as do all commands when the
 //! runner keeps no processes (tests' recorded fakes).
 //!
-//! Failures: a command that outlives its timeout kills the shell (the next
-//! command starts a new one); a shell that dies mid-command fails that
-//! command, and a report is asked once more of a new shell (a change may
-//! have been applied, so changes are not repeated: the caller's own
-//! idempotence decides). LVM's locking is per command inside the shell, as
+//! Failures: a command that outlives its timeout, or whose caller goes away
+//! before the answer, kills the shell (the next command starts a new one),
+//! so an answer is never read by the wrong command; a shell that dies
+//! mid-command fails that command, and a report is asked once more of a new
+//! shell (a change may have been applied, so changes are not repeated: the
+//! caller's own idempotence decides). A shell that cannot answer its very
+//! first command means this lvm cannot serve the protocol (no command line
+//! editor, or too old for the command log): the pool's commands then run
+//! one process each. LVM's locking is per command inside the shell, as
 //! it is for separate processes, so other LVM tools stay serialised with it.
 
 use crate::exec::{Cmd, CommandRunner, ExecError, Output};
@@ -45,6 +49,9 @@ pub struct LvmShell {
     proc: tokio::sync::Mutex<Option<Proc>>,
     /// Shells started so far (1 + restarts).
     started: std::sync::atomic::AtomicU64,
+    /// Set when a shell could not answer its first command: this lvm
+    /// cannot serve the protocol, and commands run one process each.
+    unusable: std::sync::atomic::AtomicBool,
 }
 
 struct Proc {
@@ -53,6 +60,8 @@ struct Proc {
     stdout: ChildStdout,
     /// Read from stdout, not yet answered.
     buf: Vec<u8>,
+    /// Commands this shell answered.
+    answered: u64,
     /// How far `buf` has been scanned for the end of the object.
     scan: Scan,
     stderr: Arc<Mutex<VecDeque<String>>>,
@@ -61,13 +70,20 @@ struct Proc {
 impl LvmShell {
     /// A shell configured by `system_dir` (the `lvm-shell` directory).
     pub fn new(system_dir: &Path) -> Self {
+        Self::with_program("lvm", system_dir)
+    }
+
+    /// [`Self::new`] with another program as the shell (tests: one that
+    /// cannot serve the protocol).
+    pub fn with_program(program: &str, system_dir: &Path) -> Self {
         Self {
-            session: Cmd::new("lvm")
+            session: Cmd::new(program)
                 .env("LVM_SYSTEM_DIR", &system_dir.display().to_string())
                 .env("LVM_REPORT_FD", "1")
                 .env("LVM_SUPPRESS_FD_WARNINGS", "1"),
             proc: tokio::sync::Mutex::new(None),
             started: 0.into(),
+            unusable: false.into(),
         }
     }
 
@@ -92,22 +108,31 @@ impl LvmShell {
             Some("lvs" | "vgs" | "fullreport")
         );
         for attempt in 0.. {
-            let mut proc = self.proc.lock().await;
-            if proc.is_none() {
-                match runner.spawn(&self.session) {
+            if self.unusable.load(std::sync::atomic::Ordering::Relaxed) {
+                return runner.run(cmd).await;
+            }
+            let mut slot = self.proc.lock().await;
+            // Out of the slot for the exchange: if this future is dropped
+            // half-way (a cancelled RPC), the shell is dropped — killed —
+            // with it, and its unread answer can never become the next
+            // command's. It goes back only after a whole answer.
+            let mut p = match slot.take() {
+                Some(p) => p,
+                None => match runner.spawn(&self.session) {
                     None => {
-                        drop(proc);
+                        drop(slot);
                         return runner.run(cmd).await;
                     }
-                    Some(child) => *proc = Some(self.start(child?)?),
+                    Some(child) => self.start(child?)?,
+                },
+            };
+            match tokio::time::timeout(cmd.timeout, p.ask(&line)).await {
+                Ok(Ok(out)) => {
+                    p.answered += 1;
+                    *slot = Some(p);
+                    return Ok(out);
                 }
-            }
-            let p = proc.as_mut().expect("started above");
-            let asked = tokio::time::timeout(cmd.timeout, p.ask(&line)).await;
-            match asked {
-                Ok(Ok(out)) => return Ok(out),
                 Err(_) => {
-                    *proc = None; // killed on drop
                     tracing::warn!(cmd = %cmd, timeout = ?cmd.timeout, "lvm shell command timed out; the shell was killed");
                     return Err(ExecError::Timeout {
                         cmd: cmd.to_string(),
@@ -116,7 +141,18 @@ impl LvmShell {
                 }
                 Ok(Err(why)) => {
                     let tail = p.stderr_tail();
-                    *proc = None;
+                    let first = p.answered == 0;
+                    drop(p);
+                    if first && attempt == 0 {
+                        // This lvm cannot serve the protocol (built without
+                        // a command line editor, too old for the command
+                        // log): every command runs on its own from now on.
+                        tracing::warn!(why = %why, stderr = %tail, "the lvm shell does not answer as expected; lvm commands run one process each");
+                        self.unusable
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        drop(slot);
+                        return runner.run(cmd).await;
+                    }
                     tracing::warn!(cmd = %cmd, why = %why, stderr = %tail, "lvm shell lost; it restarts with the next command");
                     if report && attempt == 0 {
                         continue;
@@ -162,6 +198,7 @@ impl LvmShell {
             stdin,
             stdout,
             buf: Vec::new(),
+            answered: 0,
             scan: Scan::default(),
             stderr,
         })
@@ -197,16 +234,17 @@ impl Proc {
                 tracing::debug!(line = %line.trim_end(), status = out.status, took = ?started.elapsed(), "lvm shell");
                 return Ok(out);
             }
-            let mut chunk = [0u8; 64 * 1024];
+            // Into the heap buffer itself: a buffer in this future would
+            // make every caller's future that much larger.
+            self.buf.reserve(64 * 1024);
             let n = self
                 .stdout
-                .read(&mut chunk)
+                .read_buf(&mut self.buf)
                 .await
                 .map_err(|e| format!("could not be read ({e})"))?;
             if n == 0 {
                 return Err("exited".into());
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 }

@@ -368,7 +368,8 @@ pub async fn stop(export: &Export, grace: Duration) -> std::io::Result<()> {
         // A pidfd pins the process (no pid reuse) and wakes us the moment
         // it exits; polling /proc is the fallback where there is none.
         if let Ok(fd) = rustix::process::pidfd_open(pid_t, rustix::process::PidfdFlags::empty()) {
-            if is_daemon(pid) {
+            // Still this export's daemon now that the pid is pinned.
+            if is_daemon(pid) && export.running_pid() == Some(pid) {
                 stop_by_pidfd(fd, grace).await?;
             }
             return remove_files(export);
