@@ -356,6 +356,29 @@ async fn stage_unstage(d: &Driver, c: &Clients, format: &str) -> serde_json::Val
            "stage_p50_us": stage.pct(0.5), "unstage_p50_us": unstage.pct(0.5), "parts_ms": parts})
 }
 
+/// Walks ListVolumes in pages of `page`: (pages, volumes seen).
+async fn walk_pages(c: &Clients, page: i32) -> (usize, usize) {
+    let mut c = c.clone();
+    let (mut token, mut pages, mut seen) = (String::new(), 0, 0);
+    loop {
+        let r = c
+            .controller
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: page,
+                starting_token: token,
+            })
+            .await
+            .expect("ListVolumes")
+            .into_inner();
+        pages += 1;
+        seen += r.entries.len();
+        token = r.next_token;
+        if token.is_empty() {
+            return (pages, seen);
+        }
+    }
+}
+
 /// Walks ListVolumes in pages of 500 over a pool holding `n` volumes (sparse
 /// raw files put in place beside the driver, as an administrator's would
 /// be), three times; reports the walk's median time and its pages. The
@@ -371,26 +394,8 @@ async fn list_walk(d: &Driver, c: &Clients, n: usize) -> serde_json::Value {
     let mut pages = 0;
     let mut seen = 0;
     for _ in 0..3 {
-        let mut c = c.clone();
-        let (mut token, start) = (String::new(), Instant::now());
-        (pages, seen) = (0, 0);
-        loop {
-            let r = c
-                .controller
-                .list_volumes(csi::ListVolumesRequest {
-                    max_entries: 500,
-                    starting_token: token,
-                })
-                .await
-                .expect("ListVolumes")
-                .into_inner();
-            pages += 1;
-            seen += r.entries.len();
-            token = r.next_token;
-            if token.is_empty() {
-                break;
-            }
-        }
+        let start = Instant::now();
+        (pages, seen) = walk_pages(c, 500).await;
         times.push(start.elapsed());
     }
     for p in &names {
@@ -415,7 +420,7 @@ fn prepared_vg() -> Option<(String, String)> {
 /// start (a fresh lvm report) and again (the report reused while the PVs'
 /// metadata headers are unchanged), and the walk in pages of 500.
 async fn list_logical(c: &Clients) -> serde_json::Value {
-    let mut c = c.clone();
+    let c = c.clone();
     let once = || {
         let mut c = c.clone();
         async move {
@@ -438,22 +443,7 @@ async fn list_logical(c: &Clients) -> serde_json::Value {
     }
     warm.sort();
     let t = Instant::now();
-    let mut token = String::new();
-    loop {
-        let r = c
-            .controller
-            .list_volumes(csi::ListVolumesRequest {
-                max_entries: 500,
-                starting_token: token,
-            })
-            .await
-            .expect("ListVolumes")
-            .into_inner();
-        token = r.next_token;
-        if token.is_empty() {
-            break;
-        }
-    }
+    walk_pages(&c, 500).await;
     let ms = |d: Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;
     json!({"scenario": "list_volumes_logical", "volumes": n, "first_ms": ms(cold),
            "again_ms": ms(warm[2]), "walk_500_ms": ms(t.elapsed())})
