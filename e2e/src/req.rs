@@ -119,6 +119,13 @@ pub fn unpublish(id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
     }
 }
 
+pub fn delete(id: &str) -> csi::DeleteVolumeRequest {
+    csi::DeleteVolumeRequest {
+        volume_id: id.into(),
+        ..Default::default()
+    }
+}
+
 pub fn expand(id: &str, bytes: i64) -> csi::ControllerExpandVolumeRequest {
     csi::ControllerExpandVolumeRequest {
         volume_id: id.into(),

@@ -99,10 +99,7 @@ async fn a_volume_attached_behind_the_drivers_back_is_not_deleted() {
     let file = d.pool_dir.join("held.raw");
     let delete = |c: &mut pool_csi_e2e::clients::Clients| {
         let mut c = c.clone();
-        let r = csi::DeleteVolumeRequest {
-            volume_id: id.clone(),
-            ..Default::default()
-        };
+        let r = req::delete(&id);
         async move { c.controller.delete_volume(r).await }
     };
     let link = d.path("elsewhere.raw");

@@ -568,10 +568,7 @@ async fn logical_creates_and_deletes_converge_when_the_node_is_killed_inside_the
         );
 
         let mut k = c.clone();
-        let del = csi::DeleteVolumeRequest {
-            volume_id: v.volume_id.clone(),
-            ..Default::default()
-        };
+        let del = req::delete(&v.volume_id);
         let call = tokio::spawn(async move { k.controller.delete_volume(del).await });
         tokio::time::sleep(delay).await;
         d.kill_node();
@@ -582,10 +579,7 @@ async fn logical_creates_and_deletes_converge_when_the_node_is_killed_inside_the
         let base = c.clone();
         until_ok("delete", || {
             let mut c = base.clone();
-            let del = csi::DeleteVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                ..Default::default()
-            };
+            let del = req::delete(&v.volume_id);
             async move { c.controller.delete_volume(del).await }
         })
         .await;

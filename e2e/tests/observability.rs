@@ -53,14 +53,8 @@ async fn stage_and_unstage_report_the_time_of_each_part() {
     let d = Driver::start(Options::default()).await;
     let mut c = d.clients().await;
     let id = c
-        .controller
-        .create_volume(req::create("parts", 16 * req::MIB, &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+        .create_volume_id(req::create("parts", 16 * req::MIB, &[]))
+        .await;
     let staging = d.path("staging");
     c.node
         .node_stage_volume(req::stage(&id, &staging, req::mount_cap("ext4")))

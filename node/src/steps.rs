@@ -20,6 +20,14 @@ pub async fn timed<T>(step: &'static str, f: impl Future<Output = T>) -> T {
     r
 }
 
+/// [`timed`] for a step that is one system call (mount, unmount).
+pub fn timed_sync<T>(step: &'static str, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    record(step, t.elapsed());
+    r
+}
+
 pub fn record(step: &'static str, took: Duration) {
     tracing::debug!(step, took_us = took.as_micros() as u64, "stage step");
     let mut s = STEPS.lock().unwrap_or_else(|p| p.into_inner());

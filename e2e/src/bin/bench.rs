@@ -295,18 +295,12 @@ async fn stage_unstage(d: &Driver, c: &Clients, format: &str) -> serde_json::Val
     let mut c = c.clone();
     let cap = req::mount_cap("ext4");
     let id = c
-        .controller
-        .create_volume(req::create(
+        .create_volume_id(req::create(
             &format!("stage-{format}"),
             64 * req::MIB,
             &[("volumeFormat", format)],
         ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+        .await;
     let staging = d.path(&format!("staging-bench-{format}"));
     let (mut stage, mut unstage) = (Lat(Vec::new()), Lat(Vec::new()));
     let mut before = stage_steps(d).await;
@@ -345,13 +339,7 @@ async fn stage_unstage(d: &Driver, c: &Clients, format: &str) -> serde_json::Val
             })
         })
         .collect();
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    c.controller.delete_volume(req::delete(&id)).await.unwrap();
     json!({"scenario": "stage_unstage_ext4", "format": format, "rounds": stage.0.len(),
            "stage_p50_us": stage.pct(0.5), "unstage_p50_us": unstage.pct(0.5), "parts_ms": parts})
 }

@@ -169,8 +169,7 @@ impl Attacher<'_> {
         {
             return Ok(dev);
         }
-        let dev = steps::timed("loop", losetup::attach(self.runner, file, direct_io)).await?;
-        Ok(dev)
+        Ok(steps::timed("loop", losetup::attach(self.runner, file, direct_io)).await?)
     }
 
     async fn start_export(&self, image: qsd::Image<'_>) -> Result<()> {

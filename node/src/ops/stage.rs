@@ -84,7 +84,7 @@ async fn mount_filesystem(
     let probe = steps::timed("probe", async {
         // Off the runtime's thread: the device may sit on a FUSE export.
         let (d, f) = (dev.to_path_buf(), fs_type.to_string());
-        let quick = tokio::task::spawn_blocking(move || Probe::requested(&d, &f))
+        let quick = crate::formats::env::blocking(dev, move || Ok(Probe::requested(&d, &f)))
             .await
             .ok()
             .flatten();
@@ -110,10 +110,8 @@ async fn mount_filesystem(
     let opts = mounter::parse_flags(&flags, read_only)
         .map_err(|e| Error::invalid("mount_flags", &flags.join(","), e))?;
     std::fs::create_dir_all(staging).map_err(io("create", staging))?;
-    let t = std::time::Instant::now();
-    let mounted = mounter::mount_fs(dev, staging, fs_type, &opts);
-    steps::record("mount", t.elapsed());
-    mounted.map_err(io("mount volume at", staging))
+    steps::timed_sync("mount", || mounter::mount_fs(dev, staging, fs_type, &opts))
+        .map_err(io("mount volume at", staging))
 }
 
 /// The device behind a mount entry: its source for filesystems, or for a
@@ -148,10 +146,7 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
             });
         }
         devices.push(mount_device(m));
-        let t = std::time::Instant::now();
-        let unmounted = mounter::unmount(&mp);
-        steps::record("unmount", t.elapsed());
-        unmounted.map_err(io("unmount", &mp))?;
+        steps::timed_sync("unmount", || mounter::unmount(&mp)).map_err(io("unmount", &mp))?;
     }
     match std::fs::remove_file(staging.join(STAGED_DEVICE)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", staging)(e)),

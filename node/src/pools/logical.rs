@@ -165,6 +165,12 @@ impl LogicalPool {
     /// [`Self::report`]).
     async fn vg_and_lvs(&self) -> Result<(Vg, Vec<Lv>)> {
         let before = self.fingerprint().await;
+        self.fresh_report(before).await
+    }
+
+    /// A fresh report, kept with `before`: the metadata headers as read
+    /// before it was taken.
+    async fn fresh_report(&self, before: Option<Vec<u8>>) -> Result<(Vg, Vec<Lv>)> {
         let r = self
             .lvm()
             .vg_and_lvs(&self.vg)
@@ -195,19 +201,20 @@ impl LogicalPool {
     /// off the PVs) and it is younger than [`REPORT_TTL`], else a fresh one.
     /// Creates and deletes never use it: they decide on a fresh report.
     async fn report(&self) -> Result<Arc<(Vg, Vec<Lv>)>> {
-        if let Some(now) = self.fingerprint().await {
-            let hit = self
-                .cached
+        let now = self.fingerprint().await;
+        let hit = now.as_ref().and_then(|now| {
+            self.cached
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
-                .filter(|c| c.fingerprint == now && c.at.elapsed() < REPORT_TTL)
-                .map(|c| c.report.clone());
-            if let Some(r) = hit {
-                return Ok(r);
-            }
+                .filter(|c| &c.fingerprint == now && c.at.elapsed() < REPORT_TTL)
+                .map(|c| c.report.clone())
+        });
+        match hit {
+            Some(r) => Ok(r),
+            // `now` was read before this report: it may be kept with it.
+            None => Ok(Arc::new(self.fresh_report(now).await?)),
         }
-        Ok(Arc::new(self.vg_and_lvs().await?))
     }
 
     async fn lvs(&self) -> Result<Vec<Lv>> {
@@ -497,9 +504,9 @@ impl Pool for LogicalPool {
         if state != PoolState::Running {
             return st;
         }
-        match self.report().await.map(|r| (r.0.clone(), r)) {
-            Ok((vg, r)) => {
-                let lvs = &r.1;
+        match self.report().await {
+            Ok(r) => {
+                let (vg, lvs) = (&r.0, &r.1);
                 st.capacity = vg.size;
                 st.available = vg.free;
                 st.allocation = vg.size - vg.free;
