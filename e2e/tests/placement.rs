@@ -271,3 +271,172 @@ async fn a_paged_listing_over_nodes_and_pools_survives_changes_between_pages() {
     );
     assert!(pages >= 5, "{pages} pages of two for ten volumes");
 }
+
+/// ListSnapshots over two nodes and two pools, two entries a page, while
+/// snapshots come and go between pages (as for volumes above); the filters
+/// by snapshot id and by source volume ask only the node that can hold
+/// them; a snapshot name is unique across nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_snapshot_listing_over_nodes_and_pools_survives_changes_between_pages() {
+    require!(false);
+    let d = Driver::start(Options {
+        extra_nodes: vec![("node-2".into(), 1 << 30)],
+        extra_pools: "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: other }\nspec: { type: dir, target: { path: \"{dir}/other\" }, autoBuild: true }\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let mut sources = Vec::new();
+    for (i, (pool, node)) in [
+        ("scratch", "node-1"),
+        ("scratch", "node-2"),
+        ("other", "node-1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = req::create(&format!("v{i}"), req::MIB, &[("pool", pool)]);
+        r.accessibility_requirements = Some(csi::TopologyRequirement {
+            requisite: vec![topo(node)],
+            preferred: vec![],
+        });
+        let v = c.controller.create_volume(r).await.unwrap().into_inner();
+        sources.push(v.volume.unwrap().volume_id);
+    }
+    let mut ids = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        for j in 0..3 {
+            let s = c
+                .controller
+                .create_snapshot(req::snapshot(&format!("s{i}-{j}"), source))
+                .await
+                .unwrap_or_else(|e| panic!("s{i}-{j} of {source}: {e:?}"))
+                .into_inner();
+            ids.push(s.snapshot.unwrap().snapshot_id);
+        }
+    }
+    let list = |snapshot_id: &str, source_volume_id: &str, max_entries: i32, token: &str| {
+        csi::ListSnapshotsRequest {
+            max_entries,
+            starting_token: token.into(),
+            source_volume_id: source_volume_id.into(),
+            snapshot_id: snapshot_id.into(),
+            ..Default::default()
+        }
+    };
+    let ids_of = |r: csi::ListSnapshotsResponse| -> (Vec<String>, String) {
+        let ids = r.entries.into_iter();
+        let ids = ids.map(|e| e.snapshot.unwrap().snapshot_id).collect();
+        (ids, r.next_token)
+    };
+
+    let (mut seen, mut token, mut pages) = (Vec::<String>::new(), String::new(), 0);
+    let (mut behind, mut ahead) = (String::new(), String::new());
+    loop {
+        let page = c.controller.list_snapshots(list("", "", 2, &token)).await;
+        let (page, next) = ids_of(page.unwrap().into_inner());
+        assert!(page.len() <= 2, "{page:?}");
+        seen.extend(page);
+        pages += 1;
+        if pages == 2 {
+            // One seen goes; one is made behind the token (pool "other"
+            // sorts before "scratch") and one ahead of it.
+            let gone = seen[0].clone();
+            let del = csi::DeleteSnapshotRequest {
+                snapshot_id: gone,
+                ..Default::default()
+            };
+            c.controller.delete_snapshot(del).await.unwrap();
+            let make = |name: &str, source: &str| req::snapshot(name, source);
+            let b = c
+                .controller
+                .create_snapshot(make("zz-behind", &sources[2]))
+                .await;
+            let a = c
+                .controller
+                .create_snapshot(make("zz-ahead", &sources[1]))
+                .await;
+            behind = b.unwrap().into_inner().snapshot.unwrap().snapshot_id;
+            ahead = a.unwrap().into_inner().snapshot.unwrap().snapshot_id;
+        }
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "in id order, none twice");
+    for id in &ids {
+        assert!(seen.contains(id), "{id} missing from {seen:?}");
+    }
+    assert!(
+        !seen.contains(&behind),
+        "{behind}, made behind the token, is not listed"
+    );
+    assert!(
+        seen.contains(&ahead),
+        "{ahead}, made ahead of the token, is listed"
+    );
+    assert!(pages >= 5, "{pages} pages of two for ten snapshots");
+
+    // Of one source volume (on node-2), in pages of two.
+    let of_v1 = c
+        .controller
+        .list_snapshots(list("", &sources[1], 2, ""))
+        .await;
+    let (first, next) = ids_of(of_v1.unwrap().into_inner());
+    let rest = c
+        .controller
+        .list_snapshots(list("", &sources[1], 2, &next))
+        .await;
+    let (rest, last) = ids_of(rest.unwrap().into_inner());
+    assert_eq!(
+        (first.len(), rest.len(), last.as_str()),
+        (2, 2, ""),
+        "{first:?} {rest:?}"
+    );
+    assert!(first
+        .iter()
+        .chain(&rest)
+        .all(|id| id.contains(":scratch:node-2:")));
+
+    // By id: the one snapshot; an id naming an unknown node or a missing
+    // snapshot, or no id at all, lists nothing.
+    let one = c.controller.list_snapshots(list(&ids[4], "", 0, "")).await;
+    assert_eq!(ids_of(one.unwrap().into_inner()).0, [ids[4].clone()]);
+    for missing in [
+        ids[4].replace(":node-2:", ":node-9:"),
+        ids[4].replace("s1-1", "s1-9"),
+        "not-an-id".to_string(),
+    ] {
+        let none = c.controller.list_snapshots(list(&missing, "", 0, "")).await;
+        assert!(ids_of(none.unwrap().into_inner()).0.is_empty(), "{missing}");
+    }
+    let got = c
+        .controller
+        .get_snapshot(csi::GetSnapshotRequest {
+            snapshot_id: ids[4].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.snapshot.unwrap().source_volume_id, sources[1]);
+    let gone = c
+        .controller
+        .get_snapshot(csi::GetSnapshotRequest {
+            snapshot_id: ids[4].replace("s1-1", "s1-9"),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(gone.unwrap_err().code(), Code::NotFound);
+
+    // A name taken on node-2 is taken for a volume on node-1 too.
+    let again = c
+        .controller
+        .create_snapshot(req::snapshot("s1-0", &sources[0]))
+        .await;
+    assert_eq!(again.unwrap_err().code(), Code::AlreadyExists);
+}

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod copy;
 pub mod csi;
+pub mod dir_index;
 pub mod error;
 pub mod exec;
 pub mod formats;

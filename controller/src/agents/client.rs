@@ -4,7 +4,7 @@
 
 use super::model::{
     Expansion, Extent, Inventory, Lun, NewContent, NewVolume, PoolReport, PoolState,
-    SnapshotReport, VolumeReport,
+    SnapshotFilter, SnapshotReport, VolumeReport,
 };
 use pool_csi_common::{wire, GrpcCode};
 use pool_csi_proto::agent::{self as pb, agent_client, create_volume_request::Source};
@@ -304,15 +304,26 @@ impl AgentClient {
         Ok(())
     }
 
-    /// Every snapshot on the node.
-    pub async fn list_snapshots(&self) -> Result<Vec<SnapshotReport>> {
+    /// The node's snapshots that `f` asks for, in snapshot-id order, and
+    /// whether more follow.
+    pub async fn list_snapshots(
+        &self,
+        f: &SnapshotFilter<'_>,
+    ) -> Result<(Vec<SnapshotReport>, bool)> {
         let r = self
             .inner
             .clone()
-            .list_snapshots(pb::ListSnapshotsRequest::default())
+            .list_snapshots(pb::ListSnapshotsRequest {
+                pool: f.pool.into(),
+                source_volume: f.source_volume.into(),
+                after_snapshot_id: f.after.into(),
+                max_entries: f.max,
+                name: f.name.into(),
+            })
             .await
-            .map_err(self.status())?;
-        Ok(r.into_inner().snapshots.into_iter().map(snapshot).collect())
+            .map_err(self.status())?
+            .into_inner();
+        Ok((r.snapshots.into_iter().map(snapshot).collect(), r.more))
     }
 
     pub async fn list_luns(&self, pool_name: &str) -> Result<Vec<Lun>> {

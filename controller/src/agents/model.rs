@@ -125,6 +125,20 @@ pub struct SnapshotReport {
     pub ready: bool,
 }
 
+/// Which snapshots to ask a node for; empty fields ask for any.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SnapshotFilter<'a> {
+    pub pool: &'a str,
+    /// Only the snapshot of this name.
+    pub name: &'a str,
+    /// Only snapshots of this volume (of `pool`).
+    pub source_volume: &'a str,
+    /// Only snapshots whose id sorts after this one.
+    pub after: &'a str,
+    /// At most this many (0: all).
+    pub max: u32,
+}
+
 /// A LUN of a LUN pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lun {

@@ -411,17 +411,13 @@ impl Controller for ControllerService {
             if !r.starting_token.is_empty() && SnapshotId::parse(&r.starting_token).is_err() {
                 return Err(Error::BadToken(r.starting_token));
             }
-            let all = ops::snapshots::list(&self.ctx).await?;
-            let filtered: Vec<_> = all
-                .into_iter()
-                .filter(|(key, _)| r.snapshot_id.is_empty() || *key == r.snapshot_id)
-                .filter(|(_, (id, s))| {
-                    r.source_volume_id.is_empty()
-                        || VolumeId::new(&id.pool, id.node.as_deref(), &s.source_volume).to_string()
-                            == r.source_volume_id
-                })
-                .collect();
-            let (page, next_token) = ops::paginate(filtered, r.max_entries, &r.starting_token)?;
+            let listing = ops::snapshots::Listing {
+                snapshot_id: &r.snapshot_id,
+                source_volume_id: &r.source_volume_id,
+                token: &r.starting_token,
+                max: r.max_entries,
+            };
+            let (page, next_token) = ops::snapshots::list_page(&self.ctx, &listing).await?;
             let entries = page
                 .into_iter()
                 .map(|(id, s)| csi::list_snapshots_response::Entry {
@@ -443,12 +439,7 @@ impl Controller for ControllerService {
         let r = req.into_inner();
         run!({
             required("snapshot_id", &r.snapshot_id)?;
-            let all = ops::snapshots::list(&self.ctx).await?;
-            let (id, s) = all
-                .into_iter()
-                .find(|(k, _)| *k == r.snapshot_id)
-                .map(|(_, v)| v)
-                .ok_or_else(|| Error::NotFound(format!("snapshot {} not found", r.snapshot_id)))?;
+            let (id, s) = ops::snapshots::get(&self.ctx, &r.snapshot_id).await?;
             Ok(csi::GetSnapshotResponse {
                 snapshot: Some(convert::snapshot(&id, &s)),
             })

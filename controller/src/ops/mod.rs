@@ -18,6 +18,44 @@ use crate::{
 use pool_csi_common::VolumeId;
 use std::sync::Arc;
 
+/// One page of the cluster from the nodes' pages (each in id order, with
+/// whether more follow on that node): the entries after `token` in id
+/// order, at most `max` (0: all), each id once (a shared pool's volumes
+/// come from each of its nodes), and the token of the next page (empty:
+/// this was the last). The token is the last id handed out, so a walk
+/// stays correct while entries come and go between pages.
+pub fn merge_pages<T>(
+    pages: impl IntoIterator<Item = (Vec<(String, T)>, bool)>,
+    token: &str,
+    max: u32,
+) -> (Vec<T>, String) {
+    let mut merged = std::collections::BTreeMap::new();
+    let mut more = false;
+    for (entries, node_more) in pages {
+        more |= node_more;
+        for (key, v) in entries {
+            // The agents' own cut is an optimisation: an older agent (a
+            // rolling upgrade) answers from the first entry every time.
+            if token.is_empty() || key.as_str() > token {
+                merged.entry(key).or_insert(v);
+            }
+        }
+    }
+    let limit = if max == 0 { usize::MAX } else { max as usize };
+    more |= merged.len() > limit;
+    let page: Vec<(String, T)> = merged.into_iter().take(limit).collect();
+    let next = match (more, page.last()) {
+        (true, Some((key, _))) => key.clone(),
+        _ => String::new(),
+    };
+    (page.into_iter().map(|(_, v)| v).collect(), next)
+}
+
+/// `max_entries` of a CSI listing.
+pub fn page_size(max: i32) -> Result<u32> {
+    u32::try_from(max).map_err(|_| Error::Invalid("max_entries must not be negative".into()))
+}
+
 /// The node of a node-local volume or snapshot id.
 pub fn node_of<'a>(node: &'a Option<String>, what: &str) -> Result<&'a str> {
     node.as_deref()
@@ -142,29 +180,6 @@ pub fn nodes_defining(inventories: &[Arc<NodeInventory>], pool: &str) -> Vec<Str
         .collect()
 }
 
-/// One page of `items` (sorted by key) after `token`, at most `max` (0: all).
-/// The token is the key of the last item handed out, so a listing stays
-/// correct while items are added or removed between pages.
-pub fn paginate<T>(items: Vec<(String, T)>, max: i32, token: &str) -> Result<(Vec<T>, String)> {
-    if max < 0 {
-        return Err(Error::Invalid("max_entries must not be negative".into()));
-    }
-    let start = if token.is_empty() {
-        0
-    } else {
-        items.partition_point(|(k, _)| k.as_str() <= token)
-    };
-    let max = if max == 0 { usize::MAX } else { max as usize };
-    let total = items.len();
-    let page: Vec<(String, T)> = items.into_iter().skip(start).take(max).collect();
-    let next = if start + page.len() < total {
-        page.last().map(|(k, _)| k.clone()).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok((page.into_iter().map(|(_, v)| v).collect(), next))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,24 +190,47 @@ mod tests {
             .collect()
     }
 
+    /// One node's whole list as its only page.
+    fn paginate(all: Vec<(String, String)>, max: u32, token: &str) -> (Vec<String>, String) {
+        merge_pages([(all, false)], token, max)
+    }
+
     #[test]
     fn pages_walk_the_whole_list() {
         let all = items(&["a", "b", "c", "d", "e"]);
-        let (p1, t1) = paginate(all.clone(), 2, "").unwrap();
+        let (p1, t1) = paginate(all.clone(), 2, "");
         assert_eq!((p1, t1.as_str()), (vec!["a".to_string(), "b".into()], "b"));
-        let (p2, t2) = paginate(all.clone(), 2, &t1).unwrap();
+        let (p2, t2) = paginate(all.clone(), 2, &t1);
         assert_eq!(p2, vec!["c".to_string(), "d".into()]);
-        let (p3, t3) = paginate(all.clone(), 2, &t2).unwrap();
+        let (p3, t3) = paginate(all.clone(), 2, &t2);
         assert_eq!((p3, t3.as_str()), (vec!["e".to_string()], ""));
-        let (all_at_once, t) = paginate(all, 0, "").unwrap();
+        let (all_at_once, t) = paginate(all, 0, "");
         assert_eq!((all_at_once.len(), t.as_str()), (5, ""));
+        assert!(page_size(-1).is_err());
     }
 
     #[test]
     fn removed_items_do_not_break_the_walk() {
-        let (_, t) = paginate(items(&["a", "b", "c"]), 1, "").unwrap();
-        let (p, _) = paginate(items(&["b2", "c"]), 1, &t).unwrap();
+        let (_, t) = paginate(items(&["a", "b", "c"]), 1, "");
+        let (p, _) = paginate(items(&["b2", "c"]), 1, &t);
         assert_eq!(p, vec!["b2".to_string()]);
-        assert!(paginate(items(&["a"]), -1, "").is_err());
+    }
+
+    #[test]
+    fn nodes_pages_merge_in_order_once_each_and_cut_at_the_token() {
+        // node 1 has more after "d"; node 2 (an old agent) ignores the
+        // token and answers from its first entry; "c" is a shared volume
+        // both list.
+        let n1 = (items(&["b", "c", "d"]), true);
+        let n2 = (items(&["a", "c", "e"]), false);
+        let (page, next) = merge_pages([n1, n2], "a", 3);
+        assert_eq!(page, ["b", "c", "d"]);
+        assert_eq!(next, "d");
+        // Short pages from every node, none with more: the last page.
+        let (page, next) = merge_pages([(items(&["x"]), false), (items(&["y"]), false)], "", 3);
+        assert_eq!((page.len(), next.as_str()), (2, ""));
+        // A node with more makes a next token even when the page is short.
+        let (_, next) = merge_pages([(items(&["x"]), true)], "", 3);
+        assert_eq!(next, "x");
     }
 }

@@ -2,30 +2,117 @@
 
 use super::{found, node_of, unless_gone};
 use crate::{
-    agents::model::SnapshotReport,
+    agents::model::{SnapshotFilter, SnapshotReport},
     error::{Error, Result},
     join::join_all,
     Ctx,
 };
 use pool_csi_common::{SnapshotId, VolumeId};
 
-/// Every snapshot on every node, keyed and sorted by snapshot id.
-pub async fn list(ctx: &Ctx) -> Result<Vec<(String, (SnapshotId, SnapshotReport))>> {
-    let nodes = ctx.agents.nodes();
-    let calls = nodes.iter().map(|node| async move {
-        let snaps = ctx.agents.client(node)?.list_snapshots().await?;
-        Ok::<_, Error>((node.clone(), snaps))
-    });
-    let mut out = Vec::new();
-    for r in join_all(calls).await {
-        let (node, snaps) = r?;
-        for s in snaps {
-            let id = SnapshotId::new(&s.pool, Some(&node), &s.name);
-            out.push((id.to_string(), (id, s)));
-        }
+/// What a ListSnapshots asks for: CSI's filters and a page.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Listing<'a> {
+    /// Only this snapshot (an id; one that cannot be parsed matches none).
+    pub snapshot_id: &'a str,
+    /// Only snapshots of this volume (an id, likewise).
+    pub source_volume_id: &'a str,
+    /// The last snapshot id of the previous page (empty: from the first).
+    pub token: &'a str,
+    /// At most this many (0: all).
+    pub max: i32,
+}
+
+/// One page of the snapshots `l` asks for, in snapshot-id order, and the
+/// token of the next page (empty: this was the last). Only the nodes that
+/// can hold them are asked (the node of the snapshot id or of the source
+/// volume id), each for its next page only, so a page costs the page. An
+/// unreachable node fails the listing (UNAVAILABLE).
+pub async fn list_page(
+    ctx: &Ctx,
+    l: &Listing<'_>,
+) -> Result<(Vec<(SnapshotId, SnapshotReport)>, String)> {
+    let max = super::page_size(l.max)?;
+    let filter = SnapshotFilter {
+        after: l.token,
+        max,
+        ..Default::default()
+    };
+    let none = || Ok((Vec::new(), String::new()));
+    if !l.snapshot_id.is_empty() {
+        let Ok(id) = SnapshotId::parse(l.snapshot_id) else {
+            return none();
+        };
+        let f = SnapshotFilter {
+            pool: &id.pool,
+            name: &id.name,
+            ..filter
+        };
+        let nodes = id.node.as_deref().map_or_else(Vec::new, |n| known(ctx, n));
+        return page_of(ctx, &nodes, &f).await;
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    if !l.source_volume_id.is_empty() {
+        let Ok(v) = VolumeId::parse(l.source_volume_id) else {
+            return none();
+        };
+        let f = SnapshotFilter {
+            pool: &v.pool,
+            source_volume: &v.name,
+            ..filter
+        };
+        // A shared pool's volume (no node) may have snapshots on any node.
+        let nodes = v
+            .node
+            .as_deref()
+            .map_or_else(|| ctx.agents.nodes(), |n| known(ctx, n));
+        return page_of(ctx, &nodes, &f).await;
+    }
+    page_of(ctx, &ctx.agents.nodes(), &filter).await
+}
+
+/// `[node]` when an agent of that name is known; none otherwise (an id
+/// naming a node that is not in the cluster names nothing).
+fn known(ctx: &Ctx, node: &str) -> Vec<String> {
+    match ctx.agents.client(node) {
+        Ok(_) => vec![node.to_string()],
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The page of `f` across `nodes`.
+async fn page_of(
+    ctx: &Ctx,
+    nodes: &[String],
+    f: &SnapshotFilter<'_>,
+) -> Result<(Vec<(SnapshotId, SnapshotReport)>, String)> {
+    let calls = nodes.iter().map(|node| async move {
+        let (found, more) = ctx.agents.client(node)?.list_snapshots(f).await?;
+        let keyed = found.into_iter().map(|s| keyed(node, s));
+        Ok::<_, Error>((keyed.collect(), more))
+    });
+    let pages = join_all(calls)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(super::merge_pages(pages, f.after, f.max))
+}
+
+/// A node's snapshot under its id.
+fn keyed(node: &str, s: SnapshotReport) -> (String, (SnapshotId, SnapshotReport)) {
+    let id = SnapshotId::new(&s.pool, Some(node), &s.name);
+    (id.to_string(), (id, s))
+}
+
+/// The snapshot `id`; NotFound when it does not exist.
+pub async fn get(ctx: &Ctx, id: &str) -> Result<(SnapshotId, SnapshotReport)> {
+    let listing = Listing {
+        snapshot_id: id,
+        ..Default::default()
+    };
+    let (found, _) = list_page(ctx, &listing).await?;
+    found
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::NotFound(format!("snapshot {id} not found")))
 }
 
 /// Snapshots `source` as `name`. A snapshot of that name from another volume
@@ -36,10 +123,14 @@ pub async fn create(
     name: &str,
 ) -> Result<(SnapshotId, SnapshotReport)> {
     let node = node_of(&source.node, "source volume id")?;
-    for (_, (id, s)) in list(ctx).await? {
-        if id.name == name
-            && (id.pool != source.pool || id.node != source.node || s.source_volume != source.name)
-        {
+    // Each node reads one record per pool for this name, not its listing.
+    let nodes = ctx.agents.nodes();
+    let by_name = SnapshotFilter {
+        name,
+        ..Default::default()
+    };
+    for (id, s) in page_of(ctx, &nodes, &by_name).await?.0 {
+        if id.pool != source.pool || id.node != source.node || s.source_volume != source.name {
             return Err(Error::AlreadyExists(format!(
                 "snapshot {name:?} already exists for volume {} on node {}",
                 s.source_volume,

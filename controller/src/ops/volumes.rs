@@ -53,38 +53,23 @@ pub async fn list_page(
     token: &str,
     max: i32,
 ) -> Result<(Vec<(VolumeId, VolumeReport)>, String)> {
-    let max = u32::try_from(max)
-        .map_err(|_| Error::Invalid("max_entries must not be negative".into()))?;
+    let max = super::page_size(max)?;
     let nodes = ctx.agents.nodes();
     let calls = nodes.iter().map(|node| async move {
-        let page = ctx
+        let (volumes, more) = ctx
             .agents
             .client(node)?
             .list_volumes_page(token, max)
             .await?;
-        Ok::<_, Error>((node.clone(), page))
-    });
-    let mut merged = std::collections::BTreeMap::new();
-    let mut more = false;
-    for r in join_all(calls).await {
-        let (node, (volumes, node_more)) = r?;
-        more |= node_more;
-        for v in volumes {
+        let keyed = volumes.into_iter().map(|v| {
             let id = VolumeId::new(&v.pool, (!v.shared).then_some(node.as_str()), &v.name);
-            let key = id.to_string();
-            // The agents' own cut is an optimisation: an older agent (a
-            // rolling upgrade) answers from the first volume every time.
-            if token.is_empty() || key.as_str() > token {
-                merged.entry(key).or_insert((id, v));
-            }
-        }
-    }
-    let limit = if max == 0 { usize::MAX } else { max as usize };
-    more |= merged.len() > limit;
-    let page: Vec<(VolumeId, VolumeReport)> = merged.into_values().take(limit).collect();
-    let next = match (more, page.last()) {
-        (true, Some((id, _))) => id.to_string(),
-        _ => String::new(),
-    };
-    Ok((page, next))
+            (id.to_string(), (id, v))
+        });
+        Ok::<_, Error>((keyed.collect(), more))
+    });
+    let pages = join_all(calls)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(super::merge_pages(pages, token, max))
 }

@@ -344,54 +344,118 @@ async fn stage_unstage(d: &Driver, c: &Clients, format: &str) -> serde_json::Val
            "stage_p50_us": stage.pct(0.5), "unstage_p50_us": unstage.pct(0.5), "parts_ms": parts})
 }
 
-/// Walks ListVolumes in pages of `page`: (pages, volumes seen).
-async fn walk_pages(c: &Clients, page: i32) -> (usize, usize) {
+/// What a listing walk lists.
+#[derive(Clone, Copy, PartialEq)]
+enum Listed {
+    Volumes,
+    Snapshots,
+}
+
+/// Walks ListVolumes or ListSnapshots in pages of `page`: (pages, entries
+/// seen).
+async fn walk_pages(c: &Clients, listed: Listed, page: i32) -> (usize, usize) {
     let mut c = c.clone();
     let (mut token, mut pages, mut seen) = (String::new(), 0, 0);
     loop {
-        let r = c
-            .controller
-            .list_volumes(csi::ListVolumesRequest {
-                max_entries: page,
-                starting_token: token,
-            })
-            .await
-            .expect("ListVolumes")
-            .into_inner();
+        let starting_token = std::mem::take(&mut token);
+        let (n, next) = match listed {
+            Listed::Volumes => {
+                let r = c
+                    .controller
+                    .list_volumes(csi::ListVolumesRequest {
+                        max_entries: page,
+                        starting_token,
+                    })
+                    .await
+                    .expect("ListVolumes")
+                    .into_inner();
+                (r.entries.len(), r.next_token)
+            }
+            Listed::Snapshots => {
+                let r = c
+                    .controller
+                    .list_snapshots(csi::ListSnapshotsRequest {
+                        max_entries: page,
+                        starting_token,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("ListSnapshots")
+                    .into_inner();
+                (r.entries.len(), r.next_token)
+            }
+        };
         pages += 1;
-        seen += r.entries.len();
-        token = r.next_token;
+        seen += n;
+        token = next;
         if token.is_empty() {
             return (pages, seen);
         }
     }
 }
 
-/// Walks ListVolumes in pages of 500 over a pool holding `n` volumes (sparse
-/// raw files put in place beside the driver, as an administrator's would
-/// be), three times; reports the walk's median time and its pages. The
-/// files are removed afterwards.
-async fn list_walk(d: &Driver, c: &Clients, n: usize) -> serde_json::Value {
-    let names: Vec<std::path::PathBuf> = (0..n)
-        .map(|i| d.pool_dir.join(format!("walk-{i:05}.raw")))
-        .collect();
-    for p in &names {
-        std::fs::File::create(p).unwrap().set_len(1 << 20).unwrap();
-    }
+/// Walks ListVolumes or ListSnapshots in pages of 500 over a pool holding
+/// `n` of them, three times; reports the walk's median time and its pages.
+/// Volumes are sparse raw files put in place beside the driver, as an
+/// administrator's would be; snapshots are copies of one real snapshot's
+/// record (a listing reads records only). They are removed afterwards.
+async fn list_walk(d: &Driver, c: &Clients, listed: Listed, n: usize) -> serde_json::Value {
+    let mut cc = c.clone();
+    let (names, scenario, source): (Vec<std::path::PathBuf>, _, _) = match listed {
+        Listed::Volumes => {
+            let names = (0..n).map(|i| d.pool_dir.join(format!("walk-{i:05}.raw")));
+            let names = names.collect();
+            for p in &names {
+                std::fs::File::create(p).unwrap().set_len(1 << 20).unwrap();
+            }
+            (names, "list_volumes_walk", None)
+        }
+        Listed::Snapshots => {
+            let r = req::create("walk-source", req::MIB, &[]);
+            let v = cc.controller.create_volume(r).await.unwrap().into_inner();
+            let id = v.volume.unwrap().volume_id;
+            let snap = cc
+                .controller
+                .create_snapshot(req::snapshot("walk-snap", &id))
+                .await
+                .expect("CreateSnapshot")
+                .into_inner();
+            let dir = d.pool_dir.join(".pool-csi/snapshots");
+            let record = std::fs::read(dir.join("walk-snap.json")).expect("the snapshot record");
+            let names = (0..n).map(|i| dir.join(format!("walk-{i:05}.json")));
+            let names = names.collect();
+            for p in &names {
+                std::fs::write(p, &record).unwrap();
+            }
+            (
+                names,
+                "list_snapshots_walk",
+                Some((id, snap.snapshot.unwrap().snapshot_id)),
+            )
+        }
+    };
     let mut times = Vec::new();
     let mut pages = 0;
     let mut seen = 0;
     for _ in 0..3 {
         let start = Instant::now();
-        (pages, seen) = walk_pages(c, 500).await;
+        (pages, seen) = walk_pages(c, listed, 500).await;
         times.push(start.elapsed());
     }
     for p in &names {
         let _ = std::fs::remove_file(p);
     }
+    if let Some((id, snapshot_id)) = source {
+        let snap = csi::DeleteSnapshotRequest {
+            snapshot_id,
+            ..Default::default()
+        };
+        cc.controller.delete_snapshot(snap).await.unwrap();
+        cc.controller.delete_volume(req::delete(&id)).await.unwrap();
+    }
     times.sort();
-    assert!(seen >= n, "the walk saw {seen} of {n} volumes");
-    json!({"scenario": "list_volumes_walk", "volumes": n, "pages": pages, "page_size": 500,
+    assert!(seen >= n, "the walk saw {seen} of {n}");
+    json!({"scenario": scenario, "entries": n, "pages": pages, "page_size": 500,
            "walk_ms": (times[1].as_secs_f64() * 1000.0 * 10.0).round() / 10.0})
 }
 
@@ -431,7 +495,7 @@ async fn list_logical(c: &Clients) -> serde_json::Value {
     }
     warm.sort();
     let t = Instant::now();
-    walk_pages(&c, 500).await;
+    walk_pages(&c, Listed::Volumes, 500).await;
     let ms = |d: Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;
     json!({"scenario": "list_volumes_logical", "volumes": n, "first_ms": ms(cold),
            "again_ms": ms(warm[2]), "walk_500_ms": ms(t.elapsed())})
@@ -604,11 +668,13 @@ async fn matrix(
             json!({"scenario": "create_delete_64MiB_logical", "skipped": "needs lvm2 (dev/setup)"}),
         );
     }
-    for n in [1_000, 10_000]
-        .into_iter()
-        .filter(|_| want("list_volumes_walk"))
-    {
-        out.push(list_walk(&d, &c, n).await);
+    for (listed, scenario) in [
+        (Listed::Volumes, "list_volumes_walk"),
+        (Listed::Snapshots, "list_snapshots_walk"),
+    ] {
+        for n in [1_000, 10_000].into_iter().filter(|_| want(scenario)) {
+            out.push(list_walk(&d, &c, listed, n).await);
+        }
     }
     for format in ["raw", "qcow2", "ploop"]
         .into_iter()
@@ -647,6 +713,7 @@ fn key(v: &serde_json::Value) -> String {
         "pool",
         "luns",
         "volumes",
+        "entries",
         "format",
     ]
     .iter()

@@ -4,15 +4,15 @@
 //! (`detach`: a slow copy keeps its lock, a retry meanwhile is ABORTED).
 //! Wire types stop here.
 
-use super::convert;
+use super::{convert, paging};
 use crate::{
     error::Error,
-    pools::{CreateRequest, Pool, Source},
+    pools::{CreateRequest, Pool, SnapshotQuery, Source},
     NodeCtx,
 };
 use pool_csi_common::{
     oplock::detach, params::striping, respond, volume_id::check_storage_name, wire, LockKey,
-    OpGuard, VolumeId,
+    OpGuard, SnapshotId, VolumeId,
 };
 use pool_csi_proto::agent::{self as pb, agent_server::Agent, create_volume_request};
 use std::sync::Arc;
@@ -71,6 +71,11 @@ impl AgentService {
 
 fn name(field: &'static str, n: &str) -> Result<(), Error> {
     check_storage_name(n).map_err(|why| Error::invalid(field, n, why))
+}
+
+/// None for an empty (unset) field.
+fn some(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
 }
 
 /// The create request in pool terms; every option checked.
@@ -283,50 +288,28 @@ impl Agent for AgentService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                let node = &self.ctx.cfg.node_name;
-                // Pools in volume-id order: each pool's ids share a prefix,
-                // and within a pool id order is name order.
-                let mut pools: Vec<(String, Arc<dyn Pool>)> = self
+                let node = self.ctx.cfg.node_name.as_str();
+                let pools = self
                     .pools_named(&r.pool)
                     .into_iter()
                     .map(|p| {
-                        let prefix =
-                            VolumeId::new(p.name(), (!p.shared()).then_some(node.as_str()), "");
+                        let prefix = VolumeId::new(p.name(), (!p.shared()).then_some(node), "");
                         (prefix.to_string(), p)
                     })
                     .collect();
-                pools.sort_by(|a, b| a.0.cmp(&b.0));
-                let after = r.after_volume_id.as_str();
-                let mut left = if r.max_entries == 0 {
-                    usize::MAX
-                } else {
-                    r.max_entries as usize
-                };
-                let (mut volumes, mut more) = (Vec::new(), false);
-                for (prefix, p) in pools {
-                    let from = match after.strip_prefix(prefix.as_str()) {
-                        Some(name) => Some(name),
-                        None if after < prefix.as_str() => None,
-                        None => continue, // every id of this pool sorts before `after`
-                    };
-                    if left == 0 {
-                        more = true;
-                        break;
-                    }
-                    match p.list_page(from, left).await {
-                        Ok(page) => {
-                            left -= page.volumes.len();
-                            more |= page.more;
-                            volumes.extend(
-                                page.volumes
-                                    .into_iter()
-                                    .map(|v| convert::volume(p.as_ref(), v)),
-                            );
-                        }
-                        Err(Error::PoolNotRunning { .. }) if r.pool.is_empty() => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                let (volumes, more) = paging::across_pools(
+                    pools,
+                    &r.after_volume_id,
+                    r.max_entries,
+                    r.pool.is_empty(),
+                    |p, from, left| async move {
+                        let page = p.list_page(from, left).await?;
+                        let volumes = page.entries.into_iter();
+                        let volumes = volumes.map(|v| convert::volume(p.as_ref(), v));
+                        Ok((volumes.collect(), page.more))
+                    },
+                )
+                .await?;
                 Ok(pb::ListVolumesResponse { volumes, more })
             }
             .await,
@@ -384,21 +367,39 @@ impl Agent for AgentService {
         let r = req.into_inner();
         respond::<_, Error>(
             async {
-                let mut snapshots = Vec::new();
-                for p in self.pools_named(&r.pool) {
-                    match p.list_snapshots().await {
-                        Ok(ss) => snapshots.extend(
-                            ss.into_iter()
-                                .filter(|s| {
-                                    r.source_volume.is_empty() || s.source_volume == r.source_volume
-                                })
-                                .map(|s| convert::snapshot(p.name(), s)),
-                        ),
-                        Err(Error::PoolNotRunning { .. }) if r.pool.is_empty() => {}
-                        Err(e) => return Err(e),
-                    }
+                if !r.source_volume.is_empty() {
+                    name("source_volume", &r.source_volume)?;
                 }
-                Ok(pb::ListSnapshotsResponse { snapshots })
+                if !r.name.is_empty() {
+                    name("name", &r.name)?;
+                }
+                let node = self.ctx.cfg.node_name.as_str();
+                let pools = self
+                    .pools_named(&r.pool)
+                    .into_iter()
+                    .map(|p| (SnapshotId::new(p.name(), Some(node), "").to_string(), p))
+                    .collect();
+                let (only, of) = (some(&r.name), some(&r.source_volume));
+                let (snapshots, more) = paging::across_pools(
+                    pools,
+                    &r.after_snapshot_id,
+                    r.max_entries,
+                    r.pool.is_empty(),
+                    |p, after, max| async move {
+                        let q = SnapshotQuery {
+                            after,
+                            max,
+                            name: only,
+                            source: of,
+                        };
+                        let page = p.snapshots_page(&q).await?;
+                        let snapshots = page.entries.into_iter();
+                        let snapshots = snapshots.map(|s| convert::snapshot(p.name(), s));
+                        Ok((snapshots.collect(), page.more))
+                    },
+                )
+                .await?;
+                Ok(pb::ListSnapshotsResponse { snapshots, more })
             }
             .await,
         )

@@ -12,6 +12,7 @@
 //! the volume as deltas; the record then names the delta.
 
 use crate::{
+    dir_index::DirIndex,
     error::{io, Error, Result},
     fsutil::{remove_if_exists, replace_file},
 };
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -57,12 +59,19 @@ impl Record {
 pub struct SnapshotRecords {
     dir: PathBuf,
     tmp_dir: PathBuf,
+    /// Every record, kept while the directory is unchanged (records are
+    /// only ever replaced by rename, which moves its timestamps).
+    index: Arc<DirIndex<(String, Record)>>,
 }
 
 impl SnapshotRecords {
     /// Records in `dir`, written through `tmp_dir` (same filesystem).
     pub fn new(dir: PathBuf, tmp_dir: PathBuf) -> Self {
-        Self { dir, tmp_dir }
+        Self {
+            dir,
+            tmp_dir,
+            index: Arc::default(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -105,32 +114,26 @@ impl SnapshotRecords {
         remove_if_exists(&self.path(name)?).map(|_| ())
     }
 
-    /// Every record, sorted by snapshot name (unreadable ones skipped).
-    pub fn all(&self) -> Result<Vec<(String, Record)>> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.dir)
-            .map_err(io("read", &self.dir))?
-            .flatten()
-        {
+    /// Every record, sorted by snapshot name (unreadable ones skipped);
+    /// read again only when the directory changed.
+    pub fn all(&self) -> Result<Arc<Vec<(String, Record)>>> {
+        let read = |e: &std::fs::DirEntry| {
             let file = e.file_name();
-            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
-                continue;
-            };
-            if let Ok(Some(r)) = self.read(name) {
-                out.push((name.to_string(), r));
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+            let name = file.to_str()?.strip_suffix(".json")?;
+            Some((name.to_string(), self.read(name).ok()??))
+        };
+        self.index
+            .entries(&self.dir, read, |(name, _)| name)
+            .map_err(io("read", &self.dir))
     }
 
     /// The snapshots whose data lives inside `volume`: (name, reference).
     pub fn inside(&self, volume: &str) -> Result<Vec<(String, String)>> {
         Ok(self
             .all()?
-            .into_iter()
+            .iter()
             .filter(|(_, r)| r.source_volume == volume)
-            .filter_map(|(n, r)| Some((n, r.inside?)))
+            .filter_map(|(n, r)| Some((n.clone(), r.inside.clone()?)))
             .collect())
     }
 
@@ -161,6 +164,9 @@ mod tests {
         assert_eq!(recs.read("s1").unwrap(), Some(r));
         assert_eq!(recs.inside("vol").unwrap(), [("s1".into(), "{abc}".into())]);
         assert_eq!(recs.all().unwrap().len(), 2);
+        let all = recs.all().unwrap();
+        let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["s1", "s2"]);
         recs.remove("s1").unwrap();
         assert_eq!(recs.read("s1").unwrap(), None);
         assert!(recs.read("../x").is_err());

@@ -113,21 +113,51 @@ pub struct Volume {
     pub abnormal: Option<String>,
 }
 
-/// A page of volumes in name order, and whether more follow it.
-#[derive(Debug, Default)]
-pub struct Page {
-    pub volumes: Vec<Volume>,
+/// A page of volumes or snapshots in name order, and whether more follow it.
+#[derive(Debug)]
+pub struct Page<T = Volume> {
+    pub entries: Vec<T>,
     pub more: bool,
 }
 
-impl Page {
-    /// The page of `sorted` (by name) after `after`, at most `max` (0: all).
-    pub fn of(sorted: Vec<Volume>, after: Option<&str>, max: usize) -> Self {
-        let start = after.map_or(0, |a| sorted.partition_point(|v| v.name.as_str() <= a));
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            more: false,
+        }
+    }
+}
+
+impl<T> Page<T> {
+    /// The page of `sorted` (by `name`) after `after`, at most `max` (0: all).
+    pub fn of(sorted: Vec<T>, after: Option<&str>, max: usize, name: impl Fn(&T) -> &str) -> Self {
+        let start = after.map_or(0, |a| sorted.partition_point(|v| name(v) <= a));
         let max = if max == 0 { usize::MAX } else { max };
         let more = sorted.len() - start > max;
-        let volumes = sorted.into_iter().skip(start).take(max).collect();
-        Page { volumes, more }
+        let entries = sorted.into_iter().skip(start).take(max).collect();
+        Page { entries, more }
+    }
+}
+
+/// Which snapshots a listing wants: a page in name order, optionally of one
+/// name or of one source volume.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SnapshotQuery<'a> {
+    /// Only snapshots named after this one (None: from the first).
+    pub after: Option<&'a str>,
+    /// At most this many (0: all).
+    pub max: usize,
+    /// Only the snapshot of this name.
+    pub name: Option<&'a str>,
+    /// Only snapshots of this volume.
+    pub source: Option<&'a str>,
+}
+
+impl SnapshotQuery<'_> {
+    /// Whether `s` passes the name and source filters.
+    pub fn wants(&self, name: &str, source: &str) -> bool {
+        self.name.is_none_or(|n| n == name) && self.source.is_none_or(|v| v == source)
     }
 }
 
@@ -228,12 +258,21 @@ pub trait Pool: Send + Sync {
     async fn list_page(&self, after: Option<&str>, max: usize) -> Result<Page> {
         let mut all = self.list_volumes().await?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Page::of(all, after, max))
+        Ok(Page::of(all, after, max, |v| &v.name))
     }
     async fn create_snapshot(&self, source: &str, name: &str) -> Result<Snapshot>;
     /// Deleting a missing snapshot is Ok.
     async fn delete_snapshot(&self, name: &str) -> Result<()>;
     async fn list_snapshots(&self) -> Result<Vec<Snapshot>>;
+    /// The snapshots `q` asks for, a page in name order. Pools whose
+    /// listing is one report slice it; file pools read only the page's
+    /// records.
+    async fn snapshots_page(&self, q: &SnapshotQuery<'_>) -> Result<Page<Snapshot>> {
+        let mut all = self.list_snapshots().await?;
+        all.retain(|s| q.wants(&s.name, &s.source_volume));
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Page::of(all, q.after, q.max, |s| &s.name))
+    }
     /// What to attach for `name`; NotFound when the volume is gone.
     async fn attach_source(&self, name: &str) -> Result<AttachSource>;
     /// LUN pools: every LUN and who holds it. Other pools have none.
@@ -335,5 +374,46 @@ mod tests {
             fit_size(u64::MAX - 5, 0, MIB, 1 << 30),
             Err(Error::OutOfRange(_))
         ));
+    }
+
+    fn snap(name: &str, source: &str) -> Snapshot {
+        Snapshot {
+            name: name.into(),
+            source_volume: source.into(),
+            format: VolumeFormat::Raw,
+            size: MIB,
+            created_unix_nanos: 0,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_page_starts_after_its_token_and_filters_by_name_and_source() {
+        let all = vec![
+            snap("a", "v1"),
+            snap("b", "v2"),
+            snap("c", "v1"),
+            snap("d", "v1"),
+        ];
+        let p = Page::of(all.clone(), Some("a"), 2, |s| &s.name);
+        let names: Vec<&str> = p.entries.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!((names, p.more), (vec!["b", "c"], true));
+        let p = Page::of(all.clone(), Some("c"), 0, |s| &s.name);
+        assert_eq!((p.entries.len(), p.more), (1, false));
+        let q = SnapshotQuery {
+            source: Some("v1"),
+            ..Default::default()
+        };
+        assert_eq!(
+            all.iter()
+                .filter(|s| q.wants(&s.name, &s.source_volume))
+                .count(),
+            3
+        );
+        let q = SnapshotQuery {
+            name: Some("b"),
+            source: Some("v1"),
+            ..Default::default()
+        };
+        assert!(!all.iter().any(|s| q.wants(&s.name, &s.source_volume)));
     }
 }

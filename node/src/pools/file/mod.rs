@@ -14,8 +14,8 @@ pub mod layout;
 pub mod names;
 
 use super::{
-    fit_size, CreateRequest, Expanded, Page, Pool, PoolState, PoolStatus, Snapshot, Source,
-    StateCell, Volume,
+    fit_size, CreateRequest, Expanded, Page, Pool, PoolState, PoolStatus, Snapshot, SnapshotQuery,
+    Source, StateCell, Volume,
 };
 use crate::{
     attach::AttachSource,
@@ -563,7 +563,7 @@ impl Pool for FilePool {
     }
 
     async fn list_volumes(&self) -> Result<Vec<Volume>> {
-        Ok(self.list_page(None, 0).await?.volumes)
+        Ok(self.list_page(None, 0).await?.entries)
     }
 
     /// Names come from one directory read (no per-name probing), sorted;
@@ -580,9 +580,9 @@ impl Pool for FilePool {
             let format = self.formats.get(c.format);
             let path = self.layout.volume(&c.name, c.format)?;
             if format.is_volume(&path, c.kind) {
-                page.volumes
+                page.entries
                     .push(self.describe(&c.name, &path, format).await);
-                if page.volumes.len() == max {
+                if page.entries.len() == max {
                     break;
                 }
             }
@@ -602,14 +602,42 @@ impl Pool for FilePool {
     }
 
     async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
-        self.state.ensure_running()?;
         Ok(self
-            .env
-            .records
-            .all()?
-            .iter()
-            .map(|(name, r)| snapshot_of(name, r))
-            .collect())
+            .snapshots_page(&SnapshotQuery::default())
+            .await?
+            .entries)
+    }
+
+    /// Records are read once and kept while their directory is unchanged
+    /// (one asked for by name is read alone), so a page costs the page.
+    async fn snapshots_page(&self, q: &SnapshotQuery<'_>) -> Result<Page<Snapshot>> {
+        self.state.ensure_running()?;
+        let records = &self.env.records;
+        let one;
+        let all = match q.name {
+            // A name that is no snapshot name is no snapshot.
+            Some(n) => {
+                one = records.read(n).ok().flatten().map(|r| (n.to_string(), r));
+                one.as_slice()
+            }
+            None => &records.all()?[..],
+        };
+        let start = q
+            .after
+            .map_or(0, |a| all.partition_point(|(n, _)| n.as_str() <= a));
+        let max = if q.max == 0 { usize::MAX } else { q.max };
+        let mut page = Page::default();
+        let mut rest = all[start..].iter();
+        for (name, r) in rest.by_ref() {
+            if q.wants(name, &r.source_volume) {
+                page.entries.push(snapshot_of(name, r));
+                if page.entries.len() == max {
+                    break;
+                }
+            }
+        }
+        page.more = rest.any(|(name, r)| q.wants(name, &r.source_volume));
+        Ok(page)
     }
 
     async fn attach_source(&self, name: &str) -> Result<AttachSource> {

@@ -1,32 +1,11 @@
-//! The names in a file pool's directory, read once and kept while the
-//! directory is unchanged, so a listing page costs the page and not a scan
-//! of the whole pool (a tmpfs readdir of 10,000 entries costs ~10 ms).
-//!
-//! Unchanged means: the directory's inode, mtime and ctime are those seen at
-//! the scan. Whoever adds, removes or renames an entry — this node or an
-//! administrator beside it — moves mtime and ctime. Timestamps are coarse
-//! (one kernel clock tick; whole seconds on filesystems that keep no
-//! nanoseconds), so a scan taken within [`SETTLE`] plus that granularity of
-//! the last change is used once and not kept: a change in the same tick as
-//! the scan could otherwise leave the timestamps equal ("racy git"). Kept
-//! names are dropped after [`MAX_AGE`] whatever the timestamps say, which
-//! bounds what a filesystem with lazier timestamps could hide.
+//! The names in a file pool's directory that may be volumes
+//! (`<name>.<format>`), kept while the directory is unchanged
+//! ([`DirIndex`]).
 
 use super::layout;
+use crate::dir_index::DirIndex;
 use pool_csi_common::VolumeFormat;
-use std::{
-    fs::FileType,
-    io,
-    os::unix::fs::MetadataExt,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
-};
-
-/// Longer than any kernel clock tick.
-pub const SETTLE: Duration = Duration::from_millis(50);
-/// How long kept names are trusted at most.
-pub const MAX_AGE: Duration = Duration::from_secs(10);
+use std::{fs::FileType, io, path::Path, sync::Arc};
 
 /// One directory entry that may be a volume: `<name>.<format>`.
 #[derive(Debug, Clone)]
@@ -36,91 +15,20 @@ pub struct Entry {
     pub kind: FileType,
 }
 
-/// What identifies one state of the directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Self {
-        Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
-
-    /// Whether the last change is older than the timestamps' granularity
-    /// plus [`SETTLE`]. Without nanoseconds the granularity is a second.
-    fn settled(&self) -> bool {
-        let coarse = self.mtime.1 == 0 && self.ctime.1 == 0;
-        let wait = SETTLE
-            + if coarse {
-                Duration::from_secs(1)
-            } else {
-                Duration::ZERO
-            };
-        let at = |(s, ns): (i64, i64)| {
-            SystemTime::UNIX_EPOCH + Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32)
-        };
-        let last = at(self.mtime).max(at(self.ctime));
-        SystemTime::now()
-            .duration_since(last)
-            .is_ok_and(|age| age >= wait)
-    }
-}
-
-/// The sorted entries of one directory, kept while it is unchanged.
-#[derive(Default)]
-pub struct NameIndex {
-    kept: Mutex<Option<Kept>>,
-}
-
-/// Names kept from one scan.
-struct Kept {
-    stamp: Stamp,
-    at: std::time::Instant,
-    entries: Arc<Vec<Entry>>,
-}
+/// The pool directory's entries that may be volumes.
+#[derive(Debug, Default)]
+pub struct NameIndex(DirIndex<Entry>);
 
 impl NameIndex {
     /// The entries of `dir` whose names parse as `<name>.<format>`, sorted
-    /// by name: kept ones when the directory is unchanged, else a new scan.
+    /// by name (nothing opened or probed).
     pub fn sorted(&self, dir: &Path) -> io::Result<Arc<Vec<Entry>>> {
-        let stamp = Stamp::of(&std::fs::metadata(dir)?);
-        if let Some(k) = &*self.lock() {
-            if k.stamp == stamp && k.at.elapsed() < MAX_AGE {
-                return Ok(k.entries.clone());
-            }
-        }
-        let mut entries = Vec::new();
-        for e in std::fs::read_dir(dir)?.flatten() {
-            let Some((name, format)) = layout::parse_file_name(Path::new(&e.file_name())) else {
-                continue;
-            };
-            let Ok(kind) = e.file_type() else { continue };
-            entries.push(Entry { name, format, kind });
-        }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        let entries = Arc::new(entries);
-        // Kept only if the directory did not change during the scan and
-        // its last change is older than a clock tick.
-        let after = Stamp::of(&std::fs::metadata(dir)?);
-        *self.lock() = (after == stamp && stamp.settled()).then(|| Kept {
-            stamp,
-            at: std::time::Instant::now(),
-            entries: entries.clone(),
-        });
-        Ok(entries)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Kept>> {
-        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+        let read = |e: &std::fs::DirEntry| {
+            let (name, format) = layout::parse_file_name(Path::new(&e.file_name()))?;
+            let kind = e.file_type().ok()?;
+            Some(Entry { name, format, kind })
+        };
+        self.0.entries(dir, read, |e| &e.name)
     }
 }
 
@@ -128,67 +36,16 @@ impl NameIndex {
 mod tests {
     use super::*;
 
-    fn names(i: &NameIndex, dir: &Path) -> Vec<String> {
-        i.sorted(dir)
-            .unwrap()
-            .iter()
-            .map(|e| e.name.clone())
-            .collect()
-    }
-
     #[test]
-    fn kept_while_unchanged_and_rescanned_after_any_change() {
+    fn only_names_of_volume_files_sorted() {
         let t = tempfile::tempdir().unwrap();
-        let touch = |n: &str| std::fs::write(t.path().join(n), b"").unwrap();
         for n in ["b.raw", "a.qcow2", "not a volume", "c.txt"] {
-            touch(n);
+            std::fs::write(t.path().join(n), b"").unwrap();
         }
         let i = NameIndex::default();
-        assert_eq!(names(&i, t.path()), ["a", "b"]);
-        std::thread::sleep(SETTLE);
-        let first = i.sorted(t.path()).unwrap();
-        assert!(
-            Arc::ptr_eq(&first, &i.sorted(t.path()).unwrap()),
-            "kept once settled"
-        );
-        // A change beside the driver, even at once, is seen.
-        touch("0.raw");
-        assert_eq!(names(&i, t.path()), ["0", "a", "b"]);
-        std::fs::remove_file(t.path().join("a.qcow2")).unwrap();
-        assert_eq!(names(&i, t.path()), ["0", "b"]);
-        std::fs::rename(t.path().join("b.raw"), t.path().join("z.raw")).unwrap();
-        assert_eq!(names(&i, t.path()), ["0", "z"]);
-    }
-
-    #[test]
-    fn whole_second_timestamps_wait_a_second() {
-        let at = |s: i64, ns: i64| Stamp {
-            dev: 1,
-            ino: 1,
-            mtime: (s, ns),
-            ctime: (s, ns),
-        };
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap();
-        let secs = now.as_secs() as i64;
-        // 200 ms old with nanoseconds: settled; a whole-second stamp of the
-        // second before may be up to 1.99 s old but also just 0.01 s: not.
-        let fine = now - Duration::from_millis(200);
-        assert!(at(fine.as_secs() as i64, fine.subsec_nanos() as i64).settled());
-        assert!(!at(secs, 0).settled());
-        assert!(at(secs - 3, 0).settled());
-    }
-
-    #[test]
-    fn a_scan_right_after_a_change_is_not_kept() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::write(t.path().join("a.raw"), b"").unwrap();
-        let i = NameIndex::default();
-        let first = i.sorted(t.path()).unwrap();
-        assert!(
-            !Arc::ptr_eq(&first, &i.sorted(t.path()).unwrap()),
-            "too fresh to keep"
-        );
+        let got = i.sorted(t.path()).unwrap();
+        let names: Vec<&str> = got.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(got[0].format, VolumeFormat::Qcow2);
     }
 }
