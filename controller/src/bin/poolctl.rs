@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, process::ExitCode};
 
 /// Operate pool-csi pools and volumes on running node agents.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "poolctl", version, about)]
 struct Args {
     /// A node agent, NODE=HOST:PORT; repeat for every node.
     #[arg(long = "agent", env = "AGENTS", value_delimiter = ',', required = true)]
