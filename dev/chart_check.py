@@ -7,8 +7,12 @@ generates). No cluster is needed. Prints one line per check and a closing
 "N passed, M failed" line; exits non-zero on any failure."""
 
 import glob
+import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import helm_python as helm
 import jsonschema
@@ -45,6 +49,13 @@ def validate_object(doc, sp_schema):
         # Not a core API: check the fields this chart relies on.
         spec = doc["spec"]
         assert kind == "Certificate" and spec["secretName"] and spec["dnsNames"] and spec["issuerRef"]["name"], doc
+    elif api == "monitoring.coreos.com/v1":
+        # Prometheus Operator kinds: the fields this chart relies on.
+        spec = doc["spec"]
+        if kind == "PodMonitor":
+            assert spec["selector"]["matchLabels"] and spec["podMetricsEndpoints"][0]["port"] == "metrics", doc
+        else:
+            assert kind == "PrometheusRule" and all(r["alert"] and r["expr"] for g in spec["groups"] for r in g["rules"]), doc
     elif api.startswith("snapshot.storage.k8s.io/"):
         # Not a core API: check what the snapshot controller requires.
         assert kind == "VolumeSnapshotClass" and doc["driver"] and doc["deletionPolicy"] in ("Delete", "Retain"), doc
@@ -255,7 +266,62 @@ def csidriver_network_policy_and_controller_rbac():
                 assert set(rule["verbs"]) <= {"get", "list"}, rule
 
 
+def rendered_monitoring():
+    """The chart rendered with every monitoring object on: {kind: object}."""
+    values = yaml.safe_load(open(os.path.join(CHART, "ci", "monitoring-values.yaml")))
+    rendered = helm.Chart.load(CHART).render(values, name="pool-csi", namespace="kube-system", is_install=True)
+    text = rendered[next(p for p in rendered if p.endswith("monitoring.yaml"))]
+    return {d["kind"]: d for d in yaml.safe_load_all(text) if d}
+
+
+def promtool(*args):
+    tool = shutil.which("promtool")
+    if tool is None:
+        raise AssertionError("promtool is missing (dev/setup installs Debian's prometheus)")
+    r = subprocess.run([tool, *args], capture_output=True, text=True)
+    assert r.returncode == 0, f"promtool {' '.join(args)}: {r.stdout}{r.stderr}"
+    return r.stdout
+
+
+def alerts_fire_as_tested():
+    """The rendered PrometheusRule passes `promtool check rules` and the unit
+    tests in dev/promtool/alerts_test.yaml (each alert fires when it should,
+    and not when it should not)."""
+    rule = rendered_monitoring()["PrometheusRule"]
+    with tempfile.TemporaryDirectory() as d:
+        rules = os.path.join(d, "rules.yaml")
+        yaml.safe_dump({"groups": rule["spec"]["groups"]}, open(rules, "w"))
+        promtool("check", "rules", rules)
+        tests = yaml.safe_load(open(os.path.join(ROOT, "dev", "promtool", "alerts_test.yaml")))
+        tests["rule_files"] = [rules]
+        test_file = os.path.join(d, "test.yaml")
+        yaml.safe_dump(tests, open(test_file, "w"))
+        out = promtool("test", "rules", test_file)
+        assert "SUCCESS" in out, out
+    names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    tested = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"]}
+    assert names == tested, f"alerts without a test: {names - tested}"
+
+
+def dashboard_queries_parse():
+    """Every query of the Grafana dashboard (from the rendered ConfigMap) is
+    PromQL that promtool accepts; the sidecar label is on the ConfigMap."""
+    cm = rendered_monitoring()["ConfigMap"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", cm["metadata"]
+    board = json.loads(cm["data"]["pool-csi.json"])
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    assert len(exprs) >= 9, exprs
+    with tempfile.TemporaryDirectory() as d:
+        rules = os.path.join(d, "dashboard.yaml")
+        group = {"name": "dashboard", "rules": [{"record": f"pool_csi:panel_{i}", "expr": e}
+                                                for i, e in enumerate(exprs)]}
+        yaml.safe_dump({"groups": [group]}, open(rules, "w"))
+        promtool("check", "rules", rules)
+
+
 check("helm lint --strict", lint)
+check("alerts: promtool check and unit tests", alerts_fire_as_tested)
+check("dashboard: every query is valid PromQL", dashboard_queries_parse)
 check("iscsi pools: host network, CHAP Secret mounted", iscsi_pools_get_the_host_network_and_their_secret)
 check("node and controller run in cluster mode", both_run_in_cluster_mode)
 check("node: CO paths confined to the kubelet dir it mounts", node_confines_co_paths_to_the_kubelet_dir)

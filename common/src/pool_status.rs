@@ -68,13 +68,21 @@ pub struct PoolCondition {
     pub last_transition_time: String,
 }
 
-/// Bytes as a Kubernetes quantity with binary suffixes ("1536Mi", "10Gi"),
-/// exact: the largest suffix that divides the value.
+/// A size for people, as `kubectl get sp` shows it: a Kubernetes quantity
+/// in the largest binary unit it reaches, to the nearest whole unit, or one
+/// decimal below 10 ("252Gi", "1.5Ti", "768Mi", "512"). Exact sizes are
+/// in each node's `capacityBytes`, `allocationBytes`, `availableBytes`.
 pub fn quantity(bytes: u64) -> String {
-    const SUFFIXES: [(&str, u32); 5] = [("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)];
-    for (s, shift) in SUFFIXES {
-        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
-            return format!("{}{s}", bytes >> shift);
+    const UNITS: [(&str, u32); 5] = [("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)];
+    for (unit, shift) in UNITS {
+        if bytes >= 1 << shift {
+            let tenths = (bytes as u128 * 10 + (1u128 << shift) / 2) >> shift;
+            return if tenths < 100 && !tenths.is_multiple_of(10) {
+                format!("{}.{}{unit}", tenths / 10, tenths % 10)
+            } else {
+                let whole = (bytes as u128 + (1u128 << shift) / 2) >> shift;
+                format!("{whole}{unit}")
+            };
         }
     }
     bytes.to_string()
@@ -85,11 +93,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantities_are_exact() {
+    fn quantities_read_as_kubectl_users_expect() {
         assert_eq!(quantity(0), "0");
         assert_eq!(quantity(512), "512");
         assert_eq!(quantity(10 << 30), "10Gi");
-        assert_eq!(quantity(1536 << 20), "1536Mi");
-        assert_eq!(quantity((1 << 30) + 1), "1073741825");
+        assert_eq!(quantity(1536 << 20), "1.5Gi");
+        assert_eq!(quantity((1 << 30) + 1), "1Gi");
+        // The example: 264212084Ki.
+        assert_eq!(quantity(264_212_084 << 10), "252Gi");
+        assert_eq!(quantity(768 << 20), "768Mi");
+        assert_eq!(quantity((3 << 40) / 2), "1.5Ti");
+        assert_eq!(quantity((10 << 30) - 1), "10Gi");
+        assert_eq!(quantity(1023), "1023");
+        assert_eq!(quantity(1 << 60), "1024Pi");
+        // Every answer is a quantity Kubernetes parses.
+        for b in [1u64 << 20, 5 << 29, 999 << 30, u64::MAX] {
+            let q = quantity(b);
+            let digits = q.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            assert!(digits.parse::<f64>().is_ok(), "{q}");
+        }
     }
 }

@@ -116,3 +116,59 @@ async fn wipe_on_delete_zeroes_the_data_before_it_is_freed() {
         assert_eq!(all_zero, wipe == "true", "{name}: wiped={all_zero}");
     }
 }
+
+/// The chart's Grafana dashboard and alerts query only metrics the driver
+/// serves: each `pool_csi_*` name in `charts/pool-csi/files/dashboard.json`
+/// and `templates/monitoring.yaml` is in a node plugin's scrape after a
+/// stage and unstage, with the `kind` values the queries select.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_alerts_query_only_metrics_the_driver_serves() {
+    require!(false);
+    let d = Driver::start(Options::default()).await;
+    let mut c = d.clients().await;
+    let id = c
+        .create_volume_id(req::create("dash", 16 * req::MIB, &[]))
+        .await;
+    let staging = d.path("staging");
+    c.node
+        .node_stage_volume(req::stage(&id, &staging, req::mount_cap("ext4")))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(req::unstage(&id, &staging))
+        .await
+        .unwrap();
+    let m = scrape(&d.node_metrics);
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/pool-csi");
+    let mut queried = std::collections::BTreeSet::new();
+    for file in ["files/dashboard.json", "templates/monitoring.yaml"] {
+        let text = std::fs::read_to_string(chart.join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("pool_csi_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            queried.insert(name);
+        }
+    }
+    assert!(queried.len() >= 6, "{queried:?}");
+    for name in &queried {
+        let served = m
+            .lines()
+            .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")));
+        assert!(
+            served,
+            "{name} is queried by the chart but not served:\n{m}"
+        );
+    }
+    // The pool panels and alerts select these kinds; the volume gauge counts.
+    for kind in ["capacity", "allocation", "available"] {
+        assert!(m.contains(&format!(r#"kind="{kind}"}}"#)), "{kind} in {m}");
+    }
+    assert!(
+        m.contains(r#"pool_csi_pool_volumes{pool="scratch",type="dir"} 1"#),
+        "{m}"
+    );
+}

@@ -174,8 +174,10 @@ pub async fn render_metrics(reg: &PoolRegistry) -> String {
         "# HELP pool_csi_pool_bytes Pool space by kind (capacity, allocation, available).\n# TYPE pool_csi_pool_bytes gauge\n",
     );
     let mut up = String::from("# HELP pool_csi_pool_running 1 when the pool is running.\n# TYPE pool_csi_pool_running gauge\n");
+    let mut volumes = String::from("# HELP pool_csi_pool_volumes Volumes in the pool (running pools).\n# TYPE pool_csi_pool_volumes gauge\n");
     for p in reg.all() {
-        let s = p.status(false).await;
+        // Counting reads what listings read: kept names, the last report.
+        let s = p.status(true).await;
         let l = format!("pool=\"{}\",type=\"{}\"", p.name(), p.pool_type());
         for (kind, v) in [
             ("capacity", s.capacity),
@@ -189,6 +191,9 @@ pub async fn render_metrics(reg: &PoolRegistry) -> String {
             "pool_csi_pool_running{{{l}}} {}",
             u8::from(s.state == PoolState::Running)
         );
+        if let Some(n) = s.volume_count {
+            let _ = writeln!(volumes, "pool_csi_pool_volumes{{{l}}} {n}");
+        }
     }
     for (name, (t, _)) in reg.unsupported() {
         let _ = writeln!(
@@ -196,5 +201,5 @@ pub async fn render_metrics(reg: &PoolRegistry) -> String {
             "pool_csi_pool_running{{pool=\"{name}\",type=\"{t}\"}} 0"
         );
     }
-    out + &up
+    out + &up + &volumes
 }
