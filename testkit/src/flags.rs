@@ -1,6 +1,7 @@
-//! README's "Command-line flags" section against a binary's real flags:
-//! every flag documented, every flag settable from an environment variable,
-//! and the variable README names in brackets the one the binary reads.
+//! The "Command-line flags" section of docs/cli.md against a binary's real
+//! flags: every flag documented, every flag settable from an environment
+//! variable, and the variable the page names in brackets the one the binary
+//! reads. (The messages say "README", where the section used to live.)
 
 /// What is wrong between `cmd` and README's paragraph(s) on `binary` (the
 /// text from "`binary`:" to the next blank line, plus any paragraph starting
@@ -59,10 +60,11 @@ pub fn mismatches(cmd: &clap::Command, readme: &str, binary: &str) -> Vec<String
     out
 }
 
-/// Panics listing what is wrong between `cmd` and this repository's README.
+/// Panics listing what is wrong between `cmd` and this repository's
+/// docs/cli.md.
 pub fn assert_readme_documents(cmd: &clap::Command, binary: &str) {
-    let wrong = mismatches(cmd, include_str!("../../README.md"), binary);
-    assert!(wrong.is_empty(), "README's flags of {binary}: {wrong:#?}");
+    let wrong = mismatches(cmd, include_str!("../../docs/cli.md"), binary);
+    assert!(wrong.is_empty(), "docs/cli.md's flags of {binary}: {wrong:#?}");
 }
 
 #[cfg(test)]
