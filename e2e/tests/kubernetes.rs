@@ -1,6 +1,6 @@
 //! The driver on a real cluster, driven the way its users drive it: `helm`
 //! and `kubectl`. Runs only when KUBECONFIG is set (kind, k3d or any test
-//! cluster where the pool-csi image can run privileged; see README "Testing
+//! cluster where the pool-csi image can run privileged; see docs/install.md "Testing
 //! on a cluster"); otherwise it is skipped with a message.
 //!
 //! It installs the chart (image from POOL_CSI_IMAGE, default
@@ -81,7 +81,7 @@ fn a_pvc_lives_its_whole_life_on_a_real_cluster() {
     if std::env::var_os("KUBECONFIG").is_none() {
         pool_csi_e2e::skip(
             "kubeconfig",
-            "KUBECONFIG is not set (see README: Testing on a cluster)",
+            "KUBECONFIG is not set (see docs/install.md: Testing on a cluster)",
         );
         return;
     }

@@ -64,7 +64,10 @@ pub fn mismatches(cmd: &clap::Command, readme: &str, binary: &str) -> Vec<String
 /// docs/cli.md.
 pub fn assert_readme_documents(cmd: &clap::Command, binary: &str) {
     let wrong = mismatches(cmd, include_str!("../../docs/cli.md"), binary);
-    assert!(wrong.is_empty(), "docs/cli.md's flags of {binary}: {wrong:#?}");
+    assert!(
+        wrong.is_empty(),
+        "docs/cli.md's flags of {binary}: {wrong:#?}"
+    );
 }
 
 #[cfg(test)]
