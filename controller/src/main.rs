@@ -246,8 +246,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 mod tests {
     use super::*;
 
-    /// README's flag list is this binary's: every flag documented, each
-    /// settable from the environment variable README names.
+    /// docs/cli.md's flag list is this binary's: every flag documented, each
+    /// settable from the environment variable docs/cli.md names.
     #[test]
     fn readme_documents_every_flag_and_its_variable() {
         use clap::CommandFactory;

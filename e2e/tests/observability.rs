@@ -45,11 +45,9 @@ async fn node_metrics_count_rpcs_by_code_and_report_pool_space() {
     assert!(bytes > 3 << 30, "{avail}");
 }
 
-/// Staging reports its parts: a raw volume's first stage attaches a loop
-/// device, probes, formats and mounts; unstaging unmounts and detaches.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stage_and_unstage_report_the_time_of_each_part() {
-    require!(false);
+/// The driver after a 16 MiB ext4 volume was staged and unstaged (it
+/// stays).
+async fn staged_and_unstaged() -> Driver {
     let d = Driver::start(Options::default()).await;
     let mut c = d.clients().await;
     let id = c
@@ -64,6 +62,15 @@ async fn stage_and_unstage_report_the_time_of_each_part() {
         .node_unstage_volume(req::unstage(&id, &staging))
         .await
         .unwrap();
+    d
+}
+
+/// Staging reports its parts: a raw volume's first stage attaches a loop
+/// device, probes, formats and mounts; unstaging unmounts and detaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_and_unstage_report_the_time_of_each_part() {
+    require!(false);
+    let d = staged_and_unstaged().await;
     let m = scrape(&d.node_metrics);
     for step in [
         "attach", "loop", "probe", "mkfs", "mount", "unmount", "detach",
@@ -124,20 +131,7 @@ async fn wipe_on_delete_zeroes_the_data_before_it_is_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_alerts_query_only_metrics_the_driver_serves() {
     require!(false);
-    let d = Driver::start(Options::default()).await;
-    let mut c = d.clients().await;
-    let id = c
-        .create_volume_id(req::create("dash", 16 * req::MIB, &[]))
-        .await;
-    let staging = d.path("staging");
-    c.node
-        .node_stage_volume(req::stage(&id, &staging, req::mount_cap("ext4")))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(req::unstage(&id, &staging))
-        .await
-        .unwrap();
+    let d = staged_and_unstaged().await;
     let m = scrape(&d.node_metrics);
     let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/pool-csi");
     let mut queried = std::collections::BTreeSet::new();

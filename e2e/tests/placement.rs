@@ -13,6 +13,27 @@ fn topo(n: &str) -> csi::Topology {
     }
 }
 
+/// The driver with nodes node-1 and node-2, each with pools scratch and
+/// other.
+async fn two_nodes_two_pools() -> Driver {
+    Driver::start(Options {
+        extra_nodes: vec![("node-2".into(), 1 << 30)],
+        extra_pools: "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: other }\nspec: { type: dir, target: { path: \"{dir}/other\" }, autoBuild: true }\n".into(),
+        ..Default::default()
+    })
+    .await
+}
+
+/// A 1 MiB volume `name` in `pool`, required on `node`.
+fn on(name: &str, pool: &str, node: &str) -> csi::CreateVolumeRequest {
+    let mut r = req::create(name, req::MIB, &[("pool", pool)]);
+    r.accessibility_requirements = Some(csi::TopologyRequirement {
+        requisite: vec![topo(node)],
+        preferred: vec![],
+    });
+    r
+}
+
 fn placed(v: &csi::Volume) -> String {
     v.accessible_topology[0].segments["pool-csi.io/node"].clone()
 }
@@ -169,21 +190,9 @@ async fn volumes_go_where_topology_and_room_allow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paged_listing_over_nodes_and_pools_survives_changes_between_pages() {
     require!(false);
-    let d = Driver::start(Options {
-        extra_nodes: vec![("node-2".into(), 1 << 30)],
-        extra_pools: "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: other }\nspec: { type: dir, target: { path: \"{dir}/other\" }, autoBuild: true }\n".into(),
-        ..Default::default()
-    })
-    .await;
+    let d = two_nodes_two_pools().await;
     let mut c = d.clients().await;
-    let make = |name: &str, pool: &str, node: &str| {
-        let mut r = req::create(name, req::MIB, &[("pool", pool)]);
-        r.accessibility_requirements = Some(csi::TopologyRequirement {
-            requisite: vec![topo(node)],
-            preferred: vec![],
-        });
-        r
-    };
+    let make = on;
     let mut ids = Vec::new();
     for (i, (pool, node)) in [
         ("scratch", "node-1"),
@@ -279,12 +288,7 @@ async fn a_paged_listing_over_nodes_and_pools_survives_changes_between_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paged_snapshot_listing_over_nodes_and_pools_survives_changes_between_pages() {
     require!(false);
-    let d = Driver::start(Options {
-        extra_nodes: vec![("node-2".into(), 1 << 30)],
-        extra_pools: "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: other }\nspec: { type: dir, target: { path: \"{dir}/other\" }, autoBuild: true }\n".into(),
-        ..Default::default()
-    })
-    .await;
+    let d = two_nodes_two_pools().await;
     let mut c = d.clients().await;
     let mut sources = Vec::new();
     for (i, (pool, node)) in [
@@ -295,11 +299,7 @@ async fn a_paged_snapshot_listing_over_nodes_and_pools_survives_changes_between_
     .into_iter()
     .enumerate()
     {
-        let mut r = req::create(&format!("v{i}"), req::MIB, &[("pool", pool)]);
-        r.accessibility_requirements = Some(csi::TopologyRequirement {
-            requisite: vec![topo(node)],
-            preferred: vec![],
-        });
+        let r = on(&format!("v{i}"), pool, node);
         let v = c.controller.create_volume(r).await.unwrap().into_inner();
         sources.push(v.volume.unwrap().volume_id);
     }

@@ -14,7 +14,7 @@ pub struct PloopHost {
     pub tool: bool,
     /// The ploop kernel module is loaded (`<sysfs>/module/ploop`).
     pub module: bool,
-    /// Why the tool is not used, for the log and the README's table.
+    /// Why the tool is not used, for the log and the table in docs/pools.md.
     pub why_not: Option<String>,
 }
 
