@@ -53,7 +53,9 @@ def validate_object(doc, sp_schema):
         # Prometheus Operator kinds: the fields this chart relies on.
         spec = doc["spec"]
         if kind == "PodMonitor":
-            assert spec["selector"]["matchLabels"] and spec["podMetricsEndpoints"][0]["port"] == "metrics", doc
+            ep = spec["podMetricsEndpoints"][0]
+            assert spec["selector"]["matchLabels"] and ep["port"] == "metrics", doc
+            assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"} in ep["relabelings"], ep
         else:
             assert kind == "PrometheusRule" and all(r["alert"] and r["expr"] for g in spec["groups"] for r in g["rules"]), doc
     elif api.startswith("snapshot.storage.k8s.io/"):
@@ -275,9 +277,11 @@ def rendered_monitoring():
 
 
 def promtool(*args):
-    tool = shutil.which("promtool")
+    tool = os.path.join(ROOT, ".venv", "bin", "promtool")
+    if not os.access(tool, os.X_OK):
+        tool = shutil.which("promtool")
     if tool is None:
-        raise AssertionError("promtool is missing (dev/setup installs Debian's prometheus)")
+        raise AssertionError("promtool is missing (dev/setup puts it in .venv/bin)")
     r = subprocess.run([tool, *args], capture_output=True, text=True)
     assert r.returncode == 0, f"promtool {' '.join(args)}: {r.stdout}{r.stderr}"
     return r.stdout

@@ -186,10 +186,12 @@ def check_dockerfile(failures):
     text = open(os.path.join(ROOT, "charts/pool-csi/Dockerfile")).read()
     for need in ["charts/pool-csi/image/packages", "bookworm-backports", "--uid 65532",
                  "pool-csi-controller", "pool-csi-node", "poolctl /usr/local/bin/",
-                 'ENTRYPOINT ["/usr/local/bin/pool-csi-node"]']:
+                 'ENTRYPOINT ["/usr/local/bin/pool-csi-node"]',
+                 "org.opencontainers.image.version=$VERSION",
+                 "org.opencontainers.image.revision=$REVISION"]:
         if need not in text:
             failures.append(f"charts/pool-csi/Dockerfile lacks {need!r} (dev/image has it)")
-    print("ok   the Dockerfile installs the same packages, user and binaries")
+    print("ok   the Dockerfile installs the same packages, user, binaries and labels")
 
 
 def main():

@@ -5,7 +5,7 @@
 //! snapshots and thin pools need device-mapper and are checked for the clear
 //! error they give here (the skip names what is missing).
 
-use pool_csi_e2e::{req, require, tool, Driver, LoopDisk, Options};
+use pool_csi_e2e::{req, require, scrape, tool, Driver, LoopDisk, Options};
 use pool_csi_proto::csi;
 use tonic::Code;
 
@@ -286,6 +286,20 @@ async fn logical_pool_builds_provisions_extends_and_removes_real_lvs() {
         ],
     );
     assert_eq!(capacity(&c).await, (120 - 40 - 4) * MIB);
+    // A reused report runs no lvm command; one older than 5 s is taken
+    // afresh. Each scrape of the node's metrics reads the pool's report.
+    let reports = || {
+        let m = scrape(&d.node_metrics);
+        let line = m
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"pool_csi_lvm_commands_total{kind="report"} "#))
+            .unwrap_or_else(|| panic!("no lvm report count in {m}"));
+        line.trim().parse::<u64>().unwrap()
+    };
+    let first = reports();
+    assert_eq!(reports(), first, "a reused report runs no lvm command");
+    tokio::time::sleep(std::time::Duration::from_millis(5_300)).await;
+    assert!(reports() > first, "a report older than 5 s is taken afresh");
     assert_eq!(
         c.controller
             .create_volume(on("lvm1", "huge", 200 * MIB, &[]))

@@ -162,7 +162,7 @@ async fn the_dashboard_and_alerts_query_only_metrics_the_driver_serves() {
         assert!(m.contains(&format!(r#"kind="{kind}"}}"#)), "{kind} in {m}");
     }
     assert!(
-        m.contains(r#"pool_csi_pool_volumes{pool="scratch",type="dir"} 1"#),
+        m.contains(r#"pool_csi_pool_volumes{pool="scratch",type="dir",shared="false"} 1"#),
         "{m}"
     );
 }

@@ -67,6 +67,16 @@ impl Stamp {
     }
 }
 
+/// What a scan makes of one directory entry.
+pub enum Scan<T> {
+    /// It is one.
+    Entry(T),
+    /// It is none (another kind of file).
+    Skip,
+    /// It could not be read: left out of this scan, which is not kept.
+    Unsure,
+}
+
 /// The entries of one directory, sorted, kept while it is unchanged.
 pub struct DirIndex<T> {
     kept: Mutex<Option<Kept<T>>>,
@@ -95,12 +105,14 @@ struct Kept<T> {
 }
 
 impl<T> DirIndex<T> {
-    /// What `read` makes of each entry of `dir` (None: skipped), sorted by
-    /// `key`: kept ones when the directory is unchanged, else a new scan.
+    /// What `read` makes of each entry of `dir`, sorted by `key`: kept
+    /// ones when the directory is unchanged, else a new scan. A scan in
+    /// which `read` was [`Scan::Unsure`] of an entry is used once and not
+    /// kept.
     pub fn entries(
         &self,
         dir: &Path,
-        mut read: impl FnMut(&std::fs::DirEntry) -> Option<T>,
+        mut read: impl FnMut(&std::fs::DirEntry) -> Scan<T>,
         key: impl Fn(&T) -> &str,
     ) -> io::Result<Arc<Vec<T>>> {
         let stamp = Stamp::of(&std::fs::metadata(dir)?);
@@ -109,16 +121,21 @@ impl<T> DirIndex<T> {
                 return Ok(k.entries.clone());
             }
         }
-        let mut entries: Vec<T> = std::fs::read_dir(dir)?
-            .flatten()
-            .filter_map(|e| read(&e))
-            .collect();
+        let mut unsure = false;
+        let mut entries = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            match e.map(|e| read(&e)) {
+                Ok(Scan::Entry(t)) => entries.push(t),
+                Ok(Scan::Skip) => {}
+                Ok(Scan::Unsure) | Err(_) => unsure = true,
+            }
+        }
         entries.sort_by(|a, b| key(a).cmp(key(b)));
         let entries = Arc::new(entries);
         // Kept only if the directory did not change during the scan and
         // its last change is older than a clock tick.
         let after = Stamp::of(&std::fs::metadata(dir)?);
-        *self.lock() = (after == stamp && stamp.settled()).then(|| Kept {
+        *self.lock() = (after == stamp && stamp.settled() && !unsure).then(|| Kept {
             stamp,
             at: Instant::now(),
             entries: entries.clone(),
@@ -135,12 +152,20 @@ impl<T> DirIndex<T> {
 mod tests {
     use super::*;
 
+    fn raw(e: &std::fs::DirEntry) -> Scan<String> {
+        let n = e.file_name().into_string().unwrap();
+        match n.strip_suffix(".raw") {
+            Some(n) => Scan::Entry(n.to_string()),
+            None => Scan::Skip,
+        }
+    }
+
+    fn any(e: &std::fs::DirEntry) -> Scan<String> {
+        Scan::Entry(e.file_name().into_string().unwrap())
+    }
+
     fn names(i: &DirIndex<String>, dir: &Path) -> Vec<String> {
-        let read = |e: &std::fs::DirEntry| {
-            let n = e.file_name().into_string().ok()?;
-            n.strip_suffix(".raw").map(str::to_string)
-        };
-        i.entries(dir, read, |n| n).unwrap().to_vec()
+        i.entries(dir, raw, |n| n).unwrap().to_vec()
     }
 
     #[test]
@@ -153,10 +178,9 @@ mod tests {
         let i = DirIndex::default();
         assert_eq!(names(&i, t.path()), ["a", "b"]);
         std::thread::sleep(SETTLE);
-        let read = |e: &std::fs::DirEntry| e.file_name().into_string().ok();
-        let first = i.entries(t.path(), read, |n| n).unwrap();
+        let first = i.entries(t.path(), any, |n| n).unwrap();
         assert!(
-            Arc::ptr_eq(&first, &i.entries(t.path(), read, |n| n).unwrap()),
+            Arc::ptr_eq(&first, &i.entries(t.path(), any, |n| n).unwrap()),
             "kept once settled"
         );
         // A change beside the driver, even at once, is seen.
@@ -193,11 +217,22 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a.raw"), b"").unwrap();
         let i = DirIndex::default();
-        let read = |e: &std::fs::DirEntry| e.file_name().into_string().ok();
-        let first = i.entries(t.path(), read, |n| n).unwrap();
+        let first = i.entries(t.path(), any, |n| n).unwrap();
         assert!(
-            !Arc::ptr_eq(&first, &i.entries(t.path(), read, |n| n).unwrap()),
+            !Arc::ptr_eq(&first, &i.entries(t.path(), any, |n| n).unwrap()),
             "too fresh to keep"
         );
+    }
+
+    #[test]
+    fn a_scan_that_could_not_read_an_entry_is_not_kept() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a.raw"), b"").unwrap();
+        std::thread::sleep(SETTLE);
+        let i = DirIndex::default();
+        let unsure = |_: &std::fs::DirEntry| Scan::<String>::Unsure;
+        assert!(i.entries(t.path(), unsure, |n| n).unwrap().is_empty());
+        // Read again (not the unsure answer kept): now it is there.
+        assert_eq!(names(&i, t.path()), ["a"]);
     }
 }

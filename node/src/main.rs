@@ -282,6 +282,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Box::pin(async move {
                 let mut m = pool_csi_node::pools::registry::render_metrics(&ctx.pools).await;
                 m.push_str(&pool_csi_node::steps::render());
+                m.push_str(&pool_csi_node::tools::lvm::render_metrics());
                 m
             })
         });

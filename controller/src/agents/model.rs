@@ -139,6 +139,16 @@ pub struct SnapshotFilter<'a> {
     pub max: u32,
 }
 
+impl SnapshotFilter<'_> {
+    /// Whether `s` passes the pool, name and source filters.
+    pub fn admits(&self, s: &SnapshotReport) -> bool {
+        let any_or = |want: &str, got: &str| want.is_empty() || want == got;
+        any_or(self.pool, &s.pool)
+            && any_or(self.name, &s.name)
+            && any_or(self.source_volume, &s.source_volume)
+    }
+}
+
 /// A LUN of a LUN pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lun {
@@ -185,4 +195,43 @@ pub struct Expansion {
     pub capacity: u64,
     /// The node must do its part (grow the filesystem).
     pub node_expansion_required: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(pool: &str, name: &str, source: &str) -> SnapshotReport {
+        SnapshotReport {
+            pool: pool.into(),
+            name: name.into(),
+            source_volume: source.into(),
+            size: 1,
+            created_unix_nanos: 0,
+            ready: true,
+        }
+    }
+
+    #[test]
+    fn a_filter_drops_what_an_older_agent_returns_beyond_it() {
+        // An older agent ignores `name` and answers every snapshot.
+        let answered = [
+            snap("p", "a", "v1"),
+            snap("p", "b", "v2"),
+            snap("q", "b", "v2"),
+        ];
+        let by_name = SnapshotFilter {
+            pool: "p",
+            name: "b",
+            ..Default::default()
+        };
+        let kept: Vec<_> = answered.iter().filter(|s| by_name.admits(s)).collect();
+        assert_eq!(kept, [&answered[1]]);
+        let of_volume = SnapshotFilter {
+            source_volume: "v2",
+            ..Default::default()
+        };
+        assert_eq!(answered.iter().filter(|s| of_volume.admits(s)).count(), 2);
+        assert!(answered.iter().all(|s| SnapshotFilter::default().admits(s)));
+    }
 }

@@ -42,9 +42,18 @@ pub async fn list_page(
         let Ok(id) = SnapshotId::parse(l.snapshot_id) else {
             return none();
         };
+        // Both filters: the source volume must be the snapshot's own.
+        let source = match l.source_volume_id {
+            "" => None,
+            v => match VolumeId::parse(v) {
+                Ok(v) if v.pool == id.pool && (v.node.is_none() || v.node == id.node) => Some(v),
+                _ => return none(),
+            },
+        };
         let f = SnapshotFilter {
             pool: &id.pool,
             name: &id.name,
+            source_volume: source.as_ref().map_or("", |v| v.name.as_str()),
             ..filter
         };
         let nodes = id.node.as_deref().map_or_else(Vec::new, |n| known(ctx, n));
@@ -86,7 +95,9 @@ async fn page_of(
 ) -> Result<(Vec<(SnapshotId, SnapshotReport)>, String)> {
     let calls = nodes.iter().map(|node| async move {
         let (found, more) = ctx.agents.client(node)?.list_snapshots(f).await?;
-        let keyed = found.into_iter().map(|s| keyed(node, s));
+        // An older agent (a rolling upgrade) ignores the name filter.
+        let found = found.into_iter().filter(|s| f.admits(s));
+        let keyed = found.map(|s| keyed(node, s));
         Ok::<_, Error>((keyed.collect(), more))
     });
     let pages = join_all(calls)

@@ -12,7 +12,7 @@
 //! the volume as deltas; the record then names the delta.
 
 use crate::{
-    dir_index::DirIndex,
+    dir_index::{DirIndex, Scan},
     error::{io, Error, Result},
     fsutil::{remove_if_exists, replace_file},
 };
@@ -114,13 +114,20 @@ impl SnapshotRecords {
         remove_if_exists(&self.path(name)?).map(|_| ())
     }
 
-    /// Every record, sorted by snapshot name (unreadable ones skipped);
-    /// read again only when the directory changed.
+    /// Every record, sorted by snapshot name, for listings: unreadable
+    /// ones are left out (and the scan is then not kept); read again only
+    /// when the directory changed.
     pub fn all(&self) -> Result<Arc<Vec<(String, Record)>>> {
         let read = |e: &std::fs::DirEntry| {
             let file = e.file_name();
-            let name = file.to_str()?.strip_suffix(".json")?;
-            Some((name.to_string(), self.read(name).ok()??))
+            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
+                return Scan::Skip;
+            };
+            match self.read(name) {
+                Ok(Some(r)) => Scan::Entry((name.to_string(), r)),
+                Ok(None) => Scan::Skip, // removed since the directory was read
+                Err(_) => Scan::Unsure,
+            }
         };
         self.index
             .entries(&self.dir, read, |(name, _)| name)
@@ -128,13 +135,23 @@ impl SnapshotRecords {
     }
 
     /// The snapshots whose data lives inside `volume`: (name, reference).
+    /// Read afresh, and an unreadable record is an error, not a snapshot
+    /// less: what is inside a volume decides what may be merged away.
     pub fn inside(&self, volume: &str) -> Result<Vec<(String, String)>> {
-        Ok(self
-            .all()?
-            .iter()
-            .filter(|(_, r)| r.source_volume == volume)
-            .filter_map(|(n, r)| Some((n.clone(), r.inside.clone()?)))
-            .collect())
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir).map_err(io("read", &self.dir))? {
+            let file = e.map_err(io("read", &self.dir))?.file_name();
+            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
+                continue;
+            };
+            if let Some(r) = self.read(name)? {
+                if let (true, Some(inside)) = (r.source_volume == volume, r.inside) {
+                    out.push((name.to_string(), inside));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// The references inside `volume` that snapshots still use.

@@ -192,7 +192,12 @@ pub async fn render_metrics(reg: &PoolRegistry) -> String {
             u8::from(s.state == PoolState::Running)
         );
         if let Some(n) = s.volume_count {
-            let _ = writeln!(volumes, "pool_csi_pool_volumes{{{l}}} {n}");
+            // A shared pool's volumes are counted by each of its nodes.
+            let shared = p.shared();
+            let _ = writeln!(
+                volumes,
+                "pool_csi_pool_volumes{{{l},shared=\"{shared}\"}} {n}"
+            );
         }
     }
     for (name, (t, _)) in reg.unsupported() {

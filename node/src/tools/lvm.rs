@@ -9,7 +9,11 @@
 
 use crate::exec::{Cmd, CommandRunner, ExecError};
 use serde::Deserialize;
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 /// The columns `vgs` reports (`-o`).
 pub const VGS_FIELDS: &str = "vg_name,vg_size,vg_free,vg_extent_size";
@@ -159,6 +163,20 @@ fn vgs_of(raw: impl IntoIterator<Item = VgRaw>) -> Result<Vec<Vg>, String> {
         .collect()
 }
 
+/// lvm commands run by this process (reports, then changes), for the
+/// node's metrics: a report reused costs none.
+static COMMANDS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// `pool_csi_lvm_commands_total` in Prometheus text format.
+pub fn render_metrics() -> String {
+    let n = |i: usize| COMMANDS[i].load(Ordering::Relaxed);
+    format!(
+        "# HELP pool_csi_lvm_commands_total lvm commands run (in the pool's shell or alone), by kind.\n# TYPE pool_csi_lvm_commands_total counter\npool_csi_lvm_commands_total{{kind=\"report\"}} {}\npool_csi_lvm_commands_total{{kind=\"change\"}} {}\n",
+        n(0),
+        n(1)
+    )
+}
+
 /// Whether an lvm failure says the object does not exist.
 pub fn is_not_found(e: &ExecError) -> bool {
     matches!(e, ExecError::Failed { status: 5, stderr, .. } if stderr.contains("not found") || stderr.contains("Failed to find"))
@@ -191,6 +209,11 @@ impl Lvm<'_> {
     /// Runs `cmd` in the shell when there is one (and it may go there),
     /// else on its own; a non-zero exit is [`ExecError::Failed`].
     async fn run_ok(&self, cmd: &Cmd) -> Result<crate::exec::Output, ExecError> {
+        let report = matches!(
+            cmd.argv().get(1).map(String::as_str),
+            Some("vgs" | "lvs" | "pvs" | "fullreport")
+        );
+        COMMANDS[usize::from(!report)].fetch_add(1, Ordering::Relaxed);
         match self.shell {
             Some(shell) => shell.run(self.runner, cmd).await?.succeeded(cmd),
             None => self.runner.run_ok(cmd).await,

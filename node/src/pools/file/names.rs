@@ -3,7 +3,7 @@
 //! ([`DirIndex`]).
 
 use super::layout;
-use crate::dir_index::DirIndex;
+use crate::dir_index::{DirIndex, Scan};
 use pool_csi_common::VolumeFormat;
 use std::{fs::FileType, io, path::Path, sync::Arc};
 
@@ -24,9 +24,13 @@ impl NameIndex {
     /// by name (nothing opened or probed).
     pub fn sorted(&self, dir: &Path) -> io::Result<Arc<Vec<Entry>>> {
         let read = |e: &std::fs::DirEntry| {
-            let (name, format) = layout::parse_file_name(Path::new(&e.file_name()))?;
-            let kind = e.file_type().ok()?;
-            Some(Entry { name, format, kind })
+            let Some((name, format)) = layout::parse_file_name(Path::new(&e.file_name())) else {
+                return Scan::Skip;
+            };
+            match e.file_type() {
+                Ok(kind) => Scan::Entry(Entry { name, format, kind }),
+                Err(_) => Scan::Unsure,
+            }
         };
         self.0.entries(dir, read, |e| &e.name)
     }
