@@ -224,6 +224,26 @@ async fn thin_overcommit_bounds_what_thin_volumes_may_promise() {
     );
 }
 
+/// The status (and so the node's metrics) reports the thin pool's size,
+/// the data in it and what thin volumes may still be promised.
+#[tokio::test]
+async fn the_status_reports_the_thin_pool_s_use_and_what_it_may_still_promise() {
+    // thin0 is 1 GiB, 12.5 % used; pvc-a promises 2 GiB. At 400 %: 4 GiB
+    // offered, 2 GiB left (free data 0.875 GiB x 4 = 3.5 GiB bounds it not).
+    let runner = FakeRunner::new()
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(vgs(), Reply::ok().stdout(VG_JSON))
+        .expect(lvs(), Reply::ok().stdout(thin_lvs()))
+        .expect(full(), Reply::ok().stdout(full_json(VG_JSON, thin_lvs())));
+    let p = pool(runner, 400);
+    p.start().await.unwrap();
+    let st = p.status(false).await;
+    let thin = st.thin_pool.expect("the thin pool's use");
+    assert_eq!(thin.size, 1 << 30);
+    assert_eq!(thin.data_used, (1 << 30) / 8);
+    assert_eq!(st.thin_available, 2 << 30);
+}
+
 #[tokio::test]
 async fn a_thick_volume_with_a_cow_snapshot_is_not_deleted() {
     // COW snapshots need device-mapper: written by hand in lvs's recorded format.

@@ -199,7 +199,16 @@ async fn attempt(
                     v.name.as_str()
                 };
                 let id = VolumeId::new(pool, (!v.shared).then_some(node.as_str()), name);
-                let reach = super::reach_in(inventories, &id);
+                // A shared volume's reach becomes its PV's node affinity,
+                // which never changes: from the nodes as they are now, not
+                // a view up to INVENTORY_TTL old (a node that just started
+                // the pool would be left out for good).
+                let reach = if v.shared {
+                    let (now, _) = ctx.agents.all_inventories(Duration::ZERO).await;
+                    super::reach_in(&now, &id)
+                } else {
+                    super::reach_in(inventories, &id)
+                };
                 return Ok(Created {
                     id,
                     capacity: v.capacity,

@@ -13,7 +13,8 @@
 //! volumes are thin snapshots; of thick volumes, a block copy.
 
 use super::{
-    fit_size, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Snapshot, Source, Volume,
+    fit_size, CreateRequest, Expanded, Pool, PoolState, PoolStatus, Snapshot, Source, ThinPoolUse,
+    Volume,
 };
 use crate::tools::lvm_shell::LvmShell;
 use crate::{
@@ -240,15 +241,16 @@ impl LogicalPool {
         Path::new("/dev").join(&self.vg).join(lv)
     }
 
+    /// The pool's thin pool LV, when it has one and it exists.
+    fn thin_pool_lv<'a>(&self, lvs: &'a [Lv]) -> Option<&'a Lv> {
+        let name = self.opts.thin_pool.as_deref()?;
+        lvs.iter().find(|l| l.lv_name == name)
+    }
+
     /// Space thin volumes may still be promised: thin pool size times the
     /// overcommit ratio, less the virtual sizes already handed out.
     fn thin_available(&self, lvs: &[Lv]) -> u64 {
-        let Some(pool) = self
-            .opts
-            .thin_pool
-            .as_deref()
-            .and_then(|p| lvs.iter().find(|l| l.lv_name == p))
-        else {
+        let Some(pool) = self.thin_pool_lv(lvs) else {
             return 0;
         };
         let offered = pool
@@ -511,6 +513,10 @@ impl Pool for LogicalPool {
                 st.available = vg.free;
                 st.allocation = vg.size - vg.free;
                 st.thin_available = self.thin_available(lvs);
+                st.thin_pool = self.thin_pool_lv(lvs).map(|t| ThinPoolUse {
+                    size: t.lv_size,
+                    data_used: (t.lv_size as f64 * t.data_used()) as u64,
+                });
                 if count_volumes {
                     st.volume_count =
                         Some(lvs.iter().filter(|l| is_ours(l) && !is_snapshot(l)).count() as u32);

@@ -43,6 +43,15 @@ pub struct PoolStatus {
     pub free_extents: Vec<(u64, u64)>,
     /// Space offered to thin volumes (logical pools with a thin pool).
     pub thin_available: u64,
+    /// The thin pool of a logical pool that has one.
+    pub thin_pool: Option<ThinPoolUse>,
+}
+
+/// A thin pool's size and how much of it data takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThinPoolUse {
+    pub size: u64,
+    pub data_used: u64,
 }
 
 /// A pool's lifecycle state and why it is not running: the same
@@ -98,6 +107,7 @@ impl StateCell {
             max_volume: 0,
             free_extents: Vec::new(),
             thin_available: 0,
+            thin_pool: None,
         }
     }
 }

@@ -171,7 +171,7 @@ pub async fn start(pools: &[Arc<dyn Pool>]) {
 pub async fn render_metrics(reg: &PoolRegistry) -> String {
     use std::fmt::Write as _;
     let mut out = String::from(
-        "# HELP pool_csi_pool_bytes Pool space by kind (capacity, allocation, available).\n# TYPE pool_csi_pool_bytes gauge\n",
+        "# HELP pool_csi_pool_bytes Pool space by kind (capacity, allocation, available; thin_pool_size, thin_data_used, thin_available for a logical pool's thin pool).\n# TYPE pool_csi_pool_bytes gauge\n",
     );
     let mut up = String::from("# HELP pool_csi_pool_running 1 when the pool is running.\n# TYPE pool_csi_pool_running gauge\n");
     let mut volumes = String::from("# HELP pool_csi_pool_volumes Volumes in the pool (running pools).\n# TYPE pool_csi_pool_volumes gauge\n");
@@ -179,11 +179,19 @@ pub async fn render_metrics(reg: &PoolRegistry) -> String {
         // Counting reads what listings read: kept names, the last report.
         let s = p.status(true).await;
         let l = format!("pool=\"{}\",type=\"{}\"", p.name(), p.pool_type());
-        for (kind, v) in [
+        let mut kinds = vec![
             ("capacity", s.capacity),
             ("allocation", s.allocation),
             ("available", s.available),
-        ] {
+        ];
+        if let Some(t) = s.thin_pool {
+            kinds.extend([
+                ("thin_pool_size", t.size),
+                ("thin_data_used", t.data_used),
+                ("thin_available", s.thin_available),
+            ]);
+        }
+        for (kind, v) in kinds {
             let _ = writeln!(out, "pool_csi_pool_bytes{{{l},kind=\"{kind}\"}} {v}");
         }
         let _ = writeln!(
