@@ -54,6 +54,11 @@ impl Record {
     }
 }
 
+/// The snapshot a file in the records directory is the record of.
+fn record_name(file: &std::ffi::OsStr) -> Option<&str> {
+    file.to_str()?.strip_suffix(".json")
+}
+
 /// The records of one pool.
 #[derive(Debug, Clone)]
 pub struct SnapshotRecords {
@@ -120,7 +125,7 @@ impl SnapshotRecords {
     pub fn all(&self) -> Result<Arc<Vec<(String, Record)>>> {
         let read = |e: &std::fs::DirEntry| {
             let file = e.file_name();
-            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
+            let Some(name) = record_name(&file) else {
                 return Scan::Skip;
             };
             match self.read(name) {
@@ -141,7 +146,7 @@ impl SnapshotRecords {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.dir).map_err(io("read", &self.dir))? {
             let file = e.map_err(io("read", &self.dir))?.file_name();
-            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
+            let Some(name) = record_name(&file) else {
                 continue;
             };
             if let Some(r) = self.read(name)? {
