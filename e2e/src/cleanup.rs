@@ -65,12 +65,31 @@ pub fn release_everything_under(dir: &Path) {
 
 fn detach_loops_under(dir: &Path) {
     for name in loops_under(dir) {
+        detach_loop_if(&name, |b| b.starts_with(dir));
+    }
+}
+
+/// Detaches `/dev/<name>` if its backing file passes `ours`. The device is
+/// held open across the check and the detach, so a number freed and reused
+/// by a test running alongside is never detached by mistake (`losetup -d`
+/// of a held device takes effect when the holder closes it).
+pub fn detach_loop_if(name: &str, ours: impl Fn(&Path) -> bool) {
+    let Ok(held) = std::fs::File::open(Path::new("/dev").join(name)) else {
+        return;
+    };
+    let Ok(b) =
+        std::fs::read_to_string(Path::new("/sys/block").join(name).join("loop/backing_file"))
+    else {
+        return;
+    };
+    if ours(Path::new(b.trim().trim_end_matches(" (deleted)"))) {
         #[allow(clippy::disallowed_methods)] // test cleanup, not driver code
         let _ = std::process::Command::new("losetup")
             .arg("-d")
             .arg(format!("/dev/{name}"))
             .status();
     }
+    drop(held);
 }
 
 /// Loop devices (e.g. `loop3`) whose backing file lies under `dir`.

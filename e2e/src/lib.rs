@@ -84,7 +84,10 @@ pub fn can_resize_ext4_online() -> bool {
 
 /// A loop device over a new sparse file of `mib` MiB: a disk for tests.
 /// Detached when dropped.
-pub struct LoopDisk(PathBuf);
+pub struct LoopDisk {
+    device: PathBuf,
+    file: PathBuf,
+}
 
 impl LoopDisk {
     /// `partscan`: let the kernel show the disk's partitions (disk pools).
@@ -105,17 +108,24 @@ impl LoopDisk {
             "losetup: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        LoopDisk(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        LoopDisk {
+            device: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+            file,
+        }
     }
 
     pub fn path(&self) -> &str {
-        self.0.to_str().expect("utf-8 path")
+        self.device.to_str().expect("utf-8 path")
     }
 }
 
 impl Drop for LoopDisk {
+    /// Detaches the device if it is still this disk's: cleanup may have
+    /// detached it already, and its number may be another test's by now.
     fn drop(&mut self) {
-        tool("losetup", &["-d", self.path()]);
+        if let Some(name) = self.device.file_name().and_then(|n| n.to_str()) {
+            cleanup::detach_loop_if(name, |b| b == self.file);
+        }
     }
 }
 

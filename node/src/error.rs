@@ -104,6 +104,10 @@ pub enum Error {
     /// A device already holds data; nothing was formatted.
     #[error("refusing to format {device}: it already holds {found}")]
     NotBlank { device: PathBuf, found: String },
+    /// The volume's loop device was detached by another program and its
+    /// number given to another file while this call used it (retry).
+    #[error("loop device {device} stopped being backed by {file} while this call used it (another program detached it); nothing was formatted or detached; retry")]
+    LoopTaken { device: PathBuf, file: PathBuf },
     /// A filesystem call failed.
     #[error("failed to {op} {path}")]
     Io {
@@ -198,7 +202,7 @@ impl GrpcCode for Error {
             Self::Io { .. } => Code::Internal,
             Self::Exec(e) => e.grpc_code(),
             Self::Qmp(_) => Code::Internal,
-            Self::Busy(_) | Self::Contended { .. } => Code::Aborted,
+            Self::Busy(_) | Self::Contended { .. } | Self::LoopTaken { .. } => Code::Aborted,
             Self::Cluster { .. } => Code::Unavailable,
         }
     }

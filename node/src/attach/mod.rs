@@ -11,6 +11,7 @@ use crate::{
     exec::CommandRunner,
     steps,
     tools::{
+        loopdev::{self, Pinned},
         losetup, ploop,
         qemu_nbd::{self, NbdState},
         qsd::{self, Export},
@@ -38,6 +39,15 @@ pub enum AttachSource {
     Block { device: PathBuf },
 }
 
+/// A volume's block device, attached; when it is a loop device on the
+/// volume's file (or export), held open, so that it stays this volume's
+/// until dropped (see [`crate::tools::loopdev`]).
+#[derive(Debug)]
+pub struct Attached {
+    pub device: PathBuf,
+    _pin: Option<Pinned>,
+}
+
 /// What attach needs to know about the node.
 pub struct Attacher<'a> {
     pub runner: &'a dyn CommandRunner,
@@ -51,6 +61,7 @@ pub struct Attacher<'a> {
 
 impl Attacher<'_> {
     /// The block device for `src`, attaching it if needed. Idempotent.
+    /// What is to be formatted or mounted goes through [`Self::attach_held`].
     pub async fn attach(&self, src: &AttachSource) -> Result<PathBuf> {
         match src {
             AttachSource::Block { device } => Ok(device.clone()),
@@ -73,6 +84,50 @@ impl Attacher<'_> {
             AttachSource::PloopChain { images, .. } => {
                 self.attach_image(qsd::Image::PloopChain(images)).await
             }
+        }
+    }
+
+    /// [`Self::attach`], and the device held: formatting and mounting it
+    /// cannot reach another program's device even if that program detaches
+    /// ours meanwhile. A loop device that stopped being this volume's
+    /// between finding and holding it is attached anew once, then ABORTED.
+    pub async fn attach_held(&self, src: &AttachSource) -> Result<Attached> {
+        let mut tries = 0;
+        loop {
+            let device = self.attach(src).await?;
+            let Some(file) = self.loop_file(src, &device) else {
+                return Ok(Attached { device, _pin: None });
+            };
+            if let Some(pin) =
+                Pinned::pin(self.sysfs, &device, file).map_err(io("open", &device))?
+            {
+                return Ok(Attached {
+                    device,
+                    _pin: Some(pin),
+                });
+            }
+            tries += 1;
+            if tries == 2 {
+                return Err(crate::error::Error::LoopTaken {
+                    device,
+                    file: file.to_path_buf(),
+                });
+            }
+            tracing::warn!(device = %device.display(), file = %file.display(), "the loop device was detached by another program before use; attaching again");
+        }
+    }
+
+    /// The file `device` is backed by when it is a loop device attach made
+    /// for `src` (not a ploop, nbd or the volume's own block device).
+    fn loop_file<'s>(&'s self, src: &'s AttachSource, device: &Path) -> Option<&'s Path> {
+        match src {
+            _ if !loopdev::is_loop_device(device) => None,
+            AttachSource::Block { .. } => None,
+            AttachSource::File {
+                path,
+                format: VolumeFormat::Raw,
+            } => Some(path),
+            AttachSource::File { .. } | AttachSource::PloopChain { .. } => Some(&self.export.file),
         }
     }
 
@@ -146,7 +201,11 @@ impl Attacher<'_> {
         }
         for file in path.into_iter().chain([self.export.file.as_path()]) {
             for dev in losetup::find_by_backing_file(self.sysfs, file) {
-                losetup::detach(self.runner, &dev).await?;
+                // Held and checked first: a device number freed and reused
+                // by another program since the scan is not ours to detach.
+                if let Some(pin) = Pinned::pin(self.sysfs, &dev, file).map_err(io("open", &dev))? {
+                    pin.detach().map_err(io("detach loop device", &dev))?;
+                }
             }
         }
         if self.export.running_pid().is_some() || self.export.pid_file.exists() {

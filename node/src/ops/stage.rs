@@ -6,7 +6,11 @@ use crate::{
     error::{io, Error, Result},
     mount::{mounter, mountinfo},
     steps,
-    tools::{blkid::Probe, losetup, mkfs},
+    tools::{
+        blkid::Probe,
+        loopdev::{self, Pinned},
+        mkfs,
+    },
     NodeCtx,
 };
 use pool_csi_common::VolumeId;
@@ -44,13 +48,17 @@ pub async fn stage(
         };
     }
     let was_attached = att.attached(&src).is_some();
-    let dev = steps::timed("attach", att.attach(&src)).await?;
+    // Held until mounted: what is probed, formatted and mounted is this
+    // volume's device even if another program frees its number meanwhile.
+    let held = steps::timed("attach", att.attach_held(&src)).await?;
+    let dev = &held.device;
     let result = match access {
-        Access::Block => bind_device(&dev, &target),
+        Access::Block => bind_device(dev, &target),
         Access::Mount { fs_type, flags } => {
-            mount_filesystem(ctx, &dev, staging, fs_type, flags, read_only).await
+            mount_filesystem(ctx, dev, staging, fs_type, flags, read_only).await
         }
     };
+    drop(held);
     if result.is_err() && !was_attached {
         // Undo what this call made.
         if let (Ok(()), Ok(pool)) = (att.detach(&src).await, super::pool_of(ctx, id)) {
@@ -129,6 +137,9 @@ pub fn mount_device(m: &mountinfo::MountEntry) -> PathBuf {
 pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()> {
     let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
     let mut devices = Vec::new();
+    // Loop devices under the mounts, held before unmounting (while the
+    // mount pins their binding), for the case the volume's file is gone.
+    let mut held = Vec::new();
     for mp in [staging.join(STAGED_DEVICE), staging.to_path_buf()] {
         let Some(m) = mountinfo::find_at(&table, &mp) else {
             continue;
@@ -145,7 +156,11 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
                 ),
             });
         }
-        devices.push(mount_device(m));
+        let dev = mount_device(m);
+        if loopdev::is_loop_device(&dev) {
+            held.extend(Pinned::hold(&dev).map_err(io("open", &dev))?);
+        }
+        devices.push(dev);
         steps::timed_sync("unmount", || mounter::unmount(&mp)).map_err(io("unmount", &mp))?;
     }
     match std::fs::remove_file(staging.join(STAGED_DEVICE)) {
@@ -155,6 +170,9 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
     let att = attacher(ctx, id);
     match source_of(ctx, id).await {
         Ok(src) => {
+            // Detach finds, holds and checks the devices itself; a device
+            // still held here would only be released on return.
+            drop(held);
             steps::timed("detach", att.detach(&src)).await?;
             super::pool_of(ctx, id)?.detached(&id.name).await
         }
@@ -167,11 +185,9 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
         }
         // The volume file is gone: free whatever device the mount showed.
         Err(e) if e.is_volume_gone() => {
-            for d in devices
-                .iter()
-                .filter(|d| d.to_string_lossy().starts_with("/dev/loop"))
-            {
-                losetup::detach(ctx.runner.as_ref(), d).await?;
+            for pin in held {
+                let d = pin.device().to_path_buf();
+                pin.detach().map_err(io("detach loop device", &d))?;
             }
             let _ = crate::tools::qsd::stop(&att.export, std::time::Duration::from_secs(10)).await;
             Ok(())

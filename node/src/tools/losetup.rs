@@ -19,22 +19,6 @@ pub async fn attach(
     Ok(PathBuf::from(out.stdout_str().trim()))
 }
 
-/// Detaches a loop device. Already gone is fine.
-pub async fn detach(runner: &dyn CommandRunner, device: &Path) -> Result<(), ExecError> {
-    let out = runner
-        .run(&Cmd::new("losetup").arg("--detach").arg(device))
-        .await?;
-    // exit 1 with "No such device or address": not attached any more.
-    if out.status != 0 && !out.stderr_str().contains("No such device") {
-        return Err(ExecError::Failed {
-            cmd: format!("losetup --detach {}", device.display()),
-            status: out.status,
-            stderr: out.stderr_str(),
-        });
-    }
-    Ok(())
-}
-
 /// Waits until no loop device is backed by `file` any more (a detached but
 /// busy device goes when its last user closes it), at most `timeout`.
 /// Returns whether it went.

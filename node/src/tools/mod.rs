@@ -4,6 +4,7 @@
 pub mod blkid;
 pub mod growfs;
 pub mod iscsi;
+pub mod loopdev;
 pub mod losetup;
 pub mod lvm;
 pub mod lvm_label;
