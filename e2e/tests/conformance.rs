@@ -83,6 +83,7 @@ async fn identity_reports_name_capabilities_and_readiness() {
         C::ExpandVolume,
         C::VolumeCondition,
         C::GetVolume,
+        C::ListVolumesPublishedNodes,
         C::SingleNodeMultiWriter,
     ]
     .map(|t| t as i32)
@@ -1233,4 +1234,89 @@ async fn pools_that_do_not_run_refuse_with_the_reason() {
             "{pool}: {e:?}"
         );
     }
+}
+
+/// The published node of each volume (LIST_VOLUMES_PUBLISHED_NODES): what
+/// ControllerPublish recorded, in ListVolumes and ControllerGetVolume,
+/// kept across a node plugin restart, gone with an unpublish or with the
+/// volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_nodes_are_recorded_listed_and_forgotten() {
+    require!(false);
+    let (mut d, mut c) = driver().await;
+    let id = c.create_volume_id(req::create("pub", req::MIB, &[])).await;
+    let cap = || Some(req::mount_cap("ext4"));
+    let published = |c: &Clients| {
+        let (mut ctl, id) = (c.controller.clone(), id.clone());
+        async move {
+            let got = ctl
+                .controller_get_volume(csi::ControllerGetVolumeRequest {
+                    volume_id: id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap()
+                .published_node_ids;
+            let entries = ctl
+                .list_volumes(csi::ListVolumesRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .entries;
+            let listed = entries
+                .iter()
+                .find(|e| e.volume.as_ref().unwrap().volume_id == id)
+                .expect("the volume is listed")
+                .status
+                .clone()
+                .unwrap()
+                .published_node_ids;
+            assert_eq!(got, listed, "ControllerGetVolume and ListVolumes agree");
+            got
+        }
+    };
+    assert!(published(&c).await.is_empty(), "not published yet");
+    c.controller
+        .controller_publish_volume(attach(&id, "node-1", cap()))
+        .await
+        .unwrap();
+    assert_eq!(published(&c).await, ["node-1"]);
+
+    d.kill_node();
+    d.start_node();
+    d.wait_ready().await;
+    let mut c = d.clients().await;
+    assert_eq!(published(&c).await, ["node-1"], "kept across a restart");
+
+    let unpublish = |node: &str| csi::ControllerUnpublishVolumeRequest {
+        volume_id: id.clone(),
+        node_id: node.into(),
+        ..Default::default()
+    };
+    c.controller
+        .controller_unpublish_volume(unpublish("node-2"))
+        .await
+        .expect("never published there: done");
+    assert_eq!(published(&c).await, ["node-1"]);
+    c.controller
+        .controller_unpublish_volume(unpublish("node-1"))
+        .await
+        .unwrap();
+    assert!(published(&c).await.is_empty());
+
+    // A record goes with its volume: a new volume of the same name starts
+    // unpublished.
+    c.controller
+        .controller_publish_volume(attach(&id, "node-1", cap()))
+        .await
+        .unwrap();
+    c.controller.delete_volume(req::delete(&id)).await.unwrap();
+    let again = c.create_volume_id(req::create("pub", req::MIB, &[])).await;
+    assert_eq!(again, id);
+    assert!(
+        published(&c).await.is_empty(),
+        "not the old volume's record"
+    );
 }

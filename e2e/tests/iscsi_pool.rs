@@ -506,6 +506,16 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
     ctl.controller_publish_volume(publish("node-1"))
         .await
         .expect("idempotent");
+    let status = ctl
+        .controller_get_volume(csi::ControllerGetVolumeRequest {
+            volume_id: vols[0].volume_id.clone(),
+        })
+        .await
+        .expect("get volume")
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.published_node_ids, ["node-1"], "from the claim");
     let e = ctl
         .controller_publish_volume(publish("node-2"))
         .await

@@ -1,7 +1,8 @@
 //! pool-csi node plugin and node agent: serves CSI Identity + Node to kubelet
 //! and the agent API to the controller, and is the only process that runs
 //! storage commands.
-// Denied everywhere but `mount/fifreeze.rs` (two ioctls) and `lease.rs` (one fcntl).
+// Denied everywhere but `mount/fifreeze.rs` (two ioctls), `tools/loopdev.rs`
+// (one ioctl) and `lease.rs` (one fcntl).
 #![deny(unsafe_code)]
 
 pub mod agent;
@@ -19,6 +20,7 @@ pub mod lease;
 pub mod mount;
 pub mod ops;
 pub mod pools;
+pub mod publish_records;
 pub mod steps;
 pub mod tools;
 
@@ -38,4 +40,11 @@ pub struct NodeCtx {
     pub locks: OpLocks,
     /// Set once every pool has been started (or has failed with a reason).
     pub ready: Arc<AtomicBool>,
+}
+
+impl NodeCtx {
+    /// ControllerPublish records of this node's own volumes.
+    pub fn publish_records(&self) -> publish_records::PublishRecords {
+        publish_records::PublishRecords::new(&self.cfg.state_dir)
+    }
 }

@@ -348,7 +348,8 @@ impl AgentClient {
             .collect())
     }
 
-    /// Records `node` as the user of a shared pool's volume.
+    /// Records `node` as the user of a volume (a shared pool's, or one of
+    /// the asked node's own).
     pub async fn publish(&self, pool_name: &str, name: &str, node: &str) -> Result<()> {
         let req = publish_request(pool_name, name, node);
         self.inner
@@ -359,7 +360,7 @@ impl AgentClient {
         Ok(())
     }
 
-    /// Forgets `node` (empty: any node) as the user of a shared volume.
+    /// Forgets `node` (empty: any node) as the user of a volume.
     pub async fn unpublish(&self, pool_name: &str, name: &str, node: &str) -> Result<()> {
         let req = publish_request(pool_name, name, node);
         self.inner
@@ -375,6 +376,11 @@ impl AgentClient {
         let format = wire::volume_format(v.format)
             .map_err(|e| AgentError::malformed(&self.node, e))?
             .unwrap_or(pool_csi_common::VolumeFormat::Raw);
+        for n in &v.published_nodes {
+            pool_csi_common::volume_id::check_node_name(n).map_err(|why| {
+                AgentError::malformed(&self.node, format!("published node {n:?}: {why}"))
+            })?;
+        }
         Ok(VolumeReport {
             pool: v.pool,
             name: v.name,
@@ -383,6 +389,7 @@ impl AgentClient {
             allocation: v.allocation_bytes,
             abnormal: v.abnormal.then_some(v.condition_message),
             shared: v.shared,
+            published: v.published_nodes,
         })
     }
 }

@@ -112,6 +112,8 @@ pub struct VolumeReport {
     pub abnormal: Option<String>,
     /// Of a shared pool: its id names no node.
     pub shared: bool,
+    /// The node a ControllerPublish recorded (at most one).
+    pub published: Vec<String>,
 }
 
 /// A snapshot as its node reports it.

@@ -274,7 +274,7 @@ impl Controller for ControllerService {
                         &ops::reach_in(&inventories, &id),
                     )),
                     status: Some(csi::list_volumes_response::VolumeStatus {
-                        published_node_ids: Vec::new(),
+                        published_node_ids: v.published.clone(),
                         volume_condition: Some(convert::condition(&v)),
                     }),
                 })
@@ -342,6 +342,7 @@ impl Controller for ControllerService {
             Type::ExpandVolume,
             Type::VolumeCondition,
             Type::GetVolume,
+            Type::ListVolumesPublishedNodes,
             Type::SingleNodeMultiWriter,
         ];
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
@@ -484,7 +485,7 @@ impl Controller for ControllerService {
             Ok(csi::ControllerGetVolumeResponse {
                 volume: Some(convert::volume(&id, v.capacity, &reach)),
                 status: Some(csi::controller_get_volume_response::VolumeStatus {
-                    published_node_ids: Vec::new(),
+                    published_node_ids: v.published.clone(),
                     volume_condition: Some(convert::condition(&v)),
                 }),
             })

@@ -5,13 +5,14 @@
 //! - A node-local volume (its id names its node) can be used on that node
 //!   only: any other gets FAILED_PRECONDITION naming it, so a pod scheduled
 //!   elsewhere gets a clear error on its VolumeAttachment instead of a
-//!   failed mount.
+//!   failed mount. Its node records the publish (ListVolumes and
+//!   ControllerGetVolume report it: LIST_VOLUMES_PUBLISHED_NODES).
 //! - A shared pool's volume (a LUN every node of the pool reaches) can be
 //!   used on any node serving the pool, one at a time: the node is recorded
 //!   in the volume's cluster-wide claim, and a second node is refused until
 //!   the first unpublishes.
 
-use super::{ask, unless_gone, volumes};
+use super::{ask, found, unless_gone};
 use crate::{
     agents::inventory::INVENTORY_TTL,
     error::{Error, Result},
@@ -29,7 +30,14 @@ pub async fn publish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
         Some(home) if home != node => Err(Error::Precondition(format!(
             "volume {id} lives on node {home} and can be used there only; node {node} cannot publish it (is the pod's node affinity intact?)"
         ))),
-        Some(_) => volumes::get(ctx, id).await.map(|_| ()),
+        Some(_) => {
+            let r = ctx
+                .agents
+                .client(node)?
+                .publish(&id.pool, &id.name, node)
+                .await;
+            found(r, format_args!("volume {id}"))
+        }
         None => {
             let inv = ctx.agents.inventory(node, INVENTORY_TTL).await?;
             if inv.running_pool(&id.pool).is_none_or(|p| !p.shared) {
@@ -54,8 +62,18 @@ pub async fn publish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
 /// Drops a shared volume's record of `node`; everything else has nothing
 /// to undo. A volume or pool that is gone is unpublished.
 pub async fn unpublish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
-    if id.node.is_some() {
-        return Ok(());
+    if let Some(home) = id.node.as_deref() {
+        // Never published anywhere else; a home node that is gone for
+        // good took its records with it.
+        if home != node || !ctx.agents.nodes().iter().any(|n| n == home) {
+            return Ok(());
+        }
+        let r = ctx
+            .agents
+            .client(home)?
+            .unpublish(&id.pool, &id.name, node)
+            .await;
+        return unless_gone(r).map(|_| ());
     }
     // Any node of the pool can drop the record: `node` may be gone for good.
     let asked = ask(ctx, id, Some(node), |c| async move {

@@ -13,6 +13,7 @@ pub fn volume(pool: &dyn Pool, v: pools::Volume) -> pb::VolumeInfo {
         allocation_bytes: v.allocation,
         abnormal: v.abnormal.is_some(),
         condition_message: v.abnormal.unwrap_or_default(),
+        published_nodes: v.published.into_iter().collect(),
     }
 }
 

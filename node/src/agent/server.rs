@@ -55,10 +55,29 @@ impl AgentService {
                         .map_err(|why| Error::invalid("node", &r.node, why))?;
                 }
                 let (pool, g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
+                let node = self.ctx.cfg.node_name.as_str();
+                if !pool.shared() && !r.node.is_empty() && r.node != node {
+                    if !on {
+                        return Ok(pb::PublishVolumeResponse {}); // never published there
+                    }
+                    return Err(Error::Precondition(format!(
+                        "volume {} of pool {:?} lives on node {node} and can be published there only, not on {}",
+                        r.name, r.pool, r.node
+                    )));
+                }
+                let records = (!pool.shared()).then(|| self.ctx.publish_records());
                 detach(g, async move {
                     match on {
-                        true => pool.publish(&r.name, &r.node).await,
-                        false => pool.unpublish(&r.name, &r.node).await,
+                        true => pool.publish(&r.name, &r.node).await?,
+                        false => pool.unpublish(&r.name, &r.node).await?,
+                    }
+                    // A node-local volume's record is this node's.
+                    let Some(records) = records else {
+                        return Ok(());
+                    };
+                    match on {
+                        true => records.record(&r.pool, &r.name),
+                        false => records.forget(&r.pool, &r.name),
                     }
                 })
                 .await?;
@@ -199,7 +218,16 @@ impl Agent for AgentService {
             async {
                 name("name", &r.name)?;
                 let (pool, g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
-                detach(g, async move { pool.delete_volume(&r.name, r.wipe).await }).await?;
+                let records = (!pool.shared()).then(|| self.ctx.publish_records());
+                detach(g, async move {
+                    pool.delete_volume(&r.name, r.wipe).await?;
+                    // Nothing outlives the volume, not even a publish record.
+                    match records {
+                        Some(records) => records.forget(&r.pool, &r.name),
+                        None => Ok(()),
+                    }
+                })
+                .await?;
                 Ok(pb::DeleteVolumeResponse {})
             }
             .await,
@@ -239,7 +267,10 @@ impl Agent for AgentService {
             async {
                 name("name", &r.name)?;
                 let pool = self.pool(&r.pool)?;
-                let v = pool.get_volume(&r.name).await?;
+                let mut v = pool.get_volume(&r.name).await?;
+                if !pool.shared() && self.ctx.publish_records().is_published(&r.pool, &r.name) {
+                    v.published = Some(self.ctx.cfg.node_name.clone());
+                }
                 Ok(pb::VolumeResponse {
                     volume: Some(convert::volume(pool.as_ref(), v)),
                 })
@@ -289,6 +320,7 @@ impl Agent for AgentService {
         respond::<_, Error>(
             async {
                 let node = self.ctx.cfg.node_name.as_str();
+                let records = &self.ctx.publish_records();
                 let pools = self
                     .pools_named(&r.pool)
                     .into_iter()
@@ -304,8 +336,17 @@ impl Agent for AgentService {
                     r.pool.is_empty(),
                     |p, from, left| async move {
                         let page = p.list_page(from, left).await?;
-                        let volumes = page.entries.into_iter();
-                        let volumes = volumes.map(|v| convert::volume(p.as_ref(), v));
+                        // This node's records of its own volumes, read once a page.
+                        let published = match p.shared() {
+                            true => Default::default(),
+                            false => records.of_pool(p.name())?,
+                        };
+                        let volumes = page.entries.into_iter().map(|mut v| {
+                            if published.contains(&v.name) {
+                                v.published = Some(node.to_string());
+                            }
+                            convert::volume(p.as_ref(), v)
+                        });
                         Ok((volumes.collect(), page.more))
                     },
                 )

@@ -234,6 +234,7 @@ impl LogicalPool {
             capacity: lv.lv_size,
             allocation,
             abnormal: None,
+            published: None,
         }
     }
 
@@ -592,6 +593,7 @@ impl Pool for LogicalPool {
             capacity: size,
             allocation,
             abnormal: None,
+            published: None,
         })
     }
 

@@ -279,6 +279,7 @@ impl LunPool {
             capacity: c.size,
             allocation: c.size,
             abnormal,
+            published: c.published.clone(),
         }
     }
 

@@ -121,6 +121,10 @@ pub struct Volume {
     pub allocation: u64,
     /// Some(why) when the volume is unhealthy (unreadable header …).
     pub abnormal: Option<String>,
+    /// The node a ControllerPublish recorded for it. Shared pools fill it
+    /// from their claims; node-local volumes' records are the agent's
+    /// ([`crate::publish_records`]).
+    pub published: Option<String>,
 }
 
 /// A page of volumes or snapshots in name order, and whether more follow it.

@@ -159,6 +159,7 @@ impl DiskPool {
             capacity: bytes,
             allocation: bytes,
             abnormal,
+            published: None,
         }
     }
 

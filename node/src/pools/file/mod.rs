@@ -138,6 +138,7 @@ impl FilePool {
             capacity: d.capacity,
             allocation: d.allocation,
             abnormal: d.abnormal,
+            published: None,
         }
     }
 
@@ -483,6 +484,7 @@ impl Pool for FilePool {
             capacity,
             allocation,
             abnormal: None,
+            published: None,
         })
     }
 
