@@ -265,7 +265,21 @@ def csidriver_network_policy_and_controller_rbac():
             if "storagepools/status" in rule["resources"]:
                 assert set(rule["verbs"]) <= {"update", "patch"}, rule
             if "pods" in rule["resources"]:
-                assert set(rule["verbs"]) <= {"get", "list"}, rule
+                assert set(rule["verbs"]) <= {"get", "list"}, rule  # watch only with volumeHealth (below)
+    # The orphans the leader finds: one ConfigMap in its namespace, never deleted by it.
+    cms = [r for r in docs[("Role", "pool-csi-controller")]["rules"] if "configmaps" in r["resources"]]
+    assert len(cms) == 1 and cms[0]["verbs"] == ["get", "create", "update"], cms
+    ctrl = docs[("Deployment", "pool-csi-controller")]["spec"]["template"]["spec"]["containers"]
+    args = next(c["args"] for c in ctrl if c["name"] == "controller")
+    assert "--orphan-grace-seconds=900" in args, args
+    assert not any(c["name"] == "csi-external-health-monitor-controller" for c in ctrl), "off by default"
+    # On request, the health monitor, and cluster-wide pod reads for it only.
+    on = {(d["kind"], d["metadata"]["name"]): d for d in rendered_docs({"volumeHealth": {"enabled": True, "monitorInterval": "30s"}})}
+    ctrl = on[("Deployment", "pool-csi-controller")]["spec"]["template"]["spec"]["containers"]
+    hm = next(c for c in ctrl if c["name"] == "csi-external-health-monitor-controller")
+    assert "--monitor-interval=30s" in hm["args"] and "--leader-election" in hm["args"], hm["args"]
+    pods = [r for r in on[("ClusterRole", "pool-csi-controller")]["rules"] if "pods" in r["resources"]]
+    assert pods == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}], pods
 
 
 def rendered_monitoring():

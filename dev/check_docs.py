@@ -354,11 +354,18 @@ def check_helm(args):
         assert os.path.isdir(os.path.join(ROOT, positional[1])), f"chart {positional[1]} does not exist"
 
 
-KUBECTL = {"get", "apply", "describe", "delete", "logs", "create", "edit", "patch"}
+KUBECTL = {"get", "apply", "describe", "delete", "logs", "create", "edit", "patch", "exec"}
 
 
 def check_kubectl(args):
+    while args[:1] in (["-n"], ["--namespace"], ["--context"]):
+        args = args[2:]
     assert args and args[0] in KUBECTL, f"kubectl {args[:1]}"
+    if args[0] == "exec":
+        # The command run in the container is checked as any other.
+        assert "--" in args, "kubectl exec without `--`"
+        check_command(args[args.index("--") + 1:])
+        return
     for i, a in enumerate(args):
         if a == "-f" and args[i + 1] != "-" and not args[i + 1].startswith("/"):
             assert os.path.exists(os.path.join(ROOT, args[i + 1])), f"kubectl -f {args[i + 1]}: no such file"

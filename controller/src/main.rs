@@ -12,6 +12,8 @@ use pool_csi_controller::{
     csi::controller::ControllerService,
     leader::{
         election::{Elector, LeaderConfig},
+        orphan_check::OrphanCheck,
+        orphans,
         round::Round,
         static_pvs::StaticPvs,
         status::StatusWriter,
@@ -65,6 +67,11 @@ struct Args {
     /// How often the leader refreshes StoragePool status, in seconds.
     #[arg(long, env = "STATUS_INTERVAL_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     status_interval_seconds: u64,
+    /// How long a volume or snapshot with nothing in Kubernetes naming it
+    /// (or a PV whose volume is gone) must stay so before the leader
+    /// reports it as an orphan, in seconds.
+    #[arg(long, env = "ORPHAN_GRACE_SECONDS", default_value_t = 900)]
+    orphan_grace_seconds: u64,
     /// Name of the leader election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = "pool-csi-controller")]
     lease_name: String,
@@ -119,6 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pod_name,
         lease_name,
         status_interval_seconds,
+        orphan_grace_seconds,
         driver_name,
         default_pool,
         metrics_listen,
@@ -157,6 +165,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = stop_tx.send(());
     });
     let mut election = None;
+    let mut orphan_gauges: Option<metrics::Extra> = None;
     if cluster {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("--cluster: no Kubernetes API access (in-cluster service account or KUBECONFIG): {e}")
@@ -189,9 +198,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cfg = LeaderConfig::new(&namespace, &lease_name, &identity);
         let (leading, task) = Elector::new(client.clone(), cfg).spawn(stop_rx.clone());
         election = Some(task);
+        let check = OrphanCheck::new(
+            client.clone(),
+            &namespace,
+            &driver_name,
+            std::time::Duration::from_secs(orphan_grace_seconds),
+            &identity,
+        );
+        let latest = check.latest.clone();
+        orphan_gauges = Some(Arc::new(move || {
+            let text = orphans::gauges(&latest.lock().unwrap_or_else(|p| p.into_inner()));
+            Box::pin(async move { text }) as _
+        }));
         let round = Round {
             status: StatusWriter::new(client.clone(), &identity),
             static_pvs: Some(StaticPvs::new(client, &driver_name)),
+            orphans: Some(check),
         };
         tokio::spawn(round.run(
             ctx.agents.clone(),
@@ -217,7 +239,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(addr) = metrics_listen {
         let reg = registry.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, reg, None).await {
+            if let Err(e) = metrics::serve(addr, reg, orphan_gauges).await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
         });

@@ -272,6 +272,8 @@ pub struct Options {
     /// Return once both sockets answer, before the node has started its
     /// pools (tests of what a starting node says).
     pub no_ready_wait: bool,
+    /// Cluster mode: the controller's `--orphan-grace-seconds`.
+    pub orphan_grace_seconds: Option<u64>,
 }
 
 /// A further node plugin started by the harness.
@@ -393,6 +395,7 @@ impl Default for Options {
             kubeconfig: None,
             bin_dir: None,
             no_ready_wait: false,
+            orphan_grace_seconds: None,
         }
     }
 }
@@ -407,6 +410,8 @@ pub struct Driver {
     pub agent_addr: String,
     /// The node plugin's Prometheus endpoint.
     pub node_metrics: String,
+    /// The controller's `/metrics` (cluster mode only).
+    pub ctrl_metrics: String,
     /// The certificates, when `opts.tls`.
     pub pki: Option<Pki>,
     pub extra: Vec<ExtraNode>,
@@ -451,6 +456,7 @@ impl Driver {
             pool_dir,
             agent_addr,
             node_metrics: free_port(),
+            ctrl_metrics: free_port(),
             pki: None,
             extra: Vec::new(),
             opts,
@@ -599,7 +605,11 @@ impl Driver {
                 "--agent-pod-selector=app=pool-csi-node".to_string(),
                 "--status-interval-seconds=1".to_string(),
                 format!("--agent-port={port}"),
+                format!("--metrics-listen={}", self.ctrl_metrics),
             ]);
+            if let Some(g) = self.opts.orphan_grace_seconds {
+                args.push(format!("--orphan-grace-seconds={g}"));
+            }
         } else if self.opts.discover_agents {
             args.push(format!("--agent-service=localhost:{port}"));
         } else {
@@ -711,15 +721,18 @@ impl Driver {
         self.dir.path().join(p)
     }
 
-    /// Runs `poolctl` against this driver's agent: (succeeded, stdout + stderr).
+    /// Runs `poolctl` against this driver's agent (and in cluster mode its
+    /// fake API): (succeeded, stdout + stderr).
     pub fn poolctl(&self, args: &[&str]) -> (bool, String) {
         let agent = format!("--agent={}={}", self.opts.node_name, self.agent_addr);
-        let mut all = vec![agent.as_str()];
-        all.extend_from_slice(args);
-        let out = tool(
-            bin_dir().join("poolctl").to_str().expect("utf-8 path"),
-            &all,
-        );
+        #[allow(clippy::disallowed_methods)] // the harness runs the binaries under test
+        let mut cmd = std::process::Command::new(bin_dir().join("poolctl"));
+        cmd.arg(&agent).args(args);
+        // Cluster mode: the fake API's kubeconfig (orphans).
+        if let Some(k) = &self.opts.kubeconfig {
+            cmd.env("KUBECONFIG", k).env("POD_NAMESPACE", "kube-system");
+        }
+        let out = cmd.output().expect("run poolctl");
         (
             out.status.success(),
             format!(

@@ -167,3 +167,153 @@ async fn a_starting_node_makes_create_retry_not_fail() {
         }
     }
 }
+
+/// Orphans (issue: nothing is forgotten): a volume no PV names, a snapshot
+/// no VolumeSnapshotContent names and a PV whose volume is gone are
+/// reported after the grace period — ConfigMap, Events, metrics, `poolctl
+/// orphans` — and nothing is deleted until the operator says so, and then
+/// only what nothing in Kubernetes names at that moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_reported_and_deleted_only_by_the_operator() {
+    require!(false);
+    let scratch = tempfile::tempdir().unwrap();
+    let cluster = FakeCluster::start(scratch.path()).await;
+    let api = cluster.api.clone();
+    cluster.node("node-1", json!({"storage": "local"}));
+    cluster.agent_pod("node-1");
+    let pool_dir = scratch.path().join("orphan-pool");
+    cluster.storage_pool(
+        "local",
+        json!({"type": "dir", "target": {"path": pool_dir.display().to_string()}, "autoBuild": true,
+               "nodeSelector": {"storage": "local"}}),
+    );
+    let d = Driver::start(Options {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        orphan_grace_seconds: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let create = |name: &str| req::create(name, req::MIB, &[("pool", "local")]);
+    let kept = c.create_volume_id(create("kept")).await;
+    let orphan = c.create_volume_id(create("orphan")).await;
+    let snap = c
+        .controller
+        .create_snapshot(req::snapshot("snap", &kept))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap()
+        .snapshot_id;
+    let ghost = kept.replace(":kept", ":ghost");
+    let pv = |name: &str, handle: &str| {
+        api.insert(
+            &format!("/api/v1/persistentvolumes/{name}"),
+            json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                   "metadata": {"name": name, "uid": format!("uid-{name}")},
+                   "spec": {"csi": {"driver": "pool-csi.io", "volumeHandle": handle}}}),
+        )
+    };
+    pv("pv-kept", &kept);
+    pv("pv-lost", &ghost);
+
+    let findings = |api: &pool_csi_testkit::fake_api::FakeApi| -> Vec<Value> {
+        api.object("/api/v1/namespaces/kube-system/configmaps/pool-csi-orphans")
+            .and_then(|cm| serde_json::from_str(cm["data"]["orphans.json"].as_str()?).ok())
+            .unwrap_or_default()
+    };
+    let reported = |api: &pool_csi_testkit::fake_api::FakeApi, kind: &str, id: &str| {
+        findings(api)
+            .iter()
+            .any(|o| o["kind"] == kind && o["id"] == id && o["reported"] == true)
+    };
+    eventually(
+        "the orphaned volume, snapshot and lost volume are reported",
+        || {
+            reported(&api, "volume", &orphan)
+                && reported(&api, "snapshot", &snap)
+                && reported(&api, "lostVolume", &ghost)
+        },
+    )
+    .await;
+    let all = findings(&api);
+    assert_eq!(all.len(), 3, "the volume with a PV is no orphan: {all:?}");
+    let lost = all.iter().find(|o| o["kind"] == "lostVolume").unwrap();
+    assert_eq!(lost["pv"], "pv-lost");
+    let events = api.objects("/api/v1/namespaces/default/events");
+    for (reason, object) in [
+        ("OrphanedVolume", "local"),
+        ("OrphanedSnapshot", "local"),
+        ("VolumeLost", "local"),
+        ("VolumeLost", "pv-lost"),
+    ] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["reason"] == reason && e["involvedObject"]["name"] == object),
+            "{reason} on {object}: {events:?}"
+        );
+    }
+    let m = pool_csi_e2e::scrape(&d.ctrl_metrics);
+    for line in [
+        "pool_csi_orphaned_volumes{pool=\"local\"} 1",
+        "pool_csi_orphaned_snapshots{pool=\"local\"} 1",
+        "pool_csi_lost_volumes{pool=\"local\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} in:\n{m}");
+    }
+
+    // poolctl lists them with age and size.
+    let (ok, out) = d.poolctl(&["orphans"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&orphan) && out.contains(&snap) && out.contains("pv-lost"),
+        "{out}"
+    );
+    assert!(out.contains("1.00 MiB"), "{out}");
+
+    // Only reported orphans, and only while nothing names them.
+    let (ok, out) = d.poolctl(&["orphans", "--delete", &kept]);
+    assert!(
+        !ok && out.contains("not an orphaned volume or snapshot"),
+        "{out}"
+    );
+    let (ok, out) = d.poolctl(&["orphans", "--delete", &ghost]);
+    assert!(!ok, "a lost volume is a PV to delete, not storage: {out}");
+    let file = pool_dir.join("orphan.raw");
+    assert!(file.exists());
+    api.before("GET /api/v1/persistentvolumes", {
+        let orphan = orphan.clone();
+        move |api| {
+            api.insert(
+                "/api/v1/persistentvolumes/pv-late",
+                json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                       "metadata": {"name": "pv-late", "uid": "uid-pv-late"},
+                       "spec": {"csi": {"driver": "pool-csi.io", "volumeHandle": orphan}}}),
+            )
+        }
+    });
+    let (ok, out) = d.poolctl(&["orphans", "--delete", &orphan]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("PersistentVolume pv-late names") || out.contains("not an orphaned volume"),
+        "{out}"
+    );
+    assert!(file.exists(), "a volume a PV names is never deleted");
+    api.remove("/api/v1/persistentvolumes/pv-late");
+    eventually("reported again after its grace period", || {
+        reported(&api, "volume", &orphan)
+    })
+    .await;
+    let (ok, out) = d.poolctl(&["orphans", "--delete", &orphan]);
+    assert!(ok, "{out}");
+    assert!(!file.exists(), "deleted by the operator");
+    let (ok, out) = d.poolctl(&["orphans", "--delete", &snap]);
+    assert!(ok, "{out}");
+    eventually("the deleted ones are no longer found", || {
+        let f = findings(&api);
+        f.len() == 1 && f[0]["kind"] == "lostVolume"
+    })
+    .await;
+}

@@ -10,6 +10,7 @@ use pool_csi_controller::{
         Agents,
     },
     join::join_all,
+    leader::{orphan_check, orphans},
 };
 use std::{collections::BTreeMap, process::ExitCode};
 
@@ -80,6 +81,25 @@ enum Command {
         #[arg(long)]
         wipe: bool,
     },
+    /// Orphaned volumes and snapshots (nothing in Kubernetes names them) and
+    /// lost volumes (a PV whose volume is gone), as the leading controller
+    /// found them; reads the ConfigMap pool-csi-orphans (needs KUBECONFIG
+    /// or an in-cluster service account).
+    Orphans {
+        /// Delete this orphaned volume or snapshot (its id), after checking
+        /// again that nothing in Kubernetes names it.
+        #[arg(long, value_name = "ID")]
+        delete: Option<String>,
+        /// List those still in their grace period too.
+        #[arg(long)]
+        all: bool,
+        /// The controller's namespace.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+        namespace: String,
+        /// CSI driver name.
+        #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_common::DEFAULT_DRIVER_NAME)]
+        driver_name: String,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -117,6 +137,24 @@ fn human(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// How long ago an RFC 3339 time was, as kubectl prints ages (`45s`,
+/// `12m`, `3h`, `2d`).
+fn age(since: &str) -> String {
+    let Ok(t) = since.parse::<k8s_openapi::jiff::Timestamp>() else {
+        return "?".into();
+    };
+    let s = k8s_openapi::jiff::Timestamp::now()
+        .duration_since(t)
+        .as_secs()
+        .max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
     }
 }
 
@@ -323,6 +361,51 @@ async fn run(args: Args) -> Result<(), String> {
                 .await
                 .map_err(err)?;
             println!("volume {name} deleted from {pool} on {node}");
+        }
+        Command::Orphans {
+            delete,
+            all,
+            namespace,
+            driver_name,
+        } => {
+            let kube = kube::Client::try_default()
+                .await
+                .map_err(|e| format!("no Kubernetes API access (KUBECONFIG or in-cluster): {e}"))?;
+            match delete {
+                Some(id) => {
+                    let o =
+                        orphan_check::delete(&kube, &namespace, &driver_name, &agents, &id).await?;
+                    println!(
+                        "{} {} deleted from {} ({})",
+                        o.kind.word(),
+                        o.id,
+                        o.pool,
+                        human(o.size)
+                    );
+                }
+                None => {
+                    let api = kube::Api::namespaced(kube, &namespace);
+                    let (_, found) = orphan_check::read(&api)
+                        .await
+                        .map_err(|e| format!("read ConfigMap {}: {e}", orphans::CONFIGMAP))?;
+                    println!(
+                        "{:<8} {:<48} {:<14} {:<12} {:>12} {:>8} PV",
+                        "KIND", "ID", "POOL", "NODE", "SIZE", "AGE"
+                    );
+                    for o in found.iter().filter(|o| all || o.reported) {
+                        println!(
+                            "{:<8} {:<48} {:<14} {:<12} {:>12} {:>8} {}",
+                            o.kind.word(),
+                            o.id,
+                            o.pool,
+                            o.node.as_deref().unwrap_or("(shared)"),
+                            human(o.size),
+                            age(&o.since),
+                            o.pv.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
         }
     }
     Ok(())

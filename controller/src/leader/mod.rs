@@ -1,9 +1,12 @@
 //! What only the leading controller replica does: win and keep the Lease
 //! ([`election`]), and run the round ([`round`]) that gathers the agents'
-//! [`reports`] and drives the StoragePool [`status`] and the
-//! [`static_pvs`] of LUN pools.
+//! [`reports`] and drives the StoragePool [`status`], the
+//! [`static_pvs`] of LUN pools and the [`orphan_check`] ([`orphans`]).
 
 pub mod election;
+pub mod events;
+pub mod orphan_check;
+pub mod orphans;
 pub mod reports;
 pub mod round;
 pub mod static_pvs;

@@ -1,9 +1,9 @@
 //! The leader's round: while this replica leads, every few seconds, gather
-//! the agents' reports, write each StoragePool's status from them, and
-//! publish or withdraw static PersistentVolumes for free LUNs. The round
-//! drives both; neither knows the other.
+//! the agents' reports, write each StoragePool's status from them, publish
+//! or withdraw static PersistentVolumes for free LUNs, and look for
+//! orphans. The round drives them; none knows the others.
 
-use super::{reports, static_pvs::StaticPvs, status::StatusWriter};
+use super::{orphan_check::OrphanCheck, reports, static_pvs::StaticPvs, status::StatusWriter};
 use crate::agents::Agents;
 use k8s_openapi::jiff::Timestamp;
 use std::{sync::Arc, time::Duration};
@@ -16,6 +16,8 @@ pub struct Round {
     pub status: StatusWriter,
     /// Publishes free LUNs as static PersistentVolumes after each round.
     pub static_pvs: Option<StaticPvs>,
+    /// Finds orphaned volumes and snapshots, and lost volumes.
+    pub orphans: Option<OrphanCheck>,
 }
 
 impl Round {
@@ -61,6 +63,18 @@ impl Round {
                         }
                     }
                 }
+                if let Some(check) = &self.orphans {
+                    // The reports say which nodes answered: only their
+                    // listings are whole.
+                    match check.run(&agents, &reports, Timestamp::now()).await {
+                        Ok(n) if n > 0 => tracing::debug!(reported = n, "orphans"),
+                        Ok(_) => {}
+                        Err(e) => {
+                            wait = every.min(RETRY);
+                            tracing::warn!(error = %e, "orphans: the API server refused or did not answer; retrying")
+                        }
+                    }
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -89,6 +103,7 @@ mod tests {
         let round = Round {
             status: StatusWriter::new(fake.client(), "x"),
             static_pvs: None,
+            orphans: None,
         };
         let h = tokio::spawn(round.run(agents, leading, Duration::from_secs(30), stop));
         tokio::time::sleep(Duration::from_secs(12)).await;

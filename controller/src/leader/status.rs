@@ -3,13 +3,12 @@
 //! node serves it. Driven by the leader's round (`round.rs`); writes a
 //! status only when it changed, so a quiet cluster costs one LIST per round.
 
-use super::reports::Reports;
-use k8s_openapi::{
-    api::core::v1::{Event, ObjectReference},
-    apimachinery::pkg::apis::meta::v1::{MicroTime, Time},
-    jiff::Timestamp,
+use super::{
+    events::{pool_ref, Recorder},
+    reports::Reports,
 };
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use pool_csi_common::{
     pool_spec::StoragePool,
     pool_status::{quantity, ExtentStatus, NodePoolStatus, PoolCondition, StoragePoolStatus},
@@ -195,16 +194,6 @@ fn dynamic_condition(
 /// The condition type saying whether a LUN pool provisions dynamically.
 const DYNAMIC: &str = "DynamicProvisioning";
 
-/// At most `max` bytes of `s`, cut at a character boundary (the API server
-/// counts an Event message's bytes).
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// Nodes whose pool state left "running" between `old` and `new` (or that
 /// appeared not running), with their message.
 fn newly_down(old: Option<&StoragePoolStatus>, new: &StoragePoolStatus) -> Vec<(String, String)> {
@@ -235,18 +224,14 @@ fn newly_down(old: Option<&StoragePoolStatus>, new: &StoragePoolStatus) -> Vec<(
 
 pub struct StatusWriter {
     client: kube::Client,
-    /// Events about cluster-scoped StoragePools go here (`kubectl describe` looks in default).
-    event_namespace: String,
-    /// Who reports the Events (the controller pod).
-    instance: String,
+    events: Recorder,
 }
 
 impl StatusWriter {
     pub fn new(client: kube::Client, instance: &str) -> Self {
         Self {
+            events: Recorder::new(client.clone(), instance),
             client,
-            event_namespace: "default".into(),
-            instance: instance.into(),
         }
     }
 
@@ -282,33 +267,7 @@ impl StatusWriter {
 
     /// A Warning Event on `sp` (best effort: a failure is logged).
     async fn event(&self, sp: &StoragePool, reason: &str, message: &str, now: Timestamp) {
-        let name = sp.metadata.name.clone().unwrap_or_default();
-        let mut ev = Event {
-            involved_object: ObjectReference {
-                api_version: Some(pool_csi_common::pool_spec::API_VERSION.into()),
-                kind: Some("StoragePool".into()),
-                name: Some(name.clone()),
-                uid: sp.metadata.uid.clone(),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(truncate(message, 1024).into()),
-            type_: Some("Warning".into()),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            count: Some(1),
-            action: Some("Reconcile".into()),
-            reporting_component: Some("pool-csi-controller".into()),
-            reporting_instance: Some(self.instance.clone()),
-            ..Default::default()
-        };
-        ev.metadata.name = Some(format!("{name}.{:x}", now.as_nanosecond()));
-        ev.metadata.namespace = Some(self.event_namespace.clone());
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.event_namespace);
-        if let Err(e) = api.create(&PostParams::default(), &ev).await {
-            tracing::warn!(pool = %name, reason, error = %e, "could not record an Event");
-        }
+        self.events.warn(pool_ref(sp), reason, message, now).await
     }
 }
 
@@ -357,15 +316,6 @@ mod tests {
             .into_iter()
             .filter(|r| r.starts_with("POST /api/v1/namespaces/default/events"))
             .collect()
-    }
-
-    #[test]
-    fn event_messages_are_cut_at_1024_bytes_on_a_character_boundary() {
-        let long = "é".repeat(600);
-        let cut = truncate(&long, 1024);
-        assert_eq!(cut.len(), 1024);
-        assert_eq!(truncate("short", 1024), "short");
-        assert_eq!(truncate("aé", 2), "a");
     }
 
     #[test]
