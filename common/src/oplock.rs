@@ -20,6 +20,10 @@ pub enum LockKey {
     /// A CSI snapshot name, whichever pool it lands in: snapshot names are
     /// cluster-wide in CSI.
     SnapshotName(String),
+    /// The publish record of a node-local volume: publish and unpublish
+    /// take it (not the volume's, so a long snapshot or clone does not hold
+    /// a pod's start up), and DeleteVolume takes it with the volume's.
+    Published { pool: String, name: String },
     /// A pool as a whole (pool-build).
     Pool(String),
     /// An id this driver cannot parse, locked as given (unpublishing works
@@ -30,6 +34,13 @@ pub enum LockKey {
 impl LockKey {
     pub fn volume(pool: &str, name: &str) -> Self {
         Self::Volume {
+            pool: pool.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn published(pool: &str, name: &str) -> Self {
+        Self::Published {
             pool: pool.into(),
             name: name.into(),
         }
@@ -48,6 +59,9 @@ impl fmt::Display for LockKey {
         match self {
             Self::Volume { pool, name } => write!(f, "volume {name} of pool {pool}"),
             Self::Snapshot { pool, name } => write!(f, "snapshot {name} of pool {pool}"),
+            Self::Published { pool, name } => {
+                write!(f, "the publish record of volume {name} of pool {pool}")
+            }
             Self::SnapshotName(name) => write!(f, "snapshot {name}"),
             Self::Pool(pool) => write!(f, "pool {pool}"),
             Self::Unparsed(id) => write!(f, "{id}"),

@@ -12,6 +12,7 @@ use pool_csi_controller::{
     csi::controller::ControllerService,
     leader::{
         election::{Elector, LeaderConfig},
+        node_loss::NodeLoss,
         orphan_check::OrphanCheck,
         orphans,
         round::Round,
@@ -212,8 +213,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
         let round = Round {
             status: StatusWriter::new(client.clone(), &identity),
-            static_pvs: Some(StaticPvs::new(client, &driver_name)),
+            static_pvs: Some(StaticPvs::new(client.clone(), &driver_name)),
             orphans: Some(check),
+            node_loss: Some(NodeLoss::new(client, &driver_name, &identity)),
         };
         tokio::spawn(round.run(
             ctx.agents.clone(),

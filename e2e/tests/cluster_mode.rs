@@ -317,3 +317,80 @@ async fn orphans_are_reported_and_deleted_only_by_the_operator() {
     })
     .await;
 }
+
+/// Node loss: the PVs of a node tainted out-of-service, or of a node gone
+/// from the cluster, are labelled `pool-csi.io/node-lost` with NodeLost
+/// Events (on the PV and its StoragePool), never deleted; the label goes
+/// with a NodeBack Event when the node is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_nodes_volumes_are_marked_and_kept() {
+    require!(false);
+    let scratch = tempfile::tempdir().unwrap();
+    let cluster = FakeCluster::start(scratch.path()).await;
+    let api = cluster.api.clone();
+    cluster.node("node-1", json!({"storage": "local"}));
+    cluster.agent_pod("node-1");
+    let pool_dir = scratch.path().join("lost-pool");
+    cluster.storage_pool(
+        "local",
+        json!({"type": "dir", "target": {"path": pool_dir.display().to_string()}, "autoBuild": true,
+               "nodeSelector": {"storage": "local"}}),
+    );
+    let d = Driver::start(Options {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.clients().await;
+    let id = c
+        .create_volume_id(req::create("stays", req::MIB, &[("pool", "local")]))
+        .await;
+    let far = id.replace(":node-1:", ":node-9:");
+    for (name, handle) in [("pv-here", id.as_str()), ("pv-far", far.as_str())] {
+        api.insert(
+            &format!("/api/v1/persistentvolumes/{name}"),
+            json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                   "metadata": {"name": name, "uid": format!("uid-{name}")},
+                   "spec": {"csi": {"driver": "pool-csi.io", "volumeHandle": handle}}}),
+        );
+    }
+    let marked = |api: &pool_csi_testkit::fake_api::FakeApi, pv: &str| {
+        api.object(&format!("/api/v1/persistentvolumes/{pv}"))
+            .is_some_and(|p| p["metadata"]["labels"]["pool-csi.io/node-lost"] == "true")
+    };
+    let event = |api: &pool_csi_testkit::fake_api::FakeApi, reason: &str, object: &str| {
+        api.objects("/api/v1/namespaces/default/events")
+            .iter()
+            .any(|e| e["reason"] == reason && e["involvedObject"]["name"] == object)
+    };
+    eventually("the PV of a node gone from the cluster is marked", || {
+        marked(&api, "pv-far")
+    })
+    .await;
+    assert!(!marked(&api, "pv-here"), "node-1 is there and in service");
+
+    let node = "/api/v1/nodes/node-1";
+    api.modify(node, |n| {
+        n["spec"]["taints"] = json!([{"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"}]);
+    });
+    eventually("the tainted node's PV is marked, with Events", || {
+        marked(&api, "pv-here")
+            && event(&api, "NodeLost", "pv-here")
+            && event(&api, "NodeLost", "local")
+    })
+    .await;
+    assert!(
+        pool_dir.join("stays.raw").exists()
+            && api.object("/api/v1/persistentvolumes/pv-here").is_some(),
+        "nothing is deleted"
+    );
+
+    api.modify(node, |n| {
+        n["spec"]["taints"] = json!([]);
+    });
+    eventually("the node is back: the mark goes", || {
+        !marked(&api, "pv-here") && event(&api, "NodeBack", "pv-here")
+    })
+    .await;
+    assert!(marked(&api, "pv-far"), "node-9 is still gone");
+}

@@ -127,6 +127,7 @@ mod tests {
             pools: PoolRegistry::default(),
             locks: Default::default(),
             ready: Arc::new(AtomicBool::new(false)),
+            held: Default::default(),
         };
         let client = fake.client();
         assert_eq!(sync_once(&ctx, &client).await.unwrap(), 2);

@@ -40,6 +40,8 @@ pub struct NodeCtx {
     pub locks: OpLocks,
     /// Set once every pool has been started (or has failed with a reason).
     pub ready: Arc<AtomicBool>,
+    /// Loop devices of volumes staged in block mode, held open.
+    pub held: tools::loopdev::HeldDevices,
 }
 
 impl NodeCtx {

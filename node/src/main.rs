@@ -221,6 +221,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pools,
         locks: Default::default(),
         ready: ready.clone(),
+        held: Default::default(),
     });
     tracing::info!(node = %ctx.cfg.node_name, pools = defs.len(), csi = %csi_path.display(), agent = %agent_listen, "starting pool-csi-node");
 

@@ -96,9 +96,6 @@ enum Command {
         /// The controller's namespace.
         #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
         namespace: String,
-        /// CSI driver name.
-        #[arg(long, env = "DRIVER_NAME", default_value = pool_csi_common::DEFAULT_DRIVER_NAME)]
-        driver_name: String,
     },
 }
 
@@ -366,15 +363,13 @@ async fn run(args: Args) -> Result<(), String> {
             delete,
             all,
             namespace,
-            driver_name,
         } => {
             let kube = kube::Client::try_default()
                 .await
                 .map_err(|e| format!("no Kubernetes API access (KUBECONFIG or in-cluster): {e}"))?;
             match delete {
                 Some(id) => {
-                    let o =
-                        orphan_check::delete(&kube, &namespace, &driver_name, &agents, &id).await?;
+                    let o = orphan_check::delete(&kube, &namespace, &agents, &id).await?;
                     println!(
                         "{} {} deleted from {} ({})",
                         o.kind.word(),

@@ -82,10 +82,15 @@ impl OrphanCheck {
             return Ok(self.reported());
         }
         let storage = gather(agents, reports).await;
-        let known = known(&self.client, &self.driver).await?;
+        let known = known(&self.client, Some(&self.driver)).await?;
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let (cm, before) = read(&api).await?;
         let found = orphans::judge(&storage, &known, &before, now, self.grace);
+        // Kept first: a write that fails is retried, and its Events are
+        // not sent twice.
+        if found != before {
+            self.keep(&api, cm, &found).await?;
+        }
         for o in found.iter().filter(|o| o.reported) {
             let was = before
                 .iter()
@@ -94,13 +99,20 @@ impl OrphanCheck {
                 self.report(o, now).await;
             }
         }
-        if found != before {
-            self.keep(&api, cm, &found).await?;
-        }
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = found;
         // A check that failed on the way is retried at the next round.
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         Ok(self.reported())
+    }
+
+    /// Forgets the findings (this replica stopped leading: its gauges
+    /// would count what the new leader reports too).
+    pub fn forget(&self) {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn reported(&self) -> usize {
@@ -172,32 +184,34 @@ impl OrphanCheck {
     }
 }
 
-/// The driver's PVs by volume handle (static PVs of free LUNs left
-/// out), and the VolumeSnapshotContents' handles where that API exists.
-pub async fn known(client: &kube::Client, driver: &str) -> Result<Known, kube::Error> {
+/// What Kubernetes names: every CSI PV's volume handle, the driver's PVs
+/// that can be judged lost (`driver`: none for only the names), and the
+/// VolumeSnapshotContents' handles where that API answers.
+pub async fn known(client: &kube::Client, driver: Option<&str>) -> Result<Known, kube::Error> {
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     let mut known = Known::default();
     for pv in pvs.list(&ListParams::default()).await?.items {
+        let Some(csi) = pv.spec.as_ref().and_then(|s| s.csi.as_ref()) else {
+            continue;
+        };
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        known.named.insert(csi.volume_handle.clone(), name.clone());
         let is_static = pv
             .metadata
             .labels
             .as_ref()
             .is_some_and(|l| l.contains_key(POOL_LABEL));
-        let csi = pv.spec.as_ref().and_then(|s| s.csi.as_ref());
-        if let Some(csi) = csi.filter(|c| c.driver == driver && !is_static) {
-            known.pvs.insert(
-                csi.volume_handle.clone(),
-                pv.metadata.name.clone().unwrap_or_default(),
-            );
+        if driver == Some(csi.driver.as_str()) && !is_static {
+            known.pvs.insert(csi.volume_handle.clone(), name);
         }
     }
     let gvk = GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotContent");
     let contents: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk));
     known.contents = match contents.list(&ListParams::default()).await {
+        // Every content's handle, whatever its driver: a name is a name.
         Ok(list) => Some(
             list.items
                 .iter()
-                .filter(|c| c.data["spec"]["driver"] == driver)
                 .filter_map(|c| {
                     c.data["status"]["snapshotHandle"]
                         .as_str()
@@ -232,7 +246,6 @@ pub async fn read(api: &Api<ConfigMap>) -> Result<(Option<ConfigMap>, Vec<Orphan
 pub async fn delete(
     client: &kube::Client,
     namespace: &str,
-    driver: &str,
     agents: &Agents,
     id: &str,
 ) -> Result<Orphan, String> {
@@ -251,16 +264,26 @@ pub async fn delete(
             o.since
         ));
     }
-    let now = known(client, driver)
+    let now = known(client, None)
         .await
         .map_err(|e| format!("check Kubernetes again: {e}"))?;
-    if let Some(pv) = now.pvs.get(id) {
+    if let Some(pv) = now.named.get(id) {
         return Err(format!("PersistentVolume {pv} names {id} now; not deleted"));
     }
-    if o.kind == Kind::Snapshot && now.contents.as_ref().is_some_and(|c| c.contains(id)) {
-        return Err(format!(
-            "a VolumeSnapshotContent names {id} now; not deleted"
-        ));
+    if o.kind == Kind::Snapshot {
+        match &now.contents {
+            Some(c) if c.contains(id) => {
+                return Err(format!(
+                    "a VolumeSnapshotContent names {id} now; not deleted"
+                ))
+            }
+            Some(_) => {}
+            None => {
+                return Err(format!(
+                    "cannot list VolumeSnapshotContents to check that none names {id}; not deleted"
+                ))
+            }
+        }
     }
     let gone = match o.kind {
         Kind::Snapshot => {

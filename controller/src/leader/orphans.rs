@@ -3,7 +3,8 @@
 //! answering agent's volumes and snapshots with the driver's
 //! PersistentVolumes and the VolumeSnapshotContents:
 //!
-//! - a volume no PV names (by volume handle) is an orphaned volume;
+//! - a volume no PV names (by volume handle, whatever the PV's driver or
+//!   kind — a bound static PV names its claimed LUN) is an orphaned volume;
 //! - a snapshot no VolumeSnapshotContent names is an orphaned snapshot
 //!   (judged only where the snapshot API exists);
 //! - a PV whose volume its pool no longer lists is a lost volume — judged
@@ -136,8 +137,12 @@ pub struct Storage {
 /// What Kubernetes names.
 #[derive(Debug, Default)]
 pub struct Known {
-    /// Volume handle → PersistentVolume, the driver's PVs only; static PVs
-    /// of free LUNs left out.
+    /// Volume handle → PersistentVolume, of every CSI PV whatever its
+    /// driver (a handle any PV names is never an orphan; a bound static
+    /// PV's LUN included).
+    pub named: BTreeMap<String, String>,
+    /// The driver's PVs that can be judged lost: static PVs of LUNs left
+    /// out (a LUN becomes a volume only when first staged).
     pub pvs: BTreeMap<String, String>,
     /// Snapshot handles of the VolumeSnapshotContents; None where the
     /// snapshot API is not installed (snapshots are then not judged).
@@ -167,7 +172,7 @@ pub fn judge(
         });
     };
     for v in &storage.volumes {
-        if !known.pvs.contains_key(&v.id) {
+        if !known.named.contains_key(&v.id) {
             add(Kind::Volume, v, None);
         }
     }
@@ -286,14 +291,16 @@ mod tests {
             snapshots: vec![held(&snap, 5)],
             complete: BTreeSet::from([("p".into(), Some("n1".into()))]),
         };
+        let pvs = BTreeMap::from([
+            (a.clone(), "pv-a".into()),
+            (gone.clone(), "pv-gone".into()),
+            // Its node did not answer: nothing is judged there.
+            (far.clone(), "pv-far".into()),
+            ("not-ours".into(), "pv-x".into()),
+        ]);
         let known = Known {
-            pvs: BTreeMap::from([
-                (a.clone(), "pv-a".into()),
-                (gone.clone(), "pv-gone".into()),
-                // Its node did not answer: nothing is judged there.
-                (far.clone(), "pv-far".into()),
-                ("not-ours".into(), "pv-x".into()),
-            ]),
+            named: pvs.clone(),
+            pvs,
             contents: Some(BTreeSet::new()),
         };
         let t0 = at("2026-11-29T10:00:00Z");
@@ -320,16 +327,25 @@ mod tests {
         assert!(later[0].message().contains("poolctl orphans --delete"));
         assert!(later[1].message().contains("PersistentVolume pv-gone"));
 
-        // A PV made meanwhile: no longer an orphan; one that comes back
-        // later starts its grace again.
+        // A PV made meanwhile (a static one, of a claimed LUN, too): no
+        // longer an orphan.
         let mut known2 = Known {
+            named: known.named.clone(),
             pvs: known.pvs.clone(),
             contents: None,
         };
-        known2.pvs.insert(b.clone(), "pv-b".into());
+        known2.named.insert(b.clone(), "static-lun-pv".into());
         let now = judge(&storage, &known2, &later, at("2026-11-29T10:11:00Z"), GRACE);
         assert_eq!(now.len(), 1, "snapshots unjudged without the API: {now:?}");
         assert_eq!(now[0].kind, Kind::LostVolume);
+
+        // One that comes back later starts its grace again.
+        let back = judge(&storage, &known, &now, at("2026-11-29T10:12:00Z"), GRACE);
+        let b_again = back.iter().find(|o| o.id == b).unwrap();
+        assert!(
+            !b_again.reported && b_again.since == "2026-11-29T10:12:00Z",
+            "{b_again:?}"
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The leader's round: while this replica leads, every few seconds, gather
 //! the agents' reports, write each StoragePool's status from them, publish
-//! or withdraw static PersistentVolumes for free LUNs, and look for
-//! orphans. The round drives them; none knows the others.
+//! or withdraw static PersistentVolumes for free LUNs, mark the PVs of
+//! lost nodes, and look for orphans. The round drives them; none knows the others.
 
-use super::{orphan_check::OrphanCheck, reports, static_pvs::StaticPvs, status::StatusWriter};
+use super::{
+    node_loss::NodeLoss, orphan_check::OrphanCheck, reports, static_pvs::StaticPvs,
+    status::StatusWriter,
+};
 use crate::agents::Agents;
 use k8s_openapi::jiff::Timestamp;
 use std::{sync::Arc, time::Duration};
@@ -18,6 +21,8 @@ pub struct Round {
     pub static_pvs: Option<StaticPvs>,
     /// Finds orphaned volumes and snapshots, and lost volumes.
     pub orphans: Option<OrphanCheck>,
+    /// Marks the PVs of lost nodes' volumes.
+    pub node_loss: Option<NodeLoss>,
 }
 
 impl Round {
@@ -63,6 +68,12 @@ impl Round {
                         }
                     }
                 }
+                if let Some(n) = &self.node_loss {
+                    if let Err(e) = n.run(Timestamp::now()).await {
+                        wait = every.min(RETRY);
+                        tracing::warn!(error = %e, "node loss: the API server refused or did not answer; retrying")
+                    }
+                }
                 if let Some(check) = &self.orphans {
                     // The reports say which nodes answered: only their
                     // listings are whole.
@@ -75,6 +86,9 @@ impl Round {
                         }
                     }
                 }
+            }
+            if let (false, Some(check)) = (*leading.borrow(), &self.orphans) {
+                check.forget();
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -104,6 +118,7 @@ mod tests {
             status: StatusWriter::new(fake.client(), "x"),
             static_pvs: None,
             orphans: None,
+            node_loss: None,
         };
         let h = tokio::spawn(round.run(agents, leading, Duration::from_secs(30), stop));
         tokio::time::sleep(Duration::from_secs(12)).await;

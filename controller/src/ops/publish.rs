@@ -59,12 +59,11 @@ pub async fn publish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
     }
 }
 
-/// Drops a shared volume's record of `node`; everything else has nothing
-/// to undo. A volume or pool that is gone is unpublished.
+/// Drops the record of `node`: a shared volume's in its claim, a node-local
+/// one's on its node. A volume or pool that is gone is unpublished.
 pub async fn unpublish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
     if let Some(home) = id.node.as_deref() {
-        // Never published anywhere else; a home node that is gone for
-        // good took its records with it.
+        // Never published anywhere else.
         if home != node || !ctx.agents.nodes().iter().any(|n| n == home) {
             return Ok(());
         }
@@ -73,7 +72,17 @@ pub async fn unpublish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
             .client(home)?
             .unpublish(&id.pool, &id.name, node)
             .await;
-        return unless_gone(r).map(|_| ());
+        return match r {
+            // A dead node must not hold its volumes' VolumeAttachments
+            // forever (they live there only); the record it keeps only
+            // says "published" until the volume is published or deleted
+            // again, and nothing acts on a record without an attachment.
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(volume = %id, node = home, error = %e.message, "unpublish: the volume's node does not answer; its publish record stays there");
+                Ok(())
+            }
+            r => unless_gone(r).map(|_| ()),
+        };
     }
     // Any node of the pool can drop the record: `node` may be gone for good.
     let asked = ask(ctx, id, Some(node), |c| async move {

@@ -54,7 +54,14 @@ impl AgentService {
                     pool_csi_common::volume_id::check_node_name(&r.node)
                         .map_err(|why| Error::invalid("node", &r.node, why))?;
                 }
-                let (pool, g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
+                let pool = self.pool(&r.pool)?;
+                // A shared pool's claim changes under the volume's lock; a
+                // node-local record under its own (see LockKey::Published).
+                let key = match pool.shared() {
+                    true => LockKey::volume(&r.pool, &r.name),
+                    false => LockKey::published(&r.pool, &r.name),
+                };
+                let g = self.ctx.locks.try_acquire(key)?;
                 let node = self.ctx.cfg.node_name.as_str();
                 if !pool.shared() && !r.node.is_empty() && r.node != node {
                     if !on {
@@ -219,7 +226,17 @@ impl Agent for AgentService {
                 name("name", &r.name)?;
                 let (pool, g) = self.prologue(&r.pool, LockKey::volume(&r.pool, &r.name))?;
                 let records = (!pool.shared()).then(|| self.ctx.publish_records());
-                detach(g, async move {
+                // A publish must not land between the delete and the
+                // record's removal (a new volume of the name would inherit it).
+                let g2 = match &records {
+                    Some(_) => Some(
+                        self.ctx
+                            .locks
+                            .try_acquire(LockKey::published(&r.pool, &r.name))?,
+                    ),
+                    None => None,
+                };
+                detach((g, g2), async move {
                     pool.delete_volume(&r.name, r.wipe).await?;
                     // Nothing outlives the volume, not even a publish record.
                     match records {

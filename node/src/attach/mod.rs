@@ -45,7 +45,14 @@ pub enum AttachSource {
 #[derive(Debug)]
 pub struct Attached {
     pub device: PathBuf,
-    _pin: Option<Pinned>,
+    pin: Option<Pinned>,
+}
+
+impl Attached {
+    /// The hold on the device, to keep beyond this call (block mode).
+    pub fn into_pin(self) -> Option<Pinned> {
+        self.pin
+    }
 }
 
 /// What attach needs to know about the node.
@@ -96,14 +103,14 @@ impl Attacher<'_> {
         loop {
             let device = self.attach(src).await?;
             let Some(file) = self.loop_file(src, &device) else {
-                return Ok(Attached { device, _pin: None });
+                return Ok(Attached { device, pin: None });
             };
             if let Some(pin) =
                 Pinned::pin(self.sysfs, &device, file).map_err(io("open", &device))?
             {
                 return Ok(Attached {
                     device,
-                    _pin: Some(pin),
+                    pin: Some(pin),
                 });
             }
             tries += 1;

@@ -9,7 +9,7 @@ use crate::{
     tools::{
         blkid::Probe,
         loopdev::{self, Pinned},
-        mkfs,
+        losetup, mkfs,
     },
     NodeCtx,
 };
@@ -50,15 +50,26 @@ pub async fn stage(
     let was_attached = att.attached(&src).is_some();
     // Held until mounted: what is probed, formatted and mounted is this
     // volume's device even if another program frees its number meanwhile.
-    let held = steps::timed("attach", att.attach_held(&src)).await?;
-    let dev = &held.device;
-    let result = match access {
-        Access::Block => bind_device(dev, &target),
-        Access::Mount { fs_type, flags } => {
-            mount_filesystem(ctx, dev, staging, fs_type, flags, read_only).await
-        }
+    let held = steps::timed("attach", att.attach_held(&src)).await;
+    let result = match &held {
+        Err(_) => Ok(()),
+        Ok(h) => match access {
+            Access::Block => bind_device(&h.device, &target),
+            Access::Mount { fs_type, flags } => {
+                mount_filesystem(ctx, &h.device, staging, fs_type, flags, read_only).await
+            }
+        },
     };
-    drop(held);
+    let result = match held {
+        Err(e) => Err(e),
+        Ok(h) => result.map(|()| {
+            // A filesystem mount holds its device from here on; a bind of
+            // the device node does not, so block mode keeps the hold.
+            if let (Access::Block, Some(pin)) = (access, h.into_pin()) {
+                ctx.held.keep(&target, pin);
+            }
+        }),
+    };
     if result.is_err() && !was_attached {
         // Undo what this call made.
         if let (Ok(()), Ok(pool)) = (att.detach(&src).await, super::pool_of(ctx, id)) {
@@ -137,8 +148,11 @@ pub fn mount_device(m: &mountinfo::MountEntry) -> PathBuf {
 pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()> {
     let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
     let mut devices = Vec::new();
-    // Loop devices under the mounts, held before unmounting (while the
-    // mount pins their binding), for the case the volume's file is gone.
+    // Loop devices under the mounts, held before unmounting, for the case
+    // the volume's file is gone: a filesystem mount pins its device's
+    // binding, block mode's bind does not (stage's hold does, kept in
+    // `ctx.held`; after a restart, only a device still backed by a deleted
+    // file is taken for the volume's).
     let mut held = Vec::new();
     for mp in [staging.join(STAGED_DEVICE), staging.to_path_buf()] {
         let Some(m) = mountinfo::find_at(&table, &mp) else {
@@ -157,8 +171,17 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
             });
         }
         let dev = mount_device(m);
+        let kept = ctx.held.take(&mp);
         if loopdev::is_loop_device(&dev) {
-            held.extend(Pinned::hold(&dev).map_err(io("open", &dev))?);
+            let pin = match kept {
+                Some(p) => Some(p),
+                None => Pinned::hold(&dev).map_err(io("open", &dev))?.filter(|_| {
+                    mp == staging
+                        || losetup::backing_file(&ctx.cfg.sysfs_root, &dev)
+                            .is_some_and(|b| b.to_string_lossy().ends_with(" (deleted)"))
+                }),
+            };
+            held.extend(pin);
         }
         devices.push(dev);
         steps::timed_sync("unmount", || mounter::unmount(&mp)).map_err(io("unmount", &mp))?;

@@ -15,9 +15,11 @@
 use super::losetup;
 use rustix::ioctl::{ioctl, NoArg, Opcode};
 use std::{
+    collections::HashMap,
     fs::File,
     io,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 /// `LOOP_CLR_FD` from `<linux/loop.h>`.
@@ -83,5 +85,26 @@ impl Pinned {
             Err(rustix::io::Errno::NXIO) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Loop devices held for as long as a volume is staged in block mode: a
+/// bind of the device node does not hold the device the way a filesystem
+/// mount does. By staging path; kept in memory (a restarted node plugin
+/// does not hold them again until they are staged again).
+#[derive(Debug, Default, Clone)]
+pub struct HeldDevices(Arc<Mutex<HashMap<PathBuf, Pinned>>>);
+
+impl HeldDevices {
+    pub fn keep(&self, at: &Path, pin: Pinned) {
+        self.lock().insert(at.to_path_buf(), pin);
+    }
+
+    pub fn take(&self, at: &Path) -> Option<Pinned> {
+        self.lock().remove(at)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Pinned>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -1,0 +1,241 @@
+//! Lost nodes, in fence_virtd's model: the cluster keeps working when a
+//! member disappears, and one member — the leader — acts for what the lost
+//! one held. A node is lost when it carries the
+//! `node.kubernetes.io/out-of-service` taint (the operator's word that it is
+//! down and will not come back as it was), or when its Node object is gone
+//! while PersistentVolumes of the driver still name it.
+//!
+//! A lost node's node-local volumes live on it only: they are never deleted
+//! or moved. Their PVs get the label `pool-csi.io/node-lost=true` and a
+//! `NodeLost` Warning Event (on the PV and on its StoragePool), so
+//! `kubectl get pv -l pool-csi.io/node-lost` lists what is stranded; when the
+//! node is back (taint removed, Node object there) the label goes, with a
+//! `NodeBack` Event. A shared pool's volume published on the lost node is
+//! released by Kubernetes' own out-of-service handling: the attach/detach
+//! controller detaches it, and ControllerUnpublishVolume for the lost node
+//! is answered by any other node of the pool.
+
+use super::{events::Recorder, static_pvs::POOL_LABEL};
+use k8s_openapi::{
+    api::core::v1::{Node, ObjectReference, PersistentVolume},
+    jiff::Timestamp,
+};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use pool_csi_common::{pool_spec::StoragePool, VolumeId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The label on the PVs of a lost node's volumes.
+pub const LOST_LABEL: &str = "pool-csi.io/node-lost";
+/// The taint that says a node is out of service.
+pub const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
+
+/// A PersistentVolume of a node-local volume, as node loss sees it.
+#[derive(Debug, Clone)]
+pub struct LocalPv {
+    pub name: String,
+    pub node: String,
+    pub pool: String,
+    pub marked: bool,
+}
+
+/// The lost nodes among those `pvs` name, with why: tainted out of service,
+/// or no Node object (judged only from a non-empty Node list: an empty one
+/// says more about the API than about the nodes).
+pub fn lost_nodes(nodes: &[Node], pvs: &[LocalPv]) -> BTreeMap<String, String> {
+    let mut lost = BTreeMap::new();
+    let mut present = BTreeSet::new();
+    for n in nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let tainted = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE));
+        if tainted {
+            lost.insert(
+                name.clone(),
+                format!("node {name} is tainted {OUT_OF_SERVICE}"),
+            );
+        }
+        present.insert(name);
+    }
+    if !nodes.is_empty() {
+        for pv in pvs {
+            if !present.contains(&pv.node) {
+                lost.entry(pv.node.clone())
+                    .or_insert_with(|| format!("node {} was removed from the cluster", pv.node));
+            }
+        }
+    }
+    lost
+}
+
+/// The PVs to mark (Some(why)) and to unmark (None).
+pub fn changes<'a>(
+    pvs: &'a [LocalPv],
+    lost: &BTreeMap<String, String>,
+) -> Vec<(&'a LocalPv, Option<String>)> {
+    pvs.iter()
+        .filter_map(|pv| match (lost.get(&pv.node), pv.marked) {
+            (Some(why), false) => Some((pv, Some(why.clone()))),
+            (None, true) => Some((pv, None)),
+            _ => None,
+        })
+        .collect()
+}
+
+pub struct NodeLoss {
+    client: kube::Client,
+    driver: String,
+    events: Recorder,
+}
+
+impl NodeLoss {
+    pub fn new(client: kube::Client, driver: &str, instance: &str) -> Self {
+        Self {
+            events: Recorder::new(client.clone(), instance),
+            client,
+            driver: driver.into(),
+        }
+    }
+
+    /// One pass: marks and unmarks PVs; returns how many it changed.
+    pub async fn run(&self, now: Timestamp) -> Result<usize, kube::Error> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let nodes = nodes.list(&ListParams::default()).await?.items;
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        let pvs: Vec<LocalPv> = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|pv| self.local_pv(pv))
+            .collect();
+        let lost = lost_nodes(&nodes, &pvs);
+        let todo = changes(&pvs, &lost);
+        for (pv, why) in &todo {
+            let value = why.as_ref().map(|_| "true");
+            let patch = serde_json::json!({"metadata": {"labels": {LOST_LABEL: value}}});
+            api.patch(&pv.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            let (reason, message) = match why {
+                Some(why) => ("NodeLost", format!(
+                    "{why}: volume of PersistentVolume {} in pool {:?} lives on that node only; it is kept (never deleted or moved) and comes back with the node; labelled {LOST_LABEL}=true",
+                    pv.name, pv.pool
+                )),
+                None => ("NodeBack", format!(
+                    "node {} is back: PersistentVolume {} is usable again; label {LOST_LABEL} removed",
+                    pv.node, pv.name
+                )),
+            };
+            tracing::warn!(pv = %pv.name, node = %pv.node, "{message}");
+            self.events
+                .warn(pv_ref(&api, &pv.name).await, reason, &message, now)
+                .await;
+            let pools: Api<StoragePool> = Api::all(self.client.clone());
+            if let Ok(Some(sp)) = pools.get_opt(&pv.pool).await {
+                self.events
+                    .warn(super::events::pool_ref(&sp), reason, &message, now)
+                    .await;
+            }
+        }
+        Ok(todo.len())
+    }
+
+    /// A PV of the driver for a node-local volume (static LUN PVs aside).
+    fn local_pv(&self, pv: &PersistentVolume) -> Option<LocalPv> {
+        let labels = pv.metadata.labels.as_ref();
+        if labels.is_some_and(|l| l.contains_key(POOL_LABEL)) {
+            return None;
+        }
+        let csi = pv.spec.as_ref()?.csi.as_ref()?;
+        if csi.driver != self.driver {
+            return None;
+        }
+        let id = VolumeId::parse(&csi.volume_handle).ok()?;
+        Some(LocalPv {
+            name: pv.metadata.name.clone()?,
+            node: id.node?,
+            pool: id.pool,
+            marked: labels.is_some_and(|l| l.contains_key(LOST_LABEL)),
+        })
+    }
+}
+
+async fn pv_ref(api: &Api<PersistentVolume>, name: &str) -> ObjectReference {
+    let uid = api
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|p| p.metadata.uid);
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolume".into()),
+        name: Some(name.into()),
+        uid,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+
+    fn node(name: &str, taint: Option<&str>) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.into());
+        n.spec = Some(NodeSpec {
+            taints: taint.map(|k| {
+                vec![Taint {
+                    key: k.into(),
+                    effect: "NoExecute".into(),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        });
+        n
+    }
+
+    fn pv(name: &str, node: &str, marked: bool) -> LocalPv {
+        LocalPv {
+            name: name.into(),
+            node: node.into(),
+            pool: "p".into(),
+            marked,
+        }
+    }
+
+    #[test]
+    fn tainted_and_removed_nodes_are_lost_and_come_back() {
+        let pvs = [
+            pv("a", "n1", false),
+            pv("b", "n2", false),
+            pv("c", "gone", false),
+            pv("d", "n3", true),
+        ];
+        let nodes = [
+            node("n1", Some(OUT_OF_SERVICE)),
+            node("n2", Some("node.kubernetes.io/unreachable")),
+            node("n3", None),
+        ];
+        let lost = lost_nodes(&nodes, &pvs);
+        assert_eq!(lost.keys().collect::<Vec<_>>(), ["gone", "n1"]);
+        assert!(lost["n1"].contains("out-of-service"));
+        assert!(lost["gone"].contains("removed"));
+        let todo: Vec<(&str, bool)> = changes(&pvs, &lost)
+            .iter()
+            .map(|(p, why)| (p.name.as_str(), why.is_some()))
+            .collect();
+        // Marked: the tainted and the removed node's; unmarked: n3's, back.
+        // An unreachable node is not lost (it may come back by itself).
+        assert_eq!(todo, [("a", true), ("c", true), ("d", false)]);
+        // Already marked and still lost: nothing to do.
+        let again = [pv("a", "n1", true)];
+        assert!(changes(&again, &lost).is_empty());
+        // No Node list at all: nobody is judged removed.
+        assert!(lost_nodes(&[], &pvs).is_empty());
+    }
+}
