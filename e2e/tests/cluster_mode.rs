@@ -168,6 +168,29 @@ async fn a_starting_node_makes_create_retry_not_fail() {
     }
 }
 
+/// A fake cluster whose node-1 (with its agent pod) serves the dir pool
+/// `local` at `<scratch>/local-pool`, and the driver on it in cluster mode.
+async fn local_pool_cluster(
+    scratch: &std::path::Path,
+    opts: Options,
+) -> (FakeCluster, Driver, std::path::PathBuf) {
+    let cluster = FakeCluster::start(scratch).await;
+    cluster.node("node-1", json!({"storage": "local"}));
+    cluster.agent_pod("node-1");
+    let pool_dir = scratch.join("local-pool");
+    cluster.storage_pool(
+        "local",
+        json!({"type": "dir", "target": {"path": pool_dir.display().to_string()}, "autoBuild": true,
+               "nodeSelector": {"storage": "local"}}),
+    );
+    let d = Driver::start(Options {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        ..opts
+    })
+    .await;
+    (cluster, d, pool_dir)
+}
+
 /// Orphans (issue: nothing is forgotten): a volume no PV names, a snapshot
 /// no VolumeSnapshotContent names and a PV whose volume is gone are
 /// reported after the grace period — ConfigMap, Events, metrics, `poolctl
@@ -177,22 +200,15 @@ async fn a_starting_node_makes_create_retry_not_fail() {
 async fn orphans_are_reported_and_deleted_only_by_the_operator() {
     require!(false);
     let scratch = tempfile::tempdir().unwrap();
-    let cluster = FakeCluster::start(scratch.path()).await;
-    let api = cluster.api.clone();
-    cluster.node("node-1", json!({"storage": "local"}));
-    cluster.agent_pod("node-1");
-    let pool_dir = scratch.path().join("orphan-pool");
-    cluster.storage_pool(
-        "local",
-        json!({"type": "dir", "target": {"path": pool_dir.display().to_string()}, "autoBuild": true,
-               "nodeSelector": {"storage": "local"}}),
-    );
-    let d = Driver::start(Options {
-        kubeconfig: Some(cluster.kubeconfig.clone()),
-        orphan_grace_seconds: Some(1),
-        ..Default::default()
-    })
+    let (cluster, d, pool_dir) = local_pool_cluster(
+        scratch.path(),
+        Options {
+            orphan_grace_seconds: Some(1),
+            ..Default::default()
+        },
+    )
     .await;
+    let api = cluster.api.clone();
     let mut c = d.clients().await;
     let create = |name: &str| req::create(name, req::MIB, &[("pool", "local")]);
     let kept = c.create_volume_id(create("kept")).await;
@@ -326,21 +342,8 @@ async fn orphans_are_reported_and_deleted_only_by_the_operator() {
 async fn a_lost_nodes_volumes_are_marked_and_kept() {
     require!(false);
     let scratch = tempfile::tempdir().unwrap();
-    let cluster = FakeCluster::start(scratch.path()).await;
+    let (cluster, d, pool_dir) = local_pool_cluster(scratch.path(), Options::default()).await;
     let api = cluster.api.clone();
-    cluster.node("node-1", json!({"storage": "local"}));
-    cluster.agent_pod("node-1");
-    let pool_dir = scratch.path().join("lost-pool");
-    cluster.storage_pool(
-        "local",
-        json!({"type": "dir", "target": {"path": pool_dir.display().to_string()}, "autoBuild": true,
-               "nodeSelector": {"storage": "local"}}),
-    );
-    let d = Driver::start(Options {
-        kubeconfig: Some(cluster.kubeconfig.clone()),
-        ..Default::default()
-    })
-    .await;
     let mut c = d.clients().await;
     let id = c
         .create_volume_id(req::create("stays", req::MIB, &[("pool", "local")]))

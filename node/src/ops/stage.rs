@@ -184,7 +184,13 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
             held.extend(pin);
         }
         devices.push(dev);
-        steps::timed_sync("unmount", || mounter::unmount(&mp)).map_err(io("unmount", &mp))?;
+        if let Err(e) = steps::timed_sync("unmount", || mounter::unmount(&mp)) {
+            // Still staged: the block-mode hold stays with it.
+            if let Some(p) = held.pop().filter(|_| mp != staging) {
+                ctx.held.keep(&mp, p);
+            }
+            return Err(io("unmount", &mp)(e));
+        }
     }
     match std::fs::remove_file(staging.join(STAGED_DEVICE)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", staging)(e)),
