@@ -88,9 +88,10 @@ pub struct PoolSource {
     /// across reboots (libvirt's `<adapter type='fc_host' …>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter_wwn: Option<AdapterWwn>,
-    /// iscsi: the initiator IQN the LUN inventory (libiscsi) presents to the
-    /// target. The node's own login (iscsiadm) uses the node's initiator
-    /// name from /etc/iscsi/initiatorname.iscsi.
+    /// iscsi: the initiator IQN the pool presents to the target: in the LUN
+    /// inventory (libiscsi) and in the node's login (iscsiadm, through an
+    /// iface `pool-csi-<hash>` with that initiator name). Unset: the node's
+    /// own name from /etc/iscsi/initiatorname.iscsi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<String>,
     /// iscsi: CHAP credentials.

@@ -106,6 +106,10 @@ impl LunSource for IscsiSource {
                 portal.target
             ))
         })?;
+        // A LUN the target added after the login needs a scan of the session.
+        if iscsi::lun_unit(&self.sysfs, &session, c.lun).is_none() {
+            iscsi::rescan(self.runner.as_ref(), &session).await?;
+        }
         let unit = iscsi::lun_unit(&self.sysfs, &session, c.lun).ok_or_else(|| {
             Error::Precondition(format!(
                 "{at} of {} has no SCSI unit in {session}: it vanished from the target or the initiator has not scanned it",
@@ -157,10 +161,34 @@ impl ScsiSource {
     }
 
     /// `hostN` now: an HBA named by its WWNs is looked up each time (host
-    /// numbers change when HBAs come and go).
+    /// numbers change when HBAs come and go). An NPIV vHBA that does not
+    /// exist but names its `parent` is created there first (libvirt's
+    /// `vport_create`), and then found by its names.
     fn host(&self) -> Result<String> {
-        scsi::resolve_adapter(&self.sysfs, self.adapter.as_deref(), self.wwn.as_ref())
-            .map_err(Error::Precondition)
+        let found = scsi::resolve_adapter(&self.sysfs, self.adapter.as_deref(), self.wwn.as_ref());
+        let w = match (&found, &self.wwn) {
+            (Err(_), Some(w)) if w.parent.is_some() && self.adapter.is_none() => w,
+            _ => return found.map_err(Error::Precondition),
+        };
+        // Only an HBA that is missing altogether is made (not one found
+        // elsewhere than under its parent).
+        let missing = scsi::resolve_adapter(
+            &self.sysfs,
+            None,
+            Some(&AdapterWwn {
+                parent: None,
+                ..w.clone()
+            }),
+        )
+        .is_err();
+        if !missing {
+            return found.map_err(Error::Precondition);
+        }
+        scsi::create_vport(&self.sysfs, w).map_err(Error::Precondition)?;
+        tracing::info!(wwpn = %w.wwpn, parent = ?w.parent, "NPIV vHBA created");
+        scsi::resolve_adapter(&self.sysfs, None, Some(w)).map_err(|e| {
+            Error::Precondition(format!("the vHBA was created on its parent, but {e}"))
+        })
     }
 }
 
@@ -505,6 +533,67 @@ mod tests {
         let (s, runner) = source(vec![Reply::recorded("iscsi/inq_serial")]);
         assert_eq!(s.device(&claim).await.unwrap(), PathBuf::from("/dev/sdb"));
         assert_eq!(runner.calls().len(), 1, "no login: the session exists");
+    }
+
+    /// A LUN the target added after the login: the session is rescanned,
+    /// and the unit the scan brings is attached.
+    #[tokio::test]
+    async fn a_lun_added_after_the_login_is_found_by_a_rescan() {
+        let t = tempfile::tempdir().unwrap();
+        let c = cfg(&t);
+        let sys = c.sysfs_root.clone();
+        iscsi_session(&sys, "    orig0001");
+        let unit = sys.join("class/iscsi_session/session3/device/target4:0:0/4:0:0:1");
+        let scanned = t.path().join("scanned-unit");
+        std::fs::rename(&unit, &scanned).unwrap(); // not scanned yet
+        let d = def("  type: iscsi\n  source: { host: \"127.0.0.1:3299\", device: \"iqn.2026-11.io.pool-csi:rec\" }\n");
+        let claim = Claim {
+            identity: "serial:orig0001".into(),
+            lun: 1,
+            size: 32 * MIB,
+            wipe: false,
+            address: "LUN 1".into(),
+            published: None,
+        };
+        let runner = Arc::new(
+            FakeRunner::new()
+                .expect(
+                    ["iscsi-inq", "-e", "1", "-c", "128", "*"],
+                    Reply::recorded("iscsi/inq_serial"),
+                )
+                .expect(
+                    ["iscsiadm", "--mode", "session", "--sid", "3", "--rescan"],
+                    Reply::ok().effect(move |_| std::fs::rename(&scanned, &unit).unwrap()),
+                ),
+        );
+        let s = IscsiSource::new(&d, &c, runner.clone());
+        assert_eq!(s.device(&claim).await.unwrap(), PathBuf::from("/dev/sdb"));
+        assert!(
+            runner.calls().iter().any(|c| c.contains("--rescan")),
+            "{:?}",
+            runner.calls()
+        );
+    }
+
+    /// A vHBA named with its parent and missing is created there (the
+    /// fixture has no kernel to make the new host: the write is checked,
+    /// and the start says the vHBA did not show).
+    #[tokio::test]
+    async fn a_missing_vhba_is_created_on_its_parent() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path().join("sys");
+        fixture::hba(&sys, 5, None);
+        fixture::fc_names(&sys, 5, "0x20000000c9831b4a", "0x10000000c9831b4a");
+        std::fs::write(sys.join("class/fc_host/host5/vport_create"), "").unwrap();
+        let c = cfg(&t);
+        let d = def("  type: scsi\n  source: { adapterWwn: { wwnn: \"0x20000000c9831b4b\", wwpn: \"0x10000000c9831b4b\", parent: host5 } }\n");
+        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c)));
+        let e = p.start().await.unwrap_err().to_string();
+        assert!(e.contains("the vHBA was created on its parent"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(sys.join("class/fc_host/host5/vport_create")).unwrap(),
+            "10000000c9831b4b:20000000c9831b4b"
+        );
     }
 
     #[tokio::test]

@@ -220,12 +220,66 @@ fn parse_capacity(text: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// `iscsiadm --mode node` for the portal's target, to add an operation to.
+/// `iscsiadm --mode node` for the portal's target (through the pool's
+/// iface when it names an initiator), to add an operation to.
 fn node_cmd(portal: &Portal) -> Cmd {
-    Cmd::new("iscsiadm")
+    let c = Cmd::new("iscsiadm")
         .args(["--mode", "node", "--targetname"])
         .arg(&portal.target)
-        .args(["--portal", &portal.address])
+        .args(["--portal", &portal.address]);
+    match iface_of(portal) {
+        Some(i) => c.args(["--interface", &i]),
+        None => c,
+    }
+}
+
+/// The open-iscsi iface that logs in as the pool's initiator name:
+/// `pool-csi-<hash of the IQN>` (an IQN's characters are not all allowed
+/// in an iface name). None: the node's own name
+/// (/etc/iscsi/initiatorname.iscsi, the default iface).
+pub fn iface_of(portal: &Portal) -> Option<String> {
+    let iqn = portal.initiator.as_deref()?;
+    let h = pool_csi_common::volume_id::fnv1a64(iqn.as_bytes());
+    Some(format!("pool-csi-{h:016x}"))
+}
+
+/// Makes the pool's iface (if it names an initiator) with that initiator
+/// name. Idempotent: an iface that exists is updated.
+async fn ensure_iface(runner: &dyn CommandRunner, portal: &Portal) -> Result<(), ExecError> {
+    let (Some(iface), Some(iqn)) = (iface_of(portal), portal.initiator.as_deref()) else {
+        return Ok(());
+    };
+    let iface_cmd = || Cmd::new("iscsiadm").args(["--mode", "iface", "--interface", &iface]);
+    let made = runner.run(&iface_cmd().args(["--op", "new"])).await?;
+    // exit 15 (ISCSI_ERR_IDBM): the record exists already.
+    if made.status != 0 && made.status != 15 {
+        return Err(ExecError::Failed {
+            cmd: format!("iscsiadm --mode iface --interface {iface} --op new"),
+            status: made.status,
+            stderr: made.stderr_str(),
+        });
+    }
+    runner
+        .run_ok(&iface_cmd().args([
+            "--op",
+            "update",
+            "--name",
+            "iface.initiatorname",
+            "--value",
+            iqn,
+        ]))
+        .await?;
+    Ok(())
+}
+
+/// Has the kernel scan session `session` (`sessionN`) for LUNs the target
+/// added since the login.
+pub async fn rescan(runner: &dyn CommandRunner, session: &str) -> Result<(), ExecError> {
+    let sid = session.trim_start_matches("session");
+    runner
+        .run_ok(&Cmd::new("iscsiadm").args(["--mode", "session", "--sid", sid, "--rescan"]))
+        .await?;
+    Ok(())
 }
 
 /// Logs in to the target with iscsiadm unless a session exists (found in
@@ -239,17 +293,19 @@ pub async fn login(
         return Ok(());
     }
     let node = || node_cmd(portal);
-    runner
-        .run_ok(&Cmd::new("iscsiadm").args([
-            "--mode",
-            "discoverydb",
-            "--type",
-            "sendtargets",
-            "--portal",
-            &portal.address,
-            "--discover",
-        ]))
-        .await?;
+    ensure_iface(runner, portal).await?;
+    let mut discover = Cmd::new("iscsiadm").args([
+        "--mode",
+        "discoverydb",
+        "--type",
+        "sendtargets",
+        "--portal",
+        &portal.address,
+    ]);
+    if let Some(i) = iface_of(portal) {
+        discover = discover.args(["--interface", &i]);
+    }
+    runner.run_ok(&discover.arg("--discover")).await?;
     if let Some(chap) = &portal.chap {
         for (k, v) in [
             ("node.session.auth.authmethod", "CHAP"),
@@ -556,5 +612,100 @@ Total size:67108864
         let empty = tempfile::tempdir().unwrap();
         logout(&none, empty.path(), &p).await.unwrap();
         assert!(none.calls().is_empty(), "no session, no command");
+    }
+
+    /// A pool that names its initiator logs in through its own iface with
+    /// that name (made once; an existing record, exit 15, is updated), and
+    /// logs out through it.
+    #[tokio::test]
+    async fn a_pools_initiator_logs_in_through_its_own_iface() {
+        let mut p = Portal::new("127.0.0.1", "iqn.2026-11.io.pool-csi:t1");
+        p.initiator = Some("iqn.2026-11.io.example:node-a".into());
+        let iface = iface_of(&p).unwrap();
+        assert!(
+            iface.starts_with("pool-csi-") && iface.len() == 25,
+            "{iface}"
+        );
+        let other = Portal {
+            initiator: Some("iqn.2026-11.io.example:node-b".into()),
+            ..p.clone()
+        };
+        assert_ne!(iface_of(&other), Some(iface.clone()));
+        let node = |op: &str| {
+            vec![
+                "iscsiadm".to_string(),
+                "--mode".into(),
+                "node".into(),
+                "--targetname".into(),
+                "iqn.2026-11.io.pool-csi:t1".into(),
+                "--portal".into(),
+                "127.0.0.1:3260".into(),
+                "--interface".into(),
+                iface.clone(),
+                op.into(),
+            ]
+        };
+        let iface_cmd = |rest: &[&str]| {
+            let mut v: Vec<String> = ["iscsiadm", "--mode", "iface", "--interface", iface.as_str()]
+                .map(String::from)
+                .to_vec();
+            v.extend(rest.iter().map(|s| s.to_string()));
+            v
+        };
+        let empty = tempfile::tempdir().unwrap();
+        let runner = FakeRunner::new()
+            .expect(iface_cmd(&["--op", "new"]), Reply::exit(15))
+            .expect(
+                iface_cmd(&[
+                    "--op",
+                    "update",
+                    "--name",
+                    "iface.initiatorname",
+                    "--value",
+                    "iqn.2026-11.io.example:node-a",
+                ]),
+                Reply::ok(),
+            )
+            .expect(
+                [
+                    "iscsiadm",
+                    "--mode",
+                    "discoverydb",
+                    "--type",
+                    "sendtargets",
+                    "--portal",
+                    "127.0.0.1:3260",
+                    "--interface",
+                    iface.as_str(),
+                    "--discover",
+                ],
+                Reply::ok(),
+            )
+            .expect(node("--login"), Reply::ok());
+        login(&runner, empty.path(), &p).await.unwrap();
+        assert_eq!(runner.calls().len(), 4, "{:?}", runner.calls());
+
+        // Any other failure to make the iface stops the login.
+        let failing = FakeRunner::new().expect(
+            iface_cmd(&["--op", "new"]),
+            Reply::exit(7).stderr("iscsiadm: cannot open iface db"),
+        );
+        let e = login(&failing, empty.path(), &p).await.unwrap_err();
+        assert!(e.to_string().contains("cannot open iface db"), "{e}");
+
+        let sys = session_tree();
+        let runner = FakeRunner::new().expect(node("--logout"), Reply::ok());
+        logout(&runner, sys.path(), &p).await.unwrap();
+        assert_eq!(runner.calls().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_is_rescanned_by_its_number() {
+        let runner = FakeRunner::new().expect(
+            ["iscsiadm", "--mode", "session", "--sid", "3", "--rescan"],
+            Reply::ok(),
+        );
+        rescan(&runner, "session3").await.unwrap();
+        assert_eq!(runner.calls().len(), 1);
     }
 }

@@ -89,6 +89,28 @@ pub fn resolve_adapter(
     Ok(name)
 }
 
+/// Creates the NPIV vHBA `w` on its `parent` HBA, as libvirt's
+/// `vport_create` does: writes `wwpn:wwnn` (16 hex digits each) to
+/// `class/fc_host/<parent>/vport_create`; the kernel makes the new fc_host
+/// within the write. An HBA that cannot make virtual ports (no such file)
+/// is said so.
+pub fn create_vport(sysfs: &Path, w: &AdapterWwn) -> Result<(), String> {
+    let parent = w.parent.as_deref().ok_or("no parent HBA given")?;
+    let file = sysfs
+        .join("class/fc_host")
+        .join(parent)
+        .join("vport_create");
+    if !file.exists() {
+        return Err(format!(
+            "{parent} cannot create NPIV virtual ports (no {})",
+            file.display()
+        ));
+    }
+    let hex = |s: &str| s.trim_start_matches("0x").to_ascii_lowercase();
+    std::fs::write(&file, format!("{}:{}", hex(&w.wwpn), hex(&w.wwnn)))
+        .map_err(|e| format!("create the vHBA with wwpn {} on {parent}: {e}", w.wwpn))
+}
+
 /// Asks the kernel to rescan every channel, target and LUN of `host`
 /// (blocking: the scan runs inside the write).
 pub fn rescan(sysfs: &Path, host: &str) -> std::io::Result<()> {
@@ -392,5 +414,29 @@ mod tests {
         w.parent = None;
         let e = resolve_adapter(s, None, Some(&w)).unwrap_err();
         assert!(e.contains("no Fibre Channel HBA"), "{e}");
+    }
+
+    #[test]
+    fn a_vhba_is_created_on_its_parent_as_libvirt_does() {
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path();
+        fixture::hba(s, 5, None);
+        fixture::fc_names(s, 5, "0x20000000c9831b4a", "0x10000000c9831b4a");
+        let w = AdapterWwn {
+            wwnn: "0x20000000C9831B4B".into(),
+            wwpn: "0x10000000c9831b4b".into(),
+            parent: Some("host5".into()),
+        };
+        let e = create_vport(s, &w).unwrap_err();
+        assert!(e.contains("host5 cannot create NPIV virtual ports"), "{e}");
+        let file = s.join("class/fc_host/host5/vport_create");
+        std::fs::write(&file, "").unwrap();
+        create_vport(s, &w).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "10000000c9831b4b:20000000c9831b4b"
+        );
+        let orphan = AdapterWwn { parent: None, ..w };
+        assert!(create_vport(s, &orphan).is_err());
     }
 }
