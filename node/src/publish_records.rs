@@ -39,19 +39,18 @@ impl PublishRecords {
     pub fn record(&self, pool: &str, name: &str) -> Result<()> {
         let dir = self.pool_dir(pool);
         let path = dir.join(name);
-        if !dir.is_dir() {
-            std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-            // New directories are entries of their parents: synced too.
-            sync_dir(&self.dir)?;
-            if let Some(state) = self.dir.parent() {
-                sync_dir(state)?;
-            }
-        }
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         if !path.exists() {
             std::fs::File::create(&path).map_err(io("record the publish in", &path))?;
         }
-        // Also when it exists: a crash may have come between create and sync.
-        sync_dir(&dir)
+        // Every time, parents included: a crash may have come between a
+        // create and its sync (a publish is rare; three fsyncs are cheap).
+        sync_dir(&dir)?;
+        sync_dir(&self.dir)?;
+        match self.dir.parent() {
+            Some(state) => sync_dir(state),
+            None => Ok(()),
+        }
     }
 
     /// Forgets the record. Idempotent.

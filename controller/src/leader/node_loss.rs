@@ -33,15 +33,21 @@ pub const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
 #[derive(Debug, Clone)]
 pub struct LocalPv {
     pub name: String,
+    pub uid: Option<String>,
     pub node: String,
     pub pool: String,
     pub marked: bool,
 }
 
 /// The lost nodes among those `pvs` name, with why: tainted out of service,
-/// or no Node object (judged only from a non-empty Node list: an empty one
-/// says more about the API than about the nodes).
-pub fn lost_nodes(nodes: &[Node], pvs: &[LocalPv]) -> BTreeMap<String, String> {
+/// or no Node object while its agent did not answer this round (`answered`).
+/// Callers judge nothing from an empty Node list (it says more about the
+/// API than about the nodes).
+pub fn lost_nodes(
+    nodes: &[Node],
+    pvs: &[LocalPv],
+    answered: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
     let mut lost = BTreeMap::new();
     let mut present = BTreeSet::new();
     for n in nodes {
@@ -59,12 +65,10 @@ pub fn lost_nodes(nodes: &[Node], pvs: &[LocalPv]) -> BTreeMap<String, String> {
         }
         present.insert(name);
     }
-    if !nodes.is_empty() {
-        for pv in pvs {
-            if !present.contains(&pv.node) {
-                lost.entry(pv.node.clone())
-                    .or_insert_with(|| format!("node {} was removed from the cluster", pv.node));
-            }
+    for pv in pvs {
+        if !present.contains(&pv.node) && !answered.contains(&pv.node) {
+            lost.entry(pv.node.clone())
+                .or_insert_with(|| format!("node {} was removed from the cluster", pv.node));
         }
     }
     lost
@@ -100,9 +104,14 @@ impl NodeLoss {
     }
 
     /// One pass: marks and unmarks PVs; returns how many it changed.
-    pub async fn run(&self, now: Timestamp) -> Result<usize, kube::Error> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let nodes = nodes.list(&ListParams::default()).await?.items;
+    /// `answered`: the nodes whose agents answered this round.
+    pub async fn run(
+        &self,
+        answered: &BTreeSet<String>,
+        now: Timestamp,
+    ) -> Result<usize, kube::Error> {
+        // PVs first: a node that registers between the two lists is then
+        // in the Node list, not judged removed.
         let api: Api<PersistentVolume> = Api::all(self.client.clone());
         let pvs: Vec<LocalPv> = api
             .list(&ListParams::default())
@@ -111,41 +120,68 @@ impl NodeLoss {
             .iter()
             .filter_map(|pv| self.local_pv(pv))
             .collect();
-        let lost = lost_nodes(&nodes, &pvs);
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let nodes = nodes.list(&ListParams::default()).await?.items;
+        if nodes.is_empty() {
+            return Ok(0); // no judgement, and no mark taken off
+        }
+        let lost = lost_nodes(&nodes, &pvs, answered);
         let todo = changes(&pvs, &lost);
+        let mut told_pools = BTreeSet::new();
         for (pv, why) in &todo {
             let value = why.as_ref().map(|_| "true");
             let patch = serde_json::json!({"metadata": {"labels": {LOST_LABEL: value}}});
-            api.patch(&pv.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+            match api
+                .patch(&pv.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {}
+                // Deleted meanwhile: nothing to mark.
+                Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                Err(e) => return Err(e),
+            }
             let (reason, message) = match why {
                 Some(why) => ("NodeLost", format!(
                     "{why}: volume of PersistentVolume {} in pool {:?} lives on that node only; it is kept (never deleted or moved) and comes back with the node; labelled {LOST_LABEL}=true",
                     pv.name, pv.pool
                 )),
                 None => ("NodeBack", format!(
-                    "node {} is back: PersistentVolume {} is usable again; label {LOST_LABEL} removed",
+                    "node {} is back: PersistentVolume {} can be used there again if the node kept its disks; label {LOST_LABEL} removed",
                     pv.node, pv.name
                 )),
             };
             tracing::warn!(pv = %pv.name, node = %pv.node, "{message}");
-            self.events
-                .warn(pv_ref(&api, &pv.name).await, reason, &message, now)
-                .await;
-            let pools: Api<StoragePool> = Api::all(self.client.clone());
-            if let Ok(Some(sp)) = pools.get_opt(&pv.pool).await {
-                self.events
-                    .warn(super::events::pool_ref(&sp), reason, &message, now)
-                    .await;
+            let about = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("PersistentVolume".into()),
+                name: Some(pv.name.clone()),
+                uid: pv.uid.clone(),
+                ..Default::default()
+            };
+            self.events.warn(about, reason, &message, now).await;
+            // One Event per pool, node and change, however many PVs.
+            if told_pools.insert((pv.pool.clone(), pv.node.clone(), reason)) {
+                let pools: Api<StoragePool> = Api::all(self.client.clone());
+                if let Ok(Some(sp)) = pools.get_opt(&pv.pool).await {
+                    let text = match why {
+                        Some(why) => format!("{why}: the pool's volumes there are kept; `kubectl get pv -l {LOST_LABEL}=true` lists them"),
+                        None => format!("node {} is back: the label {LOST_LABEL} is taken off its PVs", pv.node),
+                    };
+                    self.events
+                        .warn(super::events::pool_ref(&sp), reason, &text, now)
+                        .await;
+                }
             }
         }
         Ok(todo.len())
     }
 
-    /// A PV of the driver for a node-local volume (static LUN PVs aside).
+    /// A PV of the driver for a node-local volume (static LUN PVs not yet
+    /// bound aside: their LUN is no volume yet).
     fn local_pv(&self, pv: &PersistentVolume) -> Option<LocalPv> {
         let labels = pv.metadata.labels.as_ref();
-        if labels.is_some_and(|l| l.contains_key(POOL_LABEL)) {
+        let bound = pv.spec.as_ref().is_some_and(|s| s.claim_ref.is_some());
+        if labels.is_some_and(|l| l.contains_key(POOL_LABEL)) && !bound {
             return None;
         }
         let csi = pv.spec.as_ref()?.csi.as_ref()?;
@@ -155,26 +191,11 @@ impl NodeLoss {
         let id = VolumeId::parse(&csi.volume_handle).ok()?;
         Some(LocalPv {
             name: pv.metadata.name.clone()?,
+            uid: pv.metadata.uid.clone(),
             node: id.node?,
             pool: id.pool,
             marked: labels.is_some_and(|l| l.contains_key(LOST_LABEL)),
         })
-    }
-}
-
-async fn pv_ref(api: &Api<PersistentVolume>, name: &str) -> ObjectReference {
-    let uid = api
-        .get_opt(name)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|p| p.metadata.uid);
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("PersistentVolume".into()),
-        name: Some(name.into()),
-        uid,
-        ..Default::default()
     }
 }
 
@@ -202,6 +223,7 @@ mod tests {
     fn pv(name: &str, node: &str, marked: bool) -> LocalPv {
         LocalPv {
             name: name.into(),
+            uid: None,
             node: node.into(),
             pool: "p".into(),
             marked,
@@ -221,8 +243,12 @@ mod tests {
             node("n2", Some("node.kubernetes.io/unreachable")),
             node("n3", None),
         ];
-        let lost = lost_nodes(&nodes, &pvs);
+        let none = BTreeSet::new();
+        let lost = lost_nodes(&nodes, &pvs, &none);
         assert_eq!(lost.keys().collect::<Vec<_>>(), ["gone", "n1"]);
+        // A node whose agent answers is not removed, whatever the Node list says.
+        let answering = BTreeSet::from(["gone".to_string()]);
+        assert!(!lost_nodes(&nodes, &pvs, &answering).contains_key("gone"));
         assert!(lost["n1"].contains("out-of-service"));
         assert!(lost["gone"].contains("removed"));
         let todo: Vec<(&str, bool)> = changes(&pvs, &lost)
@@ -235,7 +261,5 @@ mod tests {
         // Already marked and still lost: nothing to do.
         let again = [pv("a", "n1", true)];
         assert!(changes(&again, &lost).is_empty());
-        // No Node list at all: nobody is judged removed.
-        assert!(lost_nodes(&[], &pvs).is_empty());
     }
 }

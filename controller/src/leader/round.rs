@@ -69,7 +69,12 @@ impl Round {
                     }
                 }
                 if let Some(n) = &self.node_loss {
-                    if let Err(e) = n.run(Timestamp::now()).await {
+                    let answered = reports
+                        .iter()
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(node, _)| node.clone())
+                        .collect();
+                    if let Err(e) = n.run(&answered, Timestamp::now()).await {
                         wait = every.min(RETRY);
                         tracing::warn!(error = %e, "node loss: the API server refused or did not answer; retrying")
                     }

@@ -37,6 +37,13 @@ pub async fn stage(
             .attached(&src)
             .is_some_and(|d| crate::fsutil::is_same_device(&mount_device(m), &d));
         return if ours {
+            // Staged before this node plugin started: hold the device again
+            // (block mode's bind does not).
+            if matches!(access, Access::Block) && !ctx.held.has(&target) {
+                if let Some(pin) = att.attach_held(&src).await?.into_pin() {
+                    ctx.held.keep(&target, pin);
+                }
+            }
             Ok(())
         } else {
             Err(Error::NameTaken {
@@ -172,25 +179,24 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
         }
         let dev = mount_device(m);
         let kept = ctx.held.take(&mp);
-        if loopdev::is_loop_device(&dev) {
-            let pin = match kept {
-                Some(p) => Some(p),
-                None => Pinned::hold(&dev).map_err(io("open", &dev))?.filter(|_| {
-                    mp == staging
-                        || losetup::backing_file(&ctx.cfg.sysfs_root, &dev)
-                            .is_some_and(|b| b.to_string_lossy().ends_with(" (deleted)"))
-                }),
-            };
-            held.extend(pin);
-        }
+        let pin = match (loopdev::is_loop_device(&dev), kept) {
+            (false, _) => None,
+            (true, Some(p)) => Some(p),
+            (true, None) => Pinned::hold(&dev).map_err(io("open", &dev))?.filter(|_| {
+                mp == staging
+                    || losetup::backing_file(&ctx.cfg.sysfs_root, &dev)
+                        .is_some_and(|b| b.to_string_lossy().ends_with(" (deleted)"))
+            }),
+        };
         devices.push(dev);
         if let Err(e) = steps::timed_sync("unmount", || mounter::unmount(&mp)) {
             // Still staged: the block-mode hold stays with it.
-            if let Some(p) = held.pop().filter(|_| mp != staging) {
+            if let Some(p) = pin.filter(|_| mp != staging) {
                 ctx.held.keep(&mp, p);
             }
             return Err(io("unmount", &mp)(e));
         }
+        held.extend(pin);
     }
     match std::fs::remove_file(staging.join(STAGED_DEVICE)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", staging)(e)),

@@ -100,7 +100,7 @@ impl LunSource for IscsiSource {
             })?;
         same_lun(c, &at, &self.origin(), &now)?;
         iscsi::login(self.runner.as_ref(), &self.sysfs, &portal).await?;
-        let session = iscsi::session_of(&self.sysfs, &portal.target).ok_or_else(|| {
+        let session = iscsi::session_of(&self.sysfs, &portal).ok_or_else(|| {
             Error::Precondition(format!(
                 "iscsiadm logged in, but no session to {} shows in sysfs",
                 portal.target
@@ -128,6 +128,13 @@ impl LunSource for IscsiSource {
                 &self.origin(),
                 &serial,
             )?;
+        }
+        // A unit a rescan just brought binds its disk driver asynchronously.
+        for _ in 0..20 {
+            if iscsi::block_of(&unit).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         iscsi::block_of(&unit).ok_or_else(|| {
             Error::Precondition(format!(

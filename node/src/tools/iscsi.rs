@@ -220,17 +220,20 @@ fn parse_capacity(text: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// `iscsiadm --mode node` for the portal's target (through the pool's
-/// iface when it names an initiator), to add an operation to.
+/// `iscsiadm --mode node` for the portal's target through the pool's iface
+/// (`default` unless the pool names an initiator: never every iface's
+/// records at once), to add an operation to.
 fn node_cmd(portal: &Portal) -> Cmd {
-    let c = Cmd::new("iscsiadm")
+    Cmd::new("iscsiadm")
         .args(["--mode", "node", "--targetname"])
         .arg(&portal.target)
-        .args(["--portal", &portal.address]);
-    match iface_of(portal) {
-        Some(i) => c.args(["--interface", &i]),
-        None => c,
-    }
+        .args(["--portal", &portal.address])
+        .args(["--interface", &iface_name(portal)])
+}
+
+/// The iface a pool's sessions go through: its own, or `default`.
+fn iface_name(portal: &Portal) -> String {
+    iface_of(portal).unwrap_or_else(|| "default".into())
 }
 
 /// The open-iscsi iface that logs in as the pool's initiator name:
@@ -244,20 +247,28 @@ pub fn iface_of(portal: &Portal) -> Option<String> {
 }
 
 /// Makes the pool's iface (if it names an initiator) with that initiator
-/// name. Idempotent: an iface that exists is updated.
+/// name. Idempotent. `--op new` rewrites an existing iface with defaults
+/// (initiator name included), so it runs only for a missing one; pools of
+/// one initiator share the iface, and its set-up is serialised on the node
+/// so no discovery copies it half-made.
 async fn ensure_iface(runner: &dyn CommandRunner, portal: &Portal) -> Result<(), ExecError> {
+    static SETUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let (Some(iface), Some(iqn)) = (iface_of(portal), portal.initiator.as_deref()) else {
         return Ok(());
     };
+    let _one_at_a_time = SETUP.lock().await;
     let iface_cmd = || Cmd::new("iscsiadm").args(["--mode", "iface", "--interface", &iface]);
-    let made = runner.run(&iface_cmd().args(["--op", "new"])).await?;
-    // exit 15 (ISCSI_ERR_IDBM): the record exists already.
-    if made.status != 0 && made.status != 15 {
-        return Err(ExecError::Failed {
-            cmd: format!("iscsiadm --mode iface --interface {iface} --op new"),
-            status: made.status,
-            stderr: made.stderr_str(),
-        });
+    let shown = runner.run(&iface_cmd().args(["--op", "show"])).await?;
+    if shown.status != 0 {
+        let made = runner.run(&iface_cmd().args(["--op", "new"])).await?;
+        // 15 (ISCSI_ERR_SESS_EXISTS): a session runs through it already.
+        if made.status != 0 && made.status != 15 {
+            return Err(ExecError::Failed {
+                cmd: format!("iscsiadm --mode iface --interface {iface} --op new"),
+                status: made.status,
+                stderr: made.stderr_str(),
+            });
+        }
     }
     runner
         .run_ok(&iface_cmd().args([
@@ -289,7 +300,7 @@ pub async fn login(
     sysfs: &Path,
     portal: &Portal,
 ) -> Result<(), ExecError> {
-    if session_of(sysfs, &portal.target).is_some() {
+    if session_of(sysfs, portal).is_some() {
         return Ok(());
     }
     let node = || node_cmd(portal);
@@ -302,9 +313,7 @@ pub async fn login(
         "--portal",
         &portal.address,
     ]);
-    if let Some(i) = iface_of(portal) {
-        discover = discover.args(["--interface", &i]);
-    }
+    discover = discover.args(["--interface", &iface_name(portal)]);
     runner.run_ok(&discover.arg("--discover")).await?;
     if let Some(chap) = &portal.chap {
         for (k, v) in [
@@ -341,19 +350,30 @@ pub async fn logout(
     sysfs: &Path,
     portal: &Portal,
 ) -> Result<(), ExecError> {
-    if session_of(sysfs, &portal.target).is_none() {
+    let Some(session) = session_of(sysfs, portal) else {
         return Ok(());
-    }
-    runner.run_ok(&node_cmd(portal).arg("--logout")).await?;
+    };
+    // By its number: only this pool's session, whatever iface it came through.
+    let sid = session.trim_start_matches("session");
+    runner
+        .run_ok(&Cmd::new("iscsiadm").args(["--mode", "session", "--sid", sid, "--logout"]))
+        .await?;
     Ok(())
 }
 
-/// The session (`sessionN` under `class/iscsi_session`) logged in to `target`.
-pub fn session_of(sysfs: &Path, target: &str) -> Option<String> {
+/// The session (`sessionN` under `class/iscsi_session`) to the portal's
+/// target through the pool's iface (`ifacename`; where the kernel does not
+/// show it, by target alone).
+pub fn session_of(sysfs: &Path, portal: &Portal) -> Option<String> {
     let dir = sysfs.join("class/iscsi_session");
+    let iface = iface_name(portal);
     std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
         let name = std::fs::read_to_string(e.path().join("targetname")).ok()?;
-        (name.trim() == target).then(|| e.file_name().to_string_lossy().into_owned())
+        let through = std::fs::read_to_string(e.path().join("ifacename"))
+            .map(|i| i.trim() == iface)
+            .unwrap_or(true);
+        (name.trim() == portal.target && through)
+            .then(|| e.file_name().to_string_lossy().into_owned())
     })
 }
 
@@ -540,10 +560,25 @@ Total size:67108864
     fn finds_the_session_and_the_luns_block_device_in_sysfs() {
         let sys = session_tree();
         assert_eq!(
-            session_of(sys.path(), "iqn.2026-11.io.pool-csi:t1").as_deref(),
+            session_of(
+                sys.path(),
+                &Portal::new("127.0.0.1", "iqn.2026-11.io.pool-csi:t1")
+            )
+            .as_deref(),
             Some("session3")
         );
-        assert_eq!(session_of(sys.path(), "iqn.other"), None);
+        assert_eq!(
+            session_of(sys.path(), &Portal::new("127.0.0.1", "iqn.other")),
+            None
+        );
+        // Through another iface: not this pool's session.
+        std::fs::write(
+            sys.path().join("class/iscsi_session/session3/ifacename"),
+            "pool-csi-0123456789abcdef\n",
+        )
+        .unwrap();
+        let p = Portal::new("127.0.0.1", "iqn.2026-11.io.pool-csi:t1");
+        assert_eq!(session_of(sys.path(), &p), None, "the default iface's pool");
         let unit = lun_unit(sys.path(), "session3", 2).unwrap();
         assert!(unit.ends_with("target4:0:0/4:0:0:2"), "{}", unit.display());
         assert_eq!(block_of(&unit), Some(PathBuf::from("/dev/sdc")));
@@ -569,6 +604,8 @@ Total size:67108864
                     "sendtargets",
                     "--portal",
                     "127.0.0.1:3260",
+                    "--interface",
+                    "default",
                     "--discover",
                 ],
                 Reply::ok(),
@@ -582,6 +619,8 @@ Total size:67108864
                     "iqn.2026-11.io.pool-csi:t1",
                     "--portal",
                     "127.0.0.1:3260",
+                    "--interface",
+                    "default",
                     "--login",
                 ],
                 Reply::ok(),
@@ -595,16 +634,7 @@ Total size:67108864
         let sys = session_tree();
         let p = Portal::new("127.0.0.1", "iqn.2026-11.io.pool-csi:t1");
         let runner = FakeRunner::new().expect(
-            [
-                "iscsiadm",
-                "--mode",
-                "node",
-                "--targetname",
-                "iqn.2026-11.io.pool-csi:t1",
-                "--portal",
-                "127.0.0.1:3260",
-                "--logout",
-            ],
+            ["iscsiadm", "--mode", "session", "--sid", "3", "--logout"],
             Reply::ok(),
         );
         logout(&runner, sys.path(), &p).await.unwrap();
@@ -615,8 +645,8 @@ Total size:67108864
     }
 
     /// A pool that names its initiator logs in through its own iface with
-    /// that name (made once; an existing record, exit 15, is updated), and
-    /// logs out through it.
+    /// that name (made when missing, then given the name), and only its own
+    /// session is logged out.
     #[tokio::test]
     async fn a_pools_initiator_logs_in_through_its_own_iface() {
         let mut p = Portal::new("127.0.0.1", "iqn.2026-11.io.pool-csi:t1");
@@ -654,7 +684,8 @@ Total size:67108864
         };
         let empty = tempfile::tempdir().unwrap();
         let runner = FakeRunner::new()
-            .expect(iface_cmd(&["--op", "new"]), Reply::exit(15))
+            .expect(iface_cmd(&["--op", "show"]), Reply::exit(21))
+            .expect(iface_cmd(&["--op", "new"]), Reply::ok())
             .expect(
                 iface_cmd(&[
                     "--op",
@@ -683,18 +714,67 @@ Total size:67108864
             )
             .expect(node("--login"), Reply::ok());
         login(&runner, empty.path(), &p).await.unwrap();
-        assert_eq!(runner.calls().len(), 4, "{:?}", runner.calls());
+        assert_eq!(runner.calls().len(), 5, "{:?}", runner.calls());
+
+        // An iface that exists is not made again (`new` would reset its
+        // initiator name), only updated.
+        let existing = FakeRunner::new()
+            .expect(iface_cmd(&["--op", "show"]), Reply::ok())
+            .expect(
+                iface_cmd(&[
+                    "--op",
+                    "update",
+                    "--name",
+                    "iface.initiatorname",
+                    "--value",
+                    "iqn.2026-11.io.example:node-a",
+                ]),
+                Reply::ok(),
+            )
+            .expect(
+                [
+                    "iscsiadm",
+                    "--mode",
+                    "discoverydb",
+                    "--type",
+                    "sendtargets",
+                    "--portal",
+                    "127.0.0.1:3260",
+                    "--interface",
+                    iface.as_str(),
+                    "--discover",
+                ],
+                Reply::ok(),
+            )
+            .expect(node("--login"), Reply::ok());
+        login(&existing, empty.path(), &p).await.unwrap();
+        assert!(existing.calls().iter().all(|c| !c.contains("--op new")));
 
         // Any other failure to make the iface stops the login.
-        let failing = FakeRunner::new().expect(
-            iface_cmd(&["--op", "new"]),
-            Reply::exit(7).stderr("iscsiadm: cannot open iface db"),
-        );
+        let failing = FakeRunner::new()
+            .expect(iface_cmd(&["--op", "show"]), Reply::exit(21))
+            .expect(
+                iface_cmd(&["--op", "new"]),
+                Reply::exit(7).stderr("iscsiadm: cannot open iface db"),
+            );
         let e = login(&failing, empty.path(), &p).await.unwrap_err();
         assert!(e.to_string().contains("cannot open iface db"), "{e}");
 
+        // Its session is found through its iface, and logged out by number.
         let sys = session_tree();
-        let runner = FakeRunner::new().expect(node("--logout"), Reply::ok());
+        let s3 = sys.path().join("class/iscsi_session/session3");
+        std::fs::write(s3.join("ifacename"), "default\n").unwrap();
+        let none = FakeRunner::new();
+        logout(&none, sys.path(), &p).await.unwrap();
+        assert!(
+            none.calls().is_empty(),
+            "the default iface's session is another pool's"
+        );
+        std::fs::write(s3.join("ifacename"), format!("{iface}\n")).unwrap();
+        let runner = FakeRunner::new().expect(
+            ["iscsiadm", "--mode", "session", "--sid", "3", "--logout"],
+            Reply::ok(),
+        );
         logout(&runner, sys.path(), &p).await.unwrap();
         assert_eq!(runner.calls().len(), 1);
     }

@@ -104,6 +104,10 @@ impl HeldDevices {
         self.lock().remove(at)
     }
 
+    pub fn has(&self, at: &Path) -> bool {
+        self.lock().contains_key(at)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Pinned>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
