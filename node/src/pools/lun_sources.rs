@@ -491,6 +491,18 @@ mod tests {
         std::fs::write(unit.join("vpd_pg80"), page).unwrap();
     }
 
+    /// LUN 1 as handed out, with the serial the fixtures' target reports.
+    fn lun1_claim() -> Claim {
+        Claim {
+            identity: "serial:orig0001".into(),
+            lun: 1,
+            size: 32 * MIB,
+            wipe: false,
+            address: "LUN 1".into(),
+            published: None,
+        }
+    }
+
     /// iSCSI attach checks the LUN's serial with the target before logging
     /// in, and through the kernel after: a LUN replaced at its number is
     /// refused at either check.
@@ -500,14 +512,7 @@ mod tests {
         let c = cfg(&t);
         let sys = c.sysfs_root.clone();
         let d = def("  type: iscsi\n  source: { host: \"127.0.0.1:3299\", device: \"iqn.2026-11.io.pool-csi:rec\" }\n");
-        let claim = Claim {
-            identity: "serial:orig0001".into(),
-            lun: 1,
-            size: 32 * MIB,
-            wipe: false,
-            address: "LUN 1".into(),
-            published: None,
-        };
+        let claim = lun1_claim();
         let inq = ["iscsi-inq", "-e", "1", "-c", "128", "*"];
         let source = |replies: Vec<Reply>| {
             let runner = replies
@@ -554,14 +559,7 @@ mod tests {
         let scanned = t.path().join("scanned-unit");
         std::fs::rename(&unit, &scanned).unwrap(); // not scanned yet
         let d = def("  type: iscsi\n  source: { host: \"127.0.0.1:3299\", device: \"iqn.2026-11.io.pool-csi:rec\" }\n");
-        let claim = Claim {
-            identity: "serial:orig0001".into(),
-            lun: 1,
-            size: 32 * MIB,
-            wipe: false,
-            address: "LUN 1".into(),
-            published: None,
-        };
+        let claim = lun1_claim();
         let runner = Arc::new(
             FakeRunner::new()
                 .expect(

@@ -540,6 +540,24 @@ Total size:67108864
     }
 
     /// sysfs as the kernel lays it out for one session with two LUNs.
+    /// SendTargets discovery of the test portal through `iface`.
+    fn discover(iface: &str) -> Vec<String> {
+        [
+            "iscsiadm",
+            "--mode",
+            "discoverydb",
+            "--type",
+            "sendtargets",
+            "--portal",
+            "127.0.0.1:3260",
+            "--interface",
+            iface,
+            "--discover",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     fn session_tree() -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
         let s = root.path().join("class/iscsi_session/session3");
@@ -595,21 +613,7 @@ Total size:67108864
 
         let empty = tempfile::tempdir().unwrap();
         let runner = FakeRunner::new()
-            .expect(
-                [
-                    "iscsiadm",
-                    "--mode",
-                    "discoverydb",
-                    "--type",
-                    "sendtargets",
-                    "--portal",
-                    "127.0.0.1:3260",
-                    "--interface",
-                    "default",
-                    "--discover",
-                ],
-                Reply::ok(),
-            )
+            .expect(discover("default"), Reply::ok())
             .expect(
                 [
                     "iscsiadm",
@@ -683,10 +687,9 @@ Total size:67108864
             v
         };
         let empty = tempfile::tempdir().unwrap();
-        let runner = FakeRunner::new()
-            .expect(iface_cmd(&["--op", "show"]), Reply::exit(21))
-            .expect(iface_cmd(&["--op", "new"]), Reply::ok())
-            .expect(
+        // After the iface is there: its name, discovery and login through it.
+        let rest = |r: FakeRunner| {
+            r.expect(
                 iface_cmd(&[
                     "--op",
                     "update",
@@ -697,57 +700,22 @@ Total size:67108864
                 ]),
                 Reply::ok(),
             )
-            .expect(
-                [
-                    "iscsiadm",
-                    "--mode",
-                    "discoverydb",
-                    "--type",
-                    "sendtargets",
-                    "--portal",
-                    "127.0.0.1:3260",
-                    "--interface",
-                    iface.as_str(),
-                    "--discover",
-                ],
-                Reply::ok(),
-            )
-            .expect(node("--login"), Reply::ok());
+            .expect(discover(&iface), Reply::ok())
+            .expect(node("--login"), Reply::ok())
+        };
+        let runner = rest(
+            FakeRunner::new()
+                .expect(iface_cmd(&["--op", "show"]), Reply::exit(21))
+                .expect(iface_cmd(&["--op", "new"]), Reply::ok()),
+        );
         login(&runner, empty.path(), &p).await.unwrap();
         assert_eq!(runner.calls().len(), 5, "{:?}", runner.calls());
 
         // An iface that exists is not made again (`new` would reset its
         // initiator name), only updated.
-        let existing = FakeRunner::new()
-            .expect(iface_cmd(&["--op", "show"]), Reply::ok())
-            .expect(
-                iface_cmd(&[
-                    "--op",
-                    "update",
-                    "--name",
-                    "iface.initiatorname",
-                    "--value",
-                    "iqn.2026-11.io.example:node-a",
-                ]),
-                Reply::ok(),
-            )
-            .expect(
-                [
-                    "iscsiadm",
-                    "--mode",
-                    "discoverydb",
-                    "--type",
-                    "sendtargets",
-                    "--portal",
-                    "127.0.0.1:3260",
-                    "--interface",
-                    iface.as_str(),
-                    "--discover",
-                ],
-                Reply::ok(),
-            )
-            .expect(node("--login"), Reply::ok());
+        let existing = rest(FakeRunner::new().expect(iface_cmd(&["--op", "show"]), Reply::ok()));
         login(&existing, empty.path(), &p).await.unwrap();
+        assert_eq!(existing.calls().len(), 4, "{:?}", existing.calls());
         assert!(existing.calls().iter().all(|c| !c.contains("--op new")));
 
         // Any other failure to make the iface stops the login.
