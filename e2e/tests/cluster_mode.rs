@@ -257,28 +257,34 @@ async fn orphans_are_reported_and_deleted_only_by_the_operator() {
     assert_eq!(all.len(), 3, "the volume with a PV is no orphan: {all:?}");
     let lost = all.iter().find(|o| o["kind"] == "lostVolume").unwrap();
     assert_eq!(lost["pv"], "pv-lost");
-    let events = api.objects("/api/v1/namespaces/default/events");
+    // The findings are kept first, then the Events go out and the gauges
+    // follow: wait for them.
+    let has_event = |api: &pool_csi_testkit::fake_api::FakeApi, reason: &str, object: &str| {
+        api.objects("/api/v1/namespaces/default/events")
+            .iter()
+            .any(|e| e["reason"] == reason && e["involvedObject"]["name"] == object)
+    };
     for (reason, object) in [
         ("OrphanedVolume", "local"),
         ("OrphanedSnapshot", "local"),
         ("VolumeLost", "local"),
         ("VolumeLost", "pv-lost"),
     ] {
-        assert!(
-            events
-                .iter()
-                .any(|e| e["reason"] == reason && e["involvedObject"]["name"] == object),
-            "{reason} on {object}: {events:?}"
-        );
+        eventually(&format!("{reason} on {object}"), || {
+            has_event(&api, reason, object)
+        })
+        .await;
     }
-    let m = pool_csi_e2e::scrape(&d.ctrl_metrics);
-    for line in [
+    let gauges = [
         "pool_csi_orphaned_volumes{pool=\"local\"} 1",
         "pool_csi_orphaned_snapshots{pool=\"local\"} 1",
         "pool_csi_lost_volumes{pool=\"local\"} 1",
-    ] {
-        assert!(m.contains(line), "{line} in:\n{m}");
-    }
+    ];
+    eventually("the gauges count them", || {
+        let m = pool_csi_e2e::scrape(&d.ctrl_metrics);
+        gauges.iter().all(|line| m.contains(line))
+    })
+    .await;
 
     // poolctl lists them with age and size.
     let (ok, out) = d.poolctl(&["orphans"]);
