@@ -72,6 +72,17 @@ pub fn pool_ref(sp: &StoragePool) -> ObjectReference {
     }
 }
 
+/// What an Event about PersistentVolume `name` refers to.
+pub fn pv_ref(name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolume".into()),
+        name: Some(name.into()),
+        uid,
+        ..Default::default()
+    }
+}
+
 /// At most `max` bytes of `s`, cut on a character boundary (the API server
 /// refuses longer Event messages).
 pub fn truncate(s: &str, max: usize) -> &str {

@@ -17,7 +17,7 @@
 
 use super::{events::Recorder, static_pvs::POOL_LABEL};
 use k8s_openapi::{
-    api::core::v1::{Node, ObjectReference, PersistentVolume},
+    api::core::v1::{Node, PersistentVolume},
     jiff::Timestamp,
 };
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -151,13 +151,7 @@ impl NodeLoss {
                 )),
             };
             tracing::warn!(pv = %pv.name, node = %pv.node, "{message}");
-            let about = ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("PersistentVolume".into()),
-                name: Some(pv.name.clone()),
-                uid: pv.uid.clone(),
-                ..Default::default()
-            };
+            let about = super::events::pv_ref(&pv.name, pv.uid.clone());
             self.events.warn(about, reason, &message, now).await;
             // One Event per pool, node and change, however many PVs.
             if told_pools.insert((pv.pool.clone(), pv.node.clone(), reason)) {

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{agents::Agents, join::join_all};
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, ObjectReference, PersistentVolume},
+    api::core::v1::{ConfigMap, PersistentVolume},
     jiff::Timestamp,
 };
 use kube::{
@@ -169,13 +169,7 @@ impl OrphanCheck {
         if let (Kind::LostVolume, Some(pv)) = (o.kind, &o.pv) {
             let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
             if let Ok(Some(p)) = pvs.get_opt(pv).await {
-                let about = ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("PersistentVolume".into()),
-                    name: p.metadata.name.clone(),
-                    uid: p.metadata.uid.clone(),
-                    ..Default::default()
-                };
+                let about = super::events::pv_ref(pv, p.metadata.uid.clone());
                 self.events
                     .warn(about, o.kind.reason(), &o.message(), now)
                     .await;
