@@ -42,6 +42,9 @@ TOOLS = [
     (["multipath", "-h"], "multipath-tools"),
     (["multipathd", "-h"], "multipath-tools"),
     (["ploop"], "ploop"),
+    (["mount.nfs", "-V"], "nfs-common"),
+    (["mount.cifs", "-V"], "cifs-utils"),
+    (["mount.glusterfs", "-V"], "glusterfs-client"),
 ]
 # Tools that print no version: running them must print their usage.
 USAGE = {"resize2fs": "resize2fs", "multipathd": "Invalid argument '-h'", "ploop": "Usage: ploop",

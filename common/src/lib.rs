@@ -62,5 +62,5 @@ pub use codes::{full_message, status_from, GrpcCode};
 pub use oplock::{LockKey, OpGuard, OpLocks};
 pub use params::VolumeParams;
 pub use pool_spec::{PoolDefinition, StoragePoolSpec};
-pub use pool_type::{Allocation, PoolType, VolumeFormat};
+pub use pool_type::{Allocation, OnDelete, PoolType, VolumeFormat};
 pub use volume_id::{storage_name, SnapshotId, VolumeId};

@@ -2,7 +2,7 @@
 //! refused: an unknown key, a bad value, or a value the pool type cannot hold
 //! is an INVALID_ARGUMENT naming the key — never silently ignored.
 
-use crate::{Allocation, PoolType, VolumeFormat};
+use crate::{Allocation, OnDelete, PoolType, VolumeFormat};
 use std::collections::HashMap;
 
 pub const KEY_POOL: &str = "pool";
@@ -13,6 +13,7 @@ pub const KEY_WIPE: &str = "wipeOnDelete";
 pub const KEY_FSTYPE: &str = "csi.storage.k8s.io/fstype";
 pub const KEY_STRIPES: &str = "stripes";
 pub const KEY_STRIPE_SIZE: &str = "stripeSize";
+pub const KEY_ON_DELETE: &str = "onDelete";
 /// Keys the external-provisioner adds with `--extra-create-metadata`.
 const PROVISIONER_METADATA: [&str; 3] = [
     "csi.storage.k8s.io/pvc/name",
@@ -39,6 +40,8 @@ pub struct VolumeParams {
     pub stripes: Option<u32>,
     /// logical pools: stripe size in bytes (a power of two, 4 KiB – 512 MiB).
     pub stripe_size: Option<u64>,
+    /// Directory volumes: what DeleteVolume does with the data.
+    pub on_delete: Option<OnDelete>,
     /// PVC namespace/name when the provisioner passes them (for logs and events).
     pub pvc: Option<String>,
 }
@@ -47,7 +50,7 @@ pub struct VolumeParams {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParamError {
     /// The key is not a pool-csi parameter.
-    #[error("unknown StorageClass parameter {key:?}; known: pool, volumeFormat, allocation, partitionType, wipeOnDelete, stripes, stripeSize, csi.storage.k8s.io/fstype")]
+    #[error("unknown StorageClass parameter {key:?}; known: pool, volumeFormat, allocation, partitionType, wipeOnDelete, onDelete, stripes, stripeSize, csi.storage.k8s.io/fstype")]
     Unknown { key: String },
     /// The value does not parse.
     #[error("invalid StorageClass parameter {key}={value:?}: {why}")]
@@ -202,6 +205,13 @@ impl VolumeParams {
                     out.stripes = Some(n);
                 }
                 KEY_STRIPE_SIZE => out.stripe_size = Some(parse_stripe_size(value)?),
+                KEY_ON_DELETE => {
+                    out.on_delete = Some(
+                        value
+                            .parse()
+                            .map_err(|e| invalid(KEY_ON_DELETE, value, e))?,
+                    )
+                }
                 k if k == PROVISIONER_METADATA[0] => pvc.1 = Some(value.clone()),
                 k if k == PROVISIONER_METADATA[1] => pvc.0 = Some(value.clone()),
                 k if k == PROVISIONER_METADATA[2] => {}
@@ -263,6 +273,28 @@ impl VolumeParams {
                 KEY_STRIPE_SIZE
             };
             return Err(not_for(key, "set".into(), "only logical pools".into()));
+        }
+        let directory = self.format.is_some_and(VolumeFormat::is_directory);
+        if let Some(o) = self.on_delete.filter(|_| !directory) {
+            return Err(not_for(
+                KEY_ON_DELETE,
+                o.to_string(),
+                "only with volumeFormat=directory".into(),
+            ));
+        }
+        if directory && self.wipe_on_delete {
+            return Err(not_for(
+                KEY_WIPE,
+                "true".into(),
+                "image volumes only: a directory volume's files are removed, not zeroed".into(),
+            ));
+        }
+        if directory && self.fs_type.is_some() {
+            return Err(not_for(
+                KEY_FSTYPE,
+                self.fs_type.clone().unwrap_or_default(),
+                "none with volumeFormat=directory: the volume is a directory of the pool's filesystem".into(),
+            ));
         }
         if !pool_type.creates_volumes() && (self.format.is_some() || self.allocation.is_some()) {
             return Err(not_for(
@@ -350,6 +382,45 @@ mod tests {
             ParamError::MissingPool
         );
         assert_eq!(VolumeParams::parse(&map(&[]), Some("d")).unwrap().pool, "d");
+    }
+
+    #[test]
+    fn on_delete_goes_with_directory_volumes_only() {
+        let p = VolumeParams::parse(
+            &map(&[
+                ("pool", "share"),
+                ("volumeFormat", "directory"),
+                ("onDelete", "archive"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.on_delete, Some(OnDelete::Archive));
+        p.check_for(PoolType::Netfs).unwrap();
+        assert!(p.check_for(PoolType::Logical).is_err());
+        let raw =
+            VolumeParams::parse(&map(&[("pool", "d"), ("onDelete", "retain")]), None).unwrap();
+        let e = raw.check_for(PoolType::Dir).unwrap_err().to_string();
+        assert!(
+            e.contains("onDelete=retain") && e.contains("directory"),
+            "{e}"
+        );
+        let e = VolumeParams::parse(&map(&[("pool", "d"), ("onDelete", "keep")]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delete, retain, archive"), "{e}");
+        for extra in [
+            ("wipeOnDelete", "true"),
+            ("csi.storage.k8s.io/fstype", "ext4"),
+        ] {
+            let p = VolumeParams::parse(
+                &map(&[("pool", "share"), ("volumeFormat", "directory"), extra]),
+                None,
+            )
+            .unwrap();
+            let e = p.check_for(PoolType::Netfs).unwrap_err().to_string();
+            assert!(e.contains(extra.0), "{e}");
+        }
     }
 
     #[test]

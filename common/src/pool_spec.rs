@@ -68,16 +68,22 @@ pub struct PoolSource {
     /// logical: the physical volumes `build` turns into the VG.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
-    /// netfs / iscsi: host[:port].
+    /// netfs: the server (a host name or address); iscsi: the portal, host[:port].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// netfs: the exported directory.
+    /// netfs: the exported directory (nfs), the volume (`/gv0`, glusterfs)
+    /// or the share (`/share`, cifs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<String>,
+    /// netfs: mount options, one per entry (`vers=4.2`, `noatime`); cifs
+    /// credentials go in `auth`, never here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
     /// logical: the VG name (default: the pool name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// fs: filesystem (auto, ext4, xfs …); disk: table type (gpt, dos …).
+    /// fs: filesystem (auto, ext4, xfs …); disk: table type (gpt, dos …);
+    /// netfs: auto, nfs, glusterfs or cifs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
     /// scsi: the HBA by its kernel name (`hostN`; the number can change
@@ -94,7 +100,7 @@ pub struct PoolSource {
     /// own name from /etc/iscsi/initiatorname.iscsi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<String>,
-    /// iscsi: CHAP credentials.
+    /// iscsi: CHAP credentials; netfs with format cifs: the share's user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<PoolAuth>,
 }
@@ -175,6 +181,87 @@ pub struct PoolTarget {
     /// Where volumes live (file pools) or are found (/dev/VG …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+}
+
+/// The fields of a netfs pool's source, checked before anything is mounted:
+/// they end up in mount's argument vector.
+pub mod netfs {
+    use super::PoolSource;
+
+    /// `source.format` values, `auto` first (the default).
+    pub const FORMATS: [&str; 4] = ["auto", "nfs", "glusterfs", "cifs"];
+    /// Options that carry credentials: those come from `source.auth`.
+    const SECRET_OPTIONS: [&str; 5] = ["credentials", "password", "pass", "username", "user"];
+
+    pub fn check(s: &PoolSource) -> Result<(), String> {
+        let host = s.host.as_deref().unwrap_or("");
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && !host.starts_with('-')
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+        if !host_ok {
+            return Err(format!(
+                "source.host {host:?} must be the server's host name or address (letters, digits, '.', '-', ':', '[]')"
+            ));
+        }
+        let format = s.format.as_deref().unwrap_or("auto");
+        if !FORMATS.contains(&format) {
+            return Err(format!(
+                "source.format {format:?} is not a netfs format; expected one of {}",
+                FORMATS.join(", ")
+            ));
+        }
+        if let Some(d) = &s.dir {
+            if d.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b',')
+            {
+                return Err(format!(
+                    "source.dir {d:?} must not hold spaces, control characters or ','"
+                ));
+            }
+        }
+        for o in &s.options {
+            let (key, _) = o.split_once('=').unwrap_or((o, ""));
+            let ok = !o.is_empty()
+                && o.len() <= 256
+                && o.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && o.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.=:/+-".contains(&b));
+            if !ok {
+                return Err(format!(
+                    "source.options entry {o:?} must be one mount option (letters, digits and _.=:/+-, starting with a letter or digit; no ',' or spaces)"
+                ));
+            }
+            if SECRET_OPTIONS.contains(&key) {
+                return Err(format!(
+                    "source.options must not carry credentials ({key}); give source.auth {{username, secretRef}}"
+                ));
+            }
+        }
+        match (&s.auth, format) {
+            (Some(a), "cifs") => {
+                if a.username.is_empty()
+                    || a.username
+                        .bytes()
+                        .any(|b| b.is_ascii_control() || b == b'\n')
+                    || super::check_pool_name(&a.secret_ref).is_err()
+                {
+                    return Err(
+                        "source.auth needs a username and a secretRef naming a Secret".into(),
+                    );
+                }
+            }
+            (Some(_), f) => {
+                return Err(format!(
+                    "source.auth is for cifs shares; a {f} share takes no credentials"
+                ))
+            }
+            (None, _) => {}
+        }
+        Ok(())
+    }
 }
 
 /// A named pool: a StoragePool manifest's metadata.name and spec.
@@ -283,9 +370,7 @@ impl PoolDefinition {
             }
             PoolType::Netfs => {
                 abs("target.path", &s.target.path)?;
-                if s.source.host.is_none() {
-                    return Err(invalid("source.host is required for netfs pools".into()));
-                }
+                netfs::check(&s.source).map_err(invalid)?;
                 abs("source.dir", &s.source.dir)?;
             }
             PoolType::Disk => abs("source.device", &s.source.device)?,
@@ -575,6 +660,64 @@ spec:
             ("{ adapter: host3, adapterWwn: { wwnn: \"0x20000000c9831b4b\", wwpn: \"0x10000000c9831b4b\" } }", "not both"),
         ] {
             let e = scsi(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn netfs_sources_are_checked_before_anything_is_mounted() {
+        let netfs = |source: &str| {
+            PoolDefinition::parse_documents(
+                &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: share }}\nspec:\n  type: netfs\n  target: {{ path: /var/lib/pool-csi/share }}\n  source: {source}\n"),
+                "t",
+            )
+            .map_err(|e| e.to_string())
+        };
+        let ok = netfs("{ host: nfs.example.com, dir: /export/k8s, format: nfs, options: [vers=4.2, noatime] }").unwrap();
+        assert_eq!(ok[0].spec.source.options, ["vers=4.2", "noatime"]);
+        netfs("{ host: \"10.250.0.2\", dir: /gv0, format: glusterfs }").unwrap();
+        netfs("{ host: files, dir: /share, format: cifs, auth: { username: svc, secretRef: smb-creds } }").unwrap();
+        for (bad, why) in [
+            ("{ host: nfs, dir: /x, format: zfs }", "not a netfs format"),
+            (
+                "{ host: nfs, dir: /export/../etc, format: nfs }",
+                "without '..'",
+            ),
+            ("{ host: nfs, format: nfs }", "source.dir is required"),
+            ("{ host: \"nfs server\", dir: /x }", "source.host"),
+            ("{ host: \"-oremount\", dir: /x }", "source.host"),
+            ("{ dir: /x }", "source.host"),
+            ("{ host: nfs, dir: \"/x y\" }", "spaces"),
+            (
+                "{ host: nfs, dir: /x, options: [\"ro,remount\"] }",
+                "one mount option",
+            ),
+            (
+                "{ host: nfs, dir: /x, options: [\"-o\"] }",
+                "one mount option",
+            ),
+            (
+                "{ host: nfs, dir: /x, options: [\"x y\"] }",
+                "one mount option",
+            ),
+            (
+                "{ host: f, dir: /s, format: cifs, options: [password=hunter2] }",
+                "credentials",
+            ),
+            (
+                "{ host: f, dir: /s, format: cifs, options: [credentials=/etc/x] }",
+                "credentials",
+            ),
+            (
+                "{ host: f, dir: /s, format: nfs, auth: { username: u, secretRef: s } }",
+                "cifs shares",
+            ),
+            (
+                "{ host: f, dir: /s, format: cifs, auth: { username: u, secretRef: \"../s\" } }",
+                "secretRef",
+            ),
+        ] {
+            let e = netfs(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

@@ -28,6 +28,9 @@ pub enum VolumeFormat {
     Vpc,
     Vdi,
     Ploop,
+    /// A directory on the pool's filesystem, published by bind mount:
+    /// shared pools (netfs) serve it to many nodes at once.
+    Directory,
 }
 
 /// How space is reserved for a volume.
@@ -86,7 +89,7 @@ impl PoolType {
     pub fn formats(self) -> &'static [VolumeFormat] {
         use VolumeFormat::*;
         if self.is_file_pool() {
-            &[Raw, Qcow2, Vmdk, Vpc, Vdi, Ploop]
+            &[Raw, Qcow2, Vmdk, Vpc, Vdi, Ploop, Directory]
         } else {
             &[Raw]
         }
@@ -109,13 +112,14 @@ impl PoolType {
 }
 
 impl VolumeFormat {
-    pub const ALL: [VolumeFormat; 6] = [
+    pub const ALL: [VolumeFormat; 7] = [
         Self::Raw,
         Self::Qcow2,
         Self::Vmdk,
         Self::Vpc,
         Self::Vdi,
         Self::Ploop,
+        Self::Directory,
     ];
 
     /// The name used in parameters, file extensions and `qemu-img -f`.
@@ -127,7 +131,14 @@ impl VolumeFormat {
             Self::Vpc => "vpc",
             Self::Vdi => "vdi",
             Self::Ploop => "ploop",
+            Self::Directory => "directory",
         }
+    }
+
+    /// A directory rather than a block device: mounted by bind, never
+    /// formatted, and the only kind of volume many nodes may use at once.
+    pub fn is_directory(self) -> bool {
+        self == Self::Directory
     }
 }
 
@@ -138,6 +149,32 @@ impl Allocation {
             Self::Full => "full",
             Self::Thin => "thin",
             Self::Thick => "thick",
+        }
+    }
+}
+
+/// What deleting a directory volume does with its data (the StorageClass
+/// parameter `onDelete`, as NFS provisioners have it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    /// The data is removed.
+    #[default]
+    Delete,
+    /// The data stays in the pool as `retained-<name>`.
+    Retain,
+    /// The data stays in the pool as `archived-<name>-<UTC time>`.
+    Archive,
+}
+
+impl OnDelete {
+    pub const ALL: [OnDelete; 3] = [Self::Delete, Self::Retain, Self::Archive];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Retain => "retain",
+            Self::Archive => "archive",
         }
     }
 }
@@ -176,6 +213,7 @@ impl Allocation {
 str_enum!(PoolType, "pool type");
 str_enum!(VolumeFormat, "volume format");
 str_enum!(Allocation, "allocation");
+str_enum!(OnDelete, "onDelete policy");
 
 #[cfg(test)]
 mod tests {

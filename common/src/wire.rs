@@ -2,7 +2,7 @@
 //! once, at their edge; below it only [`PoolType`], [`VolumeFormat`] and
 //! [`Allocation`] are seen.
 
-use crate::{Allocation, PoolType, VolumeFormat};
+use crate::{Allocation, OnDelete, PoolType, VolumeFormat};
 use pool_csi_proto::agent as pb;
 
 impl From<PoolType> for pb::PoolType {
@@ -29,6 +29,7 @@ impl From<VolumeFormat> for pb::VolumeFormat {
             VolumeFormat::Vpc => Self::Vpc,
             VolumeFormat::Vdi => Self::Vdi,
             VolumeFormat::Ploop => Self::Ploop,
+            VolumeFormat::Directory => Self::Directory,
         }
     }
 }
@@ -41,6 +42,29 @@ impl From<Allocation> for pb::Allocation {
             Allocation::Thin => Self::Thin,
             Allocation::Thick => Self::Thick,
         }
+    }
+}
+
+impl From<OnDelete> for pb::OnDelete {
+    fn from(o: OnDelete) -> Self {
+        match o {
+            OnDelete::Delete => Self::Delete,
+            OnDelete::Retain => Self::Retain,
+            OnDelete::Archive => Self::Archive,
+        }
+    }
+}
+
+/// The onDelete policy of a wire value.
+pub fn on_delete(v: i32) -> Result<OnDelete, UnknownValue> {
+    match pb::OnDelete::try_from(v) {
+        Ok(pb::OnDelete::Delete) => Ok(OnDelete::Delete),
+        Ok(pb::OnDelete::Retain) => Ok(OnDelete::Retain),
+        Ok(pb::OnDelete::Archive) => Ok(OnDelete::Archive),
+        Err(_) => Err(UnknownValue {
+            what: "onDelete policy",
+            value: v,
+        }),
     }
 }
 
@@ -90,6 +114,7 @@ pub fn volume_format(v: i32) -> Result<Option<VolumeFormat>, UnknownValue> {
         pb::VolumeFormat::Vpc => Some(VolumeFormat::Vpc),
         pb::VolumeFormat::Vdi => Some(VolumeFormat::Vdi),
         pb::VolumeFormat::Ploop => Some(VolumeFormat::Ploop),
+        pb::VolumeFormat::Directory => Some(VolumeFormat::Directory),
     })
 }
 
@@ -126,6 +151,10 @@ mod tests {
         for a in Allocation::ALL {
             assert_eq!(allocation(pb::Allocation::from(a) as i32).unwrap(), Some(a));
         }
+        for o in OnDelete::ALL {
+            assert_eq!(on_delete(pb::OnDelete::from(o) as i32).unwrap(), o);
+        }
+        assert!(on_delete(7).is_err());
         assert_eq!(volume_format(0).unwrap(), None);
         assert!(pool_type(0).is_err());
         let e = allocation(99).unwrap_err().to_string();

@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod clients;
 pub mod crash;
 pub mod fake_cluster;
+pub mod gluster;
 pub mod req;
 pub mod tgt;
 

@@ -54,7 +54,8 @@ pub async fn pools_for_node(
 /// pools are started. Returns how many pools the node serves.
 pub async fn sync_once(ctx: &NodeCtx, client: &kube::Client) -> Result<usize, kube::Error> {
     let defs = pools_for_node(client, &ctx.cfg.node_name).await?;
-    let fresh = ctx.pools.sync(&defs, &ctx.cfg, ctx.runner.clone());
+    let (fresh, dropped) = ctx.pools.sync(&defs, &ctx.cfg, ctx.runner.clone());
+    pools::registry::stop(&dropped).await;
     pools::registry::start(&fresh).await;
     Ok(defs.len())
 }

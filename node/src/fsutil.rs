@@ -10,18 +10,40 @@ use std::{fs::File, os::unix::fs::FileExt, path::Path};
 /// enough to keep memory flat.
 const CHUNK: usize = 1 << 20;
 
-/// Renames without ever replacing an existing file.
+/// Renames without ever replacing an existing file, also where other hosts
+/// make names in the same directory (a netfs share). Filesystems without
+/// RENAME_NOREPLACE (NFS) get what is atomic there: a file is hard-linked
+/// to its new name (EEXIST if taken) and its old name removed; a directory
+/// (never empty when pool-csi renames one) is renamed, which fails onto a
+/// non-empty directory.
 pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
+    let appeared =
+        || Error::Precondition(format!("{} appeared while it was being made", to.display()));
     match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::INVAL) if !to.exists() => {
-            std::fs::rename(from, to).map_err(io("rename", from))
+        Err(rustix::io::Errno::INVAL) => {
+            let is_dir = std::fs::symlink_metadata(from).is_ok_and(|m| m.is_dir());
+            if !is_dir {
+                match std::fs::hard_link(from, to) {
+                    Ok(()) => return std::fs::remove_file(from).map_err(io("remove", from)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Err(appeared())
+                    }
+                    Err(_) => {} // no hard links here either
+                }
+            }
+            if to.exists() {
+                return Err(appeared());
+            }
+            match std::fs::rename(from, to) {
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTEMPTY.raw_os_error()) => {
+                    Err(appeared())
+                }
+                r => r.map_err(io("rename", from)),
+            }
         }
-        Err(rustix::io::Errno::EXIST) => Err(Error::Precondition(format!(
-            "{} appeared while it was being made",
-            to.display()
-        ))),
+        Err(rustix::io::Errno::EXIST) => Err(appeared()),
         Err(e) => Err(io("rename", from)(e.into())),
     }
 }
@@ -281,6 +303,16 @@ fn open_uncached(dev: &Path) -> std::io::Result<File> {
 pub fn device_size(dev: &Path) -> std::io::Result<u64> {
     let f = File::open(dev)?;
     Ok(rustix::fs::seek(&f, rustix::fs::SeekFrom::End(0))?)
+}
+
+/// Whether `a` and `b` are the same file or directory (device and inode;
+/// through a bind mount too).
+pub fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 /// Whether two paths name the same block device: `/dev/VG/LV` and

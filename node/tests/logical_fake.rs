@@ -101,15 +101,10 @@ fn pool_with(runner: Arc<FakeRunner>, overcommit: u32) -> LogicalPool {
 
 fn req(name: &str, bytes: u64, source: Source) -> CreateRequest {
     CreateRequest {
-        name: name.into(),
         required: bytes,
-        limit: 0,
-        format: None,
         allocation: Some(Allocation::Thin),
         source,
-        wipe_on_delete: false,
-        partition_type: None,
-        stripes: None,
+        ..CreateRequest::sized(name, 0)
     }
 }
 

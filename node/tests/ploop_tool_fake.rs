@@ -15,7 +15,7 @@ use pool_csi_node::{
     attach::Attacher,
     exec::fake::{FakeRunner, Reply},
     formats::ploop::disk::Disk,
-    pools::{file::FilePool, CreateRequest, Pool, Source},
+    pools::{file::FilePool, CreateRequest, Pool},
     Config,
     {formats::ploop::host::PloopHost, tools::qsd::Export},
 };
@@ -70,15 +70,9 @@ fn pool(h: &Host, runner: Arc<FakeRunner>) -> FilePool {
 
 fn ploop_req(name: &str, bytes: u64) -> CreateRequest {
     CreateRequest {
-        name: name.into(),
-        required: bytes,
-        limit: 0,
         format: Some(VolumeFormat::Ploop),
-        allocation: None,
-        source: Source::Empty,
-        wipe_on_delete: false,
-        partition_type: None,
-        stripes: None,
+        required: bytes,
+        ..CreateRequest::sized(name, 0)
     }
 }
 

@@ -162,6 +162,7 @@ impl AgentClient {
                 format: v.format.map_or(0, |f| pb::VolumeFormat::from(f) as i32),
                 allocation: v.allocation.map_or(0, |a| pb::Allocation::from(a) as i32),
                 wipe_on_delete: v.wipe_on_delete,
+                on_delete: pb::OnDelete::from(v.on_delete) as i32,
                 partition_type: v.partition_type.clone().unwrap_or_default(),
                 stripes,
                 stripe_size_bytes,

@@ -2,7 +2,7 @@
 //! in its own types: the typed agent client converts the wire messages into
 //! these once, and nothing below it sees the wire.
 
-use pool_csi_common::{Allocation, PoolType, VolumeFormat};
+use pool_csi_common::{Allocation, OnDelete, PoolType, VolumeFormat};
 
 /// A pool's state on one node, as libvirt names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +185,8 @@ pub struct NewVolume {
     pub format: Option<VolumeFormat>,
     pub allocation: Option<Allocation>,
     pub wipe_on_delete: bool,
+    /// Directory volumes: what deleting one does with its data.
+    pub on_delete: OnDelete,
     pub partition_type: Option<String>,
     /// Logical pools: (stripes, stripe size in bytes; 0: LVM's default).
     pub stripes: Option<(u32, u64)>,

@@ -322,6 +322,7 @@ async fn run(args: Args) -> Result<(), String> {
                 format,
                 allocation,
                 wipe_on_delete: false,
+                on_delete: Default::default(),
                 partition_type: None,
                 stripes: None,
                 content: NewContent::Empty,

@@ -50,13 +50,13 @@ fn volume_id(id: &str) -> Result<VolumeId> {
     VolumeId::parse(id).map_err(|e| Error::NotFound(e.to_string()))
 }
 
-fn check_caps(caps_list: &[csi::VolumeCapability]) -> Result<()> {
+fn check_caps(caps_list: &[csi::VolumeCapability], kind: caps::Kind) -> Result<()> {
     if caps_list.is_empty() {
         return Err(Error::Invalid("volume_capabilities is required".into()));
     }
     caps_list
         .iter()
-        .try_for_each(|c| caps::check(c).map_err(Error::Invalid))
+        .try_for_each(|c| caps::check(c, kind).map_err(Error::Invalid))
 }
 
 /// (required, limit) from a capacity range; negative or inverted is refused.
@@ -92,9 +92,12 @@ impl Controller for ControllerService {
         let r = req.into_inner();
         run!({
             request_name(&r.name)?;
-            check_caps(&r.volume_capabilities)?;
-            let (req_bytes, limit) = range(r.capacity_range.as_ref())?;
             let params = VolumeParams::parse(&r.parameters, self.ctx.default_pool.as_deref())?;
+            // Whether the pool is shared is known once it is looked up.
+            let directory = params.format.is_some_and(|f| f.is_directory());
+            check_caps(&r.volume_capabilities, caps::Kind::of(directory, directory))?;
+            let multi_node = r.volume_capabilities.iter().any(caps::is_multi_node);
+            let (req_bytes, limit) = range(r.capacity_range.as_ref())?;
             tracing::Span::current().record("pool.name", params.pool.as_str());
             let content = match r
                 .volume_content_source
@@ -126,6 +129,7 @@ impl Controller for ControllerService {
                 params,
                 content,
                 topology: convert::node_topology(r.accessibility_requirements.as_ref()),
+                multi_node,
             };
             let made = ops::create::create(&self.ctx, &create).await?;
             tracing::Span::current().record("volume.id", tracing::field::display(&made.id));
@@ -174,8 +178,8 @@ impl Controller for ControllerService {
                 .volume_capability
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("volume_capability is required".into()))?;
-            caps::check(cap).map_err(Error::Invalid)?;
             let id = volume_id(&r.volume_id)?;
+            caps::check(cap, caps::Kind::by_id(id.node.is_none())).map_err(Error::Invalid)?;
             let _g = self.ctx.locks.try_acquire(id.lock_key())?;
             ops::publish::publish(&self.ctx, &id, &r.node_id).await?;
             Ok(csi::ControllerPublishVolumeResponse {
@@ -216,14 +220,15 @@ impl Controller for ControllerService {
                 return Err(Error::Invalid("volume_capabilities is required".into()));
             }
             let id = volume_id(&r.volume_id)?;
-            ops::volumes::get(&self.ctx, &id).await?;
             if !r.parameters.is_empty() {
                 VolumeParams::parse(&r.parameters, self.ctx.default_pool.as_deref())?;
             }
+            let v = ops::volumes::get(&self.ctx, &id).await?;
+            let kind = caps::Kind::of(v.format.is_directory(), id.node.is_none());
             if let Some(why) = r
                 .volume_capabilities
                 .iter()
-                .find_map(|c| caps::check(c).err())
+                .find_map(|c| caps::check(c, kind).err())
             {
                 return Ok(csi::ValidateVolumeCapabilitiesResponse {
                     confirmed: None,
@@ -305,9 +310,13 @@ impl Controller for ControllerService {
             let thin = params
                 .as_ref()
                 .is_some_and(|p| p.allocation == Some(pool_csi_common::Allocation::Thin));
+            let directory = params
+                .as_ref()
+                .and_then(|p| p.format)
+                .is_some_and(|f| f.is_directory());
             if r.volume_capabilities
                 .iter()
-                .any(|c| caps::check(c).is_err())
+                .any(|c| caps::check(c, caps::Kind::of(directory, directory)).is_err())
             {
                 return Ok(csi::GetCapacityResponse {
                     available_capacity: 0,
@@ -459,10 +468,10 @@ impl Controller for ControllerService {
                 return Err(Error::Invalid("capacity_range is required".into()));
             };
             let (required_bytes, limit) = range(Some(cr))?;
-            if let Some(c) = &r.volume_capability {
-                caps::check(c).map_err(Error::Invalid)?;
-            }
             let id = volume_id(&r.volume_id)?;
+            if let Some(c) = &r.volume_capability {
+                caps::check(c, caps::Kind::by_id(id.node.is_none())).map_err(Error::Invalid)?;
+            }
             let _g = self.ctx.locks.try_acquire(id.lock_key())?;
             let e = ops::volumes::expand(&self.ctx, &id, required_bytes, limit).await?;
             Ok(csi::ControllerExpandVolumeResponse {

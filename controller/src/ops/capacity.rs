@@ -21,6 +21,8 @@ pub async fn capacity(
     }
     let (inventories, _) = ctx.agents.all_inventories(Duration::ZERO).await;
     let (mut total, mut largest) = (0u64, 0u64);
+    // A shared pool's space is the same seen from each of its nodes: counted once.
+    let mut shared_seen = std::collections::HashSet::new();
     for inv in inventories
         .iter()
         .filter(|i| node.is_none_or(|n| *n == i.node))
@@ -30,6 +32,9 @@ pub async fn capacity(
             .iter()
             .filter(|p| pool.is_none_or(|want| p.name == want) && p.is_running())
         {
+            if p.shared && !shared_seen.insert(p.name.as_str()) {
+                continue;
+            }
             let available = if thin { p.thin_available } else { p.available };
             total += available;
             let max = if p.max_volume > 0 && !thin {

@@ -30,6 +30,8 @@ pub struct CreateVolume {
     pub params: VolumeParams,
     pub content: Content,
     pub topology: NodeTopology,
+    /// A MULTI_NODE access mode was asked for: only a shared pool serves it.
+    pub multi_node: bool,
 }
 
 /// The volume that now exists.
@@ -108,6 +110,15 @@ async fn attempt(
         });
     };
     req.params.check_for(pool_type)?;
+    if req.multi_node
+        && !inventories
+            .iter()
+            .any(|i| i.pool(pool).is_some_and(|p| p.shared))
+    {
+        return Err(Error::Invalid(format!(
+            "MULTI_NODE access modes need a pool every node reaches: {pool_type} pool {pool:?} keeps each volume on one node; use a netfs pool with volumeFormat=directory"
+        )));
+    }
 
     // A copy stays on the node (and pool) of its source.
     let (nodes, source) = match &req.content {
@@ -153,11 +164,11 @@ async fn attempt(
             )
         }
         Content::Volume(v) => (
-            vec![source_node(&v.pool, &v.node, pool, req)?],
+            source_nodes(&v.pool, &v.node, pool, req, inventories)?,
             NewContent::Volume(v.name.clone()),
         ),
         Content::Snapshot(s) => (
-            vec![source_node(&s.pool, &s.node, pool, req)?],
+            source_nodes(&s.pool, &s.node, pool, req, inventories)?,
             NewContent::Snapshot(s.name.clone()),
         ),
     };
@@ -176,6 +187,7 @@ async fn attempt(
         format: req.params.format,
         allocation: req.params.allocation,
         wipe_on_delete: req.params.wipe_on_delete,
+        on_delete: req.params.on_delete.unwrap_or_default(),
         partition_type: req.params.partition_type.clone(),
         stripes: req
             .params
@@ -241,25 +253,47 @@ fn not_running(inventories: &[Arc<NodeInventory>], pool: &str) -> String {
         .join("; ")
 }
 
-/// The node holding a clone source, checked against the request.
-fn source_node(
+/// The nodes that can copy a clone source, checked against the request:
+/// its own node, or for a shared pool's source every node running the pool
+/// (they all reach it).
+fn source_nodes(
     src_pool: &str,
     src_node: &Option<String>,
     pool: &str,
     req: &CreateVolume,
-) -> Result<String> {
+    inventories: &[Arc<NodeInventory>],
+) -> Result<Vec<String>> {
     if src_pool != pool {
         return Err(Error::Invalid(format!(
             "the content source is in pool {src_pool:?}; volumes are copied within one pool, and this StorageClass names {pool:?}"
         )));
     }
-    let node = super::node_of(src_node, "content source")?;
-    if !req.topology.allows(node) {
+    let nodes: Vec<String> = match src_node {
+        Some(node) => vec![node.clone()],
+        None => inventories
+            .iter()
+            .filter(|i| i.running_pool(pool).is_some_and(|p| p.shared))
+            .map(|i| i.node.clone())
+            .collect(),
+    };
+    let allowed: Vec<String> = nodes
+        .iter()
+        .filter(|n| req.topology.allows(n))
+        .cloned()
+        .collect();
+    if allowed.is_empty() {
         return Err(Error::NoCapacity {
             pool: pool.into(),
             needed: req.required,
-            why: format!("the content source is on node {node}, outside the requested topology"),
+            why: match src_node {
+                Some(node) => {
+                    format!("the content source is on node {node}, outside the requested topology")
+                }
+                None => {
+                    format!("no node running shared pool {pool:?} is inside the requested topology")
+                }
+            },
         });
     }
-    Ok(node.to_string())
+    Ok(allowed)
 }

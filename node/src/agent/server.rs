@@ -130,6 +130,7 @@ fn create_request(r: &pb::CreateVolumeRequest) -> Result<CreateRequest, Error> {
         allocation: wire::allocation(o.allocation).map_err(bad("options.allocation"))?,
         source,
         wipe_on_delete: o.wipe_on_delete,
+        on_delete: wire::on_delete(o.on_delete).map_err(bad("options.on_delete"))?,
         partition_type: (!o.partition_type.is_empty()).then(|| o.partition_type.clone()),
         stripes: striping::from_wire(o.stripes, o.stripe_size_bytes)
             .map_err(|why| Error::invalid("options.stripes", &o.stripes.to_string(), why))?,

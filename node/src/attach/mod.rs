@@ -37,6 +37,8 @@ pub enum AttachSource {
     },
     /// Already a block device (LV, partition, LUN).
     Block { device: PathBuf },
+    /// A directory volume: no device; staged by bind mount (ops::stage).
+    Directory { path: PathBuf },
 }
 
 /// A volume's block device, attached; when it is a loop device on the
@@ -72,6 +74,10 @@ impl Attacher<'_> {
     pub async fn attach(&self, src: &AttachSource) -> Result<PathBuf> {
         match src {
             AttachSource::Block { device } => Ok(device.clone()),
+            AttachSource::Directory { path } => Err(crate::error::Error::Invalid(format!(
+                "{} is a directory volume: it is mounted by bind, it has no block device",
+                path.display()
+            ))),
             AttachSource::File {
                 path,
                 format: VolumeFormat::Raw,
@@ -129,7 +135,7 @@ impl Attacher<'_> {
     fn loop_file<'s>(&'s self, src: &'s AttachSource, device: &Path) -> Option<&'s Path> {
         match src {
             _ if !loopdev::is_loop_device(device) => None,
-            AttachSource::Block { .. } => None,
+            AttachSource::Block { .. } | AttachSource::Directory { .. } => None,
             AttachSource::File {
                 path,
                 format: VolumeFormat::Raw,
@@ -169,6 +175,7 @@ impl Attacher<'_> {
     pub fn attached(&self, src: &AttachSource) -> Option<PathBuf> {
         match src {
             AttachSource::Block { device } => Some(device.clone()),
+            AttachSource::Directory { .. } => None,
             AttachSource::File {
                 path,
                 format: VolumeFormat::Raw,
@@ -193,7 +200,7 @@ impl Attacher<'_> {
     /// Detaches everything attach made for `src`. Idempotent.
     pub async fn detach(&self, src: &AttachSource) -> Result<()> {
         let path = match src {
-            AttachSource::Block { .. } => return Ok(()),
+            AttachSource::Block { .. } | AttachSource::Directory { .. } => return Ok(()),
             AttachSource::File { path, .. } => Some(path.as_path()),
             AttachSource::PloopChain { dir, .. } => {
                 if let Some(dev) = ploop::device_of(self.sysfs, dir) {

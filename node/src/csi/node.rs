@@ -53,11 +53,13 @@ fn id_key(id: &str) -> LockKey {
 fn access_of(
     cap: Option<&csi::VolumeCapability>,
     ctx: &std::collections::HashMap<String, String>,
+    id: &VolumeId,
 ) -> Result<(Access, bool), Error> {
     let cap = cap.ok_or(Error::MissingField {
         field: "volume_capability",
     })?;
-    caps::check(cap).map_err(Error::Invalid)?;
+    // Whether the volume is a directory is known once its pool is asked.
+    caps::check(cap, caps::Kind::by_id(id.node.is_none())).map_err(Error::Invalid)?;
     let access = match &cap.access_type {
         Some(AccessType::Mount(m)) => {
             let fs = [
@@ -108,10 +110,15 @@ impl Node for NodeService {
             async {
                 required("volume_id", &r.volume_id)?;
                 let staging = self.path("staging_target_path", &r.staging_target_path)?;
-                let (access, ro) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
                 let id = volume_id(&r.volume_id)?;
+                let (access, ro) = access_of(r.volume_capability.as_ref(), &r.volume_context, &id)?;
+                let many = r
+                    .volume_capability
+                    .as_ref()
+                    .is_some_and(caps::is_multi_node);
                 let ctx = self.ctx.clone();
-                let op = async move { ops::stage::stage(&ctx, &id, &staging, &access, ro).await };
+                let op =
+                    async move { ops::stage::stage(&ctx, &id, &staging, &access, ro, many).await };
                 self.ctx.locks.run(id_key(&r.volume_id), op).await?;
                 Ok(csi::NodeStageVolumeResponse {})
             }
@@ -151,8 +158,9 @@ impl Node for NodeService {
                 let target = self.path("target_path", &r.target_path)?;
                 // pool-csi stages every volume.
                 let staging = self.path("staging_target_path", &r.staging_target_path)?;
-                let (access, ro_mode) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
                 let id = volume_id(&r.volume_id)?;
+                let (access, ro_mode) =
+                    access_of(r.volume_capability.as_ref(), &r.volume_context, &id)?;
                 let ro = r.readonly || ro_mode;
                 let mode = match ro {
                     true => Writers::ReadOnly,

@@ -12,7 +12,10 @@
 //!   size read from its header).
 //! - [`ploop::Ploop`]: ploop disks, by this crate's own reader and writer,
 //!   or the ploop tool where the host's probe found it working.
+//! - [`directory::Directory`]: a directory published by bind mount, the
+//!   volume several nodes of a netfs pool use at once.
 
+pub mod directory;
 pub mod env;
 pub mod ploop;
 pub mod qcow2;
@@ -28,7 +31,7 @@ use crate::{
     fsutil::{remove_if_exists, rename_noreplace, sync_dir, wipe},
 };
 use env::ImageEnv;
-use pool_csi_common::VolumeFormat;
+use pool_csi_common::{OnDelete, VolumeFormat};
 use records::Record;
 use std::{
     fs::FileType,
@@ -88,6 +91,31 @@ pub trait ImageFormat: Send + Sync {
     /// this format. Anything else at a volume's path is left alone.
     fn is_volume(&self, _path: &Path, kind: FileType) -> bool {
         kind.is_file()
+    }
+
+    /// Whether a volume of this format may be used by several nodes at once
+    /// (when its pool is shared): no claim records a single user.
+    fn used_by_many_nodes(&self) -> bool {
+        false
+    }
+
+    /// Whether growing a volume needs the node's part too (a filesystem
+    /// on the device to grow).
+    fn grows_on_the_node(&self) -> bool {
+        true
+    }
+
+    /// Records what deleting the new volume at `path` does with its data
+    /// (StorageClass `onDelete`); only formats that keep data aside can.
+    fn keep_on_delete(&self, path: &Path, policy: OnDelete) -> Result<()> {
+        match policy {
+            OnDelete::Delete => Ok(()),
+            p => Err(Error::Invalid(format!(
+                "onDelete={p} is for directory volumes; {} volumes are deleted ({})",
+                self.format(),
+                path.display()
+            ))),
+        }
     }
 
     /// Whether snapshots of this format live inside their volume (so the

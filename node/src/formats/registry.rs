@@ -1,7 +1,7 @@
 //! The formats a file pool serves: one instance of each, and the only
 //! `match` on [`VolumeFormat`] in the node.
 
-use super::{ploop, qemu, raw, ImageFormat};
+use super::{directory, ploop, qemu, raw, ImageFormat};
 use pool_csi_common::VolumeFormat;
 
 /// The formats a file pool serves, one instance each (a format may keep
@@ -13,6 +13,7 @@ pub struct Formats {
     vpc: qemu::Qemu,
     vdi: qemu::Qemu,
     ploop: ploop::Ploop,
+    directory: directory::Directory,
 }
 
 impl Formats {
@@ -24,6 +25,7 @@ impl Formats {
             vpc: qemu::Qemu::new(VolumeFormat::Vpc),
             vdi: qemu::Qemu::new(VolumeFormat::Vdi),
             ploop: ploop::Ploop::new(ploop_host),
+            directory: directory::Directory,
         }
     }
 
@@ -35,6 +37,7 @@ impl Formats {
             VolumeFormat::Vpc => &self.vpc,
             VolumeFormat::Vdi => &self.vdi,
             VolumeFormat::Ploop => &self.ploop,
+            VolumeFormat::Directory => &self.directory,
         }
     }
 
@@ -44,7 +47,7 @@ impl Formats {
     }
 
     /// Every format, in the order a volume's name is looked up.
-    pub fn all(&self) -> [&dyn ImageFormat; 6] {
+    pub fn all(&self) -> [&dyn ImageFormat; 7] {
         [
             &self.raw,
             &self.qcow2,
@@ -52,6 +55,7 @@ impl Formats {
             &self.vpc,
             &self.vdi,
             &self.ploop,
+            &self.directory,
         ]
     }
 }

@@ -3,6 +3,7 @@
 
 use super::{attacher, source_of, Access, STAGED_DEVICE};
 use crate::{
+    attach::AttachSource,
     error::{io, Error, Result},
     mount::{mounter, mountinfo},
     steps,
@@ -17,15 +18,26 @@ use pool_csi_common::VolumeId;
 use std::path::{Path, PathBuf};
 
 /// Stages `id` at `staging`. Idempotent: a second call with the same
-/// arguments finds the mount and returns Ok.
+/// arguments finds the mount and returns Ok. `many`: a MULTI_NODE access
+/// mode, which only a directory volume serves.
 pub async fn stage(
     ctx: &NodeCtx,
     id: &VolumeId,
     staging: &Path,
     access: &Access,
     read_only: bool,
+    many: bool,
 ) -> Result<()> {
     let src = source_of(ctx, id).await?;
+    if let AttachSource::Directory { path } = &src {
+        return stage_directory(ctx, id, path, staging, access, read_only);
+    }
+    if many {
+        return Err(Error::Invalid(format!(
+            "volume {} is not a directory volume: it is attached on one node at a time, so MULTI_NODE access modes are not possible",
+            id.name
+        )));
+    }
     let att = attacher(ctx, id);
     let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
     let target = match access {
@@ -84,6 +96,40 @@ pub async fn stage(
         }
     }
     result
+}
+
+/// A directory volume is staged by binding its data directory (on the
+/// pool's filesystem) at the staging path; the CO's fs_type does not apply.
+fn stage_directory(
+    ctx: &NodeCtx,
+    id: &VolumeId,
+    dir: &Path,
+    staging: &Path,
+    access: &Access,
+    read_only: bool,
+) -> Result<()> {
+    if matches!(access, Access::Block) {
+        return Err(Error::Invalid(format!(
+            "volume {} is a directory volume: it is mounted, it has no block device",
+            id.name
+        )));
+    }
+    let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
+    if let Some(m) = mountinfo::find_at(&table, staging) {
+        return if crate::fsutil::same_inode(staging, dir) {
+            Ok(())
+        } else {
+            Err(Error::NameTaken {
+                what: "staging path",
+                pool: id.pool.clone(),
+                name: staging.display().to_string(),
+                why: format!("{} mounted there, not volume {}", m.source, id.name),
+            })
+        };
+    }
+    std::fs::create_dir_all(staging).map_err(io("create", staging))?;
+    steps::timed_sync("mount", || mounter::bind(dir, staging, read_only))
+        .map_err(io("bind directory volume at", staging))
 }
 
 fn bind_device(dev: &Path, target: &Path) -> Result<()> {

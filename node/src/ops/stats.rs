@@ -2,6 +2,7 @@
 
 use super::{attacher, paths::co_path, source_of};
 use crate::{
+    attach::AttachSource,
     error::{io, Error, Result},
     fsutil::device_size,
     mount::mountinfo,
@@ -50,7 +51,8 @@ pub async fn stats(ctx: &NodeCtx, id: &VolumeId, volume_path: &str) -> Result<St
         Err(e) => return Err(io("stat", &path)(e)),
     };
     let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
-    let mut abnormal = match source_of(ctx, id).await {
+    let src = source_of(ctx, id).await;
+    let mut abnormal = match &src {
         Err(e) if e.is_volume_gone() => Some(format!(
             "the backing volume {} is gone from pool {}",
             id.name, id.pool
@@ -62,6 +64,9 @@ pub async fn stats(ctx: &NodeCtx, id: &VolumeId, volume_path: &str) -> Result<St
     };
     if abnormal.is_none() && mountinfo::find_at(&table, &path).is_none() {
         abnormal = Some(format!("{} is not mounted", path.display()));
+    }
+    if let (Ok(AttachSource::Directory { .. }), true) = (&src, meta.is_dir()) {
+        return directory_stats(ctx, id, &path, abnormal).await;
     }
     if meta.is_dir() {
         let s = rustix::fs::statvfs(&path).map_err(|e| io("statfs", &path)(e.into()))?;
@@ -84,6 +89,27 @@ pub async fn stats(ctx: &NodeCtx, id: &VolumeId, volume_path: &str) -> Result<St
     }
 }
 
+/// A directory volume's use is its tree's (walked), its total the recorded
+/// capacity; what is available is also bounded by the share's free space.
+/// Inodes are the share's: a directory has no count of its own.
+async fn directory_stats(
+    ctx: &NodeCtx,
+    id: &VolumeId,
+    path: &std::path::Path,
+    abnormal: Option<String>,
+) -> Result<Stats> {
+    let v = super::pool_of(ctx, id)?.get_volume(&id.name).await?;
+    let s = rustix::fs::statvfs(path).map_err(|e| io("statfs", path)(e.into()))?;
+    let share_free = s.f_bavail * s.f_frsize;
+    Ok(Stats {
+        bytes_total: v.capacity,
+        bytes_available: v.capacity.saturating_sub(v.allocation).min(share_free),
+        bytes_used: v.allocation,
+        inodes: Some((s.f_files, s.f_ffree, s.f_files - s.f_ffree)),
+        abnormal: abnormal.or(v.abnormal),
+    })
+}
+
 /// Makes the node see a grown volume: refreshes the loop device and grows
 /// the filesystem online. Returns the device size.
 pub async fn expand(ctx: &NodeCtx, id: &VolumeId, volume_path: &str, required: u64) -> Result<u64> {
@@ -92,6 +118,13 @@ pub async fn expand(ctx: &NodeCtx, id: &VolumeId, volume_path: &str, required: u
         return Err(not_at(id, &path));
     }
     let src = source_of(ctx, id).await?;
+    if let AttachSource::Directory { .. } = src {
+        // Its capacity is a record, already grown by the controller's call.
+        return Ok(super::pool_of(ctx, id)?
+            .get_volume(&id.name)
+            .await?
+            .capacity);
+    }
     let att = attacher(ctx, id);
     let dev = att.attached(&src).ok_or_else(|| Error::NotStaged {
         pool: id.pool.clone(),

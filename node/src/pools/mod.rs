@@ -15,7 +15,7 @@ use crate::{
     attach::AttachSource,
     error::{Error, Result},
 };
-use pool_csi_common::{Allocation, PoolType, VolumeFormat};
+use pool_csi_common::{Allocation, OnDelete, PoolType, VolumeFormat};
 
 /// A pool's state, as libvirt reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +207,9 @@ pub struct CreateRequest {
     /// Zero the data when the volume is deleted. DeleteVolume carries no
     /// StorageClass parameters, so the pool records this with the volume.
     pub wipe_on_delete: bool,
+    /// Directory volumes: what deleting one does with its data (recorded
+    /// with the volume, as DeleteVolume carries no parameters).
+    pub on_delete: OnDelete,
     /// Disk pools: the partition type name (linux, linux-lvm …).
     pub partition_type: Option<String>,
     /// Logical pools: (stripes, stripe size in bytes).
@@ -224,6 +227,7 @@ impl CreateRequest {
             allocation: None,
             source: Source::Empty,
             wipe_on_delete: false,
+            on_delete: OnDelete::Delete,
             partition_type: None,
             stripes: None,
         }
@@ -315,6 +319,12 @@ pub trait Pool: Send + Sync {
         Ok(())
     }
     async fn detached(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+    /// The pool is no longer defined here (or its definition changed):
+    /// undo what start did that must not outlive it (a netfs pool unmounts
+    /// the share it mounted). Volumes stay where they are.
+    async fn stop(&self) -> Result<()> {
         Ok(())
     }
 }

@@ -14,6 +14,9 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+/// Pools handed to the caller to start or stop.
+type PoolList = Vec<Arc<dyn Pool>>;
+
 /// The pools of this node, by name. Definitions can change while the node
 /// runs (StoragePool objects in a cluster): [`PoolRegistry::sync`] swaps
 /// pools in and out; handlers hold an `Arc` to the pool they work on.
@@ -37,7 +40,9 @@ impl Pools {
             Arc::new(lun::LunPool::new(def, cfg, src))
         };
         let pool: Arc<dyn Pool> = match def.spec.pool_type {
-            PoolType::Dir | PoolType::Fs => Arc::new(file::FilePool::new(def, cfg, runner.clone())),
+            PoolType::Dir | PoolType::Fs | PoolType::Netfs => {
+                Arc::new(file::FilePool::new(def, cfg, runner.clone()))
+            }
             PoolType::Disk => Arc::new(disk::DiskPool::new(def, cfg, runner.clone())),
             PoolType::Logical => Arc::new(logical::LogicalPool::new(def, cfg, runner.clone())),
             PoolType::Iscsi => luns(Box::new(lun_sources::IscsiSource::new(
@@ -47,12 +52,6 @@ impl Pools {
             ))),
             PoolType::Scsi => luns(Box::new(lun_sources::ScsiSource::new(def, cfg))),
             PoolType::Mpath => luns(Box::new(lun_sources::MpathSource::new(cfg, runner.clone()))),
-            t @ PoolType::Netfs => {
-                let why = format!("{t} pools are not supported by this node version");
-                self.unsupported.insert(def.name.clone(), (t, why));
-                self.defs.insert(def.name.clone(), def.clone());
-                return;
-            }
         };
         self.pools.insert(def.name.clone(), pool);
         self.defs.insert(def.name.clone(), def.clone());
@@ -82,14 +81,15 @@ impl PoolRegistry {
     }
 
     /// Makes the registry hold exactly `defs`: new and changed definitions
-    /// get new pools (returned, to be started), removed ones are dropped.
-    /// A pool whose definition did not change is kept as it is.
+    /// get new pools, removed ones are dropped. A pool whose definition did
+    /// not change is kept as it is. Returns (the new pools, to be started;
+    /// the dropped ones, to be stopped first).
     pub fn sync(
         &self,
         defs: &[PoolDefinition],
         cfg: &Config,
         runner: Arc<dyn CommandRunner>,
-    ) -> Vec<Arc<dyn Pool>> {
+    ) -> (PoolList, PoolList) {
         let mut next = self.read().clone();
         let wanted: BTreeMap<&str, &PoolDefinition> =
             defs.iter().map(|d| (d.name.as_str(), d)).collect();
@@ -99,8 +99,10 @@ impl PoolRegistry {
             .filter(|n| !wanted.contains_key(n.as_str()))
             .cloned()
             .collect();
+        let mut stopped = Vec::new();
         for name in gone {
             tracing::info!(pool.name = %name, "pool no longer defined for this node; dropped (its volumes stay where they are)");
+            stopped.extend(next.pools.get(&name).cloned());
             next.remove(&name);
         }
         let mut started = Vec::new();
@@ -110,13 +112,14 @@ impl PoolRegistry {
             }
             if next.defs.contains_key(&def.name) {
                 tracing::info!(pool.name = %def.name, "pool definition changed; reloading it");
+                stopped.extend(next.pools.get(&def.name).cloned());
             }
             next.remove(&def.name);
             next.add(def, cfg, &runner);
             started.extend(next.pools.get(&def.name).cloned());
         }
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = next;
-        started
+        (started, stopped)
     }
 
     /// Starts every pool; failures are logged and left in the pool's status.
@@ -155,6 +158,15 @@ impl PoolRegistry {
             .iter()
             .map(|(n, w)| (n.clone(), w.clone()))
             .collect()
+    }
+}
+
+/// Stops `pools` (dropped from the registry); failures are logged.
+pub async fn stop(pools: &[Arc<dyn Pool>]) {
+    for p in pools {
+        if let Err(e) = p.stop().await {
+            tracing::warn!(pool.name = p.name(), error = %pool_csi_common::full_message(&e), "pool did not stop cleanly");
+        }
     }
 }
 

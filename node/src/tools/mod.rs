@@ -12,6 +12,7 @@ pub mod lvm_shell;
 pub mod lvm_system;
 pub mod mkfs;
 pub mod multipath;
+pub mod netmount;
 pub mod partx;
 pub mod ploop;
 pub mod qemu_img;

@@ -5,6 +5,7 @@
 //! ```text
 //! <target>/<name>.<format>                  a volume (raw, qcow2, vmdk …)
 //! <target>/.pool-csi/tmp/{v,s}.<name>.<format>  a volume or snapshot being made
+//!                                           (shared pools: tmp/<node>/…, each node its own)
 //! <target>/.pool-csi/snapshots/<name>.<format>  a snapshot copy (its record: formats::records)
 //! ```
 //! The leading dot keeps driver state out of the volume namespace: storage
@@ -17,11 +18,22 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub root: PathBuf,
+    /// Shared pools: the node whose work in progress goes to `tmp/<node>`,
+    /// so that a node clearing its leftovers never touches another's.
+    node: Option<String>,
 }
 
 impl Layout {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self { root, node: None }
+    }
+
+    /// The layout of a pool every node of which works in `root` at once.
+    pub fn shared(root: PathBuf, node: &str) -> Self {
+        Self {
+            root,
+            node: Some(node.into()),
+        }
     }
 
     pub fn meta_dir(&self) -> PathBuf {
@@ -29,7 +41,11 @@ impl Layout {
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
-        self.meta_dir().join("tmp")
+        let tmp = self.meta_dir().join("tmp");
+        match &self.node {
+            Some(node) => tmp.join(node),
+            None => tmp,
+        }
     }
 
     pub fn snapshot_dir(&self) -> PathBuf {
@@ -90,6 +106,11 @@ mod tests {
         for bad in ["../x", "a/b", "", ".hidden", "A"] {
             assert!(l.volume(bad, VolumeFormat::Raw).is_err(), "{bad}");
         }
+        let shared = Layout::shared("/share".into(), "node-a");
+        assert_eq!(
+            shared.tmp('v', "v", VolumeFormat::Raw).unwrap(),
+            Path::new("/share/.pool-csi/tmp/node-a/v.v.raw")
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! dir and fs pools: volumes are images in `target.path`, one file (or a
-//! ploop directory) per volume, in any of the formats of [`formats`]. An fs
-//! pool first mounts its `source.device` there; after that both behave
-//! alike. The pool decides names, space, idempotency and crash safety; what
+//! dir, fs and netfs pools: volumes are images in `target.path`, one file
+//! (or a ploop or directory volume's directory) per volume, in any of the
+//! formats of [`formats`]. An fs pool first mounts its `source.device`
+//! there, a netfs pool its network share ([`share`]); after that they
+//! behave alike, except that a netfs pool's volumes are shared by every
+//! node of the pool: a single-node volume's one user is recorded on the
+//! share ([`claims`]). The pool decides names, space, idempotency and crash safety; what
 //! an image is and how it is made, grown, copied, snapshotted and attached
 //! is the format's business, behind [`ImageFormat`].
 //!
@@ -9,9 +12,11 @@
 //! place (RENAME_NOREPLACE) only when complete, so a volume is always whole;
 //! leftovers in tmp are removed at start and on retry.
 
+pub mod claims;
 pub mod fs_device;
 pub mod layout;
 pub mod names;
+pub mod share;
 
 use super::{
     fit_size, CreateRequest, Expanded, Page, Pool, PoolState, PoolStatus, Snapshot, SnapshotQuery,
@@ -32,9 +37,11 @@ use crate::{
     mount::quiesce::Quiescer,
     Config,
 };
+use claims::Claims;
 use fs_device::FsDevice;
 use layout::Layout;
 use pool_csi_common::{Allocation, PoolDefinition, PoolType};
+use share::NetShare;
 use std::{
     fs::File,
     path::{Path, PathBuf},
@@ -52,6 +59,8 @@ pub struct FilePool {
     pool_type: PoolType,
     layout: Layout,
     device: Option<FsDevice>,
+    /// netfs: the share mounted at the target, and who uses which volume.
+    share: Option<(NetShare, Claims)>,
     auto_build: bool,
     runner: Arc<dyn CommandRunner>,
     mountinfo: PathBuf,
@@ -68,8 +77,18 @@ impl FilePool {
             device: s.source.device.clone().unwrap_or_default().into(),
             format: s.source.format.clone().filter(|f| f != "auto"),
         });
-        let layout = Layout::new(s.target.path.clone().unwrap_or_default().into());
+        let root: PathBuf = s.target.path.clone().unwrap_or_default().into();
+        let layout = match s.pool_type {
+            PoolType::Netfs => Layout::shared(root, &cfg.node_name),
+            _ => Layout::new(root),
+        };
         let records = SnapshotRecords::new(layout.snapshot_dir(), layout.tmp_dir());
+        let share = (s.pool_type == PoolType::Netfs).then(|| {
+            (
+                NetShare::new(def, cfg),
+                Claims::new(layout.meta_dir().join("published"), layout.tmp_dir()),
+            )
+        });
         let env = ImageEnv::new(
             runner.clone(),
             cfg.sysfs_root.clone(),
@@ -83,6 +102,7 @@ impl FilePool {
             pool_type: s.pool_type,
             layout,
             device,
+            share,
             auto_build: s.auto_build,
             runner,
             mountinfo: cfg.mountinfo.clone(),
@@ -132,13 +152,17 @@ impl FilePool {
 
     async fn describe(&self, name: &str, path: &Path, format: &dyn ImageFormat) -> Volume {
         let d = format.describe(&self.env, path).await;
+        let published = match &self.share {
+            Some((_, claims)) => claims.holder(name).ok().flatten(),
+            None => None,
+        };
         Volume {
             name: name.into(),
             format: format.format(),
             capacity: d.capacity,
             allocation: d.allocation,
             abnormal: d.abnormal,
-            published: None,
+            published,
         }
     }
 
@@ -212,6 +236,7 @@ impl FilePool {
                     .await?
             }
         }
+        format.keep_on_delete(tmp, req.on_delete)?;
         let f = File::open(tmp).map_err(io("open", tmp))?;
         if req.wipe_on_delete {
             rustix::fs::fsetxattr(&f, WIPE_XATTR, b"1", rustix::fs::XattrFlags::empty()).map_err(|e| {
@@ -223,6 +248,33 @@ impl FilePool {
         }
         f.sync_all().map_err(io("sync", tmp))?;
         Ok(size)
+    }
+
+    /// The volume `req` names if it exists and is what `req` asks for
+    /// (a retried create); NameTaken if it exists otherwise.
+    async fn already_made(
+        &self,
+        req: &CreateRequest,
+        format: &dyn ImageFormat,
+    ) -> Result<Option<Volume>> {
+        let Some((path, have)) = self.find(&req.name)? else {
+            return Ok(None);
+        };
+        let v = self.describe(&req.name, &path, have).await;
+        let fits = v.capacity >= req.required && (req.limit == 0 || v.capacity <= req.limit);
+        if have.format() != format.format() || !fits {
+            return Err(Error::NameTaken {
+                what: "volume",
+                pool: self.name.clone(),
+                name: req.name.clone(),
+                why: format!(
+                    "format {} and {} bytes, incompatible with this request",
+                    have.format(),
+                    v.capacity
+                ),
+            });
+        }
+        Ok(Some(v))
     }
 
     /// Snapshots volume `source` as `name`; an existing snapshot of the
@@ -303,7 +355,11 @@ impl Pool for FilePool {
 
     async fn start(&self) -> Result<()> {
         let result = async {
-            if let Some(dev) = &self.device {
+            if let Some((share, _)) = &self.share {
+                share
+                    .mount(self.runner.as_ref(), &self.mountinfo, &self.layout.root)
+                    .await?;
+            } else if let Some(dev) = &self.device {
                 if self.auto_build {
                     self.build(false).await?;
                 }
@@ -344,20 +400,47 @@ impl Pool for FilePool {
 
     async fn status(&self, count_volumes: bool) -> PoolStatus {
         let mut st = self.state.status();
+        if let Some((share, _)) = &self.share {
+            // A lost share is tried again (backing off) whenever the
+            // status is asked, so the pool comes back soon after it does.
+            if st.state == PoolState::Inactive && share.retry_due() && self.start().await.is_ok() {
+                tracing::info!(pool.name = %self.name, share = %share.describe(), "the share is back; pool running");
+                st = self.state.status();
+            }
+        }
         let state = st.state;
         if state != PoolState::Running {
             return st;
         }
-        match rustix::fs::statvfs(&self.layout.root) {
-            Ok(s) => {
-                st.capacity = s.f_blocks * s.f_frsize;
-                st.available = s.f_bavail * s.f_frsize;
-                st.allocation = (s.f_blocks - s.f_bfree) * s.f_frsize;
+        if let Some((share, _)) = &self.share {
+            // A share can go away under a running pool: then the pool is
+            // not running, with why, until it answers again.
+            match share.check(&self.mountinfo, &self.layout.root).await {
+                Ok(space) => {
+                    share.back();
+                    st.capacity = space.capacity;
+                    st.available = space.available;
+                    st.allocation = space.allocation;
+                }
+                Err(e) => {
+                    tracing::warn!(pool.name = %self.name, error = %pool_csi_common::full_message(&e), "the pool's share is gone");
+                    let _ = self.state.record_start(Err(e));
+                    return self.state.status();
+                }
             }
-            Err(e) => {
-                st.state = PoolState::Degraded;
-                st.message = format!("target {} is unreadable: {e}", self.layout.root.display());
-                return st;
+        } else {
+            match rustix::fs::statvfs(&self.layout.root) {
+                Ok(s) => {
+                    st.capacity = s.f_blocks * s.f_frsize;
+                    st.available = s.f_bavail * s.f_frsize;
+                    st.allocation = (s.f_blocks - s.f_bfree) * s.f_frsize;
+                }
+                Err(e) => {
+                    st.state = PoolState::Degraded;
+                    st.message =
+                        format!("target {} is unreadable: {e}", self.layout.root.display());
+                    return st;
+                }
             }
         }
         if count_volumes {
@@ -414,21 +497,7 @@ impl Pool for FilePool {
                 format.format()
             )));
         }
-        if let Some((path, have)) = self.find(&req.name)? {
-            let v = self.describe(&req.name, &path, have).await;
-            let fits = v.capacity >= req.required && (req.limit == 0 || v.capacity <= req.limit);
-            if have.format() != format.format() || !fits {
-                return Err(Error::NameTaken {
-                    what: "volume",
-                    pool: self.name.clone(),
-                    name: req.name.clone(),
-                    why: format!(
-                        "format {} and {} bytes, incompatible with this request",
-                        have.format(),
-                        v.capacity
-                    ),
-                });
-            }
+        if let Some(v) = self.already_made(req, format).await? {
             return Ok(v);
         }
         let from = match &origin {
@@ -472,7 +541,12 @@ impl Pool for FilePool {
             Ok(size) => size,
             Err(e) => {
                 let _ = remove_if_exists(&tmp);
-                return Err(e);
+                // Another node of a shared pool made it meanwhile: the
+                // rename refused to replace it, and it is the answer.
+                return match self.already_made(req, format).await? {
+                    Some(v) => Ok(v),
+                    None => Err(e),
+                };
             }
         };
         let allocation = std::fs::metadata(&dst)
@@ -497,6 +571,16 @@ impl Pool for FilePool {
             }
             return Ok(());
         };
+        if let Some(node) = self
+            .share
+            .as_ref()
+            .and_then(|(_, c)| c.holder(name).ok().flatten())
+        {
+            return Err(Error::InUse {
+                what: format!("volume {name}"),
+                by: format!("node {node}, where it is published; unpublish it first"),
+            });
+        }
         let recorded = File::open(&path)
             .ok()
             .is_some_and(|f| rustix::fs::fgetxattr(&f, WIPE_XATTR, &mut [0u8; 4]).is_ok());
@@ -539,7 +623,7 @@ impl Pool for FilePool {
             }
             return Ok(Expanded {
                 capacity: current,
-                node_expansion_required: true,
+                node_expansion_required: format.grows_on_the_node(),
             });
         }
         let size = fit_size(required, limit, MIB, DEFAULT_SIZE)?;
@@ -554,7 +638,7 @@ impl Pool for FilePool {
         format.grow(&self.env, name, &path, size).await?;
         Ok(Expanded {
             capacity: size,
-            node_expansion_required: true,
+            node_expansion_required: format.grows_on_the_node(),
         })
     }
 
@@ -653,5 +737,39 @@ impl Pool for FilePool {
             format.detached(&self.env, name, &path).await;
         }
         Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        self.share.is_some()
+    }
+
+    /// netfs: a single-node volume is claimed for `node` on the share;
+    /// a directory volume is used by many nodes and claims nothing.
+    async fn publish(&self, name: &str, node: &str) -> Result<()> {
+        self.state.ensure_running()?;
+        let (_, format) = self.existing(name)?;
+        match &self.share {
+            Some((_, claims)) if !format.used_by_many_nodes() => {
+                claims.claim(&self.name, name, node)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn unpublish(&self, name: &str, node: &str) -> Result<()> {
+        match &self.share {
+            Some((_, claims)) => {
+                self.state.ensure_running()?;
+                claims.release(name, node)
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn stop(&self) -> Result<()> {
+        match &self.share {
+            Some((share, _)) => share.unmount_if_ours(&self.mountinfo, &self.layout.root),
+            None => Ok(()),
+        }
     }
 }

@@ -1,0 +1,177 @@
+//! A real GlusterFS server for the netfs tests: glusterd in a network
+//! namespace of its own (it refuses loopback addresses), joined to the host
+//! by a veth pair, with its state, sockets and brick in the test's scratch
+//! directory, serving one volume the host mounts over FUSE. Stopped (every
+//! process in the namespace) and removed on drop.
+
+use crate::tool;
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+pub struct Gluster {
+    ns: String,
+    veth: String,
+    dir: PathBuf,
+    /// The server's address, as a pool's `source.host`.
+    pub host: String,
+    /// The volume, as a pool's `source.dir` (`/<name>`).
+    pub volume: String,
+}
+
+/// Why a GlusterFS server cannot run here, if it cannot.
+pub fn missing() -> Option<String> {
+    for t in ["glusterd", "gluster", "mount.glusterfs", "ip"] {
+        if crate::which(t).is_none() {
+            return Some(format!(
+                "needs {t} (glusterfs-server, glusterfs-client, iproute2); run dev/setup"
+            ));
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("needs /dev/fuse (the fuse module) for GlusterFS mounts".into());
+    }
+    None
+}
+
+fn must(program: &str, args: &[&str]) {
+    let out = tool(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Gluster {
+    /// A server with volume `name` on a brick under `dir`.
+    pub fn start(dir: &Path, name: &str) -> Gluster {
+        let id = std::process::id();
+        let net = id % 250;
+        let g = Gluster {
+            ns: format!("pcsi-gl-{id}"),
+            veth: format!("pgl{id}"),
+            dir: dir.join("gluster"),
+            host: format!("10.251.{net}.2"),
+            volume: format!("/{name}"),
+        };
+        for d in ["wd", "run", "brick"] {
+            std::fs::create_dir_all(g.dir.join(d)).unwrap();
+        }
+        let peer = format!("{}b", g.veth);
+        must("ip", &["netns", "add", &g.ns]);
+        must(
+            "ip",
+            &[
+                "link", "add", &g.veth, "type", "veth", "peer", "name", &peer,
+            ],
+        );
+        must("ip", &["link", "set", &peer, "netns", &g.ns]);
+        must(
+            "ip",
+            &["addr", "add", &format!("10.251.{net}.1/24"), "dev", &g.veth],
+        );
+        must("ip", &["link", "set", &g.veth, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", g.ns.as_str()];
+            all.extend_from_slice(args);
+            must("ip", &all);
+        };
+        inside(&["ip", "addr", "add", &format!("{}/24", g.host), "dev", &peer]);
+        inside(&["ip", "link", "set", &peer, "up"]);
+        inside(&["ip", "link", "set", "lo", "up"]);
+        g.start_server();
+        let brick = format!("{}:{}", g.host, g.dir.join("brick").display());
+        g.cli(&["volume", "create", name, &brick, "force"]);
+        g.cli(&["volume", "start", name]);
+        g
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join("glusterd.sock")
+    }
+
+    /// The gluster CLI against this server.
+    pub fn cli(&self, args: &[&str]) {
+        let sock = format!("--glusterd-sock={}", self.sock().display());
+        let mut all = vec![
+            "netns",
+            "exec",
+            self.ns.as_str(),
+            "gluster",
+            &sock,
+            "--mode=script",
+        ];
+        all.extend_from_slice(args);
+        must("ip", &all);
+    }
+
+    /// Starts glusterd (again): the bricks of started volumes come back with it.
+    pub fn start_server(&self) {
+        let wd = format!("*.working-directory={}", self.dir.join("wd").display());
+        let run = format!("*.run-directory={}", self.dir.join("run").display());
+        let sock = format!("*.glusterd-sockfile={}", self.sock().display());
+        let log = format!("--log-file={}", self.dir.join("glusterd.log").display());
+        let _ = std::fs::remove_file(self.sock());
+        must(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                "glusterd",
+                &log,
+                "--xlator-option",
+                &wd,
+                "--xlator-option",
+                &run,
+                "--xlator-option",
+                &sock,
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.sock().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "glusterd did not start: see {}",
+                self.dir.join("glusterd.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops every process of the server (glusterd and its bricks).
+    pub fn stop_server(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = tool("ip", &["netns", "pids", &self.ns]);
+            let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if pids.is_empty() {
+                return;
+            }
+            let sig = match Instant::now() < deadline {
+                true => rustix::process::Signal::TERM,
+                false => rustix::process::Signal::KILL,
+            };
+            for p in pids
+                .iter()
+                .filter_map(|p| rustix::process::Pid::from_raw(*p))
+            {
+                let _ = rustix::process::kill_process(p, sig);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Gluster {
+    fn drop(&mut self) {
+        self.stop_server();
+        let _ = tool("ip", &["link", "del", &self.veth]);
+        let _ = tool("ip", &["netns", "del", &self.ns]);
+    }
+}

@@ -1,0 +1,331 @@
+//! Directory volumes (`volumeFormat: directory`): a directory of the pool's
+//! filesystem, published by bind mount. In a netfs pool every node reaches
+//! it, so it is the volume several nodes use at once (ReadWriteMany).
+//!
+//! ```text
+//! <target>/<name>.directory/data          what the workload sees
+//! <target>/<name>.directory/volume.json   {capacity, onDelete}
+//! ```
+//! The record lives beside the data, inside the volume, so it is made and
+//! renamed into place with it (the file pool's tmp + RENAME_NOREPLACE) and
+//! an archived volume keeps it. The capacity is a record: nothing on a
+//! network filesystem enforces it from the client side (see docs/pools.md).
+//! Copies (clones, snapshots, restores) are `cp -a --reflink=auto`; a
+//! directory cannot be frozen, so a copy of one in use is taken while it
+//! may change.
+
+use super::{
+    env::ImageEnv, records::Record, CopyFrom, Described, ImageFormat, Origin, SnapshotTarget,
+};
+use crate::{
+    attach::AttachSource,
+    error::{io, Error, Result},
+    exec::Cmd,
+    fsutil::{rename_noreplace, sync_dir},
+};
+use pool_csi_common::{OnDelete, VolumeFormat};
+use serde::{Deserialize, Serialize};
+use std::{
+    fs::FileType,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+const DATA: &str = "data";
+const RECORD: &str = "volume.json";
+/// A copy of a large tree takes as long as it takes; an hour bounds a hang.
+const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What a directory volume records about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VolumeRecord {
+    capacity: u64,
+    #[serde(default)]
+    on_delete: OnDelete,
+}
+
+pub struct Directory;
+
+/// The directory the workload sees of the volume at `path`.
+pub fn data_dir(path: &Path) -> PathBuf {
+    path.join(DATA)
+}
+
+fn read_record(path: &Path) -> Result<VolumeRecord> {
+    crate::fsutil::read_json(&path.join(RECORD))?.ok_or_else(|| {
+        Error::Precondition(format!(
+            "{} has no {RECORD}: not a directory volume pool-csi made",
+            path.display()
+        ))
+    })
+}
+
+fn write_record(path: &Path, r: &VolumeRecord) -> Result<()> {
+    crate::fsutil::write_json(&path.join(RECORD), r)
+}
+
+/// Bytes allocated and inodes used under `dir`, staying on its filesystem
+/// and never following links.
+pub fn usage(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let root_dev = std::fs::symlink_metadata(dir)?.dev();
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let Ok(m) = e.metadata() else { continue }; // removed meanwhile
+            bytes += m.blocks() * 512;
+            inodes += 1;
+            if m.is_dir() && m.dev() == root_dev {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok((bytes, inodes))
+}
+
+/// `YYYYMMDDThhmmssZ` of the current time (archive names sort by time).
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Copies the tree `from` to `to` (which must not exist), sharing extents
+/// where the filesystem can.
+async fn copy_tree(env: &ImageEnv, from: &Path, to: &Path) -> Result<()> {
+    let cmd = Cmd::new("cp")
+        .args(["-a", "--reflink=auto", "-T", "--"])
+        .arg(from)
+        .arg(to)
+        .timeout(COPY_TIMEOUT);
+    env.runner().run_ok(&cmd).await?;
+    Ok(())
+}
+
+/// Makes the volume `to` holding a copy of the volume (or snapshot) at
+/// `from`, recorded at `capacity`.
+async fn copy_volume(env: &ImageEnv, from: &Path, to: &Path, capacity: u64) -> Result<()> {
+    std::fs::create_dir(to).map_err(io("create", to))?;
+    copy_tree(env, &data_dir(from), &data_dir(to)).await?;
+    let on_delete = read_record(from).map(|r| r.on_delete).unwrap_or_default();
+    write_record(
+        to,
+        &VolumeRecord {
+            capacity,
+            on_delete,
+        },
+    )
+}
+
+#[tonic::async_trait]
+impl ImageFormat for Directory {
+    fn format(&self) -> VolumeFormat {
+        VolumeFormat::Directory
+    }
+
+    fn is_volume(&self, _path: &Path, kind: FileType) -> bool {
+        kind.is_dir()
+    }
+
+    fn used_by_many_nodes(&self) -> bool {
+        true
+    }
+
+    fn grows_on_the_node(&self) -> bool {
+        false
+    }
+
+    async fn size(&self, _env: &ImageEnv, path: &Path) -> Result<u64> {
+        Ok(read_record(path)?.capacity)
+    }
+
+    async fn describe(&self, _env: &ImageEnv, path: &Path) -> Described {
+        let data = data_dir(path);
+        let used = crate::formats::env::blocking(&data, {
+            let d = data.clone();
+            move || usage(&d).map_err(io("read", &d))
+        })
+        .await;
+        match (read_record(path), used) {
+            (Ok(r), Ok((bytes, _))) => Described {
+                capacity: r.capacity,
+                allocation: bytes,
+                abnormal: None,
+            },
+            (r, used) => Described {
+                capacity: r.as_ref().map(|r| r.capacity).unwrap_or(0),
+                allocation: used.as_ref().map(|u| u.0).unwrap_or(0),
+                abnormal: r
+                    .err()
+                    .or(used.err())
+                    .map(|e| pool_csi_common::full_message(&e)),
+            },
+        }
+    }
+
+    async fn create(
+        &self,
+        _env: &ImageEnv,
+        _name: &str,
+        path: &Path,
+        size: u64,
+        _full: bool,
+    ) -> Result<()> {
+        std::fs::create_dir(path).map_err(io("create", path))?;
+        let data = data_dir(path);
+        std::fs::create_dir(&data).map_err(io("create", &data))?;
+        write_record(
+            path,
+            &VolumeRecord {
+                capacity: size,
+                on_delete: OnDelete::Delete,
+            },
+        )
+    }
+
+    fn keep_on_delete(&self, path: &Path, policy: OnDelete) -> Result<()> {
+        let mut r = read_record(path)?;
+        r.on_delete = policy;
+        write_record(path, &r)
+    }
+
+    /// The capacity is a record: growing rewrites it.
+    async fn resize(&self, _env: &ImageEnv, path: &Path, size: u64, _full: bool) -> Result<()> {
+        let mut r = read_record(path)?;
+        r.capacity = r.capacity.max(size);
+        write_record(path, &r)
+    }
+
+    async fn grow(&self, env: &ImageEnv, _name: &str, path: &Path, size: u64) -> Result<()> {
+        self.resize(env, path, size, false).await
+    }
+
+    async fn copy(
+        &self,
+        env: &ImageEnv,
+        _name: &str,
+        from: CopyFrom<'_>,
+        to: &Path,
+        size: u64,
+        _full: bool,
+    ) -> Result<()> {
+        let src = match from.origin {
+            Origin::Volume { path, .. } | Origin::SnapshotCopy { path } => path,
+            Origin::SnapshotInside { .. } => {
+                return Err(Error::Precondition(
+                    "directory volumes keep no snapshots inside them".into(),
+                ))
+            }
+        };
+        copy_volume(env, src, to, size.max(from.size)).await
+    }
+
+    async fn snapshot(
+        &self,
+        env: &ImageEnv,
+        volume: &str,
+        path: &Path,
+        target: &SnapshotTarget,
+    ) -> Result<Record> {
+        let size = self.size(env, path).await?;
+        copy_volume(env, path, &target.tmp, size).await?;
+        sync_dir(&target.tmp)?;
+        rename_noreplace(&target.tmp, &target.data)?;
+        let record = Record::new(volume, self.format(), size);
+        env.records.commit(&target.name, &record)?;
+        Ok(record)
+    }
+
+    async fn attach_source(
+        &self,
+        _env: &ImageEnv,
+        _name: &str,
+        path: &Path,
+    ) -> Result<AttachSource> {
+        let data = data_dir(path);
+        if !data.is_dir() {
+            return Err(Error::Precondition(format!(
+                "directory volume {} has no data directory",
+                path.display()
+            )));
+        }
+        Ok(AttachSource::Directory { path: data })
+    }
+
+    /// As the volume's onDelete says: removed (renamed out of the pool's
+    /// names first, so the volume is gone at once and a crash leaves only
+    /// tmp to clean), or kept as `retained-<name>` / `archived-<name>-<time>`.
+    async fn remove(&self, env: &ImageEnv, name: &str, path: &Path, _wipe: bool) -> Result<()> {
+        let policy = read_record(path).map(|r| r.on_delete).unwrap_or_default();
+        let root = path.parent().unwrap_or(Path::new("/"));
+        let kept = match policy {
+            OnDelete::Delete => None,
+            OnDelete::Retain => Some(format!("retained-{name}")),
+            OnDelete::Archive => Some(format!("archived-{name}-{}", utc_stamp())),
+        };
+        if let Some(kept) = kept {
+            let mut to = root.join(&kept);
+            if to.exists() {
+                to = root.join(format!("{kept}-{}", utc_stamp()));
+            }
+            rename_noreplace(path, &to)?;
+            tracing::info!(volume = name, kept = %to.display(), "directory volume deleted; its data is kept ({policy})");
+            return sync_dir(root);
+        }
+        let doomed = env.scratch().join(format!("d.{name}.{}", utc_stamp()));
+        rename_noreplace(path, &doomed)?;
+        sync_dir(root)?;
+        let d = doomed.clone();
+        crate::formats::env::blocking(&doomed, move || {
+            std::fs::remove_dir_all(&d).map_err(io("remove", &d))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_utc_calendar_times() {
+        let s = utc_stamp();
+        assert_eq!(s.len(), 16, "{s}");
+        assert!(
+            s.starts_with("20") && s.ends_with('Z') && s.as_bytes()[8] == b'T',
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn usage_counts_the_tree_without_following_links() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::fs::write(t.path().join("sub/f"), vec![1u8; 64 << 10]).unwrap();
+        std::os::unix::fs::symlink("/usr", t.path().join("link")).unwrap();
+        let (bytes, inodes) = usage(t.path()).unwrap();
+        assert_eq!(inodes, 3);
+        assert!(bytes >= 64 << 10, "{bytes}");
+    }
+}

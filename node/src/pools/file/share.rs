@@ -1,0 +1,243 @@
+//! The network share a netfs pool mounts at its target: found already
+//! mounted (by type and source, not by what is at the path), or mounted
+//! with the share's helper, type by type for `format: auto`. A share that
+//! stops answering (a FUSE client whose server went away: ENOTCONN; an NFS
+//! server that hangs) makes the pool not running with the reason; the
+//! node's restart round mounts it again. Stopping the pool unmounts the
+//! share only when this pool mounted it (a marker in the state directory
+//! says so across restarts of the node plugin).
+
+use crate::{
+    error::{io, Error, Result},
+    exec::CommandRunner,
+    mount::{mounter, mountinfo},
+    tools::netmount::{self, Credentials, NetFs},
+    Config,
+};
+use pool_csi_common::PoolDefinition;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// A statfs of the share that takes longer than this: not answering (short:
+/// a status is asked every few seconds and must not stall the inventory).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// First and longest wait between attempts to bring a lost share back.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct NetShare {
+    host: String,
+    dir: String,
+    format: Option<String>,
+    options: Vec<String>,
+    /// cifs: the user and the file holding the password (from the Secret).
+    auth: Option<(String, PathBuf)>,
+    /// Where cifs credentials exist during a mount.
+    credentials: PathBuf,
+    /// Present while this pool's mount of the share stands.
+    marker: PathBuf,
+    /// When the next attempt to bring the share back is due, and the wait
+    /// after that one (doubling up to [`RETRY_MAX`]).
+    retry: std::sync::Mutex<(std::time::Instant, Duration)>,
+}
+
+/// The space figures of a filesystem.
+pub struct Space {
+    pub capacity: u64,
+    pub available: u64,
+    pub allocation: u64,
+}
+
+/// statfs of `root`, off the runtime's thread and bounded in time: a share
+/// whose server is gone may never answer.
+pub async fn space_within(root: &Path, limit: Duration) -> Result<Space> {
+    let p = root.to_path_buf();
+    let work = tokio::task::spawn_blocking(move || rustix::fs::statvfs(&p));
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(Ok(s))) => Ok(Space {
+            capacity: s.f_blocks * s.f_frsize,
+            available: s.f_bavail * s.f_frsize,
+            allocation: (s.f_blocks - s.f_bfree) * s.f_frsize,
+        }),
+        Ok(Ok(Err(e))) => Err(io("statfs", root)(e.into())),
+        Ok(Err(e)) => Err(io("statfs", root)(std::io::Error::other(e))),
+        Err(_) => Err(Error::Precondition(format!(
+            "{} did not answer statfs in {} s",
+            root.display(),
+            limit.as_secs()
+        ))),
+    }
+}
+
+impl NetShare {
+    pub fn new(def: &PoolDefinition, cfg: &Config) -> Self {
+        let s = &def.spec.source;
+        let dir = cfg.state_dir.join("netfs");
+        Self {
+            host: s.host.clone().unwrap_or_default(),
+            dir: s.dir.clone().unwrap_or_default(),
+            format: s.format.clone(),
+            options: s.options.clone(),
+            auth: s.auth.as_ref().map(|a| {
+                (
+                    a.username.clone(),
+                    cfg.secrets_dir.join(&a.secret_ref).join("password"),
+                )
+            }),
+            credentials: dir.join(format!("{}.credentials", def.name)),
+            marker: dir.join(format!("{}.mounted", def.name)),
+            retry: std::sync::Mutex::new((std::time::Instant::now() + RETRY_FIRST, RETRY_FIRST)),
+        }
+    }
+
+    /// Whether an attempt to bring the share back is due now; taking it
+    /// schedules the next one later (backing off), until [`Self::back`].
+    pub fn retry_due(&self) -> bool {
+        let mut r = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if now < r.0 {
+            return false;
+        }
+        *r = (now + r.1, (r.1 * 2).min(RETRY_MAX));
+        true
+    }
+
+    /// The share answers: the next loss is tried again [`RETRY_FIRST`]
+    /// after it is found, then backing off afresh.
+    pub fn back(&self) {
+        *self.retry.lock().unwrap_or_else(|p| p.into_inner()) =
+            (std::time::Instant::now() + RETRY_FIRST, RETRY_FIRST);
+    }
+
+    /// What the share is called in messages: `host:/dir`.
+    pub fn describe(&self) -> String {
+        format!("{}:{}", self.host, self.dir)
+    }
+
+    /// The share's entry at `root` in the mount table `table_path`; an
+    /// error when something else is mounted there.
+    fn mounted_at(&self, table_path: &Path, root: &Path) -> Result<bool> {
+        let table = mountinfo::read(table_path).map_err(io("read", table_path))?;
+        let Some(m) = mountinfo::find_at(&table, root) else {
+            return Ok(false);
+        };
+        let ours = NetFs::tried_for(self.format.as_deref())
+            .iter()
+            .any(|fs| fs.is_mount_of(m, &self.host, &self.dir));
+        if ours {
+            return Ok(true);
+        }
+        Err(Error::Precondition(format!(
+            "{} has {} ({}) mounted, not the pool's share {}; pool-csi will not mount over it",
+            root.display(),
+            m.source,
+            m.fs_type,
+            self.describe()
+        )))
+    }
+
+    /// Whether the share is mounted at `root` and answers: the reason when not.
+    pub async fn check(&self, table_path: &Path, root: &Path) -> Result<Space> {
+        if !self.mounted_at(table_path, root)? {
+            return Err(Error::Precondition(format!(
+                "share {} is not mounted at {}",
+                self.describe(),
+                root.display()
+            )));
+        }
+        space_within(root, ANSWER_TIMEOUT).await.map_err(|e| {
+            Error::Precondition(format!(
+                "share {} at {} does not answer: {}",
+                self.describe(),
+                root.display(),
+                pool_csi_common::full_message(&e)
+            ))
+        })
+    }
+
+    /// Mounts the share at `root` unless it is mounted there and answers.
+    /// A mount of the share that stopped answering is detached first.
+    pub async fn mount(
+        &self,
+        runner: &dyn CommandRunner,
+        table_path: &Path,
+        root: &Path,
+    ) -> Result<()> {
+        if self.mounted_at(table_path, root)? {
+            match space_within(root, ANSWER_TIMEOUT).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(share = %self.describe(), root = %root.display(), error = %pool_csi_common::full_message(&e), "the share's mount does not answer; detaching it to mount again");
+                    rustix::mount::unmount(root, rustix::mount::UnmountFlags::DETACH)
+                        .map_err(|e| io("detach", root)(e.into()))?;
+                }
+            }
+        }
+        std::fs::create_dir_all(root).map_err(io("create", root))?;
+        let creds = match &self.auth {
+            None => None,
+            Some((user, password_file)) => {
+                let password = std::fs::read_to_string(password_file).map_err(|e| {
+                    Error::Precondition(format!(
+                        "the share's password cannot be read from {} (the Secret of source.auth.secretRef, key password): {e}",
+                        password_file.display()
+                    ))
+                })?;
+                Some(Credentials::write(
+                    &self.credentials,
+                    user,
+                    password.trim_end_matches(['\n', '\r']),
+                )?)
+            }
+        };
+        let mut failures = Vec::new();
+        for &fs in NetFs::tried_for(self.format.as_deref()) {
+            let mut options = self.options.clone();
+            if let (NetFs::Cifs, Some(c)) = (fs, &creds) {
+                options.push(format!("credentials={}", c.path().display()));
+            }
+            let source = fs.source(&self.host, &self.dir);
+            match netmount::mount(runner, fs, &source, root, &options).await {
+                Ok(()) => {
+                    write_marker(&self.marker)?;
+                    tracing::info!(share = %source, root = %root.display(), fs = fs.as_str(), "share mounted");
+                    return Ok(());
+                }
+                Err(e) => failures.push(format!(
+                    "{}: {}",
+                    fs.as_str(),
+                    pool_csi_common::full_message(&e)
+                )),
+            }
+        }
+        Err(Error::Precondition(format!(
+            "share {} could not be mounted at {} ({})",
+            self.describe(),
+            root.display(),
+            failures.join("; ")
+        )))
+    }
+
+    /// Unmounts the share from `root` if this pool mounted it; a share
+    /// mounted by someone else stays.
+    pub fn unmount_if_ours(&self, table_path: &Path, root: &Path) -> Result<()> {
+        if !self.marker.exists() {
+            return Ok(());
+        }
+        if self.mounted_at(table_path, root).unwrap_or(false) {
+            mounter::unmount(root).map_err(io("unmount", root))?;
+            tracing::info!(share = %self.describe(), root = %root.display(), "share unmounted");
+        }
+        std::fs::remove_file(&self.marker).map_err(io("remove", &self.marker))
+    }
+}
+
+fn write_marker(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    }
+    std::fs::write(path, b"").map_err(io("write", path))
+}
