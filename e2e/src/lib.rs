@@ -214,8 +214,9 @@ pub mod manifests {
     }
 
     /// Two pools that cannot run: `later` (a dir pool whose target does not
-    /// exist yet) and `nfs0` (netfs, a type not served yet).
-    pub const NOT_RUNNING: &str = "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: later }\nspec: { type: dir, target: { path: \"{dir}/later\" } }\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: nfs0 }\nspec: { type: netfs, source: { host: nfs.example, dir: /export }, target: { path: \"{dir}/nfs\" } }\n";
+    /// exist yet) and `nfs0` (netfs, a share no server answers for:
+    /// neither nfs nor glusterfs mounts it).
+    pub const NOT_RUNNING: &str = "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: later }\nspec: { type: dir, target: { path: \"{dir}/later\" } }\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: nfs0 }\nspec: { type: netfs, source: { host: \"127.0.0.1\", dir: /export }, target: { path: \"{dir}/nfs\" } }\n";
 
     /// A disk pool on the whole disk `dev` (`gpt` or `dos`).
     pub fn disk_pool(name: &str, dev: &str, format: &str) -> String {

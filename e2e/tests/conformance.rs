@@ -1202,7 +1202,7 @@ async fn controller_publish_checks_the_volume_and_its_node() {
 }
 
 /// A pool that is defined but not running here (its target missing), and a
-/// pool type not served yet (netfs): a call on a volume of either is
+/// netfs pool whose share no server answers for: a call on a volume of either is
 /// FAILED_PRECONDITION naming why; provisioning in either is
 /// RESOURCE_EXHAUSTED (no node can take it, so the provisioner may try
 /// elsewhere), with the reason.
@@ -1216,7 +1216,10 @@ async fn pools_that_do_not_run_refuse_with_the_reason() {
     })
     .await;
     let mut c = d.clients().await;
-    for (pool, why) in [("later", "does not exist"), ("nfs0", "netfs")] {
+    for (pool, why) in [
+        ("later", "does not exist"),
+        ("nfs0", "could not be mounted"),
+    ] {
         let mut r = req::create("v", req::MIB, &[]);
         r.parameters.insert("pool".into(), pool.into());
         let e = c.controller.create_volume(r).await.unwrap_err();

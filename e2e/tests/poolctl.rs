@@ -28,7 +28,7 @@ async fn poolctl_lists_creates_resizes_and_deletes() {
     );
     assert!(
         out.lines()
-            .any(|l| l.contains("nfs0") && l.contains("not supported")),
+            .any(|l| l.contains("nfs0") && l.contains("could not be mounted")),
         "{out}"
     );
 

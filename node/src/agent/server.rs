@@ -148,15 +148,6 @@ impl Agent for AgentService {
         for p in self.ctx.pools.all() {
             pools.push(convert::pool(p.as_ref(), p.status(count).await));
         }
-        for (name, (t, why)) in self.ctx.pools.unsupported() {
-            pools.push(pb::PoolInfo {
-                name: name.clone(),
-                kind: pb::PoolType::from(t) as i32,
-                state: pb::PoolState::Inactive as i32,
-                message: why.clone(),
-                ..Default::default()
-            });
-        }
         Ok(Response::new(pb::GetInventoryResponse {
             node_name: self.ctx.cfg.node_name.clone(),
             pools,

@@ -28,8 +28,6 @@ pub struct PoolRegistry {
 #[derive(Default, Clone)]
 struct Pools {
     pools: BTreeMap<String, Arc<dyn Pool>>,
-    /// Pools defined with a type this node cannot serve (yet), with why.
-    unsupported: BTreeMap<String, (PoolType, String)>,
     /// The definition each entry was built from.
     defs: BTreeMap<String, PoolDefinition>,
 }
@@ -59,7 +57,6 @@ impl Pools {
 
     fn remove(&mut self, name: &str) {
         self.pools.remove(name);
-        self.unsupported.remove(name);
         self.defs.remove(name);
     }
 }
@@ -125,20 +122,11 @@ impl PoolRegistry {
     /// Starts every pool; failures are logged and left in the pool's status.
     pub async fn start_all(&self) {
         start(&self.all()).await;
-        for (name, (_, why)) in self.unsupported() {
-            tracing::warn!(pool.name = %name, "{why}");
-        }
     }
 
     pub fn get(&self, name: &str, node: &str) -> Result<Arc<dyn Pool>> {
-        let p = self.read();
-        if let Some((_, why)) = p.unsupported.get(name) {
-            return Err(Error::PoolNotRunning {
-                pool: name.into(),
-                why: why.clone(),
-            });
-        }
-        p.pools
+        self.read()
+            .pools
             .get(name)
             .cloned()
             .ok_or_else(|| Error::PoolNotFound {
@@ -149,15 +137,6 @@ impl PoolRegistry {
 
     pub fn all(&self) -> Vec<Arc<dyn Pool>> {
         self.read().pools.values().cloned().collect()
-    }
-
-    /// Pools that are defined but cannot run here, with the reason.
-    pub fn unsupported(&self) -> Vec<(String, (PoolType, String))> {
-        self.read()
-            .unsupported
-            .iter()
-            .map(|(n, w)| (n.clone(), w.clone()))
-            .collect()
     }
 }
 
@@ -219,12 +198,6 @@ pub async fn render_metrics(reg: &PoolRegistry) -> String {
                 "pool_csi_pool_volumes{{{l},shared=\"{shared}\"}} {n}"
             );
         }
-    }
-    for (name, (t, _)) in reg.unsupported() {
-        let _ = writeln!(
-            up,
-            "pool_csi_pool_running{{pool=\"{name}\",type=\"{t}\"}} 0"
-        );
     }
     out + &up + &volumes
 }
