@@ -191,7 +191,16 @@ pub mod netfs {
     /// `source.format` values, `auto` first (the default).
     pub const FORMATS: [&str; 4] = ["auto", "nfs", "glusterfs", "cifs"];
     /// Options that carry credentials: those come from `source.auth`.
-    const SECRET_OPTIONS: [&str; 5] = ["credentials", "password", "pass", "username", "user"];
+    const SECRET_OPTIONS: [&str; 8] = [
+        "credentials",
+        "cred",
+        "password",
+        "password2",
+        "pass",
+        "username",
+        "user",
+        "domain",
+    ];
 
     pub fn check(s: &PoolSource) -> Result<(), String> {
         let host = s.host.as_deref().unwrap_or("");

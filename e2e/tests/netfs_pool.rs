@@ -281,6 +281,48 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
         "{bytes:?}"
     );
     // Growing records the new capacity; there is no filesystem to grow.
+    // A snapshot of it is one snapshot of the pool (its id names no node,
+    // whichever node lists it); a restore from it is ReadWriteMany too.
+    let snap = c
+        .controller
+        .create_snapshot(req::snapshot("rwx-snap", &v.volume_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(snap.snapshot_id, "s1:share::rwx-snap");
+    let listed = c
+        .controller
+        .list_snapshots(csi::ListSnapshotsRequest {
+            source_volume_id: v.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.entries.len(), 1, "{listed:?}");
+    let mut restore = req::restore_of("rwx-restored", 64 * MIB, &snap.snapshot_id);
+    restore.parameters = on_share("x", rwx, &[("volumeFormat", "directory")]).parameters;
+    restore.volume_capabilities = vec![req::cap_with_mode(rwx)];
+    let restored = c.create_volume_id(restore).await;
+    let tr = stage_and_publish(&mut node2, &restored, base, "r", rwx).await;
+    assert_eq!(
+        std::fs::read(tr.join("from-1")).unwrap(),
+        b"written on node-1"
+    );
+    unpublish_and_unstage(&mut node2, &restored, base, "r").await;
+    c.controller
+        .delete_volume(req::delete(&restored))
+        .await
+        .unwrap();
+    c.controller
+        .delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let grown = c
         .controller
         .controller_expand_volume(req::expand(&v.volume_id, 128 * MIB))

@@ -305,16 +305,6 @@ pub fn device_size(dev: &Path) -> std::io::Result<u64> {
     Ok(rustix::fs::seek(&f, rustix::fs::SeekFrom::End(0))?)
 }
 
-/// Whether `a` and `b` are the same file or directory (device and inode;
-/// through a bind mount too).
-pub fn same_inode(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
-}
-
 /// Whether two paths name the same block device: `/dev/VG/LV` and
 /// `/dev/mapper/VG-LV` are both links to `/dev/dm-N`, so compare what they
 /// resolve to, and failing that, the device numbers.

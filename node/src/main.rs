@@ -145,8 +145,6 @@ impl Args {
     }
 }
 
-/// Pools not running are retried this often (a device may appear later).
-const RESTART_INTERVAL: Duration = Duration::from_secs(30);
 /// StoragePool objects are re-read this often (with --pools-from-cluster).
 const POOLS_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -254,16 +252,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         starter.ready.store(true, Ordering::Release);
         tracing::info!("pools started; ready");
-        loop {
-            tokio::time::sleep(RESTART_INTERVAL).await;
-            for p in starter.pools.all() {
-                if p.status(false).await.state != pool_csi_node::pools::PoolState::Running
-                    && p.start().await.is_ok()
-                {
-                    tracing::info!(pool.name = p.name(), "pool started");
-                }
-            }
-        }
+        pool_csi_node::pools::registry::keep_restarting(&starter.pools).await
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());

@@ -216,6 +216,30 @@ async fn a_missing_secret_or_a_foreign_mount_is_refused_with_nothing_mounted() {
     );
     assert_eq!(p.status(false).await.state, PoolState::Inactive);
 
+    // A password that would add lines to the credentials file.
+    let h = host();
+    let secret = h.cfg.secrets_dir.join("smb-creds");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("password"), "pw\nusername=root\n").unwrap();
+    let p = h.pool(
+        "{ host: files, dir: /projects, format: cifs, auth: { username: svc, secretRef: smb-creds } }",
+        Arc::new(FakeRunner::new()),
+    );
+    let e = p.start().await.unwrap_err().to_string();
+    assert!(e.contains("line break"), "{e}");
+    assert!(!h.cfg.state_dir.join("netfs/share.credentials").exists());
+
+    // A target that holds files: mounting there would hide them.
+    let h = host();
+    std::fs::create_dir_all(&h.root).unwrap();
+    std::fs::write(h.root.join("important"), b"x").unwrap();
+    let p = h.pool(
+        "{ host: nfs, dir: /export, format: nfs }",
+        Arc::new(FakeRunner::new()),
+    );
+    let e = p.start().await.unwrap_err().to_string();
+    assert!(e.contains("is not empty"), "{e}");
+
     let h = host();
     let mut f = std::fs::OpenOptions::new()
         .append(true)

@@ -443,5 +443,6 @@ fn snapshot(s: pb::SnapshotInfo) -> SnapshotReport {
         size: s.size_bytes,
         created_unix_nanos: s.creation_unix_nanos,
         ready: s.ready,
+        shared: s.shared,
     }
 }

@@ -125,6 +125,8 @@ pub struct SnapshotReport {
     pub size: u64,
     pub created_unix_nanos: i64,
     pub ready: bool,
+    /// Of a shared pool: its id names no node.
+    pub shared: bool,
 }
 
 /// Which snapshots to ask a node for; empty fields ask for any.
@@ -213,6 +215,7 @@ mod tests {
             size: 1,
             created_unix_nanos: 0,
             ready: true,
+            shared: false,
         }
     }
 

@@ -364,10 +364,11 @@ async fn gather(agents: &Agents, reports: &Reports) -> Storage {
             });
         }
         for sn in snapshots {
+            let at = (!sn.shared).then_some(node.as_str());
             s.snapshots.push(Held {
-                id: SnapshotId::new(&sn.pool, Some(node), &sn.name).to_string(),
+                id: SnapshotId::new(&sn.pool, at, &sn.name).to_string(),
                 pool: sn.pool,
-                node: Some(node.clone()),
+                node: at.map(str::to_string),
                 size: sn.size,
             });
         }

@@ -1,6 +1,6 @@
 //! CreateSnapshot, DeleteSnapshot, ListSnapshots.
 
-use super::{found, node_of, unless_gone};
+use super::{ask, found, unless_gone};
 use crate::{
     agents::model::{SnapshotFilter, SnapshotReport},
     error::{Error, Result},
@@ -56,7 +56,11 @@ pub async fn list_page(
             source_volume: source.as_ref().map_or("", |v| v.name.as_str()),
             ..filter
         };
-        let nodes = id.node.as_deref().map_or_else(Vec::new, |n| known(ctx, n));
+        // A shared pool's snapshot (no node) is on every node of the pool.
+        let nodes = id
+            .node
+            .as_deref()
+            .map_or_else(|| ctx.agents.nodes(), |n| known(ctx, n));
         return page_of(ctx, &nodes, &f).await;
     }
     if !l.source_volume_id.is_empty() {
@@ -107,9 +111,10 @@ async fn page_of(
     Ok(super::merge_pages(pages, f.after, f.max))
 }
 
-/// A node's snapshot under its id.
+/// A node's snapshot under its id (a shared pool's names no node, so each
+/// of its nodes reports it under the same id and the merge keeps one).
 fn keyed(node: &str, s: SnapshotReport) -> (String, (SnapshotId, SnapshotReport)) {
-    let id = SnapshotId::new(&s.pool, Some(node), &s.name);
+    let id = SnapshotId::new(&s.pool, (!s.shared).then_some(node), &s.name);
     (id.to_string(), (id, s))
 }
 
@@ -133,7 +138,6 @@ pub async fn create(
     source: &VolumeId,
     name: &str,
 ) -> Result<(SnapshotId, SnapshotReport)> {
-    let node = node_of(&source.node, "source volume id")?;
     // Each node reads one record per pool for this name, not its listing.
     let nodes = ctx.agents.nodes();
     let by_name = SnapshotFilter {
@@ -149,22 +153,29 @@ pub async fn create(
             )));
         }
     }
-    let made = ctx
-        .agents
-        .client(node)?
-        .create_snapshot(&source.pool, &source.name, name)
-        .await;
+    // Its node, or for a shared pool's volume any node serving the pool.
+    let made = ask(ctx, source, None, |c| async move {
+        c.create_snapshot(&source.pool, &source.name, name).await
+    })
+    .await?;
     let s = found(made, format_args!("source volume {source}"))?;
-    Ok((SnapshotId::new(&source.pool, Some(node), name), s))
+    Ok((
+        SnapshotId::new(&source.pool, source.node.as_deref(), name),
+        s,
+    ))
 }
 
 /// Deletes a snapshot; one that is gone is Ok.
 pub async fn delete(ctx: &Ctx, id: &SnapshotId) -> Result<()> {
-    let node = node_of(&id.node, "snapshot id")?;
-    let r = ctx
-        .agents
-        .client(node)?
-        .delete_snapshot(&id.pool, &id.name)
-        .await;
+    let volume = VolumeId::new(&id.pool, id.node.as_deref(), &id.name);
+    let r = match ask(ctx, &volume, None, |c| async move {
+        c.delete_snapshot(&id.pool, &id.name).await
+    })
+    .await
+    {
+        // No node defines the pool any more: nothing holds the snapshot.
+        Err(Error::NotFound(_)) => return Ok(()),
+        r => r?,
+    };
     unless_gone(r).map(|_| ())
 }

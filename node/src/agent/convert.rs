@@ -17,9 +17,10 @@ pub fn volume(pool: &dyn Pool, v: pools::Volume) -> pb::VolumeInfo {
     }
 }
 
-pub fn snapshot(pool: &str, s: pools::Snapshot) -> pb::SnapshotInfo {
+pub fn snapshot(pool: &dyn Pool, s: pools::Snapshot) -> pb::SnapshotInfo {
     pb::SnapshotInfo {
-        pool: pool.into(),
+        pool: pool.name().into(),
+        shared: pool.shared(),
         name: s.name,
         source_volume: s.source_volume,
         size_bytes: s.size,

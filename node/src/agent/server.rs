@@ -384,7 +384,7 @@ impl Agent for AgentService {
                 detach((g, src), async move {
                     let s = pool.create_snapshot(&r.source_volume, &r.name).await?;
                     Ok(pb::SnapshotResponse {
-                        snapshot: Some(convert::snapshot(&r.pool, s)),
+                        snapshot: Some(convert::snapshot(pool.as_ref(), s)),
                     })
                 })
                 .await
@@ -427,7 +427,10 @@ impl Agent for AgentService {
                 let pools = self
                     .pools_named(&r.pool)
                     .into_iter()
-                    .map(|p| (SnapshotId::new(p.name(), Some(node), "").to_string(), p))
+                    .map(|p| {
+                        let prefix = SnapshotId::new(p.name(), (!p.shared()).then_some(node), "");
+                        (prefix.to_string(), p)
+                    })
                     .collect();
                 let (only, of) = (some(&r.name), some(&r.source_volume));
                 let (snapshots, more) = paging::across_pools(
@@ -444,7 +447,7 @@ impl Agent for AgentService {
                         };
                         let page = p.snapshots_page(&q).await?;
                         let snapshots = page.entries.into_iter();
-                        let snapshots = snapshots.map(|s| convert::snapshot(p.name(), s));
+                        let snapshots = snapshots.map(|s| convert::snapshot(p.as_ref(), s));
                         Ok((snapshots.collect(), page.more))
                     },
                 )

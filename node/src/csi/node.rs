@@ -19,6 +19,15 @@ pub struct NodeService {
     ctx: Arc<NodeCtx>,
 }
 
+/// The capability against what the id says: MULTI_NODE modes only for a
+/// shared pool's volume.
+fn reach_of(cap: Option<&csi::VolumeCapability>, id: &VolumeId) -> Result<(), Error> {
+    match cap {
+        Some(c) => caps::check(c, caps::Kind::by_id(id.node.is_none())).map_err(Error::Invalid),
+        None => Ok(()),
+    }
+}
+
 impl NodeService {
     pub fn new(ctx: Arc<NodeCtx>) -> Self {
         Self { ctx }
@@ -53,13 +62,13 @@ fn id_key(id: &str) -> LockKey {
 fn access_of(
     cap: Option<&csi::VolumeCapability>,
     ctx: &std::collections::HashMap<String, String>,
-    id: &VolumeId,
 ) -> Result<(Access, bool), Error> {
     let cap = cap.ok_or(Error::MissingField {
         field: "volume_capability",
     })?;
-    // Whether the volume is a directory is known once its pool is asked.
-    caps::check(cap, caps::Kind::by_id(id.node.is_none())).map_err(Error::Invalid)?;
+    // Checked before the id is: as for a shared volume, whether it is a
+    // directory is known once its pool is asked (see `reach_of`).
+    caps::check(cap, caps::Kind::by_id(true)).map_err(Error::Invalid)?;
     let access = match &cap.access_type {
         Some(AccessType::Mount(m)) => {
             let fs = [
@@ -110,8 +119,9 @@ impl Node for NodeService {
             async {
                 required("volume_id", &r.volume_id)?;
                 let staging = self.path("staging_target_path", &r.staging_target_path)?;
+                let (access, ro) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
                 let id = volume_id(&r.volume_id)?;
-                let (access, ro) = access_of(r.volume_capability.as_ref(), &r.volume_context, &id)?;
+                reach_of(r.volume_capability.as_ref(), &id)?;
                 let many = r
                     .volume_capability
                     .as_ref()
@@ -158,9 +168,9 @@ impl Node for NodeService {
                 let target = self.path("target_path", &r.target_path)?;
                 // pool-csi stages every volume.
                 let staging = self.path("staging_target_path", &r.staging_target_path)?;
+                let (access, ro_mode) = access_of(r.volume_capability.as_ref(), &r.volume_context)?;
                 let id = volume_id(&r.volume_id)?;
-                let (access, ro_mode) =
-                    access_of(r.volume_capability.as_ref(), &r.volume_context, &id)?;
+                reach_of(r.volume_capability.as_ref(), &id)?;
                 let ro = r.readonly || ro_mode;
                 let mode = match ro {
                     true => Writers::ReadOnly,

@@ -126,9 +126,9 @@ async fn copy_tree(env: &ImageEnv, from: &Path, to: &Path) -> Result<()> {
 /// Makes the volume `to` holding a copy of the volume (or snapshot) at
 /// `from`, recorded at `capacity`.
 async fn copy_volume(env: &ImageEnv, from: &Path, to: &Path, capacity: u64) -> Result<()> {
+    let on_delete = read_record(from)?.on_delete;
     std::fs::create_dir(to).map_err(io("create", to))?;
     copy_tree(env, &data_dir(from), &data_dir(to)).await?;
-    let on_delete = read_record(from).map(|r| r.on_delete).unwrap_or_default();
     write_record(
         to,
         &VolumeRecord {
@@ -138,14 +138,47 @@ async fn copy_volume(env: &ImageEnv, from: &Path, to: &Path, capacity: u64) -> R
     )
 }
 
+/// Opens `path`, a directory under `root`, without following a symbolic
+/// link anywhere below `root`: whoever can write to a share could put one
+/// where a volume's directory was, pointing anywhere on the node.
+pub fn open_beneath(root: &Path, path: &Path) -> Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let rel = path.strip_prefix(root).map_err(|_| {
+        Error::Invalid(format!(
+            "{} is not under {}",
+            path.display(),
+            root.display()
+        ))
+    })?;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let dir =
+        rustix::fs::open(root, flags, Mode::empty()).map_err(|e| io("open", root)(e.into()))?;
+    openat2(
+        &dir,
+        rel,
+        flags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        Error::Precondition(format!(
+            "{} is not a plain directory of the pool ({e}); pool-csi will not mount it",
+            path.display()
+        ))
+    })
+}
+
 #[tonic::async_trait]
 impl ImageFormat for Directory {
     fn format(&self) -> VolumeFormat {
         VolumeFormat::Directory
     }
 
-    fn is_volume(&self, _path: &Path, kind: FileType) -> bool {
+    /// A directory holding its record: a `<x>.directory` folder someone
+    /// made by hand is not a volume, and is never listed or removed.
+    fn is_volume(&self, path: &Path, kind: FileType) -> bool {
         kind.is_dir()
+            && std::fs::symlink_metadata(path.join(RECORD)).is_ok_and(|m| m.file_type().is_file())
     }
 
     fn used_by_many_nodes(&self) -> bool {
@@ -264,9 +297,9 @@ impl ImageFormat for Directory {
         path: &Path,
     ) -> Result<AttachSource> {
         let data = data_dir(path);
-        if !data.is_dir() {
+        if !std::fs::symlink_metadata(&data).is_ok_and(|m| m.is_dir()) {
             return Err(Error::Precondition(format!(
-                "directory volume {} has no data directory",
+                "directory volume {} has no data directory (or it is not a plain directory)",
                 path.display()
             )));
         }
@@ -277,7 +310,8 @@ impl ImageFormat for Directory {
     /// names first, so the volume is gone at once and a crash leaves only
     /// tmp to clean), or kept as `retained-<name>` / `archived-<name>-<time>`.
     async fn remove(&self, env: &ImageEnv, name: &str, path: &Path, _wipe: bool) -> Result<()> {
-        let policy = read_record(path).map(|r| r.on_delete).unwrap_or_default();
+        // No record, no removal: what the data is to become is unknown.
+        let policy = read_record(path)?.on_delete;
         let root = path.parent().unwrap_or(Path::new("/"));
         let kept = match policy {
             OnDelete::Delete => None,
@@ -316,6 +350,41 @@ mod tests {
             s.starts_with("20") && s.ends_with('Z') && s.as_bytes()[8] == b'T',
             "{s}"
         );
+    }
+
+    #[test]
+    fn only_a_directory_with_its_record_is_a_volume_and_links_are_never_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let kind = |p: &Path| std::fs::symlink_metadata(p).unwrap().file_type();
+        // A folder someone named like a volume: not one.
+        let hand = root.join("backup.directory");
+        std::fs::create_dir_all(hand.join("data")).unwrap();
+        assert!(!Directory.is_volume(&hand, kind(&hand)));
+        let e = read_record(&hand).unwrap_err().to_string();
+        assert!(e.contains("no volume.json"), "{e}");
+        // A volume: its data opens beneath the pool.
+        let v = root.join("v.directory");
+        std::fs::create_dir_all(v.join("data")).unwrap();
+        write_record(
+            &v,
+            &VolumeRecord {
+                capacity: 1,
+                on_delete: OnDelete::Archive,
+            },
+        )
+        .unwrap();
+        assert!(Directory.is_volume(&v, kind(&v)));
+        open_beneath(root, &data_dir(&v)).unwrap();
+        // Its data replaced by a link out of the pool: refused, not followed.
+        let w = root.join("w.directory");
+        std::fs::create_dir(&w).unwrap();
+        std::os::unix::fs::symlink("/", data_dir(&w)).unwrap();
+        let e = open_beneath(root, &data_dir(&w)).unwrap_err().to_string();
+        assert!(e.contains("not a plain directory"), "{e}");
+        // So is a link at the volume itself.
+        std::os::unix::fs::symlink("/etc", root.join("x.directory")).unwrap();
+        assert!(open_beneath(root, &root.join("x.directory/data")).is_err());
     }
 
     #[test]

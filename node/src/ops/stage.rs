@@ -15,7 +15,10 @@ use crate::{
     NodeCtx,
 };
 use pool_csi_common::VolumeId;
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
 
 /// Stages `id` at `staging`. Idempotent: a second call with the same
 /// arguments finds the mount and returns Ok. `many`: a MULTI_NODE access
@@ -114,9 +117,17 @@ fn stage_directory(
             id.name
         )));
     }
+    // Held by a descriptor opened without following links below the pool:
+    // what is bound is the volume's directory, whatever the share holds.
+    let root = dir.parent().and_then(Path::parent).unwrap_or(dir);
+    let held = crate::formats::directory::open_beneath(root, dir)?;
     let table = mountinfo::read(&ctx.cfg.mountinfo).map_err(io("read", &ctx.cfg.mountinfo))?;
     if let Some(m) = mountinfo::find_at(&table, staging) {
-        return if crate::fsutil::same_inode(staging, dir) {
+        let same = match (rustix::fs::fstat(&held), rustix::fs::stat(staging)) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        };
+        return if same {
             Ok(())
         } else {
             Err(Error::NameTaken {
@@ -128,7 +139,8 @@ fn stage_directory(
         };
     }
     std::fs::create_dir_all(staging).map_err(io("create", staging))?;
-    steps::timed_sync("mount", || mounter::bind(dir, staging, read_only))
+    let source = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+    steps::timed_sync("mount", || mounter::bind(&source, staging, read_only))
         .map_err(io("bind directory volume at", staging))
 }
 

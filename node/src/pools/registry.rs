@@ -12,6 +12,7 @@ use pool_csi_common::{PoolDefinition, PoolType};
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
+    time::{Duration, Instant},
 };
 
 /// Pools handed to the caller to start or stop.
@@ -140,6 +141,57 @@ impl PoolRegistry {
     }
 }
 
+/// When each pool that is not running is tried again: 2 s after it was
+/// found down, then backing off to once a minute (a device may appear, a
+/// share's server come back); a pool found running starts afresh.
+#[derive(Debug, Default)]
+pub struct Restarts {
+    next: BTreeMap<String, (Instant, Duration)>,
+}
+
+impl Restarts {
+    const FIRST: Duration = Duration::from_secs(2);
+    const MAX: Duration = Duration::from_secs(60);
+
+    /// Whether pool `name`, found not running at `now`, is to be started
+    /// now; taking a turn schedules the next one later.
+    pub fn due(&mut self, name: &str, now: Instant) -> bool {
+        let (at, wait) = self
+            .next
+            .entry(name.to_string())
+            .or_insert((now + Self::FIRST, Self::FIRST));
+        if now < *at {
+            return false;
+        }
+        *wait = (*wait * 2).min(Self::MAX);
+        *at = now + *wait;
+        true
+    }
+
+    /// Pool `name` runs: its next failure backs off from the start.
+    pub fn running(&mut self, name: &str) {
+        self.next.remove(name);
+    }
+}
+
+/// Tries the pools that are not running again, each on its own backoff
+/// ([`Restarts`]), forever.
+pub async fn keep_restarting(reg: &PoolRegistry) {
+    let mut restarts = Restarts::default();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for p in reg.all() {
+            let now = Instant::now();
+            if p.status(false).await.state == PoolState::Running {
+                restarts.running(p.name());
+            } else if restarts.due(p.name(), now) && p.start().await.is_ok() {
+                tracing::info!(pool.name = p.name(), "pool started");
+                restarts.running(p.name());
+            }
+        }
+    }
+}
+
 /// Stops `pools` (dropped from the registry); failures are logged.
 pub async fn stop(pools: &[Arc<dyn Pool>]) {
     for p in pools {
@@ -200,4 +252,31 @@ pub async fn render_metrics(reg: &PoolRegistry) -> String {
         }
     }
     out + &up + &volumes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_down_is_tried_again_backing_off_until_it_runs() {
+        let mut r = Restarts::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert!(!r.due("p", t0), "found down: the first try is 2 s later");
+        assert!(r.due("p", t0 + s(2)));
+        assert!(!r.due("p", t0 + s(5)));
+        assert!(r.due("p", t0 + s(6)), "then 4 s");
+        assert!(!r.due("p", t0 + s(13)));
+        assert!(r.due("p", t0 + s(14)), "then 8 s");
+        let mut t = t0 + s(14);
+        for _ in 0..10 {
+            t += s(60);
+            assert!(r.due("p", t));
+        }
+        assert!(!r.due("p", t + s(59)), "never more than a minute apart");
+        r.running("p");
+        assert!(!r.due("p", t + s(60)));
+        assert!(r.due("p", t + s(62)), "a new loss starts from 2 s");
+    }
 }

@@ -68,6 +68,9 @@ pub struct FilePool {
     formats: Formats,
     env: ImageEnv,
     names: names::NameIndex,
+    /// This node's leftovers in tmp were cleared (at the first start only:
+    /// a restart after a lost share must not take work in flight).
+    tmp_cleared: std::sync::atomic::AtomicBool,
 }
 
 impl FilePool {
@@ -110,6 +113,7 @@ impl FilePool {
             formats: Formats::new(cfg.ploop.clone()),
             env,
             names: names::NameIndex::default(),
+            tmp_cleared: Default::default(),
         }
     }
 
@@ -191,6 +195,12 @@ impl FilePool {
             std::fs::create_dir_all(&d).map_err(io("create", &d))?;
         }
         // Whatever is in tmp was never renamed into place: a crash mid-create.
+        if self
+            .tmp_cleared
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(());
+        }
         let tmp = self.layout.tmp_dir();
         for e in std::fs::read_dir(&tmp).map_err(io("read", &tmp))?.flatten() {
             let _ = remove_if_exists(&e.path());
@@ -400,24 +410,16 @@ impl Pool for FilePool {
 
     async fn status(&self, count_volumes: bool) -> PoolStatus {
         let mut st = self.state.status();
-        if let Some((share, _)) = &self.share {
-            // A lost share is tried again (backing off) whenever the
-            // status is asked, so the pool comes back soon after it does.
-            if st.state == PoolState::Inactive && share.retry_due() && self.start().await.is_ok() {
-                tracing::info!(pool.name = %self.name, share = %share.describe(), "the share is back; pool running");
-                st = self.state.status();
-            }
-        }
         let state = st.state;
         if state != PoolState::Running {
             return st;
         }
         if let Some((share, _)) = &self.share {
             // A share can go away under a running pool: then the pool is
-            // not running, with why, until it answers again.
+            // not running, with why, until the node's restart round finds
+            // it answering again.
             match share.check(&self.mountinfo, &self.layout.root).await {
                 Ok(space) => {
-                    share.back();
                     st.capacity = space.capacity;
                     st.available = space.available;
                     st.allocation = space.allocation;

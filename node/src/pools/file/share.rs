@@ -23,9 +23,6 @@ use std::{
 /// A statfs of the share that takes longer than this: not answering (short:
 /// a status is asked every few seconds and must not stall the inventory).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
-/// First and longest wait between attempts to bring a lost share back.
-const RETRY_FIRST: Duration = Duration::from_secs(2);
-const RETRY_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct NetShare {
@@ -39,9 +36,6 @@ pub struct NetShare {
     credentials: PathBuf,
     /// Present while this pool's mount of the share stands.
     marker: PathBuf,
-    /// When the next attempt to bring the share back is due, and the wait
-    /// after that one (doubling up to [`RETRY_MAX`]).
-    retry: std::sync::Mutex<(std::time::Instant, Duration)>,
 }
 
 /// The space figures of a filesystem.
@@ -89,27 +83,7 @@ impl NetShare {
             }),
             credentials: dir.join(format!("{}.credentials", def.name)),
             marker: dir.join(format!("{}.mounted", def.name)),
-            retry: std::sync::Mutex::new((std::time::Instant::now() + RETRY_FIRST, RETRY_FIRST)),
         }
-    }
-
-    /// Whether an attempt to bring the share back is due now; taking it
-    /// schedules the next one later (backing off), until [`Self::back`].
-    pub fn retry_due(&self) -> bool {
-        let mut r = self.retry.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if now < r.0 {
-            return false;
-        }
-        *r = (now + r.1, (r.1 * 2).min(RETRY_MAX));
-        true
-    }
-
-    /// The share answers: the next loss is tried again [`RETRY_FIRST`]
-    /// after it is found, then backing off afresh.
-    pub fn back(&self) {
-        *self.retry.lock().unwrap_or_else(|p| p.into_inner()) =
-            (std::time::Instant::now() + RETRY_FIRST, RETRY_FIRST);
     }
 
     /// What the share is called in messages: `host:/dir`.
@@ -177,6 +151,19 @@ impl NetShare {
             }
         }
         std::fs::create_dir_all(root).map_err(io("create", root))?;
+        // A share mounted over a directory with files would hide them (a
+        // target.path pointing at the wrong place).
+        if std::fs::read_dir(root)
+            .map_err(io("read", root))?
+            .next()
+            .is_some()
+        {
+            return Err(Error::Precondition(format!(
+                "{} is not empty: pool-csi mounts share {} only on an empty directory (point target.path at one)",
+                root.display(),
+                self.describe()
+            )));
+        }
         let creds = match &self.auth {
             None => None,
             Some((user, password_file)) => {
@@ -186,11 +173,14 @@ impl NetShare {
                         password_file.display()
                     ))
                 })?;
-                Some(Credentials::write(
-                    &self.credentials,
-                    user,
-                    password.trim_end_matches(['\n', '\r']),
-                )?)
+                let password = password.trim_end_matches(['\n', '\r']);
+                if password.contains(['\n', '\r', '\0']) {
+                    return Err(Error::Precondition(format!(
+                        "the share's password in {} holds a line break or NUL: a credentials file cannot carry it",
+                        password_file.display()
+                    )));
+                }
+                Some(Credentials::write(&self.credentials, user, password)?)
             }
         };
         let mut failures = Vec::new();
@@ -224,6 +214,8 @@ impl NetShare {
     /// Unmounts the share from `root` if this pool mounted it; a share
     /// mounted by someone else stays.
     pub fn unmount_if_ours(&self, table_path: &Path, root: &Path) -> Result<()> {
+        // A credentials file a killed mount left behind goes with the pool.
+        let _ = std::fs::remove_file(&self.credentials);
         if !self.marker.exists() {
             return Ok(());
         }
