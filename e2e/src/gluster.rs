@@ -48,7 +48,13 @@ impl Gluster {
     /// A server with volume `name` on a brick under `dir`.
     pub fn start(dir: &Path, name: &str) -> Gluster {
         let id = std::process::id();
-        let net = id % 250;
+        // A subnet no interface here has yet (tests run side by side).
+        let taken =
+            String::from_utf8_lossy(&tool("ip", &["-o", "-4", "addr", "show"]).stdout).into_owned();
+        let net = (0..250)
+            .map(|k| (id + k) % 250)
+            .find(|n| !taken.contains(&format!(" 10.251.{n}.")))
+            .expect("a free 10.251.N.0/24 subnet");
         let g = Gluster {
             ns: format!("pcsi-gl-{id}"),
             veth: format!("pgl{id}"),

@@ -3,10 +3,11 @@
 //! volumes, an fs pool, gpt and dos disk pools, and a logical pool (LVM
 //! without activation: no device-mapper here, so its snapshots, copies and
 //! stages answer FAILED_PRECONDITION naming device-mapper, and undoing what
-//! was never done is OK). csi-sanity itself runs through `dev/sanity`; this
-//! is its guard in CI.
+//! was never done is OK), and a netfs pool on a real GlusterFS share with
+//! raw and with directory volumes. csi-sanity itself runs through
+//! `dev/sanity`; this is its guard in CI.
 
-use pool_csi_e2e::{clients::Clients, req, require, Driver, LoopDisk, Options};
+use pool_csi_e2e::{clients::Clients, gluster, req, require, Driver, LoopDisk, Options};
 use pool_csi_proto::csi;
 use tonic::Code;
 
@@ -21,6 +22,8 @@ enum Kind {
     Gpt,
     Dos,
     Logical,
+    Netfs,
+    NetfsDirectory,
 }
 
 /// A driver with one pool `p` of `kind`, and what it stands on.
@@ -32,6 +35,7 @@ struct Setup {
     device_mapper_free: bool,
     _disks: Vec<LoopDisk>,
     _vg: Option<Vg>,
+    _gluster: Option<gluster::Gluster>,
     _scratch: tempfile::TempDir,
 }
 
@@ -56,6 +60,7 @@ async fn setup(kind: Kind) -> Setup {
         .unwrap();
     let mut disks = Vec::new();
     let mut vg = None;
+    let mut server = None;
     let dir_pool = "{ type: dir, target: { path: {dir}/p }, autoBuild: true }".to_string();
     let (pool, params): (String, Vec<(&str, &str)>) = match kind {
         Kind::Raw => (dir_pool, vec![]),
@@ -107,6 +112,19 @@ async fn setup(kind: Kind) -> Setup {
             disks.extend([a, b]);
             (p, vec![])
         }
+        Kind::Netfs | Kind::NetfsDirectory => {
+            let g = gluster::Gluster::start(scratch.path(), "conf");
+            let p = format!(
+                "{{ type: netfs, source: {{ host: \"{}\", dir: {}, format: glusterfs }}, target: {{ path: {{dir}}/p }} }}",
+                g.host, g.volume
+            );
+            server = Some(g);
+            let params = match kind {
+                Kind::Netfs => vec![],
+                _ => vec![("volumeFormat", "directory")],
+            };
+            (p, params)
+        }
     };
     let d = Driver::start(Options {
         extra_pools: manifest(&pool),
@@ -121,6 +139,7 @@ async fn setup(kind: Kind) -> Setup {
         device_mapper_free: kind != Kind::Logical,
         _disks: disks,
         _vg: vg,
+        _gluster: server,
         _scratch: scratch,
     }
 }
@@ -408,4 +427,34 @@ async fn dos_disk_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logical_pool_without_device_mapper() {
     specs(Kind::Logical).await;
+}
+
+/// netfs pools need a GlusterFS server (glusterfs-server, FUSE); skipped,
+/// saying so, where there is none.
+fn no_gluster() -> bool {
+    match gluster::missing() {
+        Some(why) => {
+            pool_csi_e2e::skip("glusterfs", &why);
+            true
+        }
+        None => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netfs_pool_raw_volumes() {
+    require!(false);
+    if no_gluster() {
+        return;
+    }
+    specs(Kind::Netfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netfs_pool_directory_volumes() {
+    require!(false);
+    if no_gluster() {
+        return;
+    }
+    specs(Kind::NetfsDirectory).await;
 }

@@ -185,6 +185,24 @@ impl ImageFormat for Directory {
         true
     }
 
+    /// A bind mount of its data on this node (staged or published): the
+    /// mounts of the data's filesystem whose root is the data directory.
+    /// Other nodes' mounts are theirs to know; the CO deletes a volume only
+    /// once it is unpublished everywhere.
+    fn user_here(&self, env: &ImageEnv, _name: &str, path: &Path) -> Option<String> {
+        let data = std::fs::symlink_metadata(data_dir(path)).ok()?;
+        let dev = (rustix::fs::major(data.dev()), rustix::fs::minor(data.dev()));
+        let table = crate::mount::mountinfo::read(env.mount_table()).ok()?;
+        table
+            .iter()
+            .filter(|m| m.dev == dev)
+            .find(|m| {
+                std::fs::metadata(&m.mount_point)
+                    .is_ok_and(|s| s.dev() == data.dev() && s.ino() == data.ino())
+            })
+            .map(|m| format!("a bind mount at {}", m.mount_point.display()))
+    }
+
     fn grows_on_the_node(&self) -> bool {
         false
     }

@@ -54,6 +54,11 @@ impl ImageEnv {
         &self.sysfs
     }
 
+    /// The node's mount table.
+    pub fn mount_table(&self) -> &Path {
+        self.quiescer.mount_table()
+    }
+
     pub fn exports_dir(&self) -> &Path {
         &self.exports
     }

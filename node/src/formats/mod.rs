@@ -93,6 +93,12 @@ pub trait ImageFormat: Send + Sync {
         kind.is_file()
     }
 
+    /// What uses volume `name` (at `path`) on this node, if anything: a
+    /// delete is refused while something does.
+    fn user_here(&self, env: &ImageEnv, name: &str, path: &Path) -> Option<String> {
+        env.user_of(name, path)
+    }
+
     /// Whether a volume of this format may be used by several nodes at once
     /// (when its pool is shared): no claim records a single user.
     fn used_by_many_nodes(&self) -> bool {

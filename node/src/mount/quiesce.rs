@@ -30,6 +30,13 @@ pub struct Quiescer {
     journal: PathBuf,
 }
 
+impl Quiescer {
+    /// The mount table this node reads.
+    pub fn mount_table(&self) -> &std::path::Path {
+        &self.mountinfo
+    }
+}
+
 /// Filesystems frozen for a copy; [`Frozen::thaw`] them when it is done.
 #[must_use = "frozen filesystems must be thawed"]
 pub struct Frozen(Vec<PathBuf>);

@@ -586,7 +586,7 @@ impl Pool for FilePool {
         let recorded = File::open(&path)
             .ok()
             .is_some_and(|f| rustix::fs::fgetxattr(&f, WIPE_XATTR, &mut [0u8; 4]).is_ok());
-        if let Some(by) = self.env.user_of(name, &path) {
+        if let Some(by) = format.user_here(&self.env, name, &path) {
             return Err(Error::InUse {
                 what: format!("volume {name} ({})", format.format()),
                 by,
