@@ -26,6 +26,8 @@ pub enum Backing {
     Ploop,
     /// A partition of a gpt disk pool.
     Disk,
+    /// A directory volume of a netfs pool on a GlusterFS share.
+    Directory,
 }
 
 /// The call a crash interrupts.
@@ -41,7 +43,13 @@ pub enum Op {
     Clone,
 }
 
-pub const BACKINGS: [Backing; 4] = [Backing::Raw, Backing::Qcow2, Backing::Ploop, Backing::Disk];
+pub const BACKINGS: [Backing; 5] = [
+    Backing::Raw,
+    Backing::Qcow2,
+    Backing::Ploop,
+    Backing::Disk,
+    Backing::Directory,
+];
 pub const OPS: [Op; 8] = [
     Op::Create,
     Op::Stage,
@@ -93,6 +101,7 @@ impl Trial {
 fn typical(b: Backing, op: Op) -> Duration {
     let ms = match (b, op) {
         (Backing::Raw, Op::Create | Op::Delete) => 5,
+        (Backing::Directory, Op::Stage | Op::Unstage | Op::Publish) => 20,
         (_, Op::Create | Op::Delete) => 60,
         (Backing::Raw | Backing::Disk, Op::Stage) => 120,
         (_, Op::Stage) => 400,
@@ -111,6 +120,8 @@ struct Rig {
     c: Clients,
     params: Vec<(&'static str, &'static str)>,
     _disk: Option<LoopDisk>,
+    /// Stopped after the driver (declared after it).
+    gluster: Option<crate::gluster::Gluster>,
     scratch: PathBuf,
 }
 
@@ -122,7 +133,17 @@ impl Rig {
             Instant::now().elapsed().as_nanos() ^ rand_seed()
         ));
         std::fs::create_dir_all(&scratch).unwrap();
+        let mut gluster = None;
         let (pool, params, disk) = match b {
+            Backing::Directory => {
+                let g = crate::gluster::Gluster::start(&scratch, "crash");
+                let pool = format!(
+                    "---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: p }}\nspec: {{ type: netfs, source: {{ host: \"{}\", dir: {}, format: glusterfs }}, target: {{ path: \"{{dir}}/p\" }} }}\n",
+                    g.host, g.volume
+                );
+                gluster = Some(g);
+                (pool, vec![("volumeFormat", "directory")], None)
+            }
             Backing::Disk => {
                 let disk = LoopDisk::new(&scratch, "disk.img", 512, true);
                 let pool = format!(
@@ -153,6 +174,7 @@ impl Rig {
             c,
             params,
             _disk: disk,
+            gluster,
             scratch,
         }
     }
@@ -263,6 +285,7 @@ pub async fn run(t: &Trial) -> Result<(), String> {
     };
     crate::cleanup::release_everything_under(rig.d.dir.path());
     drop(rig.d);
+    drop(rig.gluster);
     crate::cleanup::release_everything_under(&rig.scratch);
     let _ = std::fs::remove_dir_all(&rig.scratch);
     r?;
@@ -530,7 +553,12 @@ fn leaks(rig: &Rig) -> Vec<String> {
                 out.push(format!("pool entry {}", e.path().display()));
             }
         }
-        for sub in ["tmp", "snapshots"] {
+        // A shared pool's tmp is one directory per node.
+        let tmp = match rig.gluster {
+            Some(_) => "tmp/node-1",
+            None => "tmp",
+        };
+        for sub in [tmp, "snapshots", "published"] {
             for e in std::fs::read_dir(pool.join(".pool-csi").join(sub))
                 .into_iter()
                 .flatten()

@@ -1,5 +1,6 @@
 //! Crash trials in CI: every call from create to delete on raw, qcow2 and
-//! ploop files and gpt partitions, each interrupted once by SIGKILL of the
+//! ploop files, gpt partitions and directory volumes on a GlusterFS share,
+//! each interrupted once by SIGKILL of the
 //! node plugin (a quarter of them the controller too) at a random moment,
 //! retried to convergence, its data read back and leftovers counted (see
 //! `pool_csi_e2e::crash`). `dev/crash-trials` runs hundreds. The seed is
@@ -61,4 +62,14 @@ async fn ploop_volumes_converge_after_crashes_in_every_call() {
 async fn gpt_partitions_converge_after_crashes_in_every_call() {
     require!(false);
     trials(Backing::Disk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_volumes_on_a_share_converge_after_crashes_in_every_call() {
+    require!(false);
+    if let Some(why) = pool_csi_e2e::gluster::missing() {
+        pool_csi_e2e::skip("glusterfs", &why);
+        return;
+    }
+    trials(Backing::Directory).await;
 }

@@ -17,7 +17,8 @@ use crate::{
 use pool_csi_common::PoolDefinition;
 use std::{
     path::{Path, PathBuf},
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 /// A statfs of the share that takes longer than this: not answering (short:
@@ -36,6 +37,8 @@ pub struct NetShare {
     credentials: PathBuf,
     /// Present while this pool's mount of the share stands.
     marker: PathBuf,
+    /// When the statfs still waiting on the share started, if one is.
+    probing: Arc<Mutex<Option<Instant>>>,
 }
 
 /// The space figures of a filesystem.
@@ -46,10 +49,31 @@ pub struct Space {
 }
 
 /// statfs of `root`, off the runtime's thread and bounded in time: a share
-/// whose server is gone may never answer.
-pub async fn space_within(root: &Path, limit: Duration) -> Result<Space> {
-    let p = root.to_path_buf();
-    let work = tokio::task::spawn_blocking(move || rustix::fs::statvfs(&p));
+/// whose server is gone may never answer. At most one is in flight per
+/// share (`probing`: when the one waiting started), so a hung server costs
+/// one blocked thread, not one per status.
+async fn space_within(
+    root: &Path,
+    limit: Duration,
+    probing: &Arc<Mutex<Option<Instant>>>,
+) -> Result<Space> {
+    {
+        let mut p = probing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(since) = *p {
+            return Err(Error::Precondition(format!(
+                "{}: a statfs started {} s ago has not returned",
+                root.display(),
+                since.elapsed().as_secs()
+            )));
+        }
+        *p = Some(Instant::now());
+    }
+    let (p, done) = (root.to_path_buf(), probing.clone());
+    let work = tokio::task::spawn_blocking(move || {
+        let r = rustix::fs::statvfs(&p);
+        *done.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        r
+    });
     match tokio::time::timeout(limit, work).await {
         Ok(Ok(Ok(s))) => Ok(Space {
             capacity: s.f_blocks * s.f_frsize,
@@ -83,6 +107,7 @@ impl NetShare {
             }),
             credentials: dir.join(format!("{}.credentials", def.name)),
             marker: dir.join(format!("{}.mounted", def.name)),
+            probing: Arc::default(),
         }
     }
 
@@ -122,14 +147,16 @@ impl NetShare {
                 root.display()
             )));
         }
-        space_within(root, ANSWER_TIMEOUT).await.map_err(|e| {
-            Error::Precondition(format!(
-                "share {} at {} does not answer: {}",
-                self.describe(),
-                root.display(),
-                pool_csi_common::full_message(&e)
-            ))
-        })
+        space_within(root, ANSWER_TIMEOUT, &self.probing)
+            .await
+            .map_err(|e| {
+                Error::Precondition(format!(
+                    "share {} at {} does not answer: {}",
+                    self.describe(),
+                    root.display(),
+                    pool_csi_common::full_message(&e)
+                ))
+            })
     }
 
     /// Mounts the share at `root` unless it is mounted there and answers.
@@ -141,7 +168,7 @@ impl NetShare {
         root: &Path,
     ) -> Result<()> {
         if self.mounted_at(table_path, root)? {
-            match space_within(root, ANSWER_TIMEOUT).await {
+            match space_within(root, ANSWER_TIMEOUT, &self.probing).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(share = %self.describe(), root = %root.display(), error = %pool_csi_common::full_message(&e), "the share's mount does not answer; detaching it to mount again");
