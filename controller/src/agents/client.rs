@@ -432,6 +432,7 @@ fn pool(p: pb::PoolInfo) -> std::result::Result<PoolReport, wire::UnknownValue> 
             .collect(),
         thin_available: p.thin_available_bytes,
         shared: p.shared,
+        every_node: p.every_node,
     })
 }
 

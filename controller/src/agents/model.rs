@@ -65,6 +65,8 @@ pub struct PoolReport {
     pub thin_available: u64,
     /// Every node serving the pool sees the same volumes.
     pub shared: bool,
+    /// Defined for every node of the cluster (no nodeSelector).
+    pub every_node: bool,
 }
 
 impl PoolReport {
@@ -83,6 +85,7 @@ impl PoolReport {
             free_extents: Vec::new(),
             thin_available: 0,
             shared: false,
+            every_node: false,
         }
     }
 

@@ -164,9 +164,17 @@ pub async fn reach(ctx: &Ctx, id: &VolumeId) -> Vec<String> {
 }
 
 /// [`reach`] from inventories in hand (every node's, for a shared volume).
+/// Empty for a shared pool defined for every node of the cluster: the
+/// volume needs no topology (a node that joins later reaches it too).
 pub fn reach_in(inventories: &[Arc<NodeInventory>], id: &VolumeId) -> Vec<String> {
     match &id.node {
         Some(n) => vec![n.clone()],
+        None if inventories
+            .iter()
+            .any(|i| i.pool(&id.pool).is_some_and(|p| p.every_node)) =>
+        {
+            Vec::new()
+        }
         None => nodes_defining(inventories, &id.pool),
     }
 }
@@ -193,6 +201,30 @@ mod tests {
     /// One node's whole list as its only page.
     fn paginate(all: Vec<(String, String)>, max: u32, token: &str) -> (Vec<String>, String) {
         merge_pages([(all, false)], token, max)
+    }
+
+    #[test]
+    fn a_shared_volume_reaches_its_pool_s_nodes_or_every_node() {
+        use crate::agents::model::PoolReport;
+        use pool_csi_common::PoolType;
+        let inv = |node: &str, every_node: bool| {
+            let mut p = PoolReport::running("share", PoolType::Netfs);
+            (p.shared, p.every_node) = (true, every_node);
+            Arc::new(NodeInventory {
+                node: node.into(),
+                starting: false,
+                pools: vec![p],
+            })
+        };
+        let shared = VolumeId::new("share", None, "v");
+        let selected = [inv("a", false), inv("b", false)];
+        assert_eq!(reach_in(&selected, &shared), ["a", "b"]);
+        // No nodeSelector in the cluster: no topology, so nodes that join
+        // later reach the volume too.
+        let everywhere = [inv("a", true), inv("b", true)];
+        assert!(reach_in(&everywhere, &shared).is_empty());
+        let local = VolumeId::new("share", Some("a"), "v");
+        assert_eq!(reach_in(&everywhere, &local), ["a"]);
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub fn pool(p: &dyn Pool, s: PoolStatus) -> pb::PoolInfo {
             .collect(),
         thin_available_bytes: s.thin_available,
         shared: p.shared(),
+        every_node: false, // the registry knows (see the inventory)
     }
 }
 

@@ -145,8 +145,11 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::GetInventoryResponse>, Status> {
         let count = req.into_inner().count_volumes;
         let mut pools = Vec::new();
+        let in_cluster = self.ctx.cfg.cluster.is_some();
         for p in self.ctx.pools.all() {
-            pools.push(convert::pool(p.as_ref(), p.status(count).await));
+            let mut info = convert::pool(p.as_ref(), p.status(count).await);
+            info.every_node = self.ctx.pools.on_every_node(p.name(), in_cluster);
+            pools.push(info);
         }
         Ok(Response::new(pb::GetInventoryResponse {
             node_name: self.ctx.cfg.node_name.clone(),

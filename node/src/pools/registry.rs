@@ -136,6 +136,18 @@ impl PoolRegistry {
             })
     }
 
+    /// Whether pool `name` is defined for every node: read from the
+    /// cluster (`in_cluster`) with no nodeSelector. A pools file is this
+    /// node's own, so it says nothing about other nodes.
+    pub fn on_every_node(&self, name: &str, in_cluster: bool) -> bool {
+        in_cluster
+            && self
+                .read()
+                .defs
+                .get(name)
+                .is_some_and(|d| d.spec.node_selector.is_empty())
+    }
+
     pub fn all(&self) -> Vec<Arc<dyn Pool>> {
         self.read().pools.values().cloned().collect()
     }
@@ -257,6 +269,22 @@ pub async fn render_metrics(reg: &PoolRegistry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_cluster_pool_without_node_selector_is_on_every_node() {
+        let defs = PoolDefinition::parse_documents(
+            "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: all }\nspec: { type: dir, target: { path: /x } }\n---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: some }\nspec: { type: dir, target: { path: /y }, nodeSelector: { disk: ssd } }\n",
+            "t",
+        )
+        .unwrap();
+        let cfg = Config::local("n1", "/nonexistent".into());
+        let reg = PoolRegistry::new(&defs, &cfg, Arc::new(crate::exec::fake::FakeRunner::new()));
+        assert!(reg.on_every_node("all", true));
+        assert!(!reg.on_every_node("some", true));
+        // A pools file is this node's own: it says nothing of other nodes.
+        assert!(!reg.on_every_node("all", false));
+        assert!(!reg.on_every_node("gone", true));
+    }
 
     #[test]
     fn a_pool_down_is_tried_again_backing_off_until_it_runs() {
