@@ -46,6 +46,9 @@ TOOLS = [
     (["mount.cifs", "-V"], "cifs-utils"),
     (["mount.glusterfs", "-V"], "glusterfs-client"),
 ]
+# Tools that drop to a capability set at start and stop without it: run
+# with the capabilities the node plugin has (privileged).
+NEEDS_CAPS = {"mount.cifs"}
 # Tools that print no version: running them must print their usage.
 USAGE = {"resize2fs": "resize2fs", "multipathd": "Invalid argument '-h'", "ploop": "Usage: ploop",
          "iscsi-ls": "Usage: iscsi-ls", "iscsi-inq": "Usage: iscsi-inq",
@@ -144,7 +147,8 @@ def check_tools(img, failures):
     for argv, pkg in TOOLS:
         r = img.run(["dpkg-query", "-W", "-f", "${Version}", pkg])
         in_image = r.stdout.strip()
-        out = img.run(argv)
+        caps = ["--cap-add", privileged_caps()] if argv[0] in NEEDS_CAPS else []
+        out = img.run(argv, caps)
         text = out.stdout + out.stderr
         want = USAGE.get(argv[0]) or upstream(in_image)
         ran = bool(in_image) and want in text and "not found" not in text

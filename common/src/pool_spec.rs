@@ -191,7 +191,7 @@ pub mod netfs {
     /// `source.format` values, `auto` first (the default).
     pub const FORMATS: [&str; 4] = ["auto", "nfs", "glusterfs", "cifs"];
     /// Options that carry credentials: those come from `source.auth`.
-    const SECRET_OPTIONS: [&str; 8] = [
+    const SECRET_OPTIONS: [&str; 7] = [
         "credentials",
         "cred",
         "password",
@@ -199,7 +199,6 @@ pub mod netfs {
         "pass",
         "username",
         "user",
-        "domain",
     ];
 
     pub fn check(s: &PoolSource) -> Result<(), String> {

@@ -165,6 +165,19 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
     let agent1 = format!("node-1={}", d.agent_addr);
     let agent2 = format!("node-2={}", d.extra[0].agent_addr);
     let base = d.dir.path();
+    let agent = |addr: String| async move {
+        AgentClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    };
+    let (a1, a2) = (
+        agent(d.agent_addr.clone()).await,
+        agent(d.extra[0].agent_addr.clone()).await,
+    );
 
     // Both nodes mount the share; auto found it after nfs failed; a share
     // that cannot be mounted leaves its pool down, saying why.
@@ -396,6 +409,27 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("published on node node-1"), "{e:?}");
+    // Its image is grown only where it is published: node-2 refuses, and
+    // the controller sends the call to node-1.
+    let e = a2
+        .clone()
+        .expand_volume(pb::ExpandVolumeRequest {
+            pool: "share".into(),
+            name: "img".into(),
+            required_bytes: 96 << 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("published on node node-1"), "{e:?}");
+    let grown = c
+        .controller
+        .controller_expand_volume(req::expand(&img, 96 * MIB))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.capacity_bytes, 96 * MIB);
     let listed = c
         .controller
         .list_volumes(csi::ListVolumesRequest::default())
@@ -441,19 +475,6 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
 
     // Both nodes create the same names at once: each name is made once,
     // both calls answer it, and no node's work in progress is left.
-    let agent = |addr: String| async move {
-        AgentClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        )
-    };
-    let (a1, a2) = (
-        agent(d.agent_addr.clone()).await,
-        agent(d.extra[0].agent_addr.clone()).await,
-    );
     let create = |mut a: AgentClient<Channel>, name: String, format: pb::VolumeFormat| async move {
         a.create_volume(pb::CreateVolumeRequest {
             pool: "share".into(),

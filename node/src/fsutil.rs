@@ -36,10 +36,10 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
             if to.exists() {
                 return Err(appeared());
             }
+            let taken = [rustix::io::Errno::NOTEMPTY, rustix::io::Errno::EXIST]
+                .map(|e| Some(e.raw_os_error()));
             match std::fs::rename(from, to) {
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTEMPTY.raw_os_error()) => {
-                    Err(appeared())
-                }
+                Err(e) if taken.contains(&e.raw_os_error()) => Err(appeared()),
                 r => r.map_err(io("rename", from)),
             }
         }
@@ -73,12 +73,27 @@ pub fn write_json(f: &std::path::Path, value: &impl serde::Serialize) -> Result<
 /// Replaces `path` with `bytes`, whole or not at all: written to `tmp`,
 /// synced, renamed over `path`, and the directory synced.
 pub fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(tmp, bytes).map_err(io("write", tmp))?;
-    File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io("sync", tmp))?;
+    write_new(tmp, bytes)?;
     std::fs::rename(tmp, path).map_err(io("rename", tmp))?;
     sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+/// Writes `bytes` to a new file `path` and syncs it. Whatever was at
+/// `path` is removed first and the file made with O_EXCL, so a symbolic
+/// link planted there (on a share other hosts write to) is never followed.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", path)(e)),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io("create", path))?;
+    f.write_all(bytes).map_err(io("write", path))?;
+    f.sync_all().map_err(io("sync", path))
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
@@ -331,6 +346,18 @@ pub fn is_same_device(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_planted_at_a_temp_name_is_replaced_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let tmp = t.path().join("state.json.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        replace_file(&t.path().join("state.json"), &tmp, b"{}").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(t.path().join("state.json")).unwrap(), b"{}");
+    }
 
     #[test]
     fn links_to_one_device_are_the_same_device() {

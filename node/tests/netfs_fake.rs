@@ -75,6 +75,11 @@ impl Host {
     }
 }
 
+/// `mount -t <fs> -- files:/vol <target>`.
+fn mount_argv(fs: &str, h: &Host) -> [String; 6] {
+    ["mount", "-t", fs, "--", "files:/vol", &h.target()].map(String::from)
+}
+
 fn unknown_fs(fs: &str) -> Reply {
     Reply::exit(32).stderr(format!(
         "mount: {}: unknown filesystem type '{fs}'.\n",
@@ -117,10 +122,7 @@ async fn an_nfs_share_is_mounted_with_its_options_and_the_pool_runs_on_it() {
 #[tokio::test]
 async fn auto_tries_nfs_then_glusterfs_and_a_share_nothing_mounts_leaves_the_pool_down() {
     let h = host();
-    let target = h.target();
-    let argv = |fs: &'static str| {
-        ["mount", "-t", fs, "--", "files:/vol", target.as_str()].map(String::from)
-    };
+    let argv = |fs: &str| mount_argv(fs, &h);
     let runner = Arc::new(
         FakeRunner::new()
             .expect(argv("nfs"), unknown_fs("nfs"))
@@ -134,10 +136,7 @@ async fn auto_tries_nfs_then_glusterfs_and_a_share_nothing_mounts_leaves_the_poo
     assert_eq!(p.status(false).await.state, PoolState::Running);
 
     let h = host();
-    let target = h.target();
-    let argv = |fs: &'static str| {
-        ["mount", "-t", fs, "--", "files:/vol", target.as_str()].map(String::from)
-    };
+    let argv = |fs: &str| mount_argv(fs, &h);
     let runner = Arc::new(
         FakeRunner::new()
             .expect(argv("nfs"), unknown_fs("nfs"))

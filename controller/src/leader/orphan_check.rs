@@ -233,6 +233,33 @@ pub async fn read(api: &Api<ConfigMap>) -> Result<(Option<ConfigMap>, Vec<Orphan
     Ok((cm, found))
 }
 
+/// Runs `call` through the node `node` names, or, for a shared pool's
+/// volume or snapshot (no node), through each node until one succeeds.
+async fn through_holder<F, Fut>(
+    agents: &Agents,
+    node: &Option<String>,
+    id: &str,
+    mut call: F,
+) -> Result<(), String>
+where
+    F: FnMut(crate::agents::client::AgentClient) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::agents::client::AgentError>>,
+{
+    let nodes = match node {
+        Some(n) => vec![n.clone()],
+        None => agents.nodes(),
+    };
+    let mut last = Err(format!("no node agent to delete {id} through"));
+    for n in nodes {
+        let c = agents.client(&n).map_err(|e| e.to_string())?;
+        match call(c).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Err(format!("{n}: {}", e.message)),
+        }
+    }
+    last
+}
+
 /// Deletes the reported orphan `id` (a volume or a snapshot) for the
 /// operator (`poolctl orphans --delete`): only after checking again that
 /// nothing in Kubernetes names it, through the agent of the node that
@@ -282,31 +309,19 @@ pub async fn delete(
     let gone = match o.kind {
         Kind::Snapshot => {
             let s = SnapshotId::parse(id).map_err(|e| format!("{id}: {e}"))?;
-            let node = s.node.clone().unwrap_or_default();
-            let c = agents.client(&node).map_err(|e| e.to_string())?;
-            c.delete_snapshot(&s.pool, &s.name)
-                .await
-                .map_err(|e| format!("{node}: {}", e.message))
+            through_holder(agents, &s.node, id, |c| {
+                let s = s.clone();
+                async move { c.delete_snapshot(&s.pool, &s.name).await }
+            })
+            .await
         }
         _ => {
             let v = VolumeId::parse(id).map_err(|e| format!("{id}: {e}"))?;
-            // A shared pool's volume: any node of the pool can delete it.
-            let nodes = match &v.node {
-                Some(n) => vec![n.clone()],
-                None => agents.nodes(),
-            };
-            let mut last = Err(format!("no node agent to delete {id} through"));
-            for n in nodes {
-                let c = agents.client(&n).map_err(|e| e.to_string())?;
-                match c.delete_volume(&v.pool, &v.name, false).await {
-                    Ok(()) => {
-                        last = Ok(());
-                        break;
-                    }
-                    Err(e) => last = Err(format!("{n}: {}", e.message)),
-                }
-            }
-            last
+            through_holder(agents, &v.node, id, |c| {
+                let v = v.clone();
+                async move { c.delete_volume(&v.pool, &v.name, false).await }
+            })
+            .await
         }
     };
     gone.map_err(|e| format!("delete {id}: {e}"))?;

@@ -163,14 +163,25 @@ async fn attempt(
                 NewContent::Empty,
             )
         }
-        Content::Volume(v) => (
-            source_nodes(&v.pool, &v.node, pool, req, inventories)?,
-            NewContent::Volume(v.name.clone()),
-        ),
-        Content::Snapshot(s) => (
-            source_nodes(&s.pool, &s.node, pool, req, inventories)?,
-            NewContent::Snapshot(s.name.clone()),
-        ),
+        Content::Volume(v) => {
+            let mut nodes = source_nodes(&v.pool, &v.node, pool, req, inventories)?;
+            // A shared image volume is copied where it is published.
+            let holder = super::volumes::published_on(ctx, v).await;
+            nodes.sort_by_key(|n| Some(n) != holder.as_ref());
+            (nodes, NewContent::Volume(v.name.clone()))
+        }
+        Content::Snapshot(s) => {
+            let mut nodes = source_nodes(&s.pool, &s.node, pool, req, inventories)?;
+            if s.node.is_none() {
+                // A snapshot kept inside its volume is read where that is published.
+                if let Ok((_, snap)) = super::snapshots::get(ctx, &s.to_string()).await {
+                    let source = VolumeId::new(&s.pool, None, &snap.source_volume);
+                    let holder = super::volumes::published_on(ctx, &source).await;
+                    nodes.sort_by_key(|n| Some(n) != holder.as_ref());
+                }
+            }
+            (nodes, NewContent::Snapshot(s.name.clone()))
+        }
     };
     if nodes.is_empty() {
         return Err(Error::NoCapacity {

@@ -56,12 +56,16 @@ pub async fn list_page(
             source_volume: source.as_ref().map_or("", |v| v.name.as_str()),
             ..filter
         };
-        // A shared pool's snapshot (no node) is on every node of the pool.
+        // A shared pool's snapshot (no node) is on every node of the pool;
+        // only the id asked for answers (a node-local pool's snapshot of
+        // that name has another id).
         let nodes = id
             .node
             .as_deref()
             .map_or_else(|| ctx.agents.nodes(), |n| known(ctx, n));
-        return page_of(ctx, &nodes, &f).await;
+        let (mut found, next) = page_of(ctx, &nodes, &f).await?;
+        found.retain(|(sid, _)| *sid == id);
+        return Ok((found, next));
     }
     if !l.source_volume_id.is_empty() {
         let Ok(v) = VolumeId::parse(l.source_volume_id) else {
@@ -153,8 +157,10 @@ pub async fn create(
             )));
         }
     }
-    // Its node, or for a shared pool's volume any node serving the pool.
-    let made = ask(ctx, source, None, |c| async move {
+    // Its node, or for a shared pool's volume any node serving the pool
+    // (the one it is published on first: its image is copied there).
+    let holder = super::volumes::published_on(ctx, source).await;
+    let made = ask(ctx, source, holder.as_deref(), |c| async move {
         c.create_snapshot(&source.pool, &source.name, name).await
     })
     .await?;
@@ -168,7 +174,19 @@ pub async fn create(
 /// Deletes a snapshot; one that is gone is Ok.
 pub async fn delete(ctx: &Ctx, id: &SnapshotId) -> Result<()> {
     let volume = VolumeId::new(&id.pool, id.node.as_deref(), &id.name);
-    let r = match ask(ctx, &volume, None, |c| async move {
+    // A shared snapshot kept inside its volume (ploop) is dropped where
+    // the volume is published.
+    let holder = match id.node {
+        Some(_) => None,
+        None => match get(ctx, &id.to_string()).await {
+            Ok((_, s)) => {
+                let source = VolumeId::new(&id.pool, None, &s.source_volume);
+                super::volumes::published_on(ctx, &source).await
+            }
+            Err(_) => None,
+        },
+    };
+    let r = match ask(ctx, &volume, holder.as_deref(), |c| async move {
         c.delete_snapshot(&id.pool, &id.name).await
     })
     .await

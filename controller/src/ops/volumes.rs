@@ -23,11 +23,22 @@ pub async fn delete(ctx: &Ctx, id: &VolumeId) -> Result<()> {
 
 /// Grows a volume.
 pub async fn expand(ctx: &Ctx, id: &VolumeId, required: u64, limit: u64) -> Result<Expansion> {
-    let r = ask(ctx, id, None, |c| async move {
+    let holder = published_on(ctx, id).await;
+    let r = ask(ctx, id, holder.as_deref(), |c| async move {
         c.expand_volume(&id.pool, &id.name, required, limit).await
     })
     .await?;
     Ok(r?)
+}
+
+/// The node a shared volume is published on (its claim), if any: what
+/// touches its image goes there, where it is attached. None for a
+/// node-local volume (its own node answers anyway).
+pub async fn published_on(ctx: &Ctx, id: &VolumeId) -> Option<String> {
+    if id.node.is_some() {
+        return None;
+    }
+    get(ctx, id).await.ok()?.published.into_iter().next()
 }
 
 /// The volume as its agent reports it; NotFound when it is gone.

@@ -153,14 +153,23 @@ pub fn open_beneath(root: &Path, path: &Path) -> Result<std::os::fd::OwnedFd> {
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let dir =
         rustix::fs::open(root, flags, Mode::empty()).map_err(|e| io("open", root)(e.into()))?;
-    openat2(
+    let opened = match openat2(
         &dir,
         rel,
         flags,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(|e| {
+    ) {
+        // Kernels before 5.6: one component at a time, none a link.
+        Err(rustix::io::Errno::NOSYS) => rel.components().try_fold(dir, |at, c| match c {
+            std::path::Component::Normal(name) => {
+                rustix::fs::openat(&at, name, flags | OFlags::NOFOLLOW, Mode::empty())
+            }
+            _ => Err(rustix::io::Errno::XDEV),
+        }),
+        r => r,
+    };
+    opened.map_err(|e| {
         Error::Precondition(format!(
             "{} is not a plain directory of the pool ({e}); pool-csi will not mount it",
             path.display()

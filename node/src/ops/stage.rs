@@ -61,12 +61,7 @@ pub async fn stage(
             }
             Ok(())
         } else {
-            Err(Error::NameTaken {
-                what: "staging path",
-                pool: id.pool.clone(),
-                name: staging.display().to_string(),
-                why: format!("{} mounted there, not volume {}", m.source, id.name),
-            })
+            Err(taken(id, staging, m))
         };
     }
     let was_attached = att.attached(&src).is_some();
@@ -130,18 +125,23 @@ fn stage_directory(
         return if same {
             Ok(())
         } else {
-            Err(Error::NameTaken {
-                what: "staging path",
-                pool: id.pool.clone(),
-                name: staging.display().to_string(),
-                why: format!("{} mounted there, not volume {}", m.source, id.name),
-            })
+            Err(taken(id, staging, m))
         };
     }
     std::fs::create_dir_all(staging).map_err(io("create", staging))?;
     let source = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
     steps::timed_sync("mount", || mounter::bind(&source, staging, read_only))
         .map_err(io("bind directory volume at", staging))
+}
+
+/// The staging path holds another mount than the volume's.
+fn taken(id: &VolumeId, staging: &Path, m: &mountinfo::MountEntry) -> Error {
+    Error::NameTaken {
+        what: "staging path",
+        pool: id.pool.clone(),
+        name: staging.display().to_string(),
+        why: format!("{} mounted there, not volume {}", m.source, id.name),
+    }
 }
 
 fn bind_device(dev: &Path, target: &Path) -> Result<()> {

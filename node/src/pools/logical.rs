@@ -424,6 +424,10 @@ impl Pool for LogicalPool {
         &self.name
     }
 
+    fn recorded_state(&self) -> PoolState {
+        self.state.state()
+    }
+
     fn pool_type(&self) -> PoolType {
         PoolType::Logical
     }

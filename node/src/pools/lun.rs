@@ -384,6 +384,10 @@ impl Pool for LunPool {
         &self.name
     }
 
+    fn recorded_state(&self) -> PoolState {
+        self.state.state()
+    }
+
     fn pool_type(&self) -> PoolType {
         self.kind()
     }

@@ -73,6 +73,11 @@ impl StateCell {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The state the last start (or a lost share) recorded: no I/O.
+    pub fn state(&self) -> PoolState {
+        self.get().0
+    }
+
     /// Records how a start attempt ended, and passes the outcome on.
     pub fn record_start(&self, r: Result<()>) -> Result<()> {
         let next = match &r {
@@ -260,6 +265,10 @@ pub trait Pool: Send + Sync {
     /// Brings the pool up (mount its device …); builds first when the spec
     /// says `autoBuild` and the pool is not built yet.
     async fn start(&self) -> Result<()>;
+    /// The state recorded by the last start (Starting, Running or
+    /// Inactive), without looking at the storage: what the restart round
+    /// reads every second. `status` looks.
+    fn recorded_state(&self) -> PoolState;
     /// libvirt's pool-build. Never overwrites data unless `overwrite`.
     async fn build(&self, overwrite: bool) -> Result<()>;
     async fn status(&self, count_volumes: bool) -> PoolStatus;

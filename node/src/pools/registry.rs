@@ -186,19 +186,23 @@ impl Restarts {
     }
 }
 
-/// Tries the pools that are not running again, each on its own backoff
-/// ([`Restarts`]), forever.
+/// Tries the pools whose start failed (or whose share went away) again,
+/// each on its own backoff ([`Restarts`]), forever. It reads the recorded
+/// state only: no storage is looked at every second, a pool still starting
+/// (a new StoragePool) is left to its own start, and a Degraded pool (its
+/// figures unreadable just now) is not restarted.
 pub async fn keep_restarting(reg: &PoolRegistry) {
     let mut restarts = Restarts::default();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         for p in reg.all() {
-            let now = Instant::now();
-            if p.status(false).await.state == PoolState::Running {
-                restarts.running(p.name());
-            } else if restarts.due(p.name(), now) && p.start().await.is_ok() {
-                tracing::info!(pool.name = p.name(), "pool started");
-                restarts.running(p.name());
+            match p.recorded_state() {
+                PoolState::Inactive => {
+                    if restarts.due(p.name(), Instant::now()) && p.start().await.is_ok() {
+                        tracing::info!(pool.name = p.name(), "pool started");
+                    }
+                }
+                _ => restarts.running(p.name()),
             }
         }
     }

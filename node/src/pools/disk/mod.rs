@@ -445,6 +445,10 @@ impl Pool for DiskPool {
         &self.name
     }
 
+    fn recorded_state(&self) -> PoolState {
+        self.state.state()
+    }
+
     fn pool_type(&self) -> PoolType {
         PoolType::Disk
     }

@@ -7,7 +7,7 @@
 
 use crate::{
     error::{io, Error, Result},
-    fsutil::{remove_if_exists, rename_noreplace, sync_dir},
+    fsutil::{remove_if_exists, rename_noreplace, sync_dir, write_new},
 };
 use std::path::PathBuf;
 
@@ -48,10 +48,7 @@ impl Claims {
         }
         std::fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
         let tmp = self.tmp.join(format!("c.{name}.{node}"));
-        std::fs::write(&tmp, node).map_err(io("write", &tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io("sync", &tmp))?;
+        write_new(&tmp, node.as_bytes())?;
         let landed = rename_noreplace(&tmp, &self.dir.join(name));
         let _ = remove_if_exists(&tmp);
         match landed {

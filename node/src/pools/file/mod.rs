@@ -61,6 +61,8 @@ pub struct FilePool {
     device: Option<FsDevice>,
     /// netfs: the share mounted at the target, and who uses which volume.
     share: Option<(NetShare, Claims)>,
+    /// This node's name (a shared pool's claims name nodes).
+    node: String,
     auto_build: bool,
     runner: Arc<dyn CommandRunner>,
     mountinfo: PathBuf,
@@ -106,6 +108,7 @@ impl FilePool {
             layout,
             device,
             share,
+            node: cfg.node_name.clone(),
             auto_build: s.auto_build,
             runner,
             mountinfo: cfg.mountinfo.clone(),
@@ -260,6 +263,26 @@ impl FilePool {
         Ok(size)
     }
 
+    /// A shared pool's single-node volume published on another node: what
+    /// changes or copies its image (grow, snapshot, clone, dropping a
+    /// snapshot kept inside it) happens only there, where it is attached
+    /// (a qemu daemon or a loop device may have it open).
+    fn held_elsewhere(&self, name: &str, format: &dyn ImageFormat) -> Result<()> {
+        let Some((_, claims)) = &self.share else {
+            return Ok(());
+        };
+        if format.used_by_many_nodes() {
+            return Ok(());
+        }
+        match claims.holder(name)? {
+            Some(n) if n != self.node => Err(Error::Precondition(format!(
+                "volume {name} of shared pool {} is published on node {n}: its image is grown, snapshotted or copied only there, where it is attached",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The volume `req` names if it exists and is what `req` asks for
     /// (a retried create); NameTaken if it exists otherwise.
     async fn already_made(
@@ -302,6 +325,7 @@ impl FilePool {
             });
         }
         let (path, format) = self.existing(source)?;
+        self.held_elsewhere(source, format)?;
         let target = SnapshotTarget {
             name: name.into(),
             tmp: self.layout.tmp('s', name, format.format())?,
@@ -323,6 +347,9 @@ impl FilePool {
     /// snapshot does not exist), then its data.
     async fn remove_snapshot(&self, name: &str) -> Result<()> {
         let record = self.env.records.read(name).ok().flatten();
+        if let Some(r) = record.as_ref().filter(|r| r.inside.is_some()) {
+            self.held_elsewhere(&r.source_volume, self.formats.get(r.format))?;
+        }
         self.env.records.remove(name)?;
         for f in self.formats.all() {
             remove_if_exists(&self.layout.snapshot(name, f.format())?)?;
@@ -357,6 +384,10 @@ pub fn exports_dir(cfg: &Config, pool: &str) -> PathBuf {
 impl Pool for FilePool {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn recorded_state(&self) -> PoolState {
+        self.state.state()
     }
 
     fn pool_type(&self) -> PoolType {
@@ -481,6 +512,7 @@ impl Pool for FilePool {
             ),
             Source::Volume(v) => {
                 let (path, f) = self.existing(v)?;
+                self.held_elsewhere(v, f)?;
                 (Some((path, None)), f)
             }
             Source::Snapshot(s) => {
@@ -490,6 +522,9 @@ impl Pool for FilePool {
                     None => self.layout.snapshot(s, r.format)?,
                 };
                 let format = self.formats.get(r.format);
+                if r.inside.is_some() {
+                    self.held_elsewhere(&r.source_volume, format)?;
+                }
                 (Some((path, Some(r))), format)
             }
         };
@@ -616,6 +651,7 @@ impl Pool for FilePool {
     async fn expand_volume(&self, name: &str, required: u64, limit: u64) -> Result<Expanded> {
         self.state.ensure_running()?;
         let (path, format) = self.existing(name)?;
+        self.held_elsewhere(name, format)?;
         let current = format.size(&self.env, &path).await?;
         if current >= required {
             if limit != 0 && current > limit {

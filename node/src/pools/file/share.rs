@@ -17,7 +17,10 @@ use crate::{
 use pool_csi_common::PoolDefinition;
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -37,56 +40,78 @@ pub struct NetShare {
     credentials: PathBuf,
     /// Present while this pool's mount of the share stands.
     marker: PathBuf,
-    /// When the statfs still waiting on the share started, if one is.
-    probing: Arc<Mutex<Option<Instant>>>,
+    /// statfs of the mount, one at a time.
+    probe: Probe,
 }
 
 /// The space figures of a filesystem.
+#[derive(Debug)]
 pub struct Space {
     pub capacity: u64,
     pub available: u64,
     pub allocation: u64,
 }
 
-/// statfs of `root`, off the runtime's thread and bounded in time: a share
-/// whose server is gone may never answer. At most one is in flight per
-/// share (`probing`: when the one waiting started), so a hung server costs
-/// one blocked thread, not one per status.
-async fn space_within(
-    root: &Path,
-    limit: Duration,
-    probing: &Arc<Mutex<Option<Instant>>>,
-) -> Result<Space> {
-    {
-        let mut p = probing.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(since) = *p {
-            return Err(Error::Precondition(format!(
-                "{}: a statfs started {} s ago has not returned",
-                root.display(),
-                since.elapsed().as_secs()
-            )));
+/// statfs of one share's mount, off the runtime's thread and bounded in
+/// time: a share whose server is gone may never answer. Callers take turns
+/// (a second status waits for the first's answer instead of failing), and
+/// a statfs that never returned is not repeated on the same mount, so a
+/// hung server costs one blocked thread, not one per status. Detaching the
+/// mount starts a new generation: a hung statfs of the old mount says
+/// nothing of the new one.
+#[derive(Debug, Default)]
+struct Probe {
+    turn: tokio::sync::Mutex<()>,
+    /// The statfs running or hung: its mount generation and start.
+    running: Arc<Mutex<Option<(u64, Instant)>>>,
+    generation: AtomicU64,
+}
+
+impl Probe {
+    async fn space(&self, root: &Path, limit: Duration) -> Result<Space> {
+        let _turn = self.turn.lock().await;
+        let generation = self.generation.load(Ordering::Acquire);
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((g, since)) = *running {
+                if g == generation {
+                    return Err(Error::Precondition(format!(
+                        "{}: a statfs started {} s ago has not returned",
+                        root.display(),
+                        since.elapsed().as_secs()
+                    )));
+                }
+            }
+            *running = Some((generation, Instant::now()));
         }
-        *p = Some(Instant::now());
+        let (p, running) = (root.to_path_buf(), self.running.clone());
+        let work = tokio::task::spawn_blocking(move || {
+            let r = rustix::fs::statvfs(&p);
+            let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.is_some_and(|(g, _)| g == generation) {
+                *running = None;
+            }
+            r
+        });
+        match tokio::time::timeout(limit, work).await {
+            Ok(Ok(Ok(s))) => Ok(Space {
+                capacity: s.f_blocks * s.f_frsize,
+                available: s.f_bavail * s.f_frsize,
+                allocation: (s.f_blocks - s.f_bfree) * s.f_frsize,
+            }),
+            Ok(Ok(Err(e))) => Err(io("statfs", root)(e.into())),
+            Ok(Err(e)) => Err(io("statfs", root)(std::io::Error::other(e))),
+            Err(_) => Err(Error::Precondition(format!(
+                "{} did not answer statfs in {} s",
+                root.display(),
+                limit.as_secs()
+            ))),
+        }
     }
-    let (p, done) = (root.to_path_buf(), probing.clone());
-    let work = tokio::task::spawn_blocking(move || {
-        let r = rustix::fs::statvfs(&p);
-        *done.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        r
-    });
-    match tokio::time::timeout(limit, work).await {
-        Ok(Ok(Ok(s))) => Ok(Space {
-            capacity: s.f_blocks * s.f_frsize,
-            available: s.f_bavail * s.f_frsize,
-            allocation: (s.f_blocks - s.f_bfree) * s.f_frsize,
-        }),
-        Ok(Ok(Err(e))) => Err(io("statfs", root)(e.into())),
-        Ok(Err(e)) => Err(io("statfs", root)(std::io::Error::other(e))),
-        Err(_) => Err(Error::Precondition(format!(
-            "{} did not answer statfs in {} s",
-            root.display(),
-            limit.as_secs()
-        ))),
+
+    /// The mount was detached: what hangs on it no longer counts.
+    fn detached(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -107,7 +132,7 @@ impl NetShare {
             }),
             credentials: dir.join(format!("{}.credentials", def.name)),
             marker: dir.join(format!("{}.mounted", def.name)),
-            probing: Arc::default(),
+            probe: Probe::default(),
         }
     }
 
@@ -147,16 +172,14 @@ impl NetShare {
                 root.display()
             )));
         }
-        space_within(root, ANSWER_TIMEOUT, &self.probing)
-            .await
-            .map_err(|e| {
-                Error::Precondition(format!(
-                    "share {} at {} does not answer: {}",
-                    self.describe(),
-                    root.display(),
-                    pool_csi_common::full_message(&e)
-                ))
-            })
+        self.probe.space(root, ANSWER_TIMEOUT).await.map_err(|e| {
+            Error::Precondition(format!(
+                "share {} at {} does not answer: {}",
+                self.describe(),
+                root.display(),
+                pool_csi_common::full_message(&e)
+            ))
+        })
     }
 
     /// Mounts the share at `root` unless it is mounted there and answers.
@@ -168,12 +191,13 @@ impl NetShare {
         root: &Path,
     ) -> Result<()> {
         if self.mounted_at(table_path, root)? {
-            match space_within(root, ANSWER_TIMEOUT, &self.probing).await {
+            match self.probe.space(root, ANSWER_TIMEOUT).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(share = %self.describe(), root = %root.display(), error = %pool_csi_common::full_message(&e), "the share's mount does not answer; detaching it to mount again");
                     rustix::mount::unmount(root, rustix::mount::UnmountFlags::DETACH)
                         .map_err(|e| io("detach", root)(e.into()))?;
+                    self.probe.detached();
                 }
             }
         }
@@ -259,4 +283,31 @@ fn write_marker(path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     }
     std::fs::write(path, b"").map_err(io("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn statuses_that_overlap_take_turns_instead_of_failing() {
+        let t = tempfile::tempdir().unwrap();
+        let probe = Probe::default();
+        let limit = Duration::from_secs(3);
+        let (a, b, c) = tokio::join!(
+            probe.space(t.path(), limit),
+            probe.space(t.path(), limit),
+            probe.space(t.path(), limit)
+        );
+        for r in [a, b, c] {
+            assert!(r.unwrap().capacity > 0);
+        }
+        // A statfs of the old mount that never returned: refused without a
+        // new thread, until the mount is detached (a new generation).
+        *probe.running.lock().unwrap() = Some((0, Instant::now()));
+        let e = probe.space(t.path(), limit).await.unwrap_err().to_string();
+        assert!(e.contains("has not returned"), "{e}");
+        probe.detached();
+        probe.space(t.path(), limit).await.unwrap();
+    }
 }
