@@ -201,19 +201,7 @@ impl GrpcCode for Error {
             }
             // A network filesystem that stopped answering (netfs pools):
             // the pool's storage is unavailable, not broken.
-            Self::Io { source, .. }
-                if source.raw_os_error().is_some_and(|e| {
-                    [
-                        libc_errno::ENOTCONN,
-                        libc_errno::ESTALE,
-                        libc_errno::EHOSTDOWN,
-                        libc_errno::EHOSTUNREACH,
-                    ]
-                    .contains(&e)
-                }) =>
-            {
-                Code::Unavailable
-            }
+            Self::Io { source, .. } if unreachable(source) => Code::Unavailable,
             Self::Io { .. } => Code::Internal,
             Self::Exec(e) => e.grpc_code(),
             Self::Qmp(_) => Code::Internal,
@@ -241,11 +229,12 @@ pub fn io<'a>(
     }
 }
 
-/// The errno values [`Error::Io`] sorts by (Linux numbers, via rustix).
-mod libc_errno {
+/// A network filesystem that stopped answering (netfs pools): the pool's
+/// storage is unavailable, not broken.
+fn unreachable(e: &std::io::Error) -> bool {
     use rustix::io::Errno;
-    pub const ENOTCONN: i32 = Errno::NOTCONN.raw_os_error();
-    pub const ESTALE: i32 = Errno::STALE.raw_os_error();
-    pub const EHOSTDOWN: i32 = Errno::HOSTDOWN.raw_os_error();
-    pub const EHOSTUNREACH: i32 = Errno::HOSTUNREACH.raw_os_error();
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::NOTCONN | Errno::STALE | Errno::HOSTDOWN | Errno::HOSTUNREACH)
+    )
 }

@@ -73,7 +73,7 @@ pub fn write_json(f: &std::path::Path, value: &impl serde::Serialize) -> Result<
 /// Replaces `path` with `bytes`, whole or not at all: written to `tmp`,
 /// synced, renamed over `path`, and the directory synced.
 pub fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
-    write_new(tmp, bytes)?;
+    write_new(tmp, bytes, 0o644)?;
     std::fs::rename(tmp, path).map_err(io("rename", tmp))?;
     sync_dir(path.parent().unwrap_or(Path::new("/")))
 }
@@ -81,8 +81,8 @@ pub fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes `bytes` to a new file `path` and syncs it. Whatever was at
 /// `path` is removed first and the file made with O_EXCL, so a symbolic
 /// link planted there (on a share other hosts write to) is never followed.
-pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", path)(e)),
         _ => {}
@@ -90,6 +90,7 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(mode)
         .open(path)
         .map_err(io("create", path))?;
     f.write_all(bytes).map_err(io("write", path))?;

@@ -80,6 +80,13 @@ fn mount_argv(fs: &str, h: &Host) -> [String; 6] {
     ["mount", "-t", fs, "--", "files:/vol", &h.target()].map(String::from)
 }
 
+/// Why a pool of `source` does not start, when no command may run (the
+/// FakeRunner panics on any call).
+async fn refused(h: &Host, source: &str) -> String {
+    let p = h.pool(source, Arc::new(FakeRunner::new()));
+    p.start().await.unwrap_err().to_string()
+}
+
 fn unknown_fs(fs: &str) -> Reply {
     Reply::exit(32).stderr(format!(
         "mount: {}: unknown filesystem type '{fs}'.\n",
@@ -220,11 +227,7 @@ async fn a_missing_secret_or_a_foreign_mount_is_refused_with_nothing_mounted() {
     let secret = h.cfg.secrets_dir.join("smb-creds");
     std::fs::create_dir_all(&secret).unwrap();
     std::fs::write(secret.join("password"), "pw\nusername=root\n").unwrap();
-    let p = h.pool(
-        "{ host: files, dir: /projects, format: cifs, auth: { username: svc, secretRef: smb-creds } }",
-        Arc::new(FakeRunner::new()),
-    );
-    let e = p.start().await.unwrap_err().to_string();
+    let e = refused(&h, "{ host: files, dir: /projects, format: cifs, auth: { username: svc, secretRef: smb-creds } }").await;
     assert!(e.contains("line break"), "{e}");
     assert!(!h.cfg.state_dir.join("netfs/share.credentials").exists());
 
@@ -232,11 +235,7 @@ async fn a_missing_secret_or_a_foreign_mount_is_refused_with_nothing_mounted() {
     let h = host();
     std::fs::create_dir_all(&h.root).unwrap();
     std::fs::write(h.root.join("important"), b"x").unwrap();
-    let p = h.pool(
-        "{ host: nfs, dir: /export, format: nfs }",
-        Arc::new(FakeRunner::new()),
-    );
-    let e = p.start().await.unwrap_err().to_string();
+    let e = refused(&h, "{ host: nfs, dir: /export, format: nfs }").await;
     assert!(e.contains("is not empty"), "{e}");
 
     let h = host();
@@ -245,11 +244,7 @@ async fn a_missing_secret_or_a_foreign_mount_is_refused_with_nothing_mounted() {
         .open(&h.cfg.mountinfo)
         .unwrap();
     writeln!(f, "61 22 0:51 / {} rw - tmpfs tmpfs rw", h.target()).unwrap();
-    let p = h.pool(
-        "{ host: nfs, dir: /export, format: nfs }",
-        Arc::new(FakeRunner::new()),
-    );
-    let e = p.start().await.unwrap_err().to_string();
+    let e = refused(&h, "{ host: nfs, dir: /export, format: nfs }").await;
     assert!(
         e.contains("tmpfs") && e.contains("will not mount over it"),
         "{e}"

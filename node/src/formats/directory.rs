@@ -88,27 +88,9 @@ pub fn usage(dir: &Path) -> std::io::Result<(u64, u64)> {
 
 /// `YYYYMMDDThhmmssZ` of the current time (archive names sort by time).
 fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string()
 }
 
 /// Copies the tree `from` to `to` (which must not exist), sharing extents
@@ -220,26 +202,19 @@ impl ImageFormat for Directory {
         Ok(read_record(path)?.capacity)
     }
 
+    /// The recorded capacity; the tree is not walked for a listing (its
+    /// use is NodeGetVolumeStats' to count), so allocation is 0.
     async fn describe(&self, _env: &ImageEnv, path: &Path) -> Described {
-        let data = data_dir(path);
-        let used = crate::formats::env::blocking(&data, {
-            let d = data.clone();
-            move || usage(&d).map_err(io("read", &d))
-        })
-        .await;
-        match (read_record(path), used) {
-            (Ok(r), Ok((bytes, _))) => Described {
+        match read_record(path) {
+            Ok(r) => Described {
                 capacity: r.capacity,
-                allocation: bytes,
+                allocation: 0,
                 abnormal: None,
             },
-            (r, used) => Described {
-                capacity: r.as_ref().map(|r| r.capacity).unwrap_or(0),
-                allocation: used.as_ref().map(|u| u.0).unwrap_or(0),
-                abnormal: r
-                    .err()
-                    .or(used.err())
-                    .map(|e| pool_csi_common::full_message(&e)),
+            Err(e) => Described {
+                capacity: 0,
+                allocation: 0,
+                abnormal: Some(pool_csi_common::full_message(&e)),
             },
         }
     }

@@ -99,12 +99,18 @@ async fn directory_stats(
     abnormal: Option<String>,
 ) -> Result<Stats> {
     let v = super::pool_of(ctx, id)?.get_volume(&id.name).await?;
+    // The published path is a bind of the volume's data: its tree is the use.
+    let p = path.to_path_buf();
+    let (used, _) = crate::formats::env::blocking(path, move || {
+        crate::formats::directory::usage(&p).map_err(io("read", &p))
+    })
+    .await?;
     let s = rustix::fs::statvfs(path).map_err(|e| io("statfs", path)(e.into()))?;
     let share_free = s.f_bavail * s.f_frsize;
     Ok(Stats {
         bytes_total: v.capacity,
-        bytes_available: v.capacity.saturating_sub(v.allocation).min(share_free),
-        bytes_used: v.allocation,
+        bytes_available: v.capacity.saturating_sub(used).min(share_free),
+        bytes_used: used,
         inodes: Some((s.f_files, s.f_ffree, s.f_files - s.f_ffree)),
         abnormal: abnormal.or(v.abnormal),
     })

@@ -10,8 +10,6 @@ use crate::{
     mount::mountinfo::MountEntry,
 };
 use std::{
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -81,15 +79,8 @@ impl Credentials {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         }
-        let _ = std::fs::remove_file(path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io("create", path))?;
         let text = format!("username={username}\npassword={password}\n");
-        f.write_all(text.as_bytes()).map_err(io("write", path))?;
+        crate::fsutil::write_new(path, text.as_bytes(), 0o600)?;
         Ok(Self { path: path.into() })
     }
 

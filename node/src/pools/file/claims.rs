@@ -48,7 +48,7 @@ impl Claims {
         }
         std::fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
         let tmp = self.tmp.join(format!("c.{name}.{node}"));
-        write_new(&tmp, node.as_bytes())?;
+        write_new(&tmp, node.as_bytes(), 0o644)?;
         let landed = rename_noreplace(&tmp, &self.dir.join(name));
         let _ = remove_if_exists(&tmp);
         match landed {
