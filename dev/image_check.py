@@ -41,6 +41,8 @@ TOOLS = [
     (["iscsi-readcapacity16", "--help"], "libiscsi-bin"),
     (["multipath", "-h"], "multipath-tools"),
     (["multipathd", "-h"], "multipath-tools"),
+    (["mpathpersist", "-h"], "multipath-tools"),
+    (["sg_persist", "-V"], "sg3-utils"),
     (["ploop"], "ploop"),
     (["mount.nfs", "-V"], "nfs-common"),
     (["mount.cifs", "-V"], "cifs-utils"),
@@ -53,6 +55,9 @@ NEEDS_CAPS = {"mount.cifs"}
 USAGE = {"resize2fs": "resize2fs", "multipathd": "Invalid argument '-h'", "ploop": "Usage: ploop",
          "iscsi-ls": "Usage: iscsi-ls", "iscsi-inq": "Usage: iscsi-inq",
          "iscsi-readcapacity16": "Usage: iscsi_readcapacity16",
+         "mpathpersist": "Usage: mpathpersist",
+         # sg3-utils 1.46's sg_persist names its own version, not the package's.
+         "sg_persist": "version: 0.67",
          # multipathd has no version or help flag: its own argument error
          # shows it loads and runs.
          }

@@ -56,6 +56,26 @@ pub struct StoragePoolSpec {
     /// Node labels a node must carry to hold this pool (empty: every node).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// iscsi, scsi, mpath pools shared by several nodes: how a volume is
+    /// kept from a lost node before it moves (default `reservations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing: Option<Fencing>,
+}
+
+/// How a shared LUN pool keeps a node it releases a volume from off that
+/// volume's LUN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Fencing {
+    /// SCSI-3 persistent reservations: the node using a LUN registers its
+    /// key and holds Write Exclusive – Registrants Only; a node releasing
+    /// the volume for a lost node pre-empts and aborts that node's key
+    /// first. A LUN without reservations is not moved off a lost node.
+    #[default]
+    Reservations,
+    /// No fencing: a volume moves off a lost node unfenced. Only safe when
+    /// lost nodes are powered off before they are tainted out of service.
+    None,
 }
 
 /// libvirt's `<source>`.
@@ -476,6 +496,12 @@ impl PoolDefinition {
             }
             PoolType::Mpath => {}
         }
+        if s.fencing.is_some() && !s.pool_type.is_lun_pool() {
+            return Err(invalid(format!(
+                "fencing applies to iscsi, scsi and mpath pools (SCSI-3 persistent reservations), not to {} pools",
+                s.pool_type
+            )));
+        }
         for d in &s.source.devices {
             abs("source.devices[]", &Some(d.clone()))?;
         }
@@ -670,6 +696,30 @@ spec:
             let e = scsi(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn fencing_is_a_lun_pool_setting() {
+        let pool = |kind: &str, rest: &str| {
+            PoolDefinition::parse_documents(
+                &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: p }}\nspec:\n  type: {kind}\n{rest}"),
+                "t",
+            )
+            .map_err(|e| crate::full_message(&e))
+        };
+        let iscsi = "  source: { host: san, device: iqn.2026-11.x:t }\n";
+        assert_eq!(pool("iscsi", iscsi).unwrap()[0].spec.fencing, None);
+        let none = pool("iscsi", &format!("{iscsi}  fencing: none\n")).unwrap();
+        assert_eq!(none[0].spec.fencing, Some(Fencing::None));
+        let on = pool("mpath", "  fencing: reservations\n").unwrap();
+        assert_eq!(on[0].spec.fencing, Some(Fencing::Reservations));
+        let e = pool("iscsi", &format!("{iscsi}  fencing: stonith\n")).unwrap_err();
+        assert!(e.contains("stonith"), "{e}");
+        let e = pool("dir", "  target: { path: /srv/p }\n  fencing: none\n").unwrap_err();
+        assert!(
+            e.contains("fencing applies to iscsi, scsi and mpath pools"),
+            "{e}"
+        );
     }
 
     #[test]

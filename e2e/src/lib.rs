@@ -10,6 +10,7 @@ pub mod crash;
 pub mod fake_cluster;
 pub mod gluster;
 pub mod req;
+pub mod sg_iscsi;
 pub mod tgt;
 
 use clients::Clients;
@@ -221,6 +222,18 @@ pub mod manifests {
     /// A disk pool on the whole disk `dev` (`gpt` or `dos`).
     pub fn disk_pool(name: &str, dev: &str, format: &str) -> String {
         format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: {name} }}\nspec:\n  type: disk\n  source: {{ device: {dev}, format: {format} }}\n")
+    }
+}
+
+/// Waits until `check` holds, 15 s at most (then fails naming `what`).
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let since = std::time::Instant::now();
+    while !check() {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(15),
+            "{what}: timed out"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

@@ -1,7 +1,7 @@
 //! The node's error type. Every variant says what failed with the context to
 //! act on it; the gRPC code is chosen in one exhaustive match.
 
-use crate::exec::ExecError;
+use crate::{exec::ExecError, tools::persist::PrError};
 use pool_csi_common::GrpcCode;
 use std::path::PathBuf;
 use tonic::Code;
@@ -119,6 +119,17 @@ pub enum Error {
     /// An external command failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// A LUN's persistent reservations could not be read or changed.
+    #[error(transparent)]
+    Reservation(#[from] PrError),
+    /// A shared volume is not released for a node that could not be fenced
+    /// off it.
+    #[error("volume {name:?} stays published on node {holder}: {why}")]
+    NotFenced {
+        name: String,
+        holder: String,
+        why: String,
+    },
     /// qemu-storage-daemon refused a QMP command.
     #[error(transparent)]
     Qmp(#[from] crate::tools::qsd::QmpError),
@@ -195,7 +206,13 @@ impl GrpcCode for Error {
             | Self::NotMounted { .. }
             | Self::Corrupt { .. }
             | Self::LunChanged { .. }
+            | Self::NotFenced { .. }
             | Self::AttachedThrough { .. } => Code::FailedPrecondition,
+            Self::Reservation(e) => match e {
+                PrError::Unsupported { .. } | PrError::Conflict { .. } => Code::FailedPrecondition,
+                PrError::Parse { .. } => Code::Internal,
+                PrError::Exec(e) => e.grpc_code(),
+            },
             Self::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
                 Code::ResourceExhausted
             }

@@ -13,19 +13,23 @@
 
 use super::{
     lun_claims::{Claim, ClaimStore, Claims, ClusterClaims, FileClaims, Version},
-    CreateRequest, Expanded, LunEntry, Pool, PoolState, PoolStatus, Snapshot, Source, Volume,
+    lun_fence, CreateRequest, Expanded, LunEntry, Pool, PoolState, PoolStatus, Snapshot, Source,
+    Volume,
 };
 use crate::attach::AttachSource;
 use crate::fsutil::{read_json, write_json};
 use crate::{
     error::{io, Error, Result},
-    tools::scsi::Lun,
+    tools::{
+        persist::{node_key, PrError, Reservations},
+        scsi::Lun,
+    },
     Config,
 };
-use pool_csi_common::{PoolDefinition, PoolType, VolumeFormat};
+use pool_csi_common::{pool_spec::Fencing, PoolDefinition, PoolType, VolumeFormat};
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -45,6 +49,8 @@ pub trait LunSource: Send + Sync {
     /// The claimed LUN's block device on this node, connecting first where
     /// the transport needs it (iSCSI login).
     async fn device(&self, claim: &Claim) -> Result<PathBuf>;
+    /// The persistent reservations of a LUN's `device` on this node.
+    fn reservations<'a>(&'a self, device: &Path) -> Box<dyn Reservations + 'a>;
     /// No volume of this pool is in use on this node any more (iSCSI logout).
     async fn disconnect(&self) -> Result<()> {
         Ok(())
@@ -74,6 +80,7 @@ pub struct LunPool {
     lock: tokio::sync::Mutex<()>,
     cache: std::sync::Mutex<Option<(Instant, Vec<Lun>)>>,
     ttl: Duration,
+    fencing: Fencing,
 }
 
 impl LunPool {
@@ -104,6 +111,7 @@ impl LunPool {
             lock: tokio::sync::Mutex::new(()),
             cache: std::sync::Mutex::new(None),
             ttl: INVENTORY_TTL,
+            fencing: def.spec.fencing.unwrap_or_default(),
         }
     }
 
@@ -159,6 +167,99 @@ impl LunPool {
             }
         }
         Err(self.contended())
+    }
+
+    /// Whether this pool fences: its volumes move between nodes (claims
+    /// in the cluster) and `fencing` is not `none`.
+    fn fences(&self) -> bool {
+        self.fencing == Fencing::Reservations && self.claims.shared()
+    }
+
+    /// This node takes the LUN of `name` at `device` (see [`lun_fence`]):
+    /// afterwards no other node can write to it. The claim records whether
+    /// the LUN has reservations at all; one without them is used unfenced.
+    async fn take_here(&self, name: &str, device: &Path) -> Result<()> {
+        if !self.fences() {
+            return Ok(());
+        }
+        let pr = self.source.reservations(device);
+        let supported = match lun_fence::take(pr.as_ref(), node_key(&self.node)).await {
+            Ok(removed) => {
+                if !removed.is_empty() {
+                    tracing::warn!(pool.name = %self.name, volume = %name, keys = ?removed, "pre-empted the reservation keys of the LUN's earlier users");
+                }
+                true
+            }
+            Err(e @ PrError::Unsupported { .. }) => {
+                tracing::warn!(pool.name = %self.name, volume = %name, error = %e, "used unfenced");
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.record_reservations(name, supported).await
+    }
+
+    async fn record_reservations(&self, name: &str, supported: bool) -> Result<()> {
+        self.update(None, |claims| match claims.get_mut(name) {
+            Some(c) if c.reservations != Some(supported) => {
+                c.reservations = Some(supported);
+                Ok(((), true))
+            }
+            _ => Ok(((), false)),
+        })
+        .await
+    }
+
+    /// Before this node releases `name` for `holder`, another node: takes
+    /// the LUN here, which pre-empts `holder`'s key, so `holder` cannot
+    /// write to it any more if it is still running. A LUN that cannot be
+    /// fenced is not released (unless the pool says `fencing: none`).
+    async fn fence_off(&self, name: &str, c: &Claim, holder: &str) -> Result<()> {
+        if !self.fences() {
+            return Ok(());
+        }
+        let refused = |why: String| Error::NotFenced {
+            name: name.into(),
+            holder: holder.into(),
+            why,
+        };
+        self.set_user(name, true)?;
+        let fenced = async {
+            let device = self.source.device(c).await?;
+            let pr = self.source.reservations(&device);
+            Ok::<_, Error>(lun_fence::take(pr.as_ref(), node_key(&self.node)).await)
+        }
+        .await;
+        if self.set_user(name, false)? == 0 {
+            if let Err(e) = self.source.disconnect().await {
+                tracing::warn!(pool.name = %self.name, error = %e, "disconnect after fencing failed");
+            }
+        }
+        match fenced {
+            Ok(Ok(removed)) => {
+                let gone = removed.contains(&node_key(holder));
+                tracing::warn!(pool.name = %self.name, volume = %name, node = %holder, key_removed = gone, "fenced the node off the volume's LUN before releasing it");
+                self.record_reservations(name, true).await
+            }
+            Ok(Err(e @ PrError::Unsupported { .. })) => {
+                self.record_reservations(name, false).await?;
+                Err(refused(format!(
+                    "{e}, so that node cannot be fenced off it before the volume moves. If node {holder} is powered off, set `fencing: none` on pool {:?} to move volumes without fencing",
+                    self.name
+                )))
+            }
+            Ok(Err(e)) => Err(refused(format!("fencing it off failed: {e}"))),
+            // The claimed LUN is another one now: nothing of the volume
+            // is there to protect.
+            Err(e @ Error::LunChanged { .. }) => {
+                tracing::warn!(pool.name = %self.name, volume = %name, error = %e, "not fencing: the LUN was replaced");
+                Ok(())
+            }
+            Err(e) => Err(refused(format!(
+                "its LUN cannot be reached from node {} to fence it off: {e}",
+                self.node
+            ))),
+        }
     }
 
     fn contended(&self) -> Error {
@@ -222,6 +323,7 @@ impl LunPool {
             wipe: false,
             address: lun.address.clone(),
             published: None,
+            reservations: None,
         })
     }
 
@@ -425,6 +527,19 @@ impl Pool for LunPool {
         if count_volumes {
             st.volume_count = Some(claims.len() as u32);
         }
+        if self.fences() {
+            let unfenced: Vec<&str> = claims
+                .iter()
+                .filter(|(_, c)| c.reservations == Some(false))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if !unfenced.is_empty() {
+                st.message = format!(
+                    "the LUNs of volumes {} do not support SCSI-3 persistent reservations: they cannot be fenced, so they are not moved off a lost node (fencing: none on the pool allows that)",
+                    unfenced.join(", ")
+                );
+            }
+        }
         st
     }
 
@@ -466,6 +581,7 @@ impl Pool for LunPool {
                 wipe: req.wipe_on_delete,
                 address: lun.address.clone(),
                 published: None,
+                reservations: None,
             };
             claims.insert(req.name.clone(), claim.clone());
             if self.claims.save(&claims, &version).await? {
@@ -502,6 +618,18 @@ impl Pool for LunPool {
             self.set_user(name, true)?;
             let wiped = async {
                 let device = self.source.device(&c).await?;
+                // The last user's reservation keeps others from writing.
+                if self.fences() {
+                    match lun_fence::take(
+                        self.source.reservations(&device).as_ref(),
+                        node_key(&self.node),
+                    )
+                    .await
+                    {
+                        Ok(_) | Err(PrError::Unsupported { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 let d = device.clone();
                 tokio::task::spawn_blocking(move || crate::fsutil::zero_device(&d))
                     .await
@@ -599,7 +727,11 @@ impl Pool for LunPool {
         })
         .await?;
         self.set_user(name, true)?;
-        match self.source.device(&c).await {
+        let attached = match self.source.device(&c).await {
+            Ok(device) => self.take_here(name, &device).await.map(|()| device),
+            Err(e) => Err(e),
+        };
+        match attached {
             Ok(device) => Ok(AttachSource::Block { device }),
             Err(e) => {
                 // Not attached: not in use here, and no connection kept for it.
@@ -657,10 +789,21 @@ impl Pool for LunPool {
         .await
     }
 
+    /// Releases `name` from `node` (every node when empty). Released for a
+    /// node other than this one — which answers for a lost node — the
+    /// holder is fenced off first.
     async fn unpublish(&self, name: &str, node: &str) -> Result<()> {
         self.state.ensure_running()?;
         let _held = self.lock.lock().await;
-        self.update(None, |claims| match claims.get_mut(name) {
+        let loaded = self.claims.load().await?;
+        let holder = loaded.0.get(name).and_then(|c| {
+            let h = c.published.as_deref()?;
+            (node.is_empty() || h == node).then(|| (c.clone(), h.to_string()))
+        });
+        if let Some((c, holder)) = holder.filter(|(_, h)| *h != self.node) {
+            self.fence_off(name, &c, &holder).await?;
+        }
+        self.update(Some(loaded), |claims| match claims.get_mut(name) {
             Some(c)
                 if c.published.is_some()
                     && (node.is_empty() || c.published.as_deref() == Some(node)) =>
@@ -738,6 +881,46 @@ mod tests {
         async fn disconnect(&self) -> Result<()> {
             self.log.lock().unwrap().push("disconnect".into());
             Ok(())
+        }
+        fn reservations<'a>(&'a self, device: &Path) -> Box<dyn Reservations + 'a> {
+            Box::new(NoReservations(device.display().to_string()))
+        }
+    }
+
+    /// The reservations of a "LUN" that is a file: none (the real ones,
+    /// against tgtd, are in e2e/tests/fencing.rs).
+    struct NoReservations(String);
+
+    impl NoReservations {
+        fn no<T>(&self) -> std::result::Result<T, PrError> {
+            Err(PrError::Unsupported {
+                device: self.0.clone(),
+                why: "a file".into(),
+            })
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Reservations for NoReservations {
+        fn device(&self) -> String {
+            self.0.clone()
+        }
+        async fn keys(&self) -> std::result::Result<Vec<u64>, PrError> {
+            self.no()
+        }
+        async fn reservation(
+            &self,
+        ) -> std::result::Result<Option<crate::tools::persist::Reservation>, PrError> {
+            self.no()
+        }
+        async fn register(&self, _: u64) -> std::result::Result<(), PrError> {
+            self.no()
+        }
+        async fn reserve(&self, _: u64) -> std::result::Result<(), PrError> {
+            self.no()
+        }
+        async fn preempt(&self, _: u64, _: u64, _: bool) -> std::result::Result<(), PrError> {
+            self.no()
         }
     }
 
@@ -1087,7 +1270,24 @@ mod tests {
             matches!(e, Error::Precondition(ref m) if m.contains("published on node n1")),
             "{e}"
         );
-        b.unpublish("v", "n1").await.unwrap();
+        // Released by another node for n1 (lost), a LUN without
+        // reservations is not moved: n1 could not be fenced off it.
+        let e = b.unpublish("v", "n1").await.unwrap_err();
+        assert!(matches!(e, Error::NotFenced { .. }), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("stays published on node n1"), "{e}");
+        assert!(
+            e.contains("does not support SCSI-3 persistent reservations"),
+            "{e}"
+        );
+        assert!(e.contains("set `fencing: none` on pool \"san\""), "{e}");
+        let st = a.status(false).await;
+        assert!(
+            st.message.contains("volumes v do not support"),
+            "{}",
+            st.message
+        );
+        a.unpublish("v", "n1").await.unwrap(); // n1 itself: nothing to fence
         b.publish("v", "n2").await.unwrap();
         let e = a.attach_source("v").await.unwrap_err().to_string();
         assert!(e.contains("published on node n2, not on n1"), "{e}");

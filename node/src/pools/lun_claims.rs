@@ -39,6 +39,10 @@ pub struct Claim {
     /// pool's volume; every access mode pool-csi offers is single-node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<String>,
+    /// Whether the LUN takes SCSI-3 persistent reservations, as the last
+    /// node that fenced with them found (None: not tried yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservations: Option<bool>,
 }
 
 /// Volume name → the LUN it holds.
@@ -216,6 +220,7 @@ mod tests {
             wipe: false,
             address: String::new(),
             published: None,
+            reservations: None,
         }
     }
 

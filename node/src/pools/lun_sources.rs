@@ -9,12 +9,16 @@ use crate::{
     tools::{
         iscsi::{self, Chap, Portal},
         multipath,
+        persist::{Reservations, SgPersist},
         scsi::{self, Lun},
     },
     Config,
 };
 use pool_csi_common::{pool_spec::AdapterWwn, PoolDefinition, PoolType};
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 pub struct IscsiSource {
     portal: Portal,
@@ -70,6 +74,10 @@ impl IscsiSource {
 impl LunSource for IscsiSource {
     fn pool_type(&self) -> PoolType {
         PoolType::Iscsi
+    }
+
+    fn reservations<'a>(&'a self, device: &Path) -> Box<dyn Reservations + 'a> {
+        Box::new(SgPersist::disk(self.runner.as_ref(), device.to_path_buf()))
     }
 
     fn origin(&self) -> String {
@@ -153,14 +161,16 @@ impl LunSource for IscsiSource {
 
 /// The disks behind one SCSI HBA.
 pub struct ScsiSource {
+    runner: Arc<dyn CommandRunner>,
     adapter: Option<String>,
     wwn: Option<AdapterWwn>,
     sysfs: PathBuf,
 }
 
 impl ScsiSource {
-    pub fn new(def: &PoolDefinition, cfg: &Config) -> Self {
+    pub fn new(def: &PoolDefinition, cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
         Self {
+            runner,
             adapter: def.spec.source.adapter.clone(),
             wwn: def.spec.source.adapter_wwn.clone(),
             sysfs: cfg.sysfs_root.clone(),
@@ -203,6 +213,10 @@ impl ScsiSource {
 impl LunSource for ScsiSource {
     fn pool_type(&self) -> PoolType {
         PoolType::Scsi
+    }
+
+    fn reservations<'a>(&'a self, device: &Path) -> Box<dyn Reservations + 'a> {
+        Box::new(SgPersist::disk(self.runner.as_ref(), device.to_path_buf()))
     }
 
     fn origin(&self) -> String {
@@ -272,6 +286,13 @@ impl MpathSource {
 impl LunSource for MpathSource {
     fn pool_type(&self) -> PoolType {
         PoolType::Mpath
+    }
+
+    fn reservations<'a>(&'a self, device: &Path) -> Box<dyn Reservations + 'a> {
+        Box::new(SgPersist::multipath(
+            self.runner.as_ref(),
+            device.to_path_buf(),
+        ))
     }
 
     fn origin(&self) -> String {
@@ -357,8 +378,16 @@ mod tests {
         fixture::lun(&sys, [2, 0, 0, 2], 5, "sr0", 1, None); // a CD-ROM
         let c = cfg(&t);
         let d = def("  type: scsi\n  source: { adapter: host2 }\n");
-        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c)))
-            .with_inventory_ttl(Duration::ZERO);
+        let p = LunPool::new(
+            &d,
+            &c,
+            Box::new(ScsiSource::new(
+                &d,
+                &c,
+                Arc::new(crate::exec::fake::FakeRunner::new()),
+            )),
+        )
+        .with_inventory_ttl(Duration::ZERO);
         p.start().await.unwrap();
         let st = p.status(true).await;
         assert_eq!((st.capacity, st.available), (96 * MIB, 96 * MIB));
@@ -445,8 +474,16 @@ mod tests {
         fixture::lun(&sys, [2, 0, 0, 1], 0, "sdc", 64, Some("naa.bbbb"));
         let c = cfg(&t);
         let d = def("  type: scsi\n  source: { adapter: host2 }\n");
-        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c)))
-            .with_inventory_ttl(Duration::ZERO);
+        let p = LunPool::new(
+            &d,
+            &c,
+            Box::new(ScsiSource::new(
+                &d,
+                &c,
+                Arc::new(crate::exec::fake::FakeRunner::new()),
+            )),
+        )
+        .with_inventory_ttl(Duration::ZERO);
         p.start().await.unwrap();
         p.create_volume(&CreateRequest::sized("b", 40))
             .await
@@ -500,6 +537,7 @@ mod tests {
             wipe: false,
             address: "LUN 1".into(),
             published: None,
+            reservations: None,
         }
     }
 
@@ -592,7 +630,15 @@ mod tests {
         std::fs::write(sys.join("class/fc_host/host5/vport_create"), "").unwrap();
         let c = cfg(&t);
         let d = def("  type: scsi\n  source: { adapterWwn: { wwnn: \"0x20000000c9831b4b\", wwpn: \"0x10000000c9831b4b\", parent: host5 } }\n");
-        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c)));
+        let p = LunPool::new(
+            &d,
+            &c,
+            Box::new(ScsiSource::new(
+                &d,
+                &c,
+                Arc::new(crate::exec::fake::FakeRunner::new()),
+            )),
+        );
         let e = p.start().await.unwrap_err().to_string();
         assert!(e.contains("the vHBA was created on its parent"), "{e}");
         assert_eq!(
@@ -607,11 +653,27 @@ mod tests {
         fixture::hba(&t.path().join("sys"), 2, None);
         let c = cfg(&t);
         let d = def("  type: scsi\n  source: { adapterWwn: { wwnn: \"0x20000000c9831b4b\", wwpn: \"0x10000000c9831b4b\" } }\n");
-        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c)));
+        let p = LunPool::new(
+            &d,
+            &c,
+            Box::new(ScsiSource::new(
+                &d,
+                &c,
+                Arc::new(crate::exec::fake::FakeRunner::new()),
+            )),
+        );
         let e = p.start().await.unwrap_err().to_string();
         assert!(e.contains("no Fibre Channel HBAs"), "{e}");
         let d = def("  type: scsi\n  source: { adapter: host9 }\n");
-        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c)));
+        let p = LunPool::new(
+            &d,
+            &c,
+            Box::new(ScsiSource::new(
+                &d,
+                &c,
+                Arc::new(crate::exec::fake::FakeRunner::new()),
+            )),
+        );
         let e = p.start().await.unwrap_err().to_string();
         assert!(e.contains("host9 does not exist"), "{e}");
     }

@@ -49,7 +49,11 @@ impl Pools {
                 cfg,
                 runner.clone(),
             ))),
-            PoolType::Scsi => luns(Box::new(lun_sources::ScsiSource::new(def, cfg))),
+            PoolType::Scsi => luns(Box::new(lun_sources::ScsiSource::new(
+                def,
+                cfg,
+                runner.clone(),
+            ))),
             PoolType::Mpath => luns(Box::new(lun_sources::MpathSource::new(cfg, runner.clone()))),
         };
         self.pools.insert(def.name.clone(), pool);

@@ -14,6 +14,7 @@ pub mod mkfs;
 pub mod multipath;
 pub mod netmount;
 pub mod partx;
+pub mod persist;
 pub mod ploop;
 pub mod qemu_img;
 pub mod qemu_nbd;
