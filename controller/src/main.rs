@@ -215,7 +215,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             status: StatusWriter::new(client.clone(), &identity),
             static_pvs: Some(StaticPvs::new(client.clone(), &driver_name)),
             orphans: Some(check),
-            node_loss: Some(NodeLoss::new(client, &driver_name, &identity)),
+            node_loss: Some(NodeLoss::new(client, ctx.clone(), &identity)),
         };
         tokio::spawn(round.run(
             ctx.agents.clone(),

@@ -5,24 +5,13 @@
 //! StoragePool status and Events, and gives the Lease up when stopped. (A
 //! real API server is exercised by `kubernetes.rs` when KUBECONFIG is set.)
 
-use pool_csi_e2e::{fake_cluster::FakeCluster, req, require, Driver, Options};
+use pool_csi_e2e::{eventually, fake_cluster::FakeCluster, req, require, Driver, Options};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const SP: &str = "/apis/pool-csi.io/v1alpha1/storagepools";
 const LEASE: &str =
     "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/pool-csi-controller";
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let since = Instant::now();
-    while !check() {
-        assert!(
-            since.elapsed() < Duration::from_secs(15),
-            "{what}: timed out"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_and_controller_run_from_the_cluster() {

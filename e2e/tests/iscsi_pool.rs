@@ -6,7 +6,7 @@
 //! initiator: that part runs on recorded iscsiadm output and sysfs trees in
 //! `node/src/tools/iscsi.rs`.)
 
-use pool_csi_e2e::{req, tgt::Target, which, Driver, Options};
+use pool_csi_e2e::{eventually, req, tgt::Target, which, Driver, Options};
 use pool_csi_proto::csi;
 use std::{collections::HashMap, time::Duration};
 use tonic::Code;
@@ -566,8 +566,10 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
     assert_eq!(shared.len(), 2, "{listed:?}");
     assert!(shared.iter().all(|v| v.accessible_topology.len() == 2));
 
-    // The node a volume is published on dies: any other node of the pool
-    // drops its record, and the volume moves.
+    // The node a volume is published on dies: node-2 answers for it, and
+    // must fence node-1 off the LUN before it lets the volume move. Its
+    // kernel initiator would log in to do that (not on this machine): it
+    // cannot, so the volume stays published on node-1 and says why.
     let moving = csi::ControllerPublishVolumeRequest {
         volume_id: vols[1].volume_id.clone(),
         ..publish("node-1")
@@ -576,19 +578,167 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
         .await
         .expect("publish on node-1");
     d.kill_node();
-    ctl.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
-        volume_id: vols[1].volume_id.clone(),
-        node_id: "node-1".into(),
+    let e = ctl
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: vols[1].volume_id.clone(),
+            node_id: "node-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("stays published on node node-1")
+            && e.message()
+                .contains("cannot be reached from node node-2 to fence it off"),
+        "{e:?}"
+    );
+    let e = ctl
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            node_id: "node-2".into(),
+            ..moving
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("published on node node-1"), "{e:?}");
+}
+
+/// A node tainted out of service: the leader releases the shared volumes
+/// published there through another node of their pool, which fences the
+/// lost node off first. A pool with `fencing: none` lets its volume go
+/// unfenced; one whose LUN cannot be fenced from node-2 here (no kernel
+/// initiator) keeps it where it is. Each outcome is an Event on the PV and
+/// the pool, told once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_releases_a_lost_nodes_shared_volumes_only_when_fenced() {
+    pool_csi_e2e::require!(false);
+    if no_target_tools() {
+        return;
+    }
+    use serde_json::json;
+    let scratch = tempfile::tempdir().unwrap();
+    let t = store(scratch.path(), &[32]);
+    const OPEN: &str = "iqn.2026-11.io.pool-csi:open";
+    t.target("2", OPEN);
+    t.lun(scratch.path(), "2", "1", 32);
+    let cluster = pool_csi_e2e::fake_cluster::FakeCluster::start(scratch.path()).await;
+    let api = cluster.api.clone();
+    for node in ["node-1", "node-2"] {
+        cluster.node(node, json!({"san": "yes"}));
+    }
+    cluster.agent_pod_at("node-1", "127.0.0.1");
+    cluster.agent_pod_at("node-2", "127.0.0.2");
+    let portal = format!("127.0.0.1:{}", t.port);
+    cluster.storage_pool(
+        "san",
+        json!({"type": "iscsi", "source": {"host": portal, "device": IQN}, "nodeSelector": {"san": "yes"}}),
+    );
+    cluster.storage_pool(
+        "open",
+        json!({"type": "iscsi", "source": {"host": portal, "device": OPEN}, "nodeSelector": {"san": "yes"},
+               "fencing": "none"}),
+    );
+    let d = Driver::start(Options {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        extra_nodes: vec![("node-2".into(), 16 << 20)],
+        ..Default::default()
+    })
+    .await;
+    let ready = |pool: &str| {
+        api.object(&format!("/apis/pool-csi.io/v1alpha1/storagepools/{pool}"))
+            .is_some_and(|p| p["status"]["nodesReady"] == "2/2")
+    };
+    eventually("both pools on both nodes", || ready("san") && ready("open")).await;
+    let mut ctl = d.clients().await.controller;
+    let mut ids = Vec::new();
+    for pool in ["san", "open"] {
+        let v = ctl
+            .create_volume(on(pool, &format!("vol-{pool}"), 16 * MIB, 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        ctl.controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            node_id: "node-1".into(),
+            volume_capability: Some(req::block_cap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        api.insert(
+            &format!("/api/v1/persistentvolumes/pv-{pool}"),
+            json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                   "metadata": {"name": format!("pv-{pool}"), "uid": format!("uid-{pool}")},
+                   "spec": {"csi": {"driver": "pool-csi.io", "volumeHandle": v.volume_id},
+                            "claimRef": {"namespace": "default", "name": format!("pvc-{pool}")}}}),
+        );
+        ids.push(v.volume_id);
+    }
+    let published = |pool: &str| {
+        api.object(&format!(
+            "/api/v1/namespaces/kube-system/configmaps/pool-csi-luns-{pool}"
+        ))
+        .and_then(|cm| {
+            cm["data"][format!("vol-{pool}")]
+                .as_str()
+                .map(str::to_string)
+        })
+        .is_some_and(|c| c.contains("\"published\":\"node-1\""))
+    };
+    assert!(published("san") && published("open"));
+    let events = |reason: &str, object: &str| {
+        api.objects("/api/v1/namespaces/default/events")
+            .into_iter()
+            .filter(|e| e["reason"] == reason && e["involvedObject"]["name"] == object)
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+
+    api.modify("/api/v1/nodes/node-1", |n| {
+        n["spec"]["taints"] = json!([{"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"}]);
+    });
+    eventually(
+        "the unfenced pool's volume is released, with Events",
+        || {
+            !published("open")
+                && !events("VolumeReleased", "pv-open").is_empty()
+                && !events("VolumeReleased", "open").is_empty()
+        },
+    )
+    .await;
+    eventually("the fenced pool's volume stays, saying why", || {
+        !events("ReleaseRefused", "pv-san").is_empty()
+            && !events("ReleaseRefused", "san").is_empty()
+    })
+    .await;
+    let why = &events("ReleaseRefused", "pv-san")[0];
+    assert!(
+        why.contains("node node-1 is tainted node.kubernetes.io/out-of-service"),
+        "{why}"
+    );
+    assert!(why.contains("stays published on node node-1"), "{why}");
+    assert!(why.contains("cannot be reached from node node-2"), "{why}");
+    assert!(published("san"), "not released without a fence");
+    let released = &events("VolumeReleased", "pv-open")[0];
+    assert!(
+        released.contains("released from that node by node node-2"),
+        "{released}"
+    );
+    // Told once: later rounds (every few seconds here) add no Events.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(events("ReleaseRefused", "pv-san").len(), 1);
+    assert_eq!(events("VolumeReleased", "pv-open").len(), 1);
+    // node-2 can take the released volume now.
+    ctl.controller_publish_volume(csi::ControllerPublishVolumeRequest {
+        volume_id: ids[1].clone(),
+        node_id: "node-2".into(),
+        volume_capability: Some(req::block_cap()),
         ..Default::default()
     })
     .await
-    .expect("unpublished through node-2");
-    ctl.controller_publish_volume(csi::ControllerPublishVolumeRequest {
-        node_id: "node-2".into(),
-        ..moving
-    })
-    .await
-    .expect("now on node-2");
+    .expect("the released volume on node-2");
 }
 
 /// LUN 1 is deleted on the target and another made at number 1: the old

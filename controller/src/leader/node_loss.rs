@@ -10,19 +10,31 @@
 //! `NodeLost` Warning Event (on the PV and on its StoragePool), so
 //! `kubectl get pv -l pool-csi.io/node-lost` lists what is stranded; when the
 //! node is back (taint removed, Node object there) the label goes, with a
-//! `NodeBack` Event. A shared pool's volume published on the lost node is
-//! released by Kubernetes' own out-of-service handling: the attach/detach
-//! controller detaches it, and ControllerUnpublishVolume for the lost node
-//! is answered by any other node of the pool.
+//! `NodeBack` Event.
+//!
+//! A shared pool's volume published on a node tainted out of service is
+//! released by the leader, as fence_virtd's highest member acts for the
+//! domains of a member that is gone: another node of the pool drops the
+//! lost node from the volume's claim, after fencing it off the LUN (SCSI-3
+//! persistent reservations, unless the pool says `fencing: none`); a
+//! volume whose node cannot be fenced stays where it is. Either way an
+//! Event on the PV and its StoragePool says what happened. Kubernetes' own
+//! out-of-service handling (and the detach of a deleted Node's volumes)
+//! goes the same way: ControllerUnpublishVolume for the lost node is
+//! answered by another node of the pool, which fences first.
 
 use super::{events::Recorder, static_pvs::POOL_LABEL};
+use crate::{ops, Ctx};
 use k8s_openapi::{
     api::core::v1::{Node, PersistentVolume},
     jiff::Timestamp,
 };
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use pool_csi_common::{pool_spec::StoragePool, VolumeId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+};
 
 /// The label on the PVs of a lost node's volumes.
 pub const LOST_LABEL: &str = "pool-csi.io/node-lost";
@@ -48,23 +60,11 @@ pub fn lost_nodes(
     pvs: &[LocalPv],
     answered: &BTreeSet<String>,
 ) -> BTreeMap<String, String> {
-    let mut lost = BTreeMap::new();
-    let mut present = BTreeSet::new();
-    for n in nodes {
-        let name = n.metadata.name.clone().unwrap_or_default();
-        let tainted = n
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_ref())
-            .is_some_and(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE));
-        if tainted {
-            lost.insert(
-                name.clone(),
-                format!("node {name} is tainted {OUT_OF_SERVICE}"),
-            );
-        }
-        present.insert(name);
-    }
+    let mut lost = out_of_service(nodes);
+    let present: BTreeSet<String> = nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
     for pv in pvs {
         if !present.contains(&pv.node) && !answered.contains(&pv.node) {
             lost.entry(pv.node.clone())
@@ -88,18 +88,51 @@ pub fn changes<'a>(
         .collect()
 }
 
+/// A bound PersistentVolume of a shared pool's volume (its id names no node).
+#[derive(Debug, Clone)]
+pub struct SharedPv {
+    pub name: String,
+    pub uid: Option<String>,
+    pub id: VolumeId,
+}
+
+/// The nodes tainted out of service (the operator's word that they are
+/// down), with why.
+pub fn out_of_service(nodes: &[Node]) -> BTreeMap<String, String> {
+    nodes
+        .iter()
+        .filter(|n| {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE))
+        })
+        .filter_map(|n| n.metadata.name.clone())
+        .map(|name| {
+            let why = format!("node {name} is tainted {OUT_OF_SERVICE}");
+            (name, why)
+        })
+        .collect()
+}
+
 pub struct NodeLoss {
     client: kube::Client,
     driver: String,
     events: Recorder,
+    ctx: Arc<Ctx>,
+    /// What the last Event about each shared PV's release said (a refusal
+    /// is told once, not every round).
+    told: Mutex<BTreeMap<String, String>>,
 }
 
 impl NodeLoss {
-    pub fn new(client: kube::Client, driver: &str, instance: &str) -> Self {
+    pub fn new(client: kube::Client, ctx: Arc<Ctx>, instance: &str) -> Self {
         Self {
             events: Recorder::new(client.clone(), instance),
             client,
-            driver: driver.into(),
+            driver: ctx.driver_name.clone(),
+            ctx,
+            told: Mutex::default(),
         }
     }
 
@@ -113,17 +146,18 @@ impl NodeLoss {
         // PVs first: a node that registers between the two lists is then
         // in the Node list, not judged removed.
         let api: Api<PersistentVolume> = Api::all(self.client.clone());
-        let pvs: Vec<LocalPv> = api
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter_map(|pv| self.local_pv(pv))
-            .collect();
+        let all = api.list(&ListParams::default()).await?.items;
+        let pvs: Vec<LocalPv> = all.iter().filter_map(|pv| self.local_pv(pv)).collect();
         let nodes: Api<Node> = Api::all(self.client.clone());
         let nodes = nodes.list(&ListParams::default()).await?.items;
         if nodes.is_empty() {
             return Ok(0); // no judgement, and no mark taken off
+        }
+        let tainted = out_of_service(&nodes);
+        let mut released = 0;
+        if !tainted.is_empty() {
+            let shared: Vec<SharedPv> = all.iter().filter_map(|pv| self.shared_pv(pv)).collect();
+            released = self.release_shared(&shared, &tainted, now).await;
         }
         let lost = lost_nodes(&nodes, &pvs, answered);
         let todo = changes(&pvs, &lost);
@@ -167,7 +201,71 @@ impl NodeLoss {
                 }
             }
         }
-        Ok(todo.len())
+        Ok(todo.len() + released)
+    }
+
+    /// Releases the shared volumes published on `tainted` nodes (see the
+    /// module's doc); returns how many were released.
+    async fn release_shared(
+        &self,
+        shared: &[SharedPv],
+        tainted: &BTreeMap<String, String>,
+        now: Timestamp,
+    ) -> usize {
+        let mut released = 0;
+        for pv in shared {
+            let Ok(v) = ops::volumes::get(&self.ctx, &pv.id).await else {
+                continue; // gone, or no node answers: the next round asks again
+            };
+            for node in v.published.iter().filter(|n| tainted.contains_key(*n)) {
+                let why = &tainted[node];
+                let (reason, message) =
+                    match ops::publish::release_from_lost(&self.ctx, &pv.id, node).await {
+                        Ok(by) => {
+                            released += 1;
+                            ("VolumeReleased", format!(
+                                "{why}: volume {} of PersistentVolume {} was released from that node by node {by}, which fenced {node} off it first unless the pool says fencing: none; Kubernetes can attach it elsewhere",
+                                pv.id, pv.name
+                            ))
+                        }
+                        Err(e) => ("ReleaseRefused", format!(
+                            "{why}: volume {} of PersistentVolume {} cannot be released from that node yet: {e}",
+                            pv.id, pv.name
+                        )),
+                    };
+                let again = self
+                    .told
+                    .lock()
+                    .unwrap()
+                    .insert(pv.name.clone(), message.clone());
+                if again.as_ref() == Some(&message) {
+                    continue;
+                }
+                tracing::warn!(pv = %pv.name, node = %node, "{message}");
+                let about = super::events::pv_ref(&pv.name, pv.uid.clone());
+                self.events.warn(about, reason, &message, now).await;
+                let pools: Api<StoragePool> = Api::all(self.client.clone());
+                if let Ok(Some(sp)) = pools.get_opt(&pv.id.pool).await {
+                    self.events
+                        .warn(super::events::pool_ref(&sp), reason, &message, now)
+                        .await;
+                }
+            }
+        }
+        released
+    }
+
+    /// A bound PV of the driver for a shared pool's volume.
+    fn shared_pv(&self, pv: &PersistentVolume) -> Option<SharedPv> {
+        let spec = pv.spec.as_ref()?;
+        spec.claim_ref.as_ref()?;
+        let csi = spec.csi.as_ref().filter(|c| c.driver == self.driver)?;
+        let id = VolumeId::parse(&csi.volume_handle).ok()?;
+        id.node.is_none().then(|| SharedPv {
+            name: pv.metadata.name.clone().unwrap_or_default(),
+            uid: pv.metadata.uid.clone(),
+            id,
+        })
     }
 
     /// A PV of the driver for a node-local volume (static LUN PVs not yet

@@ -108,7 +108,11 @@ where
 }
 
 /// The nodes that can answer for volume `id`, best first (see [`ask`]).
-async fn serving_nodes(ctx: &Ctx, id: &VolumeId, prefer: Option<&str>) -> Result<Vec<String>> {
+pub(crate) async fn serving_nodes(
+    ctx: &Ctx,
+    id: &VolumeId,
+    prefer: Option<&str>,
+) -> Result<Vec<String>> {
     if let Some(node) = &id.node {
         return Ok(vec![node.clone()]);
     }

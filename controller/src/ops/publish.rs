@@ -12,7 +12,7 @@
 //!   in the volume's cluster-wide claim, and a second node is refused until
 //!   the first unpublishes.
 
-use super::{ask, found, unless_gone};
+use super::{ask, found, serving_nodes, unless_gone};
 use crate::{
     agents::inventory::INVENTORY_TTL,
     error::{Error, Result},
@@ -93,4 +93,35 @@ pub async fn unpublish(ctx: &Ctx, id: &VolumeId, node: &str) -> Result<()> {
         Err(e) => Err(e),
         Ok(r) => unless_gone(r).map(|_| ()),
     }
+}
+
+/// Releases shared volume `id` from `lost`, a node lost to the cluster (the
+/// leader acting for it): asked of the pool's other nodes only, since the
+/// one that releases fences `lost` off the volume's LUN first (unless the
+/// pool says `fencing: none`) and refuses when it cannot. Returns the node
+/// that released it.
+pub async fn release_from_lost(ctx: &Ctx, id: &VolumeId, lost: &str) -> Result<String> {
+    let mut last = None;
+    for node in serving_nodes(ctx, id, None).await? {
+        if node == lost {
+            continue;
+        }
+        match ctx
+            .agents
+            .client(&node)?
+            .unpublish(&id.pool, &id.name, lost)
+            .await
+        {
+            Err(e) if e.is_unavailable() => last = Some(e),
+            Err(e) => return Err(e.into()),
+            Ok(()) => return Ok(node),
+        }
+    }
+    Err(match last {
+        Some(e) => e.into(),
+        None => Error::Precondition(format!(
+            "no node of pool {:?} but {lost} serves it: nobody can release volume {id}",
+            id.pool
+        )),
+    })
 }
