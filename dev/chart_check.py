@@ -170,10 +170,11 @@ def iscsi_pools_get_the_host_network_and_their_secret():
     spec = node_spec(values)
     assert spec.get("hostNetwork") is True and spec.get("dnsPolicy") == "ClusterFirstWithHostNet", spec.get("hostNetwork")
     secrets = [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v]
-    assert "san-chap" in secrets, secrets
+    assert "san-chap" in secrets and "san-target-chap" in secrets, secrets
     node = next(c for c in spec["containers"] if c["name"] == "node")
     mounts = {m["mountPath"] for m in node["volumeMounts"]}
     assert "/etc/pool-csi-secrets/san-chap" in mounts and "/etc/iscsi" in mounts, mounts
+    assert "/etc/pool-csi-secrets/san-target-chap" in mounts, mounts
     assert "--secrets-dir=/etc/pool-csi-secrets" in node["args"], node["args"]
 
 
@@ -340,7 +341,7 @@ def dashboard_queries_parse():
 check("helm lint --strict", lint)
 check("alerts: promtool check and unit tests", alerts_fire_as_tested)
 check("dashboard: every query is valid PromQL", dashboard_queries_parse)
-check("iscsi pools: host network, CHAP Secret mounted", iscsi_pools_get_the_host_network_and_their_secret)
+check("iscsi pools: host network, CHAP Secrets (mutual too) mounted", iscsi_pools_get_the_host_network_and_their_secret)
 check("node and controller run in cluster mode", both_run_in_cluster_mode)
 check("node: CO paths confined to the kubelet dir it mounts", node_confines_co_paths_to_the_kubelet_dir)
 check("node RBAC: LUN claims ConfigMaps in its namespace, nothing else written", node_may_write_lun_claims_only)

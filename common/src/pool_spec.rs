@@ -135,6 +135,36 @@ pub struct PoolAuth {
     pub username: String,
     /// Name of the Secret (key `password`) in the driver's namespace.
     pub secret_ref: String,
+    /// iscsi, mutual CHAP: the name the target proves itself with (its
+    /// outgoing account) …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_username: Option<String>,
+    /// … and the Secret (key `password`) holding the target's password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_secret_ref: Option<String>,
+}
+
+impl PoolAuth {
+    /// Both credentials name something, and nothing a secret file path
+    /// could escape through; `mutual`: whether the target's may be given.
+    fn check(&self, mutual: bool) -> Result<(), String> {
+        let name_ok = |n: &str| !n.is_empty() && !n.bytes().any(|b| b.is_ascii_control());
+        if !name_ok(&self.username) || check_pool_name(&self.secret_ref).is_err() {
+            return Err("source.auth needs a username and a secretRef naming a Secret".into());
+        }
+        match (&self.target_username, &self.target_secret_ref, mutual) {
+            (None, None, _) => Ok(()),
+            (Some(_), Some(_), false) => Err(
+                "source.auth.targetUsername and targetSecretRef (mutual CHAP) are for iscsi pools"
+                    .into(),
+            ),
+            (Some(u), Some(r), true) if name_ok(u) && check_pool_name(r).is_ok() => Ok(()),
+            _ => Err(
+                "mutual CHAP needs both source.auth.targetUsername and a targetSecretRef naming a Secret"
+                    .into(),
+            ),
+        }
+    }
 }
 
 /// A Fibre Channel HBA by its names: `0x` and 16 hex digits each, as in
@@ -269,18 +299,7 @@ pub mod netfs {
             }
         }
         match (&s.auth, format) {
-            (Some(a), "cifs") => {
-                if a.username.is_empty()
-                    || a.username
-                        .bytes()
-                        .any(|b| b.is_ascii_control() || b == b'\n')
-                    || super::check_pool_name(&a.secret_ref).is_err()
-                {
-                    return Err(
-                        "source.auth needs a username and a secretRef naming a Secret".into(),
-                    );
-                }
-            }
+            (Some(a), "cifs") => a.check(false)?,
             (Some(_), f) => {
                 return Err(format!(
                     "source.auth is for cifs shares; a {f} share takes no credentials"
@@ -456,11 +475,7 @@ impl PoolDefinition {
                     return Err(invalid(format!("source.initiator {i:?} is not an IQN")));
                 }
                 if let Some(a) = &s.source.auth {
-                    if a.username.is_empty() || check_pool_name(&a.secret_ref).is_err() {
-                        return Err(invalid(
-                            "source.auth needs a username and a secretRef naming a Secret".into(),
-                        ));
-                    }
+                    a.check(true).map_err(invalid)?;
                 }
             }
             PoolType::Scsi => {
@@ -696,6 +711,41 @@ spec:
             let e = scsi(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn mutual_chap_needs_both_halves_and_an_iscsi_pool() {
+        let iscsi = |auth: &str| {
+            PoolDefinition::parse_documents(
+                &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: p }}\nspec:\n  type: iscsi\n  source: {{ host: san, device: iqn.2026-11.x:t, auth: {auth} }}\n"),
+                "t",
+            )
+            .map_err(|e| crate::full_message(&e))
+        };
+        let ok =
+            iscsi("{ username: a, secretRef: s, targetUsername: t, targetSecretRef: ts }").unwrap();
+        let auth = ok[0].spec.source.auth.as_ref().unwrap();
+        assert_eq!(auth.target_username.as_deref(), Some("t"));
+        assert_eq!(auth.target_secret_ref.as_deref(), Some("ts"));
+        for bad in [
+            "{ username: a, secretRef: s, targetUsername: t }",
+            "{ username: a, secretRef: s, targetSecretRef: ts }",
+            "{ username: a, secretRef: s, targetUsername: t, targetSecretRef: \"../ts\" }",
+            "{ username: a, secretRef: s, targetUsername: \"\", targetSecretRef: ts }",
+        ] {
+            let e = iscsi(bad).unwrap_err();
+            assert!(e.contains("mutual CHAP needs both"), "{bad}: {e}");
+        }
+        let cifs = PoolDefinition::parse_documents(
+            "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: p }\nspec:\n  type: netfs\n  target: { path: /srv/p }\n  source: { host: f, dir: /s, format: cifs, auth: { username: a, secretRef: s, targetUsername: t, targetSecretRef: ts } }\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            crate::full_message(&cifs).contains("are for iscsi pools"),
+            "{}",
+            crate::full_message(&cifs)
+        );
     }
 
     #[test]

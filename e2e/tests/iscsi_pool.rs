@@ -90,12 +90,39 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
     locked.adm(&[
         "--op", "bind", "--mode", "account", "--tid", "1", "--user", "alice",
     ]);
+    // Mutual CHAP: the target proves itself as tgt-bob.
+    locked.adm(&[
+        "--op",
+        "new",
+        "--mode",
+        "account",
+        "--user",
+        "tgt-bob",
+        "--password",
+        "tgt-secret-1",
+    ]);
+    locked.adm(&[
+        "--op",
+        "bind",
+        "--mode",
+        "account",
+        "--tid",
+        "1",
+        "--user",
+        "tgt-bob",
+        "--outgoing",
+    ]);
 
     let auth = |secret: &str| format!("    auth: {{ username: alice, secretRef: {secret} }}\n");
+    let mutual = |secret: &str| {
+        format!("    auth: {{ username: alice, secretRef: chap-good, targetUsername: tgt-bob, targetSecretRef: {secret} }}\n")
+    };
     let pools = [
         pool("san", t.port, IQN, ""),
         pool("chap-ok", locked.port, CHAP_IQN, &auth("chap-good")),
         pool("chap-bad", locked.port, CHAP_IQN, &auth("chap-wrong")),
+        pool("mutual-ok", locked.port, CHAP_IQN, &mutual("target-good")),
+        pool("mutual-bad", locked.port, CHAP_IQN, &mutual("target-wrong")),
         pool("no-portal", 1, IQN, ""),
         pool("wrong-iqn", t.port, "iqn.2026-11.io.pool-csi:nope", ""),
     ]
@@ -105,6 +132,8 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
         secrets: vec![
             ("chap-good".into(), "s3cret-pass".into()),
             ("chap-wrong".into(), "guess".into()),
+            ("target-good".into(), "tgt-secret-1".into()),
+            ("target-wrong".into(), "impostor-pass".into()),
         ],
         ..Default::default()
     })
@@ -264,6 +293,19 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
     assert!(
         !all.contains("s3cret") && !info.contains("guess"),
         "a secret leaked: {all}{info}"
+    );
+    // Mutual CHAP: the target that answers with the right secret is used;
+    // one that cannot prove itself is refused, with why.
+    assert_eq!(capacity(&mut c, "mutual-ok").await, 16 * MIB);
+    let (_, info) = d.poolctl(&["pool-info", "mutual-bad"]);
+    assert!(
+        info.contains("Invalid CHAP_R response from the target"),
+        "{info}"
+    );
+    let (_, list) = d.poolctl(&["pool-list"]);
+    assert!(
+        !list.contains("tgt-secret") && !info.contains("impostor"),
+        "a secret leaked: {list}{info}"
     );
 }
 

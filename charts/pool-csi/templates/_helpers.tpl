@@ -46,12 +46,13 @@ true
 {{- toJson $pools -}}
 {{- end -}}
 
-{{/* The Secrets pools name in source.auth.secretRef, each once. */}}
+{{/* The Secrets pools name in source.auth.secretRef and targetSecretRef, each once. */}}
 {{- define "pool-csi.poolSecrets" -}}
 {{- $refs := list -}}
 {{- range (include "pool-csi.pools" . | fromJsonArray) -}}
 {{- with .spec.source -}}{{- with .auth -}}
 {{- $refs = append $refs .secretRef -}}
+{{- with .targetSecretRef -}}{{- $refs = append $refs . -}}{{- end -}}
 {{- end -}}{{- end -}}
 {{- end -}}
 {{- toJson ($refs | uniq) -}}

@@ -23,6 +23,8 @@ use std::{
 pub struct IscsiSource {
     portal: Portal,
     secret_file: Option<PathBuf>,
+    /// Mutual CHAP: the target's password.
+    target_secret_file: Option<PathBuf>,
     runner: Arc<dyn CommandRunner>,
     sysfs: PathBuf,
 }
@@ -35,36 +37,48 @@ impl IscsiSource {
             s.device.as_deref().unwrap_or(""),
         );
         portal.initiator = s.initiator.clone();
-        // The password is read from the Secret at each use (see `portal()`).
+        // Passwords are read from the Secrets at each use (see `portal()`).
         portal.chap = s.auth.as_ref().map(|a| Chap {
             username: a.username.clone(),
             password: String::new(),
         });
+        let target = s
+            .auth
+            .as_ref()
+            .and_then(|a| Some((a.target_username.clone()?, a.target_secret_ref.as_ref()?)));
+        portal.target_chap = target.as_ref().map(|(u, _)| Chap {
+            username: u.clone(),
+            password: String::new(),
+        });
+        let password = |secret: &str| cfg.secrets_dir.join(secret).join("password");
         Self {
-            secret_file: s
-                .auth
-                .as_ref()
-                .map(|a| cfg.secrets_dir.join(&a.secret_ref).join("password")),
+            secret_file: s.auth.as_ref().map(|a| password(&a.secret_ref)),
+            target_secret_file: target.map(|(_, r)| password(r)),
             portal,
             runner,
             sysfs: cfg.sysfs_root.clone(),
         }
     }
 
-    /// The portal with the CHAP password read now (Secrets rotate).
+    /// The portal with the CHAP passwords read now (Secrets rotate).
     pub fn portal(&self) -> Result<Portal> {
         let mut p = self.portal.clone();
-        if let (Some(chap), Some(file)) = (p.chap.as_mut(), &self.secret_file) {
-            chap.password = std::fs::read_to_string(file)
+        let read = |file: &Path, field: &str| {
+            std::fs::read_to_string(file)
+                .map(|s| s.trim_end_matches('\n').to_string())
                 .map_err(|e| {
                     Error::Precondition(format!(
-                        "the CHAP secret for {} is not readable at {}: {e}; mount the Secret named in source.auth.secretRef",
+                        "the CHAP secret for {} is not readable at {}: {e}; mount the Secret named in source.auth.{field}",
                         self.portal.target,
                         file.display()
                     ))
-                })?
-                .trim_end_matches('\n')
-                .to_string();
+                })
+        };
+        if let (Some(chap), Some(file)) = (p.chap.as_mut(), &self.secret_file) {
+            chap.password = read(file, "secretRef")?;
+        }
+        if let (Some(chap), Some(file)) = (p.target_chap.as_mut(), &self.target_secret_file) {
+            chap.password = read(file, "targetSecretRef")?;
         }
         Ok(p)
     }

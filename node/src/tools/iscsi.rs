@@ -5,7 +5,11 @@
 //! udev links.
 //!
 //! CHAP passwords go to libiscsi through its environment variables
-//! (`LIBISCSI_CHAP_USERNAME` / `LIBISCSI_CHAP_PASSWORD`), never in argv.
+//! (`LIBISCSI_CHAP_USERNAME` / `LIBISCSI_CHAP_PASSWORD`, and for mutual CHAP
+//! `LIBISCSI_CHAP_TARGET_USERNAME` / `…_PASSWORD`), never in argv. Mutual
+//! CHAP covers the sessions that reach LUNs (libiscsi's per-LUN inquiries
+//! and the node's login), not SendTargets discovery: targets such as tgt
+//! do not authenticate themselves there, and discovery carries no data.
 
 use crate::exec::{Cmd, CommandRunner, ExecError};
 use std::{
@@ -21,6 +25,8 @@ pub struct Portal {
     pub target: String,
     pub initiator: Option<String>,
     pub chap: Option<Chap>,
+    /// Mutual CHAP: what the target must answer with.
+    pub target_chap: Option<Chap>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -51,6 +57,7 @@ impl Portal {
             target: target.into(),
             initiator: None,
             chap: None,
+            target_chap: None,
         }
     }
 
@@ -61,7 +68,20 @@ impl Portal {
         }
     }
 
+    /// A libiscsi tool that logs in to the target (mutual CHAP, when the
+    /// pool has it) …
     fn cmd(&self, program: &str) -> Cmd {
+        let c = self.discovery_cmd(program);
+        match &self.target_chap {
+            Some(t) => c
+                .secret_env("LIBISCSI_CHAP_TARGET_USERNAME", &t.username)
+                .secret_env("LIBISCSI_CHAP_TARGET_PASSWORD", &t.password),
+            None => c,
+        }
+    }
+
+    /// … or that discovers (one-way CHAP).
+    fn discovery_cmd(&self, program: &str) -> Cmd {
         let mut c = Cmd::new(program).timeout(Duration::from_secs(20));
         if let Some(i) = &self.initiator {
             c = c.arg(format!("--initiator-name={i}"));
@@ -130,7 +150,7 @@ pub fn is_no_such_lun(e: &ExecError) -> bool {
 /// Lists the target's disk LUNs with exact sizes and identities.
 pub async fn inventory(runner: &dyn CommandRunner, portal: &Portal) -> Result<Vec<Lun>, ExecError> {
     let cmd = portal
-        .cmd("iscsi-ls")
+        .discovery_cmd("iscsi-ls")
         .arg("--show-luns")
         .arg(portal.url(None));
     let out = runner.run(&cmd).await?;
@@ -316,29 +336,29 @@ pub async fn login(
     discover = discover.args(["--interface", &iface_name(portal)]);
     runner.run_ok(&discover.arg("--discover")).await?;
     if let Some(chap) = &portal.chap {
-        for (k, v) in [
-            ("node.session.auth.authmethod", "CHAP"),
-            ("node.session.auth.username", chap.username.as_str()),
-        ] {
-            runner
-                .run_ok(&node().args(["--op", "update", "--name", k, "--value", v]))
-                .await?;
-        }
-        // iscsiadm takes the password only as an argument (stored in its
-        // node database); it shows in the process list for this one call.
+        let update = |name: &str, value: &str| {
+            node().args(["--op", "update", "--name", name, "--value", value])
+        };
         runner
-            .run_ok(
-                &node()
-                    .args([
-                        "--op",
-                        "update",
-                        "--name",
-                        "node.session.auth.password",
-                        "--value",
-                    ])
-                    .arg(&chap.password),
-            )
+            .run_ok(&update("node.session.auth.authmethod", "CHAP"))
             .await?;
+        // iscsiadm takes passwords only as arguments (stored in its node
+        // database); each shows in the process list for this one call.
+        let mut settings = vec![
+            ("node.session.auth.username", chap),
+            ("node.session.auth.password", chap),
+        ];
+        if let Some(target) = &portal.target_chap {
+            settings.push(("node.session.auth.username_in", target));
+            settings.push(("node.session.auth.password_in", target));
+        }
+        for (name, c) in settings {
+            let value = match name.starts_with("node.session.auth.username") {
+                true => &c.username,
+                false => &c.password,
+            };
+            runner.run_ok(&update(name, value)).await?;
+        }
     }
     runner.run_ok(&node().arg("--login")).await?;
     Ok(())
@@ -631,6 +651,55 @@ Total size:67108864
             );
         login(&runner, empty.path(), &p).await.unwrap();
         assert_eq!(runner.calls().len(), 2);
+    }
+
+    /// CHAP (and the target's side of mutual CHAP) go into the node record
+    /// before the login; iscsiadm takes them no other way.
+    #[tokio::test]
+    async fn chap_and_mutual_chap_are_set_before_the_login() {
+        let mut p = Portal::new("127.0.0.1", "iqn.2026-11.io.pool-csi:t1");
+        let chap = |u: &str, pw: &str| {
+            Some(Chap {
+                username: u.into(),
+                password: pw.into(),
+            })
+        };
+        p.chap = chap("alice", "s3cret-pass");
+        p.target_chap = chap("tgt-bob", "tgt-secret-1");
+        let node = |rest: &[&str]| {
+            let mut v: Vec<String> = [
+                "iscsiadm",
+                "--mode",
+                "node",
+                "--targetname",
+                "iqn.2026-11.io.pool-csi:t1",
+                "--portal",
+                "127.0.0.1:3260",
+                "--interface",
+                "default",
+            ]
+            .map(String::from)
+            .to_vec();
+            v.extend(rest.iter().map(|s| s.to_string()));
+            v
+        };
+        let set = |k: &str, v: &str| node(&["--op", "update", "--name", k, "--value", v]);
+        let runner = FakeRunner::new()
+            .expect(discover("default"), Reply::ok())
+            .expect(set("node.session.auth.authmethod", "CHAP"), Reply::ok())
+            .expect(set("node.session.auth.username", "alice"), Reply::ok())
+            .expect(
+                set("node.session.auth.password", "s3cret-pass"),
+                Reply::ok(),
+            )
+            .expect(set("node.session.auth.username_in", "tgt-bob"), Reply::ok())
+            .expect(
+                set("node.session.auth.password_in", "tgt-secret-1"),
+                Reply::ok(),
+            )
+            .expect(node(&["--login"]), Reply::ok());
+        let empty = tempfile::tempdir().unwrap();
+        login(&runner, empty.path(), &p).await.unwrap();
     }
 
     #[tokio::test]
