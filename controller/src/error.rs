@@ -75,4 +75,16 @@ impl GrpcCode for Error {
     }
 }
 
+impl Error {
+    /// Another operation on the same volume is running (here or on its
+    /// node): the same call later may succeed.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Self::Busy(_) => true,
+            Self::Agent(e) => e.is_busy(),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -143,6 +143,11 @@ impl LunSource for Source {
     async fn device(&self, c: &Claim) -> Result<PathBuf> {
         self.connect(c.lun).map_err(Error::Precondition)
     }
+    /// The node's logout: its sessions end.
+    async fn disconnect(&self) -> Result<()> {
+        self.sessions.lock().unwrap().clear();
+        Ok(())
+    }
     fn reservations<'a>(&'a self, device: &Path) -> Box<dyn Reservations + 'a> {
         Box::new(SgPersist::disk(&self.runner, device.to_path_buf()))
     }
@@ -236,8 +241,11 @@ async fn a_volume_moves_off_a_lost_node_only_after_it_is_fenced() {
     assert_eq!(nb.write(1).await, 24, "an unregistered node is refused");
 
     // node-a is lost; Kubernetes' force-detach reaches node-b, which
-    // pre-empts node-a's key before it releases the volume.
+    // pre-empts node-a's key before it releases the volume, and logs out
+    // again (it uses nothing of the pool).
+    nb.sessions.lock().unwrap().clear();
     b.unpublish("v", "node-a").await.unwrap();
+    assert!(nb.sessions.lock().unwrap().is_empty(), "node-b logged out");
     assert_eq!(nb.keys(1).await, vec![kb]);
     assert_eq!(na.write(1).await, 24, "the lost node cannot write any more");
     b.publish("v", "node-b").await.unwrap();
@@ -267,7 +275,7 @@ async fn a_volume_moves_off_a_lost_node_only_after_it_is_fenced() {
 #[tokio::test]
 async fn a_lost_node_s_volume_is_not_released_when_fencing_fails() {
     let Some(bed) = bed("").await else { return };
-    let ((a, _), (b, nb)) = (&bed.a, &bed.b);
+    let ((a, na), (b, _)) = (&bed.a, &bed.b);
     a.create_volume(&CreateRequest::sized("v", 1))
         .await
         .unwrap();
@@ -290,13 +298,18 @@ async fn a_lost_node_s_volume_is_not_released_when_fencing_fails() {
         "iqn.2026-11.io.pool-csi:node-a",
     ]);
     let e = b.unpublish("v", "node-a").await.unwrap_err();
-    assert!(matches!(e, Error::NotFenced { .. }), "{e}");
+    // UNAVAILABLE: the controller asks another node of the pool next.
+    assert!(matches!(e, Error::FenceUnreachable { .. }), "{e}");
     let e = e.to_string();
     assert!(e.contains("stays published on node node-a"), "{e}");
     assert!(e.contains("cannot be reached from node node-b"), "{e}");
     let e = b.publish("v", "node-b").await.unwrap_err().to_string();
     assert!(e.contains("published on node node-a"), "{e}");
-    assert_eq!(nb.sessions.lock().unwrap().len(), 0);
+    assert_eq!(
+        na.write(1).await,
+        0,
+        "node-a was not fenced, and still writes"
+    );
 }
 
 #[tokio::test]

@@ -609,9 +609,10 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
     assert!(shared.iter().all(|v| v.accessible_topology.len() == 2));
 
     // The node a volume is published on dies: node-2 answers for it, and
-    // must fence node-1 off the LUN before it lets the volume move. Its
-    // kernel initiator would log in to do that (not on this machine): it
-    // cannot, so the volume stays published on node-1 and says why.
+    // must fence node-1 off the LUN before it lets the volume move. It
+    // would log in with iscsiadm to do that, which cannot succeed on this
+    // machine (no kernel initiator): the volume stays published on node-1
+    // and says why. (The fence itself: e2e/tests/fencing.rs.)
     let moving = csi::ControllerPublishVolumeRequest {
         volume_id: vols[1].volume_id.clone(),
         ..publish("node-1")
@@ -628,7 +629,9 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // UNAVAILABLE: neither node-1 (dead) nor node-2 (cannot reach the LUN
+    // to fence) could release it; the attacher retries.
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(
         e.message().contains("stays published on node node-1")
             && e.message()
@@ -715,6 +718,13 @@ async fn the_leader_releases_a_lost_nodes_shared_volumes_only_when_fenced() {
                    "metadata": {"name": format!("pv-{pool}"), "uid": format!("uid-{pool}")},
                    "spec": {"csi": {"driver": "pool-csi.io", "volumeHandle": v.volume_id},
                             "claimRef": {"namespace": "default", "name": format!("pvc-{pool}")}}}),
+        );
+        api.insert(
+            &format!("/apis/storage.k8s.io/v1/volumeattachments/va-{pool}"),
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+                   "metadata": {"name": format!("va-{pool}")},
+                   "spec": {"attacher": "pool-csi.io", "nodeName": "node-1",
+                            "source": {"persistentVolumeName": format!("pv-{pool}")}}}),
         );
         ids.push(v.volume_id);
     }

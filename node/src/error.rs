@@ -130,6 +130,15 @@ pub enum Error {
         holder: String,
         why: String,
     },
+    /// A shared volume's LUN cannot be reached from this node to fence its
+    /// holder off it (another node may).
+    #[error("volume {name:?} stays published on node {holder}: its LUN cannot be reached from node {node} to fence it off: {why}")]
+    FenceUnreachable {
+        name: String,
+        holder: String,
+        node: String,
+        why: String,
+    },
     /// qemu-storage-daemon refused a QMP command.
     #[error(transparent)]
     Qmp(#[from] crate::tools::qsd::QmpError),
@@ -223,7 +232,7 @@ impl GrpcCode for Error {
             Self::Exec(e) => e.grpc_code(),
             Self::Qmp(_) => Code::Internal,
             Self::Busy(_) | Self::Contended { .. } | Self::LoopTaken { .. } => Code::Aborted,
-            Self::Cluster { .. } => Code::Unavailable,
+            Self::Cluster { .. } | Self::FenceUnreachable { .. } => Code::Unavailable,
         }
     }
 }

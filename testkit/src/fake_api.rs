@@ -57,6 +57,7 @@ fn resource(api_version: &str, name: &str) -> Option<Resource> {
         ("v1", "nodes" | "persistentvolumes") => r(false, true),
         ("events.k8s.io/v1", "events") | ("coordination.k8s.io/v1", "leases") => r(true, false),
         ("storage.k8s.io/v1", "storageclasses" | "csidrivers" | "csinodes") => r(false, false),
+        ("storage.k8s.io/v1", "volumeattachments") => r(false, true),
         ("snapshot.storage.k8s.io/v1", "volumesnapshotcontents") => r(false, true),
         ("pool-csi.io/v1alpha1", "storagepools") => Resource {
             namespaced: false,

@@ -60,6 +60,11 @@ impl AgentError {
     pub fn is_out_of_room(&self) -> bool {
         self.code == Code::ResourceExhausted
     }
+
+    /// Another operation on the volume runs there: retry later.
+    pub fn is_busy(&self) -> bool {
+        self.code == Code::Aborted
+    }
 }
 
 impl GrpcCode for AgentError {

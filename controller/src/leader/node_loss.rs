@@ -26,7 +26,10 @@
 use super::{events::Recorder, static_pvs::POOL_LABEL};
 use crate::{ops, Ctx};
 use k8s_openapi::{
-    api::core::v1::{Node, PersistentVolume},
+    api::{
+        core::v1::{Node, PersistentVolume},
+        storage::v1::VolumeAttachment,
+    },
     jiff::Timestamp,
 };
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -120,10 +123,25 @@ pub struct NodeLoss {
     driver: String,
     events: Recorder,
     ctx: Arc<Ctx>,
-    /// What the last Event about each shared PV's release said (a refusal
-    /// is told once, not every round).
-    told: Mutex<BTreeMap<String, String>>,
+    /// The last outcome told about each shared PV's release (each is told
+    /// once, not every round; in this controller process).
+    told: Mutex<BTreeMap<String, Told>>,
 }
+
+/// An outcome of a release, as told in an Event.
+struct Told {
+    message: String,
+    refused: bool,
+    at: std::time::Instant,
+}
+
+/// How long a release may take (a fence logs in to the LUN) before the
+/// round moves on.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How soon a refused release is tried again (each try may log in to the
+/// LUN from another node).
+const REFUSED_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl NodeLoss {
     pub fn new(client: kube::Client, ctx: Arc<Ctx>, instance: &str) -> Self {
@@ -155,8 +173,18 @@ impl NodeLoss {
         }
         let tainted = out_of_service(&nodes);
         let mut released = 0;
-        if !tainted.is_empty() {
-            let shared: Vec<SharedPv> = all.iter().filter_map(|pv| self.shared_pv(pv)).collect();
+        if tainted.is_empty() {
+            self.told.lock().unwrap().clear();
+        } else {
+            let attached = self.attached_on(&tainted).await?;
+            let shared: Vec<(SharedPv, String)> = all
+                .iter()
+                .filter_map(|pv| {
+                    let s = self.shared_pv(pv)?;
+                    let node = attached.get(&s.name)?.clone();
+                    Some((s, node))
+                })
+                .collect();
             released = self.release_shared(&shared, &tainted, now).await;
         }
         let lost = lost_nodes(&nodes, &pvs, answered);
@@ -204,52 +232,99 @@ impl NodeLoss {
         Ok(todo.len() + released)
     }
 
-    /// Releases the shared volumes published on `tainted` nodes (see the
-    /// module's doc); returns how many were released.
+    /// The PVs attached (VolumeAttachments of this driver) on `tainted`
+    /// nodes, with their node.
+    async fn attached_on(
+        &self,
+        tainted: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, kube::Error> {
+        let api: Api<VolumeAttachment> = Api::all(self.client.clone());
+        Ok(api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|va| {
+                va.spec.attacher == self.driver && tainted.contains_key(&va.spec.node_name)
+            })
+            .filter_map(|va| Some((va.spec.source.persistent_volume_name?, va.spec.node_name)))
+            .collect())
+    }
+
+    /// Releases the shared volumes attached on tainted nodes (`shared`:
+    /// each PV with its node; see the module's doc); returns how many were
+    /// released. A volume refused is asked about again after
+    /// [`REFUSED_RETRY`]; each outcome is told once.
     async fn release_shared(
         &self,
-        shared: &[SharedPv],
+        shared: &[(SharedPv, String)],
         tainted: &BTreeMap<String, String>,
         now: Timestamp,
     ) -> usize {
+        self.told
+            .lock()
+            .unwrap()
+            .retain(|pv, _| shared.iter().any(|(s, _)| s.name == *pv));
         let mut released = 0;
-        for pv in shared {
-            let Ok(v) = ops::volumes::get(&self.ctx, &pv.id).await else {
-                continue; // gone, or no node answers: the next round asks again
-            };
-            for node in v.published.iter().filter(|n| tainted.contains_key(*n)) {
-                let why = &tainted[node];
-                let (reason, message) =
-                    match ops::publish::release_from_lost(&self.ctx, &pv.id, node).await {
-                        Ok(by) => {
-                            released += 1;
-                            ("VolumeReleased", format!(
-                                "{why}: volume {} of PersistentVolume {} was released from that node by node {by}, which fenced {node} off it first unless the pool says fencing: none; Kubernetes can attach it elsewhere",
-                                pv.id, pv.name
-                            ))
-                        }
-                        Err(e) => ("ReleaseRefused", format!(
-                            "{why}: volume {} of PersistentVolume {} cannot be released from that node yet: {e}",
-                            pv.id, pv.name
-                        )),
-                    };
-                let again = self
-                    .told
-                    .lock()
-                    .unwrap()
-                    .insert(pv.name.clone(), message.clone());
-                if again.as_ref() == Some(&message) {
+        for (pv, node) in shared {
+            let refused_lately = self
+                .told
+                .lock()
+                .unwrap()
+                .get(&pv.name)
+                .is_some_and(|t| t.refused && t.at.elapsed() < REFUSED_RETRY);
+            if refused_lately {
+                continue;
+            }
+            let v = match ops::volumes::get(&self.ctx, &pv.id).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(pv = %pv.name, error = %e, "node loss: cannot read the volume; next round");
                     continue;
                 }
-                tracing::warn!(pv = %pv.name, node = %node, "{message}");
-                let about = super::events::pv_ref(&pv.name, pv.uid.clone());
-                self.events.warn(about, reason, &message, now).await;
-                let pools: Api<StoragePool> = Api::all(self.client.clone());
-                if let Ok(Some(sp)) = pools.get_opt(&pv.id.pool).await {
-                    self.events
-                        .warn(super::events::pool_ref(&sp), reason, &message, now)
-                        .await;
+            };
+            if !v.published.contains(node) {
+                continue; // released already (Kubernetes' own detach, or an earlier round)
+            }
+            let why = &tainted[node];
+            let asked = ops::publish::release_from_lost(&self.ctx, &pv.id, node);
+            let (reason, message) = match tokio::time::timeout(RELEASE_TIMEOUT, asked).await {
+                Ok(Ok(by)) => {
+                    released += 1;
+                    ("VolumeReleased", format!(
+                        "{why}: volume {} of PersistentVolume {} was released from that node by node {by}, which fenced {node} off it first unless the pool says fencing: none; Kubernetes can attach it elsewhere",
+                        pv.id, pv.name
+                    ))
                 }
+                // Another call on the volume is running (Kubernetes' own
+                // detach, perhaps): the next round looks again.
+                Ok(Err(e)) if e.is_busy() => continue,
+                Ok(Err(e)) => ("ReleaseRefused", format!(
+                    "{why}: volume {} of PersistentVolume {} cannot be released from that node yet: {e}",
+                    pv.id, pv.name
+                )),
+                Err(_) => ("ReleaseRefused", format!(
+                    "{why}: volume {} of PersistentVolume {} cannot be released from that node yet: the pool's nodes did not answer within {RELEASE_TIMEOUT:?}",
+                    pv.id, pv.name
+                )),
+            };
+            let told = Told {
+                message: message.clone(),
+                refused: reason == "ReleaseRefused",
+                at: std::time::Instant::now(),
+            };
+            let before = self.told.lock().unwrap().insert(pv.name.clone(), told);
+            if before.is_some_and(|b| b.message == message) {
+                continue;
+            }
+            tracing::warn!(pv = %pv.name, node = %node, "{message}");
+            let about = super::events::pv_ref(&pv.name, pv.uid.clone());
+            self.events.warn(about, reason, &message, now).await;
+            let pools: Api<StoragePool> = Api::all(self.client.clone());
+            if let Ok(Some(sp)) = pools.get_opt(&pv.id.pool).await {
+                self.events
+                    .warn(super::events::pool_ref(&sp), reason, &message, now)
+                    .await;
             }
         }
         released

@@ -178,12 +178,24 @@ impl LunPool {
     /// This node takes the LUN of `name` at `device` (see [`lun_fence`]):
     /// afterwards no other node can write to it. The claim records whether
     /// the LUN has reservations at all; one without them is used unfenced.
+    /// A pool that does not fence drops any reservation an earlier user
+    /// left instead (its writes would be refused).
     async fn take_here(&self, name: &str, device: &Path) -> Result<()> {
-        if !self.fences() {
-            return Ok(());
-        }
         let pr = self.source.reservations(device);
-        let supported = match lun_fence::take(pr.as_ref(), node_key(&self.node)).await {
+        let mine = node_key(&self.node);
+        if !self.fences() {
+            return match lun_fence::clear(pr.as_ref(), mine).await {
+                Ok(cleared) => {
+                    if cleared {
+                        tracing::warn!(pool.name = %self.name, volume = %name, "dropped the reservations an earlier user left on the LUN (this pool does not fence)");
+                    }
+                    Ok(())
+                }
+                Err(PrError::Unsupported { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let supported = match lun_fence::take(pr.as_ref(), mine).await {
             Ok(removed) => {
                 if !removed.is_empty() {
                     tracing::warn!(pool.name = %self.name, volume = %name, keys = ?removed, "pre-empted the reservation keys of the LUN's earlier users");
@@ -213,7 +225,8 @@ impl LunPool {
     /// Before this node releases `name` for `holder`, another node: takes
     /// the LUN here, which pre-empts `holder`'s key, so `holder` cannot
     /// write to it any more if it is still running. A LUN that cannot be
-    /// fenced is not released (unless the pool says `fencing: none`).
+    /// fenced is not released (unless the pool says `fencing: none`); one
+    /// this node cannot reach is UNAVAILABLE, so another node is asked.
     async fn fence_off(&self, name: &str, c: &Claim, holder: &str) -> Result<()> {
         if !self.fences() {
             return Ok(());
@@ -223,14 +236,18 @@ impl LunPool {
             holder: holder.into(),
             why,
         };
-        self.set_user(name, true)?;
+        // In use here already (a stale record): keep it so.
+        let here = self.users()?.contains(name);
+        if !here {
+            self.set_user(name, true)?;
+        }
         let fenced = async {
             let device = self.source.device(c).await?;
             let pr = self.source.reservations(&device);
             Ok::<_, Error>(lun_fence::take(pr.as_ref(), node_key(&self.node)).await)
         }
         .await;
-        if self.set_user(name, false)? == 0 {
+        if !here && self.set_user(name, false)? == 0 {
             if let Err(e) = self.source.disconnect().await {
                 tracing::warn!(pool.name = %self.name, error = %e, "disconnect after fencing failed");
             }
@@ -249,16 +266,16 @@ impl LunPool {
                 )))
             }
             Ok(Err(e)) => Err(refused(format!("fencing it off failed: {e}"))),
-            // The claimed LUN is another one now: nothing of the volume
-            // is there to protect.
-            Err(e @ Error::LunChanged { .. }) => {
-                tracing::warn!(pool.name = %self.name, volume = %name, error = %e, "not fencing: the LUN was replaced");
-                Ok(())
-            }
-            Err(e) => Err(refused(format!(
-                "its LUN cannot be reached from node {} to fence it off: {e}",
-                self.node
-            ))),
+            // This node sees another LUN at the claim's place: it cannot
+            // fence what it cannot see, and says so (a node that sees the
+            // volume's LUN may answer instead).
+            Err(e @ Error::LunChanged { .. }) => Err(refused(e.to_string())),
+            Err(e) => Err(Error::FenceUnreachable {
+                name: name.into(),
+                holder: holder.into(),
+                node: self.node.clone(),
+                why: pool_csi_common::full_message(&e),
+            }),
         }
     }
 
@@ -800,8 +817,23 @@ impl Pool for LunPool {
             let h = c.published.as_deref()?;
             (node.is_empty() || h == node).then(|| (c.clone(), h.to_string()))
         });
-        if let Some((c, holder)) = holder.filter(|(_, h)| *h != self.node) {
-            self.fence_off(name, &c, &holder).await?;
+        match holder {
+            Some((c, holder)) if holder != self.node => self.fence_off(name, &c, &holder).await?,
+            // Released by its own node while still attached here (a forced
+            // detach): a node that takes it next pre-empts this one, but
+            // only where the LUN has reservations.
+            Some((c, holder))
+                if self.fences()
+                    && c.reservations != Some(true)
+                    && self.users()?.contains(name) =>
+            {
+                return Err(Error::NotFenced {
+                    name: name.into(),
+                    holder,
+                    why: "it is still staged on this node, and its LUN has no persistent reservations to fence this node off it once it moves; unstage it first (or set `fencing: none` on the pool)".into(),
+                });
+            }
+            _ => {}
         }
         self.update(Some(loaded), |claims| match claims.get_mut(name) {
             Some(c)
@@ -917,6 +949,9 @@ mod tests {
             self.no()
         }
         async fn reserve(&self, _: u64) -> std::result::Result<(), PrError> {
+            self.no()
+        }
+        async fn clear(&self, _: u64) -> std::result::Result<(), PrError> {
             self.no()
         }
         async fn preempt(&self, _: u64, _: u64, _: bool) -> std::result::Result<(), PrError> {
@@ -1292,6 +1327,10 @@ mod tests {
         let e = a.attach_source("v").await.unwrap_err().to_string();
         assert!(e.contains("published on node n2, not on n1"), "{e}");
         b.attach_source("v").await.unwrap();
+        // A forced detach while it is still staged on n2: n2 could keep
+        // writing after it moves, and this LUN cannot fence it. Refused.
+        let e = b.unpublish("v", "n2").await.unwrap_err().to_string();
+        assert!(e.contains("still staged on this node"), "{e}");
         b.detached("v").await.unwrap();
         b.unpublish("v", "n2").await.unwrap();
         a.delete_volume("v", false).await.unwrap();

@@ -375,6 +375,19 @@ mod tests {
         c
     }
 
+    /// What an attach of a pool that does not fence runs: a check that no
+    /// earlier user left a reservation on `dev` (none: sg_persist's answers
+    /// recorded on tgtd).
+    fn no_reservations_left(runner: FakeRunner, dev: &str) -> FakeRunner {
+        let pr = |what: &str| ["sg_persist", "--in", "--no-inquiry", what, dev].map(String::from);
+        runner
+            .expect(pr("--read-keys"), Reply::recorded("sg_persist/keys_none"))
+            .expect(
+                pr("--read-reservation"),
+                Reply::recorded("sg_persist/reservation_none"),
+            )
+    }
+
     async fn device(p: &LunPool, name: &str) -> String {
         match p.attach_source(name).await.unwrap() {
             AttachSource::Block { device } => device.display().to_string(),
@@ -392,16 +405,10 @@ mod tests {
         fixture::lun(&sys, [2, 0, 0, 2], 5, "sr0", 1, None); // a CD-ROM
         let c = cfg(&t);
         let d = def("  type: scsi\n  source: { adapter: host2 }\n");
-        let p = LunPool::new(
-            &d,
-            &c,
-            Box::new(ScsiSource::new(
-                &d,
-                &c,
-                Arc::new(crate::exec::fake::FakeRunner::new()),
-            )),
-        )
-        .with_inventory_ttl(Duration::ZERO);
+        let runner = no_reservations_left(FakeRunner::new(), "/dev/sdc");
+        let runner = Arc::new(no_reservations_left(runner, "/dev/sdf"));
+        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c, runner)))
+            .with_inventory_ttl(Duration::ZERO);
         p.start().await.unwrap();
         let st = p.status(true).await;
         assert_eq!((st.capacity, st.available), (96 * MIB, 96 * MIB));
@@ -488,16 +495,11 @@ mod tests {
         fixture::lun(&sys, [2, 0, 0, 1], 0, "sdc", 64, Some("naa.bbbb"));
         let c = cfg(&t);
         let d = def("  type: scsi\n  source: { adapter: host2 }\n");
-        let p = LunPool::new(
-            &d,
-            &c,
-            Box::new(ScsiSource::new(
-                &d,
-                &c,
-                Arc::new(crate::exec::fake::FakeRunner::new()),
-            )),
-        )
-        .with_inventory_ttl(Duration::ZERO);
+        let runner = FakeRunner::new();
+        let runner = no_reservations_left(no_reservations_left(runner, "/dev/sdc"), "/dev/sdc");
+        let runner = Arc::new(runner);
+        let p = LunPool::new(&d, &c, Box::new(ScsiSource::new(&d, &c, runner)))
+            .with_inventory_ttl(Duration::ZERO);
         p.start().await.unwrap();
         p.create_volume(&CreateRequest::sized("b", 40))
             .await
@@ -701,11 +703,22 @@ mod tests {
         dm(&sys, 2, "vg-lv", "LVM-xyz", 10);
         let show = ["multipathd", "show", "maps", "raw", "format", "%n %d %w"];
         let maps = "mpatha dm-0 3600a\nmpathb dm-1 3600b\n";
+        let pr = |what: &'static str| ["mpathpersist", "--in", what, "/dev/mapper/mpathb"];
         let runner = Arc::new(
             FakeRunner::new()
                 .expect(show, Reply::ok().stdout(maps)) // start
                 .expect(show, Reply::ok().stdout(maps)) // create
                 .expect(show, Reply::ok().stdout(maps)) // attach
+                // … which finds no reservation an earlier user left
+                .expect(
+                    pr("--read-keys"),
+                    Reply::ok()
+                        .stdout("  PR generation=0x0, there are NO registered reservation keys\n"),
+                )
+                .expect(
+                    pr("--read-reservation"),
+                    Reply::ok().stdout("  PR generation=0x0, there is NO reservation held \n"),
+                )
                 .expect(show, Reply::exit(1)), // status, daemon gone: sysfs alone
         );
         let c = cfg(&t);

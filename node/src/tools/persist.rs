@@ -50,6 +50,9 @@ pub trait Reservations: Send + Sync {
     async fn register(&self, key: u64) -> Result<(), PrError>;
     /// RESERVE, Write Exclusive – Registrants Only, held by `key`.
     async fn reserve(&self, key: u64) -> Result<(), PrError>;
+    /// CLEAR (by a registered `key`): drops every registration and the
+    /// reservation.
+    async fn clear(&self, key: u64) -> Result<(), PrError>;
     /// PREEMPT (AND ABORT, with `abort`): removes `victim`'s registrations
     /// (and aborts its outstanding commands); takes the reservation when
     /// `victim` held it.
@@ -69,6 +72,12 @@ struct Codes {
     unit_attention: i32,
     conflict: i32,
 }
+
+/// How many unit attentions in a row a command is retried through.
+const UNIT_ATTENTIONS: usize = 4;
+
+/// sg3-utils 1.47's `SG_LIB_TRANSPORT_ERROR`.
+const SG_TRANSPORT_ERROR: i32 = 35;
 
 /// sg3-utils' `SG_LIB_CAT_*`.
 const SG_PERSIST: Codes = Codes {
@@ -127,21 +136,37 @@ impl<'r> SgPersist<'r> {
     async fn run(&self, what: &str, cmd: Cmd) -> Result<Output, PrError> {
         let cmd = cmd.arg(&self.device);
         let mut out = self.runner.run(&cmd).await?;
-        // A unit attention ("Reservations preempted", a reset) is reported
-        // once, to the next command: the command itself did not run.
-        if out.status == self.codes.unit_attention {
+        // A unit attention ("Reservations preempted", a reset, a capacity
+        // change) is reported once, to the next command, which did not run;
+        // several may be queued.
+        for _ in 0..UNIT_ATTENTIONS {
+            if out.status != self.codes.unit_attention {
+                break;
+            }
             out = self.runner.run(&cmd).await?;
         }
         let device = self.device.display().to_string();
-        // sg3-utils 1.46 exits 0 when a kernel reports the conflict as a
-        // transport error (DID_NEXUS_FAILURE).
-        let nexus = String::from_utf8_lossy(&out.stderr).contains("DID_NEXUS_FAILURE");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A kernel that reports the conflict as a transport error
+        // (DID_NEXUS_FAILURE): sg3-utils 1.46 exits 0, 1.47 and later 35.
+        let nexus = stderr.contains("DID_NEXUS_FAILURE");
         match out.status {
             0 if !nexus => Ok(out),
-            0 => Err(PrError::Conflict {
+            0 | SG_TRANSPORT_ERROR if nexus => Err(PrError::Conflict {
                 device,
                 what: what.into(),
             }),
+            // libmpathpersist acts only for maps multipathd knows a key for
+            // (MPATH_PR_SYNTAX_ERROR, "… reservation key …").
+            1 if self.program == "mpathpersist" && stderr.contains("reservation key") => {
+                Err(PrError::Unsupported {
+                    device,
+                    why: format!(
+                        "multipathd has no reservation key for this map: set `reservation_key file` in the defaults of multipath.conf ({})",
+                        out.stderr_str()
+                    ),
+                })
+            }
             s if self.codes.unsupported.contains(&s) => Err(PrError::Unsupported {
                 device,
                 why: format!("{what}: {}", out.stderr_str()),
@@ -261,6 +286,15 @@ impl Reservations for SgPersist<'_> {
             format!("--prout-type={WRITE_EXCLUSIVE_REGISTRANTS_ONLY}"),
         ]);
         self.run("RESERVE", cmd).await?;
+        Ok(())
+    }
+
+    async fn clear(&self, key: u64) -> Result<(), PrError> {
+        let cmd = self
+            .cmd("--out")
+            .arg("--clear")
+            .arg(format!("--param-rk={}", hex(key)));
+        self.run("CLEAR", cmd).await?;
         Ok(())
     }
 
@@ -397,6 +431,69 @@ mod tests {
         assert_eq!(pr.keys().await.unwrap(), vec![B]);
     }
 
+    /// A pool that does not fence drops what an earlier user left (and
+    /// runs nothing more where nothing was left).
+    #[tokio::test]
+    async fn clearing_drops_a_reservation_left_behind() {
+        let keys = || argv(&["--in", "--no-inquiry", "--read-keys"]);
+        let runner = FakeRunner::new()
+            .expect(keys(), rec("keys_b"))
+            .expect(
+                argv(&[
+                    "--out",
+                    "--no-inquiry",
+                    "--register-ignore",
+                    "--param-sark=0x1111111111111111",
+                ]),
+                rec("register"),
+            )
+            .expect(
+                argv(&[
+                    "--out",
+                    "--no-inquiry",
+                    "--clear",
+                    "--param-rk=0x1111111111111111",
+                ]),
+                rec("clear"),
+            )
+            .expect(keys(), rec("keys_cleared"))
+            .expect(
+                argv(&["--in", "--no-inquiry", "--read-reservation"]),
+                rec("reservation_cleared"),
+            );
+        let pr = SgPersist::disk(&runner, "/dev/sdq".into());
+        assert!(lun_fence::clear(&pr, A).await.unwrap());
+        assert!(!lun_fence::clear(&pr, A).await.unwrap(), "nothing left");
+    }
+
+    /// Several unit attentions may be queued (pre-empted, then a reset):
+    /// each is retried, up to a bound; a 1.47 transport error carrying the
+    /// conflict is a conflict.
+    #[tokio::test]
+    async fn queued_unit_attentions_are_retried_a_bounded_number_of_times() {
+        let keys = || argv(&["--in", "--no-inquiry", "--read-keys"]);
+        let mut runner = FakeRunner::new();
+        for _ in 0..3 {
+            runner = runner.expect(keys(), rec("unit_attention"));
+        }
+        let runner = runner.expect(keys(), rec("keys_b"));
+        let pr = SgPersist::disk(&runner, "/dev/sdq".into());
+        assert_eq!(pr.keys().await.unwrap(), vec![B]);
+
+        let mut runner = FakeRunner::new();
+        for _ in 0..=UNIT_ATTENTIONS {
+            runner = runner.expect(keys(), rec("unit_attention"));
+        }
+        let pr = SgPersist::disk(&runner, "/dev/sdq".into());
+        let e = pr.keys().await.unwrap_err();
+        assert!(e.to_string().contains("Unit attention"), "{e}");
+
+        let nexus = "Persistent reservation in: transport: Host_status=0x11 [DID_NEXUS_FAILURE (reservation conflict)]\n";
+        let runner = FakeRunner::new().expect(keys(), Reply::exit(35).stderr(nexus));
+        let pr = SgPersist::disk(&runner, "/dev/sdq".into());
+        assert!(matches!(pr.keys().await, Err(PrError::Conflict { .. })));
+    }
+
     #[tokio::test]
     async fn a_lun_without_reservations_and_a_conflict_are_told_apart() {
         let runner = FakeRunner::new()
@@ -465,7 +562,15 @@ mod tests {
                 ]),
                 Reply::exit(11),
             )
-            .expect(mp(&["--in", "--read-keys"]), Reply::exit(7));
+            .expect(mp(&["--in", "--read-keys"]), Reply::exit(7))
+            .expect(
+                mp(&[
+                    "--out",
+                    "--register-ignore",
+                    "--param-sark=0x1111111111111111",
+                ]),
+                Reply::exit(1).stderr("mpathb: configured reservation key doesn't match: 0x0\n"),
+            );
         let pr = SgPersist::multipath(&runner, "/dev/mapper/m".into());
         pr.register(A).await.unwrap();
         let r = pr.reservation().await.unwrap().unwrap();
@@ -473,5 +578,9 @@ mod tests {
         assert_eq!(pr.reservation().await.unwrap(), None);
         assert!(matches!(pr.reserve(A).await, Err(PrError::Conflict { .. })));
         assert!(matches!(pr.keys().await, Err(PrError::Unsupported { .. })));
+        // multipathd without a key for the map: unfenced, saying what to set.
+        let e = pr.register(A).await.unwrap_err();
+        assert!(matches!(e, PrError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("reservation_key file"), "{e}");
     }
 }
