@@ -91,6 +91,11 @@ pub struct PoolSource {
     /// netfs: the server (a host name or address); iscsi: the portal, host[:port].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// iscsi, instead of `host`: several portals of the target, each an IP
+    /// address[:port], all logged in for multipath (multipathd on the node
+    /// joins the paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// netfs: the exported directory (nfs), the volume (`/gv0`, glusterfs)
     /// or the share (`/share`, cifs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -377,6 +382,17 @@ pub fn is_lvm_name(n: &str) -> bool {
         && !n.starts_with("pvmove")
 }
 
+/// An iSCSI portal given by address: `10.0.0.5`, `10.0.0.5:3260`,
+/// `[fd00::5]` or `[fd00::5]:3260`.
+pub fn is_ip_portal(p: &str) -> bool {
+    use std::net::{IpAddr, SocketAddr};
+    p.parse::<IpAddr>().is_ok_and(|a| a.is_ipv4())
+        || p.parse::<SocketAddr>().is_ok()
+        || p.strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
 /// A pool name: a DNS label (it appears in volume ids, StorageClasses, paths).
 pub fn check_pool_name(name: &str) -> Result<(), &'static str> {
     let ok = !name.is_empty()
@@ -451,11 +467,27 @@ impl PoolDefinition {
                 }
             }
             PoolType::Iscsi => {
-                let host = s.source.host.as_deref().unwrap_or("");
-                if host.is_empty() || host.contains(['/', '@', ' ']) {
-                    return Err(invalid(
-                        "source.host (the portal, host[:port]) is required for iscsi pools".into(),
-                    ));
+                let portal_ok = |h: &str| !h.is_empty() && !h.contains(['/', '@', ' ', ',']);
+                match (s.source.host.as_deref(), s.source.hosts.as_slice()) {
+                    (Some(h), []) if portal_ok(h) => {}
+                    (None, hosts) if !hosts.is_empty() => {
+                        if let Some(h) = hosts.iter().find(|h| !is_ip_portal(h)) {
+                            return Err(invalid(format!(
+                                "source.hosts[] {h:?} is not an IP address[:port] (portals for multipath are named by address, as the kernel shows its sessions)"
+                            )));
+                        }
+                    }
+                    (Some(_), [_, ..]) => {
+                        return Err(invalid(
+                            "give source.host or source.hosts for an iscsi pool, not both".into(),
+                        ))
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "source.host (the portal, host[:port]) is required for iscsi pools"
+                                .into(),
+                        ))
+                    }
                 }
                 let iqn_ok = |v: &str| {
                     (v.starts_with("iqn.") || v.starts_with("eui.") || v.starts_with("naa."))
@@ -510,6 +542,9 @@ impl PoolDefinition {
                 }
             }
             PoolType::Mpath => {}
+        }
+        if !s.source.hosts.is_empty() && s.pool_type != PoolType::Iscsi {
+            return Err(invalid("source.hosts is for iscsi pools".into()));
         }
         if s.fencing.is_some() && !s.pool_type.is_lun_pool() {
             return Err(invalid(format!(
@@ -746,6 +781,39 @@ spec:
             "{}",
             crate::full_message(&cifs)
         );
+    }
+
+    #[test]
+    fn several_portals_are_addresses_and_exclude_host() {
+        let iscsi = |source: &str| {
+            PoolDefinition::parse_documents(
+                &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: p }}\nspec:\n  type: iscsi\n  source: {source}\n"),
+                "t",
+            )
+            .map_err(|e| crate::full_message(&e))
+        };
+        let ok = iscsi("{ hosts: [\"10.0.0.5\", \"10.0.1.5:3261\", \"[fd00::5]:3260\"], device: iqn.2026-11.x:t }").unwrap();
+        assert_eq!(ok[0].spec.source.hosts.len(), 3);
+        for (bad, why) in [
+            (
+                "{ hosts: [san-a.example.com], device: iqn.2026-11.x:t }",
+                "not an IP address",
+            ),
+            (
+                "{ host: san, hosts: [\"10.0.0.5\"], device: iqn.2026-11.x:t }",
+                "not both",
+            ),
+            ("{ hosts: [], device: iqn.2026-11.x:t }", "source.host"),
+        ] {
+            let e = iscsi(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e = PoolDefinition::parse_documents(
+            "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: p }\nspec:\n  type: netfs\n  target: { path: /srv/p }\n  source: { host: f, hosts: [\"10.0.0.5\"], dir: /s, format: nfs }\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(crate::full_message(&e).contains("source.hosts is for iscsi pools"));
     }
 
     #[test]

@@ -124,6 +124,8 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
         pool("mutual-ok", locked.port, CHAP_IQN, &mutual("target-good")),
         pool("mutual-bad", locked.port, CHAP_IQN, &mutual("target-wrong")),
         pool("no-portal", 1, IQN, ""),
+        // Two portals, the first dead: the inventory comes from the second.
+        format!("---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: two-portals }}\nspec:\n  type: iscsi\n  source:\n    hosts: [\"127.0.0.1:1\", \"127.0.0.1:{}\"]\n    device: {IQN}\n", t.port),
         pool("wrong-iqn", t.port, "iqn.2026-11.io.pool-csi:nope", ""),
     ]
     .concat();
@@ -158,6 +160,11 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
 
     // Inventory: three LUNs, exact sizes.
     assert_eq!(capacity(&mut c, "san").await, 128 * MIB, "largest free LUN");
+    assert_eq!(
+        capacity(&mut c, "two-portals").await,
+        128 * MIB,
+        "through the live portal"
+    );
     let (_, info) = d.poolctl(&["pool-info", "san"]);
     assert!(
         info.contains("224.00 MiB"),

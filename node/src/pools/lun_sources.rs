@@ -21,7 +21,9 @@ use std::{
 };
 
 pub struct IscsiSource {
-    portal: Portal,
+    /// One per portal of the target (`source.host`, or each of
+    /// `source.hosts`), passwords not read yet.
+    portals: Vec<Portal>,
     secret_file: Option<PathBuf>,
     /// Mutual CHAP: the target's password.
     target_secret_file: Option<PathBuf>,
@@ -32,100 +34,87 @@ pub struct IscsiSource {
 impl IscsiSource {
     pub fn new(def: &PoolDefinition, cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
         let s = &def.spec.source;
-        let mut portal = Portal::new(
-            s.host.as_deref().unwrap_or(""),
-            s.device.as_deref().unwrap_or(""),
-        );
-        portal.initiator = s.initiator.clone();
-        // Passwords are read from the Secrets at each use (see `portal()`).
-        portal.chap = s.auth.as_ref().map(|a| Chap {
-            username: a.username.clone(),
-            password: String::new(),
-        });
         let target = s
             .auth
             .as_ref()
             .and_then(|a| Some((a.target_username.clone()?, a.target_secret_ref.as_ref()?)));
-        portal.target_chap = target.as_ref().map(|(u, _)| Chap {
-            username: u.clone(),
-            password: String::new(),
-        });
+        let hosts = match s.hosts.is_empty() {
+            true => vec![s.host.clone().unwrap_or_default()],
+            false => s.hosts.clone(),
+        };
+        let portals = hosts
+            .iter()
+            .map(|host| {
+                let mut portal = Portal::new(host, s.device.as_deref().unwrap_or(""));
+                portal.initiator = s.initiator.clone();
+                // Passwords are read from the Secrets at each use (`portals()`).
+                portal.chap = s.auth.as_ref().map(|a| Chap {
+                    username: a.username.clone(),
+                    password: String::new(),
+                });
+                portal.target_chap = target.as_ref().map(|(u, _)| Chap {
+                    username: u.clone(),
+                    password: String::new(),
+                });
+                portal
+            })
+            .collect();
         let password = |secret: &str| cfg.secrets_dir.join(secret).join("password");
         Self {
             secret_file: s.auth.as_ref().map(|a| password(&a.secret_ref)),
             target_secret_file: target.map(|(_, r)| password(r)),
-            portal,
+            portals,
             runner,
             sysfs: cfg.sysfs_root.clone(),
         }
     }
 
-    /// The portal with the CHAP passwords read now (Secrets rotate).
-    pub fn portal(&self) -> Result<Portal> {
-        let mut p = self.portal.clone();
+    fn target(&self) -> &str {
+        &self.portals[0].target
+    }
+
+    /// The portals with the CHAP passwords read now (Secrets rotate).
+    pub fn portals(&self) -> Result<Vec<Portal>> {
         let read = |file: &Path, field: &str| {
             std::fs::read_to_string(file)
                 .map(|s| s.trim_end_matches('\n').to_string())
                 .map_err(|e| {
                     Error::Precondition(format!(
                         "the CHAP secret for {} is not readable at {}: {e}; mount the Secret named in source.auth.{field}",
-                        self.portal.target,
+                        self.target(),
                         file.display()
                     ))
                 })
         };
-        if let (Some(chap), Some(file)) = (p.chap.as_mut(), &self.secret_file) {
-            chap.password = read(file, "secretRef")?;
+        let password = self
+            .secret_file
+            .as_deref()
+            .map(|f| read(f, "secretRef"))
+            .transpose()?;
+        let target = (self.target_secret_file.as_deref())
+            .map(|f| read(f, "targetSecretRef"))
+            .transpose()?;
+        let mut out = self.portals.clone();
+        for p in &mut out {
+            if let (Some(chap), Some(pw)) = (p.chap.as_mut(), &password) {
+                chap.password = pw.clone();
+            }
+            if let (Some(chap), Some(pw)) = (p.target_chap.as_mut(), &target) {
+                chap.password = pw.clone();
+            }
         }
-        if let (Some(chap), Some(file)) = (p.target_chap.as_mut(), &self.target_secret_file) {
-            chap.password = read(file, "targetSecretRef")?;
-        }
-        Ok(p)
-    }
-}
-
-#[tonic::async_trait]
-impl LunSource for IscsiSource {
-    fn pool_type(&self) -> PoolType {
-        PoolType::Iscsi
+        Ok(out)
     }
 
-    fn reservations<'a>(&'a self, device: &Path) -> Box<dyn Reservations + 'a> {
-        Box::new(SgPersist::disk(self.runner.as_ref(), device.to_path_buf()))
-    }
-
-    fn origin(&self) -> String {
-        format!("target {}", self.portal.target)
-    }
-
-    async fn inventory(&self) -> Result<Vec<Lun>> {
-        Ok(iscsi::inventory(self.runner.as_ref(), &self.portal()?).await?)
-    }
-
-    /// Asks the target whether LUN `c.lun` is still the LUN handed out,
-    /// logs in (once per target and node), reads the unit's serial number
-    /// again through the kernel and compares once more, then answers the
-    /// unit's block device. A LUN replaced at the same number is never
-    /// attached (nor wiped).
-    async fn device(&self, c: &Claim) -> Result<PathBuf> {
-        let portal = self.portal()?;
+    /// The unit of the claim's LUN in this node's session through `portal`
+    /// (logged in first), its serial read again through the kernel.
+    async fn unit_via(&self, portal: &Portal, c: &Claim) -> Result<PathBuf> {
         let at = format!("LUN {}", c.lun);
-        let now = iscsi::lun_identity(self.runner.as_ref(), &portal, c.lun)
-            .await
-            .map_err(|e| match iscsi::is_no_such_lun(&e) {
-                true => Error::Precondition(format!(
-                    "{at} ({}) vanished from {}",
-                    c.identity,
-                    self.origin()
-                )),
-                false => e.into(),
-            })?;
-        same_lun(c, &at, &self.origin(), &now)?;
-        iscsi::login(self.runner.as_ref(), &self.sysfs, &portal).await?;
-        let session = iscsi::session_of(&self.sysfs, &portal).ok_or_else(|| {
+        iscsi::login(self.runner.as_ref(), &self.sysfs, portal).await?;
+        let session = iscsi::session_of(&self.sysfs, portal).ok_or_else(|| {
             Error::Precondition(format!(
-                "iscsiadm logged in, but no session to {} shows in sysfs",
-                portal.target
+                "iscsiadm logged in, but no session to {} at {} shows in sysfs",
+                portal.target, portal.address
             ))
         })?;
         // A LUN the target added after the login needs a scan of the session.
@@ -151,25 +140,148 @@ impl LunSource for IscsiSource {
                 &serial,
             )?;
         }
-        // A unit a rescan just brought binds its disk driver asynchronously.
-        for _ in 0..20 {
-            if iscsi::block_of(&unit).is_some() {
+        Ok(unit)
+    }
+}
+
+/// The block device (`/dev/sdX`) of `unit`, waiting a little for the disk
+/// driver a rescan just started to bind it.
+async fn block_of(unit: &Path, what: &str) -> Result<PathBuf> {
+    for _ in 0..20 {
+        if let Some(b) = iscsi::block_of(unit) {
+            return Ok(b);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(Error::Precondition(format!(
+        "{what} ({}) has no block device yet: the initiator has not bound it",
+        unit.display()
+    )))
+}
+
+#[tonic::async_trait]
+impl LunSource for IscsiSource {
+    fn pool_type(&self) -> PoolType {
+        PoolType::Iscsi
+    }
+
+    fn reservations<'a>(&'a self, device: &Path) -> Box<dyn Reservations + 'a> {
+        Box::new(SgPersist::disk(self.runner.as_ref(), device.to_path_buf()))
+    }
+
+    fn origin(&self) -> String {
+        format!("target {}", self.target())
+    }
+
+    /// Through the first portal that answers.
+    async fn inventory(&self) -> Result<Vec<Lun>> {
+        let portals = self.portals()?;
+        let mut failed = Vec::new();
+        for p in &portals {
+            match iscsi::inventory(self.runner.as_ref(), p).await {
+                Ok(luns) => return Ok(luns),
+                Err(e) if portals.len() == 1 => return Err(e.into()),
+                Err(e) => failed.push(format!("{}: {e}", p.address)),
+            }
+        }
+        Err(Error::Precondition(format!(
+            "no portal of {} answered: {}",
+            self.origin(),
+            failed.join("; ")
+        )))
+    }
+
+    /// Asks the target whether LUN `c.lun` is still the LUN handed out,
+    /// logs in (once per portal and node), reads the unit's serial number
+    /// again through the kernel and compares once more, then answers the
+    /// unit's block device — with several portals, the multipath map that
+    /// joins their paths. A LUN replaced at the same number is never
+    /// attached (nor wiped).
+    async fn device(&self, c: &Claim) -> Result<PathBuf> {
+        let portals = self.portals()?;
+        let at = format!("LUN {}", c.lun);
+        let mut asked = None;
+        for p in &portals {
+            asked = Some(iscsi::lun_identity(self.runner.as_ref(), p, c.lun).await);
+            if asked
+                .as_ref()
+                .is_some_and(|r| r.is_ok() || iscsi::is_no_such_lun(r.as_ref().unwrap_err()))
+            {
                 break;
+            }
+        }
+        let now =
+            asked
+                .expect("a pool has a portal")
+                .map_err(|e| match iscsi::is_no_such_lun(&e) {
+                    true => Error::Precondition(format!(
+                        "{at} ({}) vanished from {}",
+                        c.identity,
+                        self.origin()
+                    )),
+                    false => e.into(),
+                })?;
+        same_lun(c, &at, &self.origin(), &now)?;
+        if let [portal] = portals.as_slice() {
+            let unit = self.unit_via(portal, c).await?;
+            return block_of(&unit, &format!("{at} of {}", portal.target)).await;
+        }
+        // Several portals: a session through each, one path each.
+        let mut disks = Vec::new();
+        let mut failed = Vec::new();
+        for p in &portals {
+            let path = async {
+                let unit = self.unit_via(p, c).await?;
+                block_of(&unit, &format!("{at} at {}", p.address)).await
+            };
+            match path.await {
+                Ok(disk) => disks.push(disk),
+                Err(e @ Error::LunChanged { .. }) => return Err(e),
+                Err(e) => failed.push(format!(
+                    "{}: {}",
+                    p.address,
+                    pool_csi_common::full_message(&e)
+                )),
+            }
+        }
+        if disks.is_empty() {
+            return Err(Error::Precondition(format!(
+                "no portal of {} reached {at}: {}",
+                self.origin(),
+                failed.join("; ")
+            )));
+        }
+        if !failed.is_empty() {
+            tracing::warn!(target = %self.target(), lun = c.lun, failed = %failed.join("; "), "some paths are down");
+        }
+        let names: Vec<String> = disks
+            .iter()
+            .filter_map(|d| Some(d.file_name()?.to_string_lossy().into_owned()))
+            .collect();
+        // multipathd joins the paths asynchronously after the logins.
+        for _ in 0..30 {
+            if let Some(map) = names.iter().find_map(|d| multipath::holder(&self.sysfs, d)) {
+                return Ok(Path::new("/dev/mapper").join(map));
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        iscsi::block_of(&unit).ok_or_else(|| {
-            Error::Precondition(format!(
-                "{at} of {} ({}) has no block device yet: the initiator has not bound it",
-                portal.target,
-                unit.display()
-            ))
-        })
+        Err(Error::Precondition(format!(
+            "{at} of {} has {} path(s) ({}), but no multipath map holds them: run multipathd on the node, or give the pool one portal (source.host)",
+            self.origin(),
+            names.len(),
+            names.join(", ")
+        )))
     }
 
     async fn disconnect(&self) -> Result<()> {
-        let portal = self.portal()?;
-        Ok(iscsi::logout(self.runner.as_ref(), &self.sysfs, &portal).await?)
+        let mut first = None;
+        for p in self.portals()? {
+            if let Err(e) = iscsi::logout(self.runner.as_ref(), &self.sysfs, &p).await {
+                tracing::warn!(portal = %p.address, error = %e, "logout failed");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), |e| Err(e.into()))
     }
 }
 
@@ -599,6 +711,76 @@ mod tests {
         let (s, runner) = source(vec![Reply::recorded("iscsi/inq_serial")]);
         assert_eq!(s.device(&claim).await.unwrap(), PathBuf::from("/dev/sdb"));
         assert_eq!(runner.calls().len(), 1, "no login: the session exists");
+    }
+
+    /// Sessions `sessionN` to the fixtures' target at `address`:`port`, with
+    /// LUN 1 as disk `disk` and serial orig0001.
+    fn session_at(sys: &std::path::Path, n: u32, address: &str, port: u16, disk: &str) {
+        let s = sys.join(format!("class/iscsi_session/session{n}"));
+        let unit = s.join(format!("device/target{n}:0:0/{n}:0:0:1"));
+        std::fs::create_dir_all(unit.join("block").join(disk)).unwrap();
+        std::fs::write(s.join("targetname"), "iqn.2026-11.io.pool-csi:rec\n").unwrap();
+        let mut page = vec![0u8, 0x80, 0, 8];
+        page.extend_from_slice(b"orig0001");
+        std::fs::write(unit.join("vpd_pg80"), page).unwrap();
+        let conn = sys.join(format!("class/iscsi_connection/connection{n}:0"));
+        std::fs::create_dir_all(&conn).unwrap();
+        std::fs::write(conn.join("persistent_address"), format!("{address}\n")).unwrap();
+        std::fs::write(conn.join("persistent_port"), format!("{port}\n")).unwrap();
+    }
+
+    /// A pool with two portals: the inventory comes from the first that
+    /// answers; attach logs in through both (one session each, told apart
+    /// by address) and answers the multipath map holding the two paths, or
+    /// says multipathd is missing.
+    #[tokio::test]
+    async fn several_portals_are_paths_joined_by_multipath() {
+        let t = tempfile::tempdir().unwrap();
+        let c = cfg(&t);
+        let sys = c.sysfs_root.clone();
+        let d = def("  type: iscsi\n  source: { hosts: [\"10.0.0.5:3260\", \"10.0.1.5:3260\"], device: \"iqn.2026-11.io.pool-csi:rec\" }\n");
+        let ls =
+            |addr: &str| ["iscsi-ls", "--show-luns", &format!("iscsi://{addr}")].map(String::from);
+        let inq = ["iscsi-inq", "-e", "1", "-c", "128", "*"];
+        let runner = Arc::new(
+            FakeRunner::new()
+                .expect(ls("10.0.0.5:3260"), Reply::recorded("iscsi/inq_unreachable"))
+                .expect(ls("10.0.1.5:3260"), Reply::ok().stdout("Target:iqn.2026-11.io.pool-csi:rec Portal:10.0.1.5:3260,1\nLun:1    Type:DIRECT_ACCESS (Size:31M)\n"))
+                .expect(["iscsi-readcapacity16", "*"], Reply::ok().stdout("Total size:33554432\n"))
+                .expect(inq, Reply::recorded("iscsi/inq_serial"))
+                .expect(inq, Reply::recorded("iscsi/inq_serial"))
+                .expect(inq, Reply::recorded("iscsi/inq_serial")),
+        );
+        let s = IscsiSource::new(&d, &c, runner.clone());
+        let luns = s.inventory().await.unwrap();
+        assert_eq!(luns.len(), 1, "from the second portal");
+
+        // Logged in through both already; multipathd has not joined them.
+        session_at(&sys, 3, "10.0.0.5", 3260, "sdb");
+        session_at(&sys, 4, "10.0.1.5", 3260, "sdc");
+        let e = s.device(&lun1_claim()).await.unwrap_err().to_string();
+        assert!(
+            e.contains("2 path(s) (sdb, sdc)") && e.contains("run multipathd"),
+            "{e}"
+        );
+        // Its map holds both paths.
+        crate::tools::multipath::fixture::dm(&sys, 0, "mpatha", "mpath-3600a", 32);
+        for disk in ["sdb", "sdc"] {
+            std::fs::create_dir_all(sys.join("block").join(disk).join("holders/dm-0")).unwrap();
+        }
+        assert_eq!(
+            s.device(&lun1_claim()).await.unwrap(),
+            PathBuf::from("/dev/mapper/mpatha")
+        );
+        assert!(
+            runner.calls().iter().all(|c| !c.starts_with("iscsiadm")),
+            "no login: both sessions exist"
+        );
+        let one = crate::tools::iscsi::Portal::new("10.0.1.5:3260", "iqn.2026-11.io.pool-csi:rec");
+        assert_eq!(
+            crate::tools::iscsi::session_of(&sys, &one).as_deref(),
+            Some("session4")
+        );
     }
 
     /// A LUN the target added after the login: the session is rescanned,

@@ -383,17 +383,35 @@ pub async fn logout(
 
 /// The session (`sessionN` under `class/iscsi_session`) to the portal's
 /// target through the pool's iface (`ifacename`; where the kernel does not
-/// show it, by target alone).
+/// show it, by target alone). A portal given by IP address must also be
+/// the session's connection's (`class/iscsi_connection/connectionN:0/
+/// persistent_address` and `_port`): a pool with several portals has one
+/// session to each.
 pub fn session_of(sysfs: &Path, portal: &Portal) -> Option<String> {
     let dir = sysfs.join("class/iscsi_session");
     let iface = iface_name(portal);
+    let at: Option<std::net::SocketAddr> = portal.address.parse().ok();
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
     std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-        let name = std::fs::read_to_string(e.path().join("targetname")).ok()?;
-        let through = std::fs::read_to_string(e.path().join("ifacename"))
-            .map(|i| i.trim() == iface)
-            .unwrap_or(true);
-        (name.trim() == portal.target && through)
-            .then(|| e.file_name().to_string_lossy().into_owned())
+        let session = e.file_name().to_string_lossy().into_owned();
+        let name = read(e.path().join("targetname"))?;
+        let through = read(e.path().join("ifacename")).is_none_or(|i| i == iface);
+        let conn = sysfs.join("class/iscsi_connection").join(format!(
+            "connection{}:0",
+            session.trim_start_matches("session")
+        ));
+        let there = match (at, read(conn.join("persistent_address"))) {
+            (Some(at), Some(addr)) => {
+                addr.parse::<std::net::IpAddr>().is_ok_and(|a| a == at.ip())
+                    && read(conn.join("persistent_port")) == Some(at.port().to_string())
+            }
+            _ => true,
+        };
+        (name == portal.target && through && there).then_some(session)
     })
 }
 

@@ -98,6 +98,19 @@ pub fn maps(sysfs: &Path, named: Option<&[Named]>) -> io::Result<Vec<Lun>> {
     Ok(out)
 }
 
+/// The multipath map that holds disk `disk` (`sdX`): its name, from
+/// `<sysfs>/block/<disk>/holders/dm-N` whose uuid starts `mpath-`.
+pub fn holder(sysfs: &Path, disk: &str) -> Option<String> {
+    let holders = std::fs::read_dir(sysfs.join("block").join(disk).join("holders")).ok()?;
+    holders.flatten().find_map(|h| {
+        let dm = sysfs.join("block").join(h.file_name()).join("dm");
+        let uuid = std::fs::read_to_string(dm.join("uuid")).ok()?;
+        let name = std::fs::read_to_string(dm.join("name")).ok()?;
+        let name = name.trim();
+        (uuid.starts_with("mpath-") && is_map_name(name)).then(|| name.to_string())
+    })
+}
+
 /// A device-mapper name that stays inside /dev/mapper.
 fn is_map_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/')
