@@ -60,6 +60,23 @@ pub struct StoragePoolSpec {
     /// kept from a lost node before it moves (default `reservations`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fencing: Option<Fencing>,
+    /// iscsi, scsi, mpath pools: what becomes of the LUN of a static
+    /// PersistentVolume that was Released (default `retain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaim: Option<Reclaim>,
+}
+
+/// What the leader does with a Released static PersistentVolume's LUN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Reclaim {
+    /// Nothing: the PV stays Released, its data on the LUN, for the
+    /// operator (the PVs' reclaim policy is Retain).
+    #[default]
+    Retain,
+    /// The LUN is zeroed through a node of the pool and freed, the PV
+    /// deleted, and the LUN offered again as a new Available PV.
+    Wipe,
 }
 
 /// How a shared LUN pool keeps a node it releases a volume from off that
@@ -546,6 +563,12 @@ impl PoolDefinition {
         if !s.source.hosts.is_empty() && s.pool_type != PoolType::Iscsi {
             return Err(invalid("source.hosts is for iscsi pools".into()));
         }
+        if s.reclaim.is_some() && !s.pool_type.is_lun_pool() {
+            return Err(invalid(format!(
+                "reclaim applies to the static PersistentVolumes of iscsi, scsi and mpath pools, not to {} pools",
+                s.pool_type
+            )));
+        }
         if s.fencing.is_some() && !s.pool_type.is_lun_pool() {
             return Err(invalid(format!(
                 "fencing applies to iscsi, scsi and mpath pools (SCSI-3 persistent reservations), not to {} pools",
@@ -817,7 +840,7 @@ spec:
     }
 
     #[test]
-    fn fencing_is_a_lun_pool_setting() {
+    fn fencing_and_reclaim_are_lun_pool_settings() {
         let pool = |kind: &str, rest: &str| {
             PoolDefinition::parse_documents(
                 &format!("apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: p }}\nspec:\n  type: {kind}\n{rest}"),

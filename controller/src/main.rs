@@ -15,6 +15,7 @@ use pool_csi_controller::{
         node_loss::NodeLoss,
         orphan_check::OrphanCheck,
         orphans,
+        recycle::Recycler,
         round::Round,
         static_pvs::StaticPvs,
         status::StatusWriter,
@@ -214,6 +215,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let round = Round {
             status: StatusWriter::new(client.clone(), &identity),
             static_pvs: Some(StaticPvs::new(client.clone(), &driver_name)),
+            recycle: Some(Recycler::new(client.clone(), ctx.clone(), &identity)),
             orphans: Some(check),
             node_loss: Some(NodeLoss::new(client, ctx.clone(), &identity)),
         };

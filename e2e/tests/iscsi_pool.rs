@@ -318,7 +318,9 @@ async fn luns_of_a_real_target_are_discovered_handed_out_and_returned() {
 
 /// In a cluster, the leader publishes every free LUN of the real target as
 /// a static PersistentVolume of the pool's StorageClass, and withdraws the
-/// Available PV of a LUN that CreateVolume hands out meanwhile.
+/// Available PV of a LUN that CreateVolume hands out meanwhile. With
+/// `reclaim: wipe`, a Released static PV's LUN is wiped and offered again;
+/// a LUN that cannot be wiped keeps its PV Released, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_luns_become_static_persistent_volumes() {
     pool_csi_e2e::require!(false);
@@ -334,7 +336,8 @@ async fn free_luns_become_static_persistent_volumes() {
     cluster.agent_pod("node-1");
     cluster.storage_pool(
         "san",
-        json!({"type": "iscsi", "source": {"host": format!("127.0.0.1:{}", t.port), "device": IQN}}),
+        json!({"type": "iscsi", "source": {"host": format!("127.0.0.1:{}", t.port), "device": IQN},
+               "reclaim": "wipe"}),
     );
     api.insert(
         "/apis/storage.k8s.io/v1/storageclasses/san",
@@ -414,6 +417,62 @@ async fn free_luns_become_static_persistent_volumes() {
         pvs()[0]["spec"]["capacity"]["storage"],
         (64u64 << 20).to_string()
     );
+
+    // Its claim is deleted: Released. Nothing of pool-csi ever attached the
+    // LUN (no claim), so there is nothing to zero: the PV goes and the LUN
+    // comes back as a new Available PV.
+    let name = pvs()[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/persistentvolumes/{name}");
+    let release = |api: &pool_csi_testkit::fake_api::FakeApi| {
+        api.modify(&path, |o| {
+            o["spec"]["claimRef"] = json!({"namespace": "default", "name": "gone"});
+            o["status"] = json!({"phase": "Released"});
+        })
+    };
+    release(&api);
+    eventually("the released PV is offered again", || {
+        api.object(&path)
+            .is_some_and(|p| p["status"]["phase"] != "Released" && p["spec"]["claimRef"].is_null())
+    })
+    .await;
+    // Published once (its LUN claimed, data possibly written), then
+    // Released: the LUN must be zeroed first, through a login this machine
+    // cannot make. The PV stays Released, and an Event says why, once.
+    let handle = api.object(&path).unwrap()["spec"]["csi"]["volumeHandle"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let publish = csi::ControllerPublishVolumeRequest {
+        volume_id: handle.clone(),
+        node_id: "node-1".into(),
+        volume_capability: Some(req::block_cap()),
+        ..Default::default()
+    };
+    c.controller
+        .controller_publish_volume(publish)
+        .await
+        .unwrap();
+    c.controller
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: handle,
+            node_id: "node-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    release(&api);
+    let failed = || {
+        api.objects("/api/v1/namespaces/default/events")
+            .into_iter()
+            .filter(|e| e["reason"] == "WipeFailed" && e["involvedObject"]["name"] == name.as_str())
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    eventually("a wipe that cannot run is told", || !failed().is_empty()).await;
+    assert!(failed()[0].contains("could not be wiped"), "{:?}", failed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(failed().len(), 1, "told once");
+    assert_eq!(api.object(&path).unwrap()["status"]["phase"], "Released");
 }
 
 /// One target, two nodes that both define the pool: each node records its

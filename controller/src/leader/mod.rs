@@ -1,14 +1,15 @@
 //! What only the leading controller replica does: win and keep the Lease
 //! ([`election`]), and run the round ([`round`]) that gathers the agents'
 //! [`reports`] and drives the StoragePool [`status`], the
-//! [`static_pvs`] of LUN pools, [`node_loss`] and the [`orphan_check`]
-//! ([`orphans`]).
+//! [`static_pvs`] of LUN pools (and the [`recycle`] of Released ones),
+//! [`node_loss`] and the [`orphan_check`] ([`orphans`]).
 
 pub mod election;
 pub mod events;
 pub mod node_loss;
 pub mod orphan_check;
 pub mod orphans;
+pub mod recycle;
 pub mod reports;
 pub mod round;
 pub mod static_pvs;

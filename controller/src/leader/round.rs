@@ -4,8 +4,8 @@
 //! lost nodes, and look for orphans. The round drives them; none knows the others.
 
 use super::{
-    node_loss::NodeLoss, orphan_check::OrphanCheck, reports, static_pvs::StaticPvs,
-    status::StatusWriter,
+    node_loss::NodeLoss, orphan_check::OrphanCheck, recycle::Recycler, reports,
+    static_pvs::StaticPvs, status::StatusWriter,
 };
 use crate::agents::Agents;
 use k8s_openapi::jiff::Timestamp;
@@ -19,6 +19,8 @@ pub struct Round {
     pub status: StatusWriter,
     /// Publishes free LUNs as static PersistentVolumes after each round.
     pub static_pvs: Option<StaticPvs>,
+    /// Wipes and re-offers the LUNs of Released static PVs (`reclaim: wipe`).
+    pub recycle: Option<Recycler>,
     /// Finds orphaned volumes and snapshots, and lost volumes.
     pub orphans: Option<OrphanCheck>,
     /// Marks the PVs of lost nodes' volumes.
@@ -66,6 +68,12 @@ impl Round {
                             wait = every.min(RETRY);
                             tracing::warn!(error = %e, "static PersistentVolumes: the API server refused or did not answer; retrying")
                         }
+                    }
+                }
+                if let Some(r) = &self.recycle {
+                    if let Err(e) = r.run(Timestamp::now()).await {
+                        wait = every.min(RETRY);
+                        tracing::warn!(error = %e, "released static PersistentVolumes: the API server refused or did not answer; retrying")
                     }
                 }
                 if let Some(n) = &self.node_loss {
@@ -122,6 +130,7 @@ mod tests {
         let round = Round {
             status: StatusWriter::new(fake.client(), "x"),
             static_pvs: None,
+            recycle: None,
             orphans: None,
             node_loss: None,
         };
