@@ -484,7 +484,13 @@ impl PoolDefinition {
                 }
             }
             PoolType::Iscsi => {
-                let portal_ok = |h: &str| !h.is_empty() && !h.contains(['/', '@', ' ', ',']);
+                // An IPv6 address goes in brackets: `fd00::5` would read as
+                // host `fd00:` and port 5.
+                let portal_ok = |h: &str| {
+                    !h.is_empty()
+                        && !h.contains(['/', '@', ' ', ','])
+                        && (h.starts_with('[') || h.matches(':').count() <= 1)
+                };
                 match (s.source.host.as_deref(), s.source.hosts.as_slice()) {
                     (Some(h), []) if portal_ok(h) => {}
                     (None, hosts) if !hosts.is_empty() => {
@@ -501,7 +507,7 @@ impl PoolDefinition {
                     }
                     _ => {
                         return Err(invalid(
-                            "source.host (the portal, host[:port]) is required for iscsi pools"
+                            "source.host (the portal: host[:port], an IPv6 address in brackets) is required for iscsi pools"
                                 .into(),
                         ))
                     }

@@ -70,12 +70,7 @@ impl Round {
                         }
                     }
                 }
-                if let Some(r) = &self.recycle {
-                    if let Err(e) = r.run(Timestamp::now()).await {
-                        wait = every.min(RETRY);
-                        tracing::warn!(error = %e, "released static PersistentVolumes: the API server refused or did not answer; retrying")
-                    }
-                }
+
                 if let Some(n) = &self.node_loss {
                     let answered = reports
                         .iter()
@@ -85,6 +80,12 @@ impl Round {
                     if let Err(e) = n.run(&answered, Timestamp::now()).await {
                         wait = every.min(RETRY);
                         tracing::warn!(error = %e, "node loss: the API server refused or did not answer; retrying")
+                    }
+                }
+                if let Some(r) = &self.recycle {
+                    if let Err(e) = r.run().await {
+                        wait = every.min(RETRY);
+                        tracing::warn!(error = %e, "released static PersistentVolumes: the API server refused or did not answer; retrying")
                     }
                 }
                 if let Some(check) = &self.orphans {

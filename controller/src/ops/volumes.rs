@@ -11,20 +11,23 @@ use pool_csi_common::VolumeId;
 
 /// Deletes a volume. A volume, pool or node that no longer has it is Ok.
 pub async fn delete(ctx: &Ctx, id: &VolumeId) -> Result<()> {
-    delete_wiping(ctx, id, false).await
-}
-
-/// [`delete`], zeroing the volume first when `wipe` (or when it was made
-/// with `wipeOnDelete`).
-pub async fn delete_wiping(ctx: &Ctx, id: &VolumeId, wipe: bool) -> Result<()> {
     let asked = ask(ctx, id, None, |c| async move {
-        c.delete_volume(&id.pool, &id.name, wipe).await
+        c.delete_volume(&id.pool, &id.name, false).await
     });
     match asked.await {
         Err(Error::NotFound(_)) => Ok(()), // no node has the pool any more
         Err(e) => Err(e),
         Ok(r) => unless_gone(r).map(|_| ()), // the pool is gone from the node
     }
+}
+
+/// Zeroes a volume and deletes it, through a node of its pool. Unlike
+/// [`delete`], a pool no node serves is an error: nothing was zeroed.
+pub async fn wipe(ctx: &Ctx, id: &VolumeId) -> Result<()> {
+    let asked = ask(ctx, id, None, |c| async move {
+        c.delete_volume(&id.pool, &id.name, true).await
+    });
+    Ok(asked.await??)
 }
 
 /// Grows a volume.

@@ -8,10 +8,13 @@ use pool_csi_common::GrpcCode;
 use std::{ffi::OsString, fmt, time::Duration};
 
 /// A command line: program plus arguments, each a separate string.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Cmd {
     pub program: OsString,
     pub args: Vec<OsString>,
+    /// Indices into `args` of secrets a tool takes no other way (iscsiadm's
+    /// CHAP passwords): passed on, but shown as `***` in errors and logs.
+    pub secret_args: Vec<usize>,
     pub timeout: Duration,
     /// Bytes written to the command's stdin (a script for sfdisk …).
     pub stdin: Option<Vec<u8>>,
@@ -42,6 +45,7 @@ impl Cmd {
         Self {
             program: program.into(),
             args: Vec::new(),
+            secret_args: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             stdin: None,
             secret_env: SecretEnv::default(),
@@ -60,6 +64,13 @@ impl Cmd {
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// An argument that is a secret (see [`Cmd::secret_args`]).
+    pub fn secret_arg(mut self, a: impl Into<OsString>) -> Self {
+        self.secret_args.push(self.args.len());
         self.args.push(a.into());
         self
     }
@@ -83,18 +94,40 @@ impl Cmd {
         self
     }
 
-    /// The argv as lossy strings (for logs, errors and fake matching).
+    /// The argv as lossy strings, secrets included (what runs, and what a
+    /// test's fake runner matches); errors and logs use [`Cmd::shown`].
     pub fn argv(&self) -> Vec<String> {
         std::iter::once(&self.program)
             .chain(&self.args)
             .map(|s| s.to_string_lossy().into_owned())
             .collect()
     }
+
+    /// The argv as errors and logs show it: secret arguments as `***`.
+    pub fn shown(&self) -> Vec<String> {
+        let mut argv = self.argv();
+        for i in &self.secret_args {
+            argv[i + 1] = "***".into();
+        }
+        argv
+    }
 }
 
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.argv().join(" "))
+        f.write_str(&self.shown().join(" "))
+    }
+}
+
+impl fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cmd")
+            .field("argv", &self.shown())
+            .field("timeout", &self.timeout)
+            .field("stdin", &self.stdin.as_ref().map(Vec::len))
+            .field("secret_env", &self.secret_env)
+            .field("env", &self.env)
+            .finish()
     }
 }
 

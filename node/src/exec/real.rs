@@ -46,7 +46,7 @@ impl RealRunner {
 #[tonic::async_trait]
 impl CommandRunner for RealRunner {
     fn spawn(&self, cmd: &Cmd) -> Option<Result<tokio::process::Child, ExecError>> {
-        tracing::debug!(argv = ?cmd.argv(), "spawn");
+        tracing::debug!(argv = ?cmd.shown(), "spawn");
         let child = self
             .command(cmd)
             .stdin(std::process::Stdio::piped())
@@ -59,7 +59,7 @@ impl CommandRunner for RealRunner {
     }
 
     async fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
-        tracing::debug!(argv = ?cmd.argv(), "exec");
+        tracing::debug!(argv = ?cmd.shown(), "exec");
         let mut command = self.command(cmd);
         command.stdin(if cmd.stdin.is_some() {
             std::process::Stdio::piped()
@@ -158,6 +158,18 @@ mod tests {
             .secret_env("PASS", "hunter2");
         assert_eq!(r.run_ok(&cmd).await.unwrap().stdout_str(), "hunter2\n");
         assert!(!format!("{cmd} {cmd:?}").contains("hunter2"));
+        // A secret argument reaches the program, not the error or the log.
+        let cmd = Cmd::new("sh")
+            .args(["-c", "echo \"$1\"; exit 3", "sh"])
+            .secret_arg("hunter2");
+        let out = r.run(&cmd).await.unwrap();
+        assert_eq!(out.stdout_str(), "hunter2\n");
+        let e = r.run_ok(&cmd).await.unwrap_err().to_string();
+        assert!(
+            e.contains("sh -c") && e.contains("***") && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert!(!format!("{cmd:?}").contains("hunter2"));
     }
 
     #[tokio::test]

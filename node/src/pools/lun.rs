@@ -184,16 +184,8 @@ impl LunPool {
         let pr = self.source.reservations(device);
         let mine = node_key(&self.node);
         if !self.fences() {
-            return match lun_fence::clear(pr.as_ref(), mine).await {
-                Ok(cleared) => {
-                    if cleared {
-                        tracing::warn!(pool.name = %self.name, volume = %name, "dropped the reservations an earlier user left on the LUN (this pool does not fence)");
-                    }
-                    Ok(())
-                }
-                Err(PrError::Unsupported { .. }) => Ok(()),
-                Err(e) => Err(e.into()),
-            };
+            self.clear_left(name, pr.as_ref()).await;
+            return Ok(());
         }
         let supported = match lun_fence::take(pr.as_ref(), mine).await {
             Ok(removed) => {
@@ -209,6 +201,21 @@ impl LunPool {
             Err(e) => return Err(e.into()),
         };
         self.record_reservations(name, supported).await
+    }
+
+    /// A pool that does not fence drops a reservation an earlier user left
+    /// (its writes would be refused). Best effort: a LUN without
+    /// reservations, or a tool that fails, leaves the attach as it was.
+    async fn clear_left(&self, name: &str, pr: &dyn Reservations) {
+        match lun_fence::clear(pr, node_key(&self.node)).await {
+            Ok(true) => {
+                tracing::warn!(pool.name = %self.name, volume = %name, "dropped the reservation an earlier user left on the LUN (this pool does not fence)")
+            }
+            Ok(false) | Err(PrError::Unsupported { .. }) => {}
+            Err(e) => {
+                tracing::warn!(pool.name = %self.name, volume = %name, error = %e, "could not check the LUN for a reservation an earlier user left")
+            }
+        }
     }
 
     async fn record_reservations(&self, name: &str, supported: bool) -> Result<()> {
@@ -266,10 +273,9 @@ impl LunPool {
                 )))
             }
             Ok(Err(e)) => Err(refused(format!("fencing it off failed: {e}"))),
-            // This node sees another LUN at the claim's place: it cannot
-            // fence what it cannot see, and says so (a node that sees the
-            // volume's LUN may answer instead).
-            Err(e @ Error::LunChanged { .. }) => Err(refused(e.to_string())),
+            // This node sees another LUN at the claim's place, or cannot
+            // reach it: it cannot fence what it cannot see (UNAVAILABLE, so
+            // a node that sees the volume's LUN is asked instead).
             Err(e) => Err(Error::FenceUnreachable {
                 name: name.into(),
                 holder: holder.into(),
@@ -635,17 +641,16 @@ impl Pool for LunPool {
             self.set_user(name, true)?;
             let wiped = async {
                 let device = self.source.device(&c).await?;
-                // The last user's reservation keeps others from writing.
+                // The last user's reservation keeps others from writing:
+                // take the LUN (or, not fencing, drop what was left).
+                let pr = self.source.reservations(&device);
                 if self.fences() {
-                    match lun_fence::take(
-                        self.source.reservations(&device).as_ref(),
-                        node_key(&self.node),
-                    )
-                    .await
-                    {
+                    match lun_fence::take(pr.as_ref(), node_key(&self.node)).await {
                         Ok(_) | Err(PrError::Unsupported { .. }) => {}
                         Err(e) => return Err(e.into()),
                     }
+                } else {
+                    self.clear_left(name, pr.as_ref()).await;
                 }
                 let d = device.clone();
                 tokio::task::spawn_blocking(move || crate::fsutil::zero_device(&d))

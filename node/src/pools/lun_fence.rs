@@ -53,11 +53,12 @@ pub async fn take(pr: &dyn Reservations, mine: u64) -> Result<Vec<u64>, PrError>
     Ok(removed)
 }
 
-/// Drops every registration and the reservation, where there are any: a
-/// LUN that a pool not fencing uses must not keep a reservation an earlier
-/// user left (every write would be refused). Returns whether it did.
+/// Drops the reservation an earlier user left, and every registration with
+/// it: a LUN that a pool not fencing uses must not keep one (every write
+/// would be refused). Registrations alone block nothing and are left.
+/// Returns whether it cleared.
 pub async fn clear(pr: &dyn Reservations, mine: u64) -> Result<bool, PrError> {
-    if pr.keys().await?.is_empty() && pr.reservation().await?.is_none() {
+    if pr.reservation().await?.is_none() {
         return Ok(false);
     }
     pr.register(mine).await?;

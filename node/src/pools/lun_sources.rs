@@ -165,8 +165,15 @@ impl LunSource for IscsiSource {
         PoolType::Iscsi
     }
 
+    /// One portal: the disk. Several: the multipath map, through
+    /// mpathpersist, which registers the key on every path (sg_persist
+    /// would reach one, and the others' writes would conflict).
     fn reservations<'a>(&'a self, device: &Path) -> Box<dyn Reservations + 'a> {
-        Box::new(SgPersist::disk(self.runner.as_ref(), device.to_path_buf()))
+        let runner = self.runner.as_ref();
+        match self.portals.len() {
+            1 => Box::new(SgPersist::disk(runner, device.to_path_buf())),
+            _ => Box::new(SgPersist::multipath(runner, device.to_path_buf())),
+        }
     }
 
     fn origin(&self) -> String {
@@ -488,16 +495,14 @@ mod tests {
     }
 
     /// What an attach of a pool that does not fence runs: a check that no
-    /// earlier user left a reservation on `dev` (none: sg_persist's answers
+    /// earlier user left a reservation on `dev` (none: sg_persist's answer
     /// recorded on tgtd).
     fn no_reservations_left(runner: FakeRunner, dev: &str) -> FakeRunner {
         let pr = |what: &str| ["sg_persist", "--in", "--no-inquiry", what, dev].map(String::from);
-        runner
-            .expect(pr("--read-keys"), Reply::recorded("sg_persist/keys_none"))
-            .expect(
-                pr("--read-reservation"),
-                Reply::recorded("sg_persist/reservation_none"),
-            )
+        runner.expect(
+            pr("--read-reservation"),
+            Reply::recorded("sg_persist/reservation_none"),
+        )
     }
 
     async fn device(p: &LunPool, name: &str) -> String {
@@ -892,11 +897,6 @@ mod tests {
                 .expect(show, Reply::ok().stdout(maps)) // create
                 .expect(show, Reply::ok().stdout(maps)) // attach
                 // … which finds no reservation an earlier user left
-                .expect(
-                    pr("--read-keys"),
-                    Reply::ok()
-                        .stdout("  PR generation=0x0, there are NO registered reservation keys\n"),
-                )
                 .expect(
                     pr("--read-reservation"),
                     Reply::ok().stdout("  PR generation=0x0, there is NO reservation held \n"),

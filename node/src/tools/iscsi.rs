@@ -12,6 +12,7 @@
 //! do not authenticate themselves there, and discovery carries no data.
 
 use crate::exec::{Cmd, CommandRunner, ExecError};
+use std::net::IpAddr;
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -343,7 +344,8 @@ pub async fn login(
             .run_ok(&update("node.session.auth.authmethod", "CHAP"))
             .await?;
         // iscsiadm takes passwords only as arguments (stored in its node
-        // database); each shows in the process list for this one call.
+        // database); each shows in the process list for this one call, but
+        // never in an error or a log (`secret_arg`).
         let mut settings = vec![
             ("node.session.auth.username", chap),
             ("node.session.auth.password", chap),
@@ -353,11 +355,13 @@ pub async fn login(
             settings.push(("node.session.auth.password_in", target));
         }
         for (name, c) in settings {
-            let value = match name.starts_with("node.session.auth.username") {
-                true => &c.username,
-                false => &c.password,
+            let cmd = match name.starts_with("node.session.auth.username") {
+                true => update(name, &c.username),
+                false => node()
+                    .args(["--op", "update", "--name", name, "--value"])
+                    .secret_arg(&c.password),
             };
-            runner.run_ok(&update(name, value)).await?;
+            runner.run_ok(&cmd).await?;
         }
     }
     runner.run_ok(&node().arg("--login")).await?;
@@ -404,11 +408,12 @@ pub fn session_of(sysfs: &Path, portal: &Portal) -> Option<String> {
             "connection{}:0",
             session.trim_start_matches("session")
         ));
-        let there = match (at, read(conn.join("persistent_address"))) {
-            (Some(at), Some(addr)) => {
-                addr.parse::<std::net::IpAddr>().is_ok_and(|a| a == at.ip())
-                    && read(conn.join("persistent_port")) == Some(at.port().to_string())
-            }
+        // What the kernel shows, where it shows something this can read;
+        // anything else counts as unknown (a match), as before addresses.
+        let addr = read(conn.join("persistent_address")).and_then(|a| a.parse::<IpAddr>().ok());
+        let port = read(conn.join("persistent_port")).and_then(|p| p.parse::<u16>().ok());
+        let there = match (at, addr, port) {
+            (Some(at), Some(addr), Some(port)) => addr == at.ip() && port == at.port(),
             _ => true,
         };
         (name == portal.target && through && there).then_some(session)
