@@ -505,6 +505,34 @@ async fn a_lun_pool_on_two_nodes_refuses_dynamic_volumes() {
     );
 }
 
+/// A fake cluster with node-1 and node-2 (label `san: yes`), each with its
+/// agent, serving `pools` (StoragePool specs, given that nodeSelector), and
+/// the driver running against it.
+async fn two_nodes(
+    scratch: &std::path::Path,
+    pools: &[(&str, serde_json::Value)],
+) -> (pool_csi_e2e::fake_cluster::FakeCluster, Driver) {
+    use serde_json::json;
+    let cluster = pool_csi_e2e::fake_cluster::FakeCluster::start(scratch).await;
+    for node in ["node-1", "node-2"] {
+        cluster.node(node, json!({"san": "yes"}));
+    }
+    cluster.agent_pod_at("node-1", "127.0.0.1");
+    cluster.agent_pod_at("node-2", "127.0.0.2");
+    for (name, spec) in pools {
+        let mut spec = spec.clone();
+        spec["nodeSelector"] = json!({"san": "yes"});
+        cluster.storage_pool(name, spec);
+    }
+    let d = Driver::start(Options {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        extra_nodes: vec![("node-2".into(), 16 << 20)],
+        ..Default::default()
+    })
+    .await;
+    (cluster, d)
+}
+
 /// One target that two nodes reach, in a cluster: both record hand-outs in
 /// one ConfigMap, so dynamic volumes work from either node and no LUN goes
 /// to two volumes even when the two agents hand out at the same moment. A
@@ -519,24 +547,10 @@ async fn a_lun_pool_shared_by_two_nodes_hands_each_lun_out_once() {
     use serde_json::json;
     let scratch = tempfile::tempdir().unwrap();
     let t = store(scratch.path(), &[32, 64, 128]);
-    let cluster = pool_csi_e2e::fake_cluster::FakeCluster::start(scratch.path()).await;
+    let portal = format!("127.0.0.1:{}", t.port);
+    let san = json!({"type": "iscsi", "source": {"host": portal, "device": IQN}});
+    let (cluster, mut d) = two_nodes(scratch.path(), &[("san", san)]).await;
     let api = cluster.api.clone();
-    for node in ["node-1", "node-2"] {
-        cluster.node(node, json!({"san": "yes"}));
-    }
-    cluster.agent_pod_at("node-1", "127.0.0.1");
-    cluster.agent_pod_at("node-2", "127.0.0.2");
-    cluster.storage_pool(
-        "san",
-        json!({"type": "iscsi", "source": {"host": format!("127.0.0.1:{}", t.port), "device": IQN},
-               "nodeSelector": {"san": "yes"}}),
-    );
-    let mut d = Driver::start(Options {
-        kubeconfig: Some(cluster.kubeconfig.clone()),
-        extra_nodes: vec![("node-2".into(), 16 << 20)],
-        ..Default::default()
-    })
-    .await;
     let status = || {
         api.object("/apis/pool-csi.io/v1alpha1/storagepools/san")
             .unwrap()["status"]
@@ -732,29 +746,19 @@ async fn the_leader_releases_a_lost_nodes_shared_volumes_only_when_fenced() {
     const OPEN: &str = "iqn.2026-11.io.pool-csi:open";
     t.target("2", OPEN);
     t.lun(scratch.path(), "2", "1", 32);
-    let cluster = pool_csi_e2e::fake_cluster::FakeCluster::start(scratch.path()).await;
-    let api = cluster.api.clone();
-    for node in ["node-1", "node-2"] {
-        cluster.node(node, json!({"san": "yes"}));
-    }
-    cluster.agent_pod_at("node-1", "127.0.0.1");
-    cluster.agent_pod_at("node-2", "127.0.0.2");
     let portal = format!("127.0.0.1:{}", t.port);
-    cluster.storage_pool(
-        "san",
-        json!({"type": "iscsi", "source": {"host": portal, "device": IQN}, "nodeSelector": {"san": "yes"}}),
-    );
-    cluster.storage_pool(
-        "open",
-        json!({"type": "iscsi", "source": {"host": portal, "device": OPEN}, "nodeSelector": {"san": "yes"},
-               "fencing": "none"}),
-    );
-    let d = Driver::start(Options {
-        kubeconfig: Some(cluster.kubeconfig.clone()),
-        extra_nodes: vec![("node-2".into(), 16 << 20)],
-        ..Default::default()
-    })
-    .await;
+    let pools = [
+        (
+            "san",
+            json!({"type": "iscsi", "source": {"host": portal, "device": IQN}}),
+        ),
+        (
+            "open",
+            json!({"type": "iscsi", "source": {"host": portal, "device": OPEN}, "fencing": "none"}),
+        ),
+    ];
+    let (cluster, d) = two_nodes(scratch.path(), &pools).await;
+    let api = cluster.api.clone();
     let ready = |pool: &str| {
         api.object(&format!("/apis/pool-csi.io/v1alpha1/storagepools/{pool}"))
             .is_some_and(|p| p["status"]["nodesReady"] == "2/2")

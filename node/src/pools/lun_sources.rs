@@ -505,6 +505,11 @@ mod tests {
         )
     }
 
+    /// A scsi source whose tests expect no command.
+    fn scsi(d: &PoolDefinition, c: &Config) -> ScsiSource {
+        ScsiSource::new(d, c, Arc::new(FakeRunner::new()))
+    }
+
     async fn device(p: &LunPool, name: &str) -> String {
         match p.attach_source(name).await.unwrap() {
             AttachSource::Block { device } => device.display().to_string(),
@@ -833,15 +838,7 @@ mod tests {
         std::fs::write(sys.join("class/fc_host/host5/vport_create"), "").unwrap();
         let c = cfg(&t);
         let d = def("  type: scsi\n  source: { adapterWwn: { wwnn: \"0x20000000c9831b4b\", wwpn: \"0x10000000c9831b4b\", parent: host5 } }\n");
-        let p = LunPool::new(
-            &d,
-            &c,
-            Box::new(ScsiSource::new(
-                &d,
-                &c,
-                Arc::new(crate::exec::fake::FakeRunner::new()),
-            )),
-        );
+        let p = LunPool::new(&d, &c, Box::new(scsi(&d, &c)));
         let e = p.start().await.unwrap_err().to_string();
         assert!(e.contains("the vHBA was created on its parent"), "{e}");
         assert_eq!(
@@ -856,27 +853,11 @@ mod tests {
         fixture::hba(&t.path().join("sys"), 2, None);
         let c = cfg(&t);
         let d = def("  type: scsi\n  source: { adapterWwn: { wwnn: \"0x20000000c9831b4b\", wwpn: \"0x10000000c9831b4b\" } }\n");
-        let p = LunPool::new(
-            &d,
-            &c,
-            Box::new(ScsiSource::new(
-                &d,
-                &c,
-                Arc::new(crate::exec::fake::FakeRunner::new()),
-            )),
-        );
+        let p = LunPool::new(&d, &c, Box::new(scsi(&d, &c)));
         let e = p.start().await.unwrap_err().to_string();
         assert!(e.contains("no Fibre Channel HBAs"), "{e}");
         let d = def("  type: scsi\n  source: { adapter: host9 }\n");
-        let p = LunPool::new(
-            &d,
-            &c,
-            Box::new(ScsiSource::new(
-                &d,
-                &c,
-                Arc::new(crate::exec::fake::FakeRunner::new()),
-            )),
-        );
+        let p = LunPool::new(&d, &c, Box::new(scsi(&d, &c)));
         let e = p.start().await.unwrap_err().to_string();
         assert!(e.contains("host9 does not exist"), "{e}");
     }

@@ -657,23 +657,29 @@ Total size:67108864
         let empty = tempfile::tempdir().unwrap();
         let runner = FakeRunner::new()
             .expect(discover("default"), Reply::ok())
-            .expect(
-                [
-                    "iscsiadm",
-                    "--mode",
-                    "node",
-                    "--targetname",
-                    "iqn.2026-11.io.pool-csi:t1",
-                    "--portal",
-                    "127.0.0.1:3260",
-                    "--interface",
-                    "default",
-                    "--login",
-                ],
-                Reply::ok(),
-            );
+            .expect(node(&["--login"]), Reply::ok());
         login(&runner, empty.path(), &p).await.unwrap();
         assert_eq!(runner.calls().len(), 2);
+    }
+
+    /// `iscsiadm --mode node` for t1 at 127.0.0.1 through the default iface,
+    /// then `rest`.
+    fn node(rest: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "iscsiadm",
+            "--mode",
+            "node",
+            "--targetname",
+            "iqn.2026-11.io.pool-csi:t1",
+            "--portal",
+            "127.0.0.1:3260",
+            "--interface",
+            "default",
+        ]
+        .map(String::from)
+        .to_vec();
+        v.extend(rest.iter().map(|s| s.to_string()));
+        v
     }
 
     /// CHAP (and the target's side of mutual CHAP) go into the node record
@@ -689,23 +695,6 @@ Total size:67108864
         };
         p.chap = chap("alice", "s3cret-pass");
         p.target_chap = chap("tgt-bob", "tgt-secret-1");
-        let node = |rest: &[&str]| {
-            let mut v: Vec<String> = [
-                "iscsiadm",
-                "--mode",
-                "node",
-                "--targetname",
-                "iqn.2026-11.io.pool-csi:t1",
-                "--portal",
-                "127.0.0.1:3260",
-                "--interface",
-                "default",
-            ]
-            .map(String::from)
-            .to_vec();
-            v.extend(rest.iter().map(|s| s.to_string()));
-            v
-        };
         let set = |k: &str, v: &str| node(&["--op", "update", "--name", k, "--value", v]);
         let runner = FakeRunner::new()
             .expect(discover("default"), Reply::ok())
