@@ -13,8 +13,7 @@
 
 use super::{
     lun_claims::{Claim, ClaimStore, Claims, ClusterClaims, FileClaims, Version},
-    lun_fence, CreateRequest, Expanded, LunEntry, Pool, PoolState, PoolStatus, Snapshot, Source,
-    Volume,
+    CreateRequest, Expanded, LunEntry, Pool, PoolState, PoolStatus, Snapshot, Source, Volume,
 };
 use crate::attach::AttachSource;
 use crate::fsutil::{read_json, write_json};
@@ -32,6 +31,8 @@ use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+pub(crate) mod fence;
 
 /// Where a LUN pool's LUNs come from.
 #[tonic::async_trait]
@@ -167,122 +168,6 @@ impl LunPool {
             }
         }
         Err(self.contended())
-    }
-
-    /// Whether this pool fences: its volumes move between nodes (claims
-    /// in the cluster) and `fencing` is not `none`.
-    fn fences(&self) -> bool {
-        self.fencing == Fencing::Reservations && self.claims.shared()
-    }
-
-    /// This node takes the LUN of `name` at `device` (see [`lun_fence`]):
-    /// afterwards no other node can write to it. The claim records whether
-    /// the LUN has reservations at all; one without them is used unfenced.
-    /// A pool that does not fence drops any reservation an earlier user
-    /// left instead (its writes would be refused).
-    async fn take_here(&self, name: &str, device: &Path) -> Result<()> {
-        let pr = self.source.reservations(device);
-        let mine = node_key(&self.node);
-        if !self.fences() {
-            self.clear_left(name, pr.as_ref()).await;
-            return Ok(());
-        }
-        let supported = match lun_fence::take(pr.as_ref(), mine).await {
-            Ok(removed) => {
-                if !removed.is_empty() {
-                    tracing::warn!(pool.name = %self.name, volume = %name, keys = ?removed, "pre-empted the reservation keys of the LUN's earlier users");
-                }
-                true
-            }
-            Err(e @ PrError::Unsupported { .. }) => {
-                tracing::warn!(pool.name = %self.name, volume = %name, error = %e, "used unfenced");
-                false
-            }
-            Err(e) => return Err(e.into()),
-        };
-        self.record_reservations(name, supported).await
-    }
-
-    /// A pool that does not fence drops a reservation an earlier user left
-    /// (its writes would be refused). Best effort: a LUN without
-    /// reservations, or a tool that fails, leaves the attach as it was.
-    async fn clear_left(&self, name: &str, pr: &dyn Reservations) {
-        match lun_fence::clear(pr, node_key(&self.node)).await {
-            Ok(true) => {
-                tracing::warn!(pool.name = %self.name, volume = %name, "dropped the reservation an earlier user left on the LUN (this pool does not fence)")
-            }
-            Ok(false) | Err(PrError::Unsupported { .. }) => {}
-            Err(e) => {
-                tracing::warn!(pool.name = %self.name, volume = %name, error = %e, "could not check the LUN for a reservation an earlier user left")
-            }
-        }
-    }
-
-    async fn record_reservations(&self, name: &str, supported: bool) -> Result<()> {
-        self.update(None, |claims| match claims.get_mut(name) {
-            Some(c) if c.reservations != Some(supported) => {
-                c.reservations = Some(supported);
-                Ok(((), true))
-            }
-            _ => Ok(((), false)),
-        })
-        .await
-    }
-
-    /// Before this node releases `name` for `holder`, another node: takes
-    /// the LUN here, which pre-empts `holder`'s key, so `holder` cannot
-    /// write to it any more if it is still running. A LUN that cannot be
-    /// fenced is not released (unless the pool says `fencing: none`); one
-    /// this node cannot reach is UNAVAILABLE, so another node is asked.
-    async fn fence_off(&self, name: &str, c: &Claim, holder: &str) -> Result<()> {
-        if !self.fences() {
-            return Ok(());
-        }
-        let refused = |why: String| Error::NotFenced {
-            name: name.into(),
-            holder: holder.into(),
-            why,
-        };
-        // In use here already (a stale record): keep it so.
-        let here = self.users()?.contains(name);
-        if !here {
-            self.set_user(name, true)?;
-        }
-        let fenced = async {
-            let device = self.source.device(c).await?;
-            let pr = self.source.reservations(&device);
-            Ok::<_, Error>(lun_fence::take(pr.as_ref(), node_key(&self.node)).await)
-        }
-        .await;
-        if !here && self.set_user(name, false)? == 0 {
-            if let Err(e) = self.source.disconnect().await {
-                tracing::warn!(pool.name = %self.name, error = %e, "disconnect after fencing failed");
-            }
-        }
-        match fenced {
-            Ok(Ok(removed)) => {
-                let gone = removed.contains(&node_key(holder));
-                tracing::warn!(pool.name = %self.name, volume = %name, node = %holder, key_removed = gone, "fenced the node off the volume's LUN before releasing it");
-                self.record_reservations(name, true).await
-            }
-            Ok(Err(e @ PrError::Unsupported { .. })) => {
-                self.record_reservations(name, false).await?;
-                Err(refused(format!(
-                    "{e}, so that node cannot be fenced off it before the volume moves. If node {holder} is powered off, set `fencing: none` on pool {:?} to move volumes without fencing",
-                    self.name
-                )))
-            }
-            Ok(Err(e)) => Err(refused(format!("fencing it off failed: {e}"))),
-            // This node sees another LUN at the claim's place, or cannot
-            // reach it: it cannot fence what it cannot see (UNAVAILABLE, so
-            // a node that sees the volume's LUN is asked instead).
-            Err(e) => Err(Error::FenceUnreachable {
-                name: name.into(),
-                holder: holder.into(),
-                node: self.node.clone(),
-                why: pool_csi_common::full_message(&e),
-            }),
-        }
     }
 
     fn contended(&self) -> Error {
@@ -645,7 +530,7 @@ impl Pool for LunPool {
                 // take the LUN (or, not fencing, drop what was left).
                 let pr = self.source.reservations(&device);
                 if self.fences() {
-                    match lun_fence::take(pr.as_ref(), node_key(&self.node)).await {
+                    match fence::take(pr.as_ref(), node_key(&self.node)).await {
                         Ok(_) | Err(PrError::Unsupported { .. }) => {}
                         Err(e) => return Err(e.into()),
                     }

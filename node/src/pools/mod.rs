@@ -8,7 +8,6 @@ pub mod file;
 pub mod logical;
 pub mod lun;
 pub mod lun_claims;
-pub mod lun_fence;
 pub mod lun_sources;
 pub mod registry;
 

@@ -3,7 +3,7 @@
 //! map, which registers on every path of the map.
 //!
 //! [`Reservations`] is the interface the LUN pools fence with; what they do
-//! with it is in `pools/lun_fence.rs`. Each node's key is derived from its
+//! with it is in `pools/lun/fence.rs`. Each node's key is derived from its
 //! name ([`node_key`]), so every node of a pool computes every other node's
 //! key without asking it.
 
@@ -320,7 +320,7 @@ mod tests {
     //! 0x1111111111111111, node b 0x2222222222222222.
     use super::*;
     use crate::exec::fake::{FakeRunner, Reply};
-    use crate::pools::lun_fence;
+    use crate::pools::lun::fence as lun_fence;
 
     const A: u64 = 0x1111_1111_1111_1111;
     const B: u64 = 0x2222_2222_2222_2222;
