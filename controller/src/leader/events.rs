@@ -10,8 +10,50 @@ use k8s_openapi::{
 };
 use kube::api::{Api, PostParams};
 use pool_csi_common::pool_spec::StoragePool;
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 const NAMESPACE: &str = "default";
+
+/// The last outcome told about each object (by name), so each is told in
+/// an Event once rather than every round, and when it was: a failure is
+/// tried again only after a while. In this controller process only.
+#[derive(Default)]
+pub struct Told(Mutex<BTreeMap<String, (String, bool, Instant)>>);
+
+impl Told {
+    /// Records `message` about `key` (`failed`: a failure); whether it
+    /// differs from the last one told (then tell it).
+    pub fn record(&self, key: &str, message: &str, failed: bool) -> bool {
+        let before = self
+            .0
+            .lock()
+            .unwrap()
+            .insert(key.into(), (message.into(), failed, Instant::now()));
+        before.is_none_or(|(m, _, _)| m != message)
+    }
+
+    /// Whether `key` last failed less than `retry` ago.
+    pub fn failed_within(&self, key: &str, retry: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .get(key)
+            .is_some_and(|(_, failed, at)| *failed && at.elapsed() < retry)
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.0.lock().unwrap().remove(key);
+    }
+
+    /// Forgets every key `keep` says no to.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.0.lock().unwrap().retain(|k, _| keep(k));
+    }
+}
 
 pub struct Recorder {
     client: kube::Client,
@@ -96,6 +138,24 @@ pub fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_outcome_is_told_once_and_a_failure_waits_to_be_retried() {
+        let t = Told::default();
+        assert!(t.record("pv", "refused: no reservations", true));
+        assert!(
+            !t.record("pv", "refused: no reservations", true),
+            "told already"
+        );
+        assert!(t.failed_within("pv", Duration::from_secs(300)));
+        assert!(!t.failed_within("pv", Duration::ZERO));
+        assert!(t.record("pv", "released", false), "a new outcome is told");
+        assert!(!t.failed_within("pv", Duration::from_secs(300)));
+        t.retain(|k| k != "pv");
+        assert!(t.record("pv", "released", false), "forgotten: told again");
+        t.forget("pv");
+        assert!(t.record("pv", "released", false));
+    }
 
     #[test]
     fn event_messages_are_cut_at_1024_bytes_on_a_character_boundary() {

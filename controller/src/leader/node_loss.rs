@@ -23,7 +23,10 @@
 //! goes the same way: ControllerUnpublishVolume for the lost node is
 //! answered by another node of the pool, which fences first.
 
-use super::{events::Recorder, static_pvs::POOL_LABEL};
+use super::{
+    events::{Recorder, Told},
+    static_pvs::POOL_LABEL,
+};
 use crate::{ops, Ctx};
 use k8s_openapi::{
     api::{
@@ -36,7 +39,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use pool_csi_common::{pool_spec::StoragePool, VolumeId};
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 /// The label on the PVs of a lost node's volumes.
@@ -120,19 +123,10 @@ pub fn out_of_service(nodes: &[Node]) -> BTreeMap<String, String> {
 
 pub struct NodeLoss {
     client: kube::Client,
-    driver: String,
     events: Recorder,
     ctx: Arc<Ctx>,
-    /// The last outcome told about each shared PV's release (each is told
-    /// once, not every round; in this controller process).
-    told: Mutex<BTreeMap<String, Told>>,
-}
-
-/// An outcome of a release, as told in an Event.
-struct Told {
-    message: String,
-    refused: bool,
-    at: std::time::Instant,
+    /// The last outcome told about each shared PV's release.
+    told: Told,
 }
 
 /// How long a release may take (a fence logs in to the LUN) before the
@@ -148,9 +142,8 @@ impl NodeLoss {
         Self {
             events: Recorder::new(client.clone(), instance),
             client,
-            driver: ctx.driver_name.clone(),
             ctx,
-            told: Mutex::default(),
+            told: Told::default(),
         }
     }
 
@@ -174,7 +167,7 @@ impl NodeLoss {
         let tainted = out_of_service(&nodes);
         let mut released = 0;
         if tainted.is_empty() {
-            self.told.lock().unwrap().clear();
+            self.told.retain(|_| false);
         } else {
             let attached = self.attached_on(&tainted).await?;
             let shared: Vec<(SharedPv, String)> = all
@@ -245,7 +238,7 @@ impl NodeLoss {
             .items
             .into_iter()
             .filter(|va| {
-                va.spec.attacher == self.driver && tainted.contains_key(&va.spec.node_name)
+                va.spec.attacher == self.ctx.driver_name && tainted.contains_key(&va.spec.node_name)
             })
             .filter_map(|va| Some((va.spec.source.persistent_volume_name?, va.spec.node_name)))
             .collect())
@@ -262,18 +255,10 @@ impl NodeLoss {
         now: Timestamp,
     ) -> usize {
         self.told
-            .lock()
-            .unwrap()
-            .retain(|pv, _| shared.iter().any(|(s, _)| s.name == *pv));
+            .retain(|pv| shared.iter().any(|(s, _)| s.name == pv));
         let mut released = 0;
         for (pv, node) in shared {
-            let refused_lately = self
-                .told
-                .lock()
-                .unwrap()
-                .get(&pv.name)
-                .is_some_and(|t| t.refused && t.at.elapsed() < REFUSED_RETRY);
-            if refused_lately {
+            if self.told.failed_within(&pv.name, REFUSED_RETRY) {
                 continue;
             }
             let v = match ops::volumes::get(&self.ctx, &pv.id).await {
@@ -308,13 +293,8 @@ impl NodeLoss {
                     pv.id, pv.name
                 )),
             };
-            let told = Told {
-                message: message.clone(),
-                refused: reason == "ReleaseRefused",
-                at: std::time::Instant::now(),
-            };
-            let before = self.told.lock().unwrap().insert(pv.name.clone(), told);
-            if before.is_some_and(|b| b.message == message) {
+            let refused = reason == "ReleaseRefused";
+            if !self.told.record(&pv.name, &message, refused) {
                 continue;
             }
             tracing::warn!(pv = %pv.name, node = %node, "{message}");
@@ -334,7 +314,10 @@ impl NodeLoss {
     fn shared_pv(&self, pv: &PersistentVolume) -> Option<SharedPv> {
         let spec = pv.spec.as_ref()?;
         spec.claim_ref.as_ref()?;
-        let csi = spec.csi.as_ref().filter(|c| c.driver == self.driver)?;
+        let csi = spec
+            .csi
+            .as_ref()
+            .filter(|c| c.driver == self.ctx.driver_name)?;
         let id = VolumeId::parse(&csi.volume_handle).ok()?;
         id.node.is_none().then(|| SharedPv {
             name: pv.metadata.name.clone().unwrap_or_default(),
@@ -352,7 +335,7 @@ impl NodeLoss {
             return None;
         }
         let csi = pv.spec.as_ref()?.csi.as_ref()?;
-        if csi.driver != self.driver {
+        if csi.driver != self.ctx.driver_name {
             return None;
         }
         let id = VolumeId::parse(&csi.volume_handle).ok()?;

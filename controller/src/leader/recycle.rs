@@ -13,7 +13,7 @@
 //! Released, says why once in a Warning Event, and is tried again after
 //! [`RETRY`].
 
-use super::events::{pv_ref, Recorder};
+use super::events::{pv_ref, Recorder, Told};
 use super::static_pvs::POOL_LABEL;
 use crate::{ops, Ctx};
 use k8s_openapi::{
@@ -26,9 +26,9 @@ use pool_csi_common::{
     VolumeId,
 };
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// How soon a failed wipe is tried again.
@@ -45,7 +45,7 @@ struct Inner {
     /// The PVs whose wipe runs now.
     running: Mutex<BTreeSet<String>>,
     /// The last failure of each PV: what was told, and when.
-    failed: Mutex<BTreeMap<String, (String, Instant)>>,
+    failed: Told,
 }
 
 fn released(pv: &PersistentVolume) -> bool {
@@ -61,7 +61,7 @@ impl Recycler {
                 client,
                 ctx,
                 running: Mutex::default(),
-                failed: Mutex::default(),
+                failed: Told::default(),
             }),
         }
     }
@@ -78,9 +78,7 @@ impl Recycler {
             .filter(released)
             .collect();
         me.failed
-            .lock()
-            .unwrap()
-            .retain(|n, _| pvs.iter().any(|p| p.metadata.name.as_ref() == Some(n)));
+            .retain(|n| pvs.iter().any(|p| p.metadata.name.as_deref() == Some(n)));
         if pvs.is_empty() {
             return Ok(0);
         }
@@ -108,12 +106,7 @@ impl Recycler {
             let Some(id) = handle.and_then(|c| VolumeId::parse(&c.volume_handle).ok()) else {
                 continue;
             };
-            let due = me
-                .failed
-                .lock()
-                .unwrap()
-                .get(&name)
-                .is_none_or(|(_, at)| at.elapsed() >= RETRY);
+            let due = !me.failed.failed_within(&name, RETRY);
             if !wiping.contains(&id.pool) || attached.contains(&name) || !due {
                 continue;
             }
@@ -154,12 +147,7 @@ impl Inner {
                 id.pool,
                 RETRY.as_secs() / 60
             );
-            let before = self
-                .failed
-                .lock()
-                .unwrap()
-                .insert(name.into(), (message.clone(), Instant::now()));
-            if before.is_none_or(|(m, _)| m != message) {
+            if self.failed.record(name, &message, true) {
                 tracing::warn!(pv = %name, "{message}");
                 let about = pv_ref(name, pv.metadata.uid.clone());
                 self.events
@@ -168,7 +156,7 @@ impl Inner {
             }
             return;
         }
-        self.failed.lock().unwrap().remove(name);
+        self.failed.forget(name);
         // The PV as read before the wipe only: its LUN is free now, and the
         // next round offers it again under the same name.
         let exactly = DeleteParams {

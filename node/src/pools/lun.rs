@@ -19,10 +19,7 @@ use crate::attach::AttachSource;
 use crate::fsutil::{read_json, write_json};
 use crate::{
     error::{io, Error, Result},
-    tools::{
-        persist::{node_key, PrError, Reservations},
-        scsi::Lun,
-    },
+    tools::{persist::Reservations, scsi::Lun},
     Config,
 };
 use pool_csi_common::{pool_spec::Fencing, PoolDefinition, PoolType, VolumeFormat};
@@ -526,17 +523,9 @@ impl Pool for LunPool {
             self.set_user(name, true)?;
             let wiped = async {
                 let device = self.source.device(&c).await?;
-                // The last user's reservation keeps others from writing:
-                // take the LUN (or, not fencing, drop what was left).
-                let pr = self.source.reservations(&device);
-                if self.fences() {
-                    match fence::take(pr.as_ref(), node_key(&self.node)).await {
-                        Ok(_) | Err(PrError::Unsupported { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                } else {
-                    self.clear_left(name, pr.as_ref()).await;
-                }
+                // The last user's reservation keeps others from writing.
+                self.become_writer(name, self.source.reservations(&device).as_ref())
+                    .await?;
                 let d = device.clone();
                 tokio::task::spawn_blocking(move || crate::fsutil::zero_device(&d))
                     .await
@@ -752,6 +741,7 @@ impl Pool for LunPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::persist::PrError;
     use std::sync::{Arc, Mutex};
 
     /// What a [`Recording`] source's inventory answers (tests change it).

@@ -207,13 +207,13 @@ impl LunSource for IscsiSource {
     async fn device(&self, c: &Claim) -> Result<PathBuf> {
         let portals = self.portals()?;
         let at = format!("LUN {}", c.lun);
+        // The first portal that answers (a "no such LUN" is an answer).
         let mut asked = None;
         for p in &portals {
-            asked = Some(iscsi::lun_identity(self.runner.as_ref(), p, c.lun).await);
-            if asked
-                .as_ref()
-                .is_some_and(|r| r.is_ok() || iscsi::is_no_such_lun(r.as_ref().unwrap_err()))
-            {
+            let r = iscsi::lun_identity(self.runner.as_ref(), p, c.lun).await;
+            let unanswered = r.as_ref().is_err_and(|e| !iscsi::is_no_such_lun(e));
+            asked = Some(r);
+            if !unanswered {
                 break;
             }
         }

@@ -88,31 +88,43 @@ impl LunPool {
     /// left instead (its writes would be refused).
     pub(super) async fn take_here(&self, name: &str, device: &Path) -> Result<()> {
         let pr = self.source.reservations(device);
-        let mine = node_key(&self.node);
-        if !self.fences() {
-            self.clear_left(name, pr.as_ref()).await;
-            return Ok(());
+        match self.become_writer(name, pr.as_ref()).await? {
+            Some(supported) => self.record_reservations(name, supported).await,
+            None => Ok(()),
         }
-        let supported = match take(pr.as_ref(), mine).await {
+    }
+
+    /// Makes this node the one that may write to the LUN behind `pr`: takes
+    /// it where the pool fences (`Some(whether the LUN has reservations)`),
+    /// else drops a reservation an earlier user left (`None`).
+    pub(super) async fn become_writer(
+        &self,
+        name: &str,
+        pr: &dyn Reservations,
+    ) -> Result<Option<bool>> {
+        if !self.fences() {
+            self.clear_left(name, pr).await;
+            return Ok(None);
+        }
+        match take(pr, node_key(&self.node)).await {
             Ok(removed) => {
                 if !removed.is_empty() {
                     tracing::warn!(pool.name = %self.name, volume = %name, keys = ?removed, "pre-empted the reservation keys of the LUN's earlier users");
                 }
-                true
+                Ok(Some(true))
             }
             Err(e @ PrError::Unsupported { .. }) => {
                 tracing::warn!(pool.name = %self.name, volume = %name, error = %e, "used unfenced");
-                false
+                Ok(Some(false))
             }
-            Err(e) => return Err(e.into()),
-        };
-        self.record_reservations(name, supported).await
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A pool that does not fence drops a reservation an earlier user left
     /// (its writes would be refused). Best effort: a LUN without
     /// reservations, or a tool that fails, leaves the attach as it was.
-    pub(super) async fn clear_left(&self, name: &str, pr: &dyn Reservations) {
+    async fn clear_left(&self, name: &str, pr: &dyn Reservations) {
         match clear(pr, node_key(&self.node)).await {
             Ok(true) => {
                 tracing::warn!(pool.name = %self.name, volume = %name, "dropped the reservation an earlier user left on the LUN (this pool does not fence)")
