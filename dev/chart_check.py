@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import re
 import tempfile
 
 import helm_python as helm
@@ -21,7 +22,10 @@ import yaml
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CHART = os.path.join(ROOT, "charts", "pool-csi")
-K8S = "1.33.0"
+# The Kubernetes versions the chart is validated against: the floor its
+# kubeVersion declares, and the newest schemas kubernetes-validate carries.
+FLOOR = re.search(r'kubeVersion: ">=(\d+\.\d+\.\d+)', open(os.path.join(CHART, "Chart.yaml")).read()).group(1)
+K8S_VERSIONS = (FLOOR, kubernetes_validate.latest_version())
 passed, failed = 0, 0
 
 
@@ -62,7 +66,8 @@ def validate_object(doc, sp_schema):
         # Not a core API: check what the snapshot controller requires.
         assert kind == "VolumeSnapshotClass" and doc["driver"] and doc["deletionPolicy"] in ("Delete", "Retain"), doc
     else:
-        kubernetes_validate.validate(doc, K8S, strict=True)
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
     if kind == "ConfigMap" and "pools.yaml" in doc.get("data", {}):
         for pool in yaml.safe_load_all(doc["data"]["pools.yaml"]):
             if pool:
@@ -88,14 +93,16 @@ def render_and_validate(values_file):
 
 
 def lint():
-    report = helm.lint(CHART, strict=True, kube_version=f"v{K8S}")
-    problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2] + report.get("errors", [])
-    assert not problems, problems
+    for version in K8S_VERSIONS:
+        report = helm.lint(CHART, strict=True, kube_version=f"v{version}")
+        problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2] + report.get("errors", [])
+        assert not problems, (version, problems)
 
 
 def crd_is_valid():
     crd, _ = crd_schema()
-    kubernetes_validate.validate(crd, K8S, strict=True)
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(crd, version, strict=True)
 
 
 def bad_values_are_refused():

@@ -32,6 +32,7 @@ import glob
 import os
 import re
 import shlex
+import subprocess
 import sys
 
 import helm_python as helm
@@ -290,6 +291,8 @@ def check_command(cmd):
         check_helm(args)
     elif prog == "kubectl":
         check_kubectl(args)
+    elif prog == "sg_persist":
+        check_sg_persist(args)
     elif prog in EXTERNAL:
         pass
     else:
@@ -354,7 +357,10 @@ def check_helm(args):
         assert os.path.isdir(os.path.join(ROOT, positional[1])), f"chart {positional[1]} does not exist"
 
 
-KUBECTL = {"get", "apply", "describe", "delete", "logs", "create", "edit", "patch", "exec"}
+KUBECTL = {"get", "apply", "describe", "delete", "logs", "create", "edit", "patch", "exec", "taint"}
+# The taint the leader acts on (controller/src/leader/node_loss.rs).
+OUT_OF_SERVICE = re.search(r'pub const OUT_OF_SERVICE: &str = "([^"]+)"',
+                           read("controller/src/leader/node_loss.rs")).group(1)
 
 
 def check_kubectl(args):
@@ -366,9 +372,24 @@ def check_kubectl(args):
         assert "--" in args, "kubectl exec without `--`"
         check_command(args[args.index("--") + 1:])
         return
+    if args[0] == "taint":
+        # Only the out-of-service taint means anything to pool-csi.
+        assert len(args) == 4 and args[1] == "node", f"kubectl taint {args[1:]}: expected `taint node <node> <taint>`"
+        assert re.match(re.escape(OUT_OF_SERVICE) + r"([=:].*|-)$", args[3]), f"kubectl taint: pool-csi acts on {OUT_OF_SERVICE}, not {args[3]}"
+        return
     for i, a in enumerate(args):
         if a == "-f" and args[i + 1] != "-" and not args[i + 1].startswith("/"):
             assert os.path.exists(os.path.join(ROOT, args[i + 1])), f"kubectl -f {args[i + 1]}: no such file"
+
+
+def check_sg_persist(args):
+    """Each long option must be one the installed sg_persist lists."""
+    usage = subprocess.run(["sg_persist", "--help"], capture_output=True, text=True)
+    known = set(re.findall(r"(--[a-z-]+)", usage.stdout + usage.stderr))
+    assert known, "sg_persist --help printed no options: is sg3-utils installed (dev/setup)?"
+    for a in args:
+        if a.startswith("--"):
+            assert a.split("=")[0] in known, f"sg_persist has no option {a.split('=')[0]}"
 
 
 def check_sh(text):
@@ -394,15 +415,16 @@ def anchors(rel):
 
 
 def blocks(text):
-    """(line, info, body) of each fenced block."""
+    """(line, info, body) of each fenced block, indented ones (in lists) too."""
     out, lines, i = [], text.split("\n"), 0
     while i < len(lines):
-        m = re.match(r"^```(.*)$", lines[i])
+        m = re.match(r"^( *)```(.*)$", lines[i])
         if m:
-            j = i + 1
-            while not lines[j].startswith("```"):
+            indent, j = len(m.group(1)), i + 1
+            while not lines[j].lstrip().startswith("```"):
                 j += 1
-            out.append((i + 1, m.group(1).strip(), "\n".join(lines[i + 1:j])))
+            body = [line[indent:] if not line[:indent].strip() else line.lstrip() for line in lines[i + 1:j]]
+            out.append((i + 1, m.group(2).strip(), "\n".join(body)))
             i = j
         i += 1
     return out
@@ -453,9 +475,42 @@ def check_page(rel):
     return len(failures)
 
 
+# CamelCase literals in the leader's code that are API words, not reasons.
+NOT_REASONS = {"PersistentVolume", "StoragePool", "VolumeSnapshotContent", "ReadWriteOnce"}
+
+
+def check_reasons():
+    """Every Event and condition reason the leader writes (a CamelCase string
+    literal outside its tests) has its entry in docs/troubleshooting.md."""
+    doc = read("docs/troubleshooting.md")
+    found = set()
+    for path in glob.glob(os.path.join(ROOT, "controller", "src", "leader", "*.rs")):
+        code = read(os.path.relpath(path, ROOT)).split("#[cfg(test)]")[0]
+        found |= set(re.findall(r'"([A-Z][a-z]+(?:[A-Z][a-z]+)+)"', code))
+    missing = sorted(r for r in found - NOT_REASONS if f"`{r}`" not in doc)
+    print(f"docs/troubleshooting.md: {len(found - NOT_REASONS)} reasons; " + ("ok" if not missing else f"{len(missing)} FAILED"))
+    for r in missing:
+        print(f"  FAIL reason `{r}` (controller/src/leader) has no entry in docs/troubleshooting.md")
+    return len(missing)
+
+
+def check_image_packages():
+    """docs/install.md names every package of the image's list."""
+    listed = [line.split("#")[0].split()[0].split("/")[0]
+              for line in read("charts/pool-csi/image/packages").splitlines()
+              if line.split("#")[0].strip()]
+    section = read("docs/install.md").split("## The image", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"[a-z0-9][a-z0-9.+-]*", section))
+    missing = [p for p in listed if p not in named]
+    print(f"docs/install.md: {len(listed)} image packages; " + ("ok" if not missing else f"{len(missing)} FAILED"))
+    for p in missing:
+        print(f"  FAIL package {p} (charts/pool-csi/image/packages) is not named under docs/install.md#the-image")
+    return len(missing)
+
+
 def main():
     pages = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
-    failed = sum(check_page(p) for p in pages)
+    failed = sum(check_page(p) for p in pages) + check_reasons() + check_image_packages()
     print(f"docs: {len(pages)} pages, {failed} failures")
     sys.exit(1 if failed else 0)
 
