@@ -585,6 +585,51 @@ async fn create_is_idempotent_and_incompatible_recreate_is_already_exists() {
     );
 }
 
+/// The node keeps a pool's names by watching its directory: a volume an
+/// operator makes or removes there by hand counts at once, no settling wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_made_or_removed_beside_the_driver_count_at_once() {
+    require!(false);
+    let (d, mut c) = driver().await;
+    let create = |name: &str| req::create(name, 10 * req::MIB, &[]);
+    c.controller.create_volume(create("first")).await.unwrap();
+    let by_hand = d.pool_dir.join("hand.qcow2");
+    pool_csi_e2e::sh(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            by_hand.to_str().unwrap(),
+            "10M",
+        ],
+    );
+    assert_eq!(
+        code(c.controller.create_volume(create("hand")).await),
+        Code::AlreadyExists,
+        "a qcow2 volume of that name is there"
+    );
+    std::fs::remove_file(&by_hand).unwrap();
+    let made = c.controller.create_volume(create("hand")).await.unwrap();
+    let id = made.into_inner().volume.unwrap().volume_id;
+    assert!(d.pool_dir.join("hand.raw").exists());
+    // A raw file made by hand is a volume DeleteVolume removes.
+    let raw = d.pool_dir.join("other.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(req::MIB as u64)
+        .unwrap();
+    let other = id.replace(":hand", ":other");
+    c.controller
+        .delete_volume(req::delete(&other))
+        .await
+        .unwrap();
+    assert!(!raw.exists(), "DeleteVolume found and removed other.raw");
+    c.controller.delete_volume(req::delete(&id)).await.unwrap();
+    assert!(!d.pool_dir.join("hand.raw").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_ranges_are_honoured() {
     require!(false);

@@ -3,21 +3,42 @@
 //! directory (a tmpfs readdir of 10,000 entries costs ~10 ms, reading
 //! 10,000 small files ~100 ms).
 //!
-//! Unchanged means: the directory's inode, mtime and ctime are those seen at
-//! the scan. Whoever adds, removes or renames an entry — this node or an
-//! administrator beside it — moves mtime and ctime. Timestamps are coarse
-//! (one kernel clock tick; whole seconds on filesystems that keep no
-//! nanoseconds), so a scan taken within [`SETTLE`] plus that granularity of
-//! the last change is used once and not kept: a change in the same tick as
-//! the scan could otherwise leave the timestamps equal ("racy git"). Kept
-//! entries are dropped after [`MAX_AGE`] whatever the timestamps say, which
-//! bounds what a filesystem with lazier timestamps could hide. A file
-//! rewritten in place does not move its directory's timestamps: what is
-//! kept must come from files that are replaced by rename, never rewritten.
+//! Two ways of knowing the directory is unchanged:
+//!
+//! - **Watched** ([`DirIndex::watched`], for directories only this node
+//!   changes through a local filesystem): an inotify watch, added before the
+//!   scan, reports every name created, removed, renamed or rewritten in the
+//!   directory, by anyone on this machine; each call re-reads just those
+//!   names. Churn then costs the changed names, not a rescan, and a name can
+//!   be looked up ([`DirIndex::lookup`]) without probing the filesystem.
+//!   The kernel queues the event inside the system call that made the
+//!   change, so a lookup after that call returned sees it. A lost event
+//!   (queue overflow), the directory removed, moved or unmounted, or another
+//!   directory now at the path (its device and inode) start a new scan; so
+//!   does a watch that cannot be had (the inotify limits), falling back to
+//!   the timestamps.
+//! - **Timestamps** (the default; for shared directories other machines
+//!   change, which inotify does not report): the directory's inode, mtime
+//!   and ctime are those seen at the scan. Whoever adds, removes or renames
+//!   an entry moves mtime and ctime. Timestamps are coarse (one kernel clock
+//!   tick; whole seconds on filesystems that keep no nanoseconds), so a scan
+//!   taken within [`SETTLE`] plus that granularity of the last change is used
+//!   once and not kept: a change in the same tick as the scan could
+//!   otherwise leave the timestamps equal ("racy git"). A file rewritten in
+//!   place does not move its directory's timestamps: what is kept this way
+//!   must come from files that are replaced by rename, never rewritten.
+//!
+//! Either way kept entries are dropped after [`MAX_AGE`], which bounds what
+//! a filesystem with lazier timestamps or notifications could hide.
 
+use rustix::fs::inotify;
 use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::{OsStr, OsString},
+    fs::FileType,
     io,
-    os::unix::fs::MetadataExt,
+    mem::MaybeUninit,
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -80,20 +101,29 @@ pub enum Scan<T> {
 /// The entries of one directory, sorted, kept while it is unchanged.
 pub struct DirIndex<T> {
     kept: Mutex<Option<Kept<T>>>,
+    /// Watch the directory with inotify (else: timestamps).
+    watch: bool,
 }
 
 impl<T> Default for DirIndex<T> {
     fn default() -> Self {
         Self {
             kept: Mutex::new(None),
+            watch: false,
         }
     }
 }
 
 impl<T> std::fmt::Debug for DirIndex<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kept = self.lock().as_ref().map(|k| k.entries.len());
-        f.debug_struct("DirIndex").field("kept", &kept).finish()
+        let kept = self.lock().as_ref().map(|k| match &k.watched {
+            Some((_, files)) => files.len(),
+            None => k.sorted.as_ref().map_or(0, |s| s.len()),
+        });
+        f.debug_struct("DirIndex")
+            .field("kept", &kept)
+            .field("watch", &self.watch)
+            .finish()
     }
 }
 
@@ -101,10 +131,41 @@ impl<T> std::fmt::Debug for DirIndex<T> {
 struct Kept<T> {
     stamp: Stamp,
     at: Instant,
-    entries: Arc<Vec<T>>,
+    /// Sorted by key; `None` after a watched change, until a listing
+    /// sorts `files` again (lookups need no order).
+    sorted: Option<Arc<Vec<T>>>,
+    /// Watched: the inotify descriptor, and every entry by its file name.
+    watched: Option<(OwnedFd, BTreeMap<OsString, T>)>,
 }
 
-impl<T> DirIndex<T> {
+/// What one entry of the directory is: its name and its type as the
+/// directory (or, after an event, lstat) tells it.
+pub type Read<'a, T> = &'a mut dyn FnMut(&OsStr, io::Result<FileType>) -> Scan<T>;
+
+/// What an inotify watch reports: every way a name comes, goes or is
+/// rewritten, and the directory itself going away.
+fn watch_flags() -> inotify::WatchFlags {
+    use inotify::WatchFlags as W;
+    W::CREATE
+        | W::DELETE
+        | W::MOVED_FROM
+        | W::MOVED_TO
+        | W::CLOSE_WRITE
+        | W::DELETE_SELF
+        | W::MOVE_SELF
+        | W::ONLYDIR
+}
+
+impl<T: Clone> DirIndex<T> {
+    /// An index kept current by an inotify watch on the directory: only for
+    /// a directory no other machine changes (see the module's notes).
+    pub fn watched() -> Self {
+        Self {
+            kept: Mutex::new(None),
+            watch: true,
+        }
+    }
+
     /// What `read` makes of each entry of `dir`, sorted by `key`: kept
     /// ones when the directory is unchanged, else a new scan. A scan in
     /// which `read` was [`Scan::Unsure`] of an entry is used once and not
@@ -112,60 +173,227 @@ impl<T> DirIndex<T> {
     pub fn entries(
         &self,
         dir: &Path,
-        mut read: impl FnMut(&std::fs::DirEntry) -> Scan<T>,
+        read: Read<'_, T>,
         key: impl Fn(&T) -> &str,
     ) -> io::Result<Arc<Vec<T>>> {
         let stamp = Stamp::of(&std::fs::metadata(dir)?);
-        if let Some(k) = &*self.lock() {
-            if k.stamp == stamp && k.at.elapsed() < MAX_AGE {
-                return Ok(k.entries.clone());
+        let mut kept = self.lock();
+        if let Some(k) = self.current(&mut kept, dir, stamp, read) {
+            if let (None, Some((_, files))) = (&k.sorted, &k.watched) {
+                k.sorted = Some(sorted(files, &key));
+            }
+            if let Some(s) = &k.sorted {
+                return Ok(s.clone());
             }
         }
-        let mut unsure = false;
-        let mut entries = Vec::new();
-        for e in std::fs::read_dir(dir)? {
-            match e.map(|e| read(&e)) {
-                Ok(Scan::Entry(t)) => entries.push(t),
-                Ok(Scan::Skip) => {}
-                Ok(Scan::Unsure) | Err(_) => unsure = true,
-            }
-        }
-        entries.sort_by(|a, b| key(a).cmp(key(b)));
-        let entries = Arc::new(entries);
-        // Kept only if the directory did not change during the scan and
-        // its last change is older than a clock tick.
-        let after = Stamp::of(&std::fs::metadata(dir)?);
-        *self.lock() = (after == stamp && stamp.settled() && !unsure).then(|| Kept {
-            stamp,
-            at: Instant::now(),
-            entries: entries.clone(),
-        });
-        Ok(entries)
+        drop(kept);
+        self.scan(dir, stamp, read, &key)
     }
 
+    /// The entries whose key is `wanted`, when the index is watched and
+    /// current (a new scan is made if needed); `None` when it is not
+    /// watched, and the caller must look at the directory itself.
+    pub fn lookup(
+        &self,
+        dir: &Path,
+        read: Read<'_, T>,
+        key: impl Fn(&T) -> &str,
+        wanted: &str,
+    ) -> io::Result<Option<Vec<T>>> {
+        if !self.watch {
+            return Ok(None);
+        }
+        let stamp = Stamp::of(&std::fs::metadata(dir)?);
+        let mut kept = self.lock();
+        if self.current(&mut kept, dir, stamp, read).is_none() {
+            drop(kept);
+            self.scan(dir, stamp, read, &key)?;
+            kept = self.lock();
+        }
+        // Entries' file names start with their key: `<key>.<suffix>`.
+        Ok(kept
+            .as_ref()
+            .and_then(|k| k.watched.as_ref())
+            .map(|(_, files)| {
+                files
+                    .range(OsString::from(wanted)..)
+                    .take_while(|(f, _)| f.as_encoded_bytes().starts_with(wanted.as_bytes()))
+                    .filter(|(_, t)| key(t) == wanted)
+                    .map(|(_, t)| t.clone())
+                    .collect()
+            }))
+    }
+
+    /// The kept entries if they still tell the directory, brought up to
+    /// date with its watch's events; `None` (and nothing kept) if a new
+    /// scan is needed.
+    fn current<'k>(
+        &self,
+        kept: &'k mut Option<Kept<T>>,
+        dir: &Path,
+        stamp: Stamp,
+        read: Read<'_, T>,
+    ) -> Option<&'k mut Kept<T>> {
+        let k = kept.as_mut()?;
+        let fresh = k.at.elapsed() < MAX_AGE;
+        let same = match &k.watched {
+            // Another directory at the path (a mount over it, a new one).
+            Some(_) => (k.stamp.dev, k.stamp.ino) == (stamp.dev, stamp.ino),
+            None => k.stamp == stamp,
+        };
+        if !fresh || !same || (k.watched.is_some() && !apply_events(k, dir, read)) {
+            *kept = None;
+            return None;
+        }
+        kept.as_mut()
+    }
+
+    fn scan(
+        &self,
+        dir: &Path,
+        stamp: Stamp,
+        read: Read<'_, T>,
+        key: &impl Fn(&T) -> &str,
+    ) -> io::Result<Arc<Vec<T>>> {
+        // The watch first: a change during the scan is then an event too.
+        let watch = self.watch.then(|| add_watch(dir)).flatten();
+        let mut unsure = false;
+        let mut files = BTreeMap::new();
+        for e in std::fs::read_dir(dir)? {
+            let Ok(e) = e else {
+                unsure = true;
+                continue;
+            };
+            let name = e.file_name();
+            match read(&name, e.file_type()) {
+                Scan::Entry(t) => {
+                    files.insert(name, t);
+                }
+                Scan::Skip => {}
+                Scan::Unsure => unsure = true,
+            }
+        }
+        let sorted = sorted(&files, key);
+        let keep = match watch {
+            Some(fd) if !unsure => Some(Kept {
+                stamp,
+                at: Instant::now(),
+                sorted: Some(sorted.clone()),
+                watched: Some((fd, files)),
+            }),
+            // Kept only if the directory did not change during the scan
+            // and its last change is older than a clock tick.
+            _ => {
+                let after = Stamp::of(&std::fs::metadata(dir)?);
+                (after == stamp && stamp.settled() && !unsure).then(|| Kept {
+                    stamp,
+                    at: Instant::now(),
+                    sorted: Some(sorted.clone()),
+                    watched: None,
+                })
+            }
+        };
+        *self.lock() = keep;
+        Ok(sorted)
+    }
+}
+
+impl<T> DirIndex<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Kept<T>>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn sorted<T: Clone>(files: &BTreeMap<OsString, T>, key: &impl Fn(&T) -> &str) -> Arc<Vec<T>> {
+    let mut v: Vec<T> = files.values().cloned().collect();
+    v.sort_by(|a, b| key(a).cmp(key(b)));
+    Arc::new(v)
+}
+
+/// A non-blocking inotify descriptor watching `dir`, or `None` when the
+/// kernel gives none (its limits): the index then keeps to timestamps.
+fn add_watch(dir: &Path) -> Option<OwnedFd> {
+    let made = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+        .and_then(|fd| inotify::add_watch(&fd, dir, watch_flags()).map(|_| fd));
+    match made {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "no inotify watch ({e}); the directory's timestamps tell its changes instead");
+            None
+        }
+    }
+}
+
+/// Re-reads every name the watch reported since the last call. False when
+/// the kept entries cannot be trusted any more (events lost, the directory
+/// gone or unmounted, a name that could not be read, the watch broken).
+fn apply_events<T>(k: &mut Kept<T>, dir: &Path, read: Read<'_, T>) -> bool {
+    let Some((fd, files)) = k.watched.as_mut() else {
+        return true;
+    };
+    use inotify::ReadFlags as R;
+    let mut changed = BTreeSet::new();
+    let mut buf = [MaybeUninit::<u8>::uninit(); 8192];
+    let mut events = inotify::Reader::new(&*fd, &mut buf);
+    loop {
+        match events.next() {
+            Ok(e) => {
+                let gone =
+                    R::QUEUE_OVERFLOW | R::IGNORED | R::UNMOUNT | R::DELETE_SELF | R::MOVE_SELF;
+                if e.events().intersects(gone) {
+                    return false;
+                }
+                if let Some(name) = e.file_name() {
+                    use std::os::unix::ffi::OsStrExt;
+                    changed.insert(OsStr::from_bytes(name.to_bytes()).to_owned());
+                }
+            }
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+    if changed.is_empty() {
+        return true;
+    }
+    for name in changed {
+        let kind = std::fs::symlink_metadata(dir.join(&name)).map(|m| m.file_type());
+        if matches!(&kind, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            files.remove(&name);
+            continue;
+        }
+        match read(&name, kind) {
+            Scan::Entry(t) => {
+                files.insert(name, t);
+            }
+            Scan::Skip => {
+                files.remove(&name);
+            }
+            Scan::Unsure => return false,
+        }
+    }
+    k.sorted = None;
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn raw(e: &std::fs::DirEntry) -> Scan<String> {
-        let n = e.file_name().into_string().unwrap();
+    fn raw(name: &OsStr, _: io::Result<FileType>) -> Scan<String> {
+        let n = name.to_str().unwrap();
         match n.strip_suffix(".raw") {
             Some(n) => Scan::Entry(n.to_string()),
             None => Scan::Skip,
         }
     }
 
-    fn any(e: &std::fs::DirEntry) -> Scan<String> {
-        Scan::Entry(e.file_name().into_string().unwrap())
+    fn any(name: &OsStr, _: io::Result<FileType>) -> Scan<String> {
+        Scan::Entry(name.to_str().unwrap().to_string())
     }
 
     fn names(i: &DirIndex<String>, dir: &Path) -> Vec<String> {
-        i.entries(dir, raw, |n| n).unwrap().to_vec()
+        i.entries(dir, &mut raw, |n| n).unwrap().to_vec()
     }
 
     #[test]
@@ -178,9 +406,9 @@ mod tests {
         let i = DirIndex::default();
         assert_eq!(names(&i, t.path()), ["a", "b"]);
         std::thread::sleep(SETTLE);
-        let first = i.entries(t.path(), any, |n| n).unwrap();
+        let first = i.entries(t.path(), &mut any, |n| n).unwrap();
         assert!(
-            Arc::ptr_eq(&first, &i.entries(t.path(), any, |n| n).unwrap()),
+            Arc::ptr_eq(&first, &i.entries(t.path(), &mut any, |n| n).unwrap()),
             "kept once settled"
         );
         // A change beside the driver, even at once, is seen.
@@ -217,9 +445,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a.raw"), b"").unwrap();
         let i = DirIndex::default();
-        let first = i.entries(t.path(), any, |n| n).unwrap();
+        let first = i.entries(t.path(), &mut any, |n| n).unwrap();
         assert!(
-            !Arc::ptr_eq(&first, &i.entries(t.path(), any, |n| n).unwrap()),
+            !Arc::ptr_eq(&first, &i.entries(t.path(), &mut any, |n| n).unwrap()),
             "too fresh to keep"
         );
     }
@@ -230,9 +458,128 @@ mod tests {
         std::fs::write(t.path().join("a.raw"), b"").unwrap();
         std::thread::sleep(SETTLE);
         let i = DirIndex::default();
-        let unsure = |_: &std::fs::DirEntry| Scan::<String>::Unsure;
-        assert!(i.entries(t.path(), unsure, |n| n).unwrap().is_empty());
+        let mut unsure = |_: &OsStr, _: io::Result<FileType>| Scan::<String>::Unsure;
+        assert!(i.entries(t.path(), &mut unsure, |n| n).unwrap().is_empty());
         // Read again (not the unsure answer kept): now it is there.
         assert_eq!(names(&i, t.path()), ["a"]);
+    }
+
+    /// A read that counts the entries it was asked about.
+    fn counting(
+        n: &std::cell::Cell<usize>,
+    ) -> impl FnMut(&OsStr, io::Result<FileType>) -> Scan<String> + '_ {
+        move |name, kind| {
+            n.set(n.get() + 1);
+            raw(name, kind)
+        }
+    }
+
+    #[test]
+    fn a_watched_index_rereads_only_the_names_that_changed() {
+        let t = tempfile::tempdir().unwrap();
+        let touch = |n: &str| std::fs::write(t.path().join(n), b"").unwrap();
+        for i in 0..100 {
+            touch(&format!("v{i:03}.raw"));
+        }
+        let i = DirIndex::watched();
+        let reads = std::cell::Cell::new(0);
+        let list = |reads: &std::cell::Cell<usize>| {
+            i.entries(t.path(), &mut counting(reads), |n| n)
+                .unwrap()
+                .to_vec()
+        };
+        assert_eq!(list(&reads).len(), 100);
+        assert_eq!(reads.get(), 100, "the first call scans");
+        // No settling wait: a change at once is seen, and costs its name.
+        reads.set(0);
+        touch("new.raw");
+        std::fs::remove_file(t.path().join("v000.raw")).unwrap();
+        std::fs::rename(t.path().join("v001.raw"), t.path().join("moved.raw")).unwrap();
+        let got = list(&reads);
+        assert_eq!(got.len(), 100);
+        assert!(got.contains(&"new".into()) && got.contains(&"moved".into()));
+        assert!(!got.contains(&"v000".into()) && !got.contains(&"v001".into()));
+        assert_eq!(
+            reads.get(),
+            2,
+            "read again: new.raw and moved.raw (gone ones need no read)"
+        );
+        reads.set(0);
+        assert_eq!(list(&reads).len(), 100);
+        assert_eq!(reads.get(), 0, "unchanged: nothing read");
+    }
+
+    #[test]
+    fn a_lookup_finds_every_format_of_a_name_and_only_that_name() {
+        let t = tempfile::tempdir().unwrap();
+        for n in ["a.raw", "a.qcow2", "a.b.raw", "ab.raw", "b.raw"] {
+            std::fs::write(t.path().join(n), b"").unwrap();
+        }
+        let format = |name: &OsStr, _: io::Result<FileType>| {
+            let n = name.to_str().unwrap();
+            match n.rsplit_once('.') {
+                Some((stem, ext)) => Scan::Entry((stem.to_string(), ext.to_string())),
+                None => Scan::Skip,
+            }
+        };
+        let look = |i: &DirIndex<(String, String)>, name: &str| {
+            let mut f = format;
+            i.lookup(t.path(), &mut f, |(n, _)| n, name).unwrap()
+        };
+        assert_eq!(
+            look(&DirIndex::default(), "a"),
+            None,
+            "not watched: ask the directory"
+        );
+        let i = DirIndex::watched();
+        let mut got = look(&i, "a").unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            [("a".into(), "qcow2".into()), ("a".into(), "raw".into())]
+        );
+        assert_eq!(look(&i, "c").unwrap(), []);
+        std::fs::write(t.path().join("c.vdi"), b"").unwrap();
+        assert_eq!(look(&i, "c").unwrap(), [("c".into(), "vdi".into())]);
+        std::fs::remove_file(t.path().join("c.vdi")).unwrap();
+        assert_eq!(look(&i, "c").unwrap(), []);
+    }
+
+    #[test]
+    fn a_watched_directory_replaced_or_flooded_is_scanned_again() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("pool");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.raw"), b"").unwrap();
+        let i = DirIndex::watched();
+        let reads = std::cell::Cell::new(0);
+        let list = |reads: &std::cell::Cell<usize>| {
+            i.entries(&dir, &mut counting(reads), |n| n)
+                .unwrap()
+                .to_vec()
+        };
+        assert_eq!(list(&reads), ["a"]);
+        // Another directory at the path: its own entries, by a new scan.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("b.raw"), b"").unwrap();
+        assert_eq!(list(&reads), ["b"]);
+        // More events than the kernel queues (max_queued_events): the
+        // overflow makes the next call scan, and nothing is missed.
+        let queued: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .map_or(16384, |s| s.trim().parse().unwrap());
+        if queued > 40_000 {
+            pool_csi_testkit::skip::skip(
+                "inotify-queue",
+                &format!("max_queued_events is {queued}: too many files to make here"),
+            );
+            return;
+        }
+        for n in 0..queued + 10 {
+            std::fs::write(dir.join(format!("f{n}.raw")), b"").unwrap();
+        }
+        reads.set(0);
+        assert_eq!(list(&reads).len(), queued + 11);
+        assert_eq!(reads.get(), queued + 11, "a whole new scan");
     }
 }

@@ -123,9 +123,8 @@ impl SnapshotRecords {
     /// ones are left out (and the scan is then not kept); read again only
     /// when the directory changed.
     pub fn all(&self) -> Result<Arc<Vec<(String, Record)>>> {
-        let read = |e: &std::fs::DirEntry| {
-            let file = e.file_name();
-            let Some(name) = record_name(&file) else {
+        let mut read = |file: &std::ffi::OsStr, _: std::io::Result<std::fs::FileType>| {
+            let Some(name) = record_name(file) else {
                 return Scan::Skip;
             };
             match self.read(name) {
@@ -135,7 +134,7 @@ impl SnapshotRecords {
             }
         };
         self.index
-            .entries(&self.dir, read, |(name, _)| name)
+            .entries(&self.dir, &mut read, |(name, _)| name)
             .map_err(io("read", &self.dir))
     }
 

@@ -115,7 +115,12 @@ impl FilePool {
             state: StateCell::new(&def.name),
             formats: Formats::new(cfg.ploop.clone()),
             env,
-            names: names::NameIndex::default(),
+            // Only this node changes a pool that is not shared: watched.
+            names: if s.pool_type == PoolType::Netfs {
+                names::NameIndex::default()
+            } else {
+                names::NameIndex::watched()
+            },
             tmp_cleared: Default::default(),
         }
     }
@@ -124,7 +129,21 @@ impl FilePool {
     /// else at a volume's path (a symlink, a directory that is no ploop
     /// disk) is refused.
     fn find(&self, name: &str) -> Result<Option<(PathBuf, &dyn ImageFormat)>> {
-        for f in self.formats.all() {
+        // The watched index names the formats to look at; without it (a
+        // shared pool), every format's path is probed.
+        let root = &self.layout.root;
+        let listed = match self.names.lookup(root, name) {
+            Ok(listed) => listed,
+            // No pool directory: no volume (as probing would find).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", root)(e)),
+        };
+        let here = |f: &&dyn ImageFormat| {
+            listed
+                .as_ref()
+                .is_none_or(|l| l.iter().any(|e| e.format == f.format()))
+        };
+        for f in self.formats.all().into_iter().filter(here) {
             let path = self.layout.volume(name, f.format())?;
             match std::fs::symlink_metadata(&path) {
                 Ok(m) if f.is_volume(&path, m.file_type()) => return Ok(Some((path, f))),

@@ -5,7 +5,7 @@
 use super::layout;
 use crate::dir_index::{DirIndex, Scan};
 use pool_csi_common::VolumeFormat;
-use std::{fs::FileType, io, path::Path, sync::Arc};
+use std::{ffi::OsStr, fs::FileType, io, path::Path, sync::Arc};
 
 /// One directory entry that may be a volume: `<name>.<format>`.
 #[derive(Debug, Clone)]
@@ -19,20 +19,34 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct NameIndex(DirIndex<Entry>);
 
+/// What a directory entry is, if it may be a volume.
+fn read(file: &OsStr, kind: io::Result<FileType>) -> Scan<Entry> {
+    let Some((name, format)) = layout::parse_file_name(Path::new(file)) else {
+        return Scan::Skip;
+    };
+    match kind {
+        Ok(kind) => Scan::Entry(Entry { name, format, kind }),
+        Err(_) => Scan::Unsure,
+    }
+}
+
 impl NameIndex {
+    /// Kept current by an inotify watch (a pool only this node changes):
+    /// [`Self::lookup`] then answers without probing the directory.
+    pub fn watched() -> Self {
+        Self(DirIndex::watched())
+    }
+
     /// The entries of `dir` whose names parse as `<name>.<format>`, sorted
     /// by name (nothing opened or probed).
     pub fn sorted(&self, dir: &Path) -> io::Result<Arc<Vec<Entry>>> {
-        let read = |e: &std::fs::DirEntry| {
-            let Some((name, format)) = layout::parse_file_name(Path::new(&e.file_name())) else {
-                return Scan::Skip;
-            };
-            match e.file_type() {
-                Ok(kind) => Scan::Entry(Entry { name, format, kind }),
-                Err(_) => Scan::Unsure,
-            }
-        };
-        self.0.entries(dir, read, |e| &e.name)
+        self.0.entries(dir, &mut read, |e| &e.name)
+    }
+
+    /// The entries named `name` (in any format) when the index is watched;
+    /// `None` when it is not, and the directory must be asked.
+    pub fn lookup(&self, dir: &Path, name: &str) -> io::Result<Option<Vec<Entry>>> {
+        self.0.lookup(dir, &mut read, |e| &e.name, name)
     }
 }
 
