@@ -12,6 +12,7 @@ pub mod config;
 pub mod copy;
 pub mod csi;
 pub mod dir_index;
+pub mod dir_sync;
 pub mod error;
 pub mod exec;
 pub mod formats;

@@ -6,6 +6,7 @@
 use super::records::SnapshotRecords;
 use crate::{
     copy,
+    dir_sync::DirSync,
     error::{io, Error, Result},
     exec::CommandRunner,
     mount::quiesce::{Frozen, Quiescer},
@@ -25,6 +26,8 @@ pub struct ImageEnv {
     /// The pool's scratch directory (same filesystem, cleared at start).
     scratch: PathBuf,
     pub records: SnapshotRecords,
+    /// The pool directory's syncs, grouped.
+    pub root_sync: DirSync,
 }
 
 impl ImageEnv {
@@ -35,6 +38,7 @@ impl ImageEnv {
         exports: PathBuf,
         scratch: PathBuf,
         records: SnapshotRecords,
+        root: PathBuf,
     ) -> Self {
         Self {
             runner,
@@ -43,6 +47,17 @@ impl ImageEnv {
             exports,
             scratch,
             records,
+            root_sync: DirSync::new(root),
+        }
+    }
+
+    /// Syncs `dir` after a change in it: grouped with other callers when
+    /// it is the pool directory.
+    pub async fn sync_dir(&self, dir: &Path) -> Result<()> {
+        if dir == self.root_sync.dir() {
+            self.root_sync.sync().await
+        } else {
+            crate::fsutil::sync_dir(dir)
         }
     }
 

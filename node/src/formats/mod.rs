@@ -28,7 +28,7 @@ use crate::{
     attach::AttachSource,
     copy,
     error::{io, Error, Result},
-    fsutil::{remove_if_exists, rename_noreplace, sync_dir, wipe},
+    fsutil::{remove_if_exists, rename_noreplace, wipe},
 };
 use env::ImageEnv;
 use pool_csi_common::{OnDelete, VolumeFormat};
@@ -254,7 +254,7 @@ pub trait ImageFormat: Send + Sync {
     /// caller has checked that nothing uses it.
     async fn remove(
         &self,
-        _env: &ImageEnv,
+        env: &ImageEnv,
         _name: &str,
         path: &Path,
         wipe_first: bool,
@@ -267,6 +267,6 @@ pub trait ImageFormat: Send + Sync {
                 .map_err(io("wipe", path))?;
         }
         remove_if_exists(path)?;
-        sync_dir(path.parent().unwrap_or(Path::new("/")))
+        env.sync_dir(path.parent().unwrap_or(Path::new("/"))).await
     }
 }

@@ -101,6 +101,7 @@ impl FilePool {
             exports_dir(cfg, &def.name),
             layout.tmp_dir(),
             records,
+            layout.root.clone(),
         );
         Self {
             name: def.name.clone(),
@@ -278,7 +279,7 @@ impl FilePool {
                 ))
             })?;
         }
-        f.sync_all().map_err(io("sync", tmp))?;
+        self.env.root_sync.sync_file(f, tmp).await?;
         Ok(size)
     }
 
@@ -589,7 +590,7 @@ impl Pool for FilePool {
         let made = async {
             let size = self.make(req, &tmp, format, from).await?;
             rename_noreplace(&tmp, &dst)?;
-            sync_dir(&self.layout.root)?;
+            self.env.root_sync.sync().await?;
             Ok(size)
         }
         .await;
