@@ -7,16 +7,19 @@
 //!
 //! - **Watched** ([`DirIndex::watched`], for directories only this node
 //!   changes through a local filesystem): an inotify watch, added before the
-//!   scan, reports every name created, removed, renamed or rewritten in the
-//!   directory, by anyone on this machine; each call re-reads just those
+//!   scan, reports every name created, removed or renamed in the directory,
+//!   by anyone on this machine; each call re-reads just those
 //!   names. Churn then costs the changed names, not a rescan, and a name can
 //!   be looked up ([`DirIndex::lookup`]) without probing the filesystem.
 //!   The kernel queues the event inside the system call that made the
 //!   change, so a lookup after that call returned sees it. A lost event
 //!   (queue overflow), the directory removed, moved or unmounted, or another
-//!   directory now at the path (its device and inode) start a new scan; so
-//!   does a watch that cannot be had (the inotify limits), falling back to
-//!   the timestamps.
+//!   directory now at the path (its device and inode) start a new scan. A
+//!   directory on a filesystem other machines may share (anything but
+//!   ext2/3/4, xfs, btrfs, zfs, f2fs, tmpfs and ramfs), or a watch the
+//!   kernel's limits refuse, keeps to the timestamps, and a lookup then
+//!   answers `None` (ask the directory) without a scan; a watch is tried
+//!   again after [`WATCH_RETRY`].
 //! - **Timestamps** (the default; for shared directories other machines
 //!   change, which inotify does not report): the directory's inode, mtime
 //!   and ctime are those seen at the scan. Whoever adds, removes or renames
@@ -103,13 +106,19 @@ pub struct DirIndex<T> {
     kept: Mutex<Option<Kept<T>>>,
     /// Watch the directory with inotify (else: timestamps).
     watch: bool,
+    /// No watch could be had: not tried again before this.
+    unwatched_until: Mutex<Option<Instant>>,
 }
+
+/// How long a directory that could not be watched keeps to timestamps.
+pub const WATCH_RETRY: Duration = Duration::from_secs(60);
 
 impl<T> Default for DirIndex<T> {
     fn default() -> Self {
         Self {
             kept: Mutex::new(None),
             watch: false,
+            unwatched_until: Mutex::new(None),
         }
     }
 }
@@ -142,18 +151,11 @@ struct Kept<T> {
 /// directory (or, after an event, lstat) tells it.
 pub type Read<'a, T> = &'a mut dyn FnMut(&OsStr, io::Result<FileType>) -> Scan<T>;
 
-/// What an inotify watch reports: every way a name comes, goes or is
-/// rewritten, and the directory itself going away.
+/// What an inotify watch reports: every way a name comes or goes, and the
+/// directory itself going away.
 fn watch_flags() -> inotify::WatchFlags {
     use inotify::WatchFlags as W;
-    W::CREATE
-        | W::DELETE
-        | W::MOVED_FROM
-        | W::MOVED_TO
-        | W::CLOSE_WRITE
-        | W::DELETE_SELF
-        | W::MOVE_SELF
-        | W::ONLYDIR
+    W::CREATE | W::DELETE | W::MOVED_FROM | W::MOVED_TO | W::DELETE_SELF | W::MOVE_SELF | W::ONLYDIR
 }
 
 impl<T: Clone> DirIndex<T> {
@@ -163,6 +165,7 @@ impl<T: Clone> DirIndex<T> {
         Self {
             kept: Mutex::new(None),
             watch: true,
+            unwatched_until: Mutex::new(None),
         }
     }
 
@@ -200,7 +203,7 @@ impl<T: Clone> DirIndex<T> {
         key: impl Fn(&T) -> &str,
         wanted: &str,
     ) -> io::Result<Option<Vec<T>>> {
-        if !self.watch {
+        if !self.may_watch() {
             return Ok(None);
         }
         let stamp = Stamp::of(&std::fs::metadata(dir)?);
@@ -256,7 +259,18 @@ impl<T: Clone> DirIndex<T> {
         key: &impl Fn(&T) -> &str,
     ) -> io::Result<Arc<Vec<T>>> {
         // The watch first: a change during the scan is then an event too.
-        let watch = self.watch.then(|| add_watch(dir)).flatten();
+        let watch = if self.may_watch() {
+            let w = add_watch(dir);
+            if w.is_none() {
+                *self
+                    .unwatched_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + WATCH_RETRY);
+            }
+            w
+        } else {
+            None
+        };
         let mut unsure = false;
         let mut files = BTreeMap::new();
         for e in std::fs::read_dir(dir)? {
@@ -299,6 +313,16 @@ impl<T: Clone> DirIndex<T> {
 }
 
 impl<T> DirIndex<T> {
+    /// Watched, and not refused a watch lately.
+    fn may_watch(&self) -> bool {
+        self.watch
+            && self
+                .unwatched_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|t| Instant::now() >= t)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Kept<T>>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -310,9 +334,29 @@ fn sorted<T: Clone>(files: &BTreeMap<OsString, T>, key: &impl Fn(&T) -> &str) ->
     Arc::new(v)
 }
 
-/// A non-blocking inotify descriptor watching `dir`, or `None` when the
-/// kernel gives none (its limits): the index then keeps to timestamps.
+/// A non-blocking inotify descriptor watching `dir`, or `None` when its
+/// filesystem may be shared with other machines (inotify does not see
+/// their changes) or the kernel gives none (its limits): the index then
+/// keeps to timestamps.
 fn add_watch(dir: &Path) -> Option<OwnedFd> {
+    // ext2/3/4, xfs, btrfs, zfs, f2fs, tmpfs, ramfs.
+    const LOCAL: [u64; 7] = [
+        0xEF53,
+        0x5846_5342,
+        0x9123_683E,
+        0x2FC1_2FC1,
+        0xF2F5_2010,
+        0x0102_1994,
+        0x8584_58F6,
+    ];
+    match rustix::fs::statfs(dir) {
+        Ok(s) if LOCAL.contains(&(s.f_type as u64 & 0xffff_ffff)) => {}
+        Ok(s) => {
+            tracing::debug!(dir = %dir.display(), f_type = s.f_type, "not watched: a filesystem other machines may change");
+            return None;
+        }
+        Err(_) => return None,
+    }
     let made = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
         .and_then(|fd| inotify::add_watch(&fd, dir, watch_flags()).map(|_| fd));
     match made {
@@ -581,5 +625,22 @@ mod tests {
         reads.set(0);
         assert_eq!(list(&reads).len(), queued + 11);
         assert_eq!(reads.get(), queued + 11, "a whole new scan");
+    }
+
+    #[test]
+    fn a_directory_other_machines_may_change_is_not_watched() {
+        // procfs stands in for NFS, CIFS or FUSE: not a known local filesystem.
+        let i = DirIndex::watched();
+        let mut any = any;
+        assert_eq!(
+            i.lookup(Path::new("/proc/sys"), &mut any, |n| n, "kernel")
+                .unwrap(),
+            None,
+            "ask the directory"
+        );
+        assert!(!i.may_watch(), "not tried again before WATCH_RETRY");
+        // Listings still work, on timestamps.
+        let listed = i.entries(Path::new("/proc/sys"), &mut any, |n| n).unwrap();
+        assert!(listed.contains(&"kernel".to_string()));
     }
 }

@@ -31,6 +31,9 @@ struct Inner {
     state: Mutex<State>,
     /// The directory is on tmpfs or ramfs (asked once).
     volatile: OnceLock<bool>,
+    /// Tests hold runs back with this.
+    #[cfg(test)]
+    hold: tokio::sync::RwLock<()>,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +54,8 @@ impl DirSync {
             dir,
             state: Mutex::default(),
             volatile: OnceLock::new(),
+            #[cfg(test)]
+            hold: Default::default(),
         }))
     }
 
@@ -90,9 +95,23 @@ impl DirSync {
                     }
                 }
             };
-            let done = match outcome.wait_for(Option::is_some).await {
-                Ok(v) => v.clone(),
-                Err(_) => Some(Err((std::io::ErrorKind::Other, "the sync was lost".into()))),
+            let waited = outcome.wait_for(Option::is_some).await.map(|v| v.clone());
+            let done = match waited {
+                Ok(v) => v,
+                // The run ended without an answer (its task was lost): it
+                // is no longer running, and this caller is not synced.
+                Err(_) => {
+                    let mut s = self.lock();
+                    if s.running
+                        .as_ref()
+                        .is_some_and(|(c, rx)| *c == covers && rx.same_channel(&outcome))
+                    {
+                        s.running = None;
+                    }
+                    let lost =
+                        std::io::Error::other("the directory sync was lost before it finished");
+                    return Err(io("sync", dir)(lost));
+                }
             };
             // A sync that began before this caller asked does not cover it.
             if covers < ticket {
@@ -138,15 +157,32 @@ impl Inner {
 
     /// One sync covering every ticket up to `covers`.
     fn run(&self, covers: u64, tx: watch::Sender<Outcome>) {
-        let r = File::open(&self.dir).and_then(|d| d.sync_all());
-        {
-            let mut s = self.lock();
-            s.running = None;
-            if r.is_ok() {
-                s.synced = s.synced.max(covers);
+        // Whatever happens here (a panic included), the run ends: it is no
+        // longer running, and its callers are told.
+        struct End<'a>(&'a Inner, Option<watch::Sender<Outcome>>);
+        impl Drop for End<'_> {
+            fn drop(&mut self) {
+                if let Some(tx) = self.1.take() {
+                    self.0.lock().running = None;
+                    let _ = tx.send(Some(Err((
+                        std::io::ErrorKind::Other,
+                        "the directory sync did not finish".into(),
+                    ))));
+                }
             }
         }
-        let _ = tx.send(Some(r.map_err(|e| (e.kind(), e.to_string()))));
+        let mut end = End(self, Some(tx));
+        #[cfg(test)]
+        let _held = self.hold.blocking_read();
+        let r = File::open(&self.dir).and_then(|d| d.sync_all());
+        if r.is_ok() {
+            let mut s = self.lock();
+            s.synced = s.synced.max(covers);
+        }
+        if let Some(tx) = end.1.take() {
+            self.lock().running = None;
+            let _ = tx.send(Some(r.map_err(|e| (e.kind(), e.to_string()))));
+        }
     }
 }
 
@@ -172,6 +208,8 @@ mod tests {
             return;
         };
         let s = DirSync::new(t.path().into());
+        // The first caller's sync is held until all 32 have asked.
+        let held = s.0.hold.write().await;
         let calls: Vec<_> = (0..32)
             .map(|i| {
                 let s = s.clone();
@@ -182,6 +220,15 @@ mod tests {
                 })
             })
             .collect();
+        while s.lock().asked < 32 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            s.lock().runs,
+            1,
+            "the first caller's sync runs, the others wait"
+        );
+        drop(held);
         for c in calls {
             c.await.unwrap().unwrap();
         }
@@ -189,8 +236,9 @@ mod tests {
         assert_eq!(st.asked, 32);
         assert_eq!(st.synced, 32, "every ticket covered");
         assert!(st.running.is_none());
-        // The first caller's sync, then one for the 31 that asked while it ran.
-        assert!(st.runs <= 3, "{} syncs for 32 callers", st.runs);
+        // The first caller's sync, then one for the 31 that asked while it
+        // ran (a sync that began before their change does not cover them).
+        assert_eq!(st.runs, 2, "{} syncs for 32 callers", st.runs);
     }
 
     #[tokio::test]

@@ -327,6 +327,9 @@ impl FilePool {
                 ),
             });
         }
+        // A retry after a crash between the rename and the sync: answered
+        // only once the directory is synced.
+        self.env.root_sync.sync().await?;
         Ok(Some(v))
     }
 
@@ -587,13 +590,10 @@ impl Pool for FilePool {
         let tmp = self.layout.tmp('v', &req.name, format.format())?;
         remove_if_exists(&tmp)?;
         let dst = self.layout.volume(&req.name, format.format())?;
-        let made = async {
-            let size = self.make(req, &tmp, format, from).await?;
-            rename_noreplace(&tmp, &dst)?;
-            self.env.root_sync.sync().await?;
-            Ok(size)
-        }
-        .await;
+        let made = match self.make(req, &tmp, format, from).await {
+            Ok(size) => rename_noreplace(&tmp, &dst).map(|()| size),
+            Err(e) => Err(e),
+        };
         let capacity = match made {
             Ok(size) => size,
             Err(e) => {
@@ -606,6 +606,9 @@ impl Pool for FilePool {
                 };
             }
         };
+        // Durable once the directory is synced after the rename; a failed
+        // sync fails the create (never answered from what is in place).
+        self.env.root_sync.sync().await?;
         let allocation = std::fs::metadata(&dst)
             .map(|m| copy::allocated_bytes(&m))
             .unwrap_or(0);
@@ -626,7 +629,8 @@ impl Pool for FilePool {
             for f in self.formats.all() {
                 remove_if_exists(&self.layout.tmp('v', name, f.format())?)?;
             }
-            return Ok(());
+            // A retry after a crash between the unlink and the sync.
+            return self.env.root_sync.sync().await;
         };
         if let Some(node) = self
             .share
