@@ -4,8 +4,9 @@ link between them. Fenced blocks by their info string:
 
 - ```yaml: must parse. StoragePools are validated against the CRD's schema
   (charts/pool-csi/crds/), VolumeSnapshots for the fields the snapshot
-  controller needs, every other object against Kubernetes 1.33's schemas
-  (kubernetes_validate, strict). A StorageClass of this driver may only use
+  controller needs, every other object against the schemas of Kubernetes
+  1.29 (the chart's kubeVersion floor) and the newest kubernetes_validate
+  carries (strict). A StorageClass of this driver may only use
   parameter keys common/src/params.rs knows. A document without `kind`
   whose keys are chart values is rendered with the chart exactly as
   dev/chart_check.py renders values, and every rendered object validated.
@@ -14,11 +15,19 @@ link between them. Fenced blocks by their info string:
   `--set` names a key of charts/pool-csi/values.yaml; `kubectl -f FILE`
   files exist; `poolctl` subcommands and their flags exist in
   controller/src/bin/poolctl.rs; the flags given to pool-csi-node and
-  pool-csi-controller are documented in docs/cli.md. Heredocs (`<<'YAML'`)
-  are checked as YAML blocks. Any other command must be a known
-  external tool (buildah, kind, csi-sanity, cat).
+  pool-csi-controller are documented in docs/cli.md; `kubectl taint` must
+  set or remove the out-of-service taint the leader acts on; `sg_persist`
+  options must be ones the installed sg_persist lists. Heredocs
+  (`<<'YAML'`) are checked as YAML blocks. Any other command must be a
+  known external tool (buildah, kind, csi-sanity, cat, echo).
 - ```text: deliberately unchecked (diagrams, file layouts, output).
 - any other info string, or none, fails: nothing goes unchecked silently.
+  Blocks indented in lists are checked the same way.
+
+Also: every Event and condition reason the leader writes (a CamelCase
+string literal in controller/src/leader/) has an entry in
+docs/troubleshooting.md, and every package of the image's list is named in
+docs/install.md's image section.
 
 Links `[..](path#anchor)` to local files must name a file that exists and,
 with an anchor, a heading of that file (GitHub's slugs).
@@ -42,7 +51,11 @@ import yaml
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 CHART = os.path.join(ROOT, "charts", "pool-csi")
-K8S = "1.33.0"
+# The chart's kubeVersion floor and the newest schemas kubernetes_validate has.
+K8S_VERSIONS = (
+    re.search(r'kubeVersion: ">=(\d+\.\d+\.\d+)', open(os.path.join(ROOT, "charts/pool-csi/Chart.yaml")).read()).group(1),
+    kubernetes_validate.latest_version(),
+)
 DRIVER = "pool-csi.io"
 LINKS_ONLY = {"docs/design.md", "docs/claims.md"}
 EXTERNAL = {"buildah", "kind", "csi-sanity", "cat", "echo"}
@@ -148,7 +161,8 @@ def validate_object(doc):
         spec = doc["spec"]
         assert kind == "Certificate" and spec["secretName"] and spec["dnsNames"] and spec["issuerRef"]["name"], doc
     else:
-        kubernetes_validate.validate(doc, K8S, strict=True)
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
     if kind == "StorageClass" and doc.get("provisioner") == DRIVER:
         unknown = set(doc.get("parameters") or {}) - PARAM_KEYS
         assert not unknown, f"StorageClass {doc['metadata']['name']}: unknown parameters {sorted(unknown)}"
@@ -375,7 +389,7 @@ def check_kubectl(args):
     if args[0] == "taint":
         # Only the out-of-service taint means anything to pool-csi.
         assert len(args) == 4 and args[1] == "node", f"kubectl taint {args[1:]}: expected `taint node <node> <taint>`"
-        assert re.match(re.escape(OUT_OF_SERVICE) + r"([=:].*|-)$", args[3]), f"kubectl taint: pool-csi acts on {OUT_OF_SERVICE}, not {args[3]}"
+        assert re.match(re.escape(OUT_OF_SERVICE) + r"((=[^:]*)?:(NoExecute|NoSchedule|PreferNoSchedule)-?|-)$", args[3]), f"kubectl taint: pool-csi acts on {OUT_OF_SERVICE}, not {args[3]}"
         return
     for i, a in enumerate(args):
         if a == "-f" and args[i + 1] != "-" and not args[i + 1].startswith("/"):
