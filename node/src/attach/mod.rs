@@ -214,12 +214,20 @@ impl Attacher<'_> {
             qemu_nbd::disconnect(self.runner, &dev, &nbd).await?;
         }
         for file in path.into_iter().chain([self.export.file.as_path()]) {
+            let mut detached = false;
             for dev in losetup::find_by_backing_file(self.sysfs, file) {
                 // Held and checked first: a device number freed and reused
                 // by another program since the scan is not ours to detach.
                 if let Some(pin) = Pinned::pin(self.sysfs, &dev, file).map_err(io("open", &dev))? {
                     pin.detach().map_err(io("detach loop device", &dev))?;
+                    detached = true;
                 }
+            }
+            // The kernel lets go of the file at the device's last close,
+            // which can come a moment after the unmount: unstaged means the
+            // image is free (a DeleteVolume right after finds it so).
+            if detached {
+                losetup::wait_released(self.sysfs, file, Duration::from_secs(10)).await;
             }
         }
         if self.export.running_pid().is_some() || self.export.pid_file.exists() {
