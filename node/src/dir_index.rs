@@ -287,24 +287,31 @@ impl<T: Clone> DirIndex<T> {
                 Scan::Unsure => unsure = true,
             }
         }
-        let sorted = sorted(&files, key);
-        let keep = match watch {
-            Some(fd) if !unsure => Some(Kept {
-                stamp,
-                at: Instant::now(),
-                sorted: Some(sorted.clone()),
-                watched: Some((fd, files)),
-            }),
+        let (keep, sorted) = match watch {
+            Some(fd) if !unsure => {
+                let sorted = sorted(&files, key);
+                let kept = Kept {
+                    stamp,
+                    at: Instant::now(),
+                    sorted: Some(sorted.clone()),
+                    watched: Some((fd, files)),
+                };
+                (Some(kept), sorted)
+            }
             // Kept only if the directory did not change during the scan
             // and its last change is older than a clock tick.
             _ => {
+                let mut v: Vec<T> = files.into_values().collect();
+                v.sort_by(|a, b| key(a).cmp(key(b)));
+                let sorted = Arc::new(v);
                 let after = Stamp::of(&std::fs::metadata(dir)?);
-                (after == stamp && stamp.settled() && !unsure).then(|| Kept {
+                let kept = (after == stamp && stamp.settled() && !unsure).then(|| Kept {
                     stamp,
                     at: Instant::now(),
                     sorted: Some(sorted.clone()),
                     watched: None,
-                })
+                });
+                (kept, sorted)
             }
         };
         *self.lock() = keep;
@@ -339,23 +346,14 @@ fn sorted<T: Clone>(files: &BTreeMap<OsString, T>, key: &impl Fn(&T) -> &str) ->
 /// their changes) or the kernel gives none (its limits): the index then
 /// keeps to timestamps.
 fn add_watch(dir: &Path) -> Option<OwnedFd> {
-    // ext2/3/4, xfs, btrfs, zfs, f2fs, tmpfs, ramfs.
-    const LOCAL: [u64; 7] = [
-        0xEF53,
-        0x5846_5342,
-        0x9123_683E,
-        0x2FC1_2FC1,
-        0xF2F5_2010,
-        0x0102_1994,
-        0x8584_58F6,
-    ];
-    match rustix::fs::statfs(dir) {
-        Ok(s) if LOCAL.contains(&(s.f_type as u64 & 0xffff_ffff)) => {}
-        Ok(s) => {
-            tracing::debug!(dir = %dir.display(), f_type = s.f_type, "not watched: a filesystem other machines may change");
+    use crate::fsutil::{filesystem_of, FsKind};
+    match filesystem_of(dir) {
+        Some(FsKind::Memory | FsKind::LocalDisk) => {}
+        Some(FsKind::Other(magic)) => {
+            tracing::debug!(dir = %dir.display(), magic, "not watched: a filesystem other machines may change");
             return None;
         }
-        Err(_) => return None,
+        None => return None,
     }
     let made = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
         .and_then(|fd| inotify::add_watch(&fd, dir, watch_flags()).map(|_| fd));

@@ -138,10 +138,7 @@ impl DirSync {
 
     fn volatile(&self) -> bool {
         *self.0.volatile.get_or_init(|| {
-            rustix::fs::statfs(&self.0.dir).is_ok_and(|s| {
-                // TMPFS_MAGIC, RAMFS_MAGIC
-                matches!(s.f_type as u64, 0x0102_1994 | 0x8584_58f6)
-            })
+            crate::fsutil::filesystem_of(&self.0.dir) == Some(crate::fsutil::FsKind::Memory)
         })
     }
 

@@ -97,6 +97,32 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     f.sync_all().map_err(io("sync", path))
 }
 
+/// What kind of filesystem holds `dir`, by its statfs magic (the low 32
+/// bits, as the kernel defines them); `None` when it cannot be asked.
+pub fn filesystem_of(dir: &Path) -> Option<FsKind> {
+    const TMPFS: u64 = 0x0102_1994;
+    const RAMFS: u64 = 0x8584_58F6;
+    // ext2/3/4, xfs, btrfs, zfs, f2fs.
+    const DISK: [u64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x2FC1_2FC1, 0xF2F5_2010];
+    let magic = rustix::fs::statfs(dir).ok()?.f_type as u64 & 0xffff_ffff;
+    Some(match magic {
+        TMPFS | RAMFS => FsKind::Memory,
+        m if DISK.contains(&m) => FsKind::LocalDisk,
+        m => FsKind::Other(m),
+    })
+}
+
+/// See [`filesystem_of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    /// tmpfs or ramfs: local, and fsync does nothing.
+    Memory,
+    /// A local disk filesystem only this machine changes.
+    LocalDisk,
+    /// Anything else (NFS, CIFS, FUSE …): other machines may change it.
+    Other(u64),
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
