@@ -8,6 +8,7 @@
 
 pub mod any_authority;
 pub mod caps;
+pub mod coalesce;
 pub mod codes;
 pub mod identity;
 pub mod metrics;

@@ -6,7 +6,8 @@ use super::model::{
     Expansion, Extent, Inventory, Lun, NewContent, NewVolume, PoolReport, PoolState,
     SnapshotFilter, SnapshotReport, VolumeReport,
 };
-use pool_csi_common::{wire, GrpcCode};
+use hyper_util::rt::TokioIo;
+use pool_csi_common::{coalesce::CoalescedWrites, wire, GrpcCode};
 use pool_csi_proto::agent::{self as pb, agent_client, create_volume_request::Source};
 use std::time::Duration;
 use tonic::{
@@ -98,16 +99,39 @@ pub fn endpoint(
     Ok(ep
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30)))
 }
 
+/// A channel to the agent at `ep`, connecting on first use; each burst of
+/// frames goes out in one write.
+fn channel(ep: &Endpoint) -> Channel {
+    ep.connect_with_connector_lazy(tower::service_fn(connect))
+}
+
+/// A TCP connection (no Nagle delay) to the authority of `uri`, its
+/// writes coalesced.
+async fn connect(
+    uri: tonic::transport::Uri,
+) -> std::io::Result<TokioIo<CoalescedWrites<tokio::net::TcpStream>>> {
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    if uri.port().is_none() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("agent address {authority:?} has no port"),
+        ));
+    }
+    let tcp = tokio::net::TcpStream::connect(authority).await?;
+    tcp.set_nodelay(true)?;
+    Ok(TokioIo::new(CoalescedWrites::new(tcp)))
+}
+
 impl AgentClient {
-    /// A client for `node`'s agent at `ep`, connecting on first use.
+    /// A client for `node`'s agent at `ep`, connecting on first use (TLS,
+    /// when configured, runs over the coalesced writes).
     pub fn lazy(node: &str, ep: Endpoint) -> Self {
         Self {
             node: node.into(),
-            inner: agent_client::AgentClient::new(ep.connect_lazy()),
+            inner: agent_client::AgentClient::new(channel(&ep)),
         }
     }
 
@@ -450,5 +474,95 @@ fn snapshot(s: pb::SnapshotInfo) -> SnapshotReport {
         created_unix_nanos: s.creation_unix_nanos,
         ready: s.ready,
         shared: s.shared,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_csi_common::identity::IdentityService;
+    use pool_csi_proto::csi::{identity_client::IdentityClient, identity_server::IdentityServer};
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    };
+    use tokio::net::TcpListener;
+
+    /// A real gRPC server behind a relay that counts how many reads the
+    /// client's bytes took: a call sent as HEADERS and DATA in two writes
+    /// arrives in two reads most of the time. The client runs on one
+    /// thread, as in the controller (on a multi-threaded runtime the
+    /// frames of a call are coalesced only when they are queued in time).
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_call_reaches_the_agent_in_one_write() {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let identity = IdentityService::new("test", false, Arc::new(AtomicBool::new(true)));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(IdentityServer::new(identity))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(server)),
+        );
+        // The relay reads on threads of its own, as promptly as a remote
+        // agent would, whatever the client's runtime does meanwhile.
+        let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut from_client, _) = relay.accept().unwrap();
+            from_client.set_nodelay(true).unwrap();
+            let mut to_server = std::net::TcpStream::connect(server_addr).unwrap();
+            to_server.set_nodelay(true).unwrap();
+            let (mut from_server, mut to_client) = (
+                to_server.try_clone().unwrap(),
+                from_client.try_clone().unwrap(),
+            );
+            std::thread::spawn(move || std::io::copy(&mut from_server, &mut to_client));
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = from_client.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                to_server.write_all(&buf[..n]).unwrap();
+            }
+        });
+        let ep = endpoint(&relay_addr.to_string(), None).unwrap();
+        let mut client = IdentityClient::new(channel(&ep));
+        let probe = || pool_csi_proto::csi::ProbeRequest {};
+        client
+            .probe(probe())
+            .await
+            .expect("the first call connects");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = reads.load(Ordering::SeqCst);
+        const CALLS: usize = 40;
+        for _ in 0..CALLS {
+            client.probe(probe()).await.unwrap();
+        }
+        let took = reads.load(Ordering::SeqCst) - before;
+        // A control frame (a window update, a ping's answer) may go alone.
+        assert!(
+            took <= CALLS + 2,
+            "{CALLS} calls took {took} reads at the agent's end: more than one write per call"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_agent_address_without_a_port_is_refused_at_connect() {
+        let ep = endpoint("agent.example", None).unwrap();
+        let mut client = IdentityClient::new(channel(&ep));
+        let e = client
+            .probe(pool_csi_proto::csi::ProbeRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        assert!(
+            format!("{e:?}").contains("has no port"),
+            "the operator is told why: {e:?}"
+        );
     }
 }
