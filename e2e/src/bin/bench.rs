@@ -584,6 +584,46 @@ impl Drop for BenchVg {
     }
 }
 
+/// Loop devices attached to one small file, detached when dropped.
+struct AttachedLoops {
+    devices: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl AttachedLoops {
+    fn new(n: usize) -> Result<Self, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("backing");
+        std::fs::File::create(&file)?.set_len(1 << 20)?;
+        let file = file.to_string_lossy().into_owned();
+        let mut loops = Self {
+            devices: Vec::new(),
+            _dir: dir,
+        };
+        for _ in 0..n {
+            let out = pool_csi_e2e::tool("losetup", &["-f", "--show", &file]);
+            if !out.status.success() {
+                return Err(format!(
+                    "losetup -f: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )
+                .into());
+            }
+            let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            loops.devices.push(dev);
+        }
+        Ok(loops)
+    }
+}
+
+impl Drop for AttachedLoops {
+    fn drop(&mut self) {
+        for d in &self.devices {
+            pool_csi_e2e::tool("losetup", &["-d", d]);
+        }
+    }
+}
+
 /// Every scenario against the binaries in `bin` (None: this build).
 async fn matrix(
     bin: Option<std::path::PathBuf>,
@@ -766,7 +806,25 @@ fn ratios(old: &[serde_json::Value], new: &[serde_json::Value]) -> Vec<serde_jso
     out
 }
 
-/// `pool-csi-bench [--compare OLD_BIN_DIR]`: one JSON line per scenario;
+const USAGE: &str = "usage: pool-csi-bench [--compare OLD_BIN_DIR | --csi CONTROLLER_SOCKET]";
+
+/// The create+delete scenarios against another driver's CSI controller on
+/// the unix socket `socket` (the reference driver, say, started by hand),
+/// with the same load generator: its figures stand beside this driver's.
+async fn other_driver(
+    socket: &std::path::Path,
+) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
+    let c = Clients::connect(socket, socket).await?;
+    let mut out = Vec::new();
+    for conc in [1, 8, 32] {
+        let mut line = create_delete(&c, conc, "other").await;
+        line["driver"] = json!(socket.display().to_string());
+        out.push(line);
+    }
+    Ok(out)
+}
+
+/// `pool-csi-bench [--compare OLD_BIN_DIR | --csi CONTROLLER_SOCKET]`: one JSON line per scenario;
 /// with `--compare`, the matrix runs four times in one go — the binaries in
 /// OLD_BIN_DIR, this build, this build, the old ones — and the last lines
 /// are the ratios new/old of the two builds' means.
@@ -779,8 +837,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let old = match args.as_slice() {
         [] => None,
         [flag, dir] if flag == "--compare" => Some(std::path::PathBuf::from(dir)),
-        _ => return Err("usage: pool-csi-bench [--compare OLD_BIN_DIR]".into()),
+        [flag, socket] if flag == "--csi" => {
+            for line in other_driver(std::path::Path::new(socket)).await? {
+                println!("{line}");
+            }
+            return Ok(());
+        }
+        _ => return Err(USAGE.into()),
     };
+    // POOL_CSI_BENCH_LOOPS=N: N loop devices stay attached for the run, as
+    // on a node with N volumes staged (a delete that asks every loop device
+    // about its backing file pays for each).
+    let loops: usize = match std::env::var("POOL_CSI_BENCH_LOOPS") {
+        Ok(n) => n.parse().map_err(|_| "POOL_CSI_BENCH_LOOPS is a count")?,
+        Err(_) => 0,
+    };
+    let _attached = (loops > 0).then(|| AttachedLoops::new(loops)).transpose()?;
+    if loops > 0 {
+        println!(
+            "{}",
+            json!({"setup": "loop_devices_attached", "count": loops})
+        );
+    }
     let Some(old_dir) = old else {
         for line in matrix(None).await? {
             println!("{line}");
