@@ -120,7 +120,9 @@ async fn connect(
             format!("agent address {authority:?} has no port"),
         ));
     }
-    let tcp = tokio::net::TcpStream::connect(authority).await?;
+    let tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("connect to {authority}: {e}")))?;
     tcp.set_nodelay(true)?;
     Ok(TokioIo::new(CoalescedWrites::new(tcp)))
 }
@@ -495,6 +497,12 @@ mod tests {
     /// frames of a call are coalesced only when they are queued in time).
     #[tokio::test(flavor = "current_thread")]
     async fn each_call_reaches_the_agent_in_one_write() {
+        tokio::time::timeout(Duration::from_secs(30), one_write_per_call())
+            .await
+            .expect("the calls are answered, none stuck in a held write");
+    }
+
+    async fn one_write_per_call() {
         let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server_addr = server.local_addr().unwrap();
         let identity = IdentityService::new("test", false, Arc::new(AtomicBool::new(true)));
