@@ -145,6 +145,14 @@ impl Gluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // A restart: glusterd is meant to bring the bricks of started
+        // volumes back, and on a loaded machine it sometimes does not (the
+        // mounts then fail with "Transport endpoint is not connected");
+        // what an operator would run makes sure they are up.
+        let name = self.volume.trim_start_matches('/');
+        if self.dir.join("wd/vols").join(name).exists() {
+            self.cli(&["volume", "start", name, "force"]);
+        }
     }
 
     /// Stops every process of the server (glusterd and its bricks).
