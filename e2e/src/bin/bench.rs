@@ -584,44 +584,12 @@ impl Drop for BenchVg {
     }
 }
 
-/// Loop devices attached to one small file, detached when dropped.
-struct AttachedLoops {
-    devices: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl AttachedLoops {
-    fn new(n: usize) -> Result<Self, Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let file = dir.path().join("backing");
-        std::fs::File::create(&file)?.set_len(1 << 20)?;
-        let file = file.to_string_lossy().into_owned();
-        let mut loops = Self {
-            devices: Vec::new(),
-            _dir: dir,
-        };
-        for _ in 0..n {
-            let out = pool_csi_e2e::tool("losetup", &["-f", "--show", &file]);
-            if !out.status.success() {
-                return Err(format!(
-                    "losetup -f: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )
-                .into());
-            }
-            let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            loops.devices.push(dev);
-        }
-        Ok(loops)
-    }
-}
-
-impl Drop for AttachedLoops {
-    fn drop(&mut self) {
-        for d in &self.devices {
-            pool_csi_e2e::tool("losetup", &["-d", d]);
-        }
-    }
+/// `n` loop devices attached, each over a 1 MiB file of its own in `dir`
+/// (detached when dropped, only while still theirs).
+fn attached_loops(dir: &std::path::Path, n: usize) -> Vec<pool_csi_e2e::LoopDisk> {
+    (0..n)
+        .map(|i| pool_csi_e2e::LoopDisk::new(dir, &format!("busy-{i}"), 1, false))
+        .collect()
 }
 
 /// Every scenario against the binaries in `bin` (None: this build).
@@ -852,7 +820,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(n) => n.parse().map_err(|_| "POOL_CSI_BENCH_LOOPS is a count")?,
         Err(_) => 0,
     };
-    let _attached = (loops > 0).then(|| AttachedLoops::new(loops)).transpose()?;
+    let loop_dir = tempfile::tempdir()?;
+    let _attached = attached_loops(loop_dir.path(), loops);
     if loops > 0 {
         println!(
             "{}",
