@@ -155,28 +155,41 @@ impl Gluster {
         }
     }
 
+    /// The processes of the server (glusterd and its bricks).
+    fn server_pids(&self) -> Vec<rustix::process::Pid> {
+        let out = tool("ip", &["netns", "pids", &self.ns]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter_map(rustix::process::Pid::from_raw)
+            .collect()
+    }
+
+    fn signal_server(&self, sig: rustix::process::Signal) {
+        for p in self.server_pids() {
+            let _ = rustix::process::kill_process(p, sig);
+        }
+    }
+
+    /// Freezes the server without taking it away, as a hung NFS server:
+    /// its clients' calls wait instead of failing.
+    pub fn pause_server(&self) {
+        self.signal_server(rustix::process::Signal::STOP);
+    }
+
+    pub fn resume_server(&self) {
+        self.signal_server(rustix::process::Signal::CONT);
+    }
+
     /// Stops every process of the server (glusterd and its bricks).
     pub fn stop_server(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = tool("ip", &["netns", "pids", &self.ns]);
-            let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect();
-            if pids.is_empty() {
-                return;
-            }
-            let sig = match Instant::now() < deadline {
+        self.resume_server();
+        while !self.server_pids().is_empty() {
+            self.signal_server(match Instant::now() < deadline {
                 true => rustix::process::Signal::TERM,
                 false => rustix::process::Signal::KILL,
-            };
-            for p in pids
-                .iter()
-                .filter_map(|p| rustix::process::Pid::from_raw(*p))
-            {
-                let _ = rustix::process::kill_process(p, sig);
-            }
+            });
             std::thread::sleep(Duration::from_millis(200));
         }
     }

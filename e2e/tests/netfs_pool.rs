@@ -518,6 +518,60 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
         );
     }
 
+    // The share's server hangs (frozen, not gone: as an NFS server that
+    // stops answering). A call on the share waits for it; the node keeps
+    // serving everything else meanwhile.
+    g.pause_server();
+    let frozen = {
+        let mut a1 = a1.clone();
+        tokio::spawn(async move {
+            // A name never made: its lookup cannot come from a cache.
+            a1.get_volume(pb::VolumeRef {
+                pool: "share".into(),
+                name: "frozen".into(),
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    let others = tokio::time::timeout(Duration::from_secs(5), async {
+        c.node_identity.probe(csi::ProbeRequest {}).await?;
+        a1.clone()
+            .create_volume(pb::CreateVolumeRequest {
+                pool: "scratch".into(),
+                name: "beside-the-hang".into(),
+                required_bytes: MIB as u64,
+                ..Default::default()
+            })
+            .await
+    })
+    .await;
+    let (waited, waiting) = (t.elapsed(), !frozen.is_finished());
+    g.resume_server();
+    others
+        .expect("node-1 answers other calls while a share hangs")
+        .expect("Probe and a local pool's create succeed");
+    assert!(
+        waited < Duration::from_secs(2),
+        "node-1 answered other calls only after {waited:?}"
+    );
+    assert!(waiting, "the call on the share waits for it");
+    // It ends once the server answers again.
+    let looked = tokio::time::timeout(Duration::from_secs(60), frozen)
+        .await
+        .expect("the call on the share ends once its server answers")
+        .unwrap();
+    assert!(looked.is_err(), "never made: {looked:?}");
+    a1.clone()
+        .delete_volume(pb::DeleteVolumeRequest {
+            pool: "scratch".into(),
+            name: "beside-the-hang".into(),
+            wipe: false,
+        })
+        .await
+        .unwrap();
+
     // The share goes away: the pool stops with why, and comes back with it.
     g.stop_server();
     let down = wait_pool(&agent2, "share", "inactive", Duration::from_secs(20)).await;

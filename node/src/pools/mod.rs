@@ -9,6 +9,7 @@ pub mod logical;
 pub mod lun;
 pub mod lun_claims;
 pub mod lun_sources;
+pub mod off_thread;
 pub mod registry;
 
 use crate::{

@@ -2,7 +2,7 @@
 //! [`PoolType`] in the node), swapped live when definitions change, started,
 //! and rendered as Prometheus gauges.
 
-use super::{disk, file, logical, lun, lun_sources, Pool, PoolState};
+use super::{disk, file, logical, lun, lun_sources, off_thread, Pool, PoolState};
 use crate::{
     error::{Error, Result},
     exec::CommandRunner,
@@ -39,9 +39,13 @@ impl Pools {
             Arc::new(lun::LunPool::new(def, cfg, src))
         };
         let pool: Arc<dyn Pool> = match def.spec.pool_type {
-            PoolType::Dir | PoolType::Fs | PoolType::Netfs => {
-                Arc::new(file::FilePool::new(def, cfg, runner.clone()))
-            }
+            PoolType::Dir | PoolType::Fs => Arc::new(file::FilePool::new(def, cfg, runner.clone())),
+            // Its file calls can block as long as the share's server is gone.
+            PoolType::Netfs => Arc::new(off_thread::OffThread::new(file::FilePool::new(
+                def,
+                cfg,
+                runner.clone(),
+            ))),
             PoolType::Disk => Arc::new(disk::DiskPool::new(def, cfg, runner.clone())),
             PoolType::Logical => Arc::new(logical::LogicalPool::new(def, cfg, runner.clone())),
             PoolType::Iscsi => luns(Box::new(lun_sources::IscsiSource::new(
