@@ -29,6 +29,10 @@ pub enum LockKey {
     /// An id this driver cannot parse, locked as given (unpublishing works
     /// on the target path alone).
     Unparsed(String),
+    /// NodeGetVolumeStats of a volume id: one at a time, apart from the
+    /// volume's other calls, so a stats call waiting on a share that does
+    /// not answer holds one thread while kubelet's next ones are ABORTED.
+    Stats(String),
 }
 
 impl LockKey {
@@ -65,6 +69,7 @@ impl fmt::Display for LockKey {
             Self::SnapshotName(name) => write!(f, "snapshot {name}"),
             Self::Pool(pool) => write!(f, "pool {pool}"),
             Self::Unparsed(id) => write!(f, "{id}"),
+            Self::Stats(id) => write!(f, "the statistics of {id}"),
         }
     }
 }
@@ -130,6 +135,25 @@ impl OpLocks {
         detach(guard, op).await
     }
 
+    /// [`Self::run`] with `op` on a thread of the blocking pool
+    /// ([`on_blocking_thread`]): for operations whose plain file calls can
+    /// wait as long as a share does not answer. While one hangs, retries
+    /// are ABORTED at once and take no thread of their own.
+    pub async fn run_off_thread<T, E, F>(&self, key: LockKey, op: F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Busy> + Send + 'static,
+    {
+        let guard = self.try_acquire(key)?;
+        on_blocking_thread(async move {
+            let r = op.await;
+            drop(guard);
+            r
+        })
+        .await
+    }
+
     /// Whether `key` is held now (for tests and diagnostics).
     pub fn is_held(&self, key: &LockKey) -> bool {
         self.held
@@ -163,6 +187,25 @@ where
     }
 }
 
+/// Runs `op` to its end on a thread of the blocking pool, driving its I/O
+/// and timers through the current runtime as on the runtime's own thread
+/// (the runtime keeps running on that one meanwhile), even when the caller
+/// goes away. A plain file call in `op` that blocks — on a share whose
+/// server stopped answering, for as long as it does — then holds that
+/// thread, not the runtime's. A panic in `op` is the caller's.
+pub async fn on_blocking_thread<T, F>(op: F) -> T
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || rt.block_on(op)).await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => unreachable!("blocking tasks are never cancelled: {e}"),
+    }
+}
+
 impl Drop for OpGuard {
     fn drop(&mut self) {
         self.held
@@ -175,6 +218,46 @@ impl Drop for OpGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An operation blocked in a plain call (as on a share that does not
+    /// answer) holds a blocking thread and its key, not the runtime's one
+    /// thread: a retry is Busy at once, and the key is free once it ends.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_operation_blocked_off_thread_keeps_its_key_and_the_runtime_free() {
+        let locks = OpLocks::new();
+        let k = LockKey::volume("share", "v");
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let blocked = {
+            let (locks, k) = (locks.clone(), k.clone());
+            tokio::spawn(async move {
+                locks
+                    .run_off_thread(k, async move {
+                        wait.recv().unwrap();
+                        Ok::<_, Busy>("answered")
+                    })
+                    .await
+            })
+        };
+        // The answer comes a second later, from a thread of its own; the
+        // runtime's thread runs timers and other calls meanwhile.
+        let answer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            go.send(()).unwrap();
+        });
+        let t = std::time::Instant::now();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            t.elapsed().as_millis() < 500,
+            "blocked for {:?}",
+            t.elapsed()
+        );
+        assert!(locks.is_held(&k));
+        let retry = locks.run_off_thread(k.clone(), async { Ok::<_, Busy>("twice") });
+        assert!(retry.await.is_err(), "a retry while it waits is Busy");
+        answer.join().unwrap();
+        assert_eq!(blocked.await.unwrap().unwrap(), "answered");
+        assert!(!locks.is_held(&k), "free once it ended");
+    }
 
     /// The caller gives up (its future is dropped): the operation goes on,
     /// holding its key, and a second call is Busy until it ends.

@@ -520,8 +520,33 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
 
     // The share's server hangs (frozen, not gone: as an NFS server that
     // stops answering). A call on the share waits for it; the node keeps
-    // serving everything else meanwhile.
+    // serving everything else meanwhile, kubelet's stats of a volume on
+    // the share included.
+    let hv = c
+        .create_volume_id(on_share("hang", rwx, &[("volumeFormat", "directory")]))
+        .await;
+    c.controller
+        .controller_publish_volume(controller_publish(&hv, "node-1", rwx))
+        .await
+        .unwrap();
+    let ht = stage_and_publish(&mut c.node, &hv, base, "h", rwx).await;
+    let stats = |n: &NodeClient<Channel>| {
+        let (mut n, hv, ht) = (n.clone(), hv.clone(), ht.clone());
+        async move {
+            n.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: hv,
+                volume_path: ht.to_str().unwrap().into(),
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    stats(&c.node).await.expect("stats while the share answers");
     g.pause_server();
+    // Past what the kernel and the FUSE client keep of the share (1 s):
+    // from here every look at it waits for the server.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stuck_stats = tokio::spawn(stats(&c.node));
     let frozen = {
         let mut a1 = a1.clone();
         tokio::spawn(async move {
@@ -537,6 +562,9 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
     let t = Instant::now();
     let others = tokio::time::timeout(Duration::from_secs(5), async {
         c.node_identity.probe(csi::ProbeRequest {}).await?;
+        // kubelet's next stats of it: refused at once, no second thread waits.
+        let again = stats(&c.node).await.unwrap_err();
+        assert_eq!(again.code(), Code::Aborted, "{again:?}");
         a1.clone()
             .create_volume(pb::CreateVolumeRequest {
                 pool: "scratch".into(),
@@ -547,7 +575,10 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
             .await
     })
     .await;
-    let (waited, waiting) = (t.elapsed(), !frozen.is_finished());
+    let (waited, waiting) = (
+        t.elapsed(),
+        !frozen.is_finished() && !stuck_stats.is_finished(),
+    );
     g.resume_server();
     others
         .expect("node-1 answers other calls while a share hangs")
@@ -563,6 +594,12 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
         .expect("the call on the share ends once its server answers")
         .unwrap();
     assert!(looked.is_err(), "never made: {looked:?}");
+    tokio::time::timeout(Duration::from_secs(60), stuck_stats)
+        .await
+        .expect("the stats end once the server answers")
+        .unwrap()
+        .ok();
+    unpublish_and_unstage(&mut c.node, &hv, base, "h").await;
     a1.clone()
         .delete_volume(pb::DeleteVolumeRequest {
             pool: "scratch".into(),

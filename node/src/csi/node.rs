@@ -101,10 +101,37 @@ fn access_of(
 }
 
 impl NodeService {
-    /// A path from the CO, checked against the kubelet directory.
+    /// A path from the CO, checked as text against the kubelet directory;
+    /// its links are checked by [`inside`] in the operation, off the
+    /// runtime thread.
     fn path(&self, field: &'static str, p: &str) -> Result<PathBuf, Error> {
-        ops::paths::co_path(&self.ctx.cfg.kubelet_dir, field, p)
+        ops::paths::lexical(&self.ctx.cfg.kubelet_dir, field, p)
     }
+}
+
+/// Whether a call on volume `id` may wait on storage that does not answer:
+/// its pool can hang, or it is not known here (None: an id this driver
+/// cannot parse). Such calls run off the runtime thread; a local pool's run
+/// inline (they are short, and a thread switch would cost each of them).
+fn may_hang(ctx: &NodeCtx, id: Option<&VolumeId>) -> bool {
+    id.is_none_or(|id| ops::pool_of(ctx, id).is_ok_and(|p| p.may_hang()))
+}
+
+/// Runs `op` holding `key`, off the runtime thread when `off`.
+async fn locked<T, F>(ctx: &NodeCtx, key: LockKey, off: bool, op: F) -> Result<T, Error>
+where
+    F: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    match off {
+        true => ctx.locks.run_off_thread(key, op).await,
+        false => ctx.locks.run(key, op).await,
+    }
+}
+
+/// The links among `path`'s existing parts stay in the kubelet directory.
+fn inside(ctx: &NodeCtx, field: &'static str, path: &std::path::Path) -> Result<(), Error> {
+    ops::paths::links_stay_inside(&ctx.cfg.kubelet_dir, field, path)
 }
 
 #[tonic::async_trait]
@@ -127,9 +154,12 @@ impl Node for NodeService {
                     .as_ref()
                     .is_some_and(caps::is_multi_node);
                 let ctx = self.ctx.clone();
-                let op =
-                    async move { ops::stage::stage(&ctx, &id, &staging, &access, ro, many).await };
-                self.ctx.locks.run(id_key(&r.volume_id), op).await?;
+                let off = may_hang(&self.ctx, Some(&id));
+                let op = async move {
+                    inside(&ctx, "staging_target_path", &staging)?;
+                    ops::stage::stage(&ctx, &id, &staging, &access, ro, many).await
+                };
+                locked(&self.ctx, id_key(&r.volume_id), off, op).await?;
                 Ok(csi::NodeStageVolumeResponse {})
             }
             .await,
@@ -148,8 +178,12 @@ impl Node for NodeService {
                 let staging = self.path("staging_target_path", &r.staging_target_path)?;
                 let id = volume_id(&r.volume_id)?;
                 let ctx = self.ctx.clone();
-                let op = async move { ops::stage::unstage(&ctx, &id, &staging).await };
-                self.ctx.locks.run(id_key(&r.volume_id), op).await?;
+                let off = may_hang(&self.ctx, Some(&id));
+                let op = async move {
+                    inside(&ctx, "staging_target_path", &staging)?;
+                    ops::stage::unstage(&ctx, &id, &staging).await
+                };
+                locked(&self.ctx, id_key(&r.volume_id), off, op).await?;
                 Ok(csi::NodeUnstageVolumeResponse {})
             }
             .await,
@@ -184,10 +218,13 @@ impl Node for NodeService {
                     false => Writers::Shared,
                 };
                 let ctx = self.ctx.clone();
+                let off = may_hang(&self.ctx, Some(&id));
                 let op = async move {
+                    inside(&ctx, "target_path", &target)?;
+                    inside(&ctx, "staging_target_path", &staging)?;
                     ops::publish::publish(&ctx, &id, &staging, &target, &access, mode).await
                 };
-                self.ctx.locks.run(id_key(&r.volume_id), op).await?;
+                locked(&self.ctx, id_key(&r.volume_id), off, op).await?;
                 Ok(csi::NodePublishVolumeResponse {})
             }
             .await,
@@ -207,9 +244,13 @@ impl Node for NodeService {
                 // Unpublishing works on the target path alone, so kubelet can
                 // always clean up, even for an id this driver never made.
                 let ctx = self.ctx.clone();
+                let off = may_hang(&self.ctx, VolumeId::parse(&r.volume_id).ok().as_ref());
                 let id = r.volume_id.clone();
-                let op = async move { ops::publish::unpublish(&ctx, &id, &target).await };
-                self.ctx.locks.run(id_key(&r.volume_id), op).await?;
+                let op = async move {
+                    inside(&ctx, "target_path", &target)?;
+                    ops::publish::unpublish(&ctx, &id, &target).await
+                };
+                locked(&self.ctx, id_key(&r.volume_id), off, op).await?;
                 Ok(csi::NodeUnpublishVolumeResponse {})
             }
             .await,
@@ -228,7 +269,13 @@ impl Node for NodeService {
                 required("volume_id", &r.volume_id)?;
                 required("volume_path", &r.volume_path)?;
                 let id = volume_id(&r.volume_id)?;
-                let s = ops::stats::stats(&self.ctx, &id, &r.volume_path).await?;
+                let (ctx, path) = (self.ctx.clone(), r.volume_path.clone());
+                let off = may_hang(&self.ctx, Some(&id));
+                let key = LockKey::Stats(r.volume_id.clone());
+                let s = locked(&self.ctx, key, off, async move {
+                    ops::stats::stats(&ctx, &id, &path).await
+                })
+                .await?;
                 let usage = |unit: Unit, total: u64, available: u64, used: u64| csi::VolumeUsage {
                     total: total as i64,
                     available: available as i64,
@@ -276,11 +323,12 @@ impl Node for NodeService {
                 }
                 let id = volume_id(&r.volume_id)?;
                 let ctx = self.ctx.clone();
+                let off = may_hang(&self.ctx, Some(&id));
                 let path = r.volume_path.clone();
                 let op = async move {
                     ops::stats::expand(&ctx, &id, &path, range.required_bytes as u64).await
                 };
-                let size = self.ctx.locks.run(id_key(&r.volume_id), op).await?;
+                let size = locked(&self.ctx, id_key(&r.volume_id), off, op).await?;
                 Ok(csi::NodeExpandVolumeResponse {
                     capacity_bytes: size as i64,
                 })

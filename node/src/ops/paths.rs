@@ -7,8 +7,28 @@
 use crate::error::{Error, Result};
 use std::path::{Component, Path, PathBuf};
 
-/// `p` as a path the node may work at.
+/// `p` as a path the node may work at: its text checked ([`lexical`]),
+/// then the links among its existing parts ([`links_stay_inside`]).
 pub fn co_path(kubelet_dir: &Path, field: &'static str, p: &str) -> Result<PathBuf> {
+    let path = lexical(kubelet_dir, field, p)?;
+    links_stay_inside(kubelet_dir, field, &path)?;
+    Ok(path)
+}
+
+fn outside(kubelet_dir: &Path, field: &'static str, p: &Path) -> Error {
+    Error::invalid(
+        field,
+        &p.display().to_string(),
+        format_args!(
+            "must lie under the kubelet directory {} (--kubelet-dir)",
+            kubelet_dir.display()
+        ),
+    )
+}
+
+/// `p` checked as text only (absolute, no '..', under the kubelet
+/// directory): touches no filesystem, so it cannot wait on one.
+pub fn lexical(kubelet_dir: &Path, field: &'static str, p: &str) -> Result<PathBuf> {
     if p.is_empty() {
         return Err(Error::MissingField { field });
     }
@@ -20,26 +40,22 @@ pub fn co_path(kubelet_dir: &Path, field: &'static str, p: &str) -> Result<PathB
             "must be an absolute path without '..'",
         ));
     }
-    let outside = || {
-        Error::invalid(
-            field,
-            p,
-            format_args!(
-                "must lie under the kubelet directory {} (--kubelet-dir)",
-                kubelet_dir.display()
-            ),
-        )
-    };
     if !path.starts_with(kubelet_dir) || path == kubelet_dir {
-        return Err(outside());
+        return Err(outside(kubelet_dir, field, path));
     }
-    // A link among the parts that exist must not lead out of it either.
+    Ok(path.to_path_buf())
+}
+
+/// A link among the existing parts of `path` must not lead out of the
+/// kubelet directory either. Stats those parts: for a volume on a share,
+/// this waits as long as the share does (callers run it off the runtime
+/// thread).
+pub fn links_stay_inside(kubelet_dir: &Path, field: &'static str, path: &Path) -> Result<()> {
     let root = std::fs::canonicalize(kubelet_dir).unwrap_or_else(|_| kubelet_dir.into());
     let existing = path.ancestors().find(|a| a.exists()).unwrap_or(kubelet_dir);
     match std::fs::canonicalize(existing) {
-        Ok(real) if real.starts_with(&root) => Ok(path.to_path_buf()),
-        Ok(_) => Err(outside()),
-        Err(_) => Ok(path.to_path_buf()),
+        Ok(real) if !real.starts_with(&root) => Err(outside(kubelet_dir, field, path)),
+        _ => Ok(()),
     }
 }
 
@@ -76,6 +92,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("kubelet directory"), "{e}");
+        // As text it passes: the link is what `links_stay_inside` finds.
+        let evil = lexical(&kubelet, "target_path", &format!("{k}/pods/evil/new")).unwrap();
+        assert!(links_stay_inside(&kubelet, "target_path", &evil).is_err());
+        assert!(lexical(&kubelet, "target_path", "/etc/x").is_err());
         assert!(matches!(
             co_path(&kubelet, "target_path", ""),
             Err(Error::MissingField { .. })

@@ -318,6 +318,12 @@ pub trait Pool: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+    /// Whether the pool's file calls can wait as long as a server does
+    /// not answer (a netfs share): its operations, and the node's calls on
+    /// its volumes, then run off the runtime thread (see `off_thread`).
+    fn may_hang(&self) -> bool {
+        false
+    }
     /// ControllerPublish of a shared pool's volume: record `node` as its
     /// user (FAILED_PRECONDITION while another node is). Others: checks the
     /// volume exists.

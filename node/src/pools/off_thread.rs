@@ -19,6 +19,7 @@ use super::{
     SnapshotQuery, Volume,
 };
 use crate::error::Result;
+use pool_csi_common::oplock::on_blocking_thread;
 use pool_csi_common::PoolType;
 use std::{future::Future, sync::Arc};
 
@@ -30,20 +31,14 @@ impl<P: Pool + 'static> OffThread<P> {
         Self(Arc::new(pool))
     }
 
-    /// Runs `op` with the pool on a thread of its own; a panic in it is
-    /// the caller's panic.
+    /// Runs `op` with the pool on a thread of its own.
     async fn run<T, F, Fut>(&self, op: F) -> T
     where
         F: FnOnce(Arc<P>) -> Fut + Send + 'static,
-        Fut: Future<Output = T> + Send,
+        Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let (pool, rt) = (self.0.clone(), tokio::runtime::Handle::current());
-        match tokio::task::spawn_blocking(move || rt.block_on(op(pool))).await {
-            Ok(v) => v,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => unreachable!("blocking tasks are never cancelled: {e}"),
-        }
+        on_blocking_thread(op(self.0.clone())).await
     }
 }
 
@@ -60,6 +55,9 @@ impl<P: Pool + 'static> Pool for OffThread<P> {
     }
     fn shared(&self) -> bool {
         self.0.shared()
+    }
+    fn may_hang(&self) -> bool {
+        true
     }
     async fn start(&self) -> Result<()> {
         self.run(|p| async move { p.start().await }).await
