@@ -29,9 +29,10 @@ pub enum LockKey {
     /// An id this driver cannot parse, locked as given (unpublishing works
     /// on the target path alone).
     Unparsed(String),
-    /// NodeGetVolumeStats of a volume id: one at a time, apart from the
-    /// volume's other calls, so a stats call waiting on a share that does
-    /// not answer holds one thread while kubelet's next ones are ABORTED.
+    /// NodeGetVolumeStats of a volume at a path, where it can wait on a
+    /// share: one at a time, apart from the volume's other calls, so a
+    /// stats call waiting on a share that does not answer holds one thread
+    /// while kubelet's next ones are ABORTED.
     Stats(String),
 }
 
@@ -202,7 +203,8 @@ where
     match tokio::task::spawn_blocking(move || rt.block_on(op)).await {
         Ok(v) => v,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => unreachable!("blocking tasks are never cancelled: {e}"),
+        // Only at shutdown: the runtime no longer runs blocking tasks.
+        Err(e) => panic!("the runtime is shutting down: {e}"),
     }
 }
 

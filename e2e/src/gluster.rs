@@ -172,12 +172,15 @@ impl Gluster {
     }
 
     /// Freezes the server without taking it away, as a hung NFS server:
-    /// its clients' calls wait instead of failing.
-    pub fn pause_server(&self) {
+    /// its clients' calls wait instead of failing. It answers again when
+    /// the guard goes (a failing test included: the cleanup that follows
+    /// reads the mounts).
+    pub fn pause_server(&self) -> Paused<'_> {
         self.signal_server(rustix::process::Signal::STOP);
+        Paused(self)
     }
 
-    pub fn resume_server(&self) {
+    fn resume_server(&self) {
         self.signal_server(rustix::process::Signal::CONT);
     }
 
@@ -192,6 +195,15 @@ impl Gluster {
             });
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// A frozen server; see [`Gluster::pause_server`].
+pub struct Paused<'a>(&'a Gluster);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        self.0.resume_server();
     }
 }
 

@@ -542,7 +542,7 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
         }
     };
     stats(&c.node).await.expect("stats while the share answers");
-    g.pause_server();
+    let paused = g.pause_server();
     // Past what the kernel and the FUSE client keep of the share (1 s):
     // from here every look at it waits for the server.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -558,7 +558,8 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both calls reach node-1 and wait (the stats holding its lock).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
     let others = tokio::time::timeout(Duration::from_secs(5), async {
         c.node_identity.probe(csi::ProbeRequest {}).await?;
@@ -579,7 +580,7 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
         t.elapsed(),
         !frozen.is_finished() && !stuck_stats.is_finished(),
     );
-    g.resume_server();
+    drop(paused);
     others
         .expect("node-1 answers other calls while a share hangs")
         .expect("Probe and a local pool's create succeed");

@@ -153,8 +153,18 @@ const POOLS_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 // this thread may block for long. Storage commands are child processes
 // awaited asynchronously; copies, wipes and anything that can hang on a
 // network filesystem go through spawn_blocking.
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let done = rt.block_on(run());
+    // A call still waiting on a share that does not answer must not keep
+    // the node from exiting (its thread cannot be stopped).
+    rt.shutdown_timeout(Duration::from_secs(5));
+    done
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     init_tracing(&args.log_filter, args.log_json);
     let metrics_listen = args.metrics_listen;

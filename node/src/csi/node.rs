@@ -110,11 +110,13 @@ impl NodeService {
 }
 
 /// Whether a call on volume `id` may wait on storage that does not answer:
-/// its pool can hang, or it is not known here (None: an id this driver
-/// cannot parse). Such calls run off the runtime thread; a local pool's run
-/// inline (they are short, and a thread switch would cost each of them).
+/// unless its pool is here and cannot hang, it may (an id this driver
+/// cannot parse, None; a pool deleted, or not yet read after a restart,
+/// whose share is still mounted). Such calls run off the runtime thread; a
+/// local pool's run inline (they are short, and a thread switch would cost
+/// each of them).
 fn may_hang(ctx: &NodeCtx, id: Option<&VolumeId>) -> bool {
-    id.is_none_or(|id| ops::pool_of(ctx, id).is_ok_and(|p| p.may_hang()))
+    !id.is_some_and(|id| ops::pool_of(ctx, id).is_ok_and(|p| !p.may_hang()))
 }
 
 /// Runs `op` holding `key`, off the runtime thread when `off`.
@@ -269,13 +271,20 @@ impl Node for NodeService {
                 required("volume_id", &r.volume_id)?;
                 required("volume_path", &r.volume_path)?;
                 let id = volume_id(&r.volume_id)?;
-                let (ctx, path) = (self.ctx.clone(), r.volume_path.clone());
-                let off = may_hang(&self.ctx, Some(&id));
-                let key = LockKey::Stats(r.volume_id.clone());
-                let s = locked(&self.ctx, key, off, async move {
-                    ops::stats::stats(&ctx, &id, &path).await
-                })
-                .await?;
+                ops::stats::check_volume_path(&self.ctx, &id, &r.volume_path)?;
+                // Stats take no lock (kubelet asks for each pod using a
+                // volume at once), except where they can wait on a share:
+                // then one per path is in flight, and kubelet's next ones
+                // are ABORTED instead of each holding a thread.
+                let s = match may_hang(&self.ctx, Some(&id)) {
+                    false => ops::stats::stats(&self.ctx, &id, &r.volume_path).await?,
+                    true => {
+                        let key = LockKey::Stats(format!("{} at {}", r.volume_id, r.volume_path));
+                        let (ctx, path) = (self.ctx.clone(), r.volume_path.clone());
+                        let op = async move { ops::stats::stats(&ctx, &id, &path).await };
+                        self.ctx.locks.run_off_thread(key, op).await?
+                    }
+                };
                 let usage = |unit: Unit, total: u64, available: u64, used: u64| csi::VolumeUsage {
                     total: total as i64,
                     available: available as i64,

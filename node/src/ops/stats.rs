@@ -1,6 +1,10 @@
 //! NodeGetVolumeStats and NodeExpandVolume.
 
-use super::{attacher, paths::co_path, source_of};
+use super::{
+    attacher,
+    paths::{co_path, lexical},
+    source_of,
+};
 use crate::{
     attach::AttachSource,
     error::{io, Error, Result},
@@ -16,7 +20,21 @@ use pool_csi_common::VolumeId;
 /// volume there: NOT_FOUND, as the spec says for "volume does not exist on
 /// the specified volume_path".
 fn volume_path_of(ctx: &NodeCtx, id: &VolumeId, p: &str) -> Result<std::path::PathBuf> {
-    match co_path(&ctx.cfg.kubelet_dir, "volume_path", p) {
+    not_found_if_bad(id, p, co_path(&ctx.cfg.kubelet_dir, "volume_path", p))
+}
+
+/// [`volume_path_of`] as text only (touches no filesystem): what a call
+/// checks before it takes a lock or a thread.
+pub fn check_volume_path(ctx: &NodeCtx, id: &VolumeId, p: &str) -> Result<()> {
+    not_found_if_bad(id, p, lexical(&ctx.cfg.kubelet_dir, "volume_path", p)).map(|_| ())
+}
+
+fn not_found_if_bad(
+    id: &VolumeId,
+    p: &str,
+    checked: Result<std::path::PathBuf>,
+) -> Result<std::path::PathBuf> {
+    match checked {
         Err(e @ Error::MissingField { .. }) => Err(e),
         Err(_) => Err(not_at(id, p.as_ref())),
         Ok(path) => Ok(path),

@@ -9,10 +9,10 @@
 //! and Probe on the node. [`OffThread`] runs each operation of such a pool
 //! on a thread of the blocking pool instead (driving the operation's own
 //! I/O and timers through the runtime, as on the runtime thread), so a hang
-//! holds that thread and that operation's lock only. The share's status
-//! check (a bounded statfs) then finds the pool not answering and later
-//! operations are refused at once, so a hung server holds the threads of
-//! the operations that were in flight, not one per retry.
+//! holds that thread and that operation's lock only (a retry meanwhile is
+//! ABORTED). The share's next status check (a bounded statfs; the
+//! controller asks every few seconds) finds the pool not answering, and
+//! later operations are refused at once.
 
 use super::{
     AttachSource, CreateRequest, Expanded, LunEntry, Page, Pool, PoolState, PoolStatus, Snapshot,
