@@ -331,6 +331,7 @@ impl Node for NodeService {
                     ));
                 }
                 let id = volume_id(&r.volume_id)?;
+                ops::stats::check_volume_path(&self.ctx, &id, &r.volume_path)?;
                 let ctx = self.ctx.clone();
                 let off = may_hang(&self.ctx, Some(&id));
                 let path = r.volume_path.clone();
