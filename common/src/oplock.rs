@@ -146,13 +146,7 @@ impl OpLocks {
         T: Send + 'static,
         E: From<Busy> + Send + 'static,
     {
-        let guard = self.try_acquire(key)?;
-        on_blocking_thread(async move {
-            let r = op.await;
-            drop(guard);
-            r
-        })
-        .await
+        self.run(key, on_blocking_thread(op)).await
     }
 
     /// Whether `key` is held now (for tests and diagnostics).
