@@ -150,9 +150,39 @@ impl Gluster {
         // mounts then fail with "Transport endpoint is not connected");
         // what an operator would run makes sure they are up.
         let name = self.volume.trim_start_matches('/');
-        if self.dir.join("wd/vols").join(name).exists() {
-            self.cli(&["volume", "start", name, "force"]);
+        if !self.dir.join("wd/vols").join(name).exists() {
+            return;
         }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            self.cli(&["volume", "start", name, "force"]);
+            if self.brick_online(name) {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// Whether `gluster volume status` shows the volume's brick online.
+    fn brick_online(&self, name: &str) -> bool {
+        let sock = format!("--glusterd-sock={}", self.sock().display());
+        let out = tool(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                "gluster",
+                &sock,
+                "--mode=script",
+                "volume",
+                "status",
+                name,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("Brick") && l.split_whitespace().any(|f| f == "Y"))
     }
 
     /// The processes of the server (glusterd and its bricks).

@@ -635,7 +635,8 @@ async fn a_glusterfs_share_serves_every_node_of_its_pool() {
     );
     g.start_server();
     for agent in [&agent1, &agent2] {
-        wait_pool(agent, "share", "running", Duration::from_secs(60)).await;
+        // The node's restart round backs off to once a minute.
+        wait_pool(agent, "share", "running", Duration::from_secs(120)).await;
     }
     c.create_volume_id(on_share("after", one, &[])).await;
     drop(d);
