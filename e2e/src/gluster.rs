@@ -180,9 +180,14 @@ impl Gluster {
                 name,
             ],
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.starts_with("Brick") && l.split_whitespace().any(|f| f == "Y"))
+        // A long brick path wraps its row onto the next line, so the
+        // columns are read from the text between "Brick" and the tasks.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(row) = text.split("\nBrick ").nth(1) else {
+            return false;
+        };
+        let row = row.split("Task Status").next().unwrap_or(row);
+        row.split_whitespace().any(|f| f == "Y")
     }
 
     /// The processes of the server (glusterd and its bricks).
