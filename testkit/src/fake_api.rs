@@ -82,6 +82,8 @@ struct State {
     version: u64,
     log: Vec<String>,
     faults: VecDeque<u16>,
+    /// Requests wait unanswered while set (an API server that hangs).
+    stalled: bool,
     /// `METHOD /path` → what happens just before that request is served.
     hooks: Vec<(String, Hook)>,
 }
@@ -163,6 +165,13 @@ impl FakeApi {
     /// The next request gets HTTP `code` (e.g. 500, 503) instead of an answer.
     pub fn fail_next(&self, code: u16) {
         self.lock().faults.push_back(code);
+    }
+
+    /// While `on`, requests get no answer: they wait (holding their
+    /// connection) until it is turned off, as with an API server that
+    /// stopped answering without closing its connections.
+    pub fn stall(&self, on: bool) {
+        self.lock().stalled = on;
     }
 
     /// Runs `f` just before the next `request` (`METHOD /path`) is served:
@@ -618,6 +627,9 @@ impl tower::Service<Request<Body>> for FakeApi {
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let bytes = body.collect_bytes().await.unwrap_or_default();
+            while api.lock().stalled {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             api.run_hooks(&format!("{} {}", parts.method, parts.uri.path()));
             let content_type = parts
                 .headers

@@ -24,7 +24,10 @@ use k8s_openapi::{
 };
 use kube::api::{Api, PostParams};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::{
+    sync::watch,
+    time::{timeout, Instant},
+};
 
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
@@ -37,6 +40,11 @@ pub struct LeaderConfig {
     pub lease_duration: Duration,
     /// How often the holder renews, and a standby retries.
     pub retry_period: Duration,
+    /// A holder that has not renewed within this (counted from when its
+    /// last successful renewal was sent) stops leading, whether its calls
+    /// fail or hang; shorter than `lease_duration`, so it has stopped before
+    /// a standby can take over.
+    pub renew_deadline: Duration,
 }
 
 impl LeaderConfig {
@@ -47,6 +55,7 @@ impl LeaderConfig {
             identity: identity.into(),
             lease_duration: Duration::from_secs(15),
             retry_period: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -210,41 +219,67 @@ impl Elector {
 
     /// Runs the election until `stop` fires, then releases (await the
     /// handle before exiting). The receiver says whether this replica leads
-    /// right now. A leader that cannot renew (API unreachable) steps down
-    /// once its Lease would have expired, so two replicas never both believe
-    /// they lead for long.
+    /// right now. A leader that cannot renew within `renew_deadline`, its
+    /// calls failing or hanging (an API server that stopped answering),
+    /// steps down then, before its Lease can expire for a standby, so two
+    /// replicas never both believe they lead.
     pub fn spawn(
         self,
         mut stop: watch::Receiver<()>,
     ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
-            let mut last_renew: Option<tokio::time::Instant> = None;
+            // When the last renewal that succeeded was sent: the Lease was
+            // not written before, so no standby counts its expiry from
+            // earlier.
+            let mut renewed: Option<Instant> = None;
             loop {
-                let leading = match self.step_at(Timestamp::now()).await {
-                    Ok(held) => {
-                        if held {
-                            last_renew = Some(tokio::time::Instant::now());
-                        }
+                let sent = Instant::now();
+                let deadline = renewed.map(|t| t + self.cfg.renew_deadline);
+                let budget = match deadline {
+                    Some(d) if *tx.borrow() => d.saturating_duration_since(sent),
+                    _ => self.cfg.renew_deadline,
+                };
+                let leading = match timeout(budget, self.step_at(Timestamp::now())).await {
+                    Ok(Ok(held)) => {
+                        renewed = held.then_some(sent);
                         held
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::warn!(lease = %self.cfg.name, error = %e, "leader election: the API server did not answer");
-                        last_renew.is_some_and(|t| t.elapsed() < self.cfg.lease_duration)
+                        deadline.is_some_and(|d| Instant::now() < d)
+                    }
+                    Err(_) => {
+                        tracing::warn!(lease = %self.cfg.name, waited = ?budget, "leader election: the API server did not answer in time");
+                        deadline.is_some_and(|d| Instant::now() < d)
                     }
                 };
                 if leading != *tx.borrow() {
                     tracing::info!(lease = %self.cfg.name, identity = %self.cfg.identity, leading, "leadership changed");
                     let _ = tx.send(leading);
                 }
+                // A leader retries no later than its deadline, where a
+                // renewal still not made ends its leadership.
+                let wait = match renewed.filter(|_| leading) {
+                    Some(t) => self.cfg.retry_period.min(
+                        (t + self.cfg.renew_deadline).saturating_duration_since(Instant::now()),
+                    ),
+                    None => self.cfg.retry_period,
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(self.cfg.retry_period) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => break,
                 }
             }
             let _ = tx.send(false);
-            if let Err(e) = self.release().await {
-                tracing::warn!(lease = %self.cfg.name, error = %e, "could not release the Lease; it expires by itself");
+            match timeout(self.cfg.retry_period, self.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = %self.cfg.name, error = %e, "could not release the Lease; it expires by itself")
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %self.cfg.name, "the API server did not answer the release; the Lease expires by itself")
+                }
             }
         });
         (rx, task)
@@ -456,5 +491,31 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert!(!*leading.borrow(), "no renewal for 15 s: not leading");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_api_server_hangs_steps_down_before_a_standby_could_take_over() {
+        let fake = FakeApi::new();
+        let (_stop_tx, stop_rx) = watch::channel(());
+        let (mut leading, _task) = elector(&fake, "a").spawn(stop_rx);
+        leading.wait_for(|l| *l).await.unwrap();
+        let renewed = tokio::time::Instant::now();
+        // The API server stops answering without closing its connection.
+        fake.stall(true);
+        tokio::time::timeout(Duration::from_secs(60), leading.wait_for(|l| !*l))
+            .await
+            .expect("a leader whose renewals hang steps down")
+            .unwrap();
+        let after = renewed.elapsed();
+        assert!(
+            after >= Duration::from_secs(9) && after <= Duration::from_secs(10),
+            "steps down at its 10 s renew deadline, before a standby may take over at 15 s: {after:?}"
+        );
+        fake.stall(false);
+        tokio::time::timeout(Duration::from_secs(30), leading.wait_for(|l| *l))
+            .await
+            .expect("leads again once the API server answers (the Lease is still its own)")
+            .unwrap();
+        assert_eq!(holder(&fake).as_deref(), Some("a"));
     }
 }
