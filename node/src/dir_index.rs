@@ -40,7 +40,6 @@ use std::{
     ffi::{OsStr, OsString},
     fs::FileType,
     io,
-    mem::MaybeUninit,
     os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::Path,
     sync::{Arc, Mutex},
@@ -366,6 +365,21 @@ fn add_watch(dir: &Path) -> Option<OwnedFd> {
     }
 }
 
+/// The largest inotify event: its header and a name of NAME_MAX bytes
+/// with its NUL.
+const EVENT_MAX: usize = 16 + 256;
+
+/// The first event in `buf` (as read from an inotify descriptor): its mask,
+/// its name without the NUL padding, and what follows it.
+fn next_event(buf: &[u8]) -> Option<(u32, &[u8], &[u8])> {
+    let word =
+        |i: usize| -> Option<u32> { Some(u32::from_ne_bytes(buf.get(i..i + 4)?.try_into().ok()?)) };
+    let (mask, len) = (word(4)?, word(12)? as usize);
+    let name = buf.get(16..16 + len)?;
+    let end = name.iter().position(|b| *b == 0).unwrap_or(len);
+    Some((mask, &name[..end], &buf[16 + len..]))
+}
+
 /// Re-reads every name the watch reported since the last call. False when
 /// the kept entries cannot be trusted any more (events lost, the directory
 /// gone or unmounted, a name that could not be read, the watch broken).
@@ -375,24 +389,31 @@ fn apply_events<T>(k: &mut Kept<T>, dir: &Path, read: Read<'_, T>) -> bool {
     };
     use inotify::ReadFlags as R;
     let mut changed = BTreeSet::new();
-    let mut buf = [MaybeUninit::<u8>::uninit(); 8192];
-    let mut events = inotify::Reader::new(&*fd, &mut buf);
+    let gone = R::QUEUE_OVERFLOW | R::IGNORED | R::UNMOUNT | R::DELETE_SELF | R::MOVE_SELF;
+    let mut buf = [0u8; 8192];
     loop {
-        match events.next() {
-            Ok(e) => {
-                let gone =
-                    R::QUEUE_OVERFLOW | R::IGNORED | R::UNMOUNT | R::DELETE_SELF | R::MOVE_SELF;
-                if e.events().intersects(gone) {
-                    return false;
-                }
-                if let Some(name) = e.file_name() {
-                    use std::os::unix::ffi::OsStrExt;
-                    changed.insert(OsStr::from_bytes(name.to_bytes()).to_owned());
-                }
-            }
+        let n = match rustix::io::read(&*fd, &mut buf) {
+            Ok(n) => n,
             Err(rustix::io::Errno::AGAIN) => break,
             Err(rustix::io::Errno::INTR) => continue,
             Err(_) => return false,
+        };
+        let mut at = &buf[..n];
+        while let Some((mask, name, rest)) = next_event(at) {
+            if R::from_bits_retain(mask).intersects(gone) {
+                return false;
+            }
+            if !name.is_empty() {
+                use std::os::unix::ffi::OsStrExt;
+                changed.insert(OsStr::from_bytes(name).to_owned());
+            }
+            at = rest;
+        }
+        // The kernel hands out whole events: when one more of the largest
+        // kind would have fit, the queue was empty as this read took it,
+        // and every change made before this call is in what was read.
+        if n + EVENT_MAX <= buf.len() {
+            break;
         }
     }
     if changed.is_empty() {
@@ -549,6 +570,61 @@ mod tests {
         reads.set(0);
         assert_eq!(list(&reads).len(), 100);
         assert_eq!(reads.get(), 0, "unchanged: nothing read");
+    }
+
+    #[test]
+    fn a_watched_index_takes_in_more_events_than_one_read_holds() {
+        let t = tempfile::tempdir().unwrap();
+        let name = |n: usize| format!("a-rather-long-volume-name-{n:04}.raw");
+        for n in 1000..2000 {
+            std::fs::write(t.path().join(name(n)), b"").unwrap();
+        }
+        let i = DirIndex::watched();
+        let reads = std::cell::Cell::new(0);
+        let list = |reads: &std::cell::Cell<usize>| {
+            i.entries(t.path(), &mut counting(reads), |n| n)
+                .unwrap()
+                .to_vec()
+        };
+        assert_eq!(list(&reads).len(), 1000);
+        // 1,000 creations and 500 removals queue about 75 KiB of events:
+        // several reads of the 8 KiB buffer, every one of them taken in.
+        reads.set(0);
+        for n in 0..1000 {
+            std::fs::write(t.path().join(name(n)), b"").unwrap();
+        }
+        for n in (0..1000).step_by(2) {
+            std::fs::remove_file(t.path().join(name(n))).unwrap();
+        }
+        let got = list(&reads);
+        let want: Vec<String> = (1..1000)
+            .step_by(2)
+            .chain(1000..2000)
+            .map(|n| name(n).trim_end_matches(".raw").to_string())
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            reads.get(),
+            500,
+            "the names that came and stayed are read, not the whole directory again"
+        );
+    }
+
+    #[test]
+    fn inotify_events_are_parsed_whole_and_padding_dropped() {
+        let mut buf = Vec::new();
+        for (mask, name) in [(0x100u32, &b"a.raw\0\0\0"[..]), (0x200, &b""[..])] {
+            buf.extend_from_slice(&7i32.to_ne_bytes());
+            buf.extend_from_slice(&mask.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(&(name.len() as u32).to_ne_bytes());
+            buf.extend_from_slice(name);
+        }
+        let (mask, name, rest) = next_event(&buf).unwrap();
+        assert_eq!((mask, name), (0x100, &b"a.raw"[..]));
+        let (mask, name, rest) = next_event(rest).unwrap();
+        assert_eq!((mask, name, rest), (0x200, &b""[..], &b""[..]));
+        assert!(next_event(&buf[..20]).is_none(), "a cut-off event is none");
     }
 
     #[test]

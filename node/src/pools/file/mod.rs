@@ -146,8 +146,17 @@ impl FilePool {
         };
         for f in self.formats.all().into_iter().filter(here) {
             let path = self.layout.volume(name, f.format())?;
-            match std::fs::symlink_metadata(&path) {
-                Ok(m) if f.is_volume(&path, m.file_type()) => return Ok(Some((path, f))),
+            // The watched index has each entry's type as of the last change
+            // to its name; without it, the entry is looked at.
+            let indexed = listed
+                .as_ref()
+                .and_then(|l| l.iter().find(|e| e.format == f.format()));
+            let kind = match indexed {
+                Some(e) => Ok(e.kind),
+                None => std::fs::symlink_metadata(&path).map(|m| m.file_type()),
+            };
+            match kind {
+                Ok(kind) if f.is_volume(&path, kind) => return Ok(Some((path, f))),
                 Ok(_) => {
                     return Err(Error::Precondition(format!(
                         "{} is not a volume pool-csi made (not a regular file or a ploop directory); pool-csi will not touch it",
@@ -270,6 +279,9 @@ impl FilePool {
             }
         }
         format.keep_on_delete(tmp, req.on_delete)?;
+        if !req.wipe_on_delete && self.env.root_sync.volatile() {
+            return Ok(size); // nothing to record, nothing to sync
+        }
         let f = File::open(tmp).map_err(io("open", tmp))?;
         if req.wipe_on_delete {
             rustix::fs::fsetxattr(&f, WIPE_XATTR, b"1", rustix::fs::XattrFlags::empty()).map_err(|e| {
@@ -642,9 +654,7 @@ impl Pool for FilePool {
                 by: format!("node {node}, where it is published; unpublish it first"),
             });
         }
-        let recorded = File::open(&path)
-            .ok()
-            .is_some_and(|f| rustix::fs::fgetxattr(&f, WIPE_XATTR, &mut [0u8; 4]).is_ok());
+        let recorded = rustix::fs::lgetxattr(&path, WIPE_XATTR, &mut [0u8; 4]).is_ok();
         if let Some(by) = format.user_here(&self.env, name, &path) {
             return Err(Error::InUse {
                 what: format!("volume {name} ({})", format.format()),
