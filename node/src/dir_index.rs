@@ -537,6 +537,13 @@ mod tests {
         }
     }
 
+    /// The index's entries of `dir`, counting the ones read.
+    fn listed(i: &DirIndex<String>, dir: &Path, reads: &std::cell::Cell<usize>) -> Vec<String> {
+        i.entries(dir, &mut counting(reads), |n| n)
+            .unwrap()
+            .to_vec()
+    }
+
     #[test]
     fn a_watched_index_rereads_only_the_names_that_changed() {
         let t = tempfile::tempdir().unwrap();
@@ -546,11 +553,7 @@ mod tests {
         }
         let i = DirIndex::watched();
         let reads = std::cell::Cell::new(0);
-        let list = |reads: &std::cell::Cell<usize>| {
-            i.entries(t.path(), &mut counting(reads), |n| n)
-                .unwrap()
-                .to_vec()
-        };
+        let list = |reads: &std::cell::Cell<usize>| listed(&i, t.path(), reads);
         assert_eq!(list(&reads).len(), 100);
         assert_eq!(reads.get(), 100, "the first call scans");
         // No settling wait: a change at once is seen, and costs its name.
@@ -581,11 +584,7 @@ mod tests {
         }
         let i = DirIndex::watched();
         let reads = std::cell::Cell::new(0);
-        let list = |reads: &std::cell::Cell<usize>| {
-            i.entries(t.path(), &mut counting(reads), |n| n)
-                .unwrap()
-                .to_vec()
-        };
+        let list = |reads: &std::cell::Cell<usize>| listed(&i, t.path(), reads);
         assert_eq!(list(&reads).len(), 1000);
         // 1,000 creations and 500 removals queue about 75 KiB of events:
         // several reads of the 8 KiB buffer, every one of them taken in.
