@@ -180,14 +180,14 @@ impl Gluster {
                 name,
             ],
         );
-        // A long brick path wraps its row onto the next line, so the
-        // columns are read from the text between "Brick" and the tasks.
+        // The first brick's row: a long brick path wraps onto the next
+        // line, whose columns end with TCP port, RDMA port, Online, Pid.
         let text = String::from_utf8_lossy(&out.stdout);
-        let Some(row) = text.split("\nBrick ").nth(1) else {
-            return false;
-        };
-        let row = row.split("Task Status").next().unwrap_or(row);
-        row.split_whitespace().any(|f| f == "Y")
+        text.lines()
+            .skip_while(|l| !l.starts_with("Brick "))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.len() >= 4)
+            .is_some_and(|cols| cols[cols.len() - 2] == "Y")
     }
 
     /// The processes of the server (glusterd and its bricks).

@@ -120,6 +120,38 @@ async fn a_volume_attached_behind_the_drivers_back_is_not_deleted() {
     drop(reader);
 }
 
+/// A volume's image swapped for a symlink behind the driver's back (after
+/// the pool's name index knew it as a file) is no volume any more: delete
+/// and expand refuse it, and neither the link nor what it points to is
+/// touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_swapped_for_a_symlink_is_refused_and_left_alone() {
+    require!(false);
+    let d = Driver::start(Options::default()).await;
+    let mut c = d.clients().await;
+    let id = create(&mut c, "scratch", "swapped", &[]).await;
+    let file = d.pool_dir.join("swapped.raw");
+    let outside = d.path("precious");
+    std::fs::write(&outside, b"not the driver's").unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&outside, &file).unwrap();
+    let e = c
+        .controller
+        .controller_expand_volume(req::expand(&id, 32 * MIB as i64))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = c
+        .controller
+        .delete_volume(req::delete(&id))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("not a volume pool-csi made"), "{e:?}");
+    assert!(file.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not the driver's");
+}
+
 /// The kubelet's mount of a published volume disappears behind the
 /// driver's back: NodeGetVolumeStats reports the volume abnormal, naming
 /// the path that is not mounted.

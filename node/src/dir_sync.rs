@@ -16,7 +16,10 @@ use crate::error::{io, Result};
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc, Mutex,
+    },
 };
 use tokio::sync::watch;
 
@@ -31,8 +34,9 @@ pub struct DirSync(Arc<Inner>);
 struct Inner {
     dir: PathBuf,
     state: Mutex<State>,
-    /// The directory is on tmpfs or ramfs (asked once).
-    volatile: OnceLock<bool>,
+    /// Whether the directory is on tmpfs or ramfs: 0 not asked yet, 1 yes,
+    /// 2 no. Asked again after [`DirSync::look_again`].
+    volatile: AtomicU8,
     /// Tests hold runs back with this.
     #[cfg(test)]
     hold: tokio::sync::RwLock<()>,
@@ -55,7 +59,7 @@ impl DirSync {
         Self(Arc::new(Inner {
             dir,
             state: Mutex::default(),
-            volatile: OnceLock::new(),
+            volatile: AtomicU8::new(0),
             #[cfg(test)]
             hold: Default::default(),
         }))
@@ -138,11 +142,27 @@ impl DirSync {
             .map_err(io("sync", path))
     }
 
-    /// The directory is on tmpfs or ramfs: syncs there do nothing.
+    /// The directory is on tmpfs or ramfs: syncs there do nothing. Asked
+    /// once, until [`Self::look_again`].
     pub fn volatile(&self) -> bool {
-        *self.0.volatile.get_or_init(|| {
-            crate::fsutil::filesystem_of(&self.0.dir) == Some(crate::fsutil::FsKind::Memory)
-        })
+        match self.0.volatile.load(Ordering::Acquire) {
+            1 => true,
+            2 => false,
+            _ => {
+                let memory = crate::fsutil::filesystem_of(&self.0.dir)
+                    == Some(crate::fsutil::FsKind::Memory);
+                self.0
+                    .volatile
+                    .store(if memory { 1 } else { 2 }, Ordering::Release);
+                memory
+            }
+        }
+    }
+
+    /// Something may have been mounted at the directory (a pool's start):
+    /// its filesystem is asked again at the next sync.
+    pub fn look_again(&self) {
+        self.0.volatile.store(0, Ordering::Release);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -29,6 +29,9 @@ use tokio::{
     time::{timeout, Instant},
 };
 
+/// How soon a leader tries again after a renewal that failed.
+const RETRY_FAILED: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
     pub namespace: String,
@@ -258,12 +261,20 @@ impl Elector {
                     tracing::info!(lease = %self.cfg.name, identity = %self.cfg.identity, leading, "leadership changed");
                     let _ = tx.send(leading);
                 }
-                // A leader retries no later than its deadline, where a
-                // renewal still not made ends its leadership.
+                // A leader whose renewal failed tries again within a second,
+                // and no later than its deadline, where a renewal still not
+                // made ends its leadership.
                 let wait = match renewed.filter(|_| leading) {
-                    Some(t) => self.cfg.retry_period.min(
-                        (t + self.cfg.renew_deadline).saturating_duration_since(Instant::now()),
-                    ),
+                    Some(t) => {
+                        let every = if renewed == Some(sent) {
+                            self.cfg.retry_period
+                        } else {
+                            RETRY_FAILED.min(self.cfg.retry_period)
+                        };
+                        every.min(
+                            (t + self.cfg.renew_deadline).saturating_duration_since(Instant::now()),
+                        )
+                    }
                     None => self.cfg.retry_period,
                 };
                 tokio::select! {
@@ -465,14 +476,15 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(());
         let (mut leading, task) = elector(&fake, "a").spawn(stop_rx);
         leading.wait_for(|l| *l).await.unwrap();
-        // The API fails for a while: leadership holds within the Lease duration.
+        // Two renewals fail (at 4 s and, tried again a second later, at
+        // 5 s); the third, at 6 s, holds the Lease past the first deadline.
         for _ in 0..2 {
             fake.fail_next(503);
         }
-        tokio::time::sleep(Duration::from_secs(9)).await;
+        tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(
             *leading.borrow(),
-            "two failed renewals < 15 s: still leading"
+            "renewed at 6 s after two failures: still leading at 11 s"
         );
         stop_tx.send(()).unwrap();
         task.await.unwrap();
@@ -486,11 +498,16 @@ mod tests {
         let (_stop_tx, stop_rx) = watch::channel(());
         let (mut leading, _task) = elector(&fake, "a").spawn(stop_rx);
         leading.wait_for(|l| *l).await.unwrap();
-        for _ in 0..10 {
+        for _ in 0..100 {
             fake.fail_next(503);
         }
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        assert!(!*leading.borrow(), "no renewal for 15 s: not leading");
+        tokio::time::sleep(Duration::from_millis(9_900)).await;
+        assert!(*leading.borrow(), "9.9 s since the last renewal: leading");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !*leading.borrow(),
+            "10.1 s since the last renewal: not leading, 5 s before a standby may take over"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -41,63 +41,14 @@ impl Round {
         loop {
             let mut wait = every;
             if *leading.borrow() {
-                let reports = reports::gather(&agents).await;
-                if reports.values().any(|r| r.is_err()) {
-                    wait = every.min(RETRY);
-                }
-                match self.status.reconcile(&reports, Timestamp::now()).await {
-                    Ok(n) if n > 0 => tracing::debug!(written = n, "StoragePool status updated"),
-                    Ok(_) => {}
-                    Err(e) => {
-                        wait = every.min(RETRY);
-                        tracing::warn!(error = %e, "StoragePool status: the API server refused or did not answer; retrying")
-                    }
-                }
-                if let Some(pvs) = &self.static_pvs {
-                    let luns = reports::gather_luns(&agents, &reports).await;
-                    match pvs.reconcile(&luns).await {
-                        Ok(c) => {
-                            for n in &c.created {
-                                tracing::info!(pv = %n, "static PersistentVolume published for a free LUN");
-                            }
-                            for n in &c.deleted {
-                                tracing::info!(pv = %n, "static PersistentVolume withdrawn: its LUN was taken or vanished");
-                            }
-                        }
-                        Err(e) => {
-                            wait = every.min(RETRY);
-                            tracing::warn!(error = %e, "static PersistentVolumes: the API server refused or did not answer; retrying")
-                        }
-                    }
-                }
-
-                if let Some(n) = &self.node_loss {
-                    let answered = reports
-                        .iter()
-                        .filter(|(_, r)| r.is_ok())
-                        .map(|(node, _)| node.clone())
-                        .collect();
-                    if let Err(e) = n.run(&answered, Timestamp::now()).await {
-                        wait = every.min(RETRY);
-                        tracing::warn!(error = %e, "node loss: the API server refused or did not answer; retrying")
-                    }
-                }
-                if let Some(r) = &self.recycle {
-                    if let Err(e) = r.run().await {
-                        wait = every.min(RETRY);
-                        tracing::warn!(error = %e, "released static PersistentVolumes: the API server refused or did not answer; retrying")
-                    }
-                }
-                if let Some(check) = &self.orphans {
-                    // The reports say which nodes answered: only their
-                    // listings are whole.
-                    match check.run(&agents, &reports, Timestamp::now()).await {
-                        Ok(n) if n > 0 => tracing::debug!(reported = n, "orphans"),
-                        Ok(_) => {}
-                        Err(e) => {
-                            wait = every.min(RETRY);
-                            tracing::warn!(error = %e, "orphans: the API server refused or did not answer; retrying")
-                        }
+                // A leader that loses its Lease mid-round stops there: what
+                // is left is the next leader's (every step is redone from a
+                // fresh read), and nothing more is written from here.
+                let mut lost = leading.clone();
+                tokio::select! {
+                    w = self.once(&agents, every) => wait = w,
+                    _ = lost.wait_for(|l| !*l) => {
+                        tracing::warn!("leadership lost during a round: the rest of it is left to the next leader");
                     }
                 }
             }
@@ -110,6 +61,71 @@ impl Round {
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// One round; returns how long to wait before the next.
+    async fn once(&self, agents: &Agents, every: Duration) -> Duration {
+        let mut wait = every;
+        let reports = reports::gather(agents).await;
+        if reports.values().any(|r| r.is_err()) {
+            wait = every.min(RETRY);
+        }
+        match self.status.reconcile(&reports, Timestamp::now()).await {
+            Ok(n) if n > 0 => tracing::debug!(written = n, "StoragePool status updated"),
+            Ok(_) => {}
+            Err(e) => {
+                wait = every.min(RETRY);
+                tracing::warn!(error = %e, "StoragePool status: the API server refused or did not answer; retrying")
+            }
+        }
+        if let Some(pvs) = &self.static_pvs {
+            let luns = reports::gather_luns(agents, &reports).await;
+            match pvs.reconcile(&luns).await {
+                Ok(c) => {
+                    for n in &c.created {
+                        tracing::info!(pv = %n, "static PersistentVolume published for a free LUN");
+                    }
+                    for n in &c.deleted {
+                        tracing::info!(pv = %n, "static PersistentVolume withdrawn: its LUN was taken or vanished");
+                    }
+                }
+                Err(e) => {
+                    wait = every.min(RETRY);
+                    tracing::warn!(error = %e, "static PersistentVolumes: the API server refused or did not answer; retrying")
+                }
+            }
+        }
+
+        if let Some(n) = &self.node_loss {
+            let answered = reports
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(node, _)| node.clone())
+                .collect();
+            if let Err(e) = n.run(&answered, Timestamp::now()).await {
+                wait = every.min(RETRY);
+                tracing::warn!(error = %e, "node loss: the API server refused or did not answer; retrying")
+            }
+        }
+        if let Some(r) = &self.recycle {
+            if let Err(e) = r.run().await {
+                wait = every.min(RETRY);
+                tracing::warn!(error = %e, "released static PersistentVolumes: the API server refused or did not answer; retrying")
+            }
+        }
+        if let Some(check) = &self.orphans {
+            // The reports say which nodes answered: only their
+            // listings are whole.
+            match check.run(agents, &reports, Timestamp::now()).await {
+                Ok(n) if n > 0 => tracing::debug!(reported = n, "orphans"),
+                Ok(_) => {}
+                Err(e) => {
+                    wait = every.min(RETRY);
+                    tracing::warn!(error = %e, "orphans: the API server refused or did not answer; retrying")
+                }
+            }
+        }
+        wait
     }
 }
 
@@ -144,5 +160,37 @@ mod tests {
             .filter(|r| r.starts_with("GET /apis/pool-csi.io"))
             .count();
         assert!(rounds >= 3, "{:?}", fake.requests());
+    }
+
+    /// A leader that loses its Lease in the middle of a round writes
+    /// nothing more: the round stops there.
+    #[tokio::test(start_paused = true)]
+    async fn a_round_stops_where_leadership_is_lost() {
+        let fake = FakeApi::new();
+        let map = BTreeMap::from([("n1".to_string(), "127.0.0.1:1".to_string())]);
+        let agents = Arc::new(Agents::new(&map, None).unwrap());
+        let (leading_tx, leading) = watch::channel(true);
+        let (_stop_tx, stop) = watch::channel(());
+        // The API server answers nothing until the round is well under way.
+        fake.stall(true);
+        let round = Round {
+            status: StatusWriter::new(fake.client(), "x"),
+            static_pvs: None,
+            recycle: None,
+            orphans: None,
+            node_loss: None,
+        };
+        let h = tokio::spawn(round.run(agents, leading, Duration::from_secs(30), stop));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        leading_tx.send(false).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fake.stall(false);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        h.abort();
+        assert!(
+            fake.requests().is_empty(),
+            "nothing was served once leadership was lost: {:?}",
+            fake.requests()
+        );
     }
 }

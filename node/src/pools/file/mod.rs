@@ -456,6 +456,8 @@ impl Pool for FilePool {
                 }
                 self.build(false).await?;
             }
+            // What is at the root now decides whether syncs there matter.
+            self.env.root_sync.look_again();
             self.prepare_dirs()
         }
         .await;
