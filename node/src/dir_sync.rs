@@ -302,4 +302,30 @@ mod tests {
         s.sync_file(f, &path.join("f")).await.unwrap();
         assert_eq!(s.lock().asked, 0, "no ticket, no sync");
     }
+
+    #[tokio::test]
+    async fn a_filesystem_mounted_at_the_directory_is_asked_about_again() {
+        let Some(t) = on_disk() else {
+            pool_csi_testkit::skip::skip("disk", "/var/tmp and /tmp are on tmpfs");
+            return;
+        };
+        let s = DirSync::new(t.path().into());
+        assert!(!s.volatile());
+        let flags = rustix::mount::MountFlags::empty();
+        if let Err(e) = rustix::mount::mount("tmpfs", t.path(), "tmpfs", flags, None) {
+            pool_csi_testkit::skip::skip("root", &format!("mounting a tmpfs needs root: {e}"));
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        let _unmount = Unmount(t.path());
+        assert!(!s.volatile(), "asked once, until told to look again");
+        // A pool's start, after mounting its filesystem at the root.
+        s.look_again();
+        assert!(s.volatile());
+    }
 }
