@@ -135,15 +135,11 @@ mod tests {
     use pool_csi_testkit::fake_api::FakeApi;
     use std::collections::BTreeMap;
 
-    /// An agent that does not answer (yet) is asked again within seconds,
-    /// not at the next regular round.
-    #[tokio::test(start_paused = true)]
-    async fn silent_agents_are_asked_again_soon() {
-        let fake = FakeApi::new();
+    /// A round (status only) over one agent that never answers, writing to
+    /// `fake`, run every 30 s while `leading`, until the handle is aborted.
+    fn run_round(fake: &FakeApi, leading: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         let map = BTreeMap::from([("n1".to_string(), "127.0.0.1:1".to_string())]);
         let agents = Arc::new(Agents::new(&map, None).unwrap());
-        let (_leading_tx, leading) = watch::channel(true);
-        let (_stop_tx, stop) = watch::channel(());
         let round = Round {
             status: StatusWriter::new(fake.client(), "x"),
             static_pvs: None,
@@ -151,7 +147,22 @@ mod tests {
             orphans: None,
             node_loss: None,
         };
-        let h = tokio::spawn(round.run(agents, leading, Duration::from_secs(30), stop));
+        let (stop_tx, stop) = watch::channel(());
+        tokio::spawn(async move {
+            round
+                .run(agents, leading, Duration::from_secs(30), stop)
+                .await;
+            drop(stop_tx);
+        })
+    }
+
+    /// An agent that does not answer (yet) is asked again within seconds,
+    /// not at the next regular round.
+    #[tokio::test(start_paused = true)]
+    async fn silent_agents_are_asked_again_soon() {
+        let fake = FakeApi::new();
+        let (_leading_tx, leading) = watch::channel(true);
+        let h = run_round(&fake, leading);
         tokio::time::sleep(Duration::from_secs(12)).await;
         h.abort();
         let rounds = fake
@@ -167,20 +178,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_round_stops_where_leadership_is_lost() {
         let fake = FakeApi::new();
-        let map = BTreeMap::from([("n1".to_string(), "127.0.0.1:1".to_string())]);
-        let agents = Arc::new(Agents::new(&map, None).unwrap());
         let (leading_tx, leading) = watch::channel(true);
-        let (_stop_tx, stop) = watch::channel(());
         // The API server answers nothing until the round is well under way.
         fake.stall(true);
-        let round = Round {
-            status: StatusWriter::new(fake.client(), "x"),
-            static_pvs: None,
-            recycle: None,
-            orphans: None,
-            node_loss: None,
-        };
-        let h = tokio::spawn(round.run(agents, leading, Duration::from_secs(30), stop));
+        let h = run_round(&fake, leading);
         tokio::time::sleep(Duration::from_secs(2)).await;
         leading_tx.send(false).unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
