@@ -120,22 +120,35 @@ impl Gluster {
         let sock = format!("*.glusterd-sockfile={}", self.sock().display());
         let log = format!("--log-file={}", self.dir.join("glusterd.log").display());
         let _ = std::fs::remove_file(self.sock());
-        must(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.ns,
-                "glusterd",
-                &log,
-                "--xlator-option",
-                &wd,
-                "--xlator-option",
-                &run,
-                "--xlator-option",
-                &sock,
-            ],
-        );
+        let args = [
+            "netns",
+            "exec",
+            &self.ns,
+            "glusterd",
+            &log,
+            "--xlator-option",
+            &wd,
+            "--xlator-option",
+            &run,
+            "--xlator-option",
+            &sock,
+        ];
+        // Right after a stop, a new glusterd sometimes fails to start (its
+        // listening port or files not yet let go): it is tried again a few
+        // times, as an operator would.
+        let mut tries = 0;
+        while !tool("ip", &args).status.success() {
+            tries += 1;
+            let tail = std::fs::read_to_string(self.dir.join("glusterd.log")).unwrap_or_default();
+            let lines: Vec<&str> = tail.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            assert!(
+                tries < 5,
+                "glusterd did not start 5 times; its log ends:\n{}",
+                tail.join("\n")
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.sock().exists() {
             assert!(
