@@ -130,13 +130,14 @@ impl DirSync {
         }
     }
 
-    /// Syncs `f`, a file in the directory, on the blocking pool (nothing to
-    /// do on tmpfs).
-    pub async fn sync_file(&self, f: File, path: &Path) -> Result<()> {
+    /// Syncs the file at `path`, in the directory, on the blocking pool;
+    /// it is opened only there, and not at all on tmpfs (nothing to do).
+    pub async fn sync_file_at(&self, path: &Path) -> Result<()> {
         if self.volatile() {
             return Ok(());
         }
-        tokio::task::spawn_blocking(move || f.sync_all())
+        let at = path.to_path_buf();
+        tokio::task::spawn_blocking(move || File::open(&at)?.sync_all())
             .await
             .map_err(|e| io("sync", path)(std::io::Error::other(e)))?
             .map_err(io("sync", path))
@@ -293,13 +294,13 @@ mod tests {
         let t = tempfile::tempdir_in(shm).unwrap();
         let s = DirSync::new(t.path().into());
         assert!(s.volatile());
-        let f = File::create(t.path().join("f")).unwrap();
-        // Gone: a sync that opened the directory would fail now.
+        File::create(t.path().join("f")).unwrap();
+        // Gone: a sync that opened the directory or the file would fail now.
         let path = t.path().to_path_buf();
         drop(t);
         assert!(!path.exists());
         s.sync().await.unwrap();
-        s.sync_file(f, &path.join("f")).await.unwrap();
+        s.sync_file_at(&path.join("f")).await.unwrap();
         assert_eq!(s.lock().asked, 0, "no ticket, no sync");
     }
 

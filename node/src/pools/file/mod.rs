@@ -43,7 +43,6 @@ use layout::Layout;
 use pool_csi_common::{Allocation, PoolDefinition, PoolType};
 use share::NetShare;
 use std::{
-    fs::File,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -279,19 +278,15 @@ impl FilePool {
             }
         }
         format.keep_on_delete(tmp, req.on_delete)?;
-        if !req.wipe_on_delete && self.env.root_sync.volatile() {
-            return Ok(size); // nothing to record, nothing to sync
-        }
-        let f = File::open(tmp).map_err(io("open", tmp))?;
         if req.wipe_on_delete {
-            rustix::fs::fsetxattr(&f, WIPE_XATTR, b"1", rustix::fs::XattrFlags::empty()).map_err(|e| {
+            rustix::fs::lsetxattr(tmp, WIPE_XATTR, b"1", rustix::fs::XattrFlags::empty()).map_err(|e| {
                 Error::Precondition(format!(
                     "wipeOnDelete needs user extended attributes on the pool's filesystem ({}): {e}",
                     self.layout.root.display()
                 ))
             })?;
         }
-        self.env.root_sync.sync_file(f, tmp).await?;
+        self.env.root_sync.sync_file_at(tmp).await?;
         Ok(size)
     }
 
