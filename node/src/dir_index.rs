@@ -178,6 +178,29 @@ impl<T: Clone> DirIndex<T> {
         read: Read<'_, T>,
         key: impl Fn(&T) -> &str,
     ) -> io::Result<Arc<Vec<T>>> {
+        Ok(self.listing(dir, read, key)?.0)
+    }
+
+    /// Like [`Self::entries`], but `None` when `read` was
+    /// [`Scan::Unsure`] of an entry: every entry of the directory, or
+    /// nothing. Kept entries always are every entry.
+    pub fn whole_entries(
+        &self,
+        dir: &Path,
+        read: Read<'_, T>,
+        key: impl Fn(&T) -> &str,
+    ) -> io::Result<Option<Arc<Vec<T>>>> {
+        let (entries, whole) = self.listing(dir, read, key)?;
+        Ok(whole.then_some(entries))
+    }
+
+    /// The sorted entries, and whether they are every entry.
+    fn listing(
+        &self,
+        dir: &Path,
+        read: Read<'_, T>,
+        key: impl Fn(&T) -> &str,
+    ) -> io::Result<(Arc<Vec<T>>, bool)> {
         let stamp = Stamp::of(&std::fs::metadata(dir)?);
         let mut kept = self.lock();
         if let Some(k) = self.current(&mut kept, dir, stamp, read) {
@@ -185,7 +208,7 @@ impl<T: Clone> DirIndex<T> {
                 k.sorted = Some(sorted(files, &key));
             }
             if let Some(s) = &k.sorted {
-                return Ok(s.clone());
+                return Ok((s.clone(), true));
             }
         }
         drop(kept);
@@ -256,7 +279,7 @@ impl<T: Clone> DirIndex<T> {
         stamp: Stamp,
         read: Read<'_, T>,
         key: &impl Fn(&T) -> &str,
-    ) -> io::Result<Arc<Vec<T>>> {
+    ) -> io::Result<(Arc<Vec<T>>, bool)> {
         // The watch first: a change during the scan is then an event too.
         let watch = if self.may_watch() {
             let w = add_watch(dir);
@@ -314,7 +337,7 @@ impl<T: Clone> DirIndex<T> {
             }
         };
         *self.lock() = keep;
-        Ok(sorted)
+        Ok((sorted, !unsure))
     }
 }
 
@@ -526,8 +549,20 @@ mod tests {
         let i = DirIndex::default();
         let mut unsure = |_: &OsStr, _: io::Result<FileType>| Scan::<String>::Unsure;
         assert!(i.entries(t.path(), &mut unsure, |n| n).unwrap().is_empty());
+        assert!(
+            i.whole_entries(t.path(), &mut unsure, |n| n)
+                .unwrap()
+                .is_none(),
+            "not every entry: nothing"
+        );
         // Read again (not the unsure answer kept): now it is there.
         assert_eq!(names(&i, t.path()), ["a"]);
+        let kept = i.whole_entries(t.path(), &mut unsure, |n| n).unwrap();
+        assert_eq!(
+            kept.unwrap().as_slice(),
+            ["a"],
+            "kept entries are every entry"
+        );
     }
 
     /// A read that counts the entries it was asked about.

@@ -67,15 +67,20 @@ pub struct SnapshotRecords {
     /// Every record, kept while the directory is unchanged (records are
     /// only ever replaced by rename, which moves its timestamps).
     index: Arc<DirIndex<(String, Record)>>,
+    /// Only this node writes the records (the pool is not shared): its
+    /// view of the directory's timestamps is never behind.
+    only_here: bool,
 }
 
 impl SnapshotRecords {
-    /// Records in `dir`, written through `tmp_dir` (same filesystem).
-    pub fn new(dir: PathBuf, tmp_dir: PathBuf) -> Self {
+    /// Records in `dir`, written through `tmp_dir` (same filesystem);
+    /// `only_here` when no other node writes them.
+    pub fn new(dir: PathBuf, tmp_dir: PathBuf, only_here: bool) -> Self {
         Self {
             dir,
             tmp_dir,
             index: Arc::default(),
+            only_here,
         }
     }
 
@@ -123,34 +128,54 @@ impl SnapshotRecords {
     /// ones are left out (and the scan is then not kept); read again only
     /// when the directory changed.
     pub fn all(&self) -> Result<Arc<Vec<(String, Record)>>> {
-        let mut read = |file: &std::ffi::OsStr, _: std::io::Result<std::fs::FileType>| {
-            let Some(name) = record_name(file) else {
-                return Scan::Skip;
-            };
-            match self.read(name) {
-                Ok(Some(r)) => Scan::Entry((name.to_string(), r)),
-                Ok(None) => Scan::Skip, // removed since the directory was read
-                Err(_) => Scan::Unsure,
-            }
-        };
         self.index
-            .entries(&self.dir, &mut read, |(name, _)| name)
+            .entries(&self.dir, &mut |f, _| self.scan(f), |(name, _)| name)
             .map_err(io("read", &self.dir))
     }
 
+    /// What a scan of the directory makes of file `file`.
+    fn scan(&self, file: &std::ffi::OsStr) -> Scan<(String, Record)> {
+        let Some(name) = record_name(file) else {
+            return Scan::Skip;
+        };
+        match self.read(name) {
+            Ok(Some(r)) => Scan::Entry((name.to_string(), r)),
+            Ok(None) => Scan::Skip, // removed since the directory was read
+            Err(_) => Scan::Unsure,
+        }
+    }
+
     /// The snapshots whose data lives inside `volume`: (name, reference).
-    /// Read afresh, and an unreadable record is an error, not a snapshot
-    /// less: what is inside a volume decides what may be merged away.
+    /// An unreadable record is an error, not a snapshot less: what is
+    /// inside a volume decides what may be merged away. The kept records
+    /// serve when only this node writes them and every one was read;
+    /// otherwise (a shared pool, whose directory's timestamps may be
+    /// cached behind another node's change) each is read afresh.
     pub fn inside(&self, volume: &str) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.dir).map_err(io("read", &self.dir))? {
-            let file = e.map_err(io("read", &self.dir))?.file_name();
-            let Some(name) = record_name(&file) else {
-                continue;
-            };
-            if let Some(r) = self.read(name)? {
-                if let (true, Some(inside)) = (r.source_volume == volume, r.inside) {
-                    out.push((name.to_string(), inside));
+        let mut take = |name: &str, r: &Record| {
+            if let (true, Some(inside)) = (r.source_volume == volume, &r.inside) {
+                out.push((name.to_string(), inside.clone()));
+            }
+        };
+        let whole = match self.only_here {
+            true => self
+                .index
+                .whole_entries(&self.dir, &mut |f, _| self.scan(f), |(name, _)| name)
+                .map_err(io("read", &self.dir))?,
+            false => None,
+        };
+        match whole {
+            Some(all) => all.iter().for_each(|(name, r)| take(name, r)),
+            None => {
+                for e in std::fs::read_dir(&self.dir).map_err(io("read", &self.dir))? {
+                    let file = e.map_err(io("read", &self.dir))?.file_name();
+                    let Some(name) = record_name(&file) else {
+                        continue;
+                    };
+                    if let Some(r) = self.read(name)? {
+                        take(name, &r);
+                    }
                 }
             }
         }
@@ -174,7 +199,7 @@ mod tests {
         let (dir, tmp) = (t.path().join("snapshots"), t.path().join("tmp"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::create_dir_all(&tmp).unwrap();
-        let recs = SnapshotRecords::new(dir.clone(), tmp);
+        let recs = SnapshotRecords::new(dir.clone(), tmp, true);
         let mut r = Record::new("vol", VolumeFormat::Ploop, 4096);
         r.inside = Some("{abc}".into());
         recs.commit("s1", &r).unwrap();
@@ -191,5 +216,60 @@ mod tests {
         recs.remove("s1").unwrap();
         assert_eq!(recs.read("s1").unwrap(), None);
         assert!(recs.read("../x").is_err());
+    }
+
+    /// `dir` with records s1 (inside vol), s2 (inside other) and s3 (a
+    /// copy of vol), settled so that a scan of it is kept.
+    fn three_records(t: &tempfile::TempDir, only_here: bool) -> SnapshotRecords {
+        let (dir, tmp) = (t.path().join("snapshots"), t.path().join("tmp"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
+        let recs = SnapshotRecords::new(dir, tmp, only_here);
+        for (name, source, inside) in [
+            ("s1", "vol", Some("{a}")),
+            ("s2", "other", Some("{b}")),
+            ("s3", "vol", None),
+        ] {
+            let mut r = Record::new(source, VolumeFormat::Ploop, 4096);
+            r.inside = inside.map(Into::into);
+            recs.commit(name, &r).unwrap();
+        }
+        std::thread::sleep(crate::dir_index::SETTLE);
+        recs
+    }
+
+    /// A volume's snapshots come from the kept records while the
+    /// directory is unchanged: s1 rewritten in place (which records never
+    /// are) is not read again. A shared pool's records are.
+    #[test]
+    fn what_is_inside_a_volume_is_read_once_while_the_records_are_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let recs = three_records(&t, true);
+        let inside = [("s1".to_string(), "{a}".to_string())];
+        assert_eq!(recs.inside("vol").unwrap(), inside);
+        std::fs::write(recs.dir().join("s1.json"), b"not json").unwrap();
+        assert_eq!(recs.inside("vol").unwrap(), inside, "kept, not read again");
+        let shared = SnapshotRecords::new(recs.dir().into(), t.path().join("tmp"), false);
+        let err = shared.inside("vol").unwrap_err().to_string();
+        assert!(err.contains("s1.json"), "{err}");
+        // A change by rename (as every record is written) is seen at once.
+        recs.remove("s1").unwrap();
+        assert!(recs.inside("vol").unwrap().is_empty());
+    }
+
+    /// A record that cannot be read fails the question, also when the
+    /// records are kept: it might hold a volume's snapshot.
+    #[test]
+    fn an_unreadable_record_fails_what_is_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let recs = three_records(&t, true);
+        std::fs::write(recs.dir().join("bad.json"), b"{").unwrap();
+        std::thread::sleep(crate::dir_index::SETTLE);
+        for _ in 0..2 {
+            let err = recs.inside("vol").unwrap_err().to_string();
+            assert!(err.contains("bad.json"), "{err}");
+            assert!(recs.kept_inside("other").is_err());
+        }
+        assert_eq!(recs.all().unwrap().len(), 3, "listings leave it out");
     }
 }

@@ -86,7 +86,11 @@ impl FilePool {
             PoolType::Netfs => Layout::shared(root, &cfg.node_name),
             _ => Layout::new(root),
         };
-        let records = SnapshotRecords::new(layout.snapshot_dir(), layout.tmp_dir());
+        let records = SnapshotRecords::new(
+            layout.snapshot_dir(),
+            layout.tmp_dir(),
+            s.pool_type != PoolType::Netfs,
+        );
         let share = (s.pool_type == PoolType::Netfs).then(|| {
             (
                 NetShare::new(def, cfg),
