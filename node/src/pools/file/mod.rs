@@ -48,6 +48,9 @@ use std::{
 };
 
 const MIB: u64 = 1 << 20;
+/// A listing describes this many volumes (about 1 ms of work for raw
+/// ones), then lets the node's other calls run.
+const LIST_TURN: usize = 256;
 /// Set on a volume whose StorageClass asked for wipeOnDelete.
 const WIPE_XATTR: &str = "user.pool-csi.wipe-on-delete";
 /// Size of a volume whose request gives no capacity.
@@ -727,7 +730,8 @@ impl Pool for FilePool {
 
     /// Names come from one directory read (no per-name probing), sorted;
     /// only the page's volumes are checked and described, so a page costs
-    /// the page, not the pool.
+    /// the page, not the pool. A long listing lets the node's other calls
+    /// in every [`LIST_TURN`] volumes.
     async fn list_page(&self, after: Option<&str>, max: usize) -> Result<Page> {
         self.state.ensure_running()?;
         let candidates = self.candidates()?;
@@ -735,7 +739,10 @@ impl Pool for FilePool {
         let max = if max == 0 { usize::MAX } else { max };
         let mut page = Page::default();
         let mut rest = candidates[start..].iter();
-        for c in rest.by_ref() {
+        for (i, c) in rest.by_ref().enumerate() {
+            if i > 0 && i % LIST_TURN == 0 {
+                tokio::task::yield_now().await;
+            }
             let format = self.formats.get(c.format);
             let path = self.layout.volume(&c.name, c.format)?;
             if format.is_volume(&path, c.kind) {
