@@ -70,9 +70,10 @@ impl Stamp {
         }
     }
 
-    /// Whether the last change is older than the timestamps' granularity
-    /// plus [`SETTLE`]. Without nanoseconds the granularity is a second.
-    fn settled(&self) -> bool {
+    /// Whether the last change was older, at `at`, than the timestamps'
+    /// granularity plus [`SETTLE`]. Without nanoseconds the granularity is
+    /// a second.
+    fn settled_at(&self, at: SystemTime) -> bool {
         let coarse = self.mtime.1 == 0 && self.ctime.1 == 0;
         let wait = SETTLE
             + if coarse {
@@ -80,13 +81,11 @@ impl Stamp {
             } else {
                 Duration::ZERO
             };
-        let at = |(s, ns): (i64, i64)| {
+        let time = |(s, ns): (i64, i64)| {
             SystemTime::UNIX_EPOCH + Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32)
         };
-        let last = at(self.mtime).max(at(self.ctime));
-        SystemTime::now()
-            .duration_since(last)
-            .is_ok_and(|age| age >= wait)
+        let last = time(self.mtime).max(time(self.ctime));
+        at.duration_since(last).is_ok_and(|age| age >= wait)
     }
 }
 
@@ -293,6 +292,10 @@ impl<T: Clone> DirIndex<T> {
         } else {
             None
         };
+        // Whether the last change was a clock tick before the read began
+        // (not before it ended): a change during a slow read in that same
+        // tick would leave the timestamps as they are.
+        let began = SystemTime::now();
         let mut unsure = false;
         let mut files = BTreeMap::new();
         for e in std::fs::read_dir(dir)? {
@@ -327,7 +330,7 @@ impl<T: Clone> DirIndex<T> {
                 v.sort_by(|a, b| key(a).cmp(key(b)));
                 let sorted = Arc::new(v);
                 let after = Stamp::of(&std::fs::metadata(dir)?);
-                let kept = (after == stamp && stamp.settled() && !unsure).then(|| Kept {
+                let kept = (after == stamp && stamp.settled_at(began) && !unsure).then(|| Kept {
                     stamp,
                     at: Instant::now(),
                     sorted: Some(sorted.clone()),
@@ -524,9 +527,14 @@ mod tests {
         // 200 ms old with nanoseconds: settled; a whole-second stamp of the
         // second before may be up to 1.99 s old but also just 0.01 s: not.
         let fine = now - Duration::from_millis(200);
-        assert!(at(fine.as_secs() as i64, fine.subsec_nanos() as i64).settled());
-        assert!(!at(secs, 0).settled());
-        assert!(at(secs - 3, 0).settled());
+        let now_ = SystemTime::now();
+        assert!(at(fine.as_secs() as i64, fine.subsec_nanos() as i64).settled_at(now_));
+        assert!(!at(secs, 0).settled_at(now_));
+        assert!(at(secs - 3, 0).settled_at(now_));
+        // Judged when the read began: the same stamp, a second earlier, was
+        // fresh.
+        assert!(!at(fine.as_secs() as i64, fine.subsec_nanos() as i64)
+            .settled_at(now_ - Duration::from_secs(1)));
     }
 
     #[test]
