@@ -1,6 +1,9 @@
-//! Directory volumes in a dir pool (no commands run): what DeleteVolume
-//! does with the data for each onDelete policy, and that a listing reads
-//! the recorded capacity without walking the tree.
+//! Directory volumes in a dir pool (no commands run by the pool): what
+//! DeleteVolume does with the data for each onDelete policy, that a listing
+//! reads the recorded capacity without walking the tree, and that a volume
+//! mounted on the node is not deleted (on btrfs too).
+
+#![allow(clippy::disallowed_methods)] // the test mounts with the real tools
 
 use pool_csi_common::{OnDelete, PoolDefinition, VolumeFormat};
 use pool_csi_node::{
@@ -95,4 +98,108 @@ async fn delete_removes_retains_or_archives_the_data_as_recorded() {
             .count(),
         0
     );
+}
+
+/// Runs a tool of the test's own set-up; its stdout.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Unmounts and detaches what a test set up, also when it fails.
+#[derive(Default)]
+struct Undo(Vec<Vec<String>>);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for cmd in self.0.iter().rev() {
+            let _ = std::process::Command::new(&cmd[0]).args(&cmd[1..]).output();
+        }
+    }
+}
+
+/// In a dir pool at `dir/pool`: a directory volume whose data is bind
+/// mounted is refused deletion, data untouched, and deleted once unmounted.
+async fn refused_while_mounted(dir: &Path) {
+    let root = dir.join("pool");
+    let p = pool(dir);
+    p.start().await.unwrap();
+    made(&p, &root, "v", OnDelete::Delete).await;
+    let target = dir.join("target");
+    std::fs::create_dir(&target).unwrap();
+    let data = root.join("v.directory/data");
+    let (data_s, target_s) = (data.to_str().unwrap(), target.to_str().unwrap());
+    run("mount", &["--bind", data_s, target_s]);
+    let mut undo = Undo::default();
+    undo.0.push(vec!["umount".into(), target_s.into()]);
+    let err = p.delete_volume("v", false).await.unwrap_err();
+    use pool_csi_common::GrpcCode;
+    assert_eq!(err.grpc_code(), tonic::Code::FailedPrecondition);
+    let err = err.to_string();
+    assert!(
+        err.contains(&format!("a bind mount at {target_s}")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(data.join("f")).unwrap(), b"data");
+    run("umount", &[target_s]);
+    undo.0.clear();
+    p.delete_volume("v", false).await.unwrap();
+    assert!(!root.join("v.directory").exists());
+}
+
+/// A directory volume mounted on the node (staged or published) is not
+/// deleted: on the filesystem the tests run on, and on btrfs (its top
+/// subvolume and another), whose files carry a device number of their
+/// subvolume's that is no mount's in the mount table.
+#[tokio::test]
+async fn a_mounted_directory_volume_is_not_deleted() {
+    if !rustix::process::geteuid().is_root() {
+        pool_csi_testkit::skip::skip("requirements", "needs root (bind mounts)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("here")).unwrap();
+    refused_while_mounted(&t.path().join("here")).await;
+
+    if std::process::Command::new("mkfs.btrfs")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        pool_csi_testkit::skip::skip(
+            "mkfs.btrfs",
+            "btrfs-progs is missing (dev/setup installs it)",
+        );
+        return;
+    }
+    let image = t.path().join("btrfs.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let mut undo = Undo::default();
+    let dev = run("losetup", &["--find", "--show", image.to_str().unwrap()]);
+    undo.0
+        .push(vec!["losetup".into(), "-d".into(), dev.clone()]);
+    run("mkfs.btrfs", &["-q", &dev]);
+    let mnt = t.path().join("btrfs");
+    std::fs::create_dir(&mnt).unwrap();
+    run("mount", &[&dev, mnt.to_str().unwrap()]);
+    undo.0
+        .push(vec!["umount".into(), mnt.to_str().unwrap().into()]);
+    std::fs::create_dir(mnt.join("top")).unwrap();
+    refused_while_mounted(&mnt.join("top")).await;
+    run(
+        "btrfs",
+        &["subvolume", "create", mnt.join("sub").to_str().unwrap()],
+    );
+    refused_while_mounted(&mnt.join("sub")).await;
 }

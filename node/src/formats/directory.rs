@@ -179,11 +179,16 @@ impl ImageFormat for Directory {
     /// A bind mount of its data on this node (staged or published): the
     /// mounts of the data's filesystem whose root is the data directory.
     /// Other nodes' mounts are theirs to know; the CO deletes a volume only
-    /// once it is unpublished everywhere.
+    /// once it is unpublished everywhere. The filesystem is the one the
+    /// mount table shows the data under, not the data's `st_dev`: btrfs
+    /// gives its files a device number of their subvolume's, which is no
+    /// mount's. Only that filesystem's mount points are looked at (a
+    /// stat of another's could hang on a share that stopped answering).
     fn user_here(&self, env: &ImageEnv, _name: &str, path: &Path) -> Option<String> {
-        let data = std::fs::symlink_metadata(data_dir(path)).ok()?;
-        let dev = (rustix::fs::major(data.dev()), rustix::fs::minor(data.dev()));
+        let data_path = std::fs::canonicalize(data_dir(path)).ok()?;
+        let data = std::fs::symlink_metadata(&data_path).ok()?;
         let table = crate::mount::mountinfo::read(env.mount_table()).ok()?;
+        let dev = crate::mount::mountinfo::under(&table, &data_path)?.dev;
         table
             .iter()
             .filter(|m| m.dev == dev)

@@ -85,6 +85,15 @@ pub fn find_at<'a>(table: &'a [MountEntry], mount_point: &Path) -> Option<&'a Mo
     table.iter().rev().find(|m| m.mount_point == mount_point)
 }
 
+/// The mount `path` (absolute, without links) is under: the topmost of
+/// the deepest mount points it starts with.
+pub fn under<'a>(table: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
+    table
+        .iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.components().count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +119,21 @@ mod tests {
         assert_eq!(t[4].mount_point, Path::new("/tmp/with space"));
         assert!(find_at(&t, Path::new("/tmp/with space")).is_some());
         assert!(find_at(&t, Path::new("/tmp/with")).is_none());
+    }
+
+    #[test]
+    fn a_path_is_under_the_topmost_of_its_deepest_mount_points() {
+        let mut t = parse(TABLE);
+        let at = |t: &[MountEntry], p: &str| under(t, Path::new(p)).map(|m| m.dev);
+        assert_eq!(at(&t, "/etc/hosts"), Some((253, 1)));
+        assert_eq!(at(&t, "/tmp/with space/x"), Some((0, 40)));
+        assert_eq!(at(&t, "/tmp/with"), Some((253, 1)), "whole components only");
+        // Another filesystem mounted over the same point hides the first.
+        t.extend(parse(
+            "47 46 0:41 / /tmp/with\\040space rw - tmpfs tmpfs rw\n",
+        ));
+        assert_eq!(at(&t, "/tmp/with space/x"), Some((0, 41)));
+        assert_eq!(under(&[], Path::new("/x")).map(|m| m.dev), None);
     }
 
     #[test]
