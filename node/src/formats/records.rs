@@ -67,8 +67,10 @@ pub struct SnapshotRecords {
     /// Every record, kept while the directory is unchanged (records are
     /// only ever replaced by rename, which moves its timestamps).
     index: Arc<DirIndex<(String, Record)>>,
-    /// Only this node writes the records (the pool is not shared): its
-    /// view of the directory's timestamps is never behind.
+    /// Only this node writes the records (the pool is not shared). With
+    /// the directory on a local filesystem, this machine's clock stamps
+    /// every change and its view of the timestamps is never behind, so
+    /// the kept records can decide what is inside a volume.
     only_here: bool,
 }
 
@@ -148,9 +150,10 @@ impl SnapshotRecords {
     /// The snapshots whose data lives inside `volume`: (name, reference).
     /// An unreadable record is an error, not a snapshot less: what is
     /// inside a volume decides what may be merged away. The kept records
-    /// serve when only this node writes them and every one was read;
-    /// otherwise (a shared pool, whose directory's timestamps may be
-    /// cached behind another node's change) each is read afresh.
+    /// serve when only this node writes them, on a local filesystem, and
+    /// every one was read; otherwise (a shared pool, or a directory on a
+    /// network filesystem, whose timestamps another clock makes and a
+    /// cache may hold back) each is read again.
     pub fn inside(&self, volume: &str) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         let mut take = |name: &str, r: &Record| {
@@ -158,7 +161,14 @@ impl SnapshotRecords {
                 out.push((name.to_string(), inside.clone()));
             }
         };
-        let whole = match self.only_here {
+        use crate::fsutil::{filesystem_of, FsKind};
+        let local = || {
+            matches!(
+                filesystem_of(&self.dir),
+                Some(FsKind::Memory | FsKind::LocalDisk)
+            )
+        };
+        let whole = match self.only_here && local() {
             true => self
                 .index
                 .whole_entries(&self.dir, &mut |f, _| self.scan(f), |(name, _)| name)
@@ -252,9 +262,18 @@ mod tests {
         let shared = SnapshotRecords::new(recs.dir().into(), t.path().join("tmp"), false);
         let err = shared.inside("vol").unwrap_err().to_string();
         assert!(err.contains("s1.json"), "{err}");
-        // A change by rename (as every record is written) is seen at once.
+        // Changes (records are written by rename) are seen at once, also
+        // right after the records were kept.
+        let mut r = Record::new("vol", VolumeFormat::Ploop, 4096);
+        r.inside = Some("{a}".into());
+        recs.commit("s1", &r).unwrap();
+        assert_eq!(recs.inside("vol").unwrap(), inside);
+        r.inside = Some("{d}".into());
+        recs.commit("s4", &r).unwrap();
+        let s4 = ("s4".to_string(), "{d}".to_string());
+        assert_eq!(recs.inside("vol").unwrap(), [inside[0].clone(), s4.clone()]);
         recs.remove("s1").unwrap();
-        assert!(recs.inside("vol").unwrap().is_empty());
+        assert_eq!(recs.inside("vol").unwrap(), [s4]);
     }
 
     /// A record that cannot be read fails the question, also when the
@@ -263,6 +282,7 @@ mod tests {
     fn an_unreadable_record_fails_what_is_inside() {
         let t = tempfile::tempdir().unwrap();
         let recs = three_records(&t, true);
+        assert_eq!(recs.inside("vol").unwrap().len(), 1, "kept");
         std::fs::write(recs.dir().join("bad.json"), b"{").unwrap();
         std::thread::sleep(crate::dir_index::SETTLE);
         for _ in 0..2 {

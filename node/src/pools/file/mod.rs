@@ -48,8 +48,8 @@ use std::{
 };
 
 const MIB: u64 = 1 << 20;
-/// A listing describes this many volumes (about 1 ms of work for raw
-/// ones), then lets the node's other calls run.
+/// A listing looks at this many names (about 1 ms of work for raw
+/// volumes), then lets the node's other calls run.
 const LIST_TURN: usize = 256;
 /// Set on a volume whose StorageClass asked for wipeOnDelete.
 const WIPE_XATTR: &str = "user.pool-csi.wipe-on-delete";
@@ -85,16 +85,14 @@ impl FilePool {
             format: s.source.format.clone().filter(|f| f != "auto"),
         });
         let root: PathBuf = s.target.path.clone().unwrap_or_default().into();
-        let layout = match s.pool_type {
-            PoolType::Netfs => Layout::shared(root, &cfg.node_name),
-            _ => Layout::new(root),
+        // A netfs pool's share is every node's; other pools are this node's.
+        let shared = s.pool_type == PoolType::Netfs;
+        let layout = match shared {
+            true => Layout::shared(root, &cfg.node_name),
+            false => Layout::new(root),
         };
-        let records = SnapshotRecords::new(
-            layout.snapshot_dir(),
-            layout.tmp_dir(),
-            s.pool_type != PoolType::Netfs,
-        );
-        let share = (s.pool_type == PoolType::Netfs).then(|| {
+        let records = SnapshotRecords::new(layout.snapshot_dir(), layout.tmp_dir(), !shared);
+        let share = shared.then(|| {
             (
                 NetShare::new(def, cfg),
                 Claims::new(layout.meta_dir().join("published"), layout.tmp_dir()),
@@ -123,10 +121,9 @@ impl FilePool {
             formats: Formats::new(cfg.ploop.clone()),
             env,
             // Only this node changes a pool that is not shared: watched.
-            names: if s.pool_type == PoolType::Netfs {
-                names::NameIndex::default()
-            } else {
-                names::NameIndex::watched()
+            names: match shared {
+                true => names::NameIndex::default(),
+                false => names::NameIndex::watched(),
             },
             tmp_cleared: Default::default(),
         }
@@ -286,11 +283,12 @@ impl FilePool {
         }
         format.keep_on_delete(tmp, req.on_delete)?;
         if req.wipe_on_delete {
-            rustix::fs::lsetxattr(tmp, WIPE_XATTR, b"1", rustix::fs::XattrFlags::empty()).map_err(|e| {
-                Error::Precondition(format!(
+            rustix::fs::lsetxattr(tmp, WIPE_XATTR, b"1", rustix::fs::XattrFlags::empty()).map_err(|e| match e {
+                rustix::io::Errno::NOTSUP => Error::Precondition(format!(
                     "wipeOnDelete needs user extended attributes on the pool's filesystem ({}): {e}",
                     self.layout.root.display()
-                ))
+                )),
+                e => io("mark for wiping", tmp)(e.into()),
             })?;
         }
         self.env.root_sync.sync_file_at(tmp).await?;
@@ -731,30 +729,42 @@ impl Pool for FilePool {
     /// Names come from one directory read (no per-name probing), sorted;
     /// only the page's volumes are checked and described, so a page costs
     /// the page, not the pool. A long listing lets the node's other calls
-    /// in every [`LIST_TURN`] volumes.
+    /// in after every [`LIST_TURN`] names, and goes on after the last name
+    /// it looked at, in the names as they are then (a volume deleted
+    /// meanwhile is not listed).
     async fn list_page(&self, after: Option<&str>, max: usize) -> Result<Page> {
         self.state.ensure_running()?;
-        let candidates = self.candidates()?;
-        let start = after.map_or(0, |a| candidates.partition_point(|c| c.name.as_str() <= a));
         let max = if max == 0 { usize::MAX } else { max };
         let mut page = Page::default();
-        let mut rest = candidates[start..].iter();
-        for (i, c) in rest.by_ref().enumerate() {
-            if i > 0 && i % LIST_TURN == 0 {
-                tokio::task::yield_now().await;
-            }
-            let format = self.formats.get(c.format);
-            let path = self.layout.volume(&c.name, c.format)?;
-            if format.is_volume(&path, c.kind) {
-                page.entries
-                    .push(self.describe(&c.name, &path, format).await);
-                if page.entries.len() == max {
-                    break;
+        let mut after = after.map(str::to_string);
+        'turns: loop {
+            let candidates = self.candidates()?;
+            let start = after
+                .as_deref()
+                .map_or(0, |a| candidates.partition_point(|c| c.name.as_str() <= a));
+            let mut rest = candidates[start..].iter().peekable();
+            let mut looked = 0;
+            while let Some(c) = rest.next() {
+                let format = self.formats.get(c.format);
+                let path = self.layout.volume(&c.name, c.format)?;
+                if format.is_volume(&path, c.kind) {
+                    page.entries
+                        .push(self.describe(&c.name, &path, format).await);
+                    if page.entries.len() == max {
+                        page.more = rest.peek().is_some();
+                        return Ok(page);
+                    }
+                }
+                looked += 1;
+                // A turn ends between names (a name may be in two formats).
+                if looked >= LIST_TURN && rest.peek().is_some_and(|n| n.name != c.name) {
+                    after = Some(c.name.clone());
+                    tokio::task::yield_now().await;
+                    continue 'turns;
                 }
             }
+            return Ok(page);
         }
-        page.more = rest.next().is_some();
-        Ok(page)
     }
 
     async fn create_snapshot(&self, source: &str, name: &str) -> Result<Snapshot> {
