@@ -263,10 +263,11 @@ mod tests {
         let err = shared.inside("vol").unwrap_err().to_string();
         assert!(err.contains("s1.json"), "{err}");
         // Changes (records are written by rename) are seen at once, also
-        // right after the records were kept.
+        // one made right after the records were kept.
         let mut r = Record::new("vol", VolumeFormat::Ploop, 4096);
         r.inside = Some("{a}".into());
         recs.commit("s1", &r).unwrap();
+        std::thread::sleep(crate::dir_index::SETTLE);
         assert_eq!(recs.inside("vol").unwrap(), inside);
         r.inside = Some("{d}".into());
         recs.commit("s4", &r).unwrap();
