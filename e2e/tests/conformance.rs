@@ -1368,3 +1368,77 @@ async fn published_nodes_are_recorded_listed_and_forgotten() {
         "not the old volume's record"
     );
 }
+
+/// While a volume's node does not answer (docs/operations.md, node loss):
+/// DeleteVolume is UNAVAILABLE (the provisioner retries) and the volume
+/// stays; ControllerUnpublish of that node-local volume is OK, so its
+/// VolumeAttachment is not held forever, and leaves the node's record,
+/// which the node still reports once it is back; the delete then goes
+/// through and takes the record with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_whose_node_does_not_answer_is_kept_until_it_does() {
+    require!(false);
+    let (mut d, mut c) = driver().await;
+    let id = c.create_volume_id(req::create("away", req::MIB, &[])).await;
+    let get = |c: &Clients| {
+        let (mut ctl, id) = (c.controller.clone(), id.clone());
+        async move {
+            ctl.controller_get_volume(csi::ControllerGetVolumeRequest { volume_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap()
+                .published_node_ids
+        }
+    };
+    c.controller
+        .controller_publish_volume(attach(&id, "node-1", Some(req::mount_cap("ext4"))))
+        .await
+        .unwrap();
+    let image = d.pool_dir.join("away.raw");
+    let ready = |c: &Clients| {
+        let mut identity = c.ctrl_identity.clone();
+        async move {
+            let probe = identity.probe(csi::ProbeRequest {}).await.unwrap();
+            probe.into_inner().ready == Some(true)
+        }
+    };
+    // Ready once its first inventory round found the agent (within 1 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ready(&c).await {
+        assert!(std::time::Instant::now() < deadline, "controller not ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    d.kill_node();
+    let err = c
+        .controller
+        .delete_volume(req::delete(&id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("node-1"), "{err:?}");
+    assert!(image.exists(), "kept");
+    // The controller stays ready (README: Probe), so no liveness probe
+    // restarts it over a node's outage.
+    assert!(ready(&c).await, "the controller stays ready");
+    c.controller
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            node_id: "node-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a node that does not answer holds no attachment");
+
+    d.start_node();
+    d.wait_ready().await;
+    let mut c = d.clients().await;
+    assert_eq!(get(&c).await, ["node-1"], "the node's record stays");
+    c.controller.delete_volume(req::delete(&id)).await.unwrap();
+    assert!(!image.exists());
+    let again = c.create_volume_id(req::create("away", req::MIB, &[])).await;
+    assert_eq!(again, id);
+    assert!(get(&c).await.is_empty(), "the record went with the volume");
+}

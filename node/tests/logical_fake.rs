@@ -301,3 +301,33 @@ async fn a_half_copied_clone_is_removed_on_retry_and_on_delete() {
     assert_eq!(v.capacity, 16 << 20);
     p.delete_volume("pvc-c", false).await.unwrap();
 }
+
+/// Behind `--command-prefix` (lvm run in the host's namespaces) a logical
+/// pool keeps the host's lvm configuration: the node writes no lvm
+/// configuration directory of its own into its state directory, and every
+/// report is one command through the runner (which adds the prefix), none
+/// through the long-lived lvm shell.
+#[tokio::test]
+async fn behind_a_command_prefix_lvm_keeps_the_hosts_configuration() {
+    let state = tempfile::tempdir().unwrap();
+    let def = PoolDefinition::parse_documents(
+        "apiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: { name: vg0 }\nspec:\n  type: logical\n",
+        "test",
+    )
+    .unwrap()
+    .remove(0);
+    let mut cfg = pool_csi_node::Config::local("n1", state.path().into());
+    cfg.command_prefix = ["nsenter", "--target", "1", "--mount", "--"]
+        .map(Into::into)
+        .to_vec();
+    let runner = Arc::new(
+        FakeRunner::new()
+            .expect(vgs(), Reply::ok().stdout(VG_JSON))
+            .expect(vgs(), Reply::ok().stdout(VG_JSON)),
+    );
+    let p = LogicalPool::new(&def, &cfg, runner.clone());
+    p.start().await.unwrap();
+    assert_eq!(runner.calls().len(), 2, "{:?}", runner.calls());
+    let written: Vec<_> = std::fs::read_dir(state.path()).unwrap().collect();
+    assert!(written.is_empty(), "{written:?}");
+}

@@ -368,7 +368,25 @@ mod tests {
 
     #[test]
     fn partition_types_and_gpt_names() {
-        assert_eq!(partition_type("linux-lvm").unwrap().1, "8e");
+        // Every name the error message offers maps to its GPT GUID and
+        // MBR code (sfdisk's), no two names to the same pair.
+        let want = [
+            ("linux", "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "83"),
+            ("linux-lvm", "E6D6D379-F507-44C2-A23C-238F2A3DF928", "8e"),
+            ("linux-raid", "A19D880F-05FC-4D3B-A006-743F0F84911E", "fd"),
+            ("linux-swap", "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "82"),
+            ("fat16", "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "e"),
+            ("fat32", "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "c"),
+            ("ntfs", "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "7"),
+            ("efi", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ef"),
+        ];
+        let offered: Vec<&str> = PARTITION_TYPES.split(", ").collect();
+        assert_eq!(offered, want.map(|(n, _, _)| n));
+        for (name, guid, code) in want {
+            assert_eq!(partition_type(name), Some((guid, code)), "{name}");
+        }
+        let pairs: std::collections::BTreeSet<_> = want.map(|(_, g, c)| (g, c)).into();
+        assert_eq!(pairs.len(), want.len());
         assert!(partition_type("zfs").is_none());
         assert_eq!(gpt_name("pvc-1"), "pvc-1");
         let long = "pvc-0d7c5b8e-4d7e-4bfe-9d45-3c1a9d1e2f3a";

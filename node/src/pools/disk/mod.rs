@@ -901,7 +901,10 @@ mod tests {
     fn table_types_are_named_or_refused_clearly() {
         assert_eq!(label_of(None).unwrap(), "gpt");
         assert_eq!(label_of(Some("msdos")).unwrap(), "dos");
-        assert!(label_of(Some("sun")).unwrap_err().contains("cannot write"));
+        for l in ["dvh", "mac", "bsd", "pc98", "sun", "aix", "amiga"] {
+            let why = label_of(Some(l)).unwrap_err();
+            assert!(why.contains("cannot write") && why.contains(l), "{why}");
+        }
         assert!(label_of(Some("zfs")).unwrap_err().contains("unknown"));
     }
 }
