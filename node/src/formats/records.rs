@@ -65,7 +65,9 @@ pub struct SnapshotRecords {
     dir: PathBuf,
     tmp_dir: PathBuf,
     /// Every record, kept while the directory is unchanged (records are
-    /// only ever replaced by rename, which moves its timestamps).
+    /// only ever replaced by rename, which moves its timestamps); where
+    /// only this node writes them, kept current by an inotify watch, so a
+    /// change costs its record and not a read of every record.
     index: Arc<DirIndex<(String, Record)>>,
     /// Only this node writes the records (the pool is not shared). With
     /// the directory on a local filesystem, this machine's clock stamps
@@ -81,7 +83,10 @@ impl SnapshotRecords {
         Self {
             dir,
             tmp_dir,
-            index: Arc::default(),
+            index: Arc::new(match only_here {
+                true => DirIndex::watched(),
+                false => DirIndex::default(),
+            }),
             only_here,
         }
     }
@@ -275,6 +280,29 @@ mod tests {
         assert_eq!(recs.inside("vol").unwrap(), [inside[0].clone(), s4.clone()]);
         recs.remove("s1").unwrap();
         assert_eq!(recs.inside("vol").unwrap(), [s4]);
+    }
+
+    /// Where only this node writes the records, a change costs its own
+    /// record: after s4 is committed, s2 (rewritten in place meanwhile,
+    /// which records never are) is not read again. Where others write
+    /// them, the change reads every record again (and leaves the
+    /// unreadable s2 out of the listing).
+    #[test]
+    fn a_change_reads_only_its_record_where_only_this_node_writes() {
+        for only_here in [true, false] {
+            let t = tempfile::tempdir().unwrap();
+            let recs = three_records(&t, only_here);
+            assert_eq!(recs.all().unwrap().len(), 3);
+            std::fs::write(recs.dir().join("s2.json"), b"not json").unwrap();
+            recs.commit("s4", &Record::new("vol", VolumeFormat::Raw, 1))
+                .unwrap();
+            let all = recs.all().unwrap();
+            let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+            match only_here {
+                true => assert_eq!(names, ["s1", "s2", "s3", "s4"]),
+                false => assert_eq!(names, ["s1", "s3", "s4"]),
+            }
+        }
     }
 
     /// A record that cannot be read fails the question, also when the
