@@ -70,9 +70,10 @@ pub struct SnapshotRecords {
     /// change costs its record and not a read of every record.
     index: Arc<DirIndex<(String, Record)>>,
     /// Only this node writes the records (the pool is not shared). With
-    /// the directory on a local filesystem, this machine's clock stamps
-    /// every change and its view of the timestamps is never behind, so
-    /// the kept records can decide what is inside a volume.
+    /// the directory on a local filesystem, the watch (or, where the
+    /// kernel refuses one, this machine's clock on the directory's
+    /// timestamps) sees every change, so the kept records can decide what
+    /// is inside a volume.
     only_here: bool,
 }
 
@@ -234,7 +235,8 @@ mod tests {
     }
 
     /// `dir` with records s1 (inside vol), s2 (inside other) and s3 (a
-    /// copy of vol), settled so that a scan of it is kept.
+    /// copy of vol), settled so that a scan of it is kept also where
+    /// timestamps tell the changes (`only_here` false).
     fn three_records(t: &tempfile::TempDir, only_here: bool) -> SnapshotRecords {
         let (dir, tmp) = (t.path().join("snapshots"), t.path().join("tmp"));
         std::fs::create_dir_all(&dir).unwrap();
