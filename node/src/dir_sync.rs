@@ -145,7 +145,7 @@ impl DirSync {
 
     /// The directory is on tmpfs or ramfs: syncs there do nothing. Asked
     /// once, until [`Self::look_again`].
-    pub fn volatile(&self) -> bool {
+    fn volatile(&self) -> bool {
         match self.0.volatile.load(Ordering::Acquire) {
             1 => true,
             2 => false,
