@@ -213,6 +213,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Box::pin(async move { text }) as _
         }));
         let round = Round {
+            client: client.clone(),
             status: StatusWriter::new(client.clone(), &identity),
             static_pvs: Some(StaticPvs::new(client.clone(), &driver_name)),
             recycle: Some(Recycler::new(client.clone(), ctx.clone(), &identity)),

@@ -25,6 +25,7 @@
 
 use super::{
     events::{Recorder, Told},
+    round_pvs::RoundPvs,
     static_pvs::POOL_LABEL,
 };
 use crate::{ops, Ctx};
@@ -152,12 +153,13 @@ impl NodeLoss {
     pub async fn run(
         &self,
         answered: &BTreeSet<String>,
+        round_pvs: &RoundPvs,
         now: Timestamp,
     ) -> Result<usize, kube::Error> {
         // PVs first: a node that registers between the two lists is then
         // in the Node list, not judged removed.
+        let all = round_pvs.get().await?;
         let api: Api<PersistentVolume> = Api::all(self.client.clone());
-        let all = api.list(&ListParams::default()).await?.items;
         let pvs: Vec<LocalPv> = all.iter().filter_map(|pv| self.local_pv(pv)).collect();
         let nodes: Api<Node> = Api::all(self.client.clone());
         let nodes = nodes.list(&ListParams::default()).await?.items;

@@ -8,6 +8,7 @@ use super::{
     events::{pool_ref, Recorder},
     orphans::{self, Held, Kind, Known, Orphan, Storage},
     reports::Reports,
+    round_pvs::RoundPvs,
     static_pvs::POOL_LABEL,
 };
 use crate::{agents::Agents, join::join_all};
@@ -21,7 +22,7 @@ use kube::{
 };
 use pool_csi_common::{pool_spec::StoragePool, SnapshotId, VolumeId};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -70,6 +71,7 @@ impl OrphanCheck {
         &self,
         agents: &Agents,
         reports: &Reports,
+        round_pvs: &RoundPvs,
         now: Timestamp,
     ) -> Result<usize, kube::Error> {
         let started = tokio::time::Instant::now();
@@ -82,7 +84,11 @@ impl OrphanCheck {
             return Ok(self.reported());
         }
         let storage = gather(agents, reports).await;
-        let known = known(&self.client, Some(&self.driver)).await?;
+        // The round's PVs may have been listed before the storage was (by
+        // node loss): a volume made or deleted with its PV in between is
+        // only first seen here, and the grace period keeps it unreported.
+        let mut known = known_in(round_pvs.get().await?, Some(&self.driver));
+        known.contents = contents(&self.client).await?;
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let (cm, before) = read(&api).await?;
         let found = orphans::judge(&storage, &known, &before, now, self.grace);
@@ -183,8 +189,15 @@ impl OrphanCheck {
 /// VolumeSnapshotContents' handles where that API answers.
 pub async fn known(client: &kube::Client, driver: Option<&str>) -> Result<Known, kube::Error> {
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let mut known = known_in(&pvs.list(&ListParams::default()).await?.items, driver);
+    known.contents = contents(client).await?;
+    Ok(known)
+}
+
+/// What `pvs` name (see [`known`]); the contents are left unknown.
+fn known_in(pvs: &[PersistentVolume], driver: Option<&str>) -> Known {
     let mut known = Known::default();
-    for pv in pvs.list(&ListParams::default()).await?.items {
+    for pv in pvs {
         let Some(csi) = pv.spec.as_ref().and_then(|s| s.csi.as_ref()) else {
             continue;
         };
@@ -199,9 +212,15 @@ pub async fn known(client: &kube::Client, driver: Option<&str>) -> Result<Known,
             known.pvs.insert(csi.volume_handle.clone(), name);
         }
     }
+    known
+}
+
+/// Every VolumeSnapshotContent's snapshot handle, or `None` where the
+/// snapshot API does not answer.
+async fn contents(client: &kube::Client) -> Result<Option<BTreeSet<String>>, kube::Error> {
     let gvk = GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotContent");
     let contents: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk));
-    known.contents = match contents.list(&ListParams::default()).await {
+    Ok(match contents.list(&ListParams::default()).await {
         // Every content's handle, whatever its driver: a name is a name.
         Ok(list) => Some(
             list.items
@@ -218,8 +237,7 @@ pub async fn known(client: &kube::Client, driver: Option<&str>) -> Result<Known,
         // access: snapshots off): snapshots are not judged.
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => None,
         Err(e) => return Err(e),
-    };
-    Ok(known)
+    })
 }
 
 /// The ConfigMap and the findings it keeps (none when it does not exist).

@@ -5,7 +5,7 @@
 
 use super::{
     node_loss::NodeLoss, orphan_check::OrphanCheck, recycle::Recycler, reports,
-    static_pvs::StaticPvs, status::StatusWriter,
+    round_pvs::RoundPvs, static_pvs::StaticPvs, status::StatusWriter,
 };
 use crate::agents::Agents;
 use k8s_openapi::jiff::Timestamp;
@@ -16,6 +16,9 @@ use tokio::sync::watch;
 const RETRY: Duration = Duration::from_secs(5);
 
 pub struct Round {
+    /// Lists the cluster's PersistentVolumes for node loss and the orphan
+    /// check, once per round.
+    pub client: kube::Client,
     pub status: StatusWriter,
     /// Publishes free LUNs as static PersistentVolumes after each round.
     pub static_pvs: Option<StaticPvs>,
@@ -66,6 +69,7 @@ impl Round {
     /// One round; returns how long to wait before the next.
     async fn once(&self, agents: &Agents, every: Duration) -> Duration {
         let mut wait = every;
+        let round_pvs = RoundPvs::new(self.client.clone());
         let reports = reports::gather(agents).await;
         if reports.values().any(|r| r.is_err()) {
             wait = every.min(RETRY);
@@ -102,7 +106,7 @@ impl Round {
                 .filter(|(_, r)| r.is_ok())
                 .map(|(node, _)| node.clone())
                 .collect();
-            if let Err(e) = n.run(&answered, Timestamp::now()).await {
+            if let Err(e) = n.run(&answered, &round_pvs, Timestamp::now()).await {
                 wait = every.min(RETRY);
                 tracing::warn!(error = %e, "node loss: the API server refused or did not answer; retrying")
             }
@@ -116,7 +120,10 @@ impl Round {
         if let Some(check) = &self.orphans {
             // The reports say which nodes answered: only their
             // listings are whole.
-            match check.run(agents, &reports, Timestamp::now()).await {
+            match check
+                .run(agents, &reports, &round_pvs, Timestamp::now())
+                .await
+            {
                 Ok(n) if n > 0 => tracing::debug!(reported = n, "orphans"),
                 Ok(_) => {}
                 Err(e) => {
@@ -141,6 +148,7 @@ mod tests {
         let map = BTreeMap::from([("n1".to_string(), "127.0.0.1:1".to_string())]);
         let agents = Arc::new(Agents::new(&map, None).unwrap());
         let round = Round {
+            client: fake.client(),
             status: StatusWriter::new(fake.client(), "x"),
             static_pvs: None,
             recycle: None,
@@ -171,6 +179,70 @@ mod tests {
             .filter(|r| r.starts_with("GET /apis/pool-csi.io"))
             .count();
         assert!(rounds >= 3, "{:?}", fake.requests());
+    }
+
+    /// Node loss and the orphan check read one list of the cluster's
+    /// PersistentVolumes per round, not one each.
+    #[tokio::test(start_paused = true)]
+    async fn a_round_lists_the_clusters_pvs_once() {
+        use super::super::{node_loss::NodeLoss, orphan_check::OrphanCheck};
+        let fake = FakeApi::new();
+        fake.insert(
+            "/api/v1/nodes/n1",
+            serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}),
+        );
+        fake.insert(
+            "/api/v1/persistentvolumes/pv-1",
+            serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                   "metadata": {"name": "pv-1", "uid": "uid-pv-1"},
+                   "spec": {"csi": {"driver": "pool-csi.io", "volumeHandle": "local:n1:v"}}}),
+        );
+        let map = BTreeMap::from([("n1".to_string(), "127.0.0.1:1".to_string())]);
+        let agents = Arc::new(Agents::new(&map, None).unwrap());
+        let ctx = Arc::new(crate::Ctx {
+            driver_name: "pool-csi.io".into(),
+            default_pool: None,
+            agents: agents.clone(),
+            locks: Default::default(),
+        });
+        let client = fake.client();
+        // A grace period of a second: the check is due at every round.
+        let check = OrphanCheck::new(
+            client.clone(),
+            "x",
+            "pool-csi.io",
+            Duration::from_secs(1),
+            "x",
+        );
+        let round = Round {
+            client: client.clone(),
+            status: StatusWriter::new(client.clone(), "x"),
+            static_pvs: None,
+            recycle: None,
+            orphans: Some(check),
+            node_loss: Some(NodeLoss::new(client, ctx, "x")),
+        };
+        let (_leading_tx, leading) = watch::channel(true);
+        let (stop_tx, stop) = watch::channel(());
+        let h = tokio::spawn(round.run(agents, leading, Duration::from_secs(30), stop));
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        h.abort();
+        drop(stop_tx);
+        let count = |what: &str| fake.requests().iter().filter(|r| *r == what).count();
+        let rounds = count("GET /api/v1/nodes");
+        assert!(rounds >= 2, "{:?}", fake.requests());
+        assert_eq!(
+            count("GET /apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents"),
+            rounds,
+            "the orphan check ran in every round: {:?}",
+            fake.requests()
+        );
+        assert_eq!(
+            count("GET /api/v1/persistentvolumes"),
+            rounds,
+            "{:?}",
+            fake.requests()
+        );
     }
 
     /// A leader that loses its Lease in the middle of a round writes
