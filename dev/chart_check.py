@@ -108,7 +108,7 @@ def crd_is_valid():
 def bad_values_are_refused():
     chart = helm.Chart.load(CHART)
     for bad in ({"driverName": "not a name!"}, {"pools": [{"name": "Bad_Name", "spec": {"type": "dir"}}]},
-                {"node": {"agentPort": 70000}}, {"unknownKey": 1}):
+                {"node": {"agentPort": 70000}}, {"unknownKey": 1}, {"provisioning": "nodes"}):
         try:
             chart.validate_schema(bad)
         except helm.HelmError:
@@ -168,6 +168,40 @@ def node_may_write_lun_claims_only():
     assert cluster_verbs <= {"get", "list", "watch"}, cluster_verbs
     bound = [d for d in docs if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "pool-csi-node"]
     assert bound and bound[0]["subjects"][0]["name"] == "pool-csi-node", bound
+
+
+def distributed_provisioning_runs_beside_each_node_plugin():
+    def containers(values, kind):
+        return {c["name"]: c for c in pod_spec(values, kind)["containers"]}
+    # By default the controller's provisioner makes every volume.
+    assert "csi-provisioner" in containers({}, "Deployment")
+    node = containers({}, "DaemonSet")
+    assert "csi-provisioner" not in node and "--controller-service" not in node["node"]["args"], node.keys()
+    # provisioning: node moves it beside each node plugin, on the node's socket.
+    on = {"provisioning": "node"}
+    assert "csi-provisioner" not in containers(on, "Deployment"), "two provisioners would race for each claim"
+    node = containers(on, "DaemonSet")
+    assert "--controller-service" in node["node"]["args"], node["node"]["args"]
+    prov = node["csi-provisioner"]
+    assert {"--csi-address=/csi/csi.sock", "--node-deployment", "--strict-topology", "--enable-capacity",
+            "--capacity-ownerref-level=0"} <= set(prov["args"]), prov["args"]
+    assert not any(a.startswith("--leader-election") for a in prov["args"]), prov["args"]
+    assert {"NODE_NAME", "NAMESPACE", "POD_NAME"} <= {e["name"] for e in prov["env"]}, prov["env"]
+    assert {"name": "plugin-dir", "mountPath": "/csi"} in prov["volumeMounts"], prov["volumeMounts"]
+    # The node's service account gets the provisioner's rights, and no more.
+    roles = {(d["kind"], d["metadata"]["name"]): d for d in rendered_docs(on) if d["kind"] in ("Role", "ClusterRole")}
+    rules = roles[("ClusterRole", "pool-csi-node")]["rules"] + roles[("Role", "pool-csi-node")]["rules"]
+    for rule in rules:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "secrets" not in rule["resources"], rule
+        if "storagepools" in rule["resources"]:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+    pvs = [r for r in rules if "persistentvolumes" in r["resources"]]
+    assert pvs and {"create", "delete"} <= set(pvs[0]["verbs"]), pvs
+    assert any("csistoragecapacities" in r["resources"] for r in roles[("Role", "pool-csi-node")]["rules"])
+    # StorageClasses wait for the consumer: the node-deployment provisioner
+    # acts only on claims the scheduler gave its node.
+    sc = [d for d in rendered_docs({**on, "storageClasses": [{"name": "x", "pool": "p"}]}) if d["kind"] == "StorageClass"]
+    assert sc and all(d["volumeBindingMode"] == "WaitForFirstConsumer" for d in sc), sc
 
 
 def iscsi_pools_get_the_host_network_and_their_secret():
@@ -352,6 +386,7 @@ check("iscsi pools: host network, CHAP Secrets (mutual too) mounted", iscsi_pool
 check("node and controller run in cluster mode", both_run_in_cluster_mode)
 check("node: CO paths confined to the kubelet dir it mounts", node_confines_co_paths_to_the_kubelet_dir)
 check("node RBAC: LUN claims ConfigMaps in its namespace, nothing else written", node_may_write_lun_claims_only)
+check("provisioning: node puts the provisioner beside each node plugin", distributed_provisioning_runs_beside_each_node_plugin)
 check("CRD validates as apiextensions.k8s.io/v1", crd_is_valid)
 check("values.schema.json refuses bad values", bad_values_are_refused)
 check("CSIDriver, NetworkPolicy, controller RBAC as README says", csidriver_network_policy_and_controller_rbac)

@@ -7,6 +7,8 @@
 - no protobuf or tonic type below the controller's and agent's handlers
   (controller ops/ and placement, node pools/, formats/, attach/, ops/);
 - the file pool names no image format;
+- the node crate uses the controller's library in its main.rs only (the
+  Controller service of `--controller-service`), never below it;
 - proto/ holds only the protos and their generated glue.
 
 Prints each violation and exits 1 when there is one."""
@@ -159,6 +161,9 @@ def main():
         problems.append(f"wire type below the handlers: {hit}")
     for hit in grep(["node/src/pools/file"], r"VolumeFormat::"):
         problems.append(f"the file pool names a format: {hit}")
+    node_src = [os.path.join("node/src", e) for e in os.listdir(os.path.join(ROOT, "node/src")) if e != "main.rs"]
+    for hit in grep(node_src, r"\bpool_csi_controller\b"):
+        problems.append(f"the node's library uses the controller's: {hit}")
     extra = sorted(set(os.listdir(os.path.join(ROOT, "proto/src"))) - {"lib.rs", "csi.rs", "agent.rs"})
     if extra:
         problems.append(f"proto/src holds more than the generated glue: {', '.join(extra)}")

@@ -289,6 +289,10 @@ pub struct Options {
     pub no_ready_wait: bool,
     /// Cluster mode: the controller's `--orphan-grace-seconds`.
     pub orphan_grace_seconds: Option<u64>,
+    /// The (first) node plugin also serves the Controller service on its
+    /// socket (`CONTROLLER_SERVICE`, an environment variable, so older
+    /// builds under comparison start too, without it).
+    pub controller_service_in_node: bool,
 }
 
 /// A further node plugin started by the harness.
@@ -410,6 +414,7 @@ impl Default for Options {
             kubeconfig: None,
             bin_dir: None,
             no_ready_wait: false,
+            controller_service_in_node: false,
             orphan_grace_seconds: None,
         }
     }
@@ -556,8 +561,12 @@ impl Driver {
     }
 
     fn spawn(&self, bin: &str, args: &[String]) -> Child {
+        self.spawn_with(bin, args, Vec::new())
+    }
+
+    /// [`Self::spawn`] with more environment variables.
+    fn spawn_with(&self, bin: &str, args: &[String], mut env: Vec<(&str, String)>) -> Child {
         let path = self.opts.bin_dir.clone().unwrap_or_else(bin_dir).join(bin);
-        let mut env: Vec<(&str, String)> = Vec::new();
         if let Some(k) = &self.opts.kubeconfig {
             env.push(("KUBECONFIG", k.display().to_string()));
             env.push(("POD_NAME", format!("{bin}-0")));
@@ -605,7 +614,11 @@ impl Driver {
             Some(pki) => args.into_iter().chain(pki.flags(&pki.agent)).collect(),
             None => args,
         };
-        self.node = Some(self.spawn("pool-csi-node", &args));
+        let env = match self.opts.controller_service_in_node {
+            true => vec![("CONTROLLER_SERVICE", "true".to_string())],
+            false => Vec::new(),
+        };
+        self.node = Some(self.spawn_with("pool-csi-node", &args, env));
     }
 
     fn start_controller(&mut self) {

@@ -9,6 +9,11 @@ use pool_csi_common::{
     tls::TlsFiles,
     PoolDefinition,
 };
+use pool_csi_controller::{
+    agents::{client::AgentClient, Agents},
+    csi::controller::ControllerService,
+    Ctx as ControllerCtx,
+};
 use pool_csi_node::{
     agent::server::AgentService, cluster, csi::node::NodeService, exec::real::RealRunner,
     formats::ploop::host as ploop_host, mount::quiesce::Quiescer, pools::registry::PoolRegistry,
@@ -16,7 +21,10 @@ use pool_csi_node::{
 };
 use pool_csi_proto::{
     agent::agent_server::AgentServer,
-    csi::{identity_server::IdentityServer, node_server::NodeServer},
+    csi::{
+        controller_server::ControllerServer, identity_server::IdentityServer,
+        node_server::NodeServer,
+    },
 };
 use std::{
     ffi::OsString,
@@ -94,6 +102,15 @@ struct Args {
     /// Address for Prometheus metrics (GET /metrics); off when unset.
     #[arg(long, env = "METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Also serve the CSI Controller service on the CSI socket, for this
+    /// node's own pools: for distributed provisioning (external-provisioner
+    /// with --node-deployment beside each node plugin), where a volume is
+    /// made by the node it is for, with no hop through pool-csi-controller.
+    #[arg(long, env = "CONTROLLER_SERVICE")]
+    controller_service: bool,
+    /// With --controller-service: the pool used when a StorageClass names none.
+    #[arg(long, env = "DEFAULT_POOL", requires = "controller_service")]
+    default_pool: Option<String>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "LOG_FILTER", default_value = "info")]
     log_filter: String,
@@ -121,6 +138,8 @@ impl Args {
             no_loop_direct_io,
             max_volumes_per_node,
             metrics_listen: _,
+            controller_service: _,
+            default_pool: _,
             agent_tls_cert: _,
             agent_tls_key: _,
             agent_tls_ca: _,
@@ -168,6 +187,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     init_tracing(&args.log_filter, args.log_json);
     let metrics_listen = args.metrics_listen;
+    let controller_service = args.controller_service;
+    let default_pool = args.default_pool.clone();
+    if let Some(p) = &default_pool {
+        pool_csi_common::pool_spec::check_pool_name(p)
+            .map_err(|w| format!("--default-pool {p:?} {w}"))?;
+    }
     let cluster = match args.pools_from_cluster {
         true => Some(kube::Client::try_default().await.map_err(|e| {
             format!("--pools-from-cluster: no Kubernetes API access (in-cluster service account or KUBECONFIG): {e}")
@@ -293,11 +318,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
-    let identity = IdentityService::new(&ctx.cfg.driver_name, false, ready);
+    let identity = IdentityService::new(&ctx.cfg.driver_name, controller_service, ready);
+    let controller = controller_service.then(|| {
+        let agent = AgentServer::new(AgentService::new(ctx.clone()));
+        let client = AgentClient::in_process(&ctx.cfg.node_name, agent);
+        ControllerServer::new(ControllerService::new(Arc::new(ControllerCtx {
+            driver_name: ctx.cfg.driver_name.clone(),
+            default_pool,
+            agents: Arc::new(Agents::in_process(client)),
+            locks: Default::default(),
+        })))
+    });
     let csi = Server::builder()
         .layer(MetricsLayer(registry.clone()))
         .add_service(IdentityServer::new(identity.clone()))
         .add_service(NodeServer::new(NodeService::new(ctx.clone())))
+        .add_optional_service(controller)
         .serve_with_incoming_shutdown(bind_private_uds(&csi_path)?, stopped(stop_rx.clone()));
     let mut agent_server = Server::builder();
     match &tls {

@@ -9,11 +9,14 @@ use super::model::{
 use hyper_util::rt::TokioIo;
 use pool_csi_common::{coalesce::CoalescedWrites, wire, GrpcCode};
 use pool_csi_proto::agent::{self as pb, agent_client, create_volume_request::Source};
-use std::time::Duration;
+use std::{convert::Infallible, time::Duration};
 use tonic::{
+    body::Body,
+    codegen::http,
     transport::{Channel, ClientTlsConfig, Endpoint},
-    Code,
+    Code, Status,
 };
+use tower::{util::BoxCloneSyncService, Service, ServiceExt};
 
 /// Deadline for one agent call; storage work (copies, mkfs) can be slow.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -80,8 +83,12 @@ type Result<T> = std::result::Result<T, AgentError>;
 #[derive(Clone)]
 pub struct AgentClient {
     node: String,
-    inner: agent_client::AgentClient<Channel>,
+    inner: agent_client::AgentClient<Transport>,
 }
+
+/// How calls reach an agent: a channel to its address, or the agent's own
+/// service when it runs in this process ([`AgentClient::in_process`]).
+type Transport = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Status>;
 
 /// How to reach an agent: plain text or mutual TLS, with deadlines.
 pub fn endpoint(
@@ -131,9 +138,41 @@ impl AgentClient {
     /// A client for `node`'s agent at `ep`, connecting on first use (TLS,
     /// when configured, runs over the coalesced writes).
     pub fn lazy(node: &str, ep: Endpoint) -> Self {
+        let channel = channel(&ep).map_err(|e| Status::from_error(Box::new(e)));
         Self {
             node: node.into(),
-            inner: agent_client::AgentClient::new(channel(&ep)),
+            inner: agent_client::AgentClient::new(BoxCloneSyncService::new(channel)),
+        }
+    }
+
+    /// A client for `node`'s agent service `svc` in this process (the node
+    /// plugin serving the Controller service for its own pools): each call
+    /// is encoded as on the wire and handed to the service, through no
+    /// connection, and bounded by [`CALL_TIMEOUT`] as a remote one is.
+    pub fn in_process<S>(node: &str, svc: S) -> Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let bounded = tower::service_fn(move |req: http::Request<Body>| {
+            let call = svc.clone().oneshot(req);
+            async move {
+                match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                    Ok(Ok(answer)) => Ok(answer),
+                    Ok(Err(never)) => match never {},
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "the agent did not answer within {CALL_TIMEOUT:?}"
+                    ))),
+                }
+            }
+        });
+        Self {
+            node: node.into(),
+            inner: agent_client::AgentClient::new(BoxCloneSyncService::new(bounded)),
         }
     }
 
@@ -572,5 +611,45 @@ mod tests {
             format!("{e:?}").contains("has no port"),
             "the operator is told why: {e:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod in_process_tests {
+    use super::*;
+    use std::{
+        future::Future,
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    /// An agent service that answers nothing, ever (a call stuck on a share).
+    #[derive(Clone)]
+    struct Silent;
+
+    impl Service<http::Request<Body>> for Silent {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::result::Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    /// A call to the agent of this process is bounded as a remote one is,
+    /// and ends DEADLINE_EXCEEDED naming the node.
+    #[tokio::test(start_paused = true)]
+    async fn an_in_process_call_ends_at_the_deadline() {
+        let c = AgentClient::in_process("node-1", Silent);
+        let started = tokio::time::Instant::now();
+        let e = c.delete_volume("p", "v", false).await.unwrap_err();
+        assert_eq!(e.grpc_code(), Code::DeadlineExceeded, "{e}");
+        assert!(e.to_string().contains("node-1"), "{e}");
+        assert_eq!(started.elapsed(), CALL_TIMEOUT);
     }
 }

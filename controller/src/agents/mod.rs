@@ -32,6 +32,8 @@ pub struct Agents {
     inventories: InventoryCache,
     /// Mutual TLS towards the agents, when configured.
     tls: Option<ClientTlsConfig>,
+    /// The node whose agent runs in this process, when that is the only one.
+    here: Option<String>,
 }
 
 impl Agents {
@@ -47,7 +49,21 @@ impl Agents {
             addrs: RwLock::default(),
             inventories: InventoryCache::default(),
             tls,
+            here: None,
         })
+    }
+
+    /// The one agent of this process (see [`AgentClient::in_process`]):
+    /// no discovery, no TLS.
+    pub fn in_process(client: AgentClient) -> Self {
+        let node = client.node().to_string();
+        Self {
+            clients: RwLock::new(BTreeMap::from([(node.clone(), client)])),
+            addrs: RwLock::default(),
+            inventories: InventoryCache::default(),
+            tls: None,
+            here: Some(node),
+        }
     }
 
     /// The TLS configuration new clients are made with.
@@ -105,7 +121,13 @@ impl Agents {
             .unwrap_or_else(|p| p.into_inner())
             .get(node)
             .cloned()
-            .ok_or_else(|| Error::UnknownNode { node: node.into() })
+            .ok_or_else(|| match &self.here {
+                Some(here) => Error::OtherNode {
+                    node: node.into(),
+                    here: here.clone(),
+                },
+                None => Error::UnknownNode { node: node.into() },
+            })
     }
 
     /// The inventory of `node`, from cache when younger than `max_age`.

@@ -104,6 +104,39 @@ async fn create_delete_in(
            "pairs_per_s": (n as f64 / secs).round(), "p50_us": lat.pct(0.5), "p99_us": lat.pct(0.99)})
 }
 
+/// The same pairs through the Controller service of the node plugin itself
+/// (`--controller-service`, distributed provisioning): one process hop, the
+/// agent called in process. Builds whose node serves no Controller service
+/// say so.
+async fn create_delete_in_node(d: &Driver, pool: &str) -> Vec<serde_json::Value> {
+    let mut c = Clients::connect(&d.node_sock, &d.node_sock)
+        .await
+        .expect("the node's socket");
+    let caps = c
+        .node_identity
+        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let serves = caps.capabilities.iter().any(|cap| {
+        matches!(&cap.r#type, Some(csi::plugin_capability::Type::Service(s))
+            if s.r#type == csi::plugin_capability::service::Type::ControllerService as i32)
+    });
+    let mut out = Vec::new();
+    for conc in [1, 8, 32] {
+        let mut line = match serves {
+            true => create_delete(&c, conc, pool).await,
+            false => {
+                json!({"scenario": "create_delete_1GiB_sparse_raw", "concurrency": conc, "pool": pool,
+                            "skipped": "this build's node plugin serves no Controller service"})
+            }
+        };
+        line["via"] = json!("node");
+        out.push(line);
+    }
+    out
+}
+
 /// The same pairs straight to the node agent (one hop instead of two), to
 /// show how the time splits between the controller hop and the storage work.
 async fn agent_create_delete(d: &Driver) -> serde_json::Value {
@@ -635,6 +668,7 @@ async fn matrix(
         log_filter: "error".into(),
         extra_pools,
         bin_dir: bin,
+        controller_service_in_node: true,
         ..Default::default()
     };
     let d = Driver::start(opts).await;
@@ -655,6 +689,9 @@ async fn matrix(
         .filter(|_| want("create_delete_1GiB"))
     {
         out.push(create_delete(&c, conc, pool).await);
+    }
+    if want("create_delete_1GiB") {
+        out.extend(create_delete_in_node(&d, pool).await);
     }
     if !want("create_delete_64MiB_logical") {
     } else if vg.is_some() {
@@ -723,6 +760,7 @@ fn key(v: &serde_json::Value) -> String {
         "volumes",
         "entries",
         "format",
+        "via",
     ]
     .iter()
     .filter_map(|k| v.get(*k).map(|x| format!("{k}={x}")))
@@ -751,12 +789,29 @@ fn mean(runs: &[Vec<serde_json::Value>]) -> Vec<serde_json::Value> {
     out
 }
 
-/// new / old for every numeric result the two runs share.
+/// new / old for every numeric result the two runs share. A new build's
+/// pairs through the node's own Controller service are also set against
+/// the old build's pairs through pool-csi-controller (`against`), where
+/// the old build has no such path.
 fn ratios(old: &[serde_json::Value], new: &[serde_json::Value]) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for n in new {
-        let Some(o) = old.iter().find(|o| key(o) == key(n)) else {
-            continue;
+        let same = old
+            .iter()
+            .find(|o| key(o) == key(n) && o.get("skipped").is_none());
+        let mut against = None;
+        let o = match same {
+            Some(o) => o,
+            None if n["via"] == "node" => {
+                let mut k = n.clone();
+                k.as_object_mut().map(|m| m.remove("via"));
+                let Some(o) = old.iter().find(|o| key(o) == key(&k)) else {
+                    continue;
+                };
+                against = Some("the old build through pool-csi-controller");
+                o
+            }
+            None => continue,
         };
         let mut r = serde_json::Map::new();
         for (k, v) in n.as_object().into_iter().flatten() {
@@ -768,7 +823,11 @@ fn ratios(old: &[serde_json::Value], new: &[serde_json::Value]) -> Vec<serde_jso
             }
         }
         if !r.is_empty() {
-            out.push(json!({"compare": key(n), "new_over_old": r}));
+            let mut line = json!({"compare": key(n), "new_over_old": r});
+            if let Some(a) = against {
+                line["against"] = json!(a);
+            }
+            out.push(line);
         }
     }
     out
