@@ -320,7 +320,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let identity = IdentityService::new(&ctx.cfg.driver_name, controller_service, ready);
     let controller = controller_service.then(|| {
-        let agent = AgentServer::new(AgentService::new(ctx.clone()));
+        let agent = Arc::new(AgentService::new(ctx.clone()));
         let client = AgentClient::in_process(&ctx.cfg.node_name, agent);
         ControllerServer::new(ControllerService::new(Arc::new(ControllerCtx {
             driver_name: ctx.cfg.driver_name.clone(),

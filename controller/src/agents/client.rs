@@ -8,15 +8,13 @@ use super::model::{
 };
 use hyper_util::rt::TokioIo;
 use pool_csi_common::{coalesce::CoalescedWrites, wire, GrpcCode};
+use pool_csi_proto::agent::agent_server::Agent;
 use pool_csi_proto::agent::{self as pb, agent_client, create_volume_request::Source};
-use std::{convert::Infallible, time::Duration};
+use std::{sync::Arc, time::Duration};
 use tonic::{
-    body::Body,
-    codegen::http,
     transport::{Channel, ClientTlsConfig, Endpoint},
     Code, Status,
 };
-use tower::{util::BoxCloneSyncService, Service, ServiceExt};
 
 /// Deadline for one agent call; storage work (copies, mkfs) can be slow.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -83,12 +81,41 @@ type Result<T> = std::result::Result<T, AgentError>;
 #[derive(Clone)]
 pub struct AgentClient {
     node: String,
-    inner: agent_client::AgentClient<Transport>,
+    link: Link,
 }
 
-/// How calls reach an agent: a channel to its address, or the agent's own
-/// service when it runs in this process ([`AgentClient::in_process`]).
-type Transport = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Status>;
+/// How calls reach an agent.
+#[derive(Clone)]
+enum Link {
+    /// A channel to its address.
+    Remote(agent_client::AgentClient<Channel>),
+    /// Its service in this process ([`AgentClient::in_process`]).
+    Local(Arc<dyn Agent>),
+}
+
+/// One agent call: `$method` with request `$req`, over the client's link.
+macro_rules! call {
+    ($self:ident, $method:ident, $req:expr) => {
+        match &$self.link {
+            Link::Remote(c) => c.clone().$method($req).await,
+            Link::Local(a) => bounded(a.$method(tonic::Request::new($req))).await,
+        }
+    };
+}
+
+/// A call to the agent of this process, bounded by [`CALL_TIMEOUT`] as a
+/// remote one is.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = std::result::Result<T, Status>>,
+) -> std::result::Result<T, Status> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "the agent did not answer within {CALL_TIMEOUT:?}"
+            )))
+        })
+}
 
 /// How to reach an agent: plain text or mutual TLS, with deadlines.
 pub fn endpoint(
@@ -138,41 +165,20 @@ impl AgentClient {
     /// A client for `node`'s agent at `ep`, connecting on first use (TLS,
     /// when configured, runs over the coalesced writes).
     pub fn lazy(node: &str, ep: Endpoint) -> Self {
-        let channel = channel(&ep).map_err(|e| Status::from_error(Box::new(e)));
         Self {
             node: node.into(),
-            inner: agent_client::AgentClient::new(BoxCloneSyncService::new(channel)),
+            link: Link::Remote(agent_client::AgentClient::new(channel(&ep))),
         }
     }
 
-    /// A client for `node`'s agent service `svc` in this process (the node
-    /// plugin serving the Controller service for its own pools): each call
-    /// is encoded as on the wire and handed to the service, through no
-    /// connection, and bounded by [`CALL_TIMEOUT`] as a remote one is.
-    pub fn in_process<S>(node: &str, svc: S) -> Self
-    where
-        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        let bounded = tower::service_fn(move |req: http::Request<Body>| {
-            let call = svc.clone().oneshot(req);
-            async move {
-                match tokio::time::timeout(CALL_TIMEOUT, call).await {
-                    Ok(Ok(answer)) => Ok(answer),
-                    Ok(Err(never)) => match never {},
-                    Err(_) => Err(Status::deadline_exceeded(format!(
-                        "the agent did not answer within {CALL_TIMEOUT:?}"
-                    ))),
-                }
-            }
-        });
+    /// A client for `node`'s agent service `agent` in this process (the
+    /// node plugin serving the Controller service for its own pools): each
+    /// call goes straight to the service's handler, with no encoding and no
+    /// connection, bounded by [`CALL_TIMEOUT`] as a remote one is.
+    pub fn in_process(node: &str, agent: Arc<dyn Agent>) -> Self {
         Self {
             node: node.into(),
-            inner: agent_client::AgentClient::new(BoxCloneSyncService::new(bounded)),
+            link: Link::Local(agent),
         }
     }
 
@@ -187,13 +193,13 @@ impl AgentClient {
     /// The agent's node name and pools; `count_volumes` also counts each
     /// pool's volumes (slower).
     pub async fn inventory(&self, count_volumes: bool) -> Result<Inventory> {
-        let r = self
-            .inner
-            .clone()
-            .get_inventory(pb::GetInventoryRequest { count_volumes })
-            .await
-            .map_err(self.status())?
-            .into_inner();
+        let r = call!(
+            self,
+            get_inventory,
+            pb::GetInventoryRequest { count_volumes }
+        )
+        .map_err(self.status())?
+        .into_inner();
         let pools = r
             .pools
             .into_iter()
@@ -208,16 +214,16 @@ impl AgentClient {
 
     /// libvirt's pool-build, then a start; the pool as it is afterwards.
     pub async fn build_pool(&self, pool_name: &str, overwrite: bool) -> Result<PoolReport> {
-        let r = self
-            .inner
-            .clone()
-            .build_pool(pb::BuildPoolRequest {
+        let r = call!(
+            self,
+            build_pool,
+            pb::BuildPoolRequest {
                 pool: pool_name.into(),
                 overwrite,
-            })
-            .await
-            .map_err(self.status())?
-            .into_inner();
+            }
+        )
+        .map_err(self.status())?
+        .into_inner();
         pool(r.pool.unwrap_or_default()).map_err(|e| AgentError::malformed(&self.node, e))
     }
 
@@ -243,25 +249,21 @@ impl AgentClient {
                 NewContent::Snapshot(n) => Some(Source::SourceSnapshot(n.clone())),
             },
         };
-        let r = self
-            .inner
-            .clone()
-            .create_volume(req)
-            .await
-            .map_err(self.status())?;
+        let r = call!(self, create_volume, req).map_err(self.status())?;
         self.volume(r.into_inner().volume)
     }
 
     pub async fn delete_volume(&self, pool_name: &str, name: &str, wipe: bool) -> Result<()> {
-        self.inner
-            .clone()
-            .delete_volume(pb::DeleteVolumeRequest {
+        call!(
+            self,
+            delete_volume,
+            pb::DeleteVolumeRequest {
                 pool: pool_name.into(),
                 name: name.into(),
                 wipe,
-            })
-            .await
-            .map_err(self.status())?;
+            }
+        )
+        .map_err(self.status())?;
         Ok(())
     }
 
@@ -272,18 +274,18 @@ impl AgentClient {
         required: u64,
         limit: u64,
     ) -> Result<Expansion> {
-        let r = self
-            .inner
-            .clone()
-            .expand_volume(pb::ExpandVolumeRequest {
+        let r = call!(
+            self,
+            expand_volume,
+            pb::ExpandVolumeRequest {
                 pool: pool_name.into(),
                 name: name.into(),
                 required_bytes: required,
                 limit_bytes: limit,
-            })
-            .await
-            .map_err(self.status())?
-            .into_inner();
+            }
+        )
+        .map_err(self.status())?
+        .into_inner();
         Ok(Expansion {
             capacity: r.capacity_bytes,
             node_expansion_required: r.node_expansion_required,
@@ -291,15 +293,15 @@ impl AgentClient {
     }
 
     pub async fn get_volume(&self, pool_name: &str, name: &str) -> Result<VolumeReport> {
-        let r = self
-            .inner
-            .clone()
-            .get_volume(pb::VolumeRef {
+        let r = call!(
+            self,
+            get_volume,
+            pb::VolumeRef {
                 pool: pool_name.into(),
                 name: name.into(),
-            })
-            .await
-            .map_err(self.status())?;
+            }
+        )
+        .map_err(self.status())?;
         self.volume(r.into_inner().volume)
     }
 
@@ -329,11 +331,7 @@ impl AgentClient {
     }
 
     async fn list(&self, r: pb::ListVolumesRequest) -> Result<(Vec<VolumeReport>, bool)> {
-        let r = self
-            .inner
-            .clone()
-            .list_volumes(r)
-            .await
+        let r = call!(self, list_volumes, r)
             .map_err(self.status())?
             .into_inner();
         let volumes = r
@@ -350,28 +348,29 @@ impl AgentClient {
         source: &str,
         name: &str,
     ) -> Result<SnapshotReport> {
-        let r = self
-            .inner
-            .clone()
-            .create_snapshot(pb::CreateSnapshotRequest {
+        let r = call!(
+            self,
+            create_snapshot,
+            pb::CreateSnapshotRequest {
                 pool: pool_name.into(),
                 source_volume: source.into(),
                 name: name.into(),
-            })
-            .await
-            .map_err(self.status())?;
+            }
+        )
+        .map_err(self.status())?;
         Ok(snapshot(r.into_inner().snapshot.unwrap_or_default()))
     }
 
     pub async fn delete_snapshot(&self, pool_name: &str, name: &str) -> Result<()> {
-        self.inner
-            .clone()
-            .delete_snapshot(pb::SnapshotRef {
+        call!(
+            self,
+            delete_snapshot,
+            pb::SnapshotRef {
                 pool: pool_name.into(),
                 name: name.into(),
-            })
-            .await
-            .map_err(self.status())?;
+            }
+        )
+        .map_err(self.status())?;
         Ok(())
     }
 
@@ -381,31 +380,31 @@ impl AgentClient {
         &self,
         f: &SnapshotFilter<'_>,
     ) -> Result<(Vec<SnapshotReport>, bool)> {
-        let r = self
-            .inner
-            .clone()
-            .list_snapshots(pb::ListSnapshotsRequest {
+        let r = call!(
+            self,
+            list_snapshots,
+            pb::ListSnapshotsRequest {
                 pool: f.pool.into(),
                 source_volume: f.source_volume.into(),
                 after_snapshot_id: f.after.into(),
                 max_entries: f.max,
                 name: f.name.into(),
-            })
-            .await
-            .map_err(self.status())?
-            .into_inner();
+            }
+        )
+        .map_err(self.status())?
+        .into_inner();
         Ok((r.snapshots.into_iter().map(snapshot).collect(), r.more))
     }
 
     pub async fn list_luns(&self, pool_name: &str) -> Result<Vec<Lun>> {
-        let r = self
-            .inner
-            .clone()
-            .list_luns(pb::ListLunsRequest {
+        let r = call!(
+            self,
+            list_luns,
+            pb::ListLunsRequest {
                 pool: pool_name.into(),
-            })
-            .await
-            .map_err(self.status())?;
+            }
+        )
+        .map_err(self.status())?;
         Ok(r.into_inner()
             .luns
             .into_iter()
@@ -423,22 +422,14 @@ impl AgentClient {
     /// the asked node's own).
     pub async fn publish(&self, pool_name: &str, name: &str, node: &str) -> Result<()> {
         let req = publish_request(pool_name, name, node);
-        self.inner
-            .clone()
-            .publish_volume(req)
-            .await
-            .map_err(self.status())?;
+        call!(self, publish_volume, req).map_err(self.status())?;
         Ok(())
     }
 
     /// Forgets `node` (empty: any node) as the user of a volume.
     pub async fn unpublish(&self, pool_name: &str, name: &str, node: &str) -> Result<()> {
         let req = publish_request(pool_name, name, node);
-        self.inner
-            .clone()
-            .unpublish_volume(req)
-            .await
-            .map_err(self.status())?;
+        call!(self, unpublish_volume, req).map_err(self.status())?;
         Ok(())
     }
 
@@ -617,39 +608,17 @@ mod tests {
 #[cfg(test)]
 mod in_process_tests {
     use super::*;
-    use std::{
-        future::Future,
-        pin::Pin,
-        task::{Context, Poll},
-    };
-
-    /// An agent service that answers nothing, ever (a call stuck on a share).
-    #[derive(Clone)]
-    struct Silent;
-
-    impl Service<http::Request<Body>> for Silent {
-        type Response = http::Response<Body>;
-        type Error = Infallible;
-        type Future = Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Infallible>> + Send>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::result::Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
-            Box::pin(std::future::pending())
-        }
-    }
 
     /// A call to the agent of this process is bounded as a remote one is,
-    /// and ends DEADLINE_EXCEEDED naming the node.
+    /// and ends DEADLINE_EXCEEDED.
     #[tokio::test(start_paused = true)]
     async fn an_in_process_call_ends_at_the_deadline() {
-        let c = AgentClient::in_process("node-1", Silent);
         let started = tokio::time::Instant::now();
-        let e = c.delete_volume("p", "v", false).await.unwrap_err();
-        assert_eq!(e.grpc_code(), Code::DeadlineExceeded, "{e}");
-        assert!(e.to_string().contains("node-1"), "{e}");
+        let stuck = std::future::pending::<std::result::Result<(), Status>>();
+        let e = bounded(stuck).await.unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
         assert_eq!(started.elapsed(), CALL_TIMEOUT);
+        let answered = bounded(async { Ok::<_, Status>(7) }).await.unwrap();
+        assert_eq!(answered, 7);
     }
 }
