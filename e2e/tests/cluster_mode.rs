@@ -102,8 +102,9 @@ async fn node_and_controller_run_from_the_cluster() {
 }
 
 /// A node plugin that has not read its pools yet (its Node object is not
-/// there) says so: CreateVolume is UNAVAILABLE ("starting", retry) instead
-/// of a final refusal, and succeeds as soon as the pool runs.
+/// there) says so: CreateVolume and DeleteVolume are UNAVAILABLE
+/// ("starting", retry) instead of a final answer, and succeed as soon as
+/// the pool runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starting_node_makes_create_retry_not_fail() {
     require!(false);
@@ -139,6 +140,19 @@ async fn a_starting_node_makes_create_retry_not_fail() {
     }
     let refused = refused.expect("UNAVAILABLE while the node starts");
     assert!(refused.message().contains("node-1"), "{refused:?}");
+    // A delete meanwhile is told to come back: "no such pool here" cannot
+    // be told yet, and taking it for "gone" would drop the PV and leak the
+    // volume.
+    let id = pool_csi_common::VolumeId::new("late", Some("node-1"), "made-before").to_string();
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    std::fs::write(pool_dir.join("made-before.raw"), b"").unwrap();
+    let e = c
+        .controller
+        .delete_volume(req::delete(&id))
+        .await
+        .expect_err("not deleted while the node has not read its pools");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("starting"), "{e:?}");
     // The Node object appears; the node reads its pools and starts them.
     cluster.node("node-1", json!({"storage": "late"}));
     let since = Instant::now();
@@ -155,6 +169,9 @@ async fn a_starting_node_makes_create_retry_not_fail() {
             }
         }
     }
+    // Once the pools are read the delete goes through.
+    c.controller.delete_volume(req::delete(&id)).await.unwrap();
+    assert!(!pool_dir.join("made-before.raw").exists());
 }
 
 /// A fake cluster whose node-1 (with its agent pod) serves the dir pool

@@ -80,6 +80,7 @@ pub async fn keep_syncing(ctx: std::sync::Arc<NodeCtx>, client: kube::Client, ev
 mod tests {
     use super::*;
     use crate::{exec::fake::FakeRunner, pools::registry::PoolRegistry, Config};
+    use pool_csi_common::GrpcCode;
     use pool_csi_testkit::fake_api::FakeApi;
     use serde_json::json;
     use std::sync::{atomic::AtomicBool, Arc};
@@ -130,6 +131,11 @@ mod tests {
             ready: Arc::new(AtomicBool::new(false)),
             held: Default::default(),
         };
+        // Before the first read no pool is known to be absent: a delete
+        // must be told to come back, not that its pool is gone.
+        let e = ctx.pools.get("ssd", "n1").err().expect("nothing read yet");
+        assert!(matches!(e, crate::error::Error::PoolsNotRead { .. }), "{e}");
+        assert_eq!(e.grpc_code(), tonic::Code::Unavailable);
         let client = fake.client();
         assert_eq!(sync_once(&ctx, &client).await.unwrap(), 2);
         let names = |ctx: &NodeCtx| -> Vec<String> {

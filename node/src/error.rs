@@ -11,6 +11,9 @@ pub enum Error {
     /// The request names a pool this node does not have.
     #[error("pool {pool:?} is not defined on node {node}")]
     PoolNotFound { pool: String, node: String },
+    /// The node has not read its pools' definitions yet (from the cluster).
+    #[error("node {node} is starting: it has not read its StoragePools from the cluster yet; retry in a few seconds")]
+    PoolsNotRead { node: String },
     /// The pool exists but is not running (not built, device missing …).
     #[error("pool {pool:?} is not running: {why}")]
     PoolNotRunning { pool: String, why: String },
@@ -232,7 +235,9 @@ impl GrpcCode for Error {
             Self::Exec(e) => e.grpc_code(),
             Self::Qmp(_) => Code::Internal,
             Self::Busy(_) | Self::Contended { .. } | Self::LoopTaken { .. } => Code::Aborted,
-            Self::Cluster { .. } | Self::FenceUnreachable { .. } => Code::Unavailable,
+            Self::Cluster { .. } | Self::FenceUnreachable { .. } | Self::PoolsNotRead { .. } => {
+                Code::Unavailable
+            }
         }
     }
 }

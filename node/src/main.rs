@@ -246,7 +246,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             tracing::info!(reason = %why, "the ploop tool is not used: ploop volumes are written, grown and attached by pool-csi itself")
         }
     }
-    let pools = PoolRegistry::new(&defs, &cfg, runner.clone());
+    // In a cluster the definitions come with the first sync: until then
+    // no pool is known to be absent.
+    let pools = match &cluster {
+        Some(_) => PoolRegistry::default(),
+        None => PoolRegistry::new(&defs, &cfg, runner.clone()),
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let ctx = Arc::new(NodeCtx {
         cfg,

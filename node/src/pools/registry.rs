@@ -20,7 +20,9 @@ type PoolList = Vec<Arc<dyn Pool>>;
 
 /// The pools of this node, by name. Definitions can change while the node
 /// runs (StoragePool objects in a cluster): [`PoolRegistry::sync`] swaps
-/// pools in and out; handlers hold an `Arc` to the pool they work on.
+/// pools in and out; handlers hold an `Arc` to the pool they work on. The
+/// default registry has not read its definitions yet (a node reading them
+/// from the cluster, until its first sync): it knows no pool to be absent.
 #[derive(Default)]
 pub struct PoolRegistry {
     inner: RwLock<Pools>,
@@ -31,6 +33,8 @@ struct Pools {
     pools: BTreeMap<String, Arc<dyn Pool>>,
     /// The definition each entry was built from.
     defs: BTreeMap<String, PoolDefinition>,
+    /// The definitions were read: a name not here is no pool of this node.
+    read: bool,
 }
 
 impl Pools {
@@ -73,7 +77,10 @@ impl Pools {
 impl PoolRegistry {
     /// Builds the pools from their definitions (nothing is started yet).
     pub fn new(defs: &[PoolDefinition], cfg: &Config, runner: Arc<dyn CommandRunner>) -> Self {
-        let mut p = Pools::default();
+        let mut p = Pools {
+            read: true,
+            ..Default::default()
+        };
         for def in defs {
             p.add(def, cfg, &runner);
         }
@@ -97,6 +104,7 @@ impl PoolRegistry {
         runner: Arc<dyn CommandRunner>,
     ) -> (PoolList, PoolList) {
         let mut next = self.read().clone();
+        next.read = true;
         let wanted: BTreeMap<&str, &PoolDefinition> =
             defs.iter().map(|d| (d.name.as_str(), d)).collect();
         let gone: Vec<String> = next
@@ -133,15 +141,19 @@ impl PoolRegistry {
         start(&self.all()).await;
     }
 
+    /// Pool `name`; PoolNotFound when this node has no such pool, and
+    /// PoolsNotRead (UNAVAILABLE) before the definitions were read, when
+    /// that cannot be told yet (a delete must not take "not here" for gone).
     pub fn get(&self, name: &str, node: &str) -> Result<Arc<dyn Pool>> {
-        self.read()
-            .pools
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::PoolNotFound {
+        let pools = self.read();
+        match pools.pools.get(name) {
+            Some(p) => Ok(p.clone()),
+            None if !pools.read => Err(Error::PoolsNotRead { node: node.into() }),
+            None => Err(Error::PoolNotFound {
                 pool: name.into(),
                 node: node.into(),
-            })
+            }),
+        }
     }
 
     /// Whether pool `name` is defined for every node: read from the
