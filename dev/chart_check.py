@@ -197,6 +197,13 @@ def distributed_provisioning_runs_beside_each_node_plugin():
             assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
     pvs = [r for r in rules if "persistentvolumes" in r["resources"]]
     assert pvs and {"create", "delete"} <= set(pvs[0]["verbs"]), pvs
+    # It watches VolumeAttachments (the service offers ControllerPublish):
+    # without that its caches never sync and it provisions nothing.
+    vas = [r for r in rules if "volumeattachments" in r["resources"]]
+    assert vas and {"get", "list", "watch"} <= set(vas[0]["verbs"]), rules
+    assert not any("csinodes" in r["resources"] for r in rules), "fake objects in node deployment"
+    node_verbs = {v for r in rules if "nodes" in r["resources"] for v in r["verbs"]}
+    assert node_verbs == {"get"}, node_verbs
     assert any("csistoragecapacities" in r["resources"] for r in roles[("Role", "pool-csi-node")]["rules"])
     # StorageClasses wait for the consumer: the node-deployment provisioner
     # acts only on claims the scheduler gave its node.

@@ -18,9 +18,9 @@ pub enum Error {
     #[error("no node agent is known for node {node:?}; is pool-csi-node running there?")]
     UnknownNode { node: String },
     /// A node plugin's own Controller service (distributed provisioning)
-    /// asked about another node's volume.
-    #[error("the volume lives on node {node:?}; this Controller service is node {here:?}'s own and serves only its pools (distributed provisioning): node {node:?}'s provisioner, or pool-csi-controller, handles it")]
-    OtherNode { node: String, here: String },
+    /// asked about what is not on its node.
+    #[error("{what}: this Controller service is node {here:?}'s own (distributed provisioning) and serves that node's pools only")]
+    NotHere { what: String, here: String },
     /// No node reports the pool.
     #[error("pool {pool:?} is not defined on any node{}", if *.reachable { "" } else { " that answered (some agents are unreachable)" })]
     NoPool { pool: String, reachable: bool },
@@ -60,7 +60,7 @@ impl GrpcCode for Error {
         match self {
             Self::Invalid(_) | Self::Param(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
-            Self::UnknownNode { .. } | Self::OtherNode { .. } => Code::Unavailable,
+            Self::UnknownNode { .. } | Self::NotHere { .. } => Code::Unavailable,
             Self::NoPool {
                 reachable: true, ..
             } => Code::InvalidArgument,

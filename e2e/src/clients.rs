@@ -30,6 +30,22 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// Whether the node plugin's socket also serves the Controller service
+    /// (`--controller-service`), as its Identity says.
+    pub async fn node_serves_controller(&mut self) -> bool {
+        use pool_csi_proto::csi::{plugin_capability, GetPluginCapabilitiesRequest};
+        let caps = self
+            .node_identity
+            .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+            .await
+            .expect("GetPluginCapabilities")
+            .into_inner();
+        caps.capabilities.iter().any(|cap| {
+            matches!(&cap.r#type, Some(plugin_capability::Type::Service(s))
+                if s.r#type == plugin_capability::service::Type::ControllerService as i32)
+        })
+    }
+
     /// CreateVolume through the controller; the new volume's id.
     pub async fn create_volume_id(
         &mut self,

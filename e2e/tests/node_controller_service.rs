@@ -25,43 +25,29 @@ fn on(name: &str, node: &str) -> csi::CreateVolumeRequest {
     r
 }
 
-fn serves_controller(caps: &csi::GetPluginCapabilitiesResponse) -> bool {
-    caps.capabilities.iter().any(|cap| {
-        matches!(&cap.r#type, Some(csi::plugin_capability::Type::Service(s))
-            if s.r#type == csi::plugin_capability::service::Type::ControllerService as i32)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_makes_its_own_volumes_through_its_controller_service() {
     require!(false);
     let d = Driver::start(Options {
         controller_service_in_node: true,
         extra_nodes: vec![("node-2".into(), 1 << 30)],
+        // A shared pool and a LUN pool (neither needs to run here).
+        extra_pools: format!(
+            "{}---\napiVersion: pool-csi.io/v1alpha1\nkind: StoragePool\nmetadata: {{ name: luns }}\nspec: {{ type: scsi, source: {{ adapter: host999 }} }}\n",
+            pool_csi_e2e::manifests::NOT_RUNNING
+        ),
         ..Default::default()
     })
     .await;
     let mut central = d.clients().await;
     let mut here = Clients::connect(&d.node_sock, &d.node_sock).await.unwrap();
 
-    // It says so, and offers what the controller offers.
-    let caps = here
-        .node_identity
-        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(serves_controller(&caps), "{caps:?}");
+    // It says so (only when asked), and offers what the controller offers.
+    assert!(here.node_serves_controller().await);
     let mut plain = Clients::connect(&d.extra[0].node_sock, &d.extra[0].node_sock)
         .await
         .unwrap();
-    let caps = plain
-        .node_identity
-        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!serves_controller(&caps), "only when asked: {caps:?}");
+    assert!(!plain.node_serves_controller().await);
     let ours = here
         .controller
         .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
@@ -150,6 +136,39 @@ async fn the_node_makes_its_own_volumes_through_its_controller_service() {
         .await
         .expect("a second delete is OK");
 
+    // What only a view of every node can tell is left to the controller:
+    // shared pools (which nodes reach a volume) and LUN pools (whether a
+    // LUN went to another volume). A pool not here is RESOURCE_EXHAUSTED:
+    // the scheduler tries another node.
+    for (pool, why) in [
+        ("nfs0", "is shared by several nodes"),
+        ("luns", "hands out LUNs"),
+    ] {
+        let e = here
+            .controller
+            .create_volume(req::create("elsewhere", req::MIB, &[("pool", pool)]))
+            .await
+            .expect_err(pool);
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().contains(why) && e.message().contains("provisioning: controller"),
+            "{e:?}"
+        );
+    }
+    let e = here
+        .controller
+        .create_volume(req::create("elsewhere", req::MIB, &[("pool", "nowhere")]))
+        .await
+        .expect_err("no such pool here");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    let gone = pool_csi_common::VolumeId::new("nowhere", None, "x").to_string();
+    let e = here
+        .controller
+        .delete_volume(req::delete(&gone))
+        .await
+        .expect_err("a pool not here is not a pool that is gone");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+
     // Ids do not depend on who made the volume: one the controller made is
     // deleted here, as after switching modes.
     let made = central
@@ -196,7 +215,8 @@ async fn the_node_makes_its_own_volumes_through_its_controller_service() {
         .expect_err("a volume of node-2 is never reported deleted here");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(
-        refused.message().contains("node-2") && refused.message().contains("serves only its pools"),
+        refused.message().contains("node-2")
+            && refused.message().contains("serves that node's pools only"),
         "{refused:?}"
     );
     let listed = central

@@ -323,7 +323,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
-    let identity = IdentityService::new(&ctx.cfg.driver_name, controller_service, ready);
+    let identity = IdentityService::new(&ctx.cfg.driver_name, controller_service, ready.clone());
+    // The agent API offers no Controller service, whatever the CSI socket does.
+    let agent_identity = IdentityService::new(&ctx.cfg.driver_name, false, ready);
     let controller = controller_service.then(|| {
         let agent = Arc::new(AgentService::new(ctx.clone()));
         let client = AgentClient::in_process(&ctx.cfg.node_name, agent);
@@ -336,7 +338,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     });
     let csi = Server::builder()
         .layer(MetricsLayer(registry.clone()))
-        .add_service(IdentityServer::new(identity.clone()))
+        .add_service(IdentityServer::new(identity))
         .add_service(NodeServer::new(NodeService::new(ctx.clone())))
         .add_optional_service(controller)
         .serve_with_incoming_shutdown(bind_private_uds(&csi_path)?, stopped(stop_rx.clone()));
@@ -351,7 +353,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
         .layer(MetricsLayer(registry))
-        .add_service(IdentityServer::new(identity))
+        .add_service(IdentityServer::new(agent_identity))
         .add_service(AgentServer::new(AgentService::new(ctx.clone())))
         .serve_with_shutdown(agent_listen, stopped(stop_rx.clone()));
     // Drain open requests after a signal, but never wait on them for long.

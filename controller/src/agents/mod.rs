@@ -66,6 +66,13 @@ impl Agents {
         }
     }
 
+    /// The node whose agent this process runs, when it is the only agent
+    /// known (a node plugin's own Controller service): what is not on it
+    /// cannot be judged absent elsewhere.
+    pub fn here(&self) -> Option<&str> {
+        self.here.as_deref()
+    }
+
     /// The TLS configuration new clients are made with.
     pub fn tls(&self) -> Option<&ClientTlsConfig> {
         self.tls.as_ref()
@@ -122,8 +129,8 @@ impl Agents {
             .get(node)
             .cloned()
             .ok_or_else(|| match &self.here {
-                Some(here) => Error::OtherNode {
-                    node: node.into(),
+                Some(here) => Error::NotHere {
+                    what: format!("it lives on node {node:?}"),
                     here: here.clone(),
                 },
                 None => Error::UnknownNode { node: node.into() },

@@ -159,6 +159,7 @@ impl NodeLoss {
         // PVs first: a node that registers between the two lists is then
         // in the Node list, not judged removed.
         let all = round_pvs.get().await?;
+        let all = all.as_slice();
         let api: Api<PersistentVolume> = Api::all(self.client.clone());
         let pvs: Vec<LocalPv> = all.iter().filter_map(|pv| self.local_pv(pv)).collect();
         let nodes: Api<Node> = Api::all(self.client.clone());

@@ -85,9 +85,10 @@ impl OrphanCheck {
         }
         let storage = gather(agents, reports).await;
         // The round's PVs may have been listed before the storage was (by
-        // node loss): a volume made or deleted with its PV in between is
-        // only first seen here, and the grace period keeps it unreported.
-        let mut known = known_in(round_pvs.get().await?, Some(&self.driver));
+        // node loss, at most `SHARE_FOR` ago): a volume made or deleted with
+        // its PV in between is only first seen here, and the grace period
+        // keeps it unreported.
+        let mut known = known_in(&round_pvs.get().await?, Some(&self.driver));
         known.contents = contents(&self.client).await?;
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let (cm, before) = read(&api).await?;

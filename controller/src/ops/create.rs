@@ -104,12 +104,33 @@ async fn attempt(
                 nodes: starting.join(", "),
             });
         }
+        if let Some(here) = ctx.agents.here() {
+            // The scheduler tries another node on RESOURCE_EXHAUSTED.
+            return Err(Error::NoCapacity {
+                pool: pool.clone(),
+                needed: req.required,
+                why: format!("node {here} does not define the pool"),
+            });
+        }
         return Err(Error::NoPool {
             pool: pool.clone(),
             reachable: view.unreachable.is_empty(),
         });
     };
     req.params.check_for(pool_type)?;
+    if let Some(here) = ctx.agents.here() {
+        // Whether a LUN went to another volume, or which nodes reach a
+        // shared volume, only a view of every node tells.
+        let shared = inventories
+            .iter()
+            .any(|i| i.pool(pool).is_some_and(|p| p.shared));
+        if shared || pool_type.is_lun_pool() {
+            return Err(Error::Precondition(format!(
+                "{pool_type} pool {pool:?} {}: its dynamic volumes are made by pool-csi-controller (chart: provisioning: controller); node {here}'s own Controller service (provisioning: node) makes volumes of node-local pools only (dir, fs, logical, disk)",
+                if shared { "is shared by several nodes" } else { "hands out LUNs" }
+            )));
+        }
+    }
     if req.multi_node
         && !inventories
             .iter()

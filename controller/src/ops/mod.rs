@@ -151,6 +151,13 @@ pub(crate) async fn serving_nodes(
             reachable: false,
         });
     }
+    if let Some(here) = ctx.agents.here() {
+        // Other nodes may hold the pool: never "gone" from here.
+        return Err(Error::NotHere {
+            what: format!("pool {:?} of volume {id} is not defined here", id.pool),
+            here: here.into(),
+        });
+    }
     Err(Error::NotFound(format!(
         "volume {id}: no node defines pool {:?}",
         id.pool
