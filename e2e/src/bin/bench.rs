@@ -112,16 +112,7 @@ async fn create_delete_in_node(d: &Driver, pool: &str) -> Vec<serde_json::Value>
     let mut c = Clients::connect(&d.node_sock, &d.node_sock)
         .await
         .expect("the node's socket");
-    let caps = c
-        .node_identity
-        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let serves = caps.capabilities.iter().any(|cap| {
-        matches!(&cap.r#type, Some(csi::plugin_capability::Type::Service(s))
-            if s.r#type == csi::plugin_capability::service::Type::ControllerService as i32)
-    });
+    let serves = c.node_serves_controller().await;
     let mut out = Vec::new();
     for conc in [1, 8, 32] {
         let mut line = match serves {
