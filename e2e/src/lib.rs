@@ -823,6 +823,23 @@ impl Drop for Driver {
 }
 
 fn free_port() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", unused_port())
+}
+
+/// A port nothing listens on now, for a server a test starts. Taken below
+/// the kernel's ephemeral range (32768 and up by default), where the tests'
+/// own client connections get their local ports: a port from there could
+/// be taken by one of them between this check and the server's bind.
+pub fn unused_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Tests run as separate processes: start each at its own place.
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

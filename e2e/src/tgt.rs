@@ -13,15 +13,8 @@ pub struct Target {
 
 impl Target {
     pub fn start(dir: &Path) -> Target {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        // tgtd takes control ports up to 32767 only.
-        let (port, control) = (free(), 1024 + free() % 30000);
+        // (tgtd takes control ports up to 32767 only: these are.)
+        let (port, control) = (crate::unused_port(), crate::unused_port());
         #[allow(clippy::disallowed_methods)] // the tests' own target daemon
         let child = std::process::Command::new("tgtd")
             .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}")])

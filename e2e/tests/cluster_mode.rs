@@ -153,6 +153,16 @@ async fn a_starting_node_makes_create_retry_not_fail() {
         .expect_err("not deleted while the node has not read its pools");
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     assert!(e.message().contains("starting"), "{e:?}");
+    // The same for a shared pool's volume (its id names no node): no node
+    // defines the pool yet, but one that has not read its pools may.
+    let shared = pool_csi_common::VolumeId::new("late", None, "shared-one").to_string();
+    let e = c
+        .controller
+        .delete_volume(req::delete(&shared))
+        .await
+        .expect_err("not taken as gone while a node starts");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("starting"), "{e:?}");
     // The Node object appears; the node reads its pools and starts them.
     cluster.node("node-1", json!({"storage": "late"}));
     let since = Instant::now();

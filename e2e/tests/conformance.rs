@@ -413,7 +413,12 @@ async fn hostile_names_and_paths_are_refused_and_touch_nothing() {
 async fn unknown_volumes_are_not_found_and_deletes_are_ok() {
     require!(false);
     let (d, mut c) = driver().await;
-    for id in ["v1:scratch:node-1:nope", "garbage-id"] {
+    // (A pool the node does not define: its volume counts as deleted.)
+    for id in [
+        "v1:scratch:node-1:nope",
+        "v1:gone:node-1:nope",
+        "garbage-id",
+    ] {
         let get = c
             .controller
             .controller_get_volume(csi::ControllerGetVolumeRequest {

@@ -25,6 +25,19 @@ fn on(name: &str, node: &str) -> csi::CreateVolumeRequest {
     r
 }
 
+/// Whether the controller lists volume `id`.
+async fn listed(c: &mut Clients, id: &str) -> bool {
+    let got = c
+        .controller
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    got.entries
+        .iter()
+        .any(|e| e.volume.as_ref().is_some_and(|v| v.volume_id == id))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_makes_its_own_volumes_through_its_controller_service() {
     require!(false);
@@ -84,17 +97,9 @@ async fn the_node_makes_its_own_volumes_through_its_controller_service() {
     let id = vol.volume_id;
     let image = d.pool_dir.join("here.raw");
     assert!(image.exists(), "made in node-1's pool");
-    let got = central
-        .controller
-        .list_volumes(csi::ListVolumesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
     assert!(
-        got.entries
-            .iter()
-            .any(|e| e.volume.as_ref().is_some_and(|v| v.volume_id == id)),
-        "the controller sees the same volume: {got:?}"
+        listed(&mut central, &id).await,
+        "the controller sees the same volume"
     );
     let cap = req::mount_cap("ext4");
     let (staging, target) = (d.path("staging"), d.path("pod/mount"));
@@ -172,14 +177,8 @@ async fn the_node_makes_its_own_volumes_through_its_controller_service() {
     // Ids do not depend on who made the volume: one the controller made is
     // deleted here, as after switching modes.
     let made = central
-        .controller
-        .create_volume(on("made-centrally", "node-1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+        .create_volume_id(on("made-centrally", "node-1"))
+        .await;
     here.controller
         .delete_volume(req::delete(&made))
         .await
@@ -199,15 +198,7 @@ async fn the_node_makes_its_own_volumes_through_its_controller_service() {
         !far_dir.join("far.raw").exists(),
         "nothing made on node-2: {far:?}"
     );
-    let theirs = central
-        .controller
-        .create_volume(on("theirs", "node-2"))
-        .await
-        .expect("the controller makes it on node-2")
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+    let theirs = central.create_volume_id(on("theirs", "node-2")).await;
     let refused = here
         .controller
         .delete_volume(req::delete(&theirs))
@@ -219,17 +210,8 @@ async fn the_node_makes_its_own_volumes_through_its_controller_service() {
             && refused.message().contains("serves that node's pools only"),
         "{refused:?}"
     );
-    let listed = central
-        .controller
-        .list_volumes(csi::ListVolumesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
     assert!(
-        listed
-            .entries
-            .iter()
-            .any(|e| e.volume.as_ref().is_some_and(|v| v.volume_id == theirs)),
-        "node-2's volume is still there: {listed:?}"
+        listed(&mut central, &theirs).await,
+        "node-2's volume is still there"
     );
 }

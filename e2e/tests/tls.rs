@@ -75,11 +75,7 @@ async fn the_controller_refuses_an_agent_with_a_certificate_from_another_ca() {
     .await;
     let pki = d.pki.as_ref().unwrap();
     let impostor = |pair: &(std::path::PathBuf, std::path::PathBuf)| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = pool_csi_e2e::unused_port();
         #[allow(clippy::disallowed_methods)] // a stand-in server, not driver code
         let mut server = std::process::Command::new("openssl")
             .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert"])

@@ -185,6 +185,11 @@ impl Error {
         )
     }
 
+    /// The node has not read its pools yet: nothing can be judged absent.
+    pub fn is_pools_not_read(&self) -> bool {
+        matches!(self, Self::PoolsNotRead { .. })
+    }
+
     /// INVALID_ARGUMENT naming the field, its value and what is wrong.
     pub fn invalid(field: &'static str, value: &str, why: impl std::fmt::Display) -> Self {
         Self::InvalidField {

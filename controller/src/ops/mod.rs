@@ -145,6 +145,19 @@ pub(crate) async fn serving_nodes(
             defined.join("; ")
         )));
     }
+    // A node that has not read its pools yet may define this one: "no
+    // node defines it" cannot be told until it has.
+    let starting: Vec<&str> = inventories
+        .iter()
+        .filter(|i| i.is_starting(&id.pool))
+        .map(|i| i.node.as_str())
+        .collect();
+    if !starting.is_empty() {
+        return Err(Error::Starting {
+            pool: id.pool.clone(),
+            nodes: starting.join(", "),
+        });
+    }
     if !unreachable.is_empty() {
         return Err(Error::NoPool {
             pool: id.pool.clone(),

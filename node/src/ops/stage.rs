@@ -272,7 +272,8 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
         // Nothing was staged here, and the pool cannot say how it would
         // attach the volume (it cannot attach at all, or is not running):
         // undoing what was never done is done.
-        Err(e) if devices.is_empty() && !e.is_volume_gone() => {
+        // (Unless the node has not read its pools yet: then it cannot tell.)
+        Err(e) if devices.is_empty() && !e.is_volume_gone() && !e.is_pools_not_read() => {
             tracing::debug!(error = %pool_csi_common::full_message(&e), "unstage: nothing staged, nothing to detach");
             Ok(())
         }
@@ -286,5 +287,48 @@ pub async fn unstage(ctx: &NodeCtx, id: &VolumeId, staging: &Path) -> Result<()>
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{exec::fake::FakeRunner, pools::registry::PoolRegistry, Config, NodeCtx};
+    use std::sync::{atomic::AtomicBool, Arc};
+
+    fn ctx(pools: PoolRegistry, dir: &Path) -> NodeCtx {
+        NodeCtx {
+            cfg: Config::local("n1", dir.join("state")),
+            runner: Arc::new(FakeRunner::new()),
+            pools,
+            locks: Default::default(),
+            ready: Arc::new(AtomicBool::new(false)),
+            held: Default::default(),
+        }
+    }
+
+    /// kubelet's retry of an unstage whose first try unmounted finds
+    /// nothing mounted: before the node has read its pools that is no
+    /// proof nothing stayed attached, so the retry waits for the pools
+    /// (UNAVAILABLE) instead of ending with the loop device left behind.
+    /// Once the pools are read, a pool not here means nothing to detach.
+    #[tokio::test]
+    async fn an_unstage_waits_for_the_pools_to_be_read() {
+        let t = tempfile::tempdir().unwrap();
+        let staging = t.path().join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        let id = VolumeId::new("p", Some("n1"), "v");
+        let e = unstage(&ctx(PoolRegistry::default(), t.path()), &id, &staging)
+            .await
+            .expect_err("cannot be told yet");
+        assert!(e.is_pools_not_read(), "{e}");
+        let read = PoolRegistry::new(
+            &[],
+            &Config::local("n1", t.path().join("state")),
+            Arc::new(FakeRunner::new()),
+        );
+        unstage(&ctx(read, t.path()), &id, &staging)
+            .await
+            .expect("nothing staged, nothing to detach");
     }
 }
