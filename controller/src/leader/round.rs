@@ -17,7 +17,7 @@ const RETRY: Duration = Duration::from_secs(5);
 
 pub struct Round {
     /// Lists the cluster's PersistentVolumes for node loss and the orphan
-    /// check, once per round.
+    /// check, shared between them within a round (`round_pvs`).
     pub client: kube::Client,
     pub status: StatusWriter,
     /// Publishes free LUNs as static PersistentVolumes after each round.
