@@ -835,11 +835,13 @@ pub fn unused_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     // Tests run as separate processes: start each at its own place.
     let seed = std::process::id().wrapping_mul(2_654_435_761);
-    loop {
+    // 7,919 is prime to 12,000: as many tries visit every port once.
+    for _ in 0..12_000 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("every port from 20000 to 31999 is taken on 127.0.0.1");
 }

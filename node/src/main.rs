@@ -326,9 +326,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let identity = IdentityService::new(&ctx.cfg.driver_name, controller_service, ready.clone());
     // The agent API offers no Controller service, whatever the CSI socket does.
     let agent_identity = IdentityService::new(&ctx.cfg.driver_name, false, ready);
+    // One agent service: the agent API serves it, and the Controller
+    // service of --controller-service calls it in process.
+    let agent = Arc::new(AgentService::new(ctx.clone()));
     let controller = controller_service.then(|| {
-        let agent = Arc::new(AgentService::new(ctx.clone()));
-        let client = AgentClient::in_process(&ctx.cfg.node_name, agent);
+        let client = AgentClient::in_process(&ctx.cfg.node_name, agent.clone());
         ControllerServer::new(ControllerService::new(Arc::new(ControllerCtx {
             driver_name: ctx.cfg.driver_name.clone(),
             default_pool,
@@ -354,7 +356,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .tcp_nodelay(true)
         .layer(MetricsLayer(registry))
         .add_service(IdentityServer::new(agent_identity))
-        .add_service(AgentServer::new(AgentService::new(ctx.clone())))
+        .add_service(AgentServer::from_arc(agent))
         .serve_with_shutdown(agent_listen, stopped(stop_rx.clone()));
     // Drain open requests after a signal, but never wait on them for long.
     let drain_limit = async {
